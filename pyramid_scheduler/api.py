@@ -1,0 +1,144 @@
+"""Public event types: the 0.3.4 :class:`Event` and its Pyramid counterparts.
+
+Events are made by the engine (in ``pscheduler`` or a combined web process)
+and handed, in order, to a dispatcher thread, which calls the listeners added
+with ``registry.scheduler.add_listener`` and then ``registry.notify``-es the
+matching Pyramid event (:class:`JobExecuted`, ...) so that
+``config.add_subscriber(fn, JobExecuted)`` works too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+from .exceptions import InvalidJob, InvalidMessage, InvalidQueue
+
+__all__ = [
+    "Event",
+    "InvalidJob",
+    "InvalidMessage",
+    "InvalidQueue",
+    "IJobEvent",
+    "JobEvent",
+    "JobCreated",
+    "JobExecuted",
+    "JobFailed",
+    "JobMissed",
+    "JobInterrupted",
+    "JobCanceled",
+    "JobRemoved",
+    "SchedulerMessage",
+]
+
+
+class Event(dict[str, Any]):
+    """A scheduler event, as 0.3.4 defined it: a dict with attribute access.
+
+    ``event.type`` is one of the constants below. Job events carry
+    ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
+    ``kwargs``, ``queue``); run events add ``run_key`` and
+    ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
+    :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`
+    and :attr:`JOB_INTERRUPTED` add ``reason``; :attr:`MESSAGE` carries
+    ``message``.
+    """
+
+    MESSAGE = "message"
+    JOB_CREATED = "job.created"
+    JOB_EXECUTED = "job.executed"
+    JOB_ERROR = "job.error"
+    JOB_MISSED = "job.missed"
+    JOB_INTERRUPTED = "job.interrupted"
+    JOB_CANCELED = "job.canceled"
+    JOB_REMOVED = "job.removed"
+
+    #: Every event type, in no particular order.
+    TYPES = frozenset({
+        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_MISSED,
+        JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED,
+    })
+
+    def __init__(self, type: str, **params: Any) -> None:  # noqa: A002 - 0.3.4 name
+        super().__init__(params)
+        self["type"] = type
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __repr__(self) -> str:
+        rest = {k: v for k, v in self.items() if k not in {"type", "job"}}
+        return f"<pyramid_scheduler.api.Event {self['type']} {rest!r}>"
+
+
+class IJobEvent(Interface):
+    """A job event delivered through ``registry.notify``."""
+
+    event = Attribute("The pyramid_scheduler.api.Event")
+    job_id = Attribute("The job's id")
+    registry = Attribute("The application registry")
+
+
+@implementer(IJobEvent)
+class JobEvent:
+    """Base of the Pyramid event classes; ``event`` is the :class:`Event`."""
+
+    def __init__(self, event: Event, registry: Any) -> None:
+        self.event = event
+        self.registry = registry
+        self.job_id = event.get("job_id")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} job_id={self.job_id!r}>"
+
+
+class JobCreated(JobEvent):
+    """A job was stored by the daemon."""
+
+
+class JobExecuted(JobEvent):
+    """A run finished without raising."""
+
+
+class JobFailed(JobEvent):
+    """A run raised."""
+
+
+class JobMissed(JobEvent):
+    """A run was skipped: too late (past its misfire grace) or overlapping."""
+
+
+class JobInterrupted(JobEvent):
+    """A run started but the daemon died before it finished."""
+
+
+class JobCanceled(JobEvent):
+    """A job was canceled with ``cancel_job``."""
+
+
+class JobRemoved(JobEvent):
+    """A job has no more runs and was removed."""
+
+
+class SchedulerMessage(JobEvent):
+    """A text message sent with ``pscheduler --message``."""
+
+
+#: Event type -> Pyramid event class.
+PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
+    Event.JOB_CREATED: JobCreated,
+    Event.JOB_EXECUTED: JobExecuted,
+    Event.JOB_ERROR: JobFailed,
+    Event.JOB_MISSED: JobMissed,
+    Event.JOB_INTERRUPTED: JobInterrupted,
+    Event.JOB_CANCELED: JobCanceled,
+    Event.JOB_REMOVED: JobRemoved,
+    Event.MESSAGE: SchedulerMessage,
+}

@@ -1,0 +1,134 @@
+"""Broker: Kombu connections, queue declarations and the bounded publisher.
+
+Both ends build their :class:`kombu.Connection` with :func:`make_connection`,
+so the URL forms, timeouts and transport options are read in one place. The
+producer side publishes through :class:`Publisher`: a pool of connections and
+producers, publishing to the default exchange with the queue's name as routing
+key (one broker round trip on Redis, no binding lookup), with a retry policy
+bounded by ``scheduler.broker.timeout``. Kombu's own defaults wait forever
+(publish retries, reconnects, pool acquire); here every wait has a bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import kombu
+from kombu.pools import ProducerPool
+
+from .exceptions import EnqueueError
+from .settings import SchedulerSettings
+from .transport import Transport as SQLTransport
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+#: Seconds an unacked message stays claimed before another consumer may take
+#: it (Redis and the SQL transport). Messages are acked as soon as the job is
+#: stored, so only a crashed daemon's prefetched messages ever wait this long.
+DEFAULT_VISIBILITY_TIMEOUT = 60
+
+
+def make_connection(settings: SchedulerSettings) -> kombu.Connection:
+    """A new (lazy) Kombu connection for ``scheduler.broker.url``."""
+    timeout = settings.broker_timeout
+    options: dict[str, Any] = {}
+    url = settings.broker.url
+    scheme = url.split("://", 1)[0]
+    if settings.broker.kind == "sql":
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT)
+    elif scheme.startswith(("redis", "rediss", "sentinel")):
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+                       socket_timeout=timeout, socket_connect_timeout=timeout)
+    elif scheme.endswith(("amqp", "amqps")):
+        options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
+    options.update(settings.broker_transport_options)
+    kwargs: dict[str, Any] = {"connect_timeout": timeout, "transport_options": options}
+    if settings.broker.kind == "sql":
+        kwargs["transport"] = SQLTransport
+    return kombu.Connection(url, **kwargs)
+
+
+def broker_queue_name(settings: SchedulerSettings, queue: str) -> str:
+    return settings.broker_queue_prefix + queue
+
+
+def make_queue(settings: SchedulerSettings, queue: str) -> kombu.Queue:
+    """The durable Kombu queue that carries *queue*'s messages."""
+    name = broker_queue_name(settings, queue)
+    return kombu.Queue(name, exchange=kombu.Exchange(""), routing_key=name, durable=True)
+
+
+class Publisher:
+    """Publishes encoded job requests; thread-safe; every wait bounded.
+
+    :meth:`publish` returns once the broker has the message (RabbitMQ: after
+    the publisher confirm) or raises :class:`EnqueueError` within about
+    ``scheduler.broker.timeout`` seconds.
+    """
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.settings = settings
+        self.queues = {name: make_queue(settings, name) for name in settings.queues}
+        self._lock = threading.Lock()
+        self._connection: kombu.Connection | None = None
+        self._producers: ProducerPool | None = None
+
+    def _pool(self) -> ProducerPool:
+        with self._lock:
+            if self._producers is None:
+                limit = self.settings.broker_pool_limit
+                self._connection = make_connection(self.settings)
+                self._producers = ProducerPool(self._connection.Pool(limit=limit), limit=limit)
+            return self._producers
+
+    def publish(self, body: bytes, queue: str, job_id: str) -> None:
+        """Publish *body* (JSON bytes) on *queue*.
+
+        :raises EnqueueError: the broker did not take it in time; nothing was sent.
+        """
+        timeout = self.settings.broker_timeout
+        deadline = time.monotonic() + timeout
+        kqueue = self.queues[queue]
+
+        def errback(exc: BaseException, interval: float) -> None:
+            if time.monotonic() + interval > deadline:
+                raise EnqueueError(
+                    f"job {job_id}: broker {self.settings.broker.masked()} did not accept the "
+                    f"message within {timeout:g}s (scheduler.broker.timeout): {exc}") from exc
+            log.warning("job %s: publish to queue %s failed (%s); retrying in %.2fs",
+                        job_id, queue, exc, interval)
+
+        policy = {"max_retries": 100, "interval_start": 0, "interval_step": 0.1,
+                  "interval_max": 0.5, "errback": errback}
+        try:
+            with self._pool().acquire(block=True, timeout=timeout) as producer:
+                producer.publish(
+                    body, routing_key=kqueue.routing_key, exchange="", declare=[kqueue],
+                    content_type=JSON, content_encoding="utf-8", delivery_mode=2,
+                    retry=True, retry_policy=policy, message_id=job_id,
+                    timeout=timeout,
+                )
+        except EnqueueError:
+            raise
+        except kombu.exceptions.LimitExceeded as exc:
+            raise EnqueueError(
+                f"job {job_id}: no broker connection free within {timeout:g}s "
+                f"(scheduler.broker.pool_limit = {self.settings.broker_pool_limit})") from exc
+        except Exception as exc:
+            raise EnqueueError(
+                f"job {job_id}: publishing to queue {queue!r} on "
+                f"{self.settings.broker.masked()} failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producers is not None:
+                self._producers.force_close_all()
+                self._producers.connections.force_close_all()
+            if self._connection is not None:
+                self._connection.release()
+            self._producers = None
+            self._connection = None

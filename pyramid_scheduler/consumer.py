@@ -1,0 +1,188 @@
+"""Consumer: the daemon's door, and the loop that holds the lease and consumes.
+
+:class:`JobConsumer` (a Kombu ``ConsumerMixin``) receives raw messages; only
+``application/json`` bodies are read (with the standard library's ``json``,
+never pickle), then checked by :func:`~.messages.decode`. A refused message
+is written to the dead-letter table with its reason, logged, and rejected
+without requeue; the consumer goes on. A good request is handed to the
+engine, and the message is acked only after the engine has stored the job;
+if the job store fails, the message is requeued after a bounded back-off.
+
+:class:`SchedulerService` is the one execution path of both ``pscheduler``
+and combined mode: wait for the queues' lease (standing by while another
+daemon holds it), start the engine, consume until asked to stop, then stop the
+engine. Only the thread that calls :meth:`SchedulerService.run` differs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from kombu.mixins import ConsumerMixin
+
+from .broker import JSON, make_connection, make_queue
+from .engine import Engine
+from .exceptions import InvalidJob, InvalidMessage
+from .messages import decode
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait before requeueing a message the job store could not take.
+STORE_BACKOFF = (0.5, 30.0)
+
+
+class _Stopping(Exception):
+    """Raised from the reconnect loop when a stop was asked for."""
+
+
+class JobConsumer(ConsumerMixin):  # type: ignore[misc]
+    def __init__(self, engine: Engine, connection: Any, stop: threading.Event) -> None:
+        self.engine = engine
+        self.connection = connection
+        self.stop_event = stop
+        self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
+        self._backoff = STORE_BACKOFF[0]
+
+    @property  # type: ignore[override]
+    def should_stop(self) -> bool:
+        return self.stop_event.is_set() or self.engine.lease_lost.is_set()
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        if value:
+            self.stop_event.set()
+
+    def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
+        settings = self.engine.settings
+        queues = [make_queue(settings, name) for name in self.engine.queues]
+        return [Consumer(queues=queues, on_message=self.on_message, accept=[JSON],
+                         prefetch_count=settings.broker_prefetch)]
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        if self.should_stop:
+            raise _Stopping() from exc
+        log.warning("broker %s unreachable (%s); retrying in %.1fs",
+                    self.engine.settings.broker.masked(), exc, interval)
+        self.stop_event.wait(min(interval, 1.0))
+
+    def on_message(self, message: Any) -> None:
+        queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
+        if message.content_type != JSON:
+            return self.refuse(message, queue, f"content type {message.content_type!r} is not {JSON}")
+        try:
+            request = decode(message.body)
+            if request.queue not in self.engine.queues:
+                raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
+            outcome = self.engine.submit(request)
+        except (InvalidMessage, InvalidJob) as exc:
+            return self.refuse(message, queue, str(exc))
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("queue %s: job store unavailable (%s); message requeued, retrying in %.1fs",
+                      queue, exc, self._backoff)
+            message.requeue()
+            self.stop_event.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, STORE_BACKOFF[1])
+            return None
+        self._backoff = STORE_BACKOFF[0]
+        message.ack()
+        log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
+        return None
+
+    def refuse(self, message: Any, queue: str, reason: str) -> None:
+        log.error("queue %s: message refused and dead-lettered: %s", queue, reason)
+        try:
+            self.engine.ledger.dead_letter(queue, reason, message.body)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("queue %s: could not dead-letter the message (%s); requeued", queue, exc)
+            message.requeue()
+            self.stop_event.wait(self._backoff)
+            return
+        message.reject(requeue=False)
+
+
+class SchedulerService:
+    """Lease, engine and consumer for the queues one process runs."""
+
+    def __init__(self, proxy: Any, queues: tuple[str, ...] | None = None) -> None:
+        self.proxy = proxy
+        self.engine = Engine(proxy, queues)
+        self.stop_event = threading.Event()
+        self.started = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> int:
+        """Run until :meth:`stop`; returns an exit code (3 if the lease was lost)."""
+        engine = self.engine
+        if not self._wait_for_lease():
+            return 0
+        engine.start()
+        self.proxy.runtime = self
+        self.started.set()
+        connection = make_connection(engine.settings)
+        try:
+            JobConsumer(engine, connection, self.stop_event).run()
+        except _Stopping:
+            pass
+        finally:
+            connection.release()
+            self.proxy.runtime = None
+            engine.stop()
+        return 3 if engine.lease_lost.is_set() else 0
+
+    def _wait_for_lease(self) -> bool:
+        settings = self.engine.settings
+        poll = max(0.5, settings.lease_ttl / 3)
+        announced = False
+        while not self.stop_event.is_set():
+            try:
+                if self.engine.try_acquire():
+                    if announced:
+                        log.info("lease on queues %s acquired; taking over", ", ".join(self.engine.queues))
+                    return True
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("job store unavailable while taking the lease (%s); retrying", exc)
+            if not announced:
+                log.info("another daemon runs queues %s; standing by (takeover within %gs of it "
+                         "stopping)", ", ".join(self.engine.queues), settings.lease_ttl + poll)
+                announced = True
+            self.stop_event.wait(poll)
+        return False
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: stop consuming, then stop the engine."""
+        self.stop_event.set()
+
+    def start_thread(self) -> threading.Thread:
+        """Run in a background thread (combined mode)."""
+        self._thread = threading.Thread(target=self.run, name="pscheduler-combined", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def start_combined(event: Any) -> None:
+    """``ApplicationCreated`` subscriber: run the jobs in this web process.
+
+    Several web workers may each start one; the lease lets one of them run the
+    queues while the others stand by.
+    """
+    proxy = event.app.registry.scheduler
+    if proxy.runtime is not None or getattr(proxy, "_service", None) is not None:
+        return
+    service = SchedulerService(proxy)
+    proxy._service = service
+    atexit.register(_stop_service, service)
+    service.start_thread()
+    log.info("combined mode: running queues %s in this process", ", ".join(service.engine.queues))
+
+
+def _stop_service(service: SchedulerService) -> None:
+    service.stop()
+    service.join(service.engine.settings.shutdown_timeout + 10)

@@ -1,0 +1,56 @@
+"""Database engines shared by the SQL transport, the job store and the ledger.
+
+SQLite gets what a file shared by several processes needs: WAL journal, a
+busy timeout, and ``BEGIN IMMEDIATE`` so a read-then-write transaction takes
+the write lock up front instead of failing with "database is locked" when
+another process wrote in between. Relative SQLite paths are made relative to
+the current directory, and their folder is created.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+#: Seconds a SQLite connection waits for a lock before raising.
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def create_db_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine for *url*, tuned for concurrent scheduler use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return sa.create_engine(parsed, **kwargs)
+
+    database = parsed.database or ""
+    memory = not database or database == ":memory:"
+    if memory:
+        kwargs.update(poolclass=StaticPool)
+    else:
+        folder = os.path.dirname(os.path.abspath(database))
+        os.makedirs(folder, exist_ok=True)
+    kwargs.setdefault("connect_args", {})
+    kwargs["connect_args"].update(timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+    engine = sa.create_engine(parsed, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN (see "begin" below).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,326 @@
+"""Engine: APScheduler 3 with the persistent job store, in a consuming process.
+
+The consumer (:mod:`pyramid_scheduler.consumer`) hands each decoded request to
+:meth:`Engine.submit`. An ``add`` becomes an APScheduler job in its queue's
+SQL job store, written in one transaction with its ledger row (so a
+redelivered message is absorbed by job id) before the message is acked; a
+``cancel`` removes it. The engine owns the event order per job: CREATED when
+stored, each run's EXECUTED/ERROR/MISSED/INTERRUPTED, then REMOVED or
+CANCELED -- a CANCELED that arrives during a run waits for the run's own
+event.
+
+On :meth:`start` it reports runs that a previous daemon left ``started``
+(interrupted), re-adds jobs that were due and submitted but never started, and
+only then lets APScheduler run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from pyramid.threadlocal import manager as threadlocal_manager
+
+from .api import Event
+from .db import create_db_engine
+from .events import EventDispatcher
+from .messages import JobRequest, build_trigger, decode, resolve_ref
+from .runner import JobExecutor, Runner, job_info, run_key
+from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "pyramid_scheduler.internal"
+
+
+class Engine:
+    """APScheduler, the ledger and the events for the queues this process runs.
+
+    :param proxy: the application's :class:`~.proxy.SchedulerProxy`.
+    :param queues: the queues to run (default: all of ``scheduler.queues``).
+    """
+
+    def __init__(self, proxy: Any, queues: tuple[str, ...] | None = None) -> None:
+        self.proxy = proxy
+        self.settings = settings = proxy.settings
+        self.registry = proxy.registry
+        self.queues = tuple(queues or settings.queues)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.dispatcher = EventDispatcher(proxy.listeners, proxy.registry)
+
+        url = settings.jobstore_url or "sqlite://"
+        self.db = create_db_engine(url)
+        self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
+        self.lease: Lease | None = None
+        if not settings.memory_store:
+            self.lease = Lease(self.ledger, self.queues, self.owner, settings.lease_ttl)
+
+        self.runner = Runner(self)
+        self.stores: dict[str, Any] = {}
+        for queue in self.queues:
+            if settings.memory_store:
+                self.stores[queue] = MemoryQueueStore(on_added=self._on_added)
+            else:
+                self.stores[queue] = QueueJobStore(
+                    self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
+                    on_added=self._on_added)
+        self.aps = BackgroundScheduler()
+        self.aps.configure(
+            gconfig=dict(settings.apscheduler), prefix="apscheduler.",
+            jobstores={**self.stores, INTERNAL: MemoryJobStore()},
+            executors={"default": JobExecutor(self.runner, settings.max_workers),
+                       INTERNAL: ThreadPoolExecutor(1)},
+            job_defaults={"misfire_grace_time": settings.misfire_grace_time,
+                          "coalesce": settings.coalesce, "max_instances": 1},
+            timezone=settings.timezone,
+        )
+        self.aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._lock = threading.RLock()
+        self._running: dict[str, int] = defaultdict(int)
+        self._deferred: dict[str, list[Event]] = defaultdict(list)
+        self._canceled: set[str] = set()
+        self._heartbeat: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.lease_lost = threading.Event()
+
+    # -- life cycle -------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        """Take the queues' lease; True when this process may run them."""
+        return self.lease is None or self.lease.try_acquire()
+
+    def lease_valid(self) -> bool:
+        return self.lease is None or self.lease.valid()
+
+    def start(self) -> None:
+        """Recover from the previous daemon, then start scheduling (lease held)."""
+        self.dispatcher.start()
+        self.aps.start(paused=True)
+        if not self.settings.memory_store:
+            self._recover()
+        self.aps.add_job(self.housekeeping, "interval", seconds=self.settings.housekeeping,
+                         id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
+                         misfire_grace_time=None, coalesce=True)
+        self.aps.resume()
+        if self.lease is not None:
+            self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease",
+                                               daemon=True)
+            self._heartbeat.start()
+        log.info("scheduler %s running queues %s (owner %s, job store %r)",
+                 self.settings.id, ", ".join(self.queues), self.owner, self.settings)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop scheduling, let running jobs finish (up to *timeout*), release."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        if self.aps.running:
+            self.aps.pause()
+            deadline = now() + timeout
+            while self.running_count() and now() < deadline:
+                self._stopped.wait(0.05)
+            if self.running_count():
+                log.warning("%d job run(s) still running after %gs; they will be reported "
+                            "interrupted by the next daemon", self.running_count(), timeout)
+            self.aps.shutdown(wait=False)
+        if self.lease is not None and not self.lease_lost.is_set():
+            try:
+                self.lease.release()
+            except Exception:
+                log.exception("could not release the lease; the next daemon waits for it to expire")
+        self.dispatcher.stop(timeout=5)
+        self.db.dispose()
+        log.info("scheduler %s stopped", self.settings.id)
+
+    def running_count(self) -> int:
+        with self._lock:
+            return sum(self._running.values())
+
+    def _renew_loop(self) -> None:
+        assert self.lease is not None
+        interval = self.settings.lease_ttl / 3
+        while not self._stopped.wait(interval):
+            try:
+                if not self.lease.renew():
+                    log.critical("lost the lease on queues %s to another daemon; stopping",
+                                 ", ".join(self.queues))
+                    self.lease_lost.set()
+                    return
+            except Exception as exc:  # noqa: BLE001 - keep renewing whatever went wrong
+                log.warning("could not renew the lease (%s); runs pause once it lapses", exc)
+
+    # -- requests from the consumer ---------------------------------------------------
+    def submit(self, request: JobRequest) -> str:
+        """Carry out one decoded request; return what happened (for logs).
+
+        :raises InvalidJob: the request cannot be carried out (dead-letter it).
+        :raises sqlalchemy.exc.SQLAlchemyError: the job store failed (retry later).
+        """
+        if request.op == "add":
+            return self._add(request)
+        if request.op == "cancel":
+            return self._cancel(request)
+        self._message(request)
+        return "message"
+
+    def _add(self, request: JobRequest, recovering: bool = False) -> str:
+        assert request.trigger is not None and request.func is not None
+        trigger = build_trigger(request.trigger, self.settings.timezone)
+        func = resolve_ref(request.func)
+        options = {k: v for k, v in request.options.items()
+                   if k in ("misfire_grace_time", "coalesce", "max_instances")}
+        store = self.stores[request.queue]
+        with store.adding(None if recovering else request.to_wire()):
+            try:
+                self.aps.add_job(func, trigger=trigger, args=request.args, kwargs=request.kwargs,
+                                 id=request.id, name=request.options.get("name") or request.func,
+                                 jobstore=request.queue, replace_existing=recovering, **options)
+            except ConflictingIdError:
+                log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
+                         request.id, request.queue, request.mid)
+                return "duplicate"
+        return "stored"
+
+    def _on_added(self, job: Job, request: dict[str, Any]) -> None:
+        # Called by the job store after its transaction commits and before
+        # APScheduler can run the job, so CREATED always comes first.
+        self._emit_created(job.id, request["queue"], job_info(job))
+
+    def _emit_created(self, job_id: str, queue: str, info: dict[str, Any]) -> None:
+        log.info("job %s (queue %s): stored", job_id, queue)
+        self._emit(Event(Event.JOB_CREATED, job_id=job_id, queue=queue, job=info))
+
+    def _cancel(self, request: JobRequest) -> str:
+        job_id, queue = request.id, request.queue
+        info = None
+        try:
+            job = self.aps.get_job(job_id, jobstore=queue)
+            if job is not None:
+                info = job_info(job)
+            self.aps.remove_job(job_id, jobstore=queue)
+        except JobLookupError:
+            pass
+        if self.settings.memory_store:
+            moved = info is not None
+        else:
+            moved = self.ledger.set_status(job_id, queue, "canceled")
+        if not moved:
+            log.info("job %s (queue %s): cancel ignored: no such live job", job_id, queue)
+            return "cancel-ignored"
+        log.info("job %s (queue %s): canceled", job_id, queue)
+        with self._lock:
+            self._canceled.add(job_id)
+            event = Event(Event.JOB_CANCELED, job_id=job_id, queue=queue, job=info)
+            if self._running.get(job_id):
+                self._deferred[job_id].append(event)
+            else:
+                self._emit(event)
+        return "canceled"
+
+    def _message(self, request: JobRequest) -> None:
+        text = request.text or ""
+        log.info("message on queue %s: %s", request.queue, text)
+        if text == "print-jobs":
+            for job in self.aps.get_jobs():
+                log.info("  job %s (queue %s) %s next run %s", job.id, job._jobstore_alias,
+                         job.func_ref, job.next_run_time)
+        self._emit(Event(Event.MESSAGE, message=text, queue=request.queue))
+
+    # -- events -----------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        self.dispatcher.emit(event)
+
+    def run_started(self, job_id: str) -> None:
+        with self._lock:
+            self._running[job_id] += 1
+
+    def emit_run_events(self, job_id: str, events: list[Event], final: bool,
+                        finished_run: bool = False) -> None:
+        """Emit a run's events, then REMOVED after the last run, then any
+        CANCELED that waited for the run."""
+        with self._lock:
+            for event in events:
+                self._emit(event)
+            if finished_run:
+                self._running[job_id] -= 1
+                if self._running[job_id] <= 0:
+                    del self._running[job_id]
+            canceled = job_id in self._canceled
+            if final and not canceled and events:
+                base = events[-1]
+                self._emit(Event(Event.JOB_REMOVED, job_id=job_id, queue=base.get("queue"),
+                                 job=base.get("job")))
+            if job_id not in self._running:
+                for event in self._deferred.pop(job_id, []):
+                    self._emit(event)
+                self._canceled.discard(job_id)
+
+    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        job = self.aps.get_job(event.job_id)
+        for run_time in event.scheduled_run_times:
+            key = run_key(event.job_id, run_time)
+            reason = "the previous run was still running (max_instances reached)"
+            log.warning("job %s: run %s missed: %s", event.job_id, key, reason)
+            self.ledger.finish_run(event.job_id, key, "missed", False, error=reason,
+                                   scheduled_at=run_time.timestamp(), queue=event.jobstore,
+                                   owner=self.owner)
+            self._emit(Event(Event.JOB_MISSED, job_id=event.job_id, queue=event.jobstore,
+                             job=job_info(job) if job else None, run_key=key,
+                             scheduled_run_time=run_time, reason=reason))
+
+    # -- recovery and housekeeping ----------------------------------------------------
+    def _recover(self) -> None:
+        for run in self.ledger.recover(self.queues, self.owner):
+            job_id, queue = run["job_id"], run["queue"]
+            request = json.loads(run["request"])
+            final = self.aps.get_job(job_id, jobstore=queue) is None
+            reason = f"the daemon running it ({run['owner']}) stopped before the run finished"
+            log.warning("job %s (queue %s): run %s interrupted: %s", job_id, queue,
+                        run["run_key"], reason)
+            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final, error=reason)
+            info = {"id": job_id, "func": request["func"], "args": request["args"],
+                    "kwargs": request["kwargs"], "queue": queue, "name": request["func"]}
+            scheduled = datetime.fromtimestamp(run["scheduled_at"], timezone.utc)
+            events = [Event(Event.JOB_INTERRUPTED, job_id=job_id, queue=queue, job=info,
+                            run_key=run["run_key"], scheduled_run_time=scheduled, reason=reason)]
+            self.emit_run_events(job_id, events, final)
+        for queue, store in self.stores.items():
+            for orphan in self.ledger.orphans(queue, store.jobs_t):
+                request = json.loads(orphan["request"])
+                log.warning("job %s (queue %s): was due but never started; scheduling it again",
+                            orphan["id"], queue)
+                try:
+                    self._add(decode(request), recovering=True)
+                except Exception as exc:  # noqa: BLE001 - park it, go on with the others
+                    log.error("job %s (queue %s): cannot be scheduled again: %s", orphan["id"], queue, exc)
+                    self.ledger.set_status(orphan["id"], queue, "parked", error=str(exc))
+
+    def housekeeping(self) -> None:
+        """Forget finished jobs older than ``scheduler.result_ttl``, then call
+        the ``scheduler.housekeeping.append`` callables."""
+        purged = self.ledger.purge(now() - self.settings.result_ttl)
+        log.info("housekeeping: %d finished job record(s) purged", purged)
+        threadlocal_manager.push({"registry": self.registry, "request": None})
+        try:
+            for func in self.settings.housekeeping_append:
+                try:
+                    func()
+                except Exception:
+                    log.exception("housekeeping callable %r failed", func)
+        finally:
+            threadlocal_manager.pop()
+
+

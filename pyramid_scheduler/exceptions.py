@@ -1,0 +1,53 @@
+"""Errors raised by pyramid_scheduler.
+
+Every error a user can meet derives from :class:`SchedulerError`; each message
+names the job, queue, argument or setting at fault and says what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SchedulerError",
+    "InvalidJob",
+    "InvalidQueue",
+    "InvalidMessage",
+    "SerializationError",
+    "EnqueueError",
+]
+
+
+class SchedulerError(Exception):
+    """Base class of every pyramid_scheduler error."""
+
+
+class InvalidJob(SchedulerError, ValueError):
+    """A job request was refused: bad callable, trigger or option.
+
+    Raised by ``add_*_job`` in the calling process, before anything is sent.
+    """
+
+
+class InvalidQueue(SchedulerError, ValueError):
+    """A queue name that is not listed in ``scheduler.queues``."""
+
+    def __init__(self, queue: str, known: tuple[str, ...] = ()) -> None:
+        self.queue = queue
+        msg = f"unknown queue {queue!r}"
+        if known:
+            msg += f"; scheduler.queues lists {', '.join(known)}"
+        super().__init__(msg)
+
+
+class InvalidMessage(SchedulerError, ValueError):
+    """A broker message that the daemon refuses at its door (wire format)."""
+
+
+class SerializationError(InvalidJob):
+    """Job arguments that cannot travel as JSON."""
+
+
+class EnqueueError(SchedulerError, ConnectionError):
+    """The broker did not accept a job within ``scheduler.broker.timeout``.
+
+    Nothing was enqueued; the caller may retry.
+    """

@@ -1,0 +1,374 @@
+"""Messages: job requests <-> version 1 JSON, and the checks both ends share.
+
+The producer (:mod:`pyramid_scheduler.proxy`) builds a :class:`JobRequest`
+with :func:`callable_ref`, :func:`check_json` and :func:`trigger_spec`, and
+sends :meth:`JobRequest.to_wire`. The consumer decodes the body with
+:func:`decode`, which checks every field, so a malformed message is refused at
+the daemon's door with a reason. :func:`build_trigger` turns a trigger spec
+into an APScheduler trigger on both sides, so a bad cron field fails in the
+web request, not later in the daemon. See ``docs/wire.rst``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .exceptions import InvalidJob, InvalidMessage, SerializationError
+
+VERSION = 1
+OPS = ("add", "cancel", "message")
+TRIGGER_TYPES = ("now", "date", "interval", "cron")
+INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+#: Per-job options that travel in ``"options"`` and their checks.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "misfire_grace_time": (int, float, type(None)),
+    "coalesce": (bool,),
+    "max_instances": (int,),
+    "name": (str,),
+}
+MAX_DEPTH = 32
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# -- callables ------------------------------------------------------------------------
+
+def callable_ref(func: Any) -> str:
+    """Return ``"module:qualname"`` for a module-level function, or refuse it.
+
+    :raises InvalidJob: for a lambda, a nested function, a bound method, a
+        ``functools.partial``, a function defined in ``__main__`` or anything
+        that does not resolve back to the same object.
+    """
+    if isinstance(func, str):
+        ref = func.strip()
+        if ":" not in ref:
+            raise InvalidJob(f"func {func!r}: expected 'package.module:function'")
+        resolve_ref(ref)
+        return ref
+    if isinstance(func, functools.partial):
+        raise InvalidJob(
+            "func: a functools.partial cannot be referenced by name; pass the "
+            "function and put the bound values in args/kwargs")
+    if not callable(func):
+        raise InvalidJob(f"func: {func!r} is not callable")
+    if inspect.ismethod(func) and not inspect.isclass(func.__self__):
+        raise InvalidJob(
+            f"func: {func.__qualname__} is a bound method; the daemon cannot "
+            "rebuild its instance. Use a module-level function that takes the "
+            "instance's data as arguments")
+    qualname = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if not qualname or not module:
+        raise InvalidJob(f"func: {func!r} has no importable name")
+    if "<lambda>" in qualname:
+        raise InvalidJob("func: a lambda has no importable name; define a module-level function")
+    if "<locals>" in qualname:
+        raise InvalidJob(
+            f"func: {qualname} is a nested function; the daemon can only import "
+            "module-level functions")
+    if module == "__main__":
+        raise InvalidJob(
+            f"func: {qualname} is defined in __main__, which the daemon cannot "
+            "import; move it into a module of your package")
+    ref = f"{module}:{qualname}"
+    try:
+        resolved = resolve_ref(ref)
+    except InvalidJob as exc:
+        raise InvalidJob(f"func: {ref} does not resolve back to the function ({exc})") from exc
+    if resolved is not func and resolved != func:
+        raise InvalidJob(
+            f"func: {ref} resolves to {resolved!r}, not to the function given; "
+            "is it decorated or rebound under another name?")
+    return ref
+
+
+def resolve_ref(ref: str) -> Callable[..., Any]:
+    """Import ``"module:qualname"`` and return the callable."""
+    module_name, _, qualname = ref.partition(":")
+    if not module_name or not qualname:
+        raise InvalidJob(f"func {ref!r}: expected 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidJob(f"func {ref!r}: module {module_name!r} cannot be imported ({exc})") from exc
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidJob(f"func {ref!r}: {module_name} has no attribute {qualname!r}") from None
+    if not callable(obj):
+        raise InvalidJob(f"func {ref!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+# -- JSON arguments -------------------------------------------------------------------
+
+def check_json(value: Any, where: str, depth: int = 0) -> Any:
+    """Return *value* as plain JSON data (tuples become lists), or refuse it.
+
+    :raises SerializationError: naming the path of the first bad item, such as
+        ``kwargs['when']``.
+    """
+    if depth > MAX_DEPTH:
+        raise SerializationError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(f"{where}: {value!r} is not allowed in JSON")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [check_json(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{where}: key {key!r} is a {type(key).__name__}; JSON object keys must be str")
+            out[key] = check_json(item, f"{where}[{key!r}]", depth + 1)
+        return out
+    hint = ""
+    if isinstance(value, datetime):
+        hint = "; pass value.isoformat() or a timestamp"
+    raise SerializationError(
+        f"{where}: {type(value).__name__} {value!r:.80} is not JSON-encodable{hint}")
+
+
+# -- time and triggers ----------------------------------------------------------------
+
+def to_datetime(value: Any, tz: tzinfo, where: str) -> datetime:
+    """An aware datetime from an epoch number, an ISO string or a datetime.
+
+    A naive datetime is read in *tz* (``scheduler.timezone``), never the
+    host's zone.
+    """
+    if isinstance(value, bool):
+        raise InvalidJob(f"{where}: expected a datetime, an ISO 8601 string or an epoch number")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidJob(f"{where}: {value!r} is not a time")
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidJob(f"{where}: {value!r} is out of range ({exc})") from exc
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidJob(f"{where}: {value!r} is not an ISO 8601 date-time") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            value = value.replace(tzinfo=tz)
+        return value
+    raise InvalidJob(
+        f"{where}: {type(value).__name__} {value!r:.60} is not a datetime, ISO 8601 "
+        "string or epoch number")
+
+
+def to_zone(value: Any, where: str = "timezone") -> tzinfo:
+    if isinstance(value, tzinfo):
+        return value
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidJob(f"{where}: {value!r} is not an IANA time zone name") from None
+
+
+def zone_name(tz: tzinfo) -> str:
+    key = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if key:
+        return str(key)
+    if tz is timezone.utc or tz.utcoffset(None) == timedelta(0):
+        return "UTC"
+    raise InvalidJob(f"timezone: {tz!r} has no IANA name; pass a zoneinfo.ZoneInfo")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo) -> BaseTrigger:
+    """Build the APScheduler trigger described by a wire trigger spec.
+
+    :raises InvalidJob: naming the field APScheduler refused.
+    """
+    kind = spec.get("type")
+    tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
+    try:
+        if kind in ("now", "date"):
+            return DateTrigger(to_datetime(spec["run_date"], tz, "date"), timezone=tz)
+        start = to_datetime(spec["start_date"], tz, "start_date") if spec.get("start_date") is not None else None
+        end = to_datetime(spec["end_date"], tz, "end_date") if spec.get("end_date") is not None else None
+        if start is not None and end is not None and end < start:
+            raise InvalidJob("end_date: earlier than start_date")
+        if kind == "interval":
+            fields = {k: spec.get(k, 0) for k in INTERVAL_FIELDS}
+            for key, value in fields.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                        or not math.isfinite(value):
+                    raise InvalidJob(f"{key}: expected a number of zero or more, got {value!r}")
+            if timedelta(**fields) <= timedelta(0):
+                raise InvalidJob("interval: weeks, days, hours, minutes or seconds must add up to more than zero")
+            return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz,
+                                   jitter=spec.get("jitter"))
+        if kind == "cron":
+            if spec.get("crontab"):
+                trigger = CronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
+                trigger.start_date = start
+                trigger.end_date = end
+                trigger.jitter = spec.get("jitter")
+                return trigger
+            fields = {k: spec[k] for k in CRON_FIELDS if spec.get(k) is not None}
+            return CronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
+                               jitter=spec.get("jitter"))
+    except InvalidJob:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise InvalidJob(f"{kind} trigger: {exc}") from exc
+    raise InvalidJob(f"trigger type {kind!r} is not one of {', '.join(TRIGGER_TYPES)}")
+
+
+def trigger_spec(kind: str, tz: tzinfo, *, run_date: datetime | None = None,
+                 start_date: datetime | None = None, end_date: datetime | None = None,
+                 timezone_: tzinfo | None = None, jitter: Any = None,
+                 **fields: Any) -> dict[str, Any]:
+    """The wire form of a trigger; every time is an aware ISO 8601 string."""
+    spec: dict[str, Any] = {"type": kind}
+    zone = timezone_ or tz
+    spec["timezone"] = zone_name(zone)
+    if run_date is not None:
+        spec["run_date"] = _iso(run_date)
+    if start_date is not None:
+        spec["start_date"] = _iso(start_date)
+    if end_date is not None:
+        spec["end_date"] = _iso(end_date)
+    if jitter is not None:
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or jitter < 0:
+            raise InvalidJob(f"jitter: expected seconds of zero or more, got {jitter!r}")
+        spec["jitter"] = jitter
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if key in CRON_FIELDS and not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise InvalidJob(f"{key}: expected an int or a cron expression string, got {value!r}")
+        spec[key] = value
+    return spec
+
+
+# -- the message ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One wire message. ``op`` is ``add``, ``cancel`` or ``message``."""
+
+    op: str
+    id: str
+    queue: str
+    func: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    trigger: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+    mid: str = field(default_factory=new_id)
+    sent_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"v": VERSION, "op": self.op, "mid": self.mid, "id": self.id,
+                                "queue": self.queue, "sent_at": self.sent_at}
+        if self.op == "add":
+            body.update(func=self.func, args=self.args, kwargs=self.kwargs,
+                        trigger=self.trigger, options=self.options)
+        elif self.op == "message":
+            body["text"] = self.text
+        return body
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_wire(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _field(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], required: bool = True) -> Any:
+    if name not in body:
+        if required:
+            raise InvalidMessage(f"field {name!r} is missing")
+        return None
+    value = body[name]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise InvalidMessage(f"field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def decode(body: Any) -> JobRequest:
+    """Check a decoded message body and return its :class:`JobRequest`.
+
+    Accepts the parsed JSON object, or ``bytes``/``str`` holding it.
+
+    :raises InvalidMessage: naming the first problem found.
+    """
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(f"body is not UTF-8 ({exc})") from exc
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidMessage(f"body is not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise InvalidMessage(f"body is a {type(body).__name__}, expected a JSON object")
+    version = body.get("v")
+    if version != VERSION or isinstance(version, bool):
+        raise InvalidMessage(f"unknown wire format version {version!r} (this daemon reads v{VERSION})")
+    op = _field(body, "op", (str,))
+    if op not in OPS:
+        raise InvalidMessage(f"unknown op {op!r}")
+    common = {
+        "op": op,
+        "id": _field(body, "id", (str,)),
+        "queue": _field(body, "queue", (str,)),
+        "mid": _field(body, "mid", (str,)),
+        "sent_at": _field(body, "sent_at", (str,), required=False) or "",
+    }
+    if not common["id"] or len(common["id"]) > 200:
+        raise InvalidMessage("field 'id' must be 1 to 200 characters")
+    if op == "cancel":
+        return JobRequest(**common)
+    if op == "message":
+        return JobRequest(text=_field(body, "text", (str,)), **common)
+    func = _field(body, "func", (str,))
+    if ":" not in func:
+        raise InvalidMessage(f"field 'func' {func!r} is not 'module:qualname'")
+    args = _field(body, "args", (list,))
+    kwargs = _field(body, "kwargs", (dict,))
+    trigger = _field(body, "trigger", (dict,))
+    if trigger.get("type") not in TRIGGER_TYPES:
+        raise InvalidMessage(f"unknown trigger type {trigger.get('type')!r}")
+    options = _field(body, "options", (dict,), required=False) or {}
+    for key, value in options.items():
+        kinds = OPTION_TYPES.get(key)
+        if kinds is None:
+            raise InvalidMessage(f"unknown option {key!r}")
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise InvalidMessage(f"option {key!r} has type {type(value).__name__}")
+    return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
+                      options=options, **common)

@@ -1,0 +1,150 @@
+"""Runner: how one scheduled run of a job is carried out.
+
+APScheduler decides *when*; :class:`JobExecutor` (its thread pool executor,
+with the submit step replaced) hands each due run to :meth:`Runner.run`,
+which, per run:
+
+1. refuses to run if this daemon's lease is no longer valid (fencing);
+2. reports the run missed if it is later than the job's misfire grace;
+3. records it ``started`` in the run ledger -- if the run key is already
+   there, a previous daemon ran it, and it is not run again;
+4. calls the function with the application's registry pushed as current,
+   inside ``transaction.manager`` when the ``transaction`` package is
+   installed, through ``scheduler.delegator`` if one is set;
+5. records the outcome and emits EXECUTED or ERROR (then REMOVED after the
+   last run), in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
+from pyramid.threadlocal import manager as threadlocal_manager
+
+from .api import Event
+
+try:
+    import transaction
+except ImportError:  # pragma: no cover - transaction is optional
+    transaction = None
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def run_key(job_id: str, run_time: datetime) -> str:
+    """The stable key of one scheduled run: ``job_id@ISO-8601 UTC time``."""
+    return f"{job_id}@{run_time.astimezone(timezone.utc).isoformat()}"
+
+
+def job_info(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "func": job.func_ref, "args": list(job.args),
+            "kwargs": dict(job.kwargs), "queue": job._jobstore_alias, "name": job.name}
+
+
+class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+    """APScheduler's thread pool, running each job through :class:`Runner`."""
+
+    def __init__(self, runner: Runner, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self.runner = runner
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        def done(future: Any) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, [])
+
+        self._pool.submit(self.runner.run, job, run_times).add_done_callback(done)
+
+
+class Runner:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ledger = engine.ledger
+        self.delegator = engine.settings.delegator
+
+    def run(self, job: Job, run_times: list[datetime]) -> None:
+        for index, run_time in enumerate(run_times):
+            try:
+                self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
+            except Exception:
+                log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
+
+    def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> None:
+        engine = self.engine
+        queue = job._jobstore_alias
+        key = run_key(job.id, run_time)
+        now = datetime.now(timezone.utc)
+        final = last_of_batch and job.trigger.get_next_fire_time(run_time, now) is None
+        info = job_info(job)
+        base = {"job_id": job.id, "queue": queue, "job": info, "run_key": key,
+                "scheduled_run_time": run_time}
+
+        if not engine.lease_valid():
+            log.error("job %s: run %s not started: this daemon's lease on queue %s has "
+                      "lapsed; the daemon holding it will run it", job.id, key, queue)
+            return
+
+        grace = job.misfire_grace_time
+        late = (now - run_time).total_seconds()
+        if grace is not None and late > grace:
+            reason = f"{late:.3f}s late, past its misfire grace time of {grace}s"
+            log.warning("job %s (queue %s): run %s missed: %s", job.id, queue, key, reason)
+            self.ledger.finish_run(job.id, key, "missed", final, error=reason,
+                                   scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
+            engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
+            return
+
+        state = self.ledger.start_run(job.id, queue, key, run_time.timestamp(), engine.owner)
+        if state != "start":
+            log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
+            return
+
+        engine.run_started(job.id)
+        events: list[Event] = []
+        try:
+            log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
+            try:
+                with self.context():
+                    retval = self.call(job)
+            except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
+                text = "".join(traceback.format_exception(exc))
+                log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
+                events.append(Event(Event.JOB_ERROR, exception=exc, traceback=text, **base))
+                self.ledger.finish_run(job.id, key, "failed", final, error=text)
+            else:
+                log.info("job %s (queue %s): run %s done", job.id, queue, key)
+                events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
+                self.ledger.finish_run(job.id, key, "done", final, result=retval)
+        finally:
+            engine.emit_run_events(job.id, events, final, finished_run=True)
+
+    def call(self, job: Job) -> Any:
+        if self.delegator is not None:
+            return self.delegator(job.func, job.args, job.kwargs)
+        return job.func(*job.args, **job.kwargs)
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """The application's registry as current, and a transaction if available."""
+        threadlocal_manager.push({"registry": self.engine.registry, "request": None})
+        try:
+            if transaction is not None:
+                with transaction.manager:
+                    yield
+            else:  # pragma: no cover
+                yield
+        finally:
+            threadlocal_manager.pop()

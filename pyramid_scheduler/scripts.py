@@ -1,0 +1,174 @@
+"""``pscheduler CONFIG-URI``: the daemon that runs the jobs.
+
+It loads the application from the INI file (logging configured from it),
+checks that the application includes pyramid_scheduler and is not in combined
+mode, then runs a :class:`~.consumer.SchedulerService` in the main thread: it
+stands by while another daemon holds the queues' lease, then consumes and
+runs jobs. SIGTERM or SIGINT stops consuming, lets running jobs finish (up to
+``scheduler.shutdown_timeout``), shuts APScheduler down and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import hupper
+from pyramid.paster import bootstrap, setup_logging
+
+from .consumer import SchedulerService
+from .exceptions import InvalidQueue
+
+log = logging.getLogger("pyramid_scheduler.pscheduler")
+
+#: Exit codes, beside 0 (stopped on request) and 2 (bad command line).
+EXIT_NO_SCHEDULER = 10
+EXIT_COMBINED = 11
+EXIT_BAD_QUEUE = 12
+EXIT_STARTUP_FAILED = 20
+EXIT_LEASE_LOST = 3
+
+_CHILD_ENV = "PSCHEDULER_SUPERVISED"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pscheduler",
+        description="Run the pyramid_scheduler jobs of a Pyramid application "
+                    "(for applications with scheduler.combined = false).")
+    parser.add_argument("config_uri", metavar="CONFIG-URI",
+                        help="the configuration file or URI, e.g. production.ini")
+    parser.add_argument("--app-name", metavar="NAME", default="main",
+                        help="the application section to load (default: %(default)s)")
+    parser.add_argument("-q", "--queue", metavar="NAME", dest="queues", action="append", default=[],
+                        help="run only this queue (repeat for several; default: all of scheduler.queues)")
+    parser.add_argument("--reload", action="store_true",
+                        help="restart when Python or configuration files change (development)")
+    parser.add_argument("--reload-interval", metavar="SECONDS", type=float, default=1,
+                        help="seconds between file checks with --reload (default: %(default)s)")
+    parser.add_argument("--restart", action="store_true",
+                        help="restart the daemon when it exits unexpectedly")
+    parser.add_argument("--restart-interval", metavar="SECONDS", type=float, default=5,
+                        help="seconds to wait before such a restart (default: %(default)s)")
+    parser.add_argument("--message", metavar="TEXT",
+                        help="send TEXT to the running daemons (a MESSAGE event; 'print-jobs' "
+                             "logs their jobs) and exit")
+    return parser
+
+
+class PSchedulerCommand:
+    """The ``pscheduler`` command; :attr:`bootstrap` may be swapped by tests."""
+
+    bootstrap = staticmethod(bootstrap)
+    setup_logging = staticmethod(setup_logging)
+
+    def __init__(self, argv: list[str]) -> None:
+        self.args = build_parser().parse_args(argv[1:])
+        self.argv = argv
+        self.service: SchedulerService | None = None
+
+    def run(self) -> int:
+        args = self.args
+        if args.reload and not hupper.is_active():
+            hupper.start_reloader("pyramid_scheduler.scripts.main",
+                                  reload_interval=args.reload_interval)
+            return 0  # not reached: the reloader exits the process
+        if args.restart and os.environ.get(_CHILD_ENV) != "1":
+            return self.supervise()
+        self.setup_logging(args.config_uri)
+        if hupper.is_active():
+            hupper.get_reloader().watch_files([os.path.abspath(args.config_uri.split("#")[0])])
+
+        try:
+            env = self.bootstrap(f"{args.config_uri}#{args.app_name}")
+        except Exception:
+            log.exception("could not load the application from %s", args.config_uri)
+            return EXIT_STARTUP_FAILED
+        try:
+            return self.serve(env)
+        finally:
+            env["closer"]()
+
+    def serve(self, env: dict[str, Any]) -> int:
+        args = self.args
+        scheduler = getattr(env["registry"], "scheduler", None)
+        if scheduler is None:
+            log.error("the application did not include pyramid_scheduler; add "
+                      "'pyramid.includes = pyramid_scheduler' or config.include('pyramid_scheduler')")
+            return EXIT_NO_SCHEDULER
+        if args.message:
+            scheduler.send_message(args.message)
+            log.info("message %r sent to queues %s", args.message, ", ".join(scheduler.queues))
+            scheduler.close()
+            return 0
+        if scheduler.settings.combined:
+            log.error("the application is configured with scheduler.combined = true, so its web "
+                      "processes run the jobs; set it to false to run them in pscheduler")
+            return EXIT_COMBINED
+        try:
+            for queue in args.queues:
+                if queue not in scheduler.queues:
+                    raise InvalidQueue(queue, scheduler.queues)
+        except InvalidQueue as exc:
+            log.error("-q/--queue: %s", exc)
+            return EXIT_BAD_QUEUE
+        self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = service.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            scheduler.close()
+        if code == 0:
+            log.info("pscheduler stopped")
+        return code
+
+    def _on_signal(self, signo: int, frame: Any) -> None:
+        # Only set a flag: logging and shutdown happen in the main loop.
+        if self.service is not None:
+            self.service.stop()
+
+    def supervise(self) -> int:
+        """``--restart``: run the daemon in a child process; restart it when it
+        exits with an error; pass SIGTERM/SIGINT on and exit with its code."""
+        env = dict(os.environ, **{_CHILD_ENV: "1"})
+        stopping = False
+        child: subprocess.Popen[bytes] | None = None
+
+        def forward(signo: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+            if child is not None and child.poll() is None:
+                child.send_signal(signo)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        while True:
+            child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]],
+                                     env=env)
+            code = child.wait()
+            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, 2):
+                return code
+            print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s",
+                  file=sys.stderr)
+            deadline = time.monotonic() + self.args.restart_interval
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if stopping:
+                return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pscheduler`` console script."""
+    return PSchedulerCommand(sys.argv if argv is None else argv).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

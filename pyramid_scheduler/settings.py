@@ -1,0 +1,370 @@
+"""Settings: every ``scheduler.*`` key parsed and checked once.
+
+:func:`parse_settings` is called at ``config.include`` time (in a deferred
+action, so an application may still change the settings after the include). It
+returns one frozen :class:`SchedulerSettings`; any bad value raises
+:class:`pyramid.exceptions.ConfigurationError` naming the key and the value.
+Unknown ``scheduler.*`` keys are refused too: a typo is the commonest
+configuration bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pyramid.exceptions import ConfigurationError
+from pyramid.path import DottedNameResolver
+from pyramid.settings import asbool, aslist
+
+log = logging.getLogger(__name__)
+
+PREFIX = "scheduler."
+
+#: The queue used when ``scheduler.queues`` is empty (as in 0.3.4).
+DEFAULT_QUEUE = "default"
+
+DEFAULT_BROKER_URL = "sqlite:///var/scheduler-broker.sqlite"
+DEFAULT_JOBSTORE_URL = "sqlite:///var/scheduler-jobs.sqlite"
+
+#: Values of ``scheduler.jobstore.default.class`` (0.3.4) that mean "keep jobs
+#: in memory only".
+MEMORY_STORE_CLASSES = {
+    "memory",
+    "apscheduler.jobstores.memory:MemoryJobStore",
+    "apscheduler.jobstores.memory.MemoryJobStore",
+    "apscheduler.jobstores.ram_store:RAMJobStore",
+    "apscheduler.jobstores.ram_store.RAMJobStore",
+}
+SQL_STORE_CLASSES = {
+    "sqlalchemy",
+    "apscheduler.jobstores.sqlalchemy:SQLAlchemyJobStore",
+    "apscheduler.jobstores.sqlalchemy.SQLAlchemyJobStore",
+    "apscheduler.jobstores.sqlalchemy_store:SQLAlchemyJobStore",
+}
+
+#: Broker URL prefixes that name Kombu's own SQLAlchemy transport (0.3.4 INI
+#: files used the first). They are mapped onto our SQL transport, never passed
+#: through to Kombu (which would import whatever module the prefix names).
+SQL_TRANSPORT_PREFIXES = (
+    "kombu.transport.sqlalchemy:Transport+",
+    "kombu.transport.sqlalchemy.Transport+",
+    "sqlalchemy+",
+    "sqla+",
+)
+SQL_URL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+KOMBU_SCHEMES = (
+    "redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq", "memory",
+    "sentinel",
+)
+
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: Keys this module understands, beside the ``apscheduler.*`` and
+#: ``broker.transport_options.*`` pass-through families.
+KNOWN_KEYS = frozenset({
+    "combined", "queues", "id", "delegator", "serializer", "timezone",
+    "broker.url", "broker.timeout", "broker.pool_limit", "broker.prefetch",
+    "broker.queue_prefix",
+    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix",
+    "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
+    "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
+    "result_ttl", "max_message_size",
+})
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """Where messages go: a Kombu URL, or a SQLAlchemy URL for our transport."""
+
+    url: str
+    #: ``"sql"`` for our SQL transport, else ``"kombu"``.
+    kind: str
+
+    def masked(self) -> str:
+        return mask_url(self.url)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Every ``scheduler.*`` setting, parsed and checked.
+
+    Build one with :func:`parse_settings`; tests may build one directly with
+    keyword arguments.
+    """
+
+    combined: bool = False
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    id: str = ""
+    broker: BrokerURL = field(default_factory=lambda: BrokerURL(DEFAULT_BROKER_URL, "sql"))
+    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
+    broker_timeout: float = 5.0
+    broker_pool_limit: int = 10
+    broker_prefetch: int = 64
+    broker_queue_prefix: str = "pyramid_scheduler."
+    #: ``None`` means the memory job store (asked for explicitly).
+    jobstore_url: str | None = DEFAULT_JOBSTORE_URL
+    jobstore_tablename_prefix: str = "pyramid_scheduler_"
+    housekeeping: float = 86400.0
+    housekeeping_append: tuple[Callable[[], Any], ...] = ()
+    misfire_grace_time: float = 3600.0
+    coalesce: bool = True
+    timezone: tzinfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    executor: str = "thread"
+    max_workers: int = 10
+    shutdown_timeout: float = 30.0
+    lease_ttl: float = 15.0
+    result_ttl: float = 7 * 86400.0
+    max_message_size: int = 256 * 1024
+    delegator: Callable[..., Any] | None = None
+    serializer: str = "json"
+    apscheduler: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_queue(self) -> str:
+        return self.queues[0]
+
+    @property
+    def memory_store(self) -> bool:
+        return self.jobstore_url is None
+
+    def __repr__(self) -> str:  # safe for logs: no passwords
+        store = "memory" if self.jobstore_url is None else mask_url(self.jobstore_url)
+        return (
+            f"<SchedulerSettings id={self.id!r} combined={self.combined} "
+            f"queues={self.queues} broker={self.broker.masked()!r} jobstore={store!r}>"
+        )
+
+
+def mask_url(url: str) -> str:
+    """Return *url* with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """Seconds from ``90``, ``"90"``, ``"1.5s"``, ``"30m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise _bad(key, value, "a duration such as 30, 30s, 15m, 24h or 7d")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise _bad(key, value, "a duration of zero or more")
+    return seconds
+
+
+def parse_broker_url(key: str, value: str) -> BrokerURL:
+    """Classify a broker URL; 0.3.4's SQLAlchemy forms map onto our transport."""
+    url = value.strip()
+    for prefix in SQL_TRANSPORT_PREFIXES:
+        if url.startswith(prefix):
+            url = url[len(prefix):]
+            break
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    base = scheme.split("+", 1)[0]
+    if base in SQL_URL_SCHEMES:
+        return BrokerURL(url, "sql")
+    if "+" in scheme and base not in KOMBU_SCHEMES:
+        raise _bad(
+            key, mask_url(value),
+            "a broker URL such as redis://host:6379/0, amqp://user@host//, or "
+            "sqlite:///path/to/file.sqlite (custom 'module:Transport+url' forms are "
+            "not passed through)",
+        )
+    if base in KOMBU_SCHEMES:
+        return BrokerURL(url, "kombu")
+    raise _bad(
+        key, mask_url(value),
+        "a broker URL with one of the schemes "
+        + ", ".join(KOMBU_SCHEMES + SQL_URL_SCHEMES),
+    )
+
+
+def _bad(key: str, value: Any, expected: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"Invalid setting {PREFIX}{key} = {value!r}: expected {expected}."
+    )
+
+
+def _as_int(key: str, value: Any, minimum: int = 0) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise _bad(key, value, "a whole number") from None
+    if number < minimum:
+        raise _bad(key, value, f"a whole number of at least {minimum}")
+    return number
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in {"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"}:
+        raise _bad(key, value, "true or false")
+    return asbool(text)
+
+
+def _resolve(key: str, value: Any) -> Callable[..., Any]:
+    if callable(value):
+        return value
+    try:
+        obj = DottedNameResolver().resolve(str(value).strip())
+    except (ImportError, ValueError, AttributeError) as exc:
+        raise _bad(key, value, f"an importable dotted name ({exc})") from exc
+    if not callable(obj):
+        raise _bad(key, value, "the dotted name of a callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _coerce_option(value: str) -> Any:
+    text = value.strip()
+    lowered = text.lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> SchedulerSettings:
+    """Parse the ``scheduler.*`` keys of a Pyramid settings mapping.
+
+    :param settings: the application's settings (``registry.settings``).
+    :param prefix: the key prefix, ``"scheduler."`` by default.
+    :raises pyramid.exceptions.ConfigurationError: on a bad or unknown key.
+    """
+    raw = {k[len(prefix):]: v for k, v in settings.items() if k.startswith(prefix)}
+    opts: dict[str, Any] = {}
+    transport_options: dict[str, Any] = {}
+    aps: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.startswith("broker.transport_options."):
+            transport_options[key[len("broker.transport_options."):]] = _coerce_option(str(value))
+        elif key.startswith("apscheduler."):
+            aps[key] = value
+        elif key not in KNOWN_KEYS:
+            raise ConfigurationError(
+                f"Unknown setting {prefix}{key} = {value!r}; the known ones are "
+                "listed in the settings reference (docs/settings.rst)."
+            )
+
+    if "combined" in raw:
+        opts["combined"] = _as_bool("combined", raw["combined"])
+    if "queues" in raw:
+        queues = tuple(aslist(str(raw["queues"])))
+        for name in queues:
+            if not _QUEUE_RE.match(name):
+                raise _bad("queues", raw["queues"],
+                           "space-separated queue names made of letters, digits, '_', '.' and '-'")
+        if len(set(queues)) != len(queues):
+            raise _bad("queues", raw["queues"], "queue names without repeats")
+        if queues:
+            opts["queues"] = queues
+    queues = opts.get("queues", (DEFAULT_QUEUE,))
+    opts["id"] = str(raw.get("id") or ";".join(queues))
+    if "broker.url" in raw:
+        opts["broker"] = parse_broker_url("broker.url", str(raw["broker.url"]))
+    opts["broker_transport_options"] = transport_options
+    for key, attr, minimum in (
+        ("broker.pool_limit", "broker_pool_limit", 1),
+        ("broker.prefetch", "broker_prefetch", 1),
+        ("executor.max_workers", "max_workers", 1),
+        ("max_message_size", "max_message_size", 64),
+    ):
+        if key in raw:
+            opts[attr] = _as_int(key, raw[key], minimum)
+    if "broker.queue_prefix" in raw:
+        opts["broker_queue_prefix"] = str(raw["broker.queue_prefix"]).strip()
+    for key, attr in (
+        ("broker.timeout", "broker_timeout"),
+        ("housekeeping", "housekeeping"),
+        ("misfire_grace_time", "misfire_grace_time"),
+        ("shutdown_timeout", "shutdown_timeout"),
+        ("lease.ttl", "lease_ttl"),
+        ("result_ttl", "result_ttl"),
+    ):
+        if key in raw:
+            opts[attr] = parse_duration(key, raw[key])
+    if opts.get("broker_timeout", 1.0) <= 0:
+        raise _bad("broker.timeout", raw["broker.timeout"], "a duration above zero")
+    if opts.get("lease_ttl", 15.0) < 1:
+        raise _bad("lease.ttl", raw["lease.ttl"], "a duration of at least 1s")
+    if opts.get("housekeeping", 1.0) <= 0:
+        raise _bad("housekeeping", raw["housekeeping"], "a duration above zero")
+    if "coalesce" in raw:
+        opts["coalesce"] = _as_bool("coalesce", raw["coalesce"])
+    if "housekeeping.append" in raw:
+        opts["housekeeping_append"] = tuple(
+            _resolve("housekeeping.append", name)
+            for name in aslist(str(raw["housekeeping.append"]))
+        )
+    if raw.get("delegator"):
+        opts["delegator"] = _resolve("delegator", raw["delegator"])
+    if "timezone" in raw:
+        try:
+            opts["timezone"] = ZoneInfo(str(raw["timezone"]).strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _bad("timezone", raw["timezone"], "an IANA zone name such as UTC or Europe/Paris") from None
+    if "executor" in raw:
+        executor = str(raw["executor"]).strip()
+        if executor not in {"thread", "threadpool", "default"}:
+            raise _bad("executor", executor,
+                       "'thread' (jobs need the application's registry, which a process pool "
+                       "cannot share)")
+        opts["executor"] = "thread"
+    if "serializer" in raw:
+        serializer = str(raw["serializer"]).strip().lower()
+        if serializer != "json":
+            raise _bad("serializer", raw["serializer"],
+                       "'json' (pickle is no longer accepted on the wire: a pickle message "
+                       "from the broker can run any code in the daemon)")
+        opts["serializer"] = serializer
+    opts["jobstore_url"] = _parse_jobstore(raw)
+    if "jobstore.tablename_prefix" in raw:
+        prefix_value = str(raw["jobstore.tablename_prefix"]).strip()
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", prefix_value):
+            raise _bad("jobstore.tablename_prefix", prefix_value, "an SQL identifier")
+        opts["jobstore_tablename_prefix"] = prefix_value
+    opts["apscheduler"] = aps
+    return SchedulerSettings(**opts)
+
+
+def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:
+    cls = str(raw.get("jobstore.default.class", "")).strip()
+    url = str(raw.get("jobstore.url", "")).strip()
+    if cls and cls not in MEMORY_STORE_CLASSES | SQL_STORE_CLASSES:
+        raise _bad("jobstore.default.class", cls,
+                   "apscheduler.jobstores.memory:MemoryJobStore or "
+                   "apscheduler.jobstores.sqlalchemy:SQLAlchemyJobStore")
+    if url.lower() == "memory" or (cls in MEMORY_STORE_CLASSES and not url):
+        return None
+    if not url:
+        return DEFAULT_JOBSTORE_URL
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in SQL_URL_SCHEMES:
+        raise _bad("jobstore.url", mask_url(url),
+                   "'memory' or a SQLAlchemy URL such as sqlite:///var/jobs.sqlite or "
+                   "postgresql://user@host/db")
+    return url

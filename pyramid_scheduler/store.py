@@ -1,0 +1,418 @@
+"""Store: the job ledger, the per-queue APScheduler job stores and the leases.
+
+All of it lives in the job store's database (``scheduler.jobstore.url``):
+
+* ``<prefix>jobs``: one row per job request (its wire message, status, run
+  count, last result or error). It absorbs redelivered and duplicate messages
+  by job id, and it is what users can read back.
+* ``<prefix>runs``: one row per scheduled run, keyed by ``run_key``
+  (``job_id@scheduled time``): started -> done | failed | missed |
+  interrupted. It closes APScheduler 3's gaps (it submits a run before
+  updating its store, and removes a date job before the run finishes): a run
+  found ``started`` after a crash is reported interrupted, never re-run.
+* ``<prefix>aps_<queue>``: APScheduler's own table, one per queue, so a
+  daemon restricted with ``-q`` only loads its queues' jobs.
+* ``<prefix>leases``: which daemon executes each queue, with an epoch.
+* ``<prefix>dead_letters``: messages refused at the daemon's door, with why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.util import datetime_to_utc_timestamp
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+#: Job statuses. ``scheduled`` and ``running`` are live; the others are final.
+LIVE = ("scheduled", "running")
+FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
+
+
+def now() -> float:
+    return time.time()
+
+
+def aps_tablename(prefix: str, queue: str) -> str:
+    return f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
+
+
+class Ledger:
+    """The scheduler's own tables, and every read and write of them."""
+
+    def __init__(self, engine: Engine, prefix: str = "pyramid_scheduler_") -> None:
+        self.engine = engine
+        self.metadata = sa.MetaData()
+        self.jobs = sa.Table(
+            f"{prefix}jobs", self.metadata,
+            sa.Column("id", sa.String(200), primary_key=True),
+            sa.Column("queue", sa.String(200), nullable=False, index=True),
+            sa.Column("func", sa.String(500), nullable=False),
+            sa.Column("kind", sa.String(20), nullable=False),
+            sa.Column("status", sa.String(20), nullable=False, index=True),
+            sa.Column("mid", sa.String(64), nullable=False),
+            sa.Column("request", sa.Text, nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+            sa.Column("runs", sa.Integer, nullable=False, default=0),
+            sa.Column("last_run_at", sa.Float),
+            sa.Column("result", sa.Text),
+            sa.Column("error", sa.Text),
+        )
+        self.runs = sa.Table(
+            f"{prefix}runs", self.metadata,
+            sa.Column("run_key", sa.String(300), primary_key=True),
+            sa.Column("job_id", sa.String(200), nullable=False, index=True),
+            sa.Column("queue", sa.String(200), nullable=False),
+            sa.Column("scheduled_at", sa.Float, nullable=False),
+            sa.Column("status", sa.String(20), nullable=False, index=True),
+            sa.Column("owner", sa.String(200), nullable=False),
+            sa.Column("started_at", sa.Float),
+            sa.Column("finished_at", sa.Float),
+        )
+        self.leases = sa.Table(
+            f"{prefix}leases", self.metadata,
+            sa.Column("queue", sa.String(200), primary_key=True),
+            sa.Column("owner", sa.String(200), nullable=False),
+            sa.Column("epoch", sa.Integer, nullable=False),
+            sa.Column("expires_at", sa.Float, nullable=False),
+        )
+        self.dead_letters = sa.Table(
+            f"{prefix}dead_letters", self.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("queue", sa.String(200), nullable=False),
+            sa.Column("received_at", sa.Float, nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("body", sa.Text, nullable=False),
+        )
+        self.metadata.create_all(engine)
+
+    # -- jobs -------------------------------------------------------------------------
+    def insert_job(self, conn: Connection, request: dict[str, Any]) -> None:
+        """Record a new job in *conn*'s transaction.
+
+        :raises ConflictingIdError: a live job has this id, or this very message
+            (same ``mid``) was stored before: a duplicate to absorb.
+        """
+        job_id = request["id"]
+        row = conn.execute(sa.select(self.jobs.c.status, self.jobs.c.mid)
+                           .where(self.jobs.c.id == job_id)).first()
+        if row is not None:
+            if row.status in LIVE or row.mid == request["mid"]:
+                raise ConflictingIdError(job_id)
+            # A finished job's id is being reused by a new request.
+            conn.execute(self.runs.delete().where(self.runs.c.job_id == job_id))
+            conn.execute(self.jobs.delete().where(self.jobs.c.id == job_id))
+        stamp = now()
+        conn.execute(self.jobs.insert().values(
+            id=job_id, queue=request["queue"], func=request["func"],
+            kind=request["trigger"]["type"], status="scheduled", mid=request["mid"],
+            request=json.dumps(request), created_at=stamp, updated_at=stamp, runs=0))
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def set_status(self, job_id: str, queue: str, status: str, only_from: tuple[str, ...] = LIVE,
+                   error: str | None = None) -> bool:
+        """Move a job of *queue* to *status* if it is in one of *only_from*;
+        True if it moved."""
+        values: dict[str, Any] = {"status": status, "updated_at": now()}
+        if error is not None:
+            values["error"] = error
+        with self.engine.begin() as conn:
+            moved = conn.execute(self.jobs.update()
+                                 .where(self.jobs.c.id == job_id, self.jobs.c.queue == queue,
+                                        self.jobs.c.status.in_(only_from))
+                                 .values(**values)).rowcount
+        return bool(moved)
+
+    # -- runs -------------------------------------------------------------------------
+    def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float,
+                  owner: str) -> str:
+        """Record that a run starts. Returns ``"start"``, or the status the run
+        already had (``"started"`` means it was cut short by a crash)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(self.runs.c.status)
+                               .where(self.runs.c.run_key == run_key)).first()
+            if row is not None:
+                return str(row.status)
+            stamp = now()
+            conn.execute(self.runs.insert().values(
+                run_key=run_key, job_id=job_id, queue=queue, scheduled_at=scheduled_at,
+                status="started", owner=owner, started_at=stamp))
+            conn.execute(self.jobs.update().where(self.jobs.c.id == job_id,
+                                                  self.jobs.c.status == "scheduled")
+                         .values(status="running", updated_at=stamp))
+        return "start"
+
+    def finish_run(self, job_id: str, run_key: str, status: str, final: bool,
+                   result: Any = None, error: str | None = None,
+                   scheduled_at: float | None = None, queue: str = "", owner: str = "") -> None:
+        """Record a run's outcome (``done``, ``failed``, ``missed`` or
+        ``interrupted``) and the job's status after it."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            updated = conn.execute(self.runs.update().where(self.runs.c.run_key == run_key)
+                                   .values(status=status, finished_at=stamp)).rowcount
+            if not updated:
+                conn.execute(self.runs.insert().values(
+                    run_key=run_key, job_id=job_id, queue=queue, status=status, owner=owner,
+                    scheduled_at=scheduled_at if scheduled_at is not None else stamp,
+                    finished_at=stamp))
+            values: dict[str, Any] = {"updated_at": stamp}
+            if status in ("done", "failed"):
+                values.update(runs=self.jobs.c.runs + 1, last_run_at=stamp)
+            if status == "done":
+                values["result"] = _json_or_repr(result)
+                values["error"] = None
+            elif error is not None:
+                values["error"] = error
+            job_status = {"done": "done", "failed": "failed", "missed": "missed",
+                          "interrupted": "interrupted"}[status] if final else "scheduled"
+            conn.execute(self.jobs.update()
+                         .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(LIVE))
+                         .values(status=job_status, **values))
+            if not final:
+                return
+            # A canceled job keeps its status, but still records the run.
+            conn.execute(self.jobs.update()
+                         .where(self.jobs.c.id == job_id, self.jobs.c.status.notin_(LIVE))
+                         .values(**values))
+
+    def recover(self, queues: tuple[str, ...], owner: str) -> list[dict[str, Any]]:
+        """Mark runs left ``started`` by other owners on *queues* as
+        interrupted and return them (with the job's request)."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(self.runs, self.jobs.c.request)
+                .join(self.jobs, self.jobs.c.id == self.runs.c.job_id)
+                .where(self.runs.c.queue.in_(queues), self.runs.c.status == "started",
+                       self.runs.c.owner != owner)).all()
+        return [dict(row._mapping) for row in rows]
+
+    def orphans(self, queue: str, aps_table: sa.Table) -> list[dict[str, Any]]:
+        """Live jobs of *queue* that APScheduler no longer holds and that have
+        no run under way: submitted, removed by APScheduler, never started."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status)
+                .where(self.jobs.c.queue == queue, self.jobs.c.status.in_(LIVE),
+                       ~sa.exists().where(aps_table.c.id == self.jobs.c.id))).all()
+        return [dict(row._mapping) for row in rows]
+
+    def dead_letter(self, queue: str, reason: str, body: Any) -> None:
+        if isinstance(body, (bytes, bytearray)):
+            text = bytes(body).decode("utf-8", "backslashreplace")
+        elif isinstance(body, str):
+            text = body
+        else:
+            try:
+                text = json.dumps(body)
+            except (TypeError, ValueError):
+                text = repr(body)
+        with self.engine.begin() as conn:
+            conn.execute(self.dead_letters.insert().values(
+                queue=queue, received_at=now(), reason=reason[:2000], body=text[:1_000_000]))
+
+    def purge(self, older_than: float) -> int:
+        """Forget finished jobs and old dead letters (housekeeping)."""
+        with self.engine.begin() as conn:
+            old = sa.select(self.jobs.c.id).where(self.jobs.c.status.in_(FINAL),
+                                                  self.jobs.c.updated_at < older_than)
+            conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(old)))
+            count = conn.execute(self.jobs.delete().where(self.jobs.c.status.in_(FINAL),
+                                                          self.jobs.c.updated_at < older_than)).rowcount
+            conn.execute(self.runs.delete().where(self.runs.c.status.notin_(("started",)),
+                                                  self.runs.c.finished_at < older_than))
+            conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
+        return int(count)
+
+
+def _json_or_repr(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return json.dumps(repr(value))
+
+
+class _Adding:
+    """Lets the engine pass the wire request along with APScheduler's add_job."""
+
+    _local: threading.local
+
+    @contextmanager
+    def adding(self, request: dict[str, Any] | None) -> Iterator[None]:
+        """Make the next ``add_job`` in this thread record *request* (``None``
+        when re-adding a known job)."""
+        self._local.request = request
+        try:
+            yield
+        finally:
+            self._local.request = None
+
+
+class MemoryQueueStore(_Adding, MemoryJobStore):
+    """The memory job store (``scheduler.jobstore.url = memory``), per queue."""
+
+    def __init__(self, on_added: Any = None) -> None:
+        super().__init__()
+        self.on_added = on_added
+        self._local = threading.local()
+
+    def add_job(self, job: Job) -> None:
+        super().add_job(job)
+        request = getattr(self._local, "request", None)
+        if request is not None and self.on_added is not None:
+            self.on_added(job, request)
+
+
+class QueueJobStore(_Adding, SQLAlchemyJobStore):
+    """APScheduler's SQL job store for one queue, writing the ledger row in the
+    same transaction as the job, and parking (not deleting) jobs it cannot load.
+    """
+
+    def __init__(self, ledger: Ledger, queue: str, tablename: str,
+                 on_added: Any = None) -> None:
+        super().__init__(engine=ledger.engine, tablename=tablename,
+                         pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        self.ledger = ledger
+        self.queue = queue
+        self.on_added = on_added
+        self._local = threading.local()
+
+    def add_job(self, job: Job) -> None:
+        request = getattr(self._local, "request", None)
+        state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        try:
+            with self.engine.begin() as conn:
+                if request is not None:
+                    self.ledger.insert_job(conn, request)
+                conn.execute(self.jobs_t.insert().values(
+                    id=job.id, next_run_time=datetime_to_utc_timestamp(job.next_run_time),
+                    job_state=state))
+        except sa.exc.IntegrityError:
+            raise ConflictingIdError(job.id) from None
+        if request is not None and self.on_added is not None:
+            self.on_added(job, request)
+
+    def _get_jobs(self, *conditions: Any) -> list[Job]:
+        jobs = []
+        selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(
+            self.jobs_t.c.next_run_time)
+        selectable = selectable.where(sa.and_(*conditions)) if conditions else selectable
+        with self.engine.begin() as conn:
+            for row in conn.execute(selectable):
+                try:
+                    jobs.append(self._reconstitute_job(row.job_state))
+                except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job
+                    self._park(conn, row.id, exc)
+        return jobs
+
+    def _park(self, conn: Connection, job_id: str, exc: BaseException) -> None:
+        reason = f"cannot load the stored job: {type(exc).__name__}: {exc}"
+        log.error("job %s (queue %s) parked: %s", job_id, self.queue, reason)
+        # Without a next run time it is neither due nor deleted; it stays visible.
+        conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job_id)
+                     .values(next_run_time=None))
+        conn.execute(self.ledger.jobs.update().where(self.ledger.jobs.c.id == job_id)
+                     .values(status="parked", error=reason, updated_at=now()))
+
+
+class _HeldError(Exception):
+    """Another daemon holds a queue's lease (rolls the transaction back)."""
+
+
+@dataclass
+class Lease:
+    """Which daemon executes a set of queues.
+
+    A lease row per queue holds its owner, an epoch bumped at every change of
+    owner, and an expiry. The holder renews it every ``ttl / 3`` seconds; a
+    standby takes it over once it has expired. Before each run the holder
+    checks that its last renewal is still within ``ttl`` (:meth:`valid`), so a
+    process that was paused past its lease does not run jobs next to the new
+    holder.
+    """
+
+    ledger: Ledger
+    queues: tuple[str, ...]
+    owner: str
+    ttl: float
+    epochs: dict[str, int] | None = None
+    renewed_at: float = 0.0
+
+    def try_acquire(self) -> bool:
+        """Take every queue's lease, or none. True when all are held."""
+        table = self.ledger.leases
+        stamp = now()
+        epochs: dict[str, int] = {}
+        try:
+            with self.ledger.engine.begin() as conn:
+                for queue in sorted(self.queues):
+                    row = conn.execute(sa.select(table).where(table.c.queue == queue)).first()
+                    if row is None:
+                        conn.execute(table.insert().values(queue=queue, owner=self.owner, epoch=1,
+                                                           expires_at=stamp + self.ttl))
+                        epochs[queue] = 1
+                        continue
+                    if row.owner != self.owner and row.expires_at > stamp:
+                        raise _HeldError(queue)
+                    epoch = row.epoch if row.owner == self.owner else row.epoch + 1
+                    moved = conn.execute(
+                        table.update().where(table.c.queue == queue, table.c.epoch == row.epoch,
+                                             table.c.owner == row.owner)
+                        .values(owner=self.owner, epoch=epoch, expires_at=stamp + self.ttl)).rowcount
+                    if not moved:
+                        raise _HeldError(queue)
+                    epochs[queue] = epoch
+        except (_HeldError, sa.exc.IntegrityError):
+            return False
+        self.epochs = epochs
+        self.renewed_at = stamp
+        return True
+
+    def renew(self) -> bool:
+        """Extend the lease; False if another daemon holds it now."""
+        if not self.epochs:
+            return False
+        table = self.ledger.leases
+        stamp = now()
+        with self.ledger.engine.begin() as conn:
+            for queue, epoch in self.epochs.items():
+                moved = conn.execute(table.update().where(table.c.queue == queue, table.c.owner == self.owner,
+                                                          table.c.epoch == epoch)
+                                     .values(expires_at=stamp + self.ttl)).rowcount
+                if not moved:
+                    return False
+        self.renewed_at = stamp
+        return True
+
+    def valid(self) -> bool:
+        return bool(self.epochs) and now() < self.renewed_at + self.ttl
+
+    def release(self) -> None:
+        if not self.epochs:
+            return
+        table = self.ledger.leases
+        with self.ledger.engine.begin() as conn:
+            for queue, epoch in self.epochs.items():
+                conn.execute(table.update().where(table.c.queue == queue, table.c.owner == self.owner,
+                                                  table.c.epoch == epoch).values(expires_at=0.0))
+        self.epochs = None

@@ -1,0 +1,157 @@
+"""A Kombu transport on a SQL database: the embedded default broker.
+
+Used when ``scheduler.broker.url`` is a SQLAlchemy URL (``sqlite:///...``,
+``postgresql://...``) or one of 0.3.4's ``sqla+``/``kombu.transport.sqlalchemy``
+forms. Kombu's own SQLAlchemy transport is not used: it swallows
+``OperationalError`` on publish (a locked SQLite file drops the message),
+keeps delivered-but-unacked messages only in process memory (``kill -9``
+loses them) and never deletes consumed rows. This one:
+
+* raises on every database error, so ``add_*_job`` fails loudly;
+* *claims* a row by setting ``visible_at`` to now + the visibility timeout, so
+  a consumer that dies leaves the row to be claimed again once the timeout
+  passes;
+* deletes the row on ack and on reject, and makes it visible again on requeue
+  or when the channel closes with unacked messages.
+
+Transport options: ``visibility_timeout`` (seconds, default 60),
+``polling_interval`` (seconds between empty polls, default 0.02).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from queue import Empty
+from typing import Any
+
+import sqlalchemy as sa
+from kombu.transport import virtual
+from sqlalchemy.engine import Engine
+
+from .db import create_db_engine
+
+metadata = sa.MetaData()
+messages = sa.Table(
+    "pyramid_scheduler_messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.String(200), nullable=False),
+    sa.Column("delivery_tag", sa.String(64), nullable=False),
+    sa.Column("visible_at", sa.Float, nullable=False, default=0.0),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Index("ix_pyramid_scheduler_messages_queue", "queue", "visible_at", "id"),
+    sa.Index("ix_pyramid_scheduler_messages_tag", "delivery_tag"),
+)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """One engine (and one table check) per URL per process."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_db_engine(url)
+            metadata.create_all(engine)
+            _engines[url] = engine
+        return engine
+
+
+class Channel(virtual.Channel):
+    """Virtual channel whose queues are rows of ``pyramid_scheduler_messages``."""
+
+    visibility_timeout = 60.0
+    from_transport_options = (*virtual.Channel.from_transport_options, "visibility_timeout")  # type: ignore[assignment]
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.engine = engine_for(self.connection.client.hostname)
+
+    # -- publish ----------------------------------------------------------------------
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        tag = message["properties"]["delivery_tag"]
+        with self.engine.begin() as conn:
+            conn.execute(messages.insert().values(
+                queue=queue, delivery_tag=tag, visible_at=0.0, payload=json.dumps(message)))
+
+    # -- consume ----------------------------------------------------------------------
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        now = time.time()
+        with self.engine.begin() as conn:
+            while True:
+                row = conn.execute(
+                    sa.select(messages.c.id, messages.c.visible_at, messages.c.payload)
+                    .where(messages.c.queue == queue, messages.c.visible_at <= now)
+                    .order_by(messages.c.id).limit(1)
+                ).first()
+                if row is None:
+                    raise Empty()
+                claimed = conn.execute(
+                    messages.update()
+                    .where(messages.c.id == row.id, messages.c.visible_at == row.visible_at)
+                    .values(visible_at=now + self.visibility_timeout)
+                ).rowcount
+                if claimed:
+                    message: dict[str, Any] = json.loads(row.payload)
+                    if row.visible_at:
+                        message["redelivered"] = True
+                    return message
+
+    def _size(self, queue: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(messages).where(messages.c.queue == queue)
+            ).scalar_one())
+
+    def _purge(self, queue: str) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(messages.delete().where(messages.c.queue == queue)).rowcount)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._purge(queue)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        pass  # queues are rows; the table is made by engine_for()
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return True
+
+    # -- settle -----------------------------------------------------------------------
+    def _forget(self, delivery_tag: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(messages.delete().where(messages.c.delivery_tag == delivery_tag))
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        self._forget(delivery_tag)
+        super().basic_ack(delivery_tag, multiple)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if not requeue:
+            self._forget(delivery_tag)
+        super().basic_reject(delivery_tag, requeue)
+
+    def _restore(self, message: Any) -> None:
+        # The row is still there (claimed): make it visible again rather than
+        # inserting a copy, as the base class would.
+        with self.engine.begin() as conn:
+            conn.execute(messages.update()
+                         .where(messages.c.delivery_tag == message.delivery_tag)
+                         .values(visible_at=0.0))
+
+
+class Transport(virtual.Transport):
+    """Pass as ``kombu.Connection(url, transport=Transport)``."""
+
+    Channel = Channel
+    polling_interval = 0.02
+    can_parse_url = True
+    default_port = 0  # type: ignore[assignment]
+    driver_type = "sql"
+    driver_name = "sqlalchemy"
+    connection_errors = (*virtual.Transport.connection_errors, sa.exc.OperationalError)  # type: ignore[assignment]
+    channel_errors = (*virtual.Transport.channel_errors, sa.exc.OperationalError)  # type: ignore[assignment]
+
+    def driver_version(self) -> str:
+        return str(sa.__version__)

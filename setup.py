@@ -1,0 +1,74 @@
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.abspath(os.path.dirname(__file__))
+with open(os.path.join(here, "README.rst"), encoding="utf-8") as f:
+    README = f.read()
+with open(os.path.join(here, "CHANGES.rst"), encoding="utf-8") as f:
+    CHANGES = f.read()
+
+requires = [
+    "pyramid>=2.0,<3",
+    "APScheduler>=3.10,<4",
+    "kombu>=5.3,<6",
+    "SQLAlchemy>=2.0,<3",
+    "transaction>=3.0",
+    "hupper>=1.10",
+    "plaster_pastedeploy>=0.7",
+    "zope.interface>=5",
+]
+
+extras = {
+    "redis": ["redis>=4.5,<8.2"],
+    "amqp": ["amqp>=5.1,<6"],
+    "postgresql": ["psycopg[binary]>=3.1,<4"],
+    "testing": [
+        "pytest>=8",
+        "pytest-timeout>=2.2",
+        "WebTest>=3.0",
+        "waitress>=3.0",
+        "pyramid_tm>=2.5",
+        "zope.sqlalchemy>=3.0",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+        "mypy>=1.10",
+    ],
+    "docs": [
+        "Sphinx>=7",
+        "sphinxcontrib-autoprogram>=0.1.9",
+    ],
+    "demo": ["waitress>=3.0"],
+}
+extras["testing"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"]
+
+setup(
+    name="pyramid_scheduler",
+    version="1.0.0.dev0",
+    description="Asynchronous, deferred, interval and cron jobs for Pyramid applications",
+    long_description=README + "\n\n" + CHANGES,
+    long_description_content_type="text/x-rst",
+    classifiers=[
+        "Framework :: Pyramid",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: System :: Distributed Computing",
+    ],
+    keywords="pyramid scheduler cron jobs apscheduler kombu",
+    license="MIT",
+    packages=find_packages(exclude=["tests", "tests.*"]),
+    include_package_data=True,
+    package_data={"pyramid_scheduler": ["py.typed", "demo/templates/*"]},
+    zip_safe=False,
+    python_requires=">=3.10",
+    install_requires=requires,
+    extras_require=extras,
+    entry_points={
+        "console_scripts": ["pscheduler = pyramid_scheduler.scripts:main"],
+        "paste.app_factory": ["demo = pyramid_scheduler.demo:main"],
+    },
+)

@@ -39,7 +39,8 @@ def make_connection(settings: SchedulerSettings) -> kombu.Connection:
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
     if settings.broker.kind == "sql":
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT)
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url)
+        url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
                        socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -32,6 +32,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
@@ -44,6 +45,21 @@ from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename
 log = logging.getLogger(__name__)
 
 INTERNAL = "pyramid_scheduler.internal"
+
+
+class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, minus one race.
+
+    ``shutdown()`` wakes the main loop, which runs ``_process_jobs`` once more
+    after the executors are shut down: each due job's submission then fails
+    and APScheduler removes the date job anyway. Here nothing is processed
+    unless the scheduler is running.
+    """
+
+    def _process_jobs(self) -> float | None:
+        if self.state != STATE_RUNNING:
+            return None
+        return super()._process_jobs()  # type: ignore[no-any-return]
 
 
 class Engine:
@@ -77,7 +93,7 @@ class Engine:
                 self.stores[queue] = QueueJobStore(
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
                     on_added=self._on_added)
-        self.aps = BackgroundScheduler()
+        self.aps = _Scheduler()
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},

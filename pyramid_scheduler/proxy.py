@@ -12,6 +12,7 @@ within ``scheduler.broker.timeout``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -55,6 +56,7 @@ class SchedulerProxy:
         #: ``pscheduler``), else ``None``.
         self.runtime: Any = None
         self._service: Any = None
+        self._ledger_obj: Any = None
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -140,6 +142,38 @@ class SchedulerProxy:
         for name in self._queues_for(queue):
             self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)))
 
+    # -- reading job records ----------------------------------------------------------
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record from the job store's database, or ``None``.
+
+        Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
+        ``running``, ``done``, ``failed``, ``missed``, ``canceled``,
+        ``interrupted`` or ``parked``), ``runs``, ``created_at``,
+        ``updated_at``, ``last_run_at`` (epoch seconds), ``result`` (the last
+        run's return value, decoded from JSON) and ``error``. Works from any
+        process that shares ``scheduler.jobstore.url`` (not with the memory store).
+        """
+        row = self._ledger().get_job(job_id)
+        return None if row is None else _record(row)
+
+    def get_jobs(self, queue: str | None = None, status: str | None = None,
+                 limit: int = 100) -> list[dict[str, Any]]:
+        """The most recently changed job records, newest first."""
+        if queue is not None and queue not in self.settings.queues:
+            raise InvalidQueue(queue, self.settings.queues)
+        return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
+
+    def _ledger(self) -> Any:
+        if self._ledger_obj is None:
+            if self.settings.memory_store:
+                raise InvalidJob("job records need a SQL job store; scheduler.jobstore.url is 'memory'")
+            from .db import create_db_engine
+            from .store import Ledger
+
+            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or ""),
+                                      self.settings.jobstore_tablename_prefix)
+        return self._ledger_obj
+
     # -- listeners --------------------------------------------------------------------
     def add_listener(self, listener: Listener, events: Iterable[str] | None = None,
                      args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None) -> None:
@@ -165,6 +199,9 @@ class SchedulerProxy:
                 service.join(self.settings.shutdown_timeout + 10)
             self._service = None
         self.publisher.close()
+        if self._ledger_obj is not None:
+            self._ledger_obj.engine.dispose()
+            self._ledger_obj = None
 
     close = shutdown
 
@@ -243,3 +280,12 @@ class SchedulerProxy:
                 f"scheduler.max_message_size ({self.settings.max_message_size}); pass a "
                 "reference to the data (a database id, a file name) instead of the data")
         self.publisher.publish(body, request.queue, request.id)
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in row.items() if k not in ("request", "mid")}
+    if record.get("result") is not None:
+        record["result"] = json.loads(record["result"])
+    request = json.loads(row["request"])
+    record.update(args=request.get("args"), kwargs=request.get("kwargs"), trigger=request.get("trigger"))
+    return record

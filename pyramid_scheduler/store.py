@@ -129,6 +129,15 @@ class Ledger:
             row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
         return None if row is None else dict(row._mapping)
 
+    def list_jobs(self, queue: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
+        if queue is not None:
+            query = query.where(self.jobs.c.queue == queue)
+        if status is not None:
+            query = query.where(self.jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def set_status(self, job_id: str, queue: str, status: str, only_from: tuple[str, ...] = LIVE,
                    error: str | None = None) -> bool:
         """Move a job of *queue* to *status* if it is in one of *only_from*;
@@ -186,15 +195,12 @@ class Ledger:
                 values["error"] = error
             job_status = {"done": "done", "failed": "failed", "missed": "missed",
                           "interrupted": "interrupted"}[status] if final else "scheduled"
-            conn.execute(self.jobs.update()
-                         .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(LIVE))
-                         .values(status=job_status, **values))
-            if not final:
-                return
-            # A canceled job keeps its status, but still records the run.
-            conn.execute(self.jobs.update()
-                         .where(self.jobs.c.id == job_id, self.jobs.c.status.notin_(LIVE))
-                         .values(**values))
+            moved = conn.execute(self.jobs.update()
+                                 .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(LIVE))
+                                 .values(status=job_status, **values)).rowcount
+            if not moved:
+                # Canceled while it ran: keep that status, but record the run.
+                conn.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(**values))
 
     def recover(self, queues: tuple[str, ...], owner: str) -> list[dict[str, Any]]:
         """Mark runs left ``started`` by other owners on *queues* as

@@ -14,7 +14,7 @@ loses them) and never deletes consumed rows. This one:
 * deletes the row on ack and on reject, and makes it visible again on requeue
   or when the channel closes with unacked messages.
 
-Transport options: ``visibility_timeout`` (seconds, default 60),
+Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 60),
 ``polling_interval`` (seconds between empty polls, default 0.02).
 """
 
@@ -67,7 +67,8 @@ class Channel(virtual.Channel):
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
-        self.engine = engine_for(self.connection.client.hostname)
+        client = self.connection.client
+        self.engine = engine_for(client.transport_options.get("url") or client.hostname)
 
     # -- publish ----------------------------------------------------------------------
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
@@ -95,8 +96,8 @@ class Channel(virtual.Channel):
                 ).rowcount
                 if claimed:
                     message: dict[str, Any] = json.loads(row.payload)
-                    if row.visible_at:
-                        message["redelivered"] = True
+                    if row.visible_at:  # claimed before: a consumer died or requeued it
+                        message["properties"]["delivery_info"]["redelivered"] = True
                     return message
 
     def _size(self, queue: str) -> int:
@@ -142,7 +143,12 @@ class Channel(virtual.Channel):
 
 
 class Transport(virtual.Transport):
-    """Pass as ``kombu.Connection(url, transport=Transport)``."""
+    """Use as ``kombu.Connection("sql://", transport=Transport,
+    transport_options={"url": sqlalchemy_url})``.
+
+    The SQLAlchemy URL travels in the transport options because Kombu reads a
+    ``+`` in a URL's scheme (``postgresql+psycopg://``) as a transport prefix.
+    """
 
     Channel = Channel
     polling_interval = 0.02

@@ -1,0 +1,270 @@
+"""The engine in-process: storage, run ledger, event order, recovery, leases.
+
+Requests are handed to :meth:`Engine.submit` as the consumer would after
+decoding; the job store is a real SQLite file (or PostgreSQL).
+"""
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from pyramid.config import Configurator
+from pyramid.threadlocal import get_current_registry
+
+from conftest import make_settings
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.engine import Engine
+from pyramid_scheduler.messages import JobRequest, trigger_spec
+from pyramid_scheduler.runner import run_key
+from pyramid_scheduler.store import Lease
+
+UTC = timezone.utc
+RUNS: list = []
+GATE = threading.Event()
+
+
+def record(tag):
+    RUNS.append((tag, get_current_registry().settings.get("marker")))
+    return {"tag": tag}
+
+
+def fail(tag):
+    RUNS.append((tag, None))
+    raise RuntimeError(f"failing on purpose: {tag}")
+
+
+def wait_gate(tag):
+    RUNS.append((tag, "started"))
+    GATE.wait(10)
+    return tag
+
+
+def exits(tag):
+    raise SystemExit(3)
+
+
+@pytest.fixture
+def proxy_factory(tmp_var, store_kind, drop_tables):
+    made = []
+    settings = {**make_settings(tmp_var, store=store_kind), "marker": "M"}
+    drop_tables.append((settings["scheduler.jobstore.url"], settings["scheduler.jobstore.tablename_prefix"]))
+
+    def make(**extra):
+        with Configurator(settings={**settings, **{f"scheduler.{k}": str(v) for k, v in extra.items()}}) as config:
+            config.include("pyramid_scheduler")
+        made.append(config.registry.scheduler)
+        return config.registry.scheduler
+
+    RUNS.clear()
+    GATE.clear()
+    yield make
+    GATE.set()
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def engine_factory(proxy_factory):
+    engines = []
+
+    def make(proxy=None, start=True, **extra):
+        proxy = proxy or proxy_factory(**extra)
+        engine = Engine(proxy)
+        events = []
+        proxy.add_listener(events.append)
+        if start:
+            assert engine.try_acquire()
+            engine.start()
+        engines.append(engine)
+        return engine, events
+
+    yield make
+    for engine in engines:
+        engine.stop(timeout=2)
+
+
+def add(func, kind="now", when=None, job_id=None, queue="jobs", **fields):
+    when = when or datetime.now(UTC)
+    spec = (trigger_spec(kind, UTC, run_date=when) if kind in ("now", "date")
+            else trigger_spec(kind, UTC, start_date=when, **fields))
+    ref = f"test_engine:{func.__name__}"
+    return JobRequest(op="add", id=job_id or f"j{time.time_ns()}", queue=queue, func=ref,
+                      args=[job_id or "x"], trigger=spec)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def types_for(events, job_id):
+    return [e.type for e in events if e.get("job_id") == job_id]
+
+
+def test_run_now_job_runs_with_registry_and_events_in_order(engine_factory):
+    engine, events = engine_factory()
+    request = add(record, job_id="a1")
+    assert engine.submit(request) == "stored"
+    wait_for(lambda: len(types_for(events, "a1")) == 3)
+    assert RUNS == [("a1", "M")]
+    assert types_for(events, "a1") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    executed = [e for e in events if e.type == Event.JOB_EXECUTED][0]
+    assert executed.retval == {"tag": "a1"}
+    assert executed.run_key.startswith("a1@")
+    record_ = engine.ledger.get_job("a1")
+    assert record_["status"] == "done" and record_["runs"] == 1
+
+
+def test_failing_job_and_sys_exit_are_recorded_not_fatal(engine_factory):
+    engine, events = engine_factory()
+    engine.submit(add(fail, job_id="f1"))
+    engine.submit(add(exits, job_id="f2"))
+    engine.submit(add(record, job_id="ok"))
+    wait_for(lambda: all(len(types_for(events, j)) == 3 for j in ("f1", "f2", "ok")))
+    assert types_for(events, "f1") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_REMOVED]
+    assert types_for(events, "f2") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_REMOVED]
+    error = [e for e in events if e.type == Event.JOB_ERROR and e.job_id == "f1"][0]
+    assert "failing on purpose" in error.traceback
+    assert engine.ledger.get_job("f1")["status"] == "failed"
+    assert "SystemExit" in engine.ledger.get_job("f2")["error"]
+    assert engine.ledger.get_job("ok")["status"] == "done"
+
+
+def test_duplicate_message_is_absorbed_but_a_finished_id_can_be_reused(engine_factory):
+    engine, events = engine_factory()
+    request = add(record, job_id="d1")
+    assert engine.submit(request) == "stored"
+    assert engine.submit(request) == "duplicate"  # a redelivery: same message id
+    wait_for(lambda: engine.ledger.get_job("d1")["status"] == "done")
+    assert engine.submit(request) == "duplicate"  # a late redelivery after it ran
+    again = add(record, job_id="d1")  # a new request reusing the finished id
+    assert engine.submit(again) == "stored"
+    wait_for(lambda: len([r for r in RUNS if r[0] == "d1"]) == 2)
+    time.sleep(0.2)
+    assert len([r for r in RUNS if r[0] == "d1"]) == 2
+    assert types_for(events, "d1").count(Event.JOB_CREATED) == 2
+
+
+def test_live_job_id_is_idempotent(engine_factory):
+    engine, _ = engine_factory()
+    first = add(record, kind="interval", job_id="sync", seconds=3600)
+    second = add(record, kind="interval", job_id="sync", seconds=60)
+    assert engine.submit(first) == "stored"
+    assert engine.submit(second) == "duplicate"
+    job = engine.aps.get_job("sync")
+    assert job.trigger.interval == timedelta(hours=1)
+
+
+def test_cancel_during_a_run_waits_for_the_run_event(engine_factory):
+    engine, events = engine_factory()
+    engine.submit(add(wait_gate, kind="interval", job_id="c1", seconds=0.2,
+                      when=datetime.now(UTC) - timedelta(seconds=0.1)))
+    wait_for(lambda: ("c1", "started") in RUNS)
+    engine.submit(JobRequest(op="cancel", id="c1", queue="jobs"))
+    assert engine.ledger.get_job("c1")["status"] == "canceled"
+    assert Event.JOB_CANCELED not in types_for(events, "c1")
+    GATE.set()
+    wait_for(lambda: Event.JOB_CANCELED in types_for(events, "c1"))
+    assert types_for(events, "c1") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_CANCELED]
+    assert engine.aps.get_job("c1") is None
+    assert engine.ledger.get_job("c1")["status"] == "canceled"
+    assert engine.submit(JobRequest(op="cancel", id="c1", queue="jobs")) == "cancel-ignored"
+
+
+def test_late_date_job_is_missed_visibly(engine_factory):
+    engine, events = engine_factory(misfire_grace_time=1)
+    engine.submit(add(record, kind="date", job_id="late", when=datetime.now(UTC) - timedelta(minutes=5)))
+    engine.submit(add(record, kind="date", job_id="recent", when=datetime.now(UTC) - timedelta(seconds=0.2)))
+    wait_for(lambda: len(types_for(events, "late")) == 3 and len(types_for(events, "recent")) == 3)
+    assert types_for(events, "late") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_REMOVED]
+    missed = [e for e in events if e.type == Event.JOB_MISSED][0]
+    assert "misfire grace" in missed.reason
+    assert engine.ledger.get_job("late")["status"] == "missed"
+    assert ("late", "M") not in RUNS and ("recent", "M") in RUNS
+
+
+def test_interrupted_run_is_reported_not_rerun(engine_factory, proxy_factory):
+    proxy = proxy_factory()
+    crashed, _ = engine_factory(proxy=proxy)
+    when = datetime.now(UTC) + timedelta(seconds=1)
+    crashed.submit(add(record, kind="date", job_id="i1", when=when))
+    # What a crash mid-run leaves: APScheduler already removed the date job,
+    # the ledger has the run "started" by the dead daemon.
+    crashed.aps.pause()
+    crashed.aps.remove_job("i1", jobstore="jobs")
+    key = run_key("i1", when)
+    assert crashed.ledger.start_run("i1", "jobs", key, when.timestamp(), "dead-daemon") == "start"
+    crashed.stop(timeout=1)
+
+    engine, events = engine_factory(proxy=proxy)
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "i1"))
+    assert types_for(events, "i1") == [Event.JOB_INTERRUPTED, Event.JOB_REMOVED]
+    assert engine.ledger.get_job("i1")["status"] == "interrupted"
+    time.sleep(1.5)
+    assert ("i1", "M") not in RUNS
+
+
+def test_due_but_never_started_run_runs_after_restart(engine_factory, proxy_factory):
+    proxy = proxy_factory()
+    crashed, _ = engine_factory(proxy=proxy)
+    crashed.aps.pause()
+    crashed.submit(add(record, kind="date", job_id="o1", when=datetime.now(UTC)))
+    # Submitted and removed by APScheduler, but the daemon died before the run started.
+    crashed.aps.remove_job("o1", jobstore="jobs")
+    crashed.stop(timeout=1)
+    assert RUNS == []
+
+    engine, events = engine_factory(proxy=proxy)
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "o1"))
+    assert RUNS == [("o1", "M")]
+    assert types_for(events, "o1") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+def test_unloadable_stored_job_is_parked_not_deleted(engine_factory, proxy_factory, tmp_path, monkeypatch):
+    name = f"vanishing_{time.time_ns()}"
+    module = tmp_path / f"{name}.py"
+    module.write_text("def later(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proxy = proxy_factory()
+    first, _ = engine_factory(proxy=proxy)
+    request = JobRequest(op="add", id="p1", queue="jobs", func=f"{name}:later", args=[1],
+                         trigger=trigger_spec("date", UTC, run_date=datetime.now(UTC)))
+    first.aps.pause()  # stored and due, not yet run
+    first.submit(request)
+    first.stop(timeout=1)
+    module.write_text("def renamed(x):\n    return x\n")
+    import sys
+    sys.modules.pop(name, None)
+
+    engine, _ = engine_factory(proxy=proxy)
+    wait_for(lambda: engine.ledger.get_job("p1")["status"] == "parked")
+    assert "later" in engine.ledger.get_job("p1")["error"]
+    table = engine.stores["jobs"].jobs_t
+    with engine.db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 1
+
+
+def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):
+    proxy = proxy_factory()
+    holder, _ = engine_factory(proxy=proxy)
+    standby, _ = engine_factory(proxy=proxy, start=False)
+    assert not standby.try_acquire()
+    assert holder.lease_valid()
+    epoch = holder.lease.epochs["jobs"]
+
+    # A holder that stops renewing loses its lease after the ttl ...
+    paused = Lease(holder.ledger, ("jobs",), "paused-daemon", ttl=0.5)
+    holder.stop(timeout=1)  # releases
+    assert paused.try_acquire()
+    assert not standby.try_acquire()
+    time.sleep(0.6)
+    assert not paused.valid()  # ... and knows it (fencing): it runs nothing more
+    assert standby.try_acquire()
+    assert standby.lease.epochs["jobs"] > epoch
+    assert not paused.renew()

@@ -1,0 +1,176 @@
+"""The producer: checks at add time, and what it publishes (read back from the
+SQL transport's table)."""
+
+import base64
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from pyramid.config import Configurator
+from webtest import TestApp
+
+from pyramid_scheduler import EnqueueError, InvalidJob, InvalidQueue
+from pyramid_scheduler.messages import decode
+from pyramid_scheduler.transport import messages as messages_table
+
+
+def job(*args, **kwargs):
+    return args, kwargs
+
+
+@pytest.fixture
+def app_settings(tmp_path):
+    return {
+        "scheduler.queues": "jobs reports",
+        "scheduler.broker.url": f"sqlite:///{tmp_path}/broker.sqlite",
+        "scheduler.jobstore.url": f"sqlite:///{tmp_path}/jobs.sqlite",
+    }
+
+
+@pytest.fixture
+def scheduler(app_settings):
+    with Configurator(settings=app_settings) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    yield proxy
+    proxy.close()
+
+
+def published(tmp_path):
+    """The messages on the SQL broker, decoded; [] if nothing was ever sent."""
+    if not (tmp_path / "broker.sqlite").exists():
+        return []
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/broker.sqlite")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(messages_table.c.queue, messages_table.c.payload)
+                            .order_by(messages_table.c.id)).all()
+    engine.dispose()
+    out = []
+    for queue, payload in rows:
+        message = json.loads(payload)
+        assert message["content-type"] == "application/json"
+        assert message["properties"]["body_encoding"] == "base64"
+        out.append((queue, decode(base64.b64decode(message["body"]))))
+    return out
+
+
+def test_add_jobs_publish_versioned_json(scheduler, tmp_path):
+    ids = [
+        scheduler.add_async_job(job, args=(1, "two"), kwargs={"k": [3]}),
+        scheduler.add_date_job(job, time.time() + 60, queue="reports"),
+        scheduler.add_interval_job(job, minutes=2, id="sync-stock"),
+        scheduler.add_cron_job(job, crontab="30 7 * * mon"),
+        scheduler.add_cron_job(job, hour=3, minute="*/15", timezone="Europe/Paris"),
+    ]
+    assert all(isinstance(job_id, str) for job_id in ids)
+    assert ids[2] == "sync-stock"
+    sent = published(tmp_path)
+    assert [queue for queue, _ in sent] == ["pyramid_scheduler.jobs", "pyramid_scheduler.reports",
+                                           "pyramid_scheduler.jobs", "pyramid_scheduler.jobs",
+                                           "pyramid_scheduler.jobs"]
+    requests = [request for _, request in sent]
+    assert [r.id for r in requests] == ids
+    assert requests[0].func == "test_proxy:job"
+    assert requests[0].args == [1, "two"] and requests[0].kwargs == {"k": [3]}
+    assert [r.trigger["type"] for r in requests] == ["now", "date", "interval", "cron", "cron"]
+    assert requests[3].trigger["crontab"] == "30 7 * * mon"
+    assert requests[4].trigger["timezone"] == "Europe/Paris"
+
+
+def test_request_property_is_the_registry_scheduler(app_settings):
+    def view(request):
+        from pyramid.response import Response
+        return Response(request.scheduler.add_async_job(job))
+
+    with Configurator(settings=app_settings) as config:
+        config.include("pyramid_scheduler")
+        config.add_route("home", "/")
+        config.add_view(view, route_name="home")
+        app = config.make_wsgi_app()
+    try:
+        job_id = TestApp(app).get("/").text
+        assert len(job_id) == 32
+    finally:
+        app.registry.scheduler.close()
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda s: s.add_async_job(lambda: 1), "lambda"),
+    (lambda s: s.add_async_job(job, args=[datetime.now()]), r"args\[0\]"),
+    (lambda s: s.add_async_job(job, args="abc"), "args: expected a list"),
+    (lambda s: s.add_async_job(job, kwargs=[1]), "kwargs: expected a dict"),
+    (lambda s: s.add_async_job(job, priority=3), "priority: unknown option"),
+    (lambda s: s.add_async_job(job, max_instances=0), "max_instances"),
+    (lambda s: s.add_async_job(job, id=""), "id: expected"),
+    (lambda s: s.add_date_job(job, "next tuesday"), "date"),
+    (lambda s: s.add_interval_job(job), "add up to more than zero"),
+    (lambda s: s.add_interval_job(job, seconds=5, end_date=time.time() - 10), "earlier than start_date"),
+    (lambda s: s.add_cron_job(job, minute=1, end_date=time.time() - 10), "never fires"),
+    (lambda s: s.add_cron_job(job, minute="99"), "cron trigger"),
+    (lambda s: s.add_cron_job(job, crontab="* *"), "cron trigger"),
+    (lambda s: s.add_cron_job(job, crontab="* * * * *", hour=1), "not both"),
+    (lambda s: s.add_cron_job(job, minute=1, timezone="Nowhere/Land"), "timezone"),
+    (lambda s: s.add_async_job(job, args=["x" * 300_000]), "max_message_size"),
+    (lambda s: s.cancel_job(None), "job_id"),
+])
+def test_bad_requests_fail_in_the_caller_and_send_nothing(scheduler, tmp_path, call, fragment):
+    with pytest.raises(InvalidJob, match=fragment):
+        call(scheduler)
+    assert published(tmp_path) == []
+
+
+def test_unknown_queue_is_named(scheduler):
+    with pytest.raises(InvalidQueue, match="'nightly'.*jobs, reports"):
+        scheduler.add_async_job(job, queue="nightly")
+    with pytest.raises(InvalidQueue, match="nightly"):
+        scheduler.cancel_job("x", queue="nightly")
+
+
+def test_cancel_without_queue_goes_to_every_queue(scheduler, tmp_path):
+    scheduler.cancel_job("abc")
+    sent = published(tmp_path)
+    assert [(q, r.op, r.id) for q, r in sent] == [("pyramid_scheduler.jobs", "cancel", "abc"),
+                                                  ("pyramid_scheduler.reports", "cancel", "abc")]
+
+
+def test_naive_dates_are_read_in_the_scheduler_timezone(app_settings, tmp_path):
+    app_settings["scheduler.timezone"] = "Asia/Tokyo"
+    with Configurator(settings=app_settings) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    try:
+        proxy.add_date_job(job, datetime(2031, 1, 1, 9, 0))
+    finally:
+        proxy.close()
+    (_, request), = published(tmp_path)
+    when = datetime.fromisoformat(request.trigger["run_date"])
+    assert when == datetime(2031, 1, 1, 0, 0, tzinfo=timezone.utc)
+
+
+def test_unreachable_broker_raises_within_the_bound(tmp_path):
+    settings = {"scheduler.broker.url": "redis://127.0.0.1:1/0", "scheduler.broker.timeout": "1"}
+    pytest.importorskip("redis")
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    try:
+        threads_before = threading.active_count()
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(EnqueueError, match="scheduler.broker.timeout|publishing"):
+                proxy.add_async_job(job)
+            assert time.monotonic() - started < 5
+        assert threading.active_count() <= threads_before + 1
+    finally:
+        proxy.close()
+
+
+def test_interval_start_defaults_to_now(scheduler, tmp_path):
+    before = datetime.now(timezone.utc)
+    scheduler.add_interval_job(job, seconds=30)
+    (_, request), = published(tmp_path)
+    start = datetime.fromisoformat(request.trigger["start_date"])
+    assert before - timedelta(seconds=1) <= start <= datetime.now(timezone.utc)

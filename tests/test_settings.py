@@ -1,0 +1,130 @@
+import gc
+from datetime import timedelta
+
+import pytest
+from pyramid.config import Configurator
+from pyramid.exceptions import ConfigurationError
+
+from pyramid_scheduler.settings import (
+    DEFAULT_QUEUE,
+    SchedulerSettings,
+    mask_url,
+    parse_duration,
+    parse_settings,
+)
+
+
+def test_defaults():
+    settings = parse_settings({})
+    assert settings.combined is False
+    assert settings.queues == (DEFAULT_QUEUE,)
+    assert settings.broker.kind == "sql"
+    assert settings.jobstore_url.startswith("sqlite:///")
+    assert settings.misfire_grace_time == 3600
+    assert settings.timezone.utcoffset(None) == timedelta(0)
+    assert settings.id == DEFAULT_QUEUE
+
+
+def test_034_settings_keep_their_meaning():
+    settings = parse_settings({
+        "scheduler.combined": "true",
+        "scheduler.queues": "jobs reports",
+        "scheduler.broker.url": "redis://127.0.0.1:6379/0",
+        "scheduler.housekeeping": "24h",
+        "scheduler.housekeeping.append": "gc:collect",
+        "scheduler.jobstore.default.class": "apscheduler.jobstores.memory:MemoryJobStore",
+        "scheduler.misfire_grace_time": "30",
+        "scheduler.id": "main",
+    })
+    assert settings.combined is True
+    assert settings.queues == ("jobs", "reports")
+    assert settings.default_queue == "jobs"
+    assert settings.broker.kind == "kombu"
+    assert settings.housekeeping == 86400
+    assert settings.housekeeping_append == (gc.collect,)
+    assert settings.memory_store
+    assert settings.misfire_grace_time == 30
+    assert settings.id == "main"
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("kombu.transport.sqlalchemy:Transport+sqlite:///var/x.db", "sqlite:///var/x.db"),
+    ("sqla+sqlite:///var/x.db", "sqlite:///var/x.db"),
+    ("sqlalchemy+postgresql://u@h/db", "postgresql://u@h/db"),
+    ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
+    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+])
+def test_034_broker_url_forms_map_onto_our_transport(url, expected):
+    broker = parse_settings({"scheduler.broker.url": url}).broker
+    assert broker.kind == "sql"
+    assert broker.url == expected
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "amqp://guest:guest@h//", "pyamqp://h//",
+                                 "memory://", "rediss://h/0"])
+def test_kombu_urls_pass_through(url):
+    assert parse_settings({"scheduler.broker.url": url}).broker.kind == "kombu"
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("scheduler.combined", "maybe", "scheduler.combined"),
+    ("scheduler.queues", "ok bad/name", "scheduler.queues"),
+    ("scheduler.queues", "a a", "without repeats"),
+    ("scheduler.broker.url", "evil.module:Transport+sqlite:///x", "not passed through"),
+    ("scheduler.broker.url", "ftp://x", "scheduler.broker.url"),
+    ("scheduler.broker.timeout", "0", "scheduler.broker.timeout"),
+    ("scheduler.broker.timeout", "soon", "duration"),
+    ("scheduler.misfire_grace_time", "-5", "scheduler.misfire_grace_time"),
+    ("scheduler.housekeeping.append", "no.such.module:thing", "scheduler.housekeeping.append"),
+    ("scheduler.timezone", "Mars/Olympus", "scheduler.timezone"),
+    ("scheduler.serializer", "pickle", "pickle is no longer accepted"),
+    ("scheduler.executor", "process", "scheduler.executor"),
+    ("scheduler.executor.max_workers", "0", "scheduler.executor.max_workers"),
+    ("scheduler.jobstore.url", "redis://x", "scheduler.jobstore.url"),
+    ("scheduler.jobstore.default.class", "my.Store", "scheduler.jobstore.default.class"),
+    ("scheduler.qeueus", "jobs", "Unknown setting scheduler.qeueus"),
+])
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigurationError) as info:
+        parse_settings({key: value})
+    assert fragment in str(info.value)
+
+
+def test_bad_setting_fails_at_include():
+    config = Configurator(settings={"scheduler.lease.ttl": "abc"})
+    with pytest.raises(ConfigurationError, match="scheduler.lease.ttl"):
+        config.include("pyramid_scheduler")
+
+
+def test_passthrough_families():
+    settings = parse_settings({
+        "scheduler.broker.transport_options.visibility_timeout": "120",
+        "scheduler.broker.transport_options.polling_interval": "0.5",
+        "scheduler.broker.transport_options.flag": "true",
+        "scheduler.apscheduler.job_defaults.max_instances": "3",
+    })
+    assert settings.broker_transport_options == {"visibility_timeout": 120, "polling_interval": 0.5,
+                                                 "flag": True}
+    assert settings.apscheduler == {"apscheduler.job_defaults.max_instances": "3"}
+
+
+@pytest.mark.parametrize("value, seconds", [("90", 90), (90, 90), ("1.5s", 1.5), ("30m", 1800),
+                                            ("24h", 86400), ("7d", 604800), ("250ms", 0.25)])
+def test_durations(value, seconds):
+    assert parse_duration("x", value) == seconds
+
+
+def test_secrets_never_in_repr():
+    settings = parse_settings({"scheduler.broker.url": "redis://:s3cret@h:6379/0",
+                               "scheduler.jobstore.url": "postgresql://app:hunter2@db/app"})
+    text = repr(settings)
+    assert "s3cret" not in text and "hunter2" not in text
+    assert "***" in text
+    assert mask_url("amqp://guest:guest@h//") == "amqp://guest:***@h//"
+    assert mask_url("redis://h/0") == "redis://h/0"
+
+
+def test_settings_are_frozen():
+    settings = SchedulerSettings()
+    with pytest.raises(AttributeError):
+        settings.combined = True  # type: ignore[misc]

@@ -47,7 +47,7 @@ class Listeners:
 
     def remove(self, listener: Listener) -> None:
         with self._lock:
-            self._items = tuple(item for item in self._items if item[0] is not listener)
+            self._items = tuple(item for item in self._items if item[0] != listener)
 
     def notify(self, event: Event) -> None:
         for listener, wanted, args, kwargs in self._items:

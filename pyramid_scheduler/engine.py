@@ -198,6 +198,9 @@ class Engine:
         func = resolve_ref(request.func)
         options = {k: v for k, v in request.options.items()
                    if k in ("misfire_grace_time", "coalesce", "max_instances")}
+        if request.trigger["type"] == "now":
+            # "As soon as possible" has no deadline: after an outage it still runs.
+            options.setdefault("misfire_grace_time", None)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:

@@ -268,3 +268,11 @@ def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):
     assert standby.try_acquire()
     assert standby.lease.epochs["jobs"] > epoch
     assert not paused.renew()
+
+
+def test_async_job_has_no_deadline(engine_factory):
+    engine, events = engine_factory(misfire_grace_time=1)
+    request = add(record, job_id="slow-daemon", when=datetime.now(UTC) - timedelta(hours=2))
+    engine.submit(request)
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "slow-daemon"))
+    assert types_for(events, "slow-daemon") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]

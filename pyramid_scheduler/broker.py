@@ -20,6 +20,7 @@ import kombu
 from kombu.pools import ProducerPool
 
 from .exceptions import EnqueueError
+from .messages import SIGNATURE_HEADER, sign
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
@@ -94,6 +95,8 @@ class Publisher:
         timeout = self.settings.broker_timeout
         deadline = time.monotonic() + timeout
         kqueue = self.queues[queue]
+        secret = self.settings.secret
+        headers = {SIGNATURE_HEADER: sign(body, secret)} if secret else None
 
         def errback(exc: BaseException, interval: float) -> None:
             if time.monotonic() + interval > deadline:
@@ -110,7 +113,7 @@ class Publisher:
                 producer.publish(
                     body, routing_key=kqueue.routing_key, exchange="", declare=[kqueue],
                     content_type=JSON, content_encoding="utf-8", delivery_mode=2,
-                    retry=True, retry_policy=policy, message_id=job_id,
+                    retry=True, retry_policy=policy, message_id=job_id, headers=headers,
                     timeout=timeout,
                 )
         except EnqueueError:

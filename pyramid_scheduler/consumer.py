@@ -27,7 +27,7 @@ from kombu.mixins import ConsumerMixin
 from .broker import JSON, make_connection, make_queue
 from .engine import Engine
 from .exceptions import InvalidJob, InvalidMessage
-from .messages import decode
+from .messages import SIGNATURE_HEADER, decode, verify
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,14 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
         if message.content_type != JSON:
             return self.refuse(message, queue, f"content type {message.content_type!r} is not {JSON}")
+        settings = self.engine.settings
         try:
-            request = decode(message.body)
+            body = message.body
+            if settings.secret is not None:
+                verify(body, (message.headers or {}).get(SIGNATURE_HEADER), settings.secret)
+            if len(body) > settings.max_message_size:
+                raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
+            request = decode(body)
             if request.queue not in self.engine.queues:
                 raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
             outcome = self.engine.submit(request)
@@ -87,6 +93,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             self.stop_event.wait(self._backoff)
             self._backoff = min(self._backoff * 2, STORE_BACKOFF[1])
             return None
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the consumer
+            log.exception("queue %s: unexpected error handling a message", queue)
+            return self.refuse(message, queue, f"unexpected error: {type(exc).__name__}: {exc}")
         self._backoff = STORE_BACKOFF[0]
         message.ack()
         log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)

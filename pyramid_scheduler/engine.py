@@ -38,7 +38,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 from .api import Event
 from .db import create_db_engine
 from .events import EventDispatcher
-from .messages import JobRequest, build_trigger, decode, resolve_ref
+from .messages import JobRequest, build_trigger, check_allowed, check_arguments, decode, resolve_ref
 from .runner import JobExecutor, Runner, job_info, run_key
 from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
@@ -130,6 +130,11 @@ class Engine:
                          id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
                          misfire_grace_time=None, coalesce=True)
         self.aps.resume()
+        if self.settings.secret is None:
+            log.warning("SECURITY: scheduler.secret is not set, so messages are not signed: anyone who "
+                        "can write to the broker can make this daemon call any importable function%s. "
+                        "Set scheduler.secret (and scheduler.allowed_modules) in production.",
+                        "" if not self.settings.allowed_modules else " under scheduler.allowed_modules")
         if self.lease is not None:
             self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease",
                                                daemon=True)
@@ -194,8 +199,10 @@ class Engine:
 
     def _add(self, request: JobRequest, recovering: bool = False) -> str:
         assert request.trigger is not None and request.func is not None
+        check_allowed(request.func, self.settings.allowed_modules)
         trigger = build_trigger(request.trigger, self.settings.timezone)
         func = resolve_ref(request.func)
+        check_arguments(func, request.args, request.kwargs, request.func)
         options = {k: v for k, v in request.options.items()
                    if k in ("misfire_grace_time", "coalesce", "max_instances")}
         if request.trigger["type"] == "now":

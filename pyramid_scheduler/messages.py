@@ -12,6 +12,8 @@ web request, not later in the daemon. See ``docs/wire.rst``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import importlib
 import inspect
 import json
@@ -27,6 +29,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import check_callable_args
 
 from .exceptions import InvalidJob, InvalidMessage, SerializationError
 
@@ -43,6 +46,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
 }
 MAX_DEPTH = 32
+#: The Kombu message header that carries the body's HMAC-SHA256 (hex).
+SIGNATURE_HEADER = "x-pyramid-scheduler-signature"
 
 
 def new_id() -> str:
@@ -118,6 +123,38 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
     if not callable(obj):
         raise InvalidJob(f"func {ref!r} is not callable")
     return obj  # type: ignore[no-any-return]
+
+
+def check_allowed(ref: str, allowed: tuple[str, ...]) -> None:
+    """Refuse *ref* unless its module is one of *allowed* or below one.
+
+    Checked before importing anything, on both ends.
+    """
+    if not allowed:
+        return
+    module = ref.partition(":")[0]
+    if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
+        raise InvalidJob(f"func {ref!r}: module {module!r} is not in scheduler.allowed_modules")
+
+
+def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: str) -> None:
+    """Refuse arguments the function's signature cannot take."""
+    try:
+        check_callable_args(func, args, kwargs)
+    except ValueError as exc:
+        raise InvalidJob(f"func {ref}: {exc}") from exc
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, signature: Any, secret: bytes) -> None:
+    """:raises InvalidMessage: the signature is missing or wrong."""
+    if not isinstance(signature, str) or not signature:
+        raise InvalidMessage("message is not signed, and scheduler.secret is set")
+    if not hmac.compare_digest(sign(body, secret), signature):
+        raise InvalidMessage("bad message signature (is scheduler.secret the same on both ends?)")
 
 
 # -- JSON arguments -------------------------------------------------------------------

@@ -26,8 +26,11 @@ from .messages import (
     JobRequest,
     build_trigger,
     callable_ref,
+    check_allowed,
+    check_arguments,
     check_json,
     new_id,
+    resolve_ref,
     to_datetime,
     to_zone,
     trigger_spec,
@@ -226,12 +229,14 @@ class SchedulerProxy:
         if queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
         ref = callable_ref(func)
+        check_allowed(ref, self.settings.allowed_modules)
         if isinstance(args, (str, bytes, dict)):
             raise InvalidJob(f"args: expected a list or tuple of positional arguments, got {type(args).__name__}")
         args_json = check_json(list(args or ()), "args")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidJob(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         kwargs_json = check_json(dict(kwargs or {}), "kwargs")
+        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref)
 
         job_id = options.pop("id", None)
         if job_id is None:

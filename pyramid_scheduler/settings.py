@@ -77,7 +77,7 @@ KNOWN_KEYS = frozenset({
     "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix",
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
-    "result_ttl", "max_message_size",
+    "result_ttl", "max_message_size", "secret", "allowed_modules",
 })
 
 
@@ -125,6 +125,10 @@ class SchedulerSettings:
     result_ttl: float = 7 * 86400.0
     max_message_size: int = 256 * 1024
     delegator: Callable[..., Any] | None = None
+    #: HMAC-SHA256 key for signing messages; ``None`` means unsigned (warned).
+    secret: bytes | None = field(default=None, repr=False)
+    #: Module prefixes the daemon may import job functions from (empty: any).
+    allowed_modules: tuple[str, ...] = ()
     serializer: str = "json"
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
 
@@ -341,6 +345,19 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
                        "'json' (pickle is no longer accepted on the wire: a pickle message "
                        "from the broker can run any code in the daemon)")
         opts["serializer"] = serializer
+    if raw.get("secret"):
+        secret = str(raw["secret"]).strip()
+        if len(secret) < 16:
+            raise ConfigurationError(
+                f"Invalid setting {prefix}secret: expected at least 16 characters "
+                "(for example the output of: python -c 'import secrets; print(secrets.token_hex(32))')")
+        opts["secret"] = secret.encode("utf-8")
+    if "allowed_modules" in raw:
+        modules = tuple(aslist(str(raw["allowed_modules"])))
+        for name in modules:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", name):
+                raise _bad("allowed_modules", raw["allowed_modules"], "space-separated module names")
+        opts["allowed_modules"] = modules
     opts["jobstore_url"] = _parse_jobstore(raw)
     if "jobstore.tablename_prefix" in raw:
         prefix_value = str(raw["jobstore.tablename_prefix"]).strip()

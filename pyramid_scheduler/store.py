@@ -18,6 +18,7 @@ All of it lives in the job store's database (``scheduler.jobstore.url``):
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -258,6 +259,43 @@ def _json_or_repr(value: Any) -> str:
         return json.dumps(repr(value))
 
 
+#: Globals a stored job's pickle may name, beside classes of apscheduler.triggers.
+_SAFE_GLOBALS = frozenset({
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"), ("zoneinfo", "ZoneInfo"),
+})
+
+
+def _zoneinfo_getattr(obj: Any, name: str) -> Any:
+    # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle"); nothing else may use getattr.
+    from zoneinfo import ZoneInfo
+
+    if obj is ZoneInfo and name == "_unpickle":
+        return ZoneInfo._unpickle  # type: ignore[attr-defined]
+    raise pickle.UnpicklingError(f"refusing getattr({obj!r}, {name!r}) in a stored job")
+
+
+class JobUnpickler(pickle.Unpickler):
+    """Loads APScheduler job state, and nothing else.
+
+    The job store is trusted-write, but a row written by someone else must
+    not run code when loaded: only trigger classes, date/time types and
+    plain data are accepted (job functions are stored as ``module:name``
+    strings and arguments as JSON data).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            return _zoneinfo_getattr
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        if module.startswith("apscheduler.triggers."):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):
+                return obj
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a stored job")
+
+
 class _Adding:
     """Lets the engine pass the wire request along with APScheduler's add_job."""
 
@@ -317,6 +355,15 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             raise ConflictingIdError(job.id) from None
         if request is not None and self.on_added is not None:
             self.on_added(job, request)
+
+    def _reconstitute_job(self, job_state: bytes) -> Job:
+        state = JobUnpickler(io.BytesIO(job_state)).load()
+        state["jobstore"] = self
+        job = Job.__new__(Job)
+        job.__setstate__(state)
+        job._scheduler = self._scheduler
+        job._jobstore_alias = self._alias
+        return job
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
         jobs = []

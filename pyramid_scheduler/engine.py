@@ -26,6 +26,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
+import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
@@ -165,6 +166,24 @@ class Engine:
         self.dispatcher.stop(timeout=5)
         self.db.dispose()
         log.info("scheduler %s stopped", self.settings.id)
+
+    def persist(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a ledger write, retrying while the job store is unavailable.
+
+        Gives up (returning ``None``) only once the engine is stopping; what
+        was not written is then found by the next daemon's recovery.
+        """
+        delay = 0.25
+        while True:
+            try:
+                return func(*args, **kwargs)
+            except sa.exc.SQLAlchemyError as exc:
+                if self._stopped.is_set():
+                    log.error("%s failed and the daemon is stopping: %s", what, exc)
+                    return None
+                log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def running_count(self) -> int:
         with self._lock:

@@ -102,12 +102,18 @@ class Runner:
         if grace is not None and late > grace:
             reason = f"{late:.3f}s late, past its misfire grace time of {grace}s"
             log.warning("job %s (queue %s): run %s missed: %s", job.id, queue, key, reason)
-            self.ledger.finish_run(job.id, key, "missed", final, error=reason,
-                                   scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
+            engine.persist(f"job {job.id}: recording missed run {key}", self.ledger.finish_run,
+                           job.id, key, "missed", final, error=reason,
+                           scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
             engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
             return
 
-        state = self.ledger.start_run(job.id, queue, key, run_time.timestamp(), engine.owner)
+        state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
+                               job.id, queue, key, run_time.timestamp(), engine.owner)
+        if state is None:
+            log.error("job %s: run %s not started: the daemon is stopping and the job store is "
+                      "unavailable; the next daemon will run it", job.id, key)
+            return
         if state != "start":
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
             return
@@ -123,11 +129,13 @@ class Runner:
                 text = "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
                 events.append(Event(Event.JOB_ERROR, exception=exc, traceback=text, **base))
-                self.ledger.finish_run(job.id, key, "failed", final, error=text)
+                engine.persist(f"job {job.id}: recording failed run {key}", self.ledger.finish_run,
+                               job.id, key, "failed", final, error=text)
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
                 events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
-                self.ledger.finish_run(job.id, key, "done", final, result=retval)
+                engine.persist(f"job {job.id}: recording run {key}", self.ledger.finish_run,
+                               job.id, key, "done", final, result=retval)
         finally:
             engine.emit_run_events(job.id, events, final, finished_run=True)
 

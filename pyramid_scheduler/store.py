@@ -21,8 +21,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import pickle
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -388,6 +390,22 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                      .values(status="parked", error=reason, updated_at=now()))
 
 
+def _owner_gone(owner: str) -> bool:
+    """True if *owner* ("host:pid:nonce") was a process on this host that is gone,
+    so a daemon restarted after ``kill -9`` need not wait for the lease to expire."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class _HeldError(Exception):
     """Another daemon holds a queue's lease (rolls the transaction back)."""
 
@@ -425,7 +443,7 @@ class Lease:
                                                            expires_at=stamp + self.ttl))
                         epochs[queue] = 1
                         continue
-                    if row.owner != self.owner and row.expires_at > stamp:
+                    if row.owner != self.owner and row.expires_at > stamp and not _owner_gone(row.owner):
                         raise _HeldError(queue)
                     epoch = row.epoch if row.owner == self.owner else row.epoch + 1
                     moved = conn.execute(

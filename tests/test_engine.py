@@ -276,3 +276,21 @@ def test_async_job_has_no_deadline(engine_factory):
     engine.submit(request)
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "slow-daemon"))
     assert types_for(events, "slow-daemon") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(engine_factory, proxy_factory):
+    import socket
+    import subprocess
+    import sys
+
+    proxy = proxy_factory()
+    engine, _ = engine_factory(proxy=proxy, start=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:gone"
+    assert Lease(engine.ledger, ("jobs",), owner, ttl=60).try_acquire()
+    assert engine.try_acquire()  # no 60 s wait: the holder's process is gone
+    alive = Lease(engine.ledger, ("jobs",), f"{socket.gethostname()}:1:init", ttl=60)
+    engine.lease.release()
+    assert alive.try_acquire()
+    assert not engine.try_acquire()  # pid 1 is alive: wait for expiry

@@ -33,6 +33,8 @@ extras = {
         "hypothesis>=6.100",
         "ruff>=0.6",
         "mypy>=1.10",
+        "playwright>=1.40",
+        "beautifulsoup4>=4.12",
     ],
     "docs": [
         "Sphinx>=7",

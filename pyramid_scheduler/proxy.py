@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -165,6 +166,26 @@ class SchedulerProxy:
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
         return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
+
+    def get_daemons(self) -> list[dict[str, Any]]:
+        """Which daemon runs each configured queue, from the job store's leases.
+
+        One dict per queue in ``scheduler.queues``: ``queue``, ``owner``
+        (``host:pid:token`` of the daemon, or ``None`` if none ever ran it),
+        ``expires_at`` (epoch seconds) and ``active`` (the lease is current, so
+        a daemon is consuming the queue now).
+        """
+        leases = {row["queue"]: row for row in self._ledger().list_leases()}
+        stamp = time.time()
+        daemons = []
+        for queue in self.settings.queues:
+            row = leases.get(queue)
+            if row is None:
+                daemons.append({"queue": queue, "owner": None, "expires_at": None, "active": False})
+            else:
+                daemons.append({"queue": queue, "owner": row["owner"], "expires_at": row["expires_at"],
+                                "active": row["expires_at"] > stamp})
+        return daemons
 
     def _ledger(self) -> Any:
         if self._ledger_obj is None:

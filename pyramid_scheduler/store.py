@@ -141,6 +141,12 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def list_leases(self) -> list[dict[str, Any]]:
+        """Each queue's lease: which daemon holds it, and until when."""
+        query = sa.select(self.leases).order_by(self.leases.c.queue)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     def set_status(self, job_id: str, queue: str, status: str, only_from: tuple[str, ...] = LIVE,
                    error: str | None = None) -> bool:
         """Move a job of *queue* to *status* if it is in one of *only_from*;

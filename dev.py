@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Set up and run pyramid_scheduler from a checkout, with nothing but Python 3.10+.
+
+    python3 dev.py demo    install into .venv, then serve the demo on
+                           http://127.0.0.1:6543/ with its pscheduler daemon
+    python3 dev.py test    install into .venv, then run the linters, the type
+                           checker, the docs build and the whole test suite
+
+Both commands create ``.venv`` next to this file on first use and reinstall
+the package there whenever ``setup.py`` or ``pyproject.toml`` changes. Extra
+arguments after ``test`` go to pytest (``python3 dev.py test -k transport``).
+The standard library only: this file runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("PYRAMID_SCHEDULER_VENV", HERE / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def say(text: str) -> None:
+    print(f"[dev.py] {text}", flush=True)
+
+
+def run(*argv: str | Path, **kwargs: object) -> None:
+    say(" ".join(str(a) for a in argv))
+    subprocess.run([str(a) for a in argv], check=True, cwd=HERE, **kwargs)  # type: ignore[call-overload]
+
+
+def install(extra: str) -> None:
+    """Create the virtualenv and install the package with *extra*, once per change."""
+    if sys.version_info < (3, 10):  # noqa: UP036 - this file runs on whatever python3 is
+        sys.exit(f"pyramid_scheduler needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        say(f"creating the virtualenv {VENV}")
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    digest = hashlib.sha256(extra.encode())
+    for name in ("setup.py", "pyproject.toml"):
+        digest.update((HERE / name).read_bytes())
+    stamp = VENV / f".pyramid_scheduler-{extra}.stamp"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]")
+    stamp.write_text(digest.hexdigest())
+
+
+def demo() -> int:
+    """Serve the demo and run its daemon until Ctrl-C."""
+    install("demo")
+    (HERE / "var").mkdir(exist_ok=True)
+    daemon = subprocess.Popen([str(BIN / "pscheduler"), "development.ini"], cwd=HERE)
+    web = subprocess.Popen([str(BIN / "pserve"), "development.ini"], cwd=HERE)
+    say("the demo is at http://127.0.0.1:6543/ (Ctrl-C stops it)")
+    code = 0
+    try:
+        while daemon.poll() is None and web.poll() is None:
+            time.sleep(0.5)
+        code = 1
+        say(f"a process stopped: the daemon exited with {daemon.poll()}, the web server with {web.poll()}")
+    except KeyboardInterrupt:
+        say("stopping")
+    finally:
+        for proc in (web, daemon):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (web, daemon):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return code
+
+
+def test(pytest_args: list[str]) -> int:
+    """Lint, type-check, build the docs with warnings as errors, run pytest."""
+    install("testing")
+    steps: list[list[str]] = [
+        [str(BIN / "ruff"), "check", "pyramid_scheduler", "tests", "dev.py"],
+        [str(BIN / "mypy")],
+    ]
+    if (HERE / "docs" / "conf.py").exists():
+        steps.append([str(PYTHON), "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                      "docs", str(HERE / "docs" / "_build" / "html")])
+    steps.append([str(PYTHON), "-m", "pytest", *pytest_args])
+    failed = []
+    for step in steps:
+        say(" ".join(step))
+        if subprocess.run(step, cwd=HERE).returncode != 0:
+            failed.append(Path(step[0]).name if step[0] != str(PYTHON) else step[2])
+    if failed:
+        say("FAILED: " + ", ".join(failed))
+        return 1
+    say("all checks passed")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__.strip())
+        return 2
+    if argv[0] == "demo":
+        return demo()
+    return test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,113 @@
+"""The demo application through WebTest, with its jobs run in-process
+(combined mode) on SQLite files, as a newcomer would use it."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webtest
+
+from conftest import make_settings
+from pyramid_scheduler.demo import main
+
+
+@pytest.fixture
+def app(tmp_var: Path) -> Iterator[webtest.TestApp]:
+    settings = make_settings(tmp_var, **{"combined": "true", "allowed_modules": "pyramid_scheduler.demo",
+                                         "secret": "s" * 32, "lease.ttl": "3"})
+    settings["demo.title"] = "demo under test"
+    wsgi = main({}, **settings)
+    test_app = webtest.TestApp(wsgi)
+    try:
+        yield test_app
+    finally:
+        wsgi.registry.scheduler.shutdown()
+
+
+def schedule(app: webtest.TestApp, status: int = 303, **fields: str) -> webtest.TestResponse:
+    form = app.get("/").forms["add-job"]
+    for name, value in fields.items():
+        form[name] = value
+    return form.submit(status=status)
+
+
+def record(app: webtest.TestApp, job_id: str) -> dict[str, Any] | None:
+    jobs = {job["id"]: job for job in app.get("/jobs.json").json["jobs"]}
+    return jobs.get(job_id)
+
+
+def wait_for(app: webtest.TestApp, job_id: str, statuses: set[str], min_runs: int = 0,
+             timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = record(app, job_id)
+        if job is not None and job["status"] in statuses and job["runs"] >= min_runs:
+            return job
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} did not reach {statuses} with {min_runs}+ runs: {job}")
+        time.sleep(0.05)
+
+
+def added_id(response: webtest.TestResponse) -> str:
+    match = re.search(r"added=([0-9a-f]+)", response.headers["Location"])
+    assert match, response.headers["Location"]
+    return match.group(1)
+
+
+def test_run_now_job_runs_and_shows_its_result(app: webtest.TestApp) -> None:
+    job_id = added_id(schedule(app, message="hello there"))
+    job = wait_for(app, job_id, {"done"})
+    assert job["result"]["message"] == "hello there"
+    assert job["result"]["app"] == "demo under test"  # the registry was current in the job
+    page = app.get(f"/?added={job_id}")
+    assert f"Job {job_id} sent." in page.text
+    row = page.html.find("tr", attrs={"data-job": job_id})
+    assert row["data-status"] == "done"
+    assert "hello there" in row.text
+    assert row.find("button") is None  # a finished job has no cancel button
+
+
+def test_failing_job_shows_its_error(app: webtest.TestApp) -> None:
+    job_id = added_id(schedule(app, action="fail", message="boom"))
+    job = wait_for(app, job_id, {"failed"})
+    assert "this job fails on purpose: boom" in job["error"]
+    assert "RuntimeError" in app.get("/").html.find("tr", attrs={"data-job": job_id}).text
+
+
+def test_interval_job_runs_repeatedly_until_canceled(app: webtest.TestApp) -> None:
+    job_id = added_id(schedule(app, when="every", seconds="0.3", message="tick"))
+    wait_for(app, job_id, {"scheduled", "running"}, min_runs=2)
+    page = app.get("/")
+    cancel = [f for f in page.forms.values() if f.action.endswith(f"/jobs/{job_id}/cancel")]
+    assert cancel, "a scheduled job offers a cancel button"
+    cancel[0].submit(status=303)
+    job = wait_for(app, job_id, {"canceled"})
+    runs = job["runs"]
+    time.sleep(1)  # several intervals: a canceled job must not run again
+    assert record(app, job_id)["runs"] == runs  # type: ignore[index]
+
+
+def test_bad_input_is_shown_on_the_page_not_a_500(app: webtest.TestApp) -> None:
+    page = schedule(app, status=400, when="cron", crontab="99 * * * *")
+    assert "higher than the maximum value (59)" in page.html.find(id="error").text
+    page = schedule(app, status=400, when="in", seconds="soon")
+    assert "seconds: expected a number of seconds, got 'soon'" in page.html.find(id="error").text
+    assert app.get("/jobs.json").json["jobs"] == []
+
+
+def test_forms_need_the_csrf_token(app: webtest.TestApp) -> None:
+    app.post("/jobs", {"action": "say", "when": "now"}, status=400)
+    assert app.get("/jobs.json").json["jobs"] == []
+
+
+def test_daemon_status_is_shown(app: webtest.TestApp) -> None:
+    deadline = time.monotonic() + 20
+    while not all(d["active"] for d in app.get("/jobs.json").json["daemons"]):
+        assert time.monotonic() < deadline, "the in-process scheduler never took its lease"
+        time.sleep(0.05)
+    assert "Daemon running" in app.get("/").html.find(id="daemon").text

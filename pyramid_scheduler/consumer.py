@@ -27,7 +27,9 @@ from kombu.mixins import ConsumerMixin
 from .broker import JSON, make_connection, make_queue
 from .engine import Engine
 from .exceptions import InvalidJob, InvalidMessage
+from .faults import crash_point
 from .messages import SIGNATURE_HEADER, decode, verify
+from .transport import release_claims
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             request = decode(body)
             if request.queue not in self.engine.queues:
                 raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
+            crash_point("received")
             outcome = self.engine.submit(request)
+            crash_point("persisted")
         except (InvalidMessage, InvalidJob) as exc:
             return self.refuse(message, queue, str(exc))
         except sa.exc.SQLAlchemyError as exc:
@@ -129,6 +133,11 @@ class SchedulerService:
         if not self._wait_for_lease():
             return 0
         engine.start()
+        if engine.settings.broker.kind == "sql":
+            names = [make_queue(engine.settings, name).name for name in engine.queues]
+            released = release_claims(engine.settings.broker.url, names)
+            if released:
+                log.warning("%d message(s) claimed by an earlier daemon made visible again", released)
         self.proxy.runtime = self
         self.started.set()
         connection = make_connection(engine.settings)

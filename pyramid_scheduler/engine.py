@@ -331,17 +331,30 @@ class Engine:
         for run in self.ledger.recover(self.queues, self.owner):
             job_id, queue = run["job_id"], run["queue"]
             request = json.loads(run["request"])
-            final = self.aps.get_job(job_id, jobstore=queue) is None
+            scheduled = datetime.fromtimestamp(run["scheduled_at"], timezone.utc)
+            job = self.aps.get_job(job_id, jobstore=queue)
+            # The crash may have come before APScheduler moved the job past
+            # this run: then the job is still stored with the run due again.
+            final = job is None or job.trigger.get_next_fire_time(scheduled, scheduled) is None
+            if job is not None and final:
+                self.aps.remove_job(job_id, jobstore=queue)
             reason = f"the daemon running it ({run['owner']}) stopped before the run finished"
             log.warning("job %s (queue %s): run %s interrupted: %s", job_id, queue,
                         run["run_key"], reason)
-            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final, error=reason)
+            rerun = final and self.settings.interrupted == "rerun" and not self.ledger.was_interrupted(job_id)
+            if rerun:
+                reason += "; running it once more (scheduler.interrupted = rerun)"
+            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final and not rerun, error=reason)
             info = {"id": job_id, "func": request["func"], "args": request["args"],
                     "kwargs": request["kwargs"], "queue": queue, "name": request["func"]}
-            scheduled = datetime.fromtimestamp(run["scheduled_at"], timezone.utc)
             events = [Event(Event.JOB_INTERRUPTED, job_id=job_id, queue=queue, job=info,
                             run_key=run["run_key"], scheduled_run_time=scheduled, reason=reason)]
-            self.emit_run_events(job_id, events, final)
+            self.emit_run_events(job_id, events, final and not rerun)
+            if rerun:
+                # A one-off job again, due now: a new run time gives the re-run its own run_key.
+                again = dict(request, trigger={"type": "now", "timezone": "UTC",
+                                               "run_date": datetime.now(timezone.utc).isoformat()})
+                self._add(decode(again), recovering=True)
         for queue, store in self.stores.items():
             for orphan in self.ledger.orphans(queue, store.jobs_t):
                 request = json.loads(orphan["request"])

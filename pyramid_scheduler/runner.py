@@ -29,6 +29,7 @@ from apscheduler.job import Job
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
+from .faults import crash_point
 
 try:
     import transaction
@@ -108,6 +109,7 @@ class Runner:
             engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
             return
 
+        crash_point("submitted")
         state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
                                job.id, queue, key, run_time.timestamp(), engine.owner)
         if state is None:
@@ -123,8 +125,10 @@ class Runner:
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
             try:
+                crash_point("started")
                 with self.context():
                     retval = self.call(job)
+                crash_point("finished")
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 text = "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)

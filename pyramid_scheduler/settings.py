@@ -77,7 +77,7 @@ KNOWN_KEYS = frozenset({
     "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix",
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
-    "result_ttl", "max_message_size", "secret", "allowed_modules",
+    "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
 })
 
 
@@ -130,6 +130,10 @@ class SchedulerSettings:
     #: Module prefixes the daemon may import job functions from (empty: any).
     allowed_modules: tuple[str, ...] = ()
     serializer: str = "json"
+    #: What a restarted daemon does with a one-off job whose run a crash cut
+    #: short: ``record`` it as interrupted (at most once), or ``rerun`` it
+    #: once (at least once).
+    interrupted: str = "record"
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -345,6 +349,13 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
                        "'json' (pickle is no longer accepted on the wire: a pickle message "
                        "from the broker can run any code in the daemon)")
         opts["serializer"] = serializer
+    if "interrupted" in raw:
+        interrupted = str(raw["interrupted"]).strip().lower()
+        if interrupted not in {"record", "rerun"}:
+            raise _bad("interrupted", raw["interrupted"],
+                       "'record' (a run cut short by a crash is reported interrupted, never run twice) "
+                       "or 'rerun' (it is run once more after the restart)")
+        opts["interrupted"] = interrupted
     if raw.get("secret"):
         secret = str(raw["secret"]).strip()
         if len(secret) < 16:

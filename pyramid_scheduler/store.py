@@ -211,6 +211,12 @@ class Ledger:
                 # Canceled while it ran: keep that status, but record the run.
                 conn.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(**values))
 
+    def was_interrupted(self, job_id: str) -> bool:
+        """True if a run of *job_id* was already recorded as interrupted."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.runs.c.run_key).where(
+                self.runs.c.job_id == job_id, self.runs.c.status == "interrupted").limit(1)).first() is not None
+
     def recover(self, queues: tuple[str, ...], owner: str) -> list[dict[str, Any]]:
         """Mark runs left ``started`` by other owners on *queues* as
         interrupted and return them (with the job's request)."""

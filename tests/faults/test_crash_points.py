@@ -1,0 +1,119 @@
+"""Each named crash point (``PYRAMID_SCHEDULER_CRASH_AT``), with a real
+``pscheduler`` killed there by SIGKILL and a second one started after it:
+the outcome must match the table in docs/guarantees.rst every time.
+
+``FAULT_TRIALS`` (default 1) repeats every case; the long run is
+``FAULT_TRIALS=20 python3 dev.py test tests/faults``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pyramid.config import Configurator
+
+from conftest import make_settings
+from daemons import Daemon, wait_until, write_ini
+from integration.sampleapp import jobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRIALS = int(os.environ.get("FAULT_TRIALS", "1"))
+
+# point -> (the job to send: "date" 2 s ahead or "now", {policy: (runs, final status)})
+OUTCOMES: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {
+    "received": ("date", {"record": (1, "done")}),
+    "persisted": ("date", {"record": (1, "done")}),
+    "submitted": ("now", {"record": (1, "done")}),
+    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done")}),
+    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done")}),
+}
+CASES = [(point, policy, trial) for point, (_, table) in OUTCOMES.items()
+         for policy in table for trial in range(TRIALS)]
+
+
+class Scenario:
+    def __init__(self, tmp_path: Path, **extra: str) -> None:
+        var = tmp_path / "var"
+        var.mkdir()
+        self.oracle = str(tmp_path / "oracle.sqlite")
+        self.settings = make_settings(var, **extra)
+        self.settings.update({"sampleapp.oracle": self.oracle, "sampleapp.marker": "fault-suite"})
+        self.ini = write_ini(tmp_path / "daemon.ini", self.settings)
+        config = Configurator(settings=self.settings)
+        config.include("pyramid_scheduler")
+        self.scheduler = config.registry.scheduler
+        self.daemons: list[Daemon] = []
+
+    def daemon(self, crash_at: str | None = None) -> Daemon:
+        env = {"PYRAMID_SCHEDULER_CRASH_AT": crash_at} if crash_at else {}
+        daemon = Daemon(self.ini, env=env)
+        self.daemons.append(daemon)
+        return daemon
+
+    def runs(self, tag: str) -> int:
+        return len(jobs.runs(self.oracle, tag))
+
+    def ledger_runs(self, job_id: str) -> list[dict[str, Any]]:
+        ledger = self.scheduler._ledger()
+        with ledger.engine.connect() as conn:
+            rows = conn.execute(sa.select(ledger.runs).where(ledger.runs.c.job_id == job_id)
+                                .order_by(ledger.runs.c.scheduled_at))
+            return [dict(row._mapping) for row in rows]
+
+    def close(self) -> None:
+        for daemon in self.daemons:
+            daemon.close()
+        self.scheduler.shutdown()
+
+
+@pytest.fixture
+def scenario_factory(tmp_path: Path) -> Iterator[Any]:
+    made: list[Scenario] = []
+
+    def make(**extra: str) -> Scenario:
+        made.append(Scenario(tmp_path, **extra))
+        return made[-1]
+
+    yield make
+    for scenario in made:
+        scenario.close()
+
+
+@pytest.mark.parametrize(("point", "policy", "trial"), CASES)
+def test_crash_point(scenario_factory: Any, point: str, policy: str, trial: int) -> None:
+    scenario = scenario_factory(interrupted=policy)
+    kind, table = OUTCOMES[point]
+    expected_runs, expected_status = table[policy]
+    tag = f"{point}-{policy}-{trial}"
+
+    first = scenario.daemon(crash_at=point).wait_active()
+    if kind == "date":
+        when = datetime.now(timezone.utc) + timedelta(seconds=2)
+        job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag)
+    else:
+        job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag)
+    code = first.wait(60)
+    assert code == -9, f"the daemon should have killed itself at {point!r}:\n{first.output}"
+    assert f"crash point {point!r} reached" in first.output
+
+    second = scenario.daemon().wait_active()
+    record = wait_until(lambda: (r := scenario.scheduler.get_job(job_id)) and r["status"] not in
+                        ("scheduled", "running") and r, 60, f"job {job_id} to finish")
+    time.sleep(0.5)  # a duplicate run, if there were one, would show up now
+    assert scenario.runs(tag) == expected_runs, second.output
+    assert record["status"] == expected_status, (record, second.output)
+    runs = scenario.ledger_runs(job_id)
+    assert len({run["run_key"] for run in runs}) == len(runs)
+    if point in ("started", "finished"):
+        assert runs[0]["status"] == "interrupted"
+        assert "stopped before the run finished" in (scenario.scheduler.get_job(job_id)["error"] or
+                                                     second.output)
+    assert second.terminate() == 0, second.output

@@ -21,6 +21,7 @@ from kombu.pools import ProducerPool
 
 from .exceptions import EnqueueError
 from .messages import SIGNATURE_HEADER, sign
+from .redis_transport import Transport as RedisTransport
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
@@ -43,14 +44,21 @@ def make_connection(settings: SchedulerSettings) -> kombu.Connection:
         options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url)
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
+        prefix = settings.broker_queue_prefix
         options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
-                       socket_timeout=timeout, socket_connect_timeout=timeout)
+                       socket_timeout=timeout, socket_connect_timeout=timeout,
+                       unacked_key=f"{prefix}unacked", unacked_index_key=f"{prefix}unacked_index",
+                       unacked_mutex_key=f"{prefix}unacked_mutex")
     elif scheme.endswith(("amqp", "amqps")):
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
     kwargs: dict[str, Any] = {"connect_timeout": timeout, "transport_options": options}
     if settings.broker.kind == "sql":
         kwargs["transport"] = SQLTransport
+    elif scheme in ("redis", "rediss"):
+        if scheme == "rediss":  # Kombu reads TLS options from the scheme it is given
+            kwargs["ssl"] = kombu.Connection(url).ssl
+        kwargs["transport"] = RedisTransport
     return kombu.Connection(url, **kwargs)
 
 

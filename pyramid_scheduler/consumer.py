@@ -19,8 +19,11 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import kombu
 import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
@@ -29,6 +32,8 @@ from .engine import Engine
 from .exceptions import InvalidJob, InvalidMessage
 from .faults import crash_point
 from .messages import SIGNATURE_HEADER, decode, verify
+from .redis_transport import Channel as RedisChannel
+from .redis_transport import release_claims as release_redis_claims
 from .transport import release_claims
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self.stop_event = stop
         self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
         self._backoff = STORE_BACKOFF[0]
+        self._channels: list[Any] = []
+        self._released = False
 
     @property  # type: ignore[override]
     def should_stop(self) -> bool:
@@ -61,8 +68,42 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
         settings = self.engine.settings
         queues = [make_queue(settings, name) for name in self.engine.queues]
-        return [Consumer(queues=queues, on_message=self.on_message, accept=[JSON],
-                         prefetch_count=settings.broker_prefetch)]
+        options = {"on_message": self.on_message, "accept": [JSON], "prefetch_count": settings.broker_prefetch}
+        if not isinstance(channel, RedisChannel) or len(queues) == 1:
+            return [Consumer(queues=queues, **options)]
+        # Our Redis channel waits on one queue: give each queue a channel.
+        for extra in self._channels:
+            extra.close()
+        self._channels = [channel.connection.client.channel() for _ in queues[1:]]
+        return [Consumer(queues=queues[:1], **options)] + [
+            kombu.Consumer(extra, queues=[queue], **options)
+            for extra, queue in zip(self._channels, queues[1:], strict=True)]
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
+        if not self._released:
+            self.release_claims(channel)
+            self._released = True
+
+    def release_claims(self, channel: Any) -> None:
+        """Give back what an earlier holder of the lease took and did not finish.
+
+        Only the lease holder consumes these queues, so a claim still standing
+        belongs to a daemon that crashed or lost its lease: it need not wait out
+        the visibility timeout (Redis, SQL), and on Redis a message in a queue's
+        processing list would otherwise never come back. A message that holder
+        still finishes may arrive twice; the job store absorbs it by job id.
+        """
+        settings = self.engine.settings
+        names = list(self.queues)
+        if settings.broker.kind == "sql":
+            released = release_claims(settings.broker.url, names)
+        elif isinstance(channel, RedisChannel):
+            released = release_redis_claims(channel, names)
+        else:
+            return
+        if released:
+            log.warning("%d message(s) taken by an earlier daemon and not finished are back in "
+                        "the queue", released)
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         if self.should_stop:
@@ -78,6 +119,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         try:
             body = message.body
+            if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
+                body = body.encode("utf-8")
             if settings.secret is not None:
                 verify(body, (message.headers or {}).get(SIGNATURE_HEADER), settings.secret)
             if len(body) > settings.max_message_size:
@@ -133,11 +176,6 @@ class SchedulerService:
         if not self._wait_for_lease():
             return 0
         engine.start()
-        if engine.settings.broker.kind == "sql":
-            names = [make_queue(engine.settings, name).name for name in engine.queues]
-            released = release_claims(engine.settings.broker.url, names)
-            if released:
-                log.warning("%d message(s) claimed by an earlier daemon made visible again", released)
         self.proxy.runtime = self
         self.started.set()
         connection = make_connection(engine.settings)
@@ -185,12 +223,28 @@ class SchedulerService:
             self._thread.join(timeout)
 
 
+_combined_suppressed = threading.local()
+
+
+@contextmanager
+def combined_suppressed() -> Iterator[None]:
+    """Build applications in this block without starting their combined-mode
+    scheduler (``pscheduler`` loads the application only to refuse it)."""
+    _combined_suppressed.on = True
+    try:
+        yield
+    finally:
+        _combined_suppressed.on = False
+
+
 def start_combined(event: Any) -> None:
     """``ApplicationCreated`` subscriber: run the jobs in this web process.
 
     Several web workers may each start one; the lease lets one of them run the
     queues while the others stand by.
     """
+    if getattr(_combined_suppressed, "on", False):
+        return
     proxy = event.app.registry.scheduler
     if proxy.runtime is not None or getattr(proxy, "_service", None) is not None:
         return

@@ -5,6 +5,9 @@ time the point is reached) in a daemon's environment and the daemon sends
 itself SIGKILL there: no cleanup, no finally blocks, as a power cut would.
 The points, in the order a job passes them:
 
+``taken``
+    (Redis only) the message was moved off the queue, not yet handed to the
+    consumer: the window in which Kombu's own Redis transport loses it;
 ``received``
     a message was read from the broker, nothing stored yet;
 ``persisted``
@@ -28,7 +31,7 @@ import sys
 import threading
 
 ENV = "PYRAMID_SCHEDULER_CRASH_AT"
-POINTS = ("received", "persisted", "submitted", "started", "finished")
+POINTS = ("taken", "received", "persisted", "submitted", "started", "finished")
 
 
 def _parse(spec: str | None) -> tuple[str | None, int]:

@@ -5,11 +5,15 @@ busy timeout, and ``BEGIN IMMEDIATE`` so a read-then-write transaction takes
 the write lock up front instead of failing with "database is locked" when
 another process wrote in between. Relative SQLite paths are made relative to
 the current directory, and their folder is created.
+
+:func:`create_tables` lets many processes start on a fresh database at once.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import zlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -54,3 +58,30 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+#: Attempts at creating tables that another process is creating too.
+CREATE_ATTEMPTS = 5
+
+
+def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+    """Create *metadata*'s missing tables; safe when processes race to do it.
+
+    ``create_all`` checks, then creates: two processes starting together on a
+    fresh database both see no table and one fails (on PostgreSQL with
+    ``IntegrityError`` on ``pg_type``). On PostgreSQL a transaction-scoped
+    advisory lock serialises the creators; elsewhere a failed attempt is
+    retried, and the next check finds the other process's tables.
+    """
+    key = zlib.crc32(",".join(sorted(metadata.tables)).encode()) - 2**31
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                metadata.create_all(conn)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)

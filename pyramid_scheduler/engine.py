@@ -39,6 +39,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 from .api import Event
 from .db import create_db_engine
 from .events import EventDispatcher
+from .exceptions import InvalidJob
 from .messages import JobRequest, build_trigger, check_allowed, check_arguments, decode, resolve_ref
 from .runner import JobExecutor, Runner, job_info, run_key
 from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
@@ -93,7 +94,7 @@ class Engine:
             else:
                 self.stores[queue] = QueueJobStore(
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
-                    on_added=self._on_added)
+                    on_added=self._on_added, fence=self.lease.fresh if self.lease else None)
         self.aps = _Scheduler()
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
@@ -155,8 +156,8 @@ class Engine:
             while self.running_count() and now() < deadline:
                 self._stopped.wait(0.05)
             if self.running_count():
-                log.warning("%d job run(s) still running after %gs; they will be reported "
-                            "interrupted by the next daemon", self.running_count(), timeout)
+                log.warning("%d job run(s) still running after scheduler.shutdown_timeout (%gs)",
+                            self.running_count(), timeout)
             self.aps.shutdown(wait=False)
         if self.lease is not None and not self.lease_lost.is_set():
             try:
@@ -219,7 +220,16 @@ class Engine:
     def _add(self, request: JobRequest, recovering: bool = False) -> str:
         assert request.trigger is not None and request.func is not None
         check_allowed(request.func, self.settings.allowed_modules)
-        trigger = build_trigger(request.trigger, self.settings.timezone)
+        accepted = request.accepted_at()
+        trigger = build_trigger(request.trigger, self.settings.timezone, anchor=accepted)
+        # The first fire time from now; if the schedule ended while the message
+        # waited (the daemon was down), its first fire time after acceptance:
+        # a late run, which runs or is recorded missed like any other.
+        first = (trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+                 or trigger.get_next_fire_time(None, accepted))
+        if first is None:
+            raise InvalidJob(f"{request.trigger['type']} trigger: never fires after the job was "
+                             f"accepted at {accepted.isoformat()}")
         func = resolve_ref(request.func)
         check_arguments(func, request.args, request.kwargs, request.func)
         options = {k: v for k, v in request.options.items()
@@ -232,7 +242,8 @@ class Engine:
             try:
                 self.aps.add_job(func, trigger=trigger, args=request.args, kwargs=request.kwargs,
                                  id=request.id, name=request.options.get("name") or request.func,
-                                 jobstore=request.queue, replace_existing=recovering, **options)
+                                 jobstore=request.queue, replace_existing=recovering,
+                                 next_run_time=first, **options)
             except ConflictingIdError:
                 log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
                          request.id, request.queue, request.mid)
@@ -267,9 +278,10 @@ class Engine:
             return "cancel-ignored"
         log.info("job %s (queue %s): canceled", job_id, queue)
         with self._lock:
-            self._canceled.add(job_id)
             event = Event(Event.JOB_CANCELED, job_id=job_id, queue=queue, job=info)
             if self._running.get(job_id):
+                # The run in flight ends with CANCELED, not REMOVED.
+                self._canceled.add(job_id)
                 self._deferred[job_id].append(event)
             else:
                 self._emit(event)

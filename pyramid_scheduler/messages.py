@@ -40,12 +40,16 @@ INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 #: Per-job options that travel in ``"options"`` and their checks.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "misfire_grace_time": (int, float, type(None)),
+    "misfire_grace_time": (int, type(None)),
     "coalesce": (bool,),
     "max_instances": (int,),
     "name": (str,),
 }
+#: Options that APScheduler takes as integers of 1 or more (or None).
+POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
 MAX_DEPTH = 32
+#: Longest value of each text field: the job store's column widths.
+FIELD_LENGTHS = {"id": 200, "queue": 200, "mid": 64, "func": 500}
 #: The Kombu message header that carries the body's HMAC-SHA256 (hex).
 SIGNATURE_HEADER = "x-pyramid-scheduler-signature"
 
@@ -243,8 +247,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo) -> BaseTrigger:
+def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
+                  anchor: datetime | None = None) -> BaseTrigger:
     """Build the APScheduler trigger described by a wire trigger spec.
+
+    An interval without ``start_date`` counts from *anchor* (the time the job
+    was accepted), not from whenever the daemon reads the message.
 
     :raises InvalidJob: naming the field APScheduler refused.
     """
@@ -265,6 +273,8 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo) -> BaseTrigger:
                     raise InvalidJob(f"{key}: expected a number of zero or more, got {value!r}")
             if timedelta(**fields) <= timedelta(0):
                 raise InvalidJob("interval: weeks, days, hours, minutes or seconds must add up to more than zero")
+            if start is None and anchor is not None:
+                start = anchor + timedelta(**fields)
             return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz,
                                    jitter=spec.get("jitter"))
         if kind == "cron":
@@ -329,6 +339,14 @@ class JobRequest:
     mid: str = field(default_factory=new_id)
     sent_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
+    def accepted_at(self) -> datetime:
+        """When the producer accepted the job (``sent_at``); now if unreadable."""
+        try:
+            when = datetime.fromisoformat(self.sent_at)
+        except (TypeError, ValueError):
+            return datetime.now(timezone.utc)
+        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "op": self.op, "mid": self.mid, "id": self.id,
                                 "queue": self.queue, "sent_at": self.sent_at}
@@ -386,13 +404,16 @@ def decode(body: Any) -> JobRequest:
         "mid": _field(body, "mid", (str,)),
         "sent_at": _field(body, "sent_at", (str,), required=False) or "",
     }
-    if not common["id"] or len(common["id"]) > 200:
-        raise InvalidMessage("field 'id' must be 1 to 200 characters")
+    for name, longest in FIELD_LENGTHS.items():
+        if name in common and not 1 <= len(common[name]) <= longest:
+            raise InvalidMessage(f"field {name!r} must be 1 to {longest} characters")
     if op == "cancel":
         return JobRequest(**common)
     if op == "message":
         return JobRequest(text=_field(body, "text", (str,)), **common)
     func = _field(body, "func", (str,))
+    if len(func) > FIELD_LENGTHS["func"]:
+        raise InvalidMessage(f"field 'func' must be at most {FIELD_LENGTHS['func']} characters")
     if ":" not in func:
         raise InvalidMessage(f"field 'func' {func!r} is not 'module:qualname'")
     args = _field(body, "args", (list,))
@@ -407,5 +428,7 @@ def decode(body: Any) -> JobRequest:
             raise InvalidMessage(f"unknown option {key!r}")
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise InvalidMessage(f"option {key!r} has type {type(value).__name__}")
+        if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
+            raise InvalidMessage(f"option {key!r} must be 1 or more, got {value!r}")
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
                       options=options, **common)

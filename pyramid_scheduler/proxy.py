@@ -24,6 +24,7 @@ from .events import Listener, Listeners
 from .exceptions import InvalidJob, InvalidQueue
 from .messages import (
     OPTION_TYPES,
+    POSITIVE_OPTIONS,
     JobRequest,
     build_trigger,
     callable_ref,
@@ -99,8 +100,13 @@ class SchedulerProxy:
                          queue: str | None = None, weeks: float = 0, days: float = 0,
                          hours: float = 0, minutes: float = 0, seconds: float = 0,
                          **options: Any) -> str:
-        """Run ``func`` every interval, the first time one interval after
-        *start_date* (default: now)."""
+        """Run ``func`` every interval.
+
+        Without *start_date* the first run is one interval after this call.
+        With a future *start_date* the first run is at *start_date*; with a
+        past one, runs follow its grid (``start_date + k * interval``) from
+        the next point after now.
+        """
         tz = self._zone(options)
         start = (to_datetime(start_date, tz, "start_date") if start_date is not None
                  else datetime.now(timezone.utc))
@@ -280,11 +286,10 @@ class SchedulerProxy:
                     f"{key}: unknown option; add_*_job accepts id, name, misfire_grace_time, "
                     f"coalesce, max_instances, {', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise InvalidJob(f"{key}: {value!r} has the wrong type")
-            if key == "max_instances" and value < 1:  # type: ignore[operator]
-                raise InvalidJob(f"max_instances: expected 1 or more, got {value!r}")
-            if key == "misfire_grace_time" and value is not None and value < 0:  # type: ignore[operator]
-                raise InvalidJob(f"misfire_grace_time: expected seconds of 0 or more, got {value!r}")
+                expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
+                raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
+            if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
+                raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
             job_options[key] = value
 
         spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)

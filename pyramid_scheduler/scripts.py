@@ -22,7 +22,7 @@ from typing import Any
 import hupper
 from pyramid.paster import bootstrap, setup_logging
 
-from .consumer import SchedulerService
+from .consumer import SchedulerService, combined_suppressed
 from .exceptions import InvalidQueue
 
 log = logging.getLogger("pyramid_scheduler.pscheduler")
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(for applications with scheduler.combined = false).")
     parser.add_argument("config_uri", metavar="CONFIG-URI",
                         help="the configuration file or URI, e.g. production.ini")
-    parser.add_argument("--app-name", metavar="NAME", default="main",
-                        help="the application section to load (default: %(default)s)")
+    parser.add_argument("--app-name", metavar="NAME", default=None,
+                        help="the application section to load (default: the URI's #name, else main)")
     parser.add_argument("-q", "--queue", metavar="NAME", dest="queues", action="append", default=[],
                         help="run only this queue (repeat for several; default: all of scheduler.queues)")
     parser.add_argument("--reload", action="store_true",
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send TEXT to the running daemons (a MESSAGE event; 'print-jobs' "
                              "logs their jobs) and exit")
     return parser
+
+
+def app_uri(config_uri: str, app_name: str | None) -> str:
+    """``production.ini#name``: ``--app-name`` replaces a ``#name`` already
+    in the URI, and ``main`` is used when neither gives one."""
+    path, _, fragment = config_uri.partition("#")
+    return f"{path}#{app_name or fragment or 'main'}"
 
 
 class PSchedulerCommand:
@@ -86,7 +93,8 @@ class PSchedulerCommand:
             hupper.get_reloader().watch_files([os.path.abspath(args.config_uri.split("#")[0])])
 
         try:
-            env = self.bootstrap(f"{args.config_uri}#{args.app_name}")
+            with combined_suppressed():
+                env = self.bootstrap(app_uri(args.config_uri, args.app_name))
         except Exception:
             log.exception("could not load the application from %s", args.config_uri)
             return EXIT_STARTUP_FAILED
@@ -126,6 +134,16 @@ class PSchedulerCommand:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             scheduler.close()
+        left = service.engine.running_count()
+        if left:
+            # Job threads cannot be stopped, and the interpreter would wait for
+            # them at exit: scheduler.shutdown_timeout is the bound, so leave now.
+            log.warning("pscheduler stopped with %d run(s) cut short; the next daemon reports "
+                        "them interrupted", left)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         if code == 0:
             log.info("pscheduler stopped")
         return code

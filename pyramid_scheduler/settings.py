@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pyramid.exceptions import ConfigurationError
 from pyramid.path import DottedNameResolver
 from pyramid.settings import asbool, aslist
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class SchedulerSettings:
     jobstore_tablename_prefix: str = "pyramid_scheduler_"
     housekeeping: float = 86400.0
     housekeeping_append: tuple[Callable[[], Any], ...] = ()
-    misfire_grace_time: float = 3600.0
+    misfire_grace_time: int = 3600
     coalesce: bool = True
     timezone: tzinfo = field(default_factory=lambda: ZoneInfo("UTC"))
     executor: str = "thread"
@@ -189,7 +190,7 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
     scheme = url.split("://", 1)[0] if "://" in url else ""
     base = scheme.split("+", 1)[0]
     if base in SQL_URL_SCHEMES:
-        return BrokerURL(url, "sql")
+        return BrokerURL(sql_url(key, url), "sql")
     if "+" in scheme and base not in KOMBU_SCHEMES:
         raise _bad(
             key, mask_url(value),
@@ -315,6 +316,11 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
     ):
         if key in raw:
             opts[attr] = parse_duration(key, raw[key])
+    if "misfire_grace_time" in opts:
+        grace = opts["misfire_grace_time"]
+        if grace < 1 or not float(grace).is_integer():
+            raise _bad("misfire_grace_time", raw["misfire_grace_time"], "a whole number of seconds, at least 1")
+        opts["misfire_grace_time"] = int(grace)
     if opts.get("broker_timeout", 1.0) <= 0:
         raise _bad("broker.timeout", raw["broker.timeout"], "a duration above zero")
     if opts.get("lease_ttl", 15.0) < 1:
@@ -395,4 +401,29 @@ def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:
         raise _bad("jobstore.url", mask_url(url),
                    "'memory' or a SQLAlchemy URL such as sqlite:///var/jobs.sqlite or "
                    "postgresql://user@host/db")
-    return url
+    return sql_url("jobstore.url", url)
+
+
+def sql_url(key: str, url: str) -> str:
+    """A SQLAlchemy URL SQLAlchemy 2 can load, its driver installed.
+
+    ``postgres://`` (Heroku's and older URLs) becomes ``postgresql://``; a
+    PostgreSQL URL without a driver uses psycopg 3 (what the ``postgresql``
+    extra installs) when psycopg2, SQLAlchemy's default, is missing.
+    """
+    scheme, sep, rest = url.partition("://")
+    base, plus, driver = scheme.partition("+")
+    if base == "postgres":
+        base = "postgresql"
+    candidates = [f"{base}{plus}{driver}{sep}{rest}"]
+    if base == "postgresql" and not driver:
+        candidates.append(f"postgresql+psycopg{sep}{rest}")
+    error: Exception | None = None
+    for candidate in candidates:
+        try:
+            make_url(candidate).get_dialect().import_dbapi()
+        except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError
+            error = error or exc
+            continue
+        return candidate
+    raise _bad(key, mask_url(url), f"a SQLAlchemy URL whose driver is installed ({error})")

@@ -27,9 +27,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +40,8 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy.engine import Connection, Engine
+
+from .db import create_tables
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class Ledger:
             sa.Column("reason", sa.Text, nullable=False),
             sa.Column("body", sa.Text, nullable=False),
         )
-        self.metadata.create_all(engine)
+        create_tables(engine, self.metadata)
 
     # -- jobs -------------------------------------------------------------------------
     def insert_job(self, conn: Connection, request: dict[str, Any]) -> None:
@@ -346,14 +349,37 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     same transaction as the job, and parking (not deleting) jobs it cannot load.
     """
 
+    #: Seconds between polls of the store while fenced.
+    FENCED_POLL = 1.0
+
     def __init__(self, ledger: Ledger, queue: str, tablename: str,
-                 on_added: Any = None) -> None:
+                 on_added: Any = None, fence: Callable[[], bool] | None = None) -> None:
         super().__init__(engine=ledger.engine, tablename=tablename,
                          pickle_protocol=pickle.HIGHEST_PROTOCOL)
         self.ledger = ledger
         self.queue = queue
         self.on_added = on_added
+        self.fence = fence
         self._local = threading.local()
+
+    def _fenced(self) -> bool:
+        return self.fence is not None and not self.fence()
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        # A daemon whose lease may have lapsed (paused, cut off from the store)
+        # must not let APScheduler take due jobs: APScheduler removes a date
+        # job from the store as it submits it, and the new holder would never
+        # see it. It sees nothing due until its lease is renewed.
+        if self._fenced():
+            return []
+        return super().get_due_jobs(now)
+
+    def get_next_run_time(self) -> datetime | None:
+        next_run = super().get_next_run_time()
+        if next_run is not None and self._fenced():
+            # Poll instead of spinning on a due job we may not take.
+            return max(next_run, datetime.now(timezone.utc) + timedelta(seconds=self.FENCED_POLL))
+        return next_run
 
     def add_job(self, job: Job) -> None:
         request = getattr(self._local, "request", None)
@@ -487,8 +513,15 @@ class Lease:
         self.renewed_at = stamp
         return True
 
-    def valid(self) -> bool:
-        return bool(self.epochs) and now() < self.renewed_at + self.ttl
+    def valid(self, margin: float = 0.0) -> bool:
+        """True while the last renewal is within ``ttl - margin`` seconds."""
+        return bool(self.epochs) and now() < self.renewed_at + self.ttl - margin
+
+    def fresh(self) -> bool:
+        """:meth:`valid` with a third of the ttl to spare: what APScheduler
+        needs before it may take due jobs from the store (a run it takes is
+        checked again, with :meth:`valid`, just before it starts)."""
+        return self.valid(self.ttl / 3)
 
     def release(self) -> None:
         if not self.epochs:

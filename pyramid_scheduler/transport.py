@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from kombu.transport import virtual
 from sqlalchemy.engine import Engine
 
-from .db import create_db_engine
+from .db import create_db_engine, create_tables
 
 metadata = sa.MetaData()
 messages = sa.Table(
@@ -54,7 +54,7 @@ def engine_for(url: str) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             engine = create_db_engine(url)
-            metadata.create_all(engine)
+            create_tables(engine, metadata)
             _engines[url] = engine
         return engine
 

@@ -1,7 +1,8 @@
-"""Real ``pscheduler`` processes for the tests: INI files, start, kill, wait.
+"""Real ``pscheduler`` processes for the tests: INI files, start, wait, kill.
 
 The daemon loads ``integration.sampleapp`` (``tests/`` goes on its
-PYTHONPATH), with the ``scheduler.*`` settings the test gives.
+PYTHONPATH) with the ``scheduler.*`` settings the test gives. Its stdout and
+stderr go to a log file that a failing test prints.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import pytest
 
 TESTS = Path(__file__).resolve().parent
-
 T = TypeVar("T")
+
+#: Seconds a test waits for an outcome before failing.
+DEADLINE = 30.0
 
 LOGGING = """
 [loggers]
@@ -27,7 +32,7 @@ keys = root, pyramid_scheduler
 keys = console
 
 [formatters]
-keys = generic
+keys = sample
 
 [logger_root]
 level = WARNING
@@ -42,84 +47,135 @@ qualname = pyramid_scheduler
 class = StreamHandler
 args = (sys.stderr,)
 level = NOTSET
-formatter = generic
+formatter = sample
 
-[formatter_generic]
-format = %(asctime)s %(levelname)-5.5s [%(name)s][%(threadName)s] %(message)s
+[formatter_sample]
+format = SAMPLELOG %(asctime)s %(levelname)s [%(name)s][%(threadName)s] %(message)s
 """
 
 
-def write_ini(path: Path, settings: Mapping[str, str], app: str = "call:integration.sampleapp:main") -> Path:
-    """An INI file with an ``[app:main]`` of *settings* and logging to stderr."""
-    lines = ["[app:main]", f"use = {app}"]
+def write_ini(path: Path, settings: Mapping[str, str], app: str = "call:integration.sampleapp:main",
+              name: str = "main") -> Path:
+    """An INI file with an ``[app:NAME]`` of *settings* and logging to stderr."""
+    lines = [f"[app:{name}]", f"use = {app}"]
     lines += [f"{key} = {str(value).replace('%', '%%')}" for key, value in settings.items()]
-    path.write_text("\n".join(lines) + "\n" + LOGGING)
+    path.write_text("\n".join(lines) + "\n" + LOGGING, encoding="utf-8")
     return path
 
 
-def wait_until(check: Callable[[], T], timeout: float = 30.0, what: str = "the condition",
-               interval: float = 0.05) -> T:
-    """Poll *check* until it returns something truthy; fail after *timeout* s."""
+def pscheduler_argv(script: bool = False) -> list[str]:
+    """How to run pscheduler: ``python -m pyramid_scheduler.scripts``, or the
+    installed console script when *script* is true."""
+    if script:
+        path = Path(sys.executable).parent / "pscheduler"
+        if path.exists():
+            return [str(path)]
+    return [sys.executable, "-m", "pyramid_scheduler.scripts"]
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = DEADLINE,
+               interval: float = 0.05, alive: Iterable[Daemon] = ()) -> T:
+    """Poll *predicate* until it returns something true and return that.
+
+    Fails after *timeout* seconds, or as soon as one of the *alive* daemons
+    has exited (with its log).
+    """
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        value = predicate()
         if value:
             return value
+        for daemon in alive:
+            if not daemon.alive:
+                pytest.fail(f"while waiting for {what}: pscheduler pid {daemon.pid} exited with "
+                            f"{daemon.proc.returncode}\n{daemon.log()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
         time.sleep(interval)
 
 
 class Daemon:
-    """One ``pscheduler`` subprocess, its output in a log file."""
+    """A ``pscheduler`` subprocess in a process group of its own; its stdout
+    and stderr go to *log_path*; *env* is added to the environment."""
 
-    def __init__(self, ini: Path, *args: str, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
-        self.log_path = log or ini.with_suffix(f".{time.monotonic_ns()}.log")
+    def __init__(self, argv: list[str], log_path: Path, cwd: Path,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.argv = argv
+        self.log_path = log_path
         environ = dict(os.environ)
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), environ.get("PYTHONPATH")]))
+        environ["PYTHONUNBUFFERED"] = "1"
+        environ.pop("PSCHEDULER_SUPERVISED", None)
         environ.update(env or {})
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", str(ini), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=environ, cwd=ini.parent)
+        self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=cwd, env=environ,
+                                     start_new_session=True)
+
+    @classmethod
+    def start(cls, ini: Path, *args: str, env: Mapping[str, str] | None = None,
+              script: bool = False) -> Daemon:
+        """``pscheduler INI *args``, logging next to *ini*."""
+        log_path = ini.with_name(f"{ini.stem}.{time.monotonic_ns()}.log")
+        return cls([*pscheduler_argv(script), str(ini), *args], log_path, ini.parent, env)
 
     @property
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+    def pid(self) -> int:
+        return self.proc.pid
 
-    def running(self) -> bool:
+    @property
+    def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def wait_active(self, timeout: float = 30.0) -> Daemon:
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, text: str, timeout: float = DEADLINE) -> str:
+        """Wait until *text* is in the log; the log."""
+        def found() -> str | None:
+            log = self.log()
+            return log if text in log else None
+
+        return wait_until(found,
+                          f"{text!r} in the log of pscheduler pid {self.pid}", timeout, alive=(self,))
+
+    def wait_consuming(self, timeout: float = DEADLINE) -> Daemon:
         """Wait until the daemon holds its lease and consumes."""
-        wait_until(lambda: "running queues" in self.output or not self.running(), timeout,
-                   "the daemon to start")
-        assert self.running(), f"pscheduler exited with {self.proc.returncode}:\n{self.output}"
+        self.wait_log("running queues", timeout)
         return self
 
-    def wait(self, timeout: float = 60.0) -> int:
+    def send(self, signo: int) -> None:
+        self.proc.send_signal(signo)
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        """Wait for the process to exit; its exit code."""
         try:
             return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pscheduler pid {self.pid} still running after {timeout:g}s\n{self.log()}")
 
     def terminate(self, timeout: float = 60.0) -> int:
-        if self.running():
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM, then wait; the exit code."""
+        if self.alive:
+            self.send(signal.SIGTERM)
         return self.wait(timeout)
 
-    def kill(self) -> int:
-        if self.running():
-            self.proc.kill()
-        return self.wait(30)
+    def kill(self) -> None:
+        """SIGKILL the daemon (and anything it started) and reap it."""
+        if self.alive:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
 
     def close(self) -> None:
-        self.kill()
-        self._log.close()
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        if self.alive:
+            # SIGCONT first: a test may have left it stopped.
+            for signo in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, signo)
+                except ProcessLookupError:
+                    break
+            self.proc.wait(10)
+        self._log_file.close()

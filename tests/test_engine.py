@@ -177,6 +177,17 @@ def test_cancel_during_a_run_waits_for_the_run_event(engine_factory):
     assert engine.submit(JobRequest(op="cancel", id="c1", queue="jobs")) == "cancel-ignored"
 
 
+def test_a_canceled_id_reused_gets_its_full_event_sequence(engine_factory):
+    engine, events = engine_factory()
+    engine.submit(add(record, kind="date", job_id="r1", when=datetime.now(UTC) + timedelta(hours=1)))
+    assert engine.submit(JobRequest(op="cancel", id="r1", queue="jobs")) == "canceled"
+    assert engine.submit(add(record, job_id="r1")) == "stored"
+    wait_for(lambda: types_for(events, "r1").count(Event.JOB_CREATED) == 2
+             and Event.JOB_REMOVED in types_for(events, "r1"))
+    assert types_for(events, "r1") == [Event.JOB_CREATED, Event.JOB_CANCELED, Event.JOB_CREATED,
+                                       Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
 def test_late_date_job_is_missed_visibly(engine_factory):
     engine, events = engine_factory(misfire_grace_time=1)
     engine.submit(add(record, kind="date", job_id="late", when=datetime.now(UTC) - timedelta(minutes=5)))
@@ -294,3 +305,49 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(engine_factory, p
     engine.lease.release()
     assert alive.try_acquire()
     assert not engine.try_acquire()  # pid 1 is alive: wait for expiry
+
+
+def late_interval(job_id, sent_ago, end_ago, seconds=1):
+    """An interval job accepted *sent_ago* seconds ago whose schedule ended
+    *end_ago* seconds ago: the daemon reads it only now."""
+    sent = datetime.now(UTC) - timedelta(seconds=sent_ago)
+    spec = trigger_spec("interval", UTC, end_date=sent + timedelta(seconds=sent_ago - end_ago),
+                        seconds=seconds)
+    return JobRequest(op="add", id=job_id, queue="jobs", func="test_engine:record", args=[job_id],
+                      trigger=spec, sent_at=sent.isoformat())
+
+
+def test_recurring_job_read_after_its_end_runs_late_or_is_missed(engine_factory):
+    """A message that waited on the broker past its schedule's end is neither
+    stored without a next run (forever 'scheduled') nor dropped."""
+    engine, events = engine_factory(misfire_grace_time=60)
+    engine.submit(late_interval("within-grace", sent_ago=10, end_ago=5))
+    engine.submit(late_interval("past-grace", sent_ago=600, end_ago=500))
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "within-grace")
+             and Event.JOB_REMOVED in types_for(events, "past-grace"))
+    assert types_for(events, "within-grace") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert engine.ledger.get_job("within-grace")["status"] == "done"
+    assert types_for(events, "past-grace") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_REMOVED]
+    assert engine.ledger.get_job("past-grace")["status"] == "missed"
+
+
+def test_a_holder_whose_lease_lapsed_takes_no_due_job_from_the_store(engine_factory, proxy_factory):
+    """Fencing covers the job store: APScheduler removes a date job as it
+    takes it, so a holder that was paused past its lease must leave a due
+    job to the daemon that took the lease over."""
+    proxy = proxy_factory()
+    old, _ = engine_factory(proxy=proxy)
+    new, _ = engine_factory(proxy=proxy, start=False)
+    leases = old.ledger.leases
+    with old.ledger.engine.begin() as conn:  # the old holder's lease expires ...
+        conn.execute(leases.update().values(expires_at=0.0))
+    assert new.try_acquire()  # ... and is taken over,
+    old.lease.renewed_at -= old.lease.ttl  # while the old holder was paused.
+    old.submit(add(record, kind="date", job_id="fenced", when=datetime.now(UTC)))
+    assert old.lease_lost.wait(5)  # its next renewal finds the lease gone
+    assert ("fenced", "M") not in RUNS
+    assert old.stores["jobs"].lookup_job("fenced") is not None
+    assert old.ledger.get_job("fenced")["status"] == "scheduled"
+    new.start()
+    wait_for(lambda: old.ledger.get_job("fenced")["status"] == "done")
+    assert RUNS == [("fenced", "M")]

@@ -159,6 +159,13 @@ def test_decode_accepts_what_the_producer_sends():
     (_add_body(options={"priority": 1}), "unknown option"),
     (_add_body(options={"max_instances": "3"}), "option 'max_instances'"),
     (_add_body(id=""), "'id' must be"),
+    (_add_body(id="x" * 201), "'id' must be 1 to 200"),
+    (_add_body(mid="m" * 65), "'mid' must be 1 to 64"),
+    (_add_body(queue="q" * 201), "'queue' must be 1 to 200"),
+    (_add_body(func="a:" + "b" * 500), "'func' must be at most 500"),
+    (_add_body(options={"misfire_grace_time": 0.5}), "option 'misfire_grace_time' has type float"),
+    (_add_body(options={"misfire_grace_time": 0}), "'misfire_grace_time' must be 1 or more"),
+    (_add_body(options={"max_instances": 0}), "'max_instances' must be 1 or more"),
     (b"[" * 100000 + b"]" * 100000, "not JSON"),
 ])
 def test_decode_refuses_malformed_messages(body, fragment):

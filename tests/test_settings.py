@@ -75,6 +75,8 @@ def test_kombu_urls_pass_through(url):
     ("scheduler.broker.timeout", "0", "scheduler.broker.timeout"),
     ("scheduler.broker.timeout", "soon", "duration"),
     ("scheduler.misfire_grace_time", "-5", "scheduler.misfire_grace_time"),
+    ("scheduler.misfire_grace_time", "0.5s", "a whole number of seconds, at least 1"),
+    ("scheduler.misfire_grace_time", "0", "a whole number of seconds, at least 1"),
     ("scheduler.housekeeping.append", "no.such.module:thing", "scheduler.housekeeping.append"),
     ("scheduler.timezone", "Mars/Olympus", "scheduler.timezone"),
     ("scheduler.serializer", "pickle", "pickle is no longer accepted"),
@@ -128,3 +130,15 @@ def test_settings_are_frozen():
     settings = SchedulerSettings()
     with pytest.raises(AttributeError):
         settings.combined = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", ["scheduler.jobstore.url", "scheduler.broker.url"])
+def test_postgres_scheme_is_read_as_postgresql(key):
+    settings = parse_settings({key: "postgres://scheduler:secret@db.example/jobs"})
+    url = settings.jobstore_url if key.endswith("jobstore.url") else settings.broker.url
+    assert url.startswith("postgresql") and url.endswith("://scheduler:secret@db.example/jobs")
+
+
+def test_sql_url_without_its_driver_fails_at_include():
+    with pytest.raises(ConfigurationError, match=r"scheduler.jobstore.url.*driver is installed"):
+        parse_settings({"scheduler.jobstore.url": "mysql+mysqldb://u@h/db"})

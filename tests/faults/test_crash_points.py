@@ -27,24 +27,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", "1"))
 
-# point -> (the job to send: "date" 2 s ahead or "now", {policy: (runs, final status)})
-OUTCOMES: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {
-    "received": ("date", {"record": (1, "done")}),
-    "persisted": ("date", {"record": (1, "done")}),
-    "submitted": ("now", {"record": (1, "done")}),
-    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done")}),
-    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done")}),
+# point -> (the job to send: "date" 2 s ahead or "now", {policy: (runs, final status)}, brokers)
+OUTCOMES: dict[str, tuple[str, dict[str, tuple[int, str]], tuple[str, ...]]] = {
+    "taken": ("now", {"record": (1, "done")}, ("redis",)),
+    "received": ("date", {"record": (1, "done")}, ("sqlite", "redis", "rabbitmq")),
+    "persisted": ("date", {"record": (1, "done")}, ("sqlite",)),
+    "submitted": ("now", {"record": (1, "done")}, ("sqlite",)),
+    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done")}, ("sqlite",)),
+    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done")}, ("sqlite",)),
 }
-CASES = [(point, policy, trial) for point, (_, table) in OUTCOMES.items()
-         for policy in table for trial in range(TRIALS)]
+CASES = [(point, broker, policy, trial) for point, (_, table, brokers) in OUTCOMES.items()
+         for broker in brokers for policy in table for trial in range(TRIALS)]
 
 
 class Scenario:
-    def __init__(self, tmp_path: Path, **extra: str) -> None:
+    def __init__(self, tmp_path: Path, broker: str = "sqlite", **extra: str) -> None:
         var = tmp_path / "var"
         var.mkdir()
         self.oracle = str(tmp_path / "oracle.sqlite")
-        self.settings = make_settings(var, **extra)
+        self.settings = make_settings(var, broker, **extra)
         self.settings.update({"sampleapp.oracle": self.oracle, "sampleapp.marker": "fault-suite"})
         self.ini = write_ini(tmp_path / "daemon.ini", self.settings)
         config = Configurator(settings=self.settings)
@@ -54,7 +55,7 @@ class Scenario:
 
     def daemon(self, crash_at: str | None = None) -> Daemon:
         env = {"PYRAMID_SCHEDULER_CRASH_AT": crash_at} if crash_at else {}
-        daemon = Daemon(self.ini, env=env)
+        daemon = Daemon.start(self.ini, env=env)
         self.daemons.append(daemon)
         return daemon
 
@@ -87,33 +88,33 @@ def scenario_factory(tmp_path: Path) -> Iterator[Any]:
         scenario.close()
 
 
-@pytest.mark.parametrize(("point", "policy", "trial"), CASES)
-def test_crash_point(scenario_factory: Any, point: str, policy: str, trial: int) -> None:
-    scenario = scenario_factory(interrupted=policy)
-    kind, table = OUTCOMES[point]
+@pytest.mark.parametrize(("point", "broker", "policy", "trial"), CASES)
+def test_crash_point(scenario_factory: Any, point: str, broker: str, policy: str, trial: int) -> None:
+    scenario = scenario_factory(broker=broker, interrupted=policy)
+    kind, table, _ = OUTCOMES[point]
     expected_runs, expected_status = table[policy]
-    tag = f"{point}-{policy}-{trial}"
+    tag = f"{point}-{broker}-{policy}-{trial}"
 
-    first = scenario.daemon(crash_at=point).wait_active()
+    first = scenario.daemon(crash_at=point).wait_consuming()
     if kind == "date":
         when = datetime.now(timezone.utc) + timedelta(seconds=2)
         job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag)
     else:
         job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag)
     code = first.wait(60)
-    assert code == -9, f"the daemon should have killed itself at {point!r}:\n{first.output}"
-    assert f"crash point {point!r} reached" in first.output
+    assert code == -9, f"the daemon should have killed itself at {point!r}:\n{first.log()}"
+    assert f"crash point {point!r} reached" in first.log()
 
-    second = scenario.daemon().wait_active()
+    second = scenario.daemon().wait_consuming()
     record = wait_until(lambda: (r := scenario.scheduler.get_job(job_id)) and r["status"] not in
-                        ("scheduled", "running") and r, 60, f"job {job_id} to finish")
+                        ("scheduled", "running") and r, f"job {job_id} to finish", 60)
     time.sleep(0.5)  # a duplicate run, if there were one, would show up now
-    assert scenario.runs(tag) == expected_runs, second.output
-    assert record["status"] == expected_status, (record, second.output)
+    assert scenario.runs(tag) == expected_runs, second.log()
+    assert record["status"] == expected_status, (record, second.log())
     runs = scenario.ledger_runs(job_id)
     assert len({run["run_key"] for run in runs}) == len(runs)
     if point in ("started", "finished"):
         assert runs[0]["status"] == "interrupted"
         assert "stopped before the run finished" in (scenario.scheduler.get_job(job_id)["error"] or
-                                                     second.output)
-    assert second.terminate() == 0, second.output
+                                                     second.log())
+    assert second.terminate() == 0, second.log()

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seconds ``--reload`` lets the old daemon stop (SIGTERM) before killing it.
+RELOAD_SHUTDOWN_INTERVAL = 10.0
+
+
 def app_uri(config_uri: str, app_name: str | None) -> str:
     """``production.ini#name``: ``--app-name`` replaces a ``#name`` already
     in the URI, and ``main`` is used when neither gives one."""
@@ -84,7 +88,8 @@ class PSchedulerCommand:
         args = self.args
         if args.reload and not hupper.is_active():
             hupper.start_reloader("pyramid_scheduler.scripts.main",
-                                  reload_interval=args.reload_interval)
+                                  reload_interval=args.reload_interval,
+                                  shutdown_interval=RELOAD_SHUTDOWN_INTERVAL)
             return 0  # not reached: the reloader exits the process
         if args.restart and os.environ.get(_CHILD_ENV) != "1":
             return self.supervise()

@@ -69,6 +69,14 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+#: APScheduler options pyramid_scheduler sets itself, and what to use instead.
+APS_OWNED = {
+    "jobstores": f"{PREFIX}jobstore.url",
+    "executors": f"{PREFIX}executor.max_workers",
+    "job_defaults": f"{PREFIX}misfire_grace_time, {PREFIX}coalesce or the add_*_job options",
+    "timezone": f"{PREFIX}timezone",
+}
+
 #: Keys this module understands, beside the ``apscheduler.*`` and
 #: ``broker.transport_options.*`` pass-through families.
 KNOWN_KEYS = frozenset({
@@ -272,6 +280,11 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         if key.startswith("broker.transport_options."):
             transport_options[key[len("broker.transport_options."):]] = _coerce_option(str(value))
         elif key.startswith("apscheduler."):
+            name = key[len("apscheduler."):]
+            for taken, instead in APS_OWNED.items():
+                if name == taken or name.startswith(taken + "."):
+                    raise _bad(key, value, f"nothing: pyramid_scheduler sets APScheduler's {taken}; "
+                                           f"use {instead}")
             aps[key] = value
         elif key not in KNOWN_KEYS:
             raise ConfigurationError(

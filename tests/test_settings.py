@@ -85,6 +85,10 @@ def test_kombu_urls_pass_through(url):
     ("scheduler.jobstore.url", "redis://x", "scheduler.jobstore.url"),
     ("scheduler.jobstore.default.class", "my.Store", "scheduler.jobstore.default.class"),
     ("scheduler.qeueus", "jobs", "Unknown setting scheduler.qeueus"),
+    ("scheduler.apscheduler.timezone", "Europe/Paris", "use scheduler.timezone"),
+    ("scheduler.apscheduler.job_defaults.coalesce", "false", "use scheduler.misfire_grace_time, scheduler.coalesce"),
+    ("scheduler.apscheduler.jobstores.default.url", "sqlite://", "use scheduler.jobstore.url"),
+    ("scheduler.apscheduler.executors.default.max_workers", "3", "use scheduler.executor.max_workers"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigurationError) as info:
@@ -103,11 +107,11 @@ def test_passthrough_families():
         "scheduler.broker.transport_options.visibility_timeout": "120",
         "scheduler.broker.transport_options.polling_interval": "0.5",
         "scheduler.broker.transport_options.flag": "true",
-        "scheduler.apscheduler.job_defaults.max_instances": "3",
+        "scheduler.apscheduler.jobstore_retry_interval": "5",
     })
     assert settings.broker_transport_options == {"visibility_timeout": 120, "polling_interval": 0.5,
                                                  "flag": True}
-    assert settings.apscheduler == {"apscheduler.job_defaults.max_instances": "3"}
+    assert settings.apscheduler == {"apscheduler.jobstore_retry_interval": "5"}
 
 
 @pytest.mark.parametrize("value, seconds", [("90", 90), (90, 90), ("1.5s", 1.5), ("30m", 1800),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import pytest
@@ -139,6 +140,27 @@ def test_sigterm_cuts_runs_longer_than_shutdown_timeout(make_harness):
     successor = harness.start()
     record = harness.wait_job(proxy, slow_id, {"interrupted"}, alive=(successor,))
     assert "stopped before the run finished" in record["error"]
+
+
+def test_reload_restarts_the_daemon_when_the_ini_file_changes(harness):
+    proxy = harness.proxy()
+    ini = harness.write_ini()
+    daemon = harness.start("--reload", "--reload-interval", "0.2", ini=ini)
+    harness.wait_log(daemon, "running queues")
+    # hupper's monitor learns the watched paths from the worker asynchronously
+    # and takes a file's first mtime when it first sees it: edit after that.
+    time.sleep(2)
+    with ini.open("a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    wait_until(lambda: daemon.log().count("running queues") == 2, "the daemon to restart", alive=(daemon,))
+    job_id = tag("after-reload")
+    proxy.add_async_job(jobs.record, args=[harness.oracle, job_id], id=job_id)
+    harness.wait_job(proxy, job_id, {"done"}, alive=(daemon,))
+    (run,) = harness.runs(job_id)
+    assert run["pid"] != daemon.pid  # hupper's worker process runs the jobs
+    daemon.send(signal.SIGTERM)
+    daemon.wait()
+    assert "pscheduler stopped" in daemon.log()
 
 
 def test_restart_option_restarts_a_crashed_daemon(harness):

@@ -3,14 +3,21 @@ jobs itself, through the same consumer, engine and runner as pscheduler."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import webtest
 
+from daemons import Daemon, write_ini
 from integration.conftest import wait_until
 from integration.sampleapp import main
 from pyramid_scheduler.api import Event, JobExecuted
@@ -62,3 +69,69 @@ def test_view_enqueues_a_job_that_runs_in_process(harness, combined):
     wait_until(lambda: [row["type"] for row in harness.events(job_id)]
                == ["job.created", "job.executed", "job.removed"], "the oracle's events")
     assert {row["pid"] for row in harness.events(job_id)} == {os.getpid()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_several_web_processes_one_consumes_and_another_takes_over(harness):
+    """Combined mode under a multi-process deployment: three ``pserve``
+    processes of one application; exactly one runs the jobs, each job once,
+    and when it dies another takes over."""
+    settings = harness.app_settings(**{"scheduler.combined": "true"})
+    workers = []
+    for index in range(3):
+        port = free_port()
+        ini = write_ini(harness.tmp_path / f"web{index}.ini", settings)
+        with ini.open("a", encoding="utf-8") as f:
+            f.write(f"\n[server:main]\nuse = egg:waitress#main\nhost = 127.0.0.1\nport = {port}\n")
+        worker = Daemon([str(Path(sys.executable).parent / "pserve"), str(ini)],
+                        harness.tmp_path / f"web{index}.log", harness.tmp_path)
+        harness.daemons.append(worker)
+        workers.append((worker, f"http://127.0.0.1:{port}"))
+
+    def get(base: str, path: str) -> Any:
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return json.load(response)
+
+    def enqueue_everywhere(prefix: str, alive: list[tuple[Daemon, str]]) -> list[str]:
+        tags = [f"{prefix}-{n}-{uuid.uuid4().hex[:6]}" for n in range(12)]
+        for n, tag in enumerate(tags):
+            worker, base = alive[n % len(alive)]
+            wait_until(lambda base=base: _answers(base), f"{base} to answer", alive=(worker,))
+            assert get(base, f"/enqueue?tag={tag}") == {"job_id": tag}
+        return tags
+
+    first = enqueue_everywhere("first", workers)
+    proxy = harness.proxy()
+    for tag in first:
+        harness.wait_job(proxy, tag, {"done"})
+    ran_by = {run["pid"] for tag in first for run in harness.runs(tag)}
+    assert [len(harness.runs(tag)) for tag in first] == [1] * len(first)
+    assert len(ran_by) == 1  # one process consumes
+    (holder,) = [worker for worker, _ in workers if worker.pid in ran_by]
+    active = [d for d in proxy.get_daemons() if d["active"]]
+    assert [d["owner"].split(":")[1] for d in active] == [str(holder.pid)]
+
+    holder.kill()
+    rest = [(worker, base) for worker, base in workers if worker is not holder]
+    second = enqueue_everywhere("second", rest)
+    for tag in second:
+        harness.wait_job(proxy, tag, {"done"})
+    taken_over_by = {run["pid"] for tag in second for run in harness.runs(tag)}
+    assert len(taken_over_by) == 1 and taken_over_by < {worker.pid for worker, _ in rest}
+    assert [len(harness.runs(tag)) for tag in second] == [1] * len(second)
+
+
+def _answers(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/enqueue", timeout=2):
+            pass
+    except urllib.error.HTTPError:
+        return True  # the app answers (400: no tag)
+    except OSError:
+        return False
+    return True

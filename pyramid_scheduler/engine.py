@@ -40,7 +40,15 @@ from .api import Event
 from .db import create_db_engine
 from .events import EventDispatcher
 from .exceptions import InvalidJob
-from .messages import JobRequest, build_trigger, check_allowed, check_arguments, decode, resolve_ref
+from .messages import (
+    JobRequest,
+    build_trigger,
+    check_allowed,
+    check_arguments,
+    decode,
+    next_fire_time,
+    resolve_ref,
+)
 from .runner import JobExecutor, Runner, job_info, run_key
 from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
@@ -225,8 +233,7 @@ class Engine:
         # The first fire time from now; if the schedule ended while the message
         # waited (the daemon was down), its first fire time after acceptance:
         # a late run, which runs or is recorded missed like any other.
-        first = (trigger.get_next_fire_time(None, datetime.now(timezone.utc))
-                 or trigger.get_next_fire_time(None, accepted))
+        first = next_fire_time(trigger, datetime.now(timezone.utc)) or next_fire_time(trigger, accepted)
         if first is None:
             raise InvalidJob(f"{request.trigger['type']} trigger: never fires after the job was "
                              f"accepted at {accepted.isoformat()}")

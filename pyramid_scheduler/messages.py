@@ -294,6 +294,17 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
     raise InvalidJob(f"trigger type {kind!r} is not one of {', '.join(TRIGGER_TYPES)}")
 
 
+def next_fire_time(trigger: BaseTrigger, after: datetime) -> datetime | None:
+    """The trigger's first fire time at or after *after* (None: never).
+
+    :raises InvalidJob: the schedule runs past the year 9999.
+    """
+    try:
+        return trigger.get_next_fire_time(None, after)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidJob(f"{type(trigger).__name__}: its first run is out of range ({exc})") from exc
+
+
 def trigger_spec(kind: str, tz: tzinfo, *, run_date: datetime | None = None,
                  start_date: datetime | None = None, end_date: datetime | None = None,
                  timezone_: tzinfo | None = None, jitter: Any = None,

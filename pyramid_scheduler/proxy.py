@@ -32,6 +32,7 @@ from .messages import (
     check_arguments,
     check_json,
     new_id,
+    next_fire_time,
     resolve_ref,
     to_datetime,
     to_zone,
@@ -294,7 +295,7 @@ class SchedulerProxy:
 
         spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
         trigger = build_trigger(spec, tz)  # a bad cron field or date fails here
-        first = trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+        first = next_fire_time(trigger, datetime.now(timezone.utc))
         if kind not in ("now", "date") and first is None:
             raise InvalidJob(f"{kind} trigger: this schedule never fires (is end_date in the past?)")
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,

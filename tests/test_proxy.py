@@ -110,6 +110,7 @@ def test_request_property_is_the_registry_scheduler(app_settings):
     (lambda s: s.add_date_job(job, time.time() + 60, misfire_grace_time=0), "misfire_grace_time: expected 1 or more"),
     (lambda s: s.add_date_job(job, "next tuesday"), "date"),
     (lambda s: s.add_interval_job(job), "add up to more than zero"),
+    (lambda s: s.add_interval_job(job, weeks=416017), "first run is out of range"),
     (lambda s: s.add_interval_job(job, seconds=5, end_date=time.time() - 10), "earlier than start_date"),
     (lambda s: s.add_cron_job(job, minute=1, end_date=time.time() - 10), "never fires"),
     (lambda s: s.add_cron_job(job, minute="99"), "cron trigger"),

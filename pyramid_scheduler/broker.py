@@ -41,7 +41,7 @@ def make_connection(settings: SchedulerSettings) -> kombu.Connection:
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
     if settings.broker.kind == "sql":
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url)
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout)
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         prefix = settings.broker_queue_prefix

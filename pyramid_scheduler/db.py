@@ -24,8 +24,12 @@ from sqlalchemy.pool import StaticPool
 SQLITE_BUSY_TIMEOUT = 30.0
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine for *url*, tuned for concurrent scheduler use."""
+def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
+    """Create an engine for *url*, tuned for concurrent scheduler use.
+
+    *busy_timeout*: seconds a SQLite statement waits for another process's
+    lock before it fails.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
@@ -39,7 +43,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         folder = os.path.dirname(os.path.abspath(database))
         os.makedirs(folder, exist_ok=True)
     kwargs.setdefault("connect_args", {})
-    kwargs["connect_args"].update(timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+    kwargs["connect_args"].update(timeout=busy_timeout, check_same_thread=False)
     engine = sa.create_engine(parsed, **kwargs)
 
     @sa.event.listens_for(engine, "connect")
@@ -50,7 +54,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

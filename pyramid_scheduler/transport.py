@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from kombu.transport import virtual
 from sqlalchemy.engine import Engine
 
-from .db import create_db_engine, create_tables
+from .db import SQLITE_BUSY_TIMEOUT, create_db_engine, create_tables
 
 metadata = sa.MetaData()
 messages = sa.Table(
@@ -44,18 +44,18 @@ messages = sa.Table(
     sa.Index("ix_pyramid_scheduler_messages_tag", "delivery_tag"),
 )
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, float], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def engine_for(url: str) -> Engine:
-    """One engine (and one table check) per URL per process."""
+def engine_for(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engine:
+    """One engine (and one table check) per URL and lock timeout per process."""
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, busy_timeout))
         if engine is None:
-            engine = create_db_engine(url)
+            engine = create_db_engine(url, busy_timeout=busy_timeout)
             create_tables(engine, metadata)
-            _engines[url] = engine
+            _engines[url, busy_timeout] = engine
         return engine
 
 
@@ -85,7 +85,10 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         client = self.connection.client
-        self.engine = engine_for(client.transport_options.get("url") or client.hostname)
+        options = client.transport_options
+        # A locked SQLite file fails a publish within scheduler.broker.timeout.
+        self.engine = engine_for(options.get("url") or client.hostname,
+                                 float(options.get("busy_timeout", SQLITE_BUSY_TIMEOUT)))
 
     # -- publish ----------------------------------------------------------------------
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:

@@ -172,6 +172,32 @@ def test_unreachable_broker_raises_within_the_bound(tmp_path):
         proxy.close()
 
 
+def test_locked_sqlite_broker_raises_within_the_bound_then_recovers(app_settings, tmp_path):
+    """The embedded broker's file held by another process's exclusive
+    transaction: add_*_job raises EnqueueError within scheduler.broker.timeout
+    (not SQLite's own 30 s lock wait), and works again once the lock is gone."""
+    import sqlite3
+
+    with Configurator(settings={**app_settings, "scheduler.broker.timeout": "1"}) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    try:
+        proxy.add_async_job(job)  # creates the file and its table
+        holder = sqlite3.connect(tmp_path / "broker.sqlite", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(EnqueueError, match="database is locked"):
+            proxy.add_async_job(job, id="while-locked")
+        assert time.monotonic() - started < 10
+        holder.execute("ROLLBACK")
+        holder.close()
+        proxy.add_async_job(job, id="after-unlock")
+        assert [request.id for _, request in published(tmp_path)][-1] == "after-unlock"
+        assert "while-locked" not in [request.id for _, request in published(tmp_path)]
+    finally:
+        proxy.close()
+
+
 def test_interval_start_defaults_to_now(scheduler, tmp_path):
     before = datetime.now(timezone.utc)
     scheduler.add_interval_job(job, seconds=30)

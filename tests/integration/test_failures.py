@@ -148,3 +148,31 @@ def test_unreachable_broker_raises_enqueue_error_in_bounded_time(harness, scheme
         proxy.cancel_job(job_id)
     assert time.monotonic() - started < 30
     assert proxy.get_job(job_id) is None
+
+
+@pytest.mark.slow
+def test_passwords_and_the_secret_never_reach_the_logs(make_harness):
+    """Database and broker URLs are logged with the password masked, and the
+    signing secret is never logged (PostgreSQL here trusts any password)."""
+    from conftest import POSTGRES_URL
+
+    password, secret = "pw-s3cret-9f1c", "signing-s3cret-77aa"
+    url = POSTGRES_URL.replace("postgres@", f"postgres:{password}@")
+    assert password in url
+    harness = make_harness(store="postgresql", secret=secret,
+                           **{"broker.url": url, "jobstore.url": url})
+    ini = harness.write_ini(harness.app_settings(**{"scheduler.broker.url": url}))
+    proxy = harness.proxy()
+    daemon = harness.start(ini=ini)
+    ok_id, fail_id = tag("ok"), tag("fail")
+    proxy.add_async_job(jobs.record, args=[harness.oracle, ok_id], id=ok_id)
+    proxy.add_async_job(jobs.fail, args=[harness.oracle, fail_id], id=fail_id)
+    harness.wait_job(proxy, ok_id, {"done"}, alive=(daemon,))
+    harness.wait_job(proxy, fail_id, {"failed"}, alive=(daemon,))
+    code, told = harness.run("--message", "print-jobs", ini=ini)
+    assert code == 0, told
+    assert daemon.terminate() == 0
+    log = daemon.log() + told
+    assert "postgres:***@127.0.0.1" in log  # the URLs are there, masked
+    assert password not in log and secret not in log
+    assert password not in repr(proxy.settings) and secret not in repr(proxy.settings)

@@ -98,7 +98,10 @@ class Publisher:
     def publish(self, body: bytes, queue: str, job_id: str) -> None:
         """Publish *body* (JSON bytes) on *queue*.
 
-        :raises EnqueueError: the broker did not take it in time; nothing was sent.
+        :raises EnqueueError: the broker did not confirm it in time. Almost
+            always nothing was sent; if the connection broke just after the
+            write, the message may still have arrived. Retrying with the same
+            job id is safe: the daemon stores one job per id.
         """
         timeout = self.settings.broker_timeout
         deadline = time.monotonic() + timeout

@@ -332,18 +332,33 @@ class Engine:
                     self._emit(event)
                 self._canceled.discard(job_id)
 
+    def job_ended(self, job_id: str, queue: str, info: dict[str, Any] | None) -> None:
+        """Emit REMOVED for a job whose last run ended without a run event of
+        its own to carry it; after any run of the job still going."""
+        with self._lock:
+            event = Event(Event.JOB_REMOVED, job_id=job_id, queue=queue, job=info)
+            if self._running.get(job_id):
+                self._deferred[job_id].append(event)
+            else:
+                self._emit(event)
+
     def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        # Dispatched after APScheduler updated the job: gone means these were its last runs.
         job = self.aps.get_job(event.job_id)
-        for run_time in event.scheduled_run_times:
+        info = job_info(job) if job else None
+        times = event.scheduled_run_times
+        for index, run_time in enumerate(times):
+            final = job is None and index == len(times) - 1
             key = run_key(event.job_id, run_time)
             reason = "the previous run was still running (max_instances reached)"
             log.warning("job %s: run %s missed: %s", event.job_id, key, reason)
-            self.ledger.finish_run(event.job_id, key, "missed", False, error=reason,
-                                   scheduled_at=run_time.timestamp(), queue=event.jobstore,
-                                   owner=self.owner)
+            self.persist(f"job {event.job_id}: recording missed run {key}", self.ledger.finish_run,
+                         event.job_id, key, "missed", final, error=reason,
+                         scheduled_at=run_time.timestamp(), queue=event.jobstore, owner=self.owner)
             self._emit(Event(Event.JOB_MISSED, job_id=event.job_id, queue=event.jobstore,
-                             job=job_info(job) if job else None, run_key=key,
-                             scheduled_run_time=run_time, reason=reason))
+                             job=info, run_key=key, scheduled_run_time=run_time, reason=reason))
+            if final:
+                self.job_ended(event.job_id, event.jobstore, info)
 
     # -- recovery and housekeeping ----------------------------------------------------
     def _recover(self) -> None:

@@ -70,6 +70,10 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
         self._pool.submit(self.runner.run, job, run_times).add_done_callback(done)
 
 
+#: Recorded run outcomes that can also be a job's final status.
+RUN_OUTCOMES = ("done", "failed", "missed", "interrupted")
+
+
 class Runner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -118,6 +122,11 @@ class Runner:
             return
         if state != "start":
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
+            # A crash after the last run was recorded and before the job was
+            # closed: close it now, with that run's outcome.
+            if final and state in RUN_OUTCOMES and engine.persist(
+                    f"job {job.id}: closing it after run {key}", self.ledger.set_status, job.id, queue, state):
+                engine.job_ended(job.id, queue, info)
             return
 
         engine.run_started(job.id)

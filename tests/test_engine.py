@@ -351,3 +351,34 @@ def test_a_holder_whose_lease_lapsed_takes_no_due_job_from_the_store(engine_fact
     new.start()
     wait_for(lambda: old.ledger.get_job("fenced")["status"] == "done")
     assert RUNS == [("fenced", "M")]
+
+
+def test_last_run_blocked_by_a_running_one_closes_the_job(engine_factory):
+    """max_instances=1 and the last fire time comes while the previous run is
+    still going: that run is missed, the job ends 'missed', and REMOVED comes
+    after the running run's EXECUTED."""
+    engine, events = engine_factory()
+    now = datetime.now(UTC)
+    engine.submit(add(wait_gate, kind="interval", job_id="blocked", when=now - timedelta(seconds=0.4),
+                      seconds=0.5, end_date=now + timedelta(seconds=0.7)))
+    wait_for(lambda: Event.JOB_MISSED in types_for(events, "blocked"))
+    assert Event.JOB_REMOVED not in types_for(events, "blocked")
+    GATE.set()
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "blocked"))
+    assert types_for(events, "blocked") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_EXECUTED,
+                                            Event.JOB_REMOVED]
+    assert engine.ledger.get_job("blocked")["status"] == "missed"
+
+
+def test_a_last_run_already_recorded_closes_the_job_without_running(engine_factory):
+    """As after a crash between recording the last run and closing its job:
+    the run is not run again, and the job ends with that run's outcome."""
+    engine, events = engine_factory()
+    when = datetime.now(UTC) + timedelta(seconds=1)
+    engine.submit(add(record, kind="date", job_id="closed", when=when))
+    engine.ledger.finish_run("closed", run_key("closed", when), "missed", False, error="earlier daemon",
+                             scheduled_at=when.timestamp(), queue="jobs", owner="earlier")
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "closed"))
+    assert types_for(events, "closed") == [Event.JOB_CREATED, Event.JOB_REMOVED]
+    assert engine.ledger.get_job("closed")["status"] == "missed"
+    assert ("closed", "M") not in RUNS

@@ -28,7 +28,7 @@ from conftest import make_settings
 from daemons import Daemon, wait_until, write_ini
 from integration.sampleapp import jobs
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 JOBS = int(os.environ.get("FAULT_JOBS", "400"))
 KILLS = int(os.environ.get("FAULT_KILLS", "3"))

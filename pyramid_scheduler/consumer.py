@@ -54,7 +54,6 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
         self._backoff = STORE_BACKOFF[0]
         self._channels: list[Any] = []
-        self._released = False
 
     @property  # type: ignore[override]
     def should_stop(self) -> bool:
@@ -80,18 +79,20 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             for extra, queue in zip(self._channels, queues[1:], strict=True)]
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
-        if not self._released:
-            self.release_claims(channel)
-            self._released = True
+        # At start and after every reconnect: a message taken just as the
+        # connection broke (its reply lost) waits in the processing list.
+        self.release_claims(channel)
 
     def release_claims(self, channel: Any) -> None:
-        """Give back what an earlier holder of the lease took and did not finish.
+        """Give back what was taken from these queues and not finished.
 
-        Only the lease holder consumes these queues, so a claim still standing
-        belongs to a daemon that crashed or lost its lease: it need not wait out
-        the visibility timeout (Redis, SQL), and on Redis a message in a queue's
-        processing list would otherwise never come back. A message that holder
-        still finishes may arrive twice; the job store absorbs it by job id.
+        Only the lease holder consumes these queues, and it handles one message
+        at a time, so between two messages any claim still standing belongs to
+        a daemon that crashed or lost its lease, or to this one before its
+        connection broke: it need not wait out the visibility timeout (Redis,
+        SQL), and on Redis a message in a queue's processing list would
+        otherwise never come back. A message that may have been handled
+        already arrives twice; the job store absorbs it by job id.
         """
         settings = self.engine.settings
         names = list(self.queues)

@@ -161,7 +161,8 @@ class Engine:
         if self.aps.running:
             self.aps.pause()
             deadline = now() + timeout
-            while self.running_count() and now() < deadline:
+            # Runs handed to the pool before the pause start after it: wait for those too.
+            while (self.running_count() or self.runner.pending) and now() < deadline:
                 self._stopped.wait(0.05)
             if self.running_count():
                 log.warning("%d job run(s) still running after scheduler.shutdown_timeout (%gs)",

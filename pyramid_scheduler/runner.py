@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import traceback
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -67,6 +68,7 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
             else:
                 self._run_job_success(job.id, [])
 
+        self.runner.submitted()
         self._pool.submit(self.runner.run, job, run_times).add_done_callback(done)
 
 
@@ -79,13 +81,25 @@ class Runner:
         self.engine = engine
         self.ledger = engine.ledger
         self.delegator = engine.settings.delegator
+        #: Batches handed to the pool and not finished (started or not yet).
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def submitted(self) -> None:
+        """A batch of runs was handed to the thread pool (see :attr:`pending`)."""
+        with self._lock:
+            self.pending += 1
 
     def run(self, job: Job, run_times: list[datetime]) -> None:
-        for index, run_time in enumerate(run_times):
-            try:
-                self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
-            except Exception:
-                log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
+        try:
+            for index, run_time in enumerate(run_times):
+                try:
+                    self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
+                except Exception:
+                    log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
+        finally:
+            with self._lock:
+                self.pending -= 1
 
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> None:
         engine = self.engine

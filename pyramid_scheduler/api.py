@@ -29,6 +29,8 @@ __all__ = [
     "JobInterrupted",
     "JobCanceled",
     "JobRemoved",
+    "JobParked",
+    "JobRestored",
     "SchedulerMessage",
 ]
 
@@ -40,8 +42,8 @@ class Event(dict[str, Any]):
     ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
     ``kwargs``, ``queue``); run events add ``run_key`` and
     ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
-    :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`
-    and :attr:`JOB_INTERRUPTED` add ``reason``; :attr:`MESSAGE` carries
+    :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`,
+    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
     ``message``.
     """
 
@@ -53,11 +55,13 @@ class Event(dict[str, Any]):
     JOB_INTERRUPTED = "job.interrupted"
     JOB_CANCELED = "job.canceled"
     JOB_REMOVED = "job.removed"
+    JOB_PARKED = "job.parked"
+    JOB_RESTORED = "job.restored"
 
     #: Every event type, in no particular order.
     TYPES = frozenset({
         MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_MISSED,
-        JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED,
+        JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED, JOB_PARKED, JOB_RESTORED,
     })
 
     def __init__(self, type: str, **params: Any) -> None:  # noqa: A002 - 0.3.4 name
@@ -127,6 +131,16 @@ class JobRemoved(JobEvent):
     """A job has no more runs and was removed."""
 
 
+class JobParked(JobEvent):
+    """A stored job could not be loaded (its function was renamed or removed):
+    it is kept, not deleted, until it loads again (``event.reason`` says why)."""
+
+
+class JobRestored(JobEvent):
+    """A parked job loaded again (its code is back, or
+    ``scheduler.func_aliases`` names its new function) and is scheduled."""
+
+
 class SchedulerMessage(JobEvent):
     """A text message sent with ``pscheduler --message``."""
 
@@ -140,5 +154,7 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_INTERRUPTED: JobInterrupted,
     Event.JOB_CANCELED: JobCanceled,
     Event.JOB_REMOVED: JobRemoved,
+    Event.JOB_PARKED: JobParked,
+    Event.JOB_RESTORED: JobRestored,
     Event.MESSAGE: SchedulerMessage,
 }

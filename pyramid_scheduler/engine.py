@@ -23,6 +23,7 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -49,8 +50,8 @@ from .messages import (
     next_fire_time,
     resolve_ref,
 )
-from .runner import JobExecutor, Runner, job_info, run_key
-from .store import Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
+from .runner import JobExecutor, Runner, job_info, request_info, run_key
+from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ class Engine:
             else:
                 self.stores[queue] = QueueJobStore(
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
-                    on_added=self._on_added, fence=self.lease.fresh if self.lease else None)
+                    on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
+                    aliases=settings.func_aliases, on_parked=self._on_parked)
         self.aps = _Scheduler()
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
@@ -136,6 +138,7 @@ class Engine:
         self.aps.start(paused=True)
         if not self.settings.memory_store:
             self._recover()
+            self.restore_parked()
         self.aps.add_job(self.housekeeping, "interval", seconds=self.settings.housekeeping,
                          id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
                          misfire_grace_time=None, coalesce=True)
@@ -227,6 +230,8 @@ class Engine:
         return "message"
 
     def _add(self, request: JobRequest, recovering: bool = False) -> str:
+        if request.func in self.settings.func_aliases:
+            request = replace(request, func=self.settings.func_aliases[request.func])
         assert request.trigger is not None and request.func is not None
         check_allowed(request.func, self.settings.allowed_modules)
         accepted = request.accepted_at()
@@ -280,7 +285,7 @@ class Engine:
         if self.settings.memory_store:
             moved = info is not None
         else:
-            moved = self.ledger.set_status(job_id, queue, "canceled")
+            moved = self.ledger.set_status(job_id, queue, "canceled", only_from=(*LIVE, "parked"))
         if not moved:
             log.info("job %s (queue %s): cancel ignored: no such live job", job_id, queue)
             return "cancel-ignored"
@@ -298,6 +303,8 @@ class Engine:
     def _message(self, request: JobRequest) -> None:
         text = request.text or ""
         log.info("message on queue %s: %s", request.queue, text)
+        if text == "restore-parked":
+            self.restore_parked()
         if text == "print-jobs":
             for job in self.aps.get_jobs():
                 log.info("  job %s (queue %s) %s next run %s", job.id, job._jobstore_alias,
@@ -380,8 +387,7 @@ class Engine:
             if rerun:
                 reason += "; running it once more (scheduler.interrupted = rerun)"
             self.ledger.finish_run(job_id, run["run_key"], "interrupted", final and not rerun, error=reason)
-            info = {"id": job_id, "func": request["func"], "args": request["args"],
-                    "kwargs": request["kwargs"], "queue": queue, "name": request["func"]}
+            info = request_info(request)
             events = [Event(Event.JOB_INTERRUPTED, job_id=job_id, queue=queue, job=info,
                             run_key=run["run_key"], scheduled_run_time=scheduled, reason=reason)]
             self.emit_run_events(job_id, events, final and not rerun)
@@ -398,14 +404,55 @@ class Engine:
                 try:
                     self._add(decode(request), recovering=True)
                 except Exception as exc:  # noqa: BLE001 - park it, go on with the others
-                    log.error("job %s (queue %s): cannot be scheduled again: %s", orphan["id"], queue, exc)
-                    self.ledger.set_status(orphan["id"], queue, "parked", error=str(exc))
+                    reason = f"cannot be scheduled again: {exc}"
+                    if self.ledger.set_status(orphan["id"], queue, "parked", error=reason):
+                        log.error("job %s (queue %s) parked: %s", orphan["id"], queue, reason)
+                        self._on_parked(orphan["id"], queue, reason, request)
+
+    def _on_parked(self, job_id: str, queue: str, reason: str,
+                   request: dict[str, Any] | None = None) -> None:
+        if request is None:
+            row = self.ledger.get_job(job_id)
+            request = json.loads(row["request"]) if row else None
+        self._emit(Event(Event.JOB_PARKED, job_id=job_id, queue=queue, reason=reason,
+                         job=request_info(request) if request else None))
+
+    def restore_parked(self) -> int:
+        """Schedule again every parked job that loads now (its code is back, or
+        ``scheduler.func_aliases`` renames its function); JOB_RESTORED for each.
+        Runs at start, at housekeeping and on the ``restore-parked`` message."""
+        count = 0
+        for queue, store in self.stores.items():
+            if not isinstance(store, QueueJobStore):
+                continue
+            jobs, missing = store.restore_parked()
+            for job in jobs:
+                self._emit(Event(Event.JOB_RESTORED, job_id=job.id, queue=queue, job=job_info(job),
+                                 next_run_time=job.next_run_time))
+            for row in missing:
+                request = json.loads(row["request"])
+                try:
+                    self._add(decode(request), recovering=True)
+                except Exception as exc:  # noqa: BLE001 - still cannot be scheduled: stays parked
+                    log.warning("job %s (queue %s) still parked: %s", row["id"], queue, exc)
+                    continue
+                self.ledger.set_status(row["id"], queue, "scheduled", only_from=("parked",))
+                job = self.aps.get_job(row["id"], jobstore=queue)
+                self._emit(Event(Event.JOB_RESTORED, job_id=row["id"], queue=queue,
+                                 job=job_info(job) if job else request_info(request),
+                                 next_run_time=job.next_run_time if job else None))
+                count += 1
+            count += len(jobs)
+        if count:
+            self.aps.wakeup()
+        return count
 
     def housekeeping(self) -> None:
         """Forget finished jobs older than ``scheduler.result_ttl``, then call
         the ``scheduler.housekeeping.append`` callables."""
         purged = self.ledger.purge(now() - self.settings.result_ttl)
         log.info("housekeeping: %d finished job record(s) purged", purged)
+        self.restore_parked()
         threadlocal_manager.push({"registry": self.registry, "request": None})
         try:
             for func in self.settings.housekeeping_append:

@@ -49,8 +49,17 @@ def run_key(job_id: str, run_time: datetime) -> str:
 
 
 def job_info(job: Job) -> dict[str, Any]:
+    """The ``job`` dict events carry, from a loaded job."""
     return {"id": job.id, "func": job.func_ref, "args": list(job.args),
             "kwargs": dict(job.kwargs), "queue": job._jobstore_alias, "name": job.name}
+
+
+def request_info(request: dict[str, Any]) -> dict[str, Any]:
+    """The ``job`` dict events carry, from a job's wire request (for a job
+    that cannot be loaded)."""
+    return {"id": request["id"], "func": request["func"], "args": request["args"],
+            "kwargs": request["kwargs"], "queue": request["queue"],
+            "name": (request.get("options") or {}).get("name") or request["func"]}
 
 
 class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait before such a restart (default: %(default)s)")
     parser.add_argument("--message", metavar="TEXT",
                         help="send TEXT to the running daemons (a MESSAGE event; 'print-jobs' "
-                             "logs their jobs) and exit")
+                             "logs their jobs, 'restore-parked' retries parked jobs) and exit")
     return parser
 
 

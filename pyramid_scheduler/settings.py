@@ -87,6 +87,7 @@ KNOWN_KEYS = frozenset({
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
+    "func_aliases",
 })
 
 
@@ -143,6 +144,9 @@ class SchedulerSettings:
     #: short: ``record`` it as interrupted (at most once), or ``rerun`` it
     #: once (at least once).
     interrupted: str = "record"
+    #: Renamed job functions: old ``module:qualname`` -> new, applied to stored
+    #: jobs as they load and to messages as they arrive.
+    func_aliases: Mapping[str, str] = field(default_factory=dict)
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -388,6 +392,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", name):
                 raise _bad("allowed_modules", raw["allowed_modules"], "space-separated module names")
         opts["allowed_modules"] = modules
+    if "func_aliases" in raw:
+        opts["func_aliases"] = _parse_aliases(str(raw["func_aliases"]))
     opts["jobstore_url"] = _parse_jobstore(raw)
     if "jobstore.tablename_prefix" in raw:
         prefix_value = str(raw["jobstore.tablename_prefix"]).strip()
@@ -396,6 +402,27 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         opts["jobstore_tablename_prefix"] = prefix_value
     opts["apscheduler"] = aps
     return SchedulerSettings(**opts)
+
+
+_FUNC_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"
+                       r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _parse_aliases(value: str) -> dict[str, str]:
+    """``old.module:func = new.module:func``, one per line."""
+    aliases: dict[str, str] = {}
+    for line in filter(None, (line.strip() for line in value.splitlines())):
+        old, eq, new = (part.strip() for part in line.partition("="))
+        if not (eq and _FUNC_REF.match(old) and _FUNC_REF.match(new)):
+            raise _bad("func_aliases", line, "lines of 'old.module:function = new.module:function'")
+        if old in aliases or old == new:
+            raise _bad("func_aliases", line, "each old name once, mapped to another name")
+        aliases[old] = new
+    for old, new in aliases.items():
+        if new in aliases:
+            raise _bad("func_aliases", f"{old} = {new}",
+                       f"the final name: {new} is itself renamed to {aliases[new]}")
+    return aliases
 
 
 def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:

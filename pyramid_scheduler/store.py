@@ -27,7 +27,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -258,11 +258,12 @@ class Ledger:
     def purge(self, older_than: float) -> int:
         """Forget finished jobs and old dead letters (housekeeping)."""
         with self.engine.begin() as conn:
-            old = sa.select(self.jobs.c.id).where(self.jobs.c.status.in_(FINAL),
-                                                  self.jobs.c.updated_at < older_than)
-            conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(old)))
-            count = conn.execute(self.jobs.delete().where(self.jobs.c.status.in_(FINAL),
-                                                          self.jobs.c.updated_at < older_than)).rowcount
+            # Parked jobs are kept until they load again or are canceled.
+            gone = (self.jobs.c.status.in_(FINAL), self.jobs.c.status != "parked",
+                    self.jobs.c.updated_at < older_than)
+            conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(
+                sa.select(self.jobs.c.id).where(*gone))))
+            count = conn.execute(self.jobs.delete().where(*gone)).rowcount
             conn.execute(self.runs.delete().where(self.runs.c.status.notin_(("started",)),
                                                   self.runs.c.finished_at < older_than))
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
@@ -353,13 +354,19 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     FENCED_POLL = 1.0
 
     def __init__(self, ledger: Ledger, queue: str, tablename: str,
-                 on_added: Any = None, fence: Callable[[], bool] | None = None) -> None:
+                 on_added: Any = None, fence: Callable[[], bool] | None = None,
+                 aliases: Mapping[str, str] | None = None,
+                 on_parked: Callable[[str, str, str], None] | None = None) -> None:
         super().__init__(engine=ledger.engine, tablename=tablename,
                          pickle_protocol=pickle.HIGHEST_PROTOCOL)
         self.ledger = ledger
         self.queue = queue
         self.on_added = on_added
         self.fence = fence
+        #: ``scheduler.func_aliases``: renamed job functions, applied on load.
+        self.aliases = dict(aliases or {})
+        #: Called with (job id, queue, reason) when a job is newly parked.
+        self.on_parked = on_parked
         self._local = threading.local()
 
     def _fenced(self) -> bool:
@@ -398,6 +405,8 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
 
     def _reconstitute_job(self, job_state: bytes) -> Job:
         state = JobUnpickler(io.BytesIO(job_state)).load()
+        if isinstance(state, dict) and state.get("func") in self.aliases:
+            state["func"] = self.aliases[state["func"]]
         state["jobstore"] = self
         job = Job.__new__(Job)
         job.__setstate__(state)
@@ -407,6 +416,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
         jobs = []
+        parked: list[tuple[str, str]] = []
         selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(
             self.jobs_t.c.next_run_time)
         selectable = selectable.where(sa.and_(*conditions)) if conditions else selectable
@@ -415,17 +425,85 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                 try:
                     jobs.append(self._reconstitute_job(row.job_state))
                 except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job
-                    self._park(conn, row.id, exc)
+                    parked.extend(self._park(conn, row.id, exc))
+        self._report_parked(parked)
         return jobs
 
-    def _park(self, conn: Connection, job_id: str, exc: BaseException) -> None:
+    def lookup_job(self, job_id: str) -> Job | None:
+        # APScheduler's lookup raises on a job it cannot load; a parked job is
+        # "not loadable" here, so that cancel_job can still remove its row.
+        parked: list[tuple[str, str]] = []
+        with self.engine.begin() as conn:
+            state = conn.execute(sa.select(self.jobs_t.c.job_state)
+                                 .where(self.jobs_t.c.id == job_id)).scalar()
+            if state is None:
+                return None
+            try:
+                return self._reconstitute_job(state)
+            except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job
+                parked.extend(self._park(conn, job_id, exc))
+        self._report_parked(parked)
+        return None
+
+    def _park(self, conn: Connection, job_id: str, exc: BaseException) -> list[tuple[str, str]]:
+        """Keep an unloadable job without a next run time (neither due nor
+        deleted) and mark it parked; [(id, reason)] if it was not parked yet."""
         reason = f"cannot load the stored job: {type(exc).__name__}: {exc}"
-        log.error("job %s (queue %s) parked: %s", job_id, self.queue, reason)
-        # Without a next run time it is neither due nor deleted; it stays visible.
         conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job_id)
                      .values(next_run_time=None))
-        conn.execute(self.ledger.jobs.update().where(self.ledger.jobs.c.id == job_id)
-                     .values(status="parked", error=reason, updated_at=now()))
+        newly = conn.execute(self.ledger.jobs.update()
+                             .where(self.ledger.jobs.c.id == job_id,
+                                    self.ledger.jobs.c.status != "parked")
+                             .values(status="parked", error=reason, updated_at=now())).rowcount
+        return [(job_id, reason)] if newly else []
+
+    def _report_parked(self, parked: list[tuple[str, str]]) -> None:
+        for job_id, reason in parked:
+            log.error("job %s (queue %s) parked: %s", job_id, self.queue, reason)
+            if self.on_parked is not None:
+                self.on_parked(job_id, self.queue, reason)
+
+    def restore_parked(self) -> tuple[list[Job], list[dict[str, Any]]]:
+        """Try every parked job of this queue again (its code may be back, or
+        renamed in ``scheduler.func_aliases``).
+
+        Returns the jobs that load now, stored again with their next run time
+        (and the new function name), and the parked ledger rows that have no
+        stored job (for the engine to schedule again from their request).
+        """
+        restored: list[Job] = []
+        missing: list[dict[str, Any]] = []
+        ledger = self.ledger.jobs
+        query = (sa.select(ledger.c.id, ledger.c.request, ledger.c.error, self.jobs_t.c.job_state)
+                 .outerjoin(self.jobs_t, self.jobs_t.c.id == ledger.c.id)
+                 .where(ledger.c.queue == self.queue, ledger.c.status == "parked"))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for row in rows:
+            if row.job_state is None:
+                missing.append(dict(row._mapping))
+                continue
+            try:
+                job = self._reconstitute_job(row.job_state)
+            except BaseException as exc:  # noqa: BLE001 - still cannot load: stays parked
+                reason = f"cannot load the stored job: {type(exc).__name__}: {exc}"
+                if reason != row.error:
+                    self.ledger.set_status(row.id, self.queue, "parked", only_from=("parked",), error=reason)
+                log.warning("job %s (queue %s) still parked: %s", row.id, self.queue, reason)
+                continue
+            if job.next_run_time is None:
+                job.next_run_time = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+            state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+            with self.engine.begin() as conn:
+                conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job.id).values(
+                    job_state=state, next_run_time=datetime_to_utc_timestamp(job.next_run_time)))
+                conn.execute(ledger.update().where(ledger.c.id == job.id, ledger.c.status == "parked")
+                             .values(status="scheduled", func=job.func_ref, error=None,
+                                     updated_at=now()))
+            log.info("job %s (queue %s) restored: loads as %s, next run %s", job.id, self.queue,
+                     job.func_ref, job.next_run_time)
+            restored.append(job)
+        return restored, missing
 
 
 def _owner_gone(owner: str) -> bool:

@@ -4,6 +4,7 @@ Requests are handed to :meth:`Engine.submit` as the consumer would after
 decoding; the job store is a real SQLite file (or PostgreSQL).
 """
 
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -237,28 +238,78 @@ def test_due_but_never_started_run_runs_after_restart(engine_factory, proxy_fact
     assert types_for(events, "o1") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
-def test_unloadable_stored_job_is_parked_not_deleted(engine_factory, proxy_factory, tmp_path, monkeypatch):
+def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
+    """A date job stored, then its function renamed and the daemon restarted:
+    (module name, proxy, the restarted engine, its events) once it is parked."""
     name = f"vanishing_{time.time_ns()}"
     module = tmp_path / f"{name}.py"
     module.write_text("def later(x):\n    return x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     proxy = proxy_factory()
     first, _ = engine_factory(proxy=proxy)
-    request = JobRequest(op="add", id="p1", queue="jobs", func=f"{name}:later", args=[1],
+    request = JobRequest(op="add", id=job_id, queue="jobs", func=f"{name}:later", args=[1],
                          trigger=trigger_spec("date", UTC, run_date=datetime.now(UTC)))
     first.aps.pause()  # stored and due, not yet run
     first.submit(request)
     first.stop(timeout=1)
-    module.write_text("def renamed(x):\n    return x\n")
-    import sys
+    module.write_text("def renamed(x):\n    return x * 10\n")
     sys.modules.pop(name, None)
 
-    engine, _ = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job("p1")["status"] == "parked")
-    assert "later" in engine.ledger.get_job("p1")["error"]
+    engine, events = engine_factory(proxy=proxy)
+    wait_for(lambda: engine.ledger.get_job(job_id)["status"] == "parked")
+    engine.stop(timeout=1)
+    return name, module, proxy, engine, events
+
+
+def test_unloadable_stored_job_is_parked_not_deleted(engine_factory, proxy_factory, tmp_path, monkeypatch):
+    _, _, _, engine, events = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p1")
+    record = engine.ledger.get_job("p1")
+    assert "later" in record["error"]
     table = engine.stores["jobs"].jobs_t
     with engine.db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 1
+    parked = [e for e in events if e.get("job_id") == "p1"]
+    assert [e.type for e in parked] == [Event.JOB_PARKED]  # once, however often it is read
+    assert "later" in parked[0].reason and parked[0].job["func"].endswith(":later")
+    # Housekeeping keeps a parked job, however old: it is waiting for its code.
+    assert engine.ledger.purge(time.time() + 10**6) == 0
+    assert engine.ledger.get_job("p1")["status"] == "parked"
+
+
+def test_parked_job_runs_under_its_alias(engine_factory, proxy_factory, tmp_path, monkeypatch):
+    name, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p2")
+    aliased = proxy_factory(func_aliases=f"{name}:later = {name}:renamed")
+    engine, events = engine_factory(proxy=aliased)
+    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done")
+    record = engine.ledger.get_job("p2")
+    assert record["func"] == f"{name}:renamed" and record["result"] == "10" and record["error"] is None
+    assert types_for(events, "p2") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    # New messages naming the old function are renamed on arrival too.
+    engine.submit(JobRequest(op="add", id="p3", queue="jobs", func=f"{name}:later", args=[2],
+                             trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC))))
+    wait_for(lambda: engine.ledger.get_job("p3")["status"] == "done")
+    assert engine.ledger.get_job("p3")["result"] == "20"
+
+
+def test_parked_job_runs_once_its_code_is_back(engine_factory, proxy_factory, tmp_path, monkeypatch):
+    name, module, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p4")
+    module.write_text("def later(x):\n    return x + 1\n")
+    sys.modules.pop(name, None)
+    engine, events = engine_factory(proxy=proxy)
+    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done")
+    assert engine.ledger.get_job("p4")["result"] == "2"
+    assert types_for(events, "p4") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+def test_parked_job_can_be_canceled(engine_factory, proxy_factory, tmp_path, monkeypatch):
+    _, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p5")
+    engine, events = engine_factory(proxy=proxy)
+    assert engine.submit(JobRequest(op="cancel", id="p5", queue="jobs")) == "canceled"
+    assert engine.ledger.get_job("p5")["status"] == "canceled"
+    table = engine.stores["jobs"].jobs_t
+    with engine.db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
+    assert types_for(events, "p5")[-1] == Event.JOB_CANCELED
 
 
 def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):

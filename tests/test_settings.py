@@ -89,11 +89,22 @@ def test_kombu_urls_pass_through(url):
     ("scheduler.apscheduler.job_defaults.coalesce", "false", "use scheduler.misfire_grace_time, scheduler.coalesce"),
     ("scheduler.apscheduler.jobstores.default.url", "sqlite://", "use scheduler.jobstore.url"),
     ("scheduler.apscheduler.executors.default.max_workers", "3", "use scheduler.executor.max_workers"),
+    ("scheduler.func_aliases", "app.jobs.old app.jobs.new", "scheduler.func_aliases"),
+    ("scheduler.func_aliases", "app.jobs:old = app.jobs", "'old.module:function = new.module:function'"),
+    ("scheduler.func_aliases", "a:x = a:y\na:x = a:z", "each old name once"),
+    ("scheduler.func_aliases", "a:x = a:y\na:y = a:z", "a:y is itself renamed to a:z"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigurationError) as info:
         parse_settings({key: value})
     assert fragment in str(info.value)
+
+
+def test_func_aliases():
+    settings = parse_settings({"scheduler.func_aliases": "\n app.jobs:old = app.tasks:new\n"
+                                                         "app.jobs:Cls.meth=app.jobs:other\n"})
+    assert settings.func_aliases == {"app.jobs:old": "app.tasks:new", "app.jobs:Cls.meth": "app.jobs:other"}
+    assert parse_settings({}).func_aliases == {}
 
 
 def test_bad_setting_fails_at_include():

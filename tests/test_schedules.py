@@ -146,6 +146,23 @@ def test_bad_delays_are_refused_naming_the_arguments(scheduler, tmp_path, args, 
     assert published(tmp_path) == []
 
 
+# -- time zones -----------------------------------------------------------------------
+
+def test_timezone_per_job_for_every_kind(scheduler, tmp_path):
+    scheduler.add_async_job(job, timezone="Asia/Tokyo")
+    scheduler.add_date_job(job, "2099-06-01T09:00:00", timezone="Asia/Tokyo")
+    scheduler.add_date_job(job, minutes=5, timezone=ZoneInfo("Asia/Tokyo"))
+    scheduler.add_interval_job(job, hours=1, start_date="2099-06-01T09:00:00", timezone="Asia/Tokyo")
+    scheduler.add_cron_job(job, time_of_day=(9, 0), timezone="Asia/Tokyo")
+    triggers = [request.trigger for _, request in published(tmp_path)]
+    assert [t["timezone"] for t in triggers] == ["Asia/Tokyo"] * 5
+    assert triggers[1]["run_date"] == "2099-06-01T09:00:00+09:00"
+    assert triggers[2]["run_date"].endswith("+09:00")
+    assert triggers[3]["start_date"] == "2099-06-01T09:00:00+09:00"
+    with pytest.raises(InvalidJob, match="timezone: 'Mars/Olympus' is not an IANA time zone name"):
+        scheduler.add_date_job(job, delay=1, timezone="Mars/Olympus")
+
+
 # -- schedules that never fire --------------------------------------------------------
 
 @pytest.mark.parametrize(("call", "fragment"), [

@@ -72,7 +72,7 @@ def test_pause_resume_run_now_and_reschedule(make_harness, broker, store):
 
     # Reschedule a running schedule: every second now.
     proxy.reschedule_job(job_id, "interval", seconds=1)
-    harness.wait_runs(job_id, 3, alive=alive)  # the run-now run and two more
+    harness.wait_runs(job_id, 2, alive=alive)  # the run-now run and one more
     proxy.cancel_job(job_id)
     harness.wait_job(proxy, job_id, {"canceled"}, alive=alive)
     types = wait_event(harness, job_id, "job.canceled", alive=alive)
@@ -117,4 +117,19 @@ def test_delays_and_calendars(harness):
     times = proxy.preview_job(later, n=6)
     assert {(t.isoweekday(), t.hour, t.minute) for t in times} <= {(1, 7, 30), (5, 7, 30)}
     assert len(times) == 6 and all(t.tzinfo == ZoneInfo("America/New_York") for t in times)
+
+    # A paused job stays paused across a restart of the daemon.
+    proxy.pause_job(later)
+    harness.wait_job(proxy, later, {"paused"}, alive=alive)
     assert daemon.terminate() == 0
+    second = harness.start()
+    harness.wait_active(proxy, second)
+    proxy.run_job_now(later)
+    refused = wait_event(harness, later, "job.request_refused", alive=(second,))
+    assert refused[-1] == "job.request_refused"
+    harness.wait_log(second, f"job {later} (queue jobs): run_now refused: the job is paused")
+    assert proxy.get_job(later)["status"] == "paused"
+    proxy.resume_job(later)
+    harness.wait_job(proxy, later, {"scheduled"}, alive=(second,))
+    assert harness.runs(later) == []
+    assert second.terminate() == 0

@@ -325,7 +325,7 @@ class Engine:
                 self.aps.modify_job(job_id, jobstore=queue, trigger=trigger)
             else:
                 self.aps.reschedule_job(job_id, jobstore=queue, trigger=trigger)
-            self._record(f"job {job_id}: recording its new trigger", self.ledger.set_trigger,
+            self._write_record(f"job {job_id}: recording its new trigger", self.ledger.set_trigger,
                          job_id, queue, request.trigger)
             log.info("job %s (queue %s): rescheduled, next run %s", job_id, queue,
                      "none (paused)" if paused else first)
@@ -336,7 +336,7 @@ class Engine:
             if paused:
                 return self._refuse(request, "the job is already paused")
             self.aps.pause_job(job_id, jobstore=queue)
-            self._record(f"job {job_id}: recording the pause", self.ledger.set_status,
+            self._write_record(f"job {job_id}: recording the pause", self.ledger.set_status,
                          job_id, queue, "paused", ("scheduled", "running"))
             log.info("job %s (queue %s): paused", job_id, queue)
             self._emit(Event(Event.JOB_PAUSED, job_id=job_id, queue=queue, job=info))
@@ -359,19 +359,19 @@ class Engine:
             # APScheduler's resume_job would delete it without a word.
             reason = "its schedule ended while it was paused"
             self.aps.remove_job(job.id, jobstore=queue)
-            self._record(f"job {job.id}: closing it", self.ledger.set_status, job.id, queue,
+            self._write_record(f"job {job.id}: closing it", self.ledger.set_status, job.id, queue,
                          "missed", ("paused",), reason)
             log.warning("job %s (queue %s): resumed, but %s; removed", job.id, queue, reason)
             self.job_ended(job.id, queue, info)
             return "resumed-ended"
         self.aps.resume_job(job.id, jobstore=queue)
-        self._record(f"job {job.id}: recording the resume", self.ledger.set_status,
+        self._write_record(f"job {job.id}: recording the resume", self.ledger.set_status,
                      job.id, queue, "scheduled", ("paused",))
         log.info("job %s (queue %s): resumed, next run %s", job.id, queue, first)
         self._emit(Event(Event.JOB_RESUMED, job_id=job.id, queue=queue, job=info, next_run_time=first))
         return "resumed"
 
-    def _record(self, what: str, func: Any, *args: Any) -> None:
+    def _write_record(self, what: str, func: Any, *args: Any) -> None:
         if not self.settings.memory_store:
             self.persist(what, func, *args)
 

@@ -31,6 +31,10 @@ __all__ = [
     "JobRemoved",
     "JobParked",
     "JobRestored",
+    "JobRescheduled",
+    "JobPaused",
+    "JobResumed",
+    "JobRequestRefused",
     "SchedulerMessage",
 ]
 
@@ -44,7 +48,12 @@ class Event(dict[str, Any]):
     ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
     :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`,
     :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
-    ``message``.
+    ``message``. :attr:`JOB_RESCHEDULED` adds ``trigger`` (the wire trigger
+    spec) and ``next_run_time``; :attr:`JOB_RESUMED` adds ``next_run_time``;
+    :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
+    ``resume_job`` or ``run_job_now`` the daemon could not carry out) adds
+    ``op`` and ``reason``. ``run_job_now`` has no event of its own: the run
+    brings the usual run events.
     """
 
     MESSAGE = "message"
@@ -57,11 +66,16 @@ class Event(dict[str, Any]):
     JOB_REMOVED = "job.removed"
     JOB_PARKED = "job.parked"
     JOB_RESTORED = "job.restored"
+    JOB_RESCHEDULED = "job.rescheduled"
+    JOB_PAUSED = "job.paused"
+    JOB_RESUMED = "job.resumed"
+    JOB_REQUEST_REFUSED = "job.request_refused"
 
     #: Every event type, in no particular order.
     TYPES = frozenset({
         MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_MISSED,
         JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED, JOB_PARKED, JOB_RESTORED,
+        JOB_RESCHEDULED, JOB_PAUSED, JOB_RESUMED, JOB_REQUEST_REFUSED,
     })
 
     def __init__(self, type: str, **params: Any) -> None:  # noqa: A002 - 0.3.4 name
@@ -141,6 +155,24 @@ class JobRestored(JobEvent):
     ``scheduler.func_aliases`` names its new function) and is scheduled."""
 
 
+class JobRescheduled(JobEvent):
+    """A job's schedule was replaced with ``reschedule_job``."""
+
+
+class JobPaused(JobEvent):
+    """A job was paused with ``pause_job``: it runs no more until resumed."""
+
+
+class JobResumed(JobEvent):
+    """A paused job was resumed with ``resume_job``."""
+
+
+class JobRequestRefused(JobEvent):
+    """The daemon could not carry out a ``reschedule_job``, ``pause_job``,
+    ``resume_job`` or ``run_job_now`` (``event.op``): no such live job on the
+    queue, or the job is not in a state that allows it (``event.reason``)."""
+
+
 class SchedulerMessage(JobEvent):
     """A text message sent with ``pscheduler --message``."""
 
@@ -156,5 +188,9 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_REMOVED: JobRemoved,
     Event.JOB_PARKED: JobParked,
     Event.JOB_RESTORED: JobRestored,
+    Event.JOB_RESCHEDULED: JobRescheduled,
+    Event.JOB_PAUSED: JobPaused,
+    Event.JOB_RESUMED: JobResumed,
+    Event.JOB_REQUEST_REFUSED: JobRequestRefused,
     Event.MESSAGE: SchedulerMessage,
 }

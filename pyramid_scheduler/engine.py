@@ -42,6 +42,7 @@ from .db import create_db_engine
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .messages import (
+    MANAGEMENT_OPS,
     JobRequest,
     build_trigger,
     check_allowed,
@@ -226,6 +227,8 @@ class Engine:
             return self._add(request)
         if request.op == "cancel":
             return self._cancel(request)
+        if request.op in MANAGEMENT_OPS:
+            return self._manage(request)
         self._message(request)
         return "message"
 
@@ -299,6 +302,84 @@ class Engine:
             else:
                 self._emit(event)
         return "canceled"
+
+    # -- reschedule, pause, resume, run now ------------------------------------------
+    def _manage(self, request: JobRequest) -> str:
+        """Change a stored job with APScheduler's own calls, then its record,
+        then emit its event; what cannot be done is logged and reported as
+        JOB_REQUEST_REFUSED, never dropped silently."""
+        job_id, queue, op = request.id, request.queue, request.op
+        job = self.aps.get_job(job_id, jobstore=queue)
+        if job is None:
+            return self._refuse(request, "no such live job on this queue (finished, canceled, "
+                                         "parked or never added)")
+        paused = job.next_run_time is None
+        info = job_info(job)
+        if op == "reschedule":
+            assert request.trigger is not None
+            trigger = build_trigger(request.trigger, self.settings.timezone, anchor=request.accepted_at())
+            first = next_fire_time(trigger, datetime.now(timezone.utc))
+            if first is None:
+                return self._refuse(request, "the new schedule never fires")
+            if paused:
+                self.aps.modify_job(job_id, jobstore=queue, trigger=trigger)
+            else:
+                self.aps.reschedule_job(job_id, jobstore=queue, trigger=trigger)
+            self._write_record(f"job {job_id}: recording its new trigger", self.ledger.set_trigger,
+                         job_id, queue, request.trigger)
+            log.info("job %s (queue %s): rescheduled, next run %s", job_id, queue,
+                     "none (paused)" if paused else first)
+            self._emit(Event(Event.JOB_RESCHEDULED, job_id=job_id, queue=queue, job=info,
+                             trigger=request.trigger, next_run_time=None if paused else first))
+            return "rescheduled"
+        if op == "pause":
+            if paused:
+                return self._refuse(request, "the job is already paused")
+            self.aps.pause_job(job_id, jobstore=queue)
+            self._write_record(f"job {job_id}: recording the pause", self.ledger.set_status,
+                         job_id, queue, "paused", ("scheduled", "running"))
+            log.info("job %s (queue %s): paused", job_id, queue)
+            self._emit(Event(Event.JOB_PAUSED, job_id=job_id, queue=queue, job=info))
+            return "paused"
+        if op == "resume":
+            if not paused:
+                return self._refuse(request, "the job is not paused")
+            return self._resume(job, queue, info)
+        if paused:
+            return self._refuse(request, "the job is paused; resume it first")
+        # Due now: APScheduler runs it with the usual run events, then
+        # computes its next run from the trigger.
+        self.aps.modify_job(job_id, jobstore=queue, next_run_time=datetime.now(timezone.utc))
+        log.info("job %s (queue %s): run now", job_id, queue)
+        return "run-now"
+
+    def _resume(self, job: Job, queue: str, info: dict[str, Any]) -> str:
+        first = next_fire_time(job.trigger, datetime.now(timezone.utc))
+        if first is None:
+            # APScheduler's resume_job would delete it without a word.
+            reason = "its schedule ended while it was paused"
+            self.aps.remove_job(job.id, jobstore=queue)
+            self._write_record(f"job {job.id}: closing it", self.ledger.set_status, job.id, queue,
+                         "missed", ("paused",), reason)
+            log.warning("job %s (queue %s): resumed, but %s; removed", job.id, queue, reason)
+            self.job_ended(job.id, queue, info)
+            return "resumed-ended"
+        self.aps.resume_job(job.id, jobstore=queue)
+        self._write_record(f"job {job.id}: recording the resume", self.ledger.set_status,
+                     job.id, queue, "scheduled", ("paused",))
+        log.info("job %s (queue %s): resumed, next run %s", job.id, queue, first)
+        self._emit(Event(Event.JOB_RESUMED, job_id=job.id, queue=queue, job=info, next_run_time=first))
+        return "resumed"
+
+    def _write_record(self, what: str, func: Any, *args: Any) -> None:
+        if not self.settings.memory_store:
+            self.persist(what, func, *args)
+
+    def _refuse(self, request: JobRequest, reason: str) -> str:
+        log.warning("job %s (queue %s): %s refused: %s", request.id, request.queue, request.op, reason)
+        self._emit(Event(Event.JOB_REQUEST_REFUSED, job_id=request.id, queue=request.queue,
+                         job=None, op=request.op, reason=reason))
+        return f"{request.op}-refused"
 
     def _message(self, request: JobRequest) -> None:
         text = request.text or ""

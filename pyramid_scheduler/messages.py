@@ -34,7 +34,9 @@ from apscheduler.util import check_callable_args
 from .exceptions import InvalidJob, InvalidMessage, SerializationError
 
 VERSION = 1
-OPS = ("add", "cancel", "message")
+OPS = ("add", "cancel", "message", "reschedule", "pause", "resume", "run_now")
+#: Ops that manage a stored job (the job ``id`` on ``queue``).
+MANAGEMENT_OPS = ("reschedule", "pause", "resume", "run_now")
 TRIGGER_TYPES = ("now", "date", "interval", "cron")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
@@ -336,7 +338,7 @@ def trigger_spec(kind: str, tz: tzinfo, *, run_date: datetime | None = None,
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One wire message. ``op`` is ``add``, ``cancel`` or ``message``."""
+    """One wire message: ``op`` is one of :data:`OPS`."""
 
     op: str
     id: str
@@ -366,6 +368,8 @@ class JobRequest:
                         trigger=self.trigger, options=self.options)
         elif self.op == "message":
             body["text"] = self.text
+        elif self.op == "reschedule":
+            body["trigger"] = self.trigger
         return body
 
     def encode(self) -> bytes:
@@ -422,6 +426,8 @@ def decode(body: Any) -> JobRequest:
         return JobRequest(**common)
     if op == "message":
         return JobRequest(text=_field(body, "text", (str,)), **common)
+    if op in MANAGEMENT_OPS:
+        return _decode_management(body, common)
     func = _field(body, "func", (str,))
     if len(func) > FIELD_LENGTHS["func"]:
         raise InvalidMessage(f"field 'func' must be at most {FIELD_LENGTHS['func']} characters")
@@ -429,9 +435,7 @@ def decode(body: Any) -> JobRequest:
         raise InvalidMessage(f"field 'func' {func!r} is not 'module:qualname'")
     args = _field(body, "args", (list,))
     kwargs = _field(body, "kwargs", (dict,))
-    trigger = _field(body, "trigger", (dict,))
-    if trigger.get("type") not in TRIGGER_TYPES:
-        raise InvalidMessage(f"unknown trigger type {trigger.get('type')!r}")
+    trigger = _trigger_field(body)
     options = _field(body, "options", (dict,), required=False) or {}
     for key, value in options.items():
         kinds = OPTION_TYPES.get(key)
@@ -443,3 +447,17 @@ def decode(body: Any) -> JobRequest:
             raise InvalidMessage(f"option {key!r} must be 1 or more, got {value!r}")
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
                       options=options, **common)
+
+
+def _trigger_field(body: Mapping[str, Any]) -> dict[str, Any]:
+    trigger: dict[str, Any] = _field(body, "trigger", (dict,))
+    if trigger.get("type") not in TRIGGER_TYPES:
+        raise InvalidMessage(f"unknown trigger type {trigger.get('type')!r}")
+    return trigger
+
+
+def _decode_management(body: Mapping[str, Any], common: dict[str, Any]) -> JobRequest:
+    """``reschedule`` (with a ``trigger``), ``pause``, ``resume``, ``run_now``."""
+    if common["op"] == "reschedule":
+        return JobRequest(trigger=_trigger_field(body), **common)
+    return JobRequest(**common)

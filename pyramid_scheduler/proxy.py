@@ -26,17 +26,22 @@ from .messages import (
     OPTION_TYPES,
     POSITIVE_OPTIONS,
     JobRequest,
-    build_trigger,
     callable_ref,
     check_allowed,
     check_arguments,
     check_json,
     new_id,
-    next_fire_time,
     resolve_ref,
-    to_datetime,
-    to_zone,
-    trigger_spec,
+)
+from .schedules import (
+    cron_args,
+    date_args,
+    interval_args,
+    job_zone,
+    no_other_arguments,
+    schedule_args,
+    schedule_spec,
+    spec_fire_times,
 )
 from .settings import SchedulerSettings
 
@@ -82,19 +87,24 @@ class SchedulerProxy:
         now = datetime.now(timezone.utc)
         return self._add("now", func, args, kwargs, queue, options, run_date=now)
 
-    def add_date_job(self, func: Any, date: Any, args: Iterable[Any] | None = None,
+    def add_date_job(self, func: Any, date: Any = None, args: Iterable[Any] | None = None,
                      kwargs: dict[str, Any] | None = None, queue: str | None = None,
                      **options: Any) -> str:
-        """Run ``func`` once at *date*.
+        """Run ``func`` once at *date*, or after a delay.
 
         :param date: an aware or naive :class:`~datetime.datetime` (naive ones are
             read in ``scheduler.timezone``), an ISO 8601 string, or an epoch
             number (``time.time() + 3600``). A date in the past runs at once if
             it is within the misfire grace time, else is reported missed.
+        :param options: besides the job options, a delay from now instead of
+            *date*: ``delay`` (seconds, or a :class:`~datetime.timedelta`),
+            ``days``, ``hours``, ``minutes``, ``seconds`` and ``millis``, added
+            up (``add_date_job(func, hours=1, minutes=30)``).
+        :raises InvalidJob: both a date and a delay, or neither, naming them.
+
+        .. versionchanged:: 1.0 *date* may be left out for a delay.
         """
-        tz = self._zone(options)
-        return self._add("date", func, args, kwargs, queue, options,
-                         run_date=to_datetime(date, tz, "date"))
+        return self._add("date", func, args, kwargs, queue, options, **date_args(options, date, self.settings.timezone))
 
     def add_interval_job(self, func: Any, start_date: Any = None,
                          args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -108,11 +118,9 @@ class SchedulerProxy:
         past one, runs follow its grid (``start_date + k * interval``) from
         the next point after now.
         """
-        tz = self._zone(options)
-        start = (to_datetime(start_date, tz, "start_date") if start_date is not None
-                 else datetime.now(timezone.utc))
-        return self._add("interval", func, args, kwargs, queue, options, start_date=start,
-                         weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+        fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+        return self._add("interval", func, args, kwargs, queue, options,
+                         **interval_args(options, start_date, fields, self.settings.timezone))
 
     def add_cron_job(self, func: Any, start_date: Any = None,
                      args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -121,20 +129,20 @@ class SchedulerProxy:
                      hour: Any = None, minute: Any = None, second: Any = None,
                      **options: Any) -> str:
         """Run ``func`` on a cron schedule: the fields of
-        :class:`apscheduler.triggers.cron.CronTrigger`, or ``crontab="30 7 * * mon"``.
+        :class:`apscheduler.triggers.cron.CronTrigger`, or ``crontab="30 7 * * mon"``,
+        or a calendar: ``weekdays`` (ISO numbers, 1 = Monday ... 7 = Sunday, or
+        names ``"mon"`` ... ``"sun"``) and/or ``monthdays`` (1 to 31, or
+        ``"last"``), at ``time_of_day`` (``(7, 30)``, ``(7, 30, 15)``,
+        ``"07:30"`` or a :class:`datetime.time`; default midnight), in the
+        job's ``timezone``. With both ``weekdays`` and ``monthdays`` a day
+        must be both.
+
+        .. versionchanged:: 1.0 ``weekdays``, ``monthdays`` and ``time_of_day``.
         """
-        tz = self._zone(options)
-        crontab = options.pop("crontab", None)
         fields = dict(year=year, month=month, day=day, week=week, day_of_week=day_of_week,
                       hour=hour, minute=minute, second=second)
-        if crontab is not None:
-            if any(value is not None for value in fields.values()):
-                raise InvalidJob("crontab: give either crontab or the cron fields, not both")
-            if not isinstance(crontab, str):
-                raise InvalidJob(f"crontab: expected a string such as '30 7 * * mon', got {crontab!r}")
-            fields = {"crontab": crontab}
-        start = to_datetime(start_date, tz, "start_date") if start_date is not None else None
-        return self._add("cron", func, args, kwargs, queue, options, start_date=start, **fields)
+        return self._add("cron", func, args, kwargs, queue, options,
+                         **cron_args(options, start_date, fields, self.settings.timezone))
 
     def cancel_job(self, job_id: str, queue: str | None = None) -> str:
         """Cancel a job: it runs no more; a run in progress finishes.
@@ -153,12 +161,106 @@ class SchedulerProxy:
         for name in self._queues_for(queue):
             self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)))
 
+    # -- managing stored jobs ---------------------------------------------------------
+    def reschedule_job(self, job_id: str, trigger: str | None = None, queue: str | None = None,
+                       **trigger_args: Any) -> str:
+        """Replace a job's schedule; it keeps its id, function, arguments and
+        record. *trigger* is ``"date"``, ``"interval"`` or ``"cron"`` and
+        *trigger_args* are the schedule arguments of the matching ``add_*_job``
+        (``start_date``, ``end_date``, ``timezone``, ``jitter``, the interval
+        or cron fields, ``crontab`` or ``cron``, ``weekdays``/``monthdays``/
+        ``time_of_day``, ``date`` or a delay). *trigger* may be left out when
+        the arguments say it: ``cron``/``crontab``/cron fields, ``date``/``delay``
+        or ``weeks``. A paused job stays paused with its new schedule.
+
+        The daemon emits ``JOB_RESCHEDULED``, or ``JOB_REQUEST_REFUSED`` when the
+        job is gone by then. Without *queue*, the queue in the job's record
+        (or, before the daemon stored the job, ``scheduler.default_queue``).
+
+        :returns: the job id.
+        :raises InvalidJob: a bad schedule, one that never fires, or a job
+            whose record says it has finished.
+
+        .. versionadded:: 1.0
+        """
+        name = self._job_queue(job_id, queue)
+        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone)
+        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone)
+        no_other_arguments(kind, trigger_args)
+        self._publish(JobRequest(op="reschedule", id=job_id, queue=name, trigger=spec))
+        return job_id
+
+    def pause_job(self, job_id: str, queue: str | None = None) -> str:
+        """Stop a job's runs until :meth:`resume_job` (a run in progress
+        finishes). Its record's status becomes ``paused``; ``JOB_PAUSED``.
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("pause", job_id, queue)
+
+    def resume_job(self, job_id: str, queue: str | None = None) -> str:
+        """Resume a paused job from its next fire time after now (the runs
+        it would have had while paused are not made up); ``JOB_RESUMED``.
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("resume", job_id, queue)
+
+    def run_job_now(self, job_id: str, queue: str | None = None) -> str:
+        """Run a scheduled job now, with the usual run events (``JOB_EXECUTED``
+        or ``JOB_ERROR`` with this job id). APScheduler then computes its next
+        run from this run: a cron job keeps its times, an interval job counts
+        its interval from now, a date job is done. A paused job is refused
+        (resume it first).
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("run_now", job_id, queue)
+
+    # -- previewing schedules ---------------------------------------------------------
+    def preview(self, trigger: str | None = None, n: int = 10, **trigger_args: Any) -> list[datetime]:
+        """The next *n* fire times of a schedule, as aware datetimes in its
+        time zone, computed by the same APScheduler trigger the daemon would
+        use (jitter left out). The arguments are those of
+        :meth:`reschedule_job`: ``preview(cron="0 2 * * *",
+        timezone="Europe/Paris")``, ``preview("interval", hours=6)``. Fewer than
+        *n* when the schedule ends.
+
+        :raises InvalidJob: the schedule is refused as ``add_*_job`` would refuse it.
+
+        .. versionadded:: 1.0
+        """
+        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone)
+        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone)
+        no_other_arguments(kind, trigger_args)
+        return spec_fire_times(spec, n, self.settings.timezone)
+
+    def preview_job(self, job_id: str, n: int = 10) -> list[datetime]:
+        """The next *n* fire times of a stored job, from the trigger in its
+        record, in the job's time zone. A paused job: the times it would run
+        at if resumed now. A finished job: ``[]``.
+
+        :raises InvalidJob: the job store has no record of *job_id*.
+
+        .. versionadded:: 1.0
+        """
+        from .store import LIVE
+
+        row = self._ledger().get_job(job_id)
+        if row is None:
+            raise InvalidJob(f"job_id: the job store has no record of job {job_id!r}")
+        if row["status"] not in LIVE:
+            return []
+        spec = json.loads(row["request"])["trigger"]
+        created = datetime.fromtimestamp(row["created_at"], timezone.utc)
+        return spec_fire_times(spec, n, self.settings.timezone, anchor=created)
+
     # -- reading job records ----------------------------------------------------------
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The job's record from the job store's database, or ``None``.
 
         Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
-        ``running``, ``done``, ``failed``, ``missed``, ``canceled``,
+        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
         ``interrupted`` or ``parked``), ``runs``, ``created_at``,
         ``updated_at``, ``last_run_at`` (epoch seconds), ``result`` (the last
         run's return value, decoded from JSON) and ``error``. Works from any
@@ -238,10 +340,7 @@ class SchedulerProxy:
 
     # -- internals --------------------------------------------------------------------
     def _zone(self, options: dict[str, Any]) -> Any:
-        if options.get("timezone") is not None:
-            options["timezone"] = to_zone(options["timezone"])
-            return options["timezone"]
-        return self.settings.timezone
+        return job_zone(options, self.settings.timezone)
 
     def _queues_for(self, queue: str | None) -> tuple[str, ...]:
         if queue is None:
@@ -249,6 +348,30 @@ class SchedulerProxy:
         if queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
         return (queue,)
+
+    def _job_queue(self, job_id: str, queue: str | None) -> str:
+        """The queue of a job to manage: checked against its record when the
+        job store has one (a finished job is refused at once)."""
+        from .store import LIVE
+
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidJob(f"job_id: expected a job id string, got {job_id!r}")
+        if queue is not None and queue not in self.settings.queues:
+            raise InvalidQueue(queue, self.settings.queues)
+        row = None if self.settings.memory_store else self._ledger().get_job(job_id)
+        if row is None:
+            # Not stored yet (its add may still be on its way): where add_*_job sent it.
+            return queue or self.settings.default_queue
+        if queue is not None and row["queue"] != queue:
+            raise InvalidJob(f"queue: job {job_id!r} is on queue {row['queue']!r}, not {queue!r}")
+        if row["status"] not in LIVE:
+            raise InvalidJob(f"job_id: job {job_id!r} is {row['status']}; only scheduled, running "
+                             "or paused jobs can be managed")
+        return str(row["queue"])
+
+    def _manage(self, op: str, job_id: str, queue: str | None) -> str:
+        self._publish(JobRequest(op=op, id=job_id, queue=self._job_queue(job_id, queue)))
+        return job_id
 
     def _add(self, kind: str, func: Any, args: Iterable[Any] | None,
              kwargs: dict[str, Any] | None, queue: str | None, options: dict[str, Any],
@@ -271,14 +394,7 @@ class SchedulerProxy:
             job_id = new_id()
         elif not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             raise InvalidJob(f"id: expected a string of 1 to 200 characters, got {job_id!r}")
-        tz = self._zone(options)
-        end_date = options.pop("end_date", None)
-        if end_date is not None:
-            if kind in ("now", "date"):
-                raise InvalidJob(f"end_date: not an option of {kind} jobs")
-            trigger_args["end_date"] = to_datetime(end_date, tz, "end_date")
-        jitter = options.pop("jitter", None)
-        options.pop("timezone", None)
+        spec = schedule_spec(kind, options, trigger_args, self.settings.timezone)
         job_options: dict[str, Any] = {}
         for key, value in options.items():
             kinds = OPTION_TYPES.get(key)
@@ -293,11 +409,6 @@ class SchedulerProxy:
                 raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
             job_options[key] = value
 
-        spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
-        trigger = build_trigger(spec, tz)  # a bad cron field or date fails here
-        first = next_fire_time(trigger, datetime.now(timezone.utc))
-        if kind not in ("now", "date") and first is None:
-            raise InvalidJob(f"{kind} trigger: this schedule never fires (is end_date in the past?)")
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
                              kwargs=kwargs_json, trigger=spec, options=job_options)
         self._publish(request)

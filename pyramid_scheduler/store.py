@@ -45,8 +45,8 @@ from .db import create_tables
 
 log = logging.getLogger(__name__)
 
-#: Job statuses. ``scheduled`` and ``running`` are live; the others are final.
-LIVE = ("scheduled", "running")
+#: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
+LIVE = ("scheduled", "running", "paused")
 FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
 
 
@@ -164,6 +164,20 @@ class Ledger:
                                  .values(**values)).rowcount
         return bool(moved)
 
+    def set_trigger(self, job_id: str, queue: str, trigger: dict[str, Any]) -> bool:
+        """Replace a live job's trigger spec in its record (``reschedule_job``);
+        True if the job was found."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(self.jobs.c.request).where(
+                self.jobs.c.id == job_id, self.jobs.c.queue == queue,
+                self.jobs.c.status.in_(LIVE))).first()
+            if row is None:
+                return False
+            request = dict(json.loads(row.request), trigger=trigger)
+            conn.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(
+                request=json.dumps(request), kind=trigger["type"], updated_at=now()))
+        return True
+
     # -- runs -------------------------------------------------------------------------
     def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float,
                   owner: str) -> str:
@@ -205,8 +219,9 @@ class Ledger:
                 values["error"] = None
             elif error is not None:
                 values["error"] = error
-            job_status = {"done": "done", "failed": "failed", "missed": "missed",
-                          "interrupted": "interrupted"}[status] if final else "scheduled"
+            job_status: Any = {"done": "done", "failed": "failed", "missed": "missed",
+                               "interrupted": "interrupted"}[status] if final else \
+                sa.case((self.jobs.c.status == "paused", "paused"), else_="scheduled")
             moved = conn.execute(self.jobs.update()
                                  .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(LIVE))
                                  .values(status=job_status, **values)).rowcount

@@ -49,6 +49,7 @@ from .messages import (
     decode,
     next_fire_time,
     resolve_ref,
+    with_request,
 )
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
@@ -245,6 +246,8 @@ class Engine:
                              f"accepted at {accepted.isoformat()}")
         func = resolve_ref(request.func)
         check_arguments(func, request.args, request.kwargs, request.func)
+        # A job that takes a request is stored with a placeholder the runner fills.
+        args, kwargs = with_request(func, request.args, request.kwargs, None)
         options = {k: v for k, v in request.options.items()
                    if k in ("misfire_grace_time", "coalesce", "max_instances")}
         if request.trigger["type"] == "now":
@@ -253,7 +256,7 @@ class Engine:
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
-                self.aps.add_job(func, trigger=trigger, args=request.args, kwargs=request.kwargs,
+                self.aps.add_job(func, trigger=trigger, args=args, kwargs=kwargs,
                                  id=request.id, name=request.options.get("name") or request.func,
                                  jobstore=request.queue, replace_existing=recovering,
                                  next_run_time=first, **options)

@@ -7,7 +7,8 @@ date raises in the view), the queue must be configured and the message must
 fit ``scheduler.max_message_size``. Only then is one version 1 JSON message
 published (:mod:`pyramid_scheduler.broker`). The call returns the job id once
 the broker holds the message, or raises :class:`~.exceptions.EnqueueError`
-within ``scheduler.broker.timeout``.
+within ``scheduler.broker.timeout``. Inside a transaction (pyramid_tm) the
+checked message waits for the commit instead (:mod:`pyramid_scheduler.tx`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .messages import (
     trigger_spec,
 )
 from .settings import SchedulerSettings
+from .tx import current_transaction, hold
 
 log = logging.getLogger(__name__)
 
@@ -136,22 +138,23 @@ class SchedulerProxy:
         start = to_datetime(start_date, tz, "start_date") if start_date is not None else None
         return self._add("cron", func, args, kwargs, queue, options, start_date=start, **fields)
 
-    def cancel_job(self, job_id: str, queue: str | None = None) -> str:
+    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False) -> str:
         """Cancel a job: it runs no more; a run in progress finishes.
 
-        Without *queue*, the request goes to every queue.
+        Without *queue*, the request goes to every queue. Like ``add_*_job``,
+        it waits for the current transaction's commit unless *immediate*.
         """
         if not isinstance(job_id, str) or not job_id:
             raise InvalidJob(f"job_id: expected a job id string, got {job_id!r}")
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="cancel", id=job_id, queue=name))
+            self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate)
         return job_id
 
-    def send_message(self, text: str, queue: str | None = None) -> None:
+    def send_message(self, text: str, queue: str | None = None, immediate: bool = False) -> None:
         """Send a text message to the daemons (a MESSAGE event for listeners;
         ``print-jobs`` makes the daemon log its jobs)."""
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)))
+            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate)
 
     # -- reading job records ----------------------------------------------------------
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -279,13 +282,16 @@ class SchedulerProxy:
             trigger_args["end_date"] = to_datetime(end_date, tz, "end_date")
         jitter = options.pop("jitter", None)
         options.pop("timezone", None)
+        immediate = options.pop("immediate", False)
+        if not isinstance(immediate, bool):
+            raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
         job_options: dict[str, Any] = {}
         for key, value in options.items():
             kinds = OPTION_TYPES.get(key)
             if kinds is None:
                 raise InvalidJob(
                     f"{key}: unknown option; add_*_job accepts id, name, misfire_grace_time, "
-                    f"coalesce, max_instances, {', '.join(TRIGGER_OPTIONS)}")
+                    f"coalesce, max_instances, immediate, {', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
@@ -300,18 +306,22 @@ class SchedulerProxy:
             raise InvalidJob(f"{kind} trigger: this schedule never fires (is end_date in the past?)")
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
                              kwargs=kwargs_json, trigger=spec, options=job_options)
-        self._publish(request)
+        self._publish(request, immediate)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
-    def _publish(self, request: JobRequest) -> None:
+    def _publish(self, request: JobRequest, immediate: bool = False) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
                 f"job {request.id}: the message is {len(body)} bytes, above "
                 f"scheduler.max_message_size ({self.settings.max_message_size}); pass a "
                 "reference to the data (a database id, a file name) instead of the data")
-        self.publisher.publish(body, request.queue, request.id)
+        txn = None if immediate or not self.settings.transactional else current_transaction()
+        if txn is None:
+            self.publisher.publish(body, request.queue, request.id)
+        else:
+            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
 from .db import create_db_engine
+from .declare import reconcile
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .messages import (
@@ -140,6 +141,7 @@ class Engine:
         if not self.settings.memory_store:
             self._recover()
             self.restore_parked()
+        reconcile(self)  # config-time schedules
         self.aps.add_job(self.housekeeping, "interval", seconds=self.settings.housekeeping,
                          id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
                          misfire_grace_time=None, coalesce=True)

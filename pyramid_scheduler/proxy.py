@@ -13,10 +13,12 @@ checked message waits for the commit instead (:mod:`pyramid_scheduler.tx`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -65,6 +67,9 @@ class SchedulerProxy:
         self.runtime: Any = None
         self._service: Any = None
         self._ledger_obj: Any = None
+        #: Config-time schedules by job id (:mod:`pyramid_scheduler.declare`).
+        self.declared: dict[str, JobRequest] = {}
+        self._captured = threading.local()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -310,6 +315,17 @@ class SchedulerProxy:
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[JobRequest]]:
+        """Collect the checked requests of the ``add_*_job`` calls made in this
+        thread within the block, instead of publishing them."""
+        captured: list[JobRequest] = []
+        self._captured.requests = captured
+        try:
+            yield captured
+        finally:
+            self._captured.requests = None
+
     def _publish(self, request: JobRequest, immediate: bool = False) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
@@ -317,6 +333,10 @@ class SchedulerProxy:
                 f"job {request.id}: the message is {len(body)} bytes, above "
                 f"scheduler.max_message_size ({self.settings.max_message_size}); pass a "
                 "reference to the data (a database id, a file name) instead of the data")
+        captured = getattr(self._captured, "requests", None)
+        if captured is not None:
+            captured.append(request)
+            return
         txn = None if immediate or not self.settings.transactional else current_transaction()
         if txn is None:
             self.publisher.publish(body, request.queue, request.id)

@@ -75,6 +75,17 @@ def test_cancel_waits_for_the_commit_too(app, tmp_var):
     assert sent(tmp_var) == [("cancel", "job-1")]
 
 
+def test_explicit_request_manager(settings, tmp_var):
+    app, scheduler = make_app(settings, **{"tm.manager_hook": "pyramid_tm.explicit_manager"})
+    try:
+        with pytest.raises(RuntimeError):
+            app.get("/order", {"tag": "explicit-bad", "fail": "1"})
+        app.get("/order", {"tag": "explicit-ok"})
+    finally:
+        scheduler.close()
+    assert sent(tmp_var) == [("add", "explicit-ok")]
+
+
 def test_transactional_false_publishes_at_once(settings, tmp_var):
     app, scheduler = make_app(settings, **{"scheduler.transactional": "false"})
     try:

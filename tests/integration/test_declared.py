@@ -8,6 +8,7 @@ import pytest
 
 from daemons import write_ini
 from integration.conftest import wait_until
+from integration.sampleapp.scheduled import main
 from pyramid_scheduler.api import Event
 
 pytestmark = [pytest.mark.integration]
@@ -49,3 +50,14 @@ def test_declarations_are_reconciled_at_daemon_start(make_harness, tmp_path):
     assert third.terminate() == 0
     created = [e for e in harness.events("tick") if e["type"] == Event.JOB_CREATED]
     assert len(created) == 1, harness.events("tick")
+
+
+def test_combined_mode_applies_declarations_in_process(harness):
+    wsgi = main({}, **harness.app_settings(**{"scheduler.combined": "true",
+                                              "sampleapp.declarations": "v2"}))
+    try:
+        harness.wait_runs("tick-v2", 2)
+        record = wsgi.registry.scheduler.get_job("tick")
+        assert record["status"] in ("scheduled", "running") and record["runs"] >= 1
+    finally:
+        wsgi.registry.scheduler.shutdown()

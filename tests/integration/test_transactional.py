@@ -54,3 +54,15 @@ def test_a_job_with_a_request_runs_in_its_transaction(tm_harness):
     assert order_tags(harness.settings["tmapp.db"], source="job") == ["report-1"]
     # The registry was current (the oracle row carries the app's marker).
     assert [run["marker"] for run in harness.runs("report-1")] == [harness.marker]
+
+    # What a job enqueues is published only if its run commits.
+    app.get("/chain", {"tag": "chain-bad", "fail": "1"})
+    app.get("/chain", {"tag": "chain-ok"})
+    harness.wait_job(proxy, "chain-ok-next", {"done"}, alive=(daemon,))
+    assert harness.wait_job(proxy, "chain-bad", {"failed"}, alive=(daemon,))["runs"] == 1
+    # Had chain-bad's follow-up been sent during its run, it would be stored
+    # before a job sent now (one queue, consumed in order).
+    app.get("/order", {"tag": "after-chains"})
+    harness.wait_job(proxy, "after-chains", {"done"}, alive=(daemon,))
+    assert proxy.get_job("chain-bad-next") is None
+    assert not harness.runs("chain-bad-next")

@@ -14,6 +14,7 @@ Views (JSON):
   ``&immediate=1`` passes ``immediate=True``.
 * ``/cancel?id=T``: cancels job ``T`` (``&fail=1`` raises afterwards).
 * ``/report?tag=T``: enqueues :func:`report`, a job that takes a request.
+* ``/chain?tag=T&fail=1``: enqueues :func:`chain` (``fail`` optional).
 """
 
 from __future__ import annotations
@@ -79,10 +80,28 @@ def report(request: Any, oracle: str, tag: str) -> dict[str, Any]:
             "status": request.tm.get().status}
 
 
+def chain(request: Any, oracle: str, tag: str, fail: bool) -> str:
+    """A job that enqueues a follow-up (``TAG-next``), then fails if *fail*:
+    the follow-up is published only if this run's transaction commits."""
+    jobs.record(oracle, tag)
+    request.scheduler.add_async_job(jobs.record, args=[oracle, f"{tag}-next"], id=f"{tag}-next")
+    if fail:
+        raise RuntimeError(f"chain {tag} fails after enqueueing its follow-up")
+    return tag
+
+
 def report_view(request: Any) -> dict[str, Any]:
     tag = request.params["tag"]
     job_id = request.scheduler.add_async_job(
         report, args=[request.registry.settings["sampleapp.oracle"], tag], id=tag)
+    return {"job_id": job_id}
+
+
+def chain_view(request: Any) -> dict[str, Any]:
+    tag = request.params["tag"]
+    job_id = request.scheduler.add_async_job(
+        chain, args=[request.registry.settings["sampleapp.oracle"], tag, bool(request.params.get("fail"))],
+        id=tag)
     return {"job_id": job_id}
 
 
@@ -111,7 +130,8 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
         config.registry["tmapp.session_factory"] = sessionmaker(bind=engine)
         config.add_request_method(dbsession, "dbsession", reify=True)
         config.add_request_method(shop_name, "shop_name", reify=True)
-        for name, view in (("order", order_view), ("cancel", cancel_view), ("report", report_view)):
+        for name, view in (("order", order_view), ("cancel", cancel_view), ("report", report_view),
+                           ("chain", chain_view)):
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name, renderer="json")
     return config.make_wsgi_app()

@@ -1,11 +1,12 @@
 """Transaction-aware enqueue: hold a checked message until its transaction commits.
 
 :mod:`pyramid_scheduler.proxy` checks and encodes every request at call
-time, then asks :func:`hold` whether a transaction of the ``transaction``
-package is in progress. If one is, the encoded messages wait in a
-:class:`Pending` list attached to it with an after-commit hook: they are
-published, in call order, only once the transaction has committed, and
-dropped when it aborts or fails to commit -- what pyramid_tm and
+time, then asks :func:`current_transaction` whether a transaction of the
+``transaction`` package is in progress. If one is, :func:`hold` keeps the
+encoded message in a :class:`Pending` data manager joined to it: the
+messages are published, in call order, by an after-commit hook once the
+transaction has committed, and dropped when it aborts, fails to commit, or
+is rolled back to a savepoint taken before them -- what pyramid_tm and
 pyramid_mailer users expect. Outside a transaction (or with
 ``immediate=True``, or ``scheduler.transactional = false``) the proxy
 publishes at once.
@@ -33,7 +34,8 @@ from typing import Any
 import transaction
 from pyramid.threadlocal import get_current_request
 from transaction._transaction import Status
-from transaction.interfaces import NoTransaction
+from transaction.interfaces import IDataManager, IDataManagerSavepoint, NoTransaction
+from zope.interface import implementer
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,42 @@ log = logging.getLogger(__name__)
 Publish = Callable[[bytes, str, str], None]
 
 
+@implementer(IDataManager)
 class Pending:
-    """The messages held by one transaction, published by its after-commit hook."""
+    """The messages held by one transaction, published by its after-commit hook.
+
+    Joined as a data manager only to follow aborts and savepoints: it writes
+    nothing during the two-phase commit, so it can never fail one.
+    """
+
+    transaction_manager = None
 
     def __init__(self) -> None:
         self.messages: list[tuple[Publish, bytes, str, str, str]] = []
+        #: False once aborted: a savepoint taken before it joined was rolled
+        #: back, which also unjoins it; the next message joins it again.
+        self.joined = False
 
     def add(self, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
         self.messages.append((publish, body, queue, job_id, op))
+
+    # -- IDataManager -----------------------------------------------------------------
+    def abort(self, txn: Any) -> None:
+        self.messages.clear()
+        self.joined = False
+
+    tpc_abort = abort
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    commit = tpc_vote = tpc_finish = tpc_begin
+
+    def sortKey(self) -> str:  # noqa: N802 - the IDataManager name
+        return f"~pyramid_scheduler.tx:{id(self)}"
+
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self, len(self.messages))
 
     def after_commit(self, committed: bool) -> None:
         if not committed:
@@ -66,6 +96,16 @@ class Pending:
                               body.decode("utf-8", "replace"))
             else:
                 log.debug("job %s (queue %s): %s published after commit", job_id, queue, op)
+
+
+@implementer(IDataManagerSavepoint)
+class _Savepoint:
+    def __init__(self, pending: Pending, size: int) -> None:
+        self.pending = pending
+        self.size = size
+
+    def rollback(self) -> None:
+        del self.pending.messages[self.size:]
 
 
 def current_transaction(request: Any = None) -> Any:
@@ -103,5 +143,8 @@ def hold(txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: s
         pending = Pending()
         txn.set_data(Pending, pending)
         txn.addAfterCommitHook(pending.after_commit)
+    if not pending.joined:
+        txn.join(pending)
+        pending.joined = True
     pending.add(publish, body, queue, job_id, op)
     log.debug("job %s (queue %s): %s held until the transaction commits", job_id, queue, op)

@@ -122,6 +122,24 @@ def test_thread_transaction_outside_requests(app, tmp_var):
     assert "script-3" not in [job_id for _, job_id in sent(tmp_var)]
 
 
+def test_savepoint_rollback_drops_what_was_held_after_it(app, tmp_var):
+    scheduler = app.app.registry.scheduler
+
+    def add(tag):
+        scheduler.add_async_job(jobs.record, args=["oracle", tag], id=tag)
+
+    with transaction.manager as txn:
+        first = txn.savepoint()  # before anything was held
+        add("dropped-1")
+        first.rollback()
+        add("kept-1")
+        second = txn.savepoint()
+        add("dropped-2")
+        second.rollback()
+        add("kept-2")
+    assert sent(tmp_var) == [("add", "kept-1"), ("add", "kept-2")]
+
+
 def test_publish_failure_after_commit_is_logged_with_the_job_id(settings, tmp_var, caplog):
     app, scheduler = make_app(settings, **{"scheduler.broker.url": "redis://127.0.0.1:1/0",
                                            "scheduler.broker.timeout": "0.5"})

@@ -172,27 +172,40 @@ def reconcile(engine: Any) -> None:
                           sa.and_(jobs.c.mid.like(DECLARED + "%"), jobs.c.queue.in_(engine.queues))))
         )}
     for job_id, request in declared.items():
-        row = rows.get(job_id)
-        if row is not None and row.mid == request.mid:
-            continue  # the same declaration: leave the job (and its schedule) alone
-        if row is not None and (row.status in LIVE or row.status == "parked") and row.queue == request.queue:
-            engine._add(request, recovering=True)
-            with engine.db.begin() as conn:
-                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    mid=request.mid, func=request.func, kind=(request.trigger or {}).get("type"),
-                    request=json.dumps(request.to_wire()), status="scheduled", error=None,
-                    updated_at=now()))
-            log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
-            continue
-        if row is not None and (row.status in LIVE or row.status == "parked"):
-            _remove(engine, row, "it is now declared on queue " + request.queue)
-        log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
-        engine._add(request)
+        try:
+            _apply(engine, request, rows.get(job_id))
+        except Exception:  # noqa: BLE001 - one bad declaration must not stop the daemon
+            log.exception("job %s (queue %s): declared, but could not be stored", job_id, request.queue)
     for job_id, row in rows.items():
         if job_id in declared or not row.mid.startswith(DECLARED):
             continue
         if row.status in LIVE or row.status == "parked":
             _remove(engine, row, "its declaration is gone from the application's code")
+
+
+def _apply(engine: Any, request: JobRequest, row: Any) -> None:
+    job_id = request.id
+    if row is not None and row.mid == request.mid:
+        return  # the same declaration: leave the job (and its schedule) alone
+    if row is not None and (row.status in LIVE or row.status == "parked"):
+        if row.queue == request.queue:
+            engine._add(request, recovering=True)
+            with engine.db.begin() as conn:
+                jobs = engine.ledger.jobs
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    mid=request.mid, func=request.func, kind=(request.trigger or {}).get("type"),
+                    request=json.dumps(request.to_wire()), status="scheduled", error=None,
+                    updated_at=now()))
+            log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
+            return
+        if row.queue not in engine.queues:
+            log.warning("job %s: declared on queue %s but still stored on queue %s, which this daemon "
+                        "does not run; it moves once queue %s's daemon has started (and removed it) "
+                        "and this one starts again", job_id, request.queue, row.queue, row.queue)
+            return
+        _remove(engine, row, f"it is now declared on queue {request.queue}")
+    log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
+    engine._add(request)
 
 
 def _remove(engine: Any, row: Any, reason: str) -> None:

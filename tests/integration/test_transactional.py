@@ -54,6 +54,8 @@ def test_a_job_with_a_request_runs_in_its_transaction(tm_harness):
     assert order_tags(harness.settings["tmapp.db"], source="job") == ["report-1"]
     # The registry was current (the oracle row carries the app's marker).
     assert [run["marker"] for run in harness.runs("report-1")] == [harness.marker]
+    # The request was closed after the run: its finished callbacks ran.
+    harness.wait_runs("report-1-closed", alive=(daemon,))
 
     # What a job enqueues is published only if its run commits.
     app.get("/chain", {"tag": "chain-bad", "fail": "1"})

@@ -76,6 +76,8 @@ def report(request: Any, oracle: str, tag: str) -> dict[str, Any]:
     (committed by the runner's ``request.tm``) and records what it saw."""
     add_order(request, tag, "job")
     jobs.record(oracle, tag)
+    # Runs when the runner closes the request, after the run.
+    request.add_finished_callback(lambda request: jobs.record(oracle, f"{tag}-closed"))
     return {"shop": request.shop_name, "tm_active": pyramid_tm.is_tm_active(request),
             "status": request.tm.get().status}
 

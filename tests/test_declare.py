@@ -3,6 +3,7 @@ through a real ``Configurator(autocommit=False)`` (nothing is published)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,3 +125,35 @@ def test_a_declaration_moved_to_another_queue_moves(tmp_var, caplog):
     record = proxy.get_job("weekly")
     assert record["queue"] == "reports" and record["status"] == "scheduled"
     assert [e.type for e in events if e.get("job_id") == "weekly"] == [Event.JOB_CREATED]
+
+
+def test_an_unchanged_declaration_is_left_alone_a_changed_one_updated(tmp_var, caplog):
+    caplog.set_level(logging.INFO, logger="pyramid_scheduler.declare")
+    settings = make_settings(tmp_var)
+
+    def start(minutes):
+        with Configurator(settings=settings) as config:
+            config.include("pyramid_scheduler")
+            config.add_scheduled_job(jobs.record, id="sync", minutes=minutes, args=["oracle", "sync"])
+        proxy = config.registry.scheduler
+        engine = Engine(proxy)
+        events = []
+        proxy.add_listener(events.append)
+        assert engine.try_acquire()
+        engine.start()
+        next_run = engine.aps.get_job("sync").next_run_time
+        engine.stop(timeout=1)
+        record = proxy.get_job("sync")
+        proxy.close()
+        return record, next_run, [e.type for e in events if e.get("job_id") == "sync"]
+
+    first, first_run, events = start(10)
+    assert events == [Event.JOB_CREATED]
+    again, again_run, events = start(10)
+    assert events == [] and again_run == first_run
+    assert (again["created_at"], again["updated_at"]) == (first["created_at"], first["updated_at"])
+    assert "declaration changed" not in caplog.text
+    changed, changed_run, events = start(20)
+    assert events == [] and changed["trigger"]["minutes"] == 20 and changed_run > first_run
+    assert changed["created_at"] == first["created_at"] and changed["status"] == "scheduled"
+    assert "job sync (queue jobs): declaration changed; stored job updated" in caplog.text

@@ -158,7 +158,7 @@ class scheduled_job:  # noqa: N801 - a decorator, named like Pyramid's view_conf
 def reconcile(engine: Any) -> None:
     """Apply the application's declarations to the queues *engine* runs (at
     its start, before anything runs)."""
-    declared = {job_id: request for job_id, request in engine.proxy.declared.items()
+    declared = {job_id: request for job_id, request in getattr(engine.proxy, "declared", {}).items()
                 if request.queue in engine.queues}
     if engine.settings.memory_store:
         for request in declared.values():

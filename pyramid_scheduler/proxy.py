@@ -81,10 +81,15 @@ class SchedulerProxy:
                       **options: Any) -> str:
         """Run ``func(*args, **kwargs)`` as soon as possible, in the daemon.
 
+        Inside a transaction the job is published when it commits (nothing if
+        it aborts), unless the option ``immediate=True`` is given; the same
+        holds for every ``add_*_job`` (see :ref:`transactional-enqueue`).
+
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
-        :raises EnqueueError: the broker did not take the job in time.
+        :raises EnqueueError: the broker did not take the job in time (not
+            raised for a job held until the commit: see the ERROR log then).
         """
         now = datetime.now(timezone.utc)
         return self._add("now", func, args, kwargs, queue, options, run_date=now)

@@ -14,6 +14,7 @@ requires = [
     "kombu>=5.3,<6",
     "SQLAlchemy>=2.0,<3",
     "transaction>=3.0",
+    "venusian>=3.0",
     "hupper>=1.10",
     "plaster_pastedeploy>=0.7",
     "zope.interface>=5",

@@ -7,8 +7,10 @@ Include it in a Pyramid application::
 or, in an INI file, ``pyramid.includes = pyramid_scheduler``. Then, from any
 view, ``request.registry.scheduler`` (or ``request.scheduler``) offers
 ``add_async_job``, ``add_date_job``, ``add_interval_job``, ``add_cron_job`` and
-``cancel_job``. The jobs run in ``pscheduler CONFIG.ini``, or in the web process
-itself with ``scheduler.combined = true``.
+``cancel_job`` (inside pyramid_tm's transaction they publish on commit);
+``config.add_scheduled_job`` and ``@scheduled_job`` declare periodic jobs in
+code. The jobs run in ``pscheduler CONFIG.ini``, or in the web process itself
+with ``scheduler.combined = true``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from zope.interface import Interface
 
 from .api import Event
 from .consumer import start_combined
+from .declare import add_scheduled_job, scheduled_job
 from .exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
 from .proxy import SchedulerProxy
 from .settings import SchedulerSettings, parse_settings
@@ -36,6 +39,7 @@ __all__ = [
     "SchedulerProxy",
     "SchedulerSettings",
     "includeme",
+    "scheduled_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,5 +68,6 @@ def includeme(config: Any) -> None:
     config.registry.scheduler = scheduler
     config.registry.registerUtility(scheduler, IScheduler)
     config.add_request_method(_request_scheduler, "scheduler", reify=True)
+    config.add_directive("add_scheduled_job", add_scheduled_job)
     if settings.combined:
         config.add_subscriber(start_combined, ApplicationCreated)

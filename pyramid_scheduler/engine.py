@@ -39,6 +39,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
 from .db import create_db_engine
+from .declare import reconcile
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .messages import (
@@ -50,6 +51,7 @@ from .messages import (
     decode,
     next_fire_time,
     resolve_ref,
+    with_request,
 )
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
@@ -140,6 +142,7 @@ class Engine:
         if not self.settings.memory_store:
             self._recover()
             self.restore_parked()
+        reconcile(self)  # config-time schedules
         self.aps.add_job(self.housekeeping, "interval", seconds=self.settings.housekeeping,
                          id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
                          misfire_grace_time=None, coalesce=True)
@@ -248,6 +251,8 @@ class Engine:
                              f"accepted at {accepted.isoformat()}")
         func = resolve_ref(request.func)
         check_arguments(func, request.args, request.kwargs, request.func)
+        # A job that takes a request is stored with a placeholder the runner fills.
+        args, kwargs = with_request(func, request.args, request.kwargs, None)
         options = {k: v for k, v in request.options.items()
                    if k in ("misfire_grace_time", "coalesce", "max_instances")}
         if request.trigger["type"] == "now":
@@ -256,7 +261,7 @@ class Engine:
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
-                self.aps.add_job(func, trigger=trigger, args=request.args, kwargs=request.kwargs,
+                self.aps.add_job(func, trigger=trigger, args=args, kwargs=kwargs,
                                  id=request.id, name=request.options.get("name") or request.func,
                                  jobstore=request.queue, replace_existing=recovering,
                                  next_run_time=first, **options)

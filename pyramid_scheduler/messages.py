@@ -143,8 +143,57 @@ def check_allowed(ref: str, allowed: tuple[str, ...]) -> None:
         raise InvalidJob(f"func {ref!r}: module {module!r} is not in scheduler.allowed_modules")
 
 
+def takes_request(func: Callable[..., Any]) -> str | None:
+    """How *func* takes the request the runner builds for it: ``"first"`` (its
+    first parameter is ``request``), ``"keyword"`` (a later one is), or ``None``."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for index, param in enumerate(params):
+        if param.name != "request":
+            continue
+        if index == 0 and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return "first"
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            return "keyword"
+    return None
+
+
+def with_request(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                 request: Any, stored: bool = False) -> tuple[list[Any], dict[str, Any]]:
+    """*args* and *kwargs* with *request* where *func* takes one.
+
+    The job store keeps a ``None`` there (APScheduler checks a job's
+    arguments against its signature); with *stored*, that placeholder is
+    replaced rather than a new argument added.
+    """
+    how = takes_request(func)
+    if how == "first":
+        return [request, *args[1:]] if stored else [request, *args], kwargs
+    if how == "keyword":
+        return args, {**kwargs, "request": request}
+    return args, kwargs
+
+
+def without_request(func: Callable[..., Any], args: list[Any],
+                    kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A stored job's arguments as sent: without the request placeholder."""
+    how = takes_request(func)
+    if how == "first":
+        return args[1:], kwargs
+    if how == "keyword":
+        return args, {k: v for k, v in kwargs.items() if k != "request"}
+    return args, kwargs
+
+
 def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: str) -> None:
-    """Refuse arguments the function's signature cannot take."""
+    """Refuse arguments the function's signature cannot take (its ``request``
+    parameter, if any, is the runner's to fill in)."""
+    if "request" in kwargs and takes_request(func):
+        raise InvalidJob(f"func {ref}: kwargs['request']: the runner passes the job a request "
+                         "of its own; do not send one")
+    args, kwargs = with_request(func, args, kwargs, None)
     try:
         check_callable_args(func, args, kwargs)
     except ValueError as exc:

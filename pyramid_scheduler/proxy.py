@@ -7,15 +7,18 @@ date raises in the view), the queue must be configured and the message must
 fit ``scheduler.max_message_size``. Only then is one version 1 JSON message
 published (:mod:`pyramid_scheduler.broker`). The call returns the job id once
 the broker holds the message, or raises :class:`~.exceptions.EnqueueError`
-within ``scheduler.broker.timeout``.
+within ``scheduler.broker.timeout``. Inside a transaction (pyramid_tm) the
+checked message waits for the commit instead (:mod:`pyramid_scheduler.tx`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,6 +47,7 @@ from .schedules import (
     spec_fire_times,
 )
 from .settings import SchedulerSettings
+from .tx import current_transaction, hold
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,9 @@ class SchedulerProxy:
         self.runtime: Any = None
         self._service: Any = None
         self._ledger_obj: Any = None
+        #: Config-time schedules by job id (:mod:`pyramid_scheduler.declare`).
+        self.declared: dict[str, JobRequest] = {}
+        self._captured = threading.local()
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -79,10 +86,15 @@ class SchedulerProxy:
                       **options: Any) -> str:
         """Run ``func(*args, **kwargs)`` as soon as possible, in the daemon.
 
+        Inside a transaction the job is published when it commits (nothing if
+        it aborts), unless the option ``immediate=True`` is given; the same
+        holds for every ``add_*_job`` (see :ref:`transactional-enqueue`).
+
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
-        :raises EnqueueError: the broker did not take the job in time.
+        :raises EnqueueError: the broker did not take the job in time (not
+            raised for a job held until the commit: see the ERROR log then).
         """
         now = datetime.now(timezone.utc)
         return self._add("now", func, args, kwargs, queue, options, run_date=now)
@@ -144,22 +156,23 @@ class SchedulerProxy:
         return self._add("cron", func, args, kwargs, queue, options,
                          **cron_args(options, start_date, fields, self.settings.timezone))
 
-    def cancel_job(self, job_id: str, queue: str | None = None) -> str:
+    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False) -> str:
         """Cancel a job: it runs no more; a run in progress finishes.
 
-        Without *queue*, the request goes to every queue.
+        Without *queue*, the request goes to every queue. Like ``add_*_job``,
+        it waits for the current transaction's commit unless *immediate*.
         """
         if not isinstance(job_id, str) or not job_id:
             raise InvalidJob(f"job_id: expected a job id string, got {job_id!r}")
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="cancel", id=job_id, queue=name))
+            self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate)
         return job_id
 
-    def send_message(self, text: str, queue: str | None = None) -> None:
+    def send_message(self, text: str, queue: str | None = None, immediate: bool = False) -> None:
         """Send a text message to the daemons (a MESSAGE event for listeners;
         ``print-jobs`` makes the daemon log its jobs)."""
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)))
+            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate)
 
     # -- managing stored jobs ---------------------------------------------------------
     def reschedule_job(self, job_id: str, trigger: str | None = None, queue: str | None = None,
@@ -395,13 +408,16 @@ class SchedulerProxy:
         elif not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             raise InvalidJob(f"id: expected a string of 1 to 200 characters, got {job_id!r}")
         spec = schedule_spec(kind, options, trigger_args, self.settings.timezone)
+        immediate = options.pop("immediate", False)
+        if not isinstance(immediate, bool):
+            raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
         job_options: dict[str, Any] = {}
         for key, value in options.items():
             kinds = OPTION_TYPES.get(key)
             if kinds is None:
                 raise InvalidJob(
                     f"{key}: unknown option; add_*_job accepts id, name, misfire_grace_time, "
-                    f"coalesce, max_instances, {', '.join(TRIGGER_OPTIONS)}")
+                    f"coalesce, max_instances, immediate, {', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
@@ -411,18 +427,37 @@ class SchedulerProxy:
 
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
                              kwargs=kwargs_json, trigger=spec, options=job_options)
-        self._publish(request)
+        self._publish(request, immediate)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
-    def _publish(self, request: JobRequest) -> None:
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[JobRequest]]:
+        """Collect the checked requests of the ``add_*_job`` calls made in this
+        thread within the block, instead of publishing them."""
+        captured: list[JobRequest] = []
+        self._captured.requests = captured
+        try:
+            yield captured
+        finally:
+            self._captured.requests = None
+
+    def _publish(self, request: JobRequest, immediate: bool = False) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
                 f"job {request.id}: the message is {len(body)} bytes, above "
                 f"scheduler.max_message_size ({self.settings.max_message_size}); pass a "
                 "reference to the data (a database id, a file name) instead of the data")
-        self.publisher.publish(body, request.queue, request.id)
+        captured = getattr(self._captured, "requests", None)
+        if captured is not None:
+            captured.append(request)
+            return
+        txn = None if immediate or not self.settings.transactional else current_transaction()
+        if txn is None:
+            self.publisher.publish(body, request.queue, request.id)
+        else:
+            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ which, per run:
    there, a previous daemon ran it, and it is not run again;
 4. calls the function with the application's registry pushed as current,
    inside ``transaction.manager`` when the ``transaction`` package is
-   installed, through ``scheduler.delegator`` if one is set;
+   installed, through ``scheduler.delegator`` if one is set; a function with
+   a ``request`` parameter gets a request built for the application
+   (:func:`pyramid.scripting.prepare`) and runs inside ``request.tm``;
 5. records the outcome and emits EXECUTED or ERROR (then REMOVED after the
    last run), in that order.
 """
@@ -27,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
 from .faults import crash_point
+from .messages import takes_request, with_request, without_request
 
 try:
     import transaction
@@ -50,8 +54,9 @@ def run_key(job_id: str, run_time: datetime) -> str:
 
 def job_info(job: Job) -> dict[str, Any]:
     """The ``job`` dict events carry, from a loaded job."""
-    return {"id": job.id, "func": job.func_ref, "args": list(job.args),
-            "kwargs": dict(job.kwargs), "queue": job._jobstore_alias, "name": job.name}
+    args, kwargs = without_request(job.func, list(job.args), dict(job.kwargs))
+    return {"id": job.id, "func": job.func_ref, "args": args,
+            "kwargs": kwargs, "queue": job._jobstore_alias, "name": job.name}
 
 
 def request_info(request: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +163,8 @@ class Runner:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
             try:
                 crash_point("started")
-                with self.context():
-                    retval = self.call(job)
+                with self.context(job) as request:
+                    retval = self.call(job, request)
                 crash_point("finished")
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 text = "".join(traceback.format_exception(exc))
@@ -175,20 +180,50 @@ class Runner:
         finally:
             engine.emit_run_events(job.id, events, final, finished_run=True)
 
-    def call(self, job: Job) -> Any:
+    def call(self, job: Job, request: Any = None) -> Any:
+        args, kwargs = list(job.args), dict(job.kwargs)
+        if request is not None:
+            args, kwargs = with_request(job.func, args, kwargs, request, stored=True)
         if self.delegator is not None:
-            return self.delegator(job.func, job.args, job.kwargs)
-        return job.func(*job.args, **job.kwargs)
+            return self.delegator(job.func, args, kwargs)
+        return job.func(*args, **kwargs)
 
     @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
-        """The application's registry as current, and a transaction if available."""
+    def context(self, job: Job | None = None) -> Iterator[Any]:
+        """The application's registry as current, and a transaction if
+        available; yields the request built for a function that takes one
+        (else ``None``)."""
+        if job is not None and takes_request(job.func):
+            with self.request_context() as request:
+                yield request
+            return
         threadlocal_manager.push({"registry": self.engine.registry, "request": None})
         try:
             if transaction is not None:
                 with transaction.manager:
-                    yield
+                    yield None
             else:  # pragma: no cover
-                yield
+                yield None
         finally:
             threadlocal_manager.pop()
+
+    @contextlib.contextmanager
+    def request_context(self) -> Iterator[Any]:
+        """A request for the application, current for the run, inside its
+        ``request.tm`` (pyramid_tm) or ``transaction.manager``; its finished
+        callbacks run and the threadlocals are popped afterwards."""
+        with prepare(registry=self.engine.registry) as env:
+            request = env["request"]
+            try:
+                manager = request.tm
+            except AttributeError:  # pyramid_tm is not included
+                manager = transaction.manager
+            # The runner plays pyramid_tm's tween: code that asks whether a
+            # transaction is managed for this request (pyramid_tm.is_tm_active,
+            # add_*_job) gets yes.
+            request.environ["tm.active"] = True
+            try:
+                with manager:
+                    yield request
+            finally:
+                del request.environ["tm.active"]

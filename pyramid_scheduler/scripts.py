@@ -116,7 +116,7 @@ class PSchedulerCommand:
                       "'pyramid.includes = pyramid_scheduler' or config.include('pyramid_scheduler')")
             return EXIT_NO_SCHEDULER
         if args.message:
-            scheduler.send_message(args.message)
+            scheduler.send_message(args.message, immediate=True)
             log.info("message %r sent to queues %s", args.message, ", ".join(scheduler.queues))
             scheduler.close()
             return 0

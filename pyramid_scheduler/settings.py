@@ -87,7 +87,7 @@ KNOWN_KEYS = frozenset({
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
-    "func_aliases",
+    "func_aliases", "transactional",
 })
 
 
@@ -112,6 +112,8 @@ class SchedulerSettings:
     """
 
     combined: bool = False
+    #: Hold add_*_job/cancel_job until the current transaction commits.
+    transactional: bool = True
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     id: str = ""
     broker: BrokerURL = field(default_factory=lambda: BrokerURL(DEFAULT_BROKER_URL, "sql"))
@@ -298,6 +300,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
 
     if "combined" in raw:
         opts["combined"] = _as_bool("combined", raw["combined"])
+    if "transactional" in raw:
+        opts["transactional"] = _as_bool("transactional", raw["transactional"])
     if "queues" in raw:
         queues = tuple(aslist(str(raw["queues"])))
         for name in queues:

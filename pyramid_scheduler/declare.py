@@ -1,0 +1,219 @@
+"""Config-time schedules: jobs declared in the application's code.
+
+``config.add_scheduled_job(func, ...)`` and the ``@scheduled_job(...)``
+decorator (picked up by ``config.scan()``) check a periodic job at
+configuration time, through the very ``add_*_job`` front-ends of
+:mod:`pyramid_scheduler.proxy` (nothing is published), and record it in
+``registry.scheduler.declared`` by its stable id (default: the function's
+``module:qualname``). Each is a ``config.action`` with an introspectable, so
+two declarations of one id conflict.
+
+Web processes only record declarations. The process that runs the jobs
+(``pscheduler``, or the web process in combined mode) loads the same
+application, so it has the same declarations, and :func:`reconcile` applies
+them when its engine starts, before anything runs: a new declaration is
+stored (JOB_CREATED), an unchanged one is left alone, a changed one replaces
+the stored job in place, and a stored declared job whose declaration is gone
+is removed (JOB_REMOVED). A declaration is recognised by the message id of
+its stored request, ``declared:`` plus a digest of the declaration, so no
+new column or wire option is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import sqlalchemy as sa
+import venusian
+from apscheduler.jobstores.base import JobLookupError
+from pyramid.exceptions import ConfigurationError
+
+from .api import Event
+from .exceptions import SchedulerError
+from .messages import JobRequest, callable_ref
+from .runner import request_info
+from .store import LIVE, now
+
+log = logging.getLogger(__name__)
+
+#: The prefix of a declared job's message id.
+DECLARED = "declared:"
+CRON_FIELDS = ("crontab", "cron", "year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
+TRIGGERS = ("cron", "interval", "date")
+
+
+def trigger_kind(trigger: str | None, params: dict[str, Any]) -> str:
+    """The trigger of a declaration: *trigger*, or read from its parameters."""
+    if trigger is not None:
+        if trigger not in TRIGGERS:
+            raise ConfigurationError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {trigger!r}")
+        return trigger
+    found = [kind for kind, fields in (("cron", CRON_FIELDS), ("interval", INTERVAL_FIELDS),
+                                       ("date", ("date",)))
+             if any(params.get(name) is not None for name in fields)]
+    if len(found) != 1:
+        raise ConfigurationError(
+            "give trigger='cron', 'interval' or 'date', or the parameters of exactly one: cron= or "
+            "crontab= or cron fields (minute=, hour=...); weeks=/days=/hours=/minutes=/seconds=; or date="
+            f" (got {', '.join(sorted(params)) or 'none'})")
+    return found[0]
+
+
+def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) -> JobRequest:
+    """Check one declaration and return the request the daemon will apply.
+
+    :raises ConfigurationError: naming the job, if ``add_<trigger>_job``
+        would refuse it.
+    """
+    kind = trigger_kind(trigger, params)
+    job_id = params.pop("id", None)
+    if job_id is None:
+        job_id = callable_ref(func)
+    if kind == "cron" and "cron" in params:
+        if "crontab" in params:
+            raise ConfigurationError(f"scheduled job {job_id}: give cron= or crontab=, not both")
+        params["crontab"] = params.pop("cron")
+    if "immediate" in params:
+        raise ConfigurationError(f"scheduled job {job_id}: immediate: declarations are never published")
+    digest = hashlib.sha256(json.dumps(
+        {"func": callable_ref(func), "trigger": kind, "id": job_id, "params": params},
+        sort_keys=True, default=repr).encode()).hexdigest()[:40]
+    try:
+        with proxy.capturing() as captured:
+            getattr(proxy, f"add_{kind}_job")(func, id=job_id, **params)
+    except SchedulerError as exc:
+        raise ConfigurationError(f"scheduled job {job_id}: {exc}") from exc
+    (request,) = captured
+    return replace(request, mid=DECLARED + digest)
+
+
+def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **params: Any) -> None:
+    """Declare a job that the scheduler keeps stored while the code declares it.
+
+    :param func: the job function (or a dotted name), importable by
+        ``module:qualname``.
+    :param trigger: ``"cron"``, ``"interval"`` or ``"date"``; by default read
+        from the other parameters (``cron="*/5 * * * *"`` or ``crontab=``,
+        the cron fields, ``minutes=10`` and the other interval units,
+        ``date=``).
+    :param params: ``id``, the job's stable id (default: ``module:qualname``
+        of *func*), and what ``add_cron_job``, ``add_interval_job`` or
+        ``add_date_job`` take: the trigger's parameters, ``args``,
+        ``kwargs``, ``queue`` and the job options.
+    :raises ConfigurationError: the declaration is refused (at this call), or
+        two declarations share an id (at commit).
+
+    .. versionadded:: 1.0
+    """
+    func = config.maybe_dotted(func)
+    proxy = config.registry.scheduler
+    request = declare(proxy, func, trigger, **params)
+
+    def register() -> None:
+        proxy.declared[request.id] = request
+
+    intr = config.introspectable("scheduled jobs", request.id,
+                                 f"{request.id}: {(request.trigger or {}).get('type')} {request.func}",
+                                 "scheduled job")
+    intr["func"] = func
+    intr["queue"] = request.queue
+    intr["trigger"] = dict(request.trigger or {})
+    intr["params"] = dict(params)
+    config.action(("pyramid_scheduler.scheduled_job", request.id), register, introspectables=(intr,))
+
+
+class scheduled_job:  # noqa: N801 - a decorator, named like Pyramid's view_config
+    """Declare the decorated function as a scheduled job when ``config.scan()``
+    finds it; takes the arguments of :func:`add_scheduled_job`::
+
+        @scheduled_job(cron="*/5 * * * *")
+        def sync_stock(): ...
+
+        @scheduled_job(minutes=10, id="cleanup", queue="reports")
+        def cleanup(): ...
+
+    .. versionadded:: 1.0
+    """
+
+    venusian = venusian
+
+    def __init__(self, trigger: str | None = None, **params: Any) -> None:
+        self.trigger = trigger
+        self.params = params
+
+    def __call__(self, wrapped: Any) -> Any:
+        def callback(context: Any, name: str, ob: Any) -> None:
+            config = context.config.with_package(info.module)
+            config.add_scheduled_job(ob, self.trigger, **self.params)
+
+        info = self.venusian.attach(wrapped, callback, category="pyramid")
+        return wrapped
+
+
+def reconcile(engine: Any) -> None:
+    """Apply the application's declarations to the queues *engine* runs (at
+    its start, before anything runs)."""
+    declared = {job_id: request for job_id, request in getattr(engine.proxy, "declared", {}).items()
+                if request.queue in engine.queues}
+    if engine.settings.memory_store:
+        for request in declared.values():
+            engine._add(request)
+        return
+    jobs = engine.ledger.jobs
+    with engine.db.connect() as conn:
+        rows = {row.id: row for row in conn.execute(
+            sa.select(jobs.c.id, jobs.c.queue, jobs.c.mid, jobs.c.status, jobs.c.request)
+            .where(sa.or_(jobs.c.id.in_(list(declared)),
+                          sa.and_(jobs.c.mid.like(DECLARED + "%"), jobs.c.queue.in_(engine.queues))))
+        )}
+    for job_id, request in declared.items():
+        try:
+            _apply(engine, request, rows.get(job_id))
+        except Exception:  # noqa: BLE001 - one bad declaration must not stop the daemon
+            log.exception("job %s (queue %s): declared, but could not be stored", job_id, request.queue)
+    for job_id, row in rows.items():
+        if job_id in declared or not row.mid.startswith(DECLARED):
+            continue
+        if row.status in LIVE or row.status == "parked":
+            _remove(engine, row, "its declaration is gone from the application's code")
+
+
+def _apply(engine: Any, request: JobRequest, row: Any) -> None:
+    job_id = request.id
+    if row is not None and row.mid == request.mid:
+        return  # the same declaration: leave the job (and its schedule) alone
+    if row is not None and (row.status in LIVE or row.status == "parked"):
+        if row.queue == request.queue:
+            engine._add(request, recovering=True)
+            with engine.db.begin() as conn:
+                jobs = engine.ledger.jobs
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
+                    mid=request.mid, func=request.func, kind=(request.trigger or {}).get("type"),
+                    request=json.dumps(request.to_wire()), status="scheduled", error=None,
+                    updated_at=now()))
+            log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
+            return
+        if row.queue not in engine.queues:
+            log.warning("job %s: declared on queue %s but still stored on queue %s, which this daemon "
+                        "does not run; it moves once queue %s's daemon has started (and removed it) "
+                        "and this one starts again", job_id, request.queue, row.queue, row.queue)
+            return
+        _remove(engine, row, f"it is now declared on queue {request.queue}")
+    log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
+    engine._add(request)
+
+
+def _remove(engine: Any, row: Any, reason: str) -> None:
+    try:
+        engine.aps.remove_job(row.id, jobstore=row.queue)
+    except JobLookupError:
+        pass
+    if engine.ledger.set_status(row.id, row.queue, "canceled", only_from=(*LIVE, "parked"), error=reason):
+        log.info("job %s (queue %s): removed: %s", row.id, row.queue, reason)
+        engine._emit(Event(Event.JOB_REMOVED, job_id=row.id, queue=row.queue, reason=reason,
+                           job=request_info(json.loads(row.request))))

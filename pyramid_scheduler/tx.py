@@ -1,0 +1,150 @@
+"""Transaction-aware enqueue: hold a checked message until its transaction commits.
+
+:mod:`pyramid_scheduler.proxy` checks and encodes every request at call
+time, then asks :func:`current_transaction` whether a transaction of the
+``transaction`` package is in progress. If one is, :func:`hold` keeps the
+encoded message in a :class:`Pending` data manager joined to it: the
+messages are published, in call order, by an after-commit hook once the
+transaction has committed, and dropped when it aborts, fails to commit, or
+is rolled back to a savepoint taken before them -- what pyramid_tm and
+pyramid_mailer users expect. Outside a transaction (or with
+``immediate=True``, or ``scheduler.transactional = false``) the proxy
+publishes at once.
+
+A transaction counts as in progress when pyramid_tm manages the current
+request (``request.tm`` while its tween runs; also the request a job gets
+from the runner), or when the thread's ``transaction.manager`` holds an
+open one: begun (``with transaction.manager:``, a job's own run) or started
+implicitly by a data manager joining it (a zope.sqlalchemy session that was
+used), which must then be committed like the session's writes. Merely
+asking for the thread manager's transaction here never starts one.
+
+Publishing after the commit can fail (the broker is down past
+``scheduler.broker.timeout``); the transaction is already committed by then,
+so the failure is logged at ERROR with the job id and the message, never
+raised into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import transaction
+from pyramid.threadlocal import get_current_request
+from transaction._transaction import Status
+from transaction.interfaces import IDataManager, IDataManagerSavepoint, NoTransaction
+from zope.interface import implementer
+
+log = logging.getLogger(__name__)
+
+#: ``publish(body, queue, job_id)``: the broker's publish.
+Publish = Callable[[bytes, str, str], None]
+
+
+@implementer(IDataManager)
+class Pending:
+    """The messages held by one transaction, published by its after-commit hook.
+
+    Joined as a data manager only to follow aborts and savepoints: it writes
+    nothing during the two-phase commit, so it can never fail one.
+    """
+
+    transaction_manager = None
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[Publish, bytes, str, str, str]] = []
+        #: False once aborted: a savepoint taken before it joined was rolled
+        #: back, which also unjoins it; the next message joins it again.
+        self.joined = False
+
+    def add(self, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
+        self.messages.append((publish, body, queue, job_id, op))
+
+    # -- IDataManager -----------------------------------------------------------------
+    def abort(self, txn: Any) -> None:
+        self.messages.clear()
+        self.joined = False
+
+    tpc_abort = abort
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    commit = tpc_vote = tpc_finish = tpc_begin
+
+    def sortKey(self) -> str:  # noqa: N802 - the IDataManager name
+        return f"~pyramid_scheduler.tx:{id(self)}"
+
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self, len(self.messages))
+
+    def after_commit(self, committed: bool) -> None:
+        if not committed:
+            for _, _, queue, job_id, op in self.messages:
+                log.info("job %s (queue %s): %s not published: the transaction failed to commit",
+                         job_id, queue, op)
+            return
+        for publish, body, queue, job_id, op in self.messages:
+            try:
+                publish(body, queue, job_id)
+            except Exception:
+                # Committed already: nothing to roll back, so say it loudly and go on.
+                log.exception("job %s (queue %s): %s NOT PUBLISHED after its transaction committed; "
+                              "send it again. Message: %s", job_id, queue, op,
+                              body.decode("utf-8", "replace"))
+            else:
+                log.debug("job %s (queue %s): %s published after commit", job_id, queue, op)
+
+
+@implementer(IDataManagerSavepoint)
+class _Savepoint:
+    def __init__(self, pending: Pending, size: int) -> None:
+        self.pending = pending
+        self.size = size
+
+    def rollback(self) -> None:
+        del self.pending.messages[self.size:]
+
+
+def current_transaction(request: Any = None) -> Any:
+    """The transaction in progress that a message should wait for, or ``None``.
+
+    :param request: the request to look at (default: the current one).
+    """
+    if request is None:
+        request = get_current_request()
+    if request is not None and request.environ.get("tm.active"):
+        try:
+            return request.tm.get()
+        except NoTransaction:
+            return None
+    manager = getattr(transaction.manager, "manager", transaction.manager)
+    try:
+        if getattr(manager, "explicit", False):
+            return manager.get()
+    except NoTransaction:
+        return None
+    # The implicit thread manager: ``get()`` would start a transaction that
+    # nobody commits, and there is no public "is one open?", hence ``_txn``.
+    # A doomed one still counts: it can only abort, dropping what it holds.
+    txn = getattr(manager, "_txn", None)
+    if txn is None or txn.status not in (Status.ACTIVE, Status.DOOMED):
+        return None
+    return txn
+
+
+def hold(txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
+    """Publish *body* when *txn* commits (nothing if it aborts)."""
+    try:
+        pending = txn.data(Pending)
+    except KeyError:
+        pending = Pending()
+        txn.set_data(Pending, pending)
+        txn.addAfterCommitHook(pending.after_commit)
+    if not pending.joined:
+        txn.join(pending)
+        pending.joined = True
+    pending.add(publish, body, queue, job_id, op)
+    log.debug("job %s (queue %s): %s held until the transaction commits", job_id, queue, op)

@@ -22,6 +22,7 @@ from zope.interface import Interface
 from .api import Event
 from .consumer import start_combined
 from .exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
+from .fanout import start_subscriber
 from .proxy import SchedulerProxy
 from .settings import SchedulerSettings, parse_settings
 
@@ -66,3 +67,5 @@ def includeme(config: Any) -> None:
     config.add_request_method(_request_scheduler, "scheduler", reify=True)
     if settings.combined:
         config.add_subscriber(start_combined, ApplicationCreated)
+    if settings.events_subscribe:
+        config.add_subscriber(start_subscriber, ApplicationCreated)

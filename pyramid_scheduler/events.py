@@ -65,6 +65,9 @@ class EventDispatcher:
     def __init__(self, listeners: Listeners, registry: Any = None) -> None:
         self.listeners = listeners
         self.registry = registry
+        #: Called with each event after the local listeners and subscribers
+        #: (the fan-out to other processes, :mod:`pyramid_scheduler.fanout`).
+        self.forward: Callable[[Event], None] | None = None
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -100,3 +103,8 @@ class EventDispatcher:
                 self.registry.notify(PYRAMID_EVENTS[event.type](event, self.registry))
             except Exception:
                 log.exception("subscriber failed on %r", event)
+        if self.forward is not None:
+            try:
+                self.forward(event)
+            except Exception:
+                log.exception("forwarding %r to other processes failed", event)

@@ -62,6 +62,7 @@ class SchedulerProxy:
         #: ``pscheduler``), else ``None``.
         self.runtime: Any = None
         self._service: Any = None
+        self._subscriber: Any = None
         self._ledger_obj: Any = None
 
     @property
@@ -79,8 +80,7 @@ class SchedulerProxy:
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
         :raises EnqueueError: the broker did not take the job in time.
         """
-        now = datetime.now(timezone.utc)
-        return self._add("now", func, args, kwargs, queue, options, run_date=now)
+        return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
     def add_date_job(self, func: Any, date: Any, args: Iterable[Any] | None = None,
                      kwargs: dict[str, Any] | None = None, queue: str | None = None,
@@ -109,8 +109,7 @@ class SchedulerProxy:
         the next point after now.
         """
         tz = self._zone(options)
-        start = (to_datetime(start_date, tz, "start_date") if start_date is not None
-                 else datetime.now(timezone.utc))
+        start = to_datetime(start_date, tz, "start_date") if start_date is not None else self.now()
         return self._add("interval", func, args, kwargs, queue, options, start_date=start,
                          weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
 
@@ -229,6 +228,9 @@ class SchedulerProxy:
             if wait:
                 service.join(self.settings.shutdown_timeout + 10)
             self._service = None
+        if self._subscriber is not None:
+            self._subscriber.stop()
+            self._subscriber = None
         self.publisher.close()
         if self._ledger_obj is not None:
             self._ledger_obj.engine.dispose()
@@ -237,6 +239,11 @@ class SchedulerProxy:
     close = shutdown
 
     # -- internals --------------------------------------------------------------------
+    def now(self) -> datetime:
+        """The current time (aware, UTC); :mod:`pyramid_scheduler.testing`
+        replaces it with its fake clock."""
+        return datetime.now(timezone.utc)
+
     def _zone(self, options: dict[str, Any]) -> Any:
         if options.get("timezone") is not None:
             options["timezone"] = to_zone(options["timezone"])
@@ -295,7 +302,7 @@ class SchedulerProxy:
 
         spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
         trigger = build_trigger(spec, tz)  # a bad cron field or date fails here
-        first = next_fire_time(trigger, datetime.now(timezone.utc))
+        first = next_fire_time(trigger, self.now())
         if kind not in ("now", "date") and first is None:
             raise InvalidJob(f"{kind} trigger: this schedule never fires (is end_date in the past?)")
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,

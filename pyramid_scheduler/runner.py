@@ -180,15 +180,23 @@ class Runner:
             return self.delegator(job.func, job.args, job.kwargs)
         return job.func(*job.args, **job.kwargs)
 
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
+    def context(self) -> contextlib.AbstractContextManager[None]:
         """The application's registry as current, and a transaction if available."""
-        threadlocal_manager.push({"registry": self.engine.registry, "request": None})
-        try:
-            if transaction is not None:
-                with transaction.manager:
-                    yield
-            else:  # pragma: no cover
+        return job_context(self.engine.registry)
+
+
+@contextlib.contextmanager
+def job_context(registry: Any, own_transaction: bool = True) -> Iterator[None]:
+    """Around one run: *registry* as the current one, inside
+    ``transaction.manager`` when the ``transaction`` package is installed and
+    *own_transaction* is true (shared by the daemon and
+    :mod:`pyramid_scheduler.testing`)."""
+    threadlocal_manager.push({"registry": registry, "request": None})
+    try:
+        if transaction is not None and own_transaction:
+            with transaction.manager:
                 yield
-        finally:
-            threadlocal_manager.pop()
+        else:  # pragma: no cover
+            yield
+    finally:
+        threadlocal_manager.pop()

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kombu
+import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
 from .api import Event
@@ -132,7 +133,14 @@ class EventPublisher:
         job_id = event.get("job_id")
         if not job_id:
             return
-        seq = self.ledger.next_event_seq(job_id)
+        seq: int | None
+        try:
+            seq = self.ledger.next_event_seq(job_id)
+        except sa.exc.SQLAlchemyError as exc:
+            # Sent unnumbered rather than not at all; subscribers deliver it as it comes.
+            log.warning("job %s: event %s sent without a seq: the job store is unavailable (%s)",
+                        job_id, event.type, exc)
+            seq = None
         event.seq = seq
         body = encode_event(event, seq, self.origin)
         secret = self.settings.secret
@@ -154,7 +162,7 @@ class EventPublisher:
                 retry_policy={"max_retries": 20, "interval_start": 0, "interval_step": 0.2,
                               "interval_max": 1.0, "errback": errback}, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - the fan-out must not stop the dispatcher
-            log.warning("job %s: event %s (seq %d) not published to other processes: %s",
+            log.warning("job %s: event %s (seq %s) not published to other processes: %s",
                         job_id, event.type, seq, exc)
             self.close()
 

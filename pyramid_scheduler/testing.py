@@ -399,8 +399,7 @@ class TestingScheduler(SchedulerProxy):
     def _context(self) -> contextlib.AbstractContextManager[None]:
         # A job run eagerly from inside a transaction (a view under pyramid_tm)
         # joins it: starting its own would abort the caller's.
-        active = transaction is not None and getattr(transaction.manager, "_txn", None) is not None
-        return job_context(self.registry, own_transaction=not active)
+        return job_context(self.registry, own_transaction=not _in_transaction())
 
     # -- helpers ----------------------------------------------------------------------
     def _deliver(self, event: Event) -> None:
@@ -419,3 +418,11 @@ class TestingScheduler(SchedulerProxy):
 
     def __repr__(self) -> str:
         return f"<TestingScheduler jobs={len(self.jobs)} clock={self.clock.now().isoformat()}>"
+
+
+def _in_transaction() -> bool:
+    """True while the thread's ``transaction.manager`` has a transaction begun."""
+    if transaction is None:
+        return False
+    manager = getattr(transaction.manager, "manager", transaction.manager)  # ThreadTransactionManager
+    return getattr(manager, "_txn", None) is not None

@@ -253,10 +253,49 @@ def test_include_after_the_real_one_keeps_listeners_and_starts_nothing(tmp_path)
     heard: list[Event] = []
     config.registry.scheduler.add_listener(heard.append)
     config.include("pyramid_scheduler.testing")
+    threads = set(threading.enumerate())
     app = config.make_wsgi_app()
+    assert set(threading.enumerate()) <= threads  # combined mode started nothing
     scheduler = app.registry.scheduler
     assert isinstance(scheduler, TestingScheduler)
-    assert not [t for t in threading.enumerate() if t.name.startswith("pscheduler")]
     scheduler.add_async_job(record, args=["l"])
     assert [e.type for e in heard] == [Event.JOB_CREATED]
     assert not (tmp_path / "b.sqlite").exists() and not (tmp_path / "j.sqlite").exists()
+
+
+def test_included_from_settings_before_the_application_includes_the_real_one():
+    config = Configurator(settings={"pyramid.includes": "pyramid_scheduler.testing",
+                                    "scheduler.testing.eager": "true"})
+    config.include("pyramid_scheduler")  # what the application's main() does: a no-op now
+    config.add_route("add", "/add")
+    config.add_view(add_view, route_name="add", renderer="json")
+    app = TestApp(config.make_wsgi_app())
+    CALLS.clear()
+    app.get("/add", {"kind": "async", "tag": "s1"})
+    assert isinstance(app.app.registry.scheduler, TestingScheduler)
+    assert [tag for tag, _ in CALLS] == ["s1"]
+
+
+def note_transaction(tag: str) -> None:
+    import transaction
+
+    CALLS.append((tag, id(transaction.get())))
+
+
+def tm_view(request: Any) -> dict[str, str]:
+    request.tm.get().addAfterCommitHook(lambda ok: CALLS.append(("committed", ok)))
+    CALLS.append(("view", id(request.tm.get())))
+    return {"job_id": request.scheduler.add_async_job(note_transaction, args=["job"])}
+
+
+def test_an_eager_job_run_inside_a_pyramid_tm_request_joins_its_transaction():
+    CALLS.clear()
+    config = Configurator(settings={"scheduler.testing.eager": "true"})
+    config.include("pyramid_tm")
+    config.include("pyramid_scheduler.testing")
+    config.add_route("tm", "/tm")
+    config.add_view(tm_view, route_name="tm", renderer="json")
+    TestApp(config.make_wsgi_app()).get("/tm")
+    (_, view_txn), (_, job_txn), committed = CALLS
+    assert job_txn == view_txn  # the request's transaction was not aborted for the job
+    assert committed == ("committed", True)

@@ -1,7 +1,7 @@
 """Fan-out: the daemons' job events, delivered in every process that asks.
 
 In a process that runs jobs (``pscheduler`` or combined mode) the event
-dispatcher hands each job event, after the local listeners, to
+dispatcher hands each job event, before the local listeners, to
 :class:`EventPublisher`. It numbers the event (``seq``, per job id, counted
 in the job store's database so a restart does not reset it) and publishes
 it as JSON on the fan-out exchange ``<scheduler.broker.queue_prefix>events``.
@@ -43,6 +43,8 @@ from .settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 VERSION = 1
+#: Seconds the publisher stops trying after the broker or the job store failed.
+PAUSE = 5.0
 #: Event fields holding times (sent as ISO 8601, read back as datetimes).
 TIME_FIELDS = ("scheduled_run_time", "next_run_time")
 
@@ -116,9 +118,13 @@ def decode_event(body: bytes | str) -> tuple[Event, str]:
 class EventPublisher:
     """Numbers and publishes the job events of the process that runs jobs.
 
-    Called from the event dispatcher's thread, after the local listeners.
+    Called from the event dispatcher's thread, before the local listeners
+    (which then see ``seq`` too).
     A publish that fails within ``scheduler.broker.timeout`` is logged and
-    the event dropped for the other processes: it never holds up the daemon.
+    the event dropped for the other processes, and publishing pauses for a
+    few seconds, so that an unreachable broker delays the local listeners by
+    one timeout, not one per event. Dropped events keep their number: a gap
+    in ``seq`` tells a subscriber it missed some.
     """
 
     def __init__(self, settings: SchedulerSettings, ledger: Any, origin: str) -> None:
@@ -128,20 +134,18 @@ class EventPublisher:
         self.exchange = events_exchange(settings)
         self._connection: kombu.Connection | None = None
         self._producer: kombu.Producer | None = None
+        self._broker_paused_until = 0.0
+        self._store_paused_until = 0.0
+        self._dropped = 0
 
     def __call__(self, event: Event) -> None:
         job_id = event.get("job_id")
         if not job_id:
             return
-        seq: int | None
-        try:
-            seq = self.ledger.next_event_seq(job_id)
-        except sa.exc.SQLAlchemyError as exc:
-            # Sent unnumbered rather than not at all; subscribers deliver it as it comes.
-            log.warning("job %s: event %s sent without a seq: the job store is unavailable (%s)",
-                        job_id, event.type, exc)
-            seq = None
-        event.seq = seq
+        event.seq = seq = self._next_seq(job_id, event)
+        if time.monotonic() < self._broker_paused_until:
+            self._dropped += 1
+            return
         body = encode_event(event, seq, self.origin)
         secret = self.settings.secret
         headers = {SIGNATURE_HEADER: sign(body, secret)} if secret else None
@@ -162,9 +166,30 @@ class EventPublisher:
                 retry_policy={"max_retries": 20, "interval_start": 0, "interval_step": 0.2,
                               "interval_max": 1.0, "errback": errback}, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - the fan-out must not stop the dispatcher
-            log.warning("job %s: event %s (seq %s) not published to other processes: %s",
-                        job_id, event.type, seq, exc)
+            # One wait per pause, not one per event: local listeners wait behind this.
+            self._broker_paused_until = time.monotonic() + max(PAUSE, timeout)
+            self._dropped += 1
+            log.warning("job %s: event %s (seq %s) not published to other processes: %s; "
+                        "events are not published for the next %gs", job_id, event.type, seq, exc,
+                        max(PAUSE, timeout))
             self.close()
+            return
+        if self._dropped:
+            log.warning("%d job event(s) were not published to other processes while the broker "
+                        "was unreachable (their seq numbers are missing there)", self._dropped)
+            self._dropped = 0
+
+    def _next_seq(self, job_id: str, event: Event) -> int | None:
+        if time.monotonic() < self._store_paused_until:
+            return None
+        try:
+            return int(self.ledger.next_event_seq(job_id))
+        except sa.exc.SQLAlchemyError as exc:
+            # Sent unnumbered rather than not at all; subscribers deliver it as it comes.
+            self._store_paused_until = time.monotonic() + PAUSE
+            log.warning("job %s: event %s sent without a seq: the job store is unavailable (%s); "
+                        "events go unnumbered for the next %gs", job_id, event.type, exc, PAUSE)
+            return None
 
     def close(self) -> None:
         if self._connection is not None:

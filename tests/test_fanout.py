@@ -54,3 +54,23 @@ def test_subscribe_is_refused_on_the_sql_broker(tmp_path):
     with pytest.raises(ConfigurationError, match=r"scheduler\.events\.subscribe = 'maybe'"):
         with Configurator(settings=settings) as config:
             config.include("pyramid_scheduler")
+
+
+def test_an_unreachable_broker_costs_one_timeout_and_keeps_the_numbering(tmp_path, caplog):
+    from pyramid_scheduler.fanout import EventPublisher
+    from pyramid_scheduler.settings import parse_settings
+
+    # Port 9 (discard) on localhost: nothing listens, the connection is refused.
+    settings = parse_settings({"scheduler.broker.url": "redis://127.0.0.1:9/0", "scheduler.broker.timeout": "0.3"})
+    ledger = Ledger(create_db_engine(f"sqlite:///{tmp_path}/jobs.sqlite"), "t_")
+    publisher = EventPublisher(settings, ledger, "me")
+    events = [Event(Event.JOB_EXECUTED, job_id="j") for _ in range(10)]
+    with caplog.at_level("WARNING", logger="pyramid_scheduler.fanout"):
+        for event in events:
+            publisher(event)
+    assert [event.seq for event in events] == list(range(1, 11))
+    failures = [r for r in caplog.records if "not published to other processes" in r.getMessage()]
+    assert len(failures) == 1  # the others were dropped during the pause, without trying
+    assert publisher._dropped == 10
+    publisher.close()
+    ledger.engine.dispose()

@@ -85,3 +85,45 @@ def test_web_process_receives_daemon_events_in_order(make_harness, broker):
     assert events[0].type == Event.JOB_CREATED
     assert {e.type for e in events[1:-1]} == {Event.JOB_EXECUTED}
     assert {e.retval["pid"] for e in events[1:-1]} == {daemon.pid, second.pid}
+
+
+def test_combined_process_hears_its_own_events_once_and_drops_forged_ones(make_harness):
+    harness = make_harness("redis", **{"combined": "true", "events.subscribe": "true"})
+    with Configurator(settings=harness.app_settings()) as config:
+        config.include("pyramid_scheduler")
+        config.add_route("enqueue", "/enqueue")
+        config.add_view(enqueue_view, route_name="enqueue", renderer="json")
+    wsgi = config.make_wsgi_app()  # starts the engine and the subscriber in this process
+    scheduler = wsgi.registry.scheduler
+    harness.proxies.append(scheduler)
+    heard: list[Event] = []
+    scheduler.add_listener(heard.append)
+    numbered: list[tuple[str, Any]] = []  # seq as the local listener saw it
+    scheduler.add_listener(lambda event: numbered.append((event.get("job_id"), event.get("seq"))))
+    assert scheduler._subscriber.ready.wait(30)
+
+    # An event published by someone without scheduler.secret: refused.
+    from pyramid_scheduler.broker import JSON, make_connection
+    from pyramid_scheduler.fanout import encode_event, events_exchange
+
+    forged = encode_event(Event(Event.JOB_EXECUTED, job_id="forged", retval="pwned"), 1, "elsewhere")
+    with make_connection(scheduler.settings) as conn:
+        exchange = events_exchange(scheduler.settings)
+        conn.Producer().publish(forged, exchange=exchange, routing_key="", declare=[exchange],
+                                content_type=JSON, content_encoding="utf-8")
+
+    tag = f"web-{uuid.uuid4().hex[:8]}"
+    TestApp(wsgi).get("/enqueue", {"tag": tag})
+
+    def of(job_id: str) -> list[str]:
+        return [e.type for e in heard if e.get("job_id") == job_id]
+
+    wait_until(lambda: Event.JOB_REMOVED in of(tag), f"{tag} removed")
+    # A sentinel sent after: once it is heard, a doubled event of the first would be too.
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    scheduler.add_async_job(jobs.record, args=[harness.oracle, sentinel], id=sentinel)
+    wait_until(lambda: Event.JOB_REMOVED in of(sentinel), f"{sentinel} removed")
+    assert of(tag) == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert of("forged") == []
+    # Numbered before the local listeners are called.
+    assert [seq for job_id, seq in numbered if job_id == tag] == [1, 2, 3]

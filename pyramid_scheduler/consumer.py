@@ -170,7 +170,7 @@ class SchedulerService:
         self.engine = Engine(proxy, queues)
         settings = self.engine.settings
         self.events_out: EventPublisher | None = None
-        if settings.events_publish and settings.fanout:
+        if settings.publishes_events:
             self.events_out = EventPublisher(settings, self.engine.ledger, origin_of(proxy))
             self.engine.dispatcher.forward = self.events_out
         self.stop_event = threading.Event()

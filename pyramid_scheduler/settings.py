@@ -149,8 +149,9 @@ class SchedulerSettings:
     func_aliases: Mapping[str, str] = field(default_factory=dict)
     #: Receive the daemons' job events in this process (a fan-out exchange).
     events_subscribe: bool = False
-    #: Publish this daemon's job events on the fan-out exchange.
-    events_publish: bool = True
+    #: Publish this daemon's job events on the fan-out exchange (``None``:
+    #: when ``events_subscribe`` is set, as in an INI file shared with the web).
+    events_publish: bool | None = None
     #: :mod:`pyramid_scheduler.testing` runs due jobs as soon as they are added.
     testing_eager: bool = False
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
@@ -159,6 +160,12 @@ class SchedulerSettings:
     def fanout(self) -> bool:
         """True when the broker can carry job events to every process."""
         return self.broker.kind != "sql"
+
+    @property
+    def publishes_events(self) -> bool:
+        """True when a process running jobs publishes their events."""
+        wanted = self.events_subscribe if self.events_publish is None else self.events_publish
+        return self.fanout and wanted
 
     @property
     def default_queue(self) -> str:
@@ -423,6 +430,11 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
             f"through a fan-out exchange, which the SQL broker ({prefix}broker.url = "
             f"{parsed.broker.masked()!r}) does not have; use a Redis or RabbitMQ broker, or "
             "read job records with scheduler.get_job() instead.")
+    if parsed.events_publish and not parsed.fanout:
+        raise ConfigurationError(
+            f"Invalid setting {prefix}events.publish = true: the SQL broker ({prefix}broker.url = "
+            f"{parsed.broker.masked()!r}) has no fan-out exchange to publish job events on; use a "
+            "Redis or RabbitMQ broker.")
     return parsed
 
 

@@ -54,6 +54,23 @@ def test_subscribe_is_refused_on_the_sql_broker(tmp_path):
     with pytest.raises(ConfigurationError, match=r"scheduler\.events\.subscribe = 'maybe'"):
         with Configurator(settings=settings) as config:
             config.include("pyramid_scheduler")
+    del settings["scheduler.events.subscribe"]
+    settings["scheduler.events.publish"] = "true"
+    with pytest.raises(ConfigurationError, match=r"scheduler\.events\.publish = true.*no fan-out"):
+        with Configurator(settings=settings) as config:
+            config.include("pyramid_scheduler")
+
+
+def test_daemons_publish_only_when_asked():
+    from pyramid_scheduler.settings import parse_settings
+
+    redis = {"scheduler.broker.url": "redis://127.0.0.1:6379/15"}
+    assert not parse_settings(redis).publishes_events  # no cost unless the feature is used
+    assert parse_settings({**redis, "scheduler.events.subscribe": "true"}).publishes_events
+    assert parse_settings({**redis, "scheduler.events.publish": "true"}).publishes_events
+    assert not parse_settings({**redis, "scheduler.events.subscribe": "true",
+                               "scheduler.events.publish": "false"}).publishes_events
+    assert not parse_settings({}).publishes_events  # the SQL broker
 
 
 def test_an_unreachable_broker_costs_one_timeout_and_keeps_the_numbering(tmp_path, caplog):

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def web_app(harness: Any) -> tuple[TestApp, Any, list[Event], dict[str, list[Any]]]:
     """A web process's application, with a listener and Pyramid subscribers."""
-    with Configurator(settings=harness.app_settings(**{"scheduler.events.subscribe": "true"})) as config:
+    with Configurator(settings=harness.app_settings()) as config:
         config.include("pyramid_scheduler")
         config.add_route("enqueue", "/enqueue")
         config.add_view(enqueue_view, route_name="enqueue", renderer="json")
@@ -37,7 +37,8 @@ def web_app(harness: Any) -> tuple[TestApp, Any, list[Event], dict[str, list[Any
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_web_process_receives_daemon_events_in_order(make_harness, broker):
-    harness = make_harness(broker)
+    # One INI for the web process and the daemon: subscribe there makes the daemon publish.
+    harness = make_harness(broker, **{"events.subscribe": "true"})
     app, scheduler, heard, notified = web_app(harness)
     daemon = harness.start()
     harness.wait_active(scheduler, daemon)

@@ -84,8 +84,10 @@ def test_web_process_receives_daemon_events_in_order(make_harness, broker):
     events = of(every)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[0].type == Event.JOB_CREATED
-    assert {e.type for e in events[1:-1]} == {Event.JOB_EXECUTED}
-    assert {e.retval["pid"] for e in events[1:-1]} == {daemon.pid, second.pid}
+    # Runs only in between (under load one may be missed: its run was still going).
+    assert {e.type for e in events[1:-1]} <= {Event.JOB_EXECUTED, Event.JOB_MISSED}
+    executed = [e for e in events if e.type == Event.JOB_EXECUTED]
+    assert {e.retval["pid"] for e in executed} == {daemon.pid, second.pid}
 
 
 def test_combined_process_hears_its_own_events_once_and_drops_forged_ones(make_harness):

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: What ``get_daemons()`` names as the owner of every queue.
 OWNER = "pyramid_scheduler.testing"
+#: Most runs one ``run_pending()`` or clock step makes (a runaway guard).
+MAX_RUNS = 100_000
 
 
 def includeme(config: Any) -> None:
@@ -326,6 +328,11 @@ class TestingScheduler(SchedulerProxy):
                    if job.next_run_time is not None and job.next_run_time <= target]
             if not due:
                 break
+            if len(made) >= MAX_RUNS:
+                raise RuntimeError(
+                    f"pyramid_scheduler.testing: {MAX_RUNS} runs in one step and more are due "
+                    f"before {target.isoformat()}; advance the clock by less (an interval of "
+                    "seconds over days makes a run per interval)")
             job = min(due, key=lambda job: (job.next_run_time, job.order))
             assert job.next_run_time is not None
             self.clock._now = max(self.clock._now, job.next_run_time)

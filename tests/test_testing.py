@@ -167,6 +167,17 @@ def test_advance_fires_date_interval_and_cron_jobs_in_order():
         scheduler.clock.advance(hours=-1)
 
 
+def test_a_runaway_step_is_stopped_with_a_clear_error(monkeypatch):
+    import pyramid_scheduler.testing
+
+    _, scheduler, _ = make_app()
+    monkeypatch.setattr(pyramid_scheduler.testing, "MAX_RUNS", 50)
+    scheduler.add_interval_job(record, seconds=1, args=["fast"])
+    with pytest.raises(RuntimeError, match="50 runs in one step.*advance the clock by less"):
+        scheduler.clock.advance(hours=1)
+    assert len(scheduler.runs) == 50
+
+
 def test_cron_across_the_march_dst_change_in_paris():
     """02:30 does not exist in Paris on 2026-03-29 (02:00 -> 03:00): the runs
     are APScheduler's own, as in the daemon."""

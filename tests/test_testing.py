@@ -257,8 +257,8 @@ def test_the_real_checks_apply():
 
 
 def test_include_after_the_real_one_keeps_listeners_and_starts_nothing(tmp_path):
-    settings = {"scheduler.combined": "true", "scheduler.broker.url": f"sqlite:///{tmp_path}/b.sqlite",
-                "scheduler.jobstore.url": f"sqlite:///{tmp_path}/j.sqlite"}
+    settings = {"scheduler.combined": "true", "scheduler.broker.url": "redis://127.0.0.1:9/0",
+                "scheduler.events.subscribe": "true", "scheduler.jobstore.url": f"sqlite:///{tmp_path}/j.sqlite"}
     config = Configurator(settings=settings)
     config.include("pyramid_scheduler")
     heard: list[Event] = []
@@ -266,12 +266,12 @@ def test_include_after_the_real_one_keeps_listeners_and_starts_nothing(tmp_path)
     config.include("pyramid_scheduler.testing")
     threads = set(threading.enumerate())
     app = config.make_wsgi_app()
-    assert set(threading.enumerate()) <= threads  # combined mode started nothing
+    assert set(threading.enumerate()) <= threads  # no combined-mode engine, no event subscriber
     scheduler = app.registry.scheduler
     assert isinstance(scheduler, TestingScheduler)
     scheduler.add_async_job(record, args=["l"])
     assert [e.type for e in heard] == [Event.JOB_CREATED]
-    assert not (tmp_path / "b.sqlite").exists() and not (tmp_path / "j.sqlite").exists()
+    assert not (tmp_path / "j.sqlite").exists()  # and nothing reached for port 9 either
 
 
 def test_included_from_settings_before_the_application_includes_the_real_one():

@@ -25,6 +25,7 @@ from .api import Event
 from .consumer import start_combined
 from .declare import add_scheduled_job, scheduled_job
 from .exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
+from .fanout import start_subscriber
 from .proxy import SchedulerProxy
 from .settings import SchedulerSettings, parse_settings
 
@@ -71,3 +72,5 @@ def includeme(config: Any) -> None:
     config.add_directive("add_scheduled_job", add_scheduled_job)
     if settings.combined:
         config.add_subscriber(start_combined, ApplicationCreated)
+    if settings.events_subscribe:
+        config.add_subscriber(start_subscriber, ApplicationCreated)

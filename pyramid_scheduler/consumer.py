@@ -30,6 +30,7 @@ from kombu.mixins import ConsumerMixin
 from .broker import JSON, make_connection, make_queue
 from .engine import Engine
 from .exceptions import InvalidJob, InvalidMessage
+from .fanout import EventPublisher, origin_of
 from .faults import crash_point
 from .messages import SIGNATURE_HEADER, decode, verify
 from .redis_transport import Channel as RedisChannel
@@ -167,6 +168,11 @@ class SchedulerService:
     def __init__(self, proxy: Any, queues: tuple[str, ...] | None = None) -> None:
         self.proxy = proxy
         self.engine = Engine(proxy, queues)
+        settings = self.engine.settings
+        self.events_out: EventPublisher | None = None
+        if settings.publishes_events:
+            self.events_out = EventPublisher(settings, self.engine.ledger, origin_of(proxy))
+            self.engine.dispatcher.forward = self.events_out
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,6 +194,8 @@ class SchedulerService:
             connection.release()
             self.proxy.runtime = None
             engine.stop()
+            if self.events_out is not None:
+                self.events_out.close()
         return 3 if engine.lease_lost.is_set() else 0
 
     def _wait_for_lease(self) -> bool:

@@ -65,6 +65,10 @@ class EventDispatcher:
     def __init__(self, listeners: Listeners, registry: Any = None) -> None:
         self.listeners = listeners
         self.registry = registry
+        #: Called with each event before the local listeners and subscribers
+        #: (the fan-out to other processes, :mod:`pyramid_scheduler.fanout`,
+        #: which also numbers it: local listeners see ``seq`` too).
+        self.forward: Callable[[Event], None] | None = None
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -94,6 +98,11 @@ class EventDispatcher:
             self.deliver(event)
 
     def deliver(self, event: Event) -> None:
+        if self.forward is not None:
+            try:
+                self.forward(event)
+            except Exception:
+                log.exception("forwarding %r to other processes failed", event)
         self.listeners.notify(event)
         if self.registry is not None:
             try:

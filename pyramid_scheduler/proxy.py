@@ -71,6 +71,7 @@ class SchedulerProxy:
         #: ``pscheduler``), else ``None``.
         self.runtime: Any = None
         self._service: Any = None
+        self._subscriber: Any = None
         self._ledger_obj: Any = None
         #: Config-time schedules by job id (:mod:`pyramid_scheduler.declare`).
         self.declared: dict[str, JobRequest] = {}
@@ -96,8 +97,7 @@ class SchedulerProxy:
         :raises EnqueueError: the broker did not take the job in time (not
             raised for a job held until the commit: see the ERROR log then).
         """
-        now = datetime.now(timezone.utc)
-        return self._add("now", func, args, kwargs, queue, options, run_date=now)
+        return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
     def add_date_job(self, func: Any, date: Any = None, args: Iterable[Any] | None = None,
                      kwargs: dict[str, Any] | None = None, queue: str | None = None,
@@ -116,7 +116,8 @@ class SchedulerProxy:
 
         .. versionchanged:: 1.0 *date* may be left out for a delay.
         """
-        return self._add("date", func, args, kwargs, queue, options, **date_args(options, date, self.settings.timezone))
+        return self._add("date", func, args, kwargs, queue, options,
+                         **date_args(options, date, self.settings.timezone, self.now()))
 
     def add_interval_job(self, func: Any, start_date: Any = None,
                          args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -132,7 +133,7 @@ class SchedulerProxy:
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         return self._add("interval", func, args, kwargs, queue, options,
-                         **interval_args(options, start_date, fields, self.settings.timezone))
+                         **interval_args(options, start_date, fields, self.settings.timezone, self.now()))
 
     def add_cron_job(self, func: Any, start_date: Any = None,
                      args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -197,8 +198,8 @@ class SchedulerProxy:
         .. versionadded:: 1.0
         """
         name = self._job_queue(job_id, queue)
-        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone)
-        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone)
+        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
+        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
         no_other_arguments(kind, trigger_args)
         self._publish(JobRequest(op="reschedule", id=job_id, queue=name, trigger=spec))
         return job_id
@@ -243,10 +244,10 @@ class SchedulerProxy:
 
         .. versionadded:: 1.0
         """
-        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone)
-        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone)
+        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
+        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
         no_other_arguments(kind, trigger_args)
-        return spec_fire_times(spec, n, self.settings.timezone)
+        return spec_fire_times(spec, n, self.settings.timezone, now=self.now())
 
     def preview_job(self, job_id: str, n: int = 10) -> list[datetime]:
         """The next *n* fire times of a stored job, from the trigger in its
@@ -266,7 +267,7 @@ class SchedulerProxy:
             return []
         spec = json.loads(row["request"])["trigger"]
         created = datetime.fromtimestamp(row["created_at"], timezone.utc)
-        return spec_fire_times(spec, n, self.settings.timezone, anchor=created)
+        return spec_fire_times(spec, n, self.settings.timezone, anchor=created, now=self.now())
 
     # -- reading job records ----------------------------------------------------------
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -344,6 +345,9 @@ class SchedulerProxy:
             if wait:
                 service.join(self.settings.shutdown_timeout + 10)
             self._service = None
+        if self._subscriber is not None:
+            self._subscriber.stop()
+            self._subscriber = None
         self.publisher.close()
         if self._ledger_obj is not None:
             self._ledger_obj.engine.dispose()
@@ -352,6 +356,11 @@ class SchedulerProxy:
     close = shutdown
 
     # -- internals --------------------------------------------------------------------
+    def now(self) -> datetime:
+        """The current time (aware, UTC); :mod:`pyramid_scheduler.testing`
+        replaces it with its fake clock."""
+        return datetime.now(timezone.utc)
+
     def _zone(self, options: dict[str, Any]) -> Any:
         return job_zone(options, self.settings.timezone)
 
@@ -407,7 +416,7 @@ class SchedulerProxy:
             job_id = new_id()
         elif not isinstance(job_id, str) or not job_id or len(job_id) > 200:
             raise InvalidJob(f"id: expected a string of 1 to 200 characters, got {job_id!r}")
-        spec = schedule_spec(kind, options, trigger_args, self.settings.timezone)
+        spec = schedule_spec(kind, options, trigger_args, self.settings.timezone, self.now())
         immediate = options.pop("immediate", False)
         if not isinstance(immediate, bool):
             raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")

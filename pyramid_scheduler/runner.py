@@ -194,36 +194,48 @@ class Runner:
         available; yields the request built for a function that takes one
         (else ``None``)."""
         if job is not None and takes_request(job.func):
-            with self.request_context() as request:
+            with request_context(self.engine.registry) as request:
                 yield request
             return
-        threadlocal_manager.push({"registry": self.engine.registry, "request": None})
-        try:
-            if transaction is not None:
-                with transaction.manager:
-                    yield None
-            else:  # pragma: no cover
-                yield None
-        finally:
-            threadlocal_manager.pop()
+        with job_context(self.engine.registry):
+            yield None
 
-    @contextlib.contextmanager
-    def request_context(self) -> Iterator[Any]:
-        """A request for the application, current for the run, inside its
-        ``request.tm`` (pyramid_tm) or ``transaction.manager``; its finished
-        callbacks run and the threadlocals are popped afterwards."""
-        with prepare(registry=self.engine.registry) as env:
-            request = env["request"]
-            try:
-                manager = request.tm
-            except AttributeError:  # pyramid_tm is not included
-                manager = transaction.manager
-            # The runner plays pyramid_tm's tween: code that asks whether a
-            # transaction is managed for this request (pyramid_tm.is_tm_active,
-            # add_*_job) gets yes.
-            request.environ["tm.active"] = True
-            try:
-                with manager:
-                    yield request
-            finally:
-                del request.environ["tm.active"]
+
+@contextlib.contextmanager
+def job_context(registry: Any, own_transaction: bool = True) -> Iterator[None]:
+    """Around one run: *registry* as the current one, inside
+    ``transaction.manager`` when the ``transaction`` package is installed and
+    *own_transaction* is true (shared by the daemon and
+    :mod:`pyramid_scheduler.testing`)."""
+    threadlocal_manager.push({"registry": registry, "request": None})
+    try:
+        if transaction is not None and own_transaction:
+            with transaction.manager:
+                yield
+        else:  # pragma: no cover
+            yield
+    finally:
+        threadlocal_manager.pop()
+
+
+@contextlib.contextmanager
+def request_context(registry: Any) -> Iterator[Any]:
+    """A request for the application, current for the run, inside its
+    ``request.tm`` (pyramid_tm) or ``transaction.manager``; its finished
+    callbacks run and the threadlocals are popped afterwards (shared by the
+    daemon and :mod:`pyramid_scheduler.testing`)."""
+    with prepare(registry=registry) as env:
+        request = env["request"]
+        try:
+            manager = request.tm
+        except AttributeError:  # pyramid_tm is not included
+            manager = transaction.manager
+        # The runner plays pyramid_tm's tween: code that asks whether a
+        # transaction is managed for this request (pyramid_tm.is_tm_active,
+        # add_*_job) gets yes.
+        request.environ["tm.active"] = True
+        try:
+            with manager:
+                yield request
+        finally:
+            del request.environ["tm.active"]

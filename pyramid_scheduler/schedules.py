@@ -186,14 +186,15 @@ def job_zone(options: dict[str, Any], default_tz: tzinfo) -> tzinfo:
     return default_tz
 
 
-def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo) -> dict[str, Any]:
-    """``run_date`` from *date* or from a delay popped from *options*."""
+def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo,
+              now: datetime | None = None) -> dict[str, Any]:
+    """``run_date`` from *date* or from a delay (from *now*) popped from *options*."""
     tz = job_zone(options, default_tz)
     names, delay = pop_delay(options)
     if date is not None and delay is not None:
         raise InvalidJob(f"date and {', '.join(names)}: give a date or a delay, not both")
     if delay is not None:
-        return {"run_date": (datetime.now(timezone.utc) + delay).astimezone(tz)}
+        return {"run_date": (_now(now) + delay).astimezone(tz)}
     if date is None:
         raise InvalidJob("date: required, unless a delay is given (delay=, days=, hours=, "
                          "minutes=, seconds= or millis=)")
@@ -201,11 +202,11 @@ def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo) -> dict[st
 
 
 def interval_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any],
-                  default_tz: tzinfo) -> dict[str, Any]:
+                  default_tz: tzinfo, now: datetime | None = None) -> dict[str, Any]:
     """An interval counts from *start_date*, or from now."""
     tz = job_zone(options, default_tz)
     start = (to_datetime(start_date, tz, "start_date") if start_date is not None
-             else datetime.now(timezone.utc))
+             else _now(now))
     return {"start_date": start, **fields}
 
 
@@ -226,7 +227,7 @@ def cron_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any],
 
 
 def schedule_args(trigger: str | None, options: dict[str, Any],
-                  default_tz: tzinfo) -> tuple[str, dict[str, Any]]:
+                  default_tz: tzinfo, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
     """The kind and trigger arguments of a schedule given as ``add_*_job``
     arguments in *options* (``reschedule_job`` and ``preview``); ``cron=`` is
     ``crontab=``, and *trigger* may be left out when the arguments say it."""
@@ -238,10 +239,10 @@ def schedule_args(trigger: str | None, options: dict[str, Any],
     if trigger is None:
         trigger = _infer_kind(options)
     if trigger == "date":
-        return trigger, date_args(options, options.pop("date", None), default_tz)
+        return trigger, date_args(options, options.pop("date", None), default_tz, now)
     if trigger == "interval":
         fields = {name: options.pop(name, 0) for name in INTERVAL_FIELDS}
-        return trigger, interval_args(options, options.pop("start_date", None), fields, default_tz)
+        return trigger, interval_args(options, options.pop("start_date", None), fields, default_tz, now)
     if trigger == "cron":
         fields = {name: options.pop(name, None) for name in CRON_FIELDS}
         return trigger, cron_args(options, options.pop("start_date", None), fields, default_tz)
@@ -261,7 +262,7 @@ def _infer_kind(options: dict[str, Any]) -> str:
 
 
 def schedule_spec(kind: str, options: dict[str, Any], trigger_args: dict[str, Any],
-                  default_tz: tzinfo) -> dict[str, Any]:
+                  default_tz: tzinfo, now: datetime | None = None) -> dict[str, Any]:
     """The wire trigger spec (``timezone``, ``end_date`` and ``jitter``
     popped from *options*), built once with APScheduler so that a bad field
     fails here, and refused, naming its arguments, if it never fires."""
@@ -275,8 +276,8 @@ def schedule_spec(kind: str, options: dict[str, Any], trigger_args: dict[str, An
     options.pop("timezone", None)
     spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
     trigger = build_trigger(spec, tz)  # a bad cron field or date fails here
-    if kind not in ("now", "date") and next_fire_time(trigger, datetime.now(timezone.utc)) is None:
-        raise InvalidJob(_never_fires(spec, tz))
+    if kind not in ("now", "date") and next_fire_time(trigger, _now(now)) is None:
+        raise InvalidJob(_never_fires(spec, tz, _now(now)))
     return spec
 
 
@@ -285,11 +286,11 @@ def no_other_arguments(kind: str, options: dict[str, Any]) -> None:
         raise InvalidJob(f"{key}: not an argument of a {kind} schedule")
 
 
-def _never_fires(spec: dict[str, Any], tz: tzinfo) -> str:
+def _never_fires(spec: dict[str, Any], tz: tzinfo, now: datetime) -> str:
     """Why a schedule never fires, naming the arguments at fault."""
     if spec.get("end_date"):
         unbounded = build_trigger({k: v for k, v in spec.items() if k != "end_date"}, tz)
-        first = next_fire_time(unbounded, datetime.now(timezone.utc))
+        first = next_fire_time(unbounded, now)
         if first is not None:
             return (f"end_date: {spec['end_date']} is before the schedule's first fire time "
                     f"({first.isoformat()}): this schedule never fires")
@@ -300,8 +301,13 @@ def _never_fires(spec: dict[str, Any], tz: tzinfo) -> str:
 
 
 def spec_fire_times(spec: dict[str, Any], n: int, default_tz: tzinfo,
-                    anchor: datetime | None = None) -> list[datetime]:
+                    anchor: datetime | None = None, now: datetime | None = None) -> list[datetime]:
     """:func:`fire_times` of a wire trigger spec, from now, in its zone."""
     tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
     trigger = build_trigger({k: v for k, v in spec.items() if k != "jitter"}, tz, anchor=anchor)
-    return fire_times(trigger, datetime.now(timezone.utc), n, tz)
+    return fire_times(trigger, _now(now), n, tz)
+
+
+def _now(now: datetime | None) -> datetime:
+    """*now*, or the current time (the testing scheduler passes its fake clock)."""
+    return now if now is not None else datetime.now(timezone.utc)

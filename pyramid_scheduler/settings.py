@@ -87,7 +87,7 @@ KNOWN_KEYS = frozenset({
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
-    "func_aliases", "transactional",
+    "func_aliases", "transactional", "events.subscribe", "events.publish", "testing.eager",
 })
 
 
@@ -149,7 +149,25 @@ class SchedulerSettings:
     #: Renamed job functions: old ``module:qualname`` -> new, applied to stored
     #: jobs as they load and to messages as they arrive.
     func_aliases: Mapping[str, str] = field(default_factory=dict)
+    #: Receive the daemons' job events in this process (a fan-out exchange).
+    events_subscribe: bool = False
+    #: Publish this daemon's job events on the fan-out exchange (``None``:
+    #: when ``events_subscribe`` is set, as in an INI file shared with the web).
+    events_publish: bool | None = None
+    #: :mod:`pyramid_scheduler.testing` runs due jobs as soon as they are added.
+    testing_eager: bool = False
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fanout(self) -> bool:
+        """True when the broker can carry job events to every process."""
+        return self.broker.kind != "sql"
+
+    @property
+    def publishes_events(self) -> bool:
+        """True when a process running jobs publishes their events."""
+        wanted = self.events_subscribe if self.events_publish is None else self.events_publish
+        return self.fanout and wanted
 
     @property
     def default_queue(self) -> str:
@@ -350,6 +368,10 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         raise _bad("housekeeping", raw["housekeeping"], "a duration above zero")
     if "coalesce" in raw:
         opts["coalesce"] = _as_bool("coalesce", raw["coalesce"])
+    for key, attr in (("events.subscribe", "events_subscribe"), ("events.publish", "events_publish"),
+                      ("testing.eager", "testing_eager")):
+        if key in raw:
+            opts[attr] = _as_bool(key, raw[key])
     if "housekeeping.append" in raw:
         opts["housekeeping_append"] = tuple(
             _resolve("housekeeping.append", name)
@@ -405,7 +427,19 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
             raise _bad("jobstore.tablename_prefix", prefix_value, "an SQL identifier")
         opts["jobstore_tablename_prefix"] = prefix_value
     opts["apscheduler"] = aps
-    return SchedulerSettings(**opts)
+    parsed = SchedulerSettings(**opts)
+    if parsed.events_subscribe and not parsed.fanout:
+        raise ConfigurationError(
+            f"Invalid setting {prefix}events.subscribe = true: job events reach other processes "
+            f"through a fan-out exchange, which the SQL broker ({prefix}broker.url = "
+            f"{parsed.broker.masked()!r}) does not have; use a Redis or RabbitMQ broker, or "
+            "read job records with scheduler.get_job() instead.")
+    if parsed.events_publish and not parsed.fanout:
+        raise ConfigurationError(
+            f"Invalid setting {prefix}events.publish = true: the SQL broker ({prefix}broker.url = "
+            f"{parsed.broker.masked()!r}) has no fan-out exchange to publish job events on; use a "
+            "Redis or RabbitMQ broker.")
+    return parsed
 
 
 _FUNC_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"

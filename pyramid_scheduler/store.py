@@ -98,6 +98,11 @@ class Ledger:
             sa.Column("epoch", sa.Integer, nullable=False),
             sa.Column("expires_at", sa.Float, nullable=False),
         )
+        self.event_seqs = sa.Table(
+            f"{prefix}event_seqs", self.metadata,
+            sa.Column("job_id", sa.String(200), primary_key=True),
+            sa.Column("seq", sa.Integer, nullable=False),
+        )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters", self.metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -256,6 +261,18 @@ class Ledger:
                        ~sa.exists().where(aps_table.c.id == self.jobs.c.id))).all()
         return [dict(row._mapping) for row in rows]
 
+    def next_event_seq(self, job_id: str) -> int:
+        """The next number of *job_id*'s events on the fan-out (1, 2, ...);
+        kept here so that a restarted daemon goes on counting."""
+        table = self.event_seqs
+        with self.engine.begin() as conn:
+            moved = conn.execute(table.update().where(table.c.job_id == job_id)
+                                 .values(seq=table.c.seq + 1)).rowcount
+            if not moved:
+                conn.execute(table.insert().values(job_id=job_id, seq=1))
+                return 1
+            return int(conn.execute(sa.select(table.c.seq).where(table.c.job_id == job_id)).scalar_one())
+
     def dead_letter(self, queue: str, reason: str, body: Any) -> None:
         if isinstance(body, (bytes, bytearray)):
             text = bytes(body).decode("utf-8", "backslashreplace")
@@ -279,6 +296,8 @@ class Ledger:
             conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(
                 sa.select(self.jobs.c.id).where(*gone))))
             count = conn.execute(self.jobs.delete().where(*gone)).rowcount
+            conn.execute(self.event_seqs.delete().where(~sa.exists().where(
+                self.jobs.c.id == self.event_seqs.c.job_id)))
             conn.execute(self.runs.delete().where(self.runs.c.status.notin_(("started",)),
                                                   self.runs.c.finished_at < older_than))
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))

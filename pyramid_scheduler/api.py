@@ -25,6 +25,7 @@ __all__ = [
     "JobCreated",
     "JobExecuted",
     "JobFailed",
+    "JobRetry",
     "JobMissed",
     "JobInterrupted",
     "JobCanceled",
@@ -42,7 +43,10 @@ class Event(dict[str, Any]):
     ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
     ``kwargs``, ``queue``); run events add ``run_key`` and
     ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
-    :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`,
+    :attr:`JOB_ERROR` adds ``exception``, ``traceback``, ``attempt`` (1 for
+    the first run, 2 for its first retry, ...) and ``will_retry``;
+    :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)
+    adds ``attempt`` (of the retry), ``retry_at`` and ``delay`` (seconds); :attr:`JOB_MISSED`,
     :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
     ``message``.
     """
@@ -51,6 +55,7 @@ class Event(dict[str, Any]):
     JOB_CREATED = "job.created"
     JOB_EXECUTED = "job.executed"
     JOB_ERROR = "job.error"
+    JOB_RETRY = "job.retry"
     JOB_MISSED = "job.missed"
     JOB_INTERRUPTED = "job.interrupted"
     JOB_CANCELED = "job.canceled"
@@ -60,7 +65,7 @@ class Event(dict[str, Any]):
 
     #: Every event type, in no particular order.
     TYPES = frozenset({
-        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_MISSED,
+        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_RETRY, JOB_MISSED,
         JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED, JOB_PARKED, JOB_RESTORED,
     })
 
@@ -115,6 +120,13 @@ class JobFailed(JobEvent):
     """A run raised."""
 
 
+class JobRetry(JobEvent):
+    """A failed run will be run again (``event.attempt``, ``event.retry_at``).
+
+    .. versionadded:: 1.0
+    """
+
+
 class JobMissed(JobEvent):
     """A run was skipped: too late (past its misfire grace) or overlapping."""
 
@@ -150,6 +162,7 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_CREATED: JobCreated,
     Event.JOB_EXECUTED: JobExecuted,
     Event.JOB_ERROR: JobFailed,
+    Event.JOB_RETRY: JobRetry,
     Event.JOB_MISSED: JobMissed,
     Event.JOB_INTERRUPTED: JobInterrupted,
     Event.JOB_CANCELED: JobCanceled,

@@ -342,6 +342,9 @@ class SchedulerProxy:
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)
+        if job_options.get("retries") and self.settings.memory_store:
+            raise InvalidJob("retries: need the SQL job store, which keeps the attempts; "
+                             "scheduler.jobstore.url is 'memory'")
 
         spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
         trigger = build_trigger(spec, tz)  # a bad cron field or date fails here

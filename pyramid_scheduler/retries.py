@@ -78,7 +78,15 @@ def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
     run against ``max_instances`` until then, and would report a retry due at
     once as missed.
     """
-    engine.persist(f"job {job.id}: storing its retry at {plan.at.isoformat()}", _store, engine, job, plan)
+    if not engine.aps.running:
+        log.info("job %s: the daemon has stopped; the next one schedules its retry from the job record",
+                 job.id)
+        return
+    try:
+        engine.persist(f"job {job.id}: storing its retry at {plan.at.isoformat()}", _store, engine, job, plan)
+    except Exception:
+        log.exception("job %s: could not store its retry; the next daemon start schedules it from the "
+                      "job record", job.id)
 
 
 def _store(engine: Engine, job: Job, plan: RetryPlan) -> None:

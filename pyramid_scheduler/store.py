@@ -81,7 +81,7 @@ class Ledger:
             sa.Column("error", sa.Text),
             # Retries: the number of the next (or current) attempt at the job's
             # run, and when the next retry is due (None: none pending).
-            sa.Column("attempt", sa.Integer, nullable=False, default=1),
+            sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
             sa.Column("retry_at", sa.Float),
             # Seconds the finished record is kept (None: scheduler.result_ttl).
             sa.Column("ttl", sa.Float),

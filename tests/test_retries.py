@@ -8,12 +8,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 import test_engine
+from pyramid.config import Configurator
 from test_engine import RUNS, add, fail, record, types_for, wait_for
 
+from conftest import jobstore_url, make_settings, unique
 from pyramid_scheduler.api import PYRAMID_EVENTS, Event, JobRetry
+from pyramid_scheduler.db import create_db_engine
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
 from pyramid_scheduler.messages import JobRequest, decode, trigger_spec
 from pyramid_scheduler.retries import retry_delay
+from pyramid_scheduler.store import Ledger
 
 UTC = timezone.utc
 # The engine tests' fixtures: a real job store, engines stopped after the test.
@@ -247,3 +251,39 @@ def test_runs_of_a_canceled_job_are_not_started(engine_factory):
     assert engine.ledger.start_run("c9", "jobs", "c9@x", time.time(), "me") == "canceled"
     with engine.db.connect() as conn:
         assert conn.execute(sa.select(engine.ledger.runs).where(engine.ledger.runs.c.job_id == "c9")).all() == []
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+def test_a_jobs_table_from_an_earlier_version_gains_the_new_columns(store_kind, tmp_var, drop_tables):
+    url, prefix = jobstore_url(store_kind, tmp_var), f"{unique()}_"
+    drop_tables.append((url, prefix))
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as conn:  # the jobs table as 1.0.0.dev made it, with a row
+            conn.execute(sa.text(
+                f"create table {prefix}jobs (id varchar(200) primary key, queue varchar(200) not null, "
+                "func varchar(500) not null, kind varchar(20) not null, status varchar(20) not null, "
+                "mid varchar(64) not null, request text not null, created_at float not null, "
+                "updated_at float not null, runs integer not null, last_run_at float, result text, "
+                "error text)"))
+            conn.execute(sa.text(
+                f"insert into {prefix}jobs values ('old', 'jobs', 'm:f', 'now', 'done', 'm', '{{}}', 1, 1, 1, "
+                "null, null, null)"))
+        ledger = Ledger(engine, prefix)
+        row = ledger.get_job("old")
+        assert (row["attempt"], row["retry_at"], row["ttl"]) == (1, None, None)
+        assert ledger.purge(older_than=2) == 1
+    finally:
+        engine.dispose()
+
+
+def test_retries_need_the_sql_job_store(tmp_var):
+    settings = make_settings(tmp_var, **{"jobstore.url": "memory"})
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    try:
+        with pytest.raises(InvalidJob, match="retries: need the SQL job store"):
+            proxy.add_async_job(record, args=["x"], retries=1)
+    finally:
+        proxy.close()

@@ -92,7 +92,9 @@ def test_raising_hanging_and_exiting_jobs_do_not_stop_the_others(make_harness):
 
 
 @pytest.mark.slow
-def test_a_pending_retry_survives_a_daemon_restart(harness):
+@pytest.mark.parametrize(("broker", "store"), [("sqlite", "sqlite"), ("rabbitmq", "postgresql")])
+def test_a_pending_retry_survives_a_daemon_restart(make_harness, broker, store):
+    harness = make_harness(broker, store)
     proxy = harness.proxy()
     first = harness.start()
     job_id = tag("flaky")

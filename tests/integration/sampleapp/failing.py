@@ -53,8 +53,11 @@ def flaky(oracle: str, tag: str, failures: int) -> str:
 
 
 def raising_listener(event: Any, oracle: str) -> None:
-    """Raise on every event of a job whose id starts with ``boom``."""
+    """On every event of a job whose id starts with ``boom``: ``sys.exit(4)``
+    for its CREATED event, raise for the others."""
     if str(event.get("job_id") or "").startswith("boom"):
+        if event.type == "job.created":
+            sys.exit(4)
         raise RuntimeError(f"listener fails on purpose on {event.type} of {event.job_id}")
 
 

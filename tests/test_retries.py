@@ -101,13 +101,18 @@ def test_a_pending_retry_survives_a_restart(engine_factory, proxy_factory):
     proxy = proxy_factory()
     first, events = engine_factory(proxy=proxy)
     FAILURES["r3"] = 1
-    first.submit(retrying(flaky, "r3", retries=1, retry_delay=1.5))
+    first.submit(retrying(flaky, "r3", retries=1, retry_delay=60))
     wait_for(lambda: Event.JOB_RETRY in types_for(events, "r3"))
     wait_for(lambda: first.aps.get_job("r3", jobstore="jobs") is not None)  # the retry is stored
     first.stop(timeout=1)
-    assert len(runs_of("r3")) == 1
+    retry_at = proxy.get_job("r3")["retry_at"]
 
     second, events = engine_factory(proxy=proxy)
+    stored = second.aps.get_job("r3", jobstore="jobs")
+    assert stored.next_run_time.timestamp() == pytest.approx(retry_at)
+    assert len(runs_of("r3")) == 1
+    # Bring the retry forward rather than wait a minute.
+    second.aps.modify_job("r3", jobstore="jobs", next_run_time=datetime.now(UTC))
     record_ = proxy.wait("r3", timeout=20)
     assert (record_["status"], record_["runs"], record_["attempt"]) == ("done", 2, 2)
     assert len(runs_of("r3")) == 2
@@ -119,19 +124,25 @@ def test_a_retry_recorded_but_not_stored_is_scheduled_at_start(engine_factory, p
     proxy = proxy_factory()
     first, events = engine_factory(proxy=proxy)
     FAILURES["r4"] = 1
-    first.submit(retrying(flaky, "r4", kind="date", when=datetime.now(UTC), retries=1, retry_delay=1))
+    first.submit(retrying(flaky, "r4", kind="date", when=datetime.now(UTC), retries=1, retry_delay=60))
     wait_for(lambda: first.aps.get_job("r4", jobstore="jobs") is not None and runs_of("r4"))
     first.aps.pause()
     first.aps.remove_job("r4", jobstore="jobs")
     first.stop(timeout=1)
     row = first.ledger.get_job("r4")
-    assert row["status"] == "scheduled" and row["retry_at"] is not None
+    assert row["status"] == "scheduled" and row["retry_at"] > time.time() + 30
+    # Move the retry's due time to half a second from now rather than wait a minute.
+    due = time.time() + 0.5
+    with first.ledger.engine.begin() as conn:
+        conn.execute(first.ledger.jobs.update().where(first.ledger.jobs.c.id == "r4").values(retry_at=due))
 
     second, events = engine_factory(proxy=proxy)
     record_ = proxy.wait("r4", timeout=20)
     assert (record_["status"], record_["runs"]) == ("done", 2)
     starts = runs_of("r4")
-    assert starts[1] >= row["retry_at"]
+    assert starts[1] >= due
+    keys = [run["run_key"] for run in proxy.get_runs("r4")]
+    assert keys[1] == "r4@" + datetime.fromtimestamp(due, UTC).isoformat()
 
 
 def test_cancel_while_a_retry_waits(engine_factory):

@@ -99,7 +99,7 @@ def test_a_pending_retry_survives_a_daemon_restart(make_harness, broker, store):
     first = harness.start()
     job_id = tag("flaky")
     proxy.add_async_job(failing.flaky, args=[harness.oracle, job_id, 1], id=job_id,
-                        retries=1, retry_delay=3)
+                        retries=1, retry_delay=6)  # time enough to stop the first daemon
     pending = wait_until(lambda: (lambda r: r if r and r["retry_at"] else None)(proxy.get_job(job_id)),
                                  f"job {job_id} to wait for its retry", alive=(first,))
     assert (pending["status"], pending["attempt"], pending["runs"]) == ("scheduled", 2, 1)

@@ -47,7 +47,8 @@ class Event(dict[str, Any]):
     the first run, 2 for its first retry, ...) and ``will_retry``;
     :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)
     adds ``attempt`` (of the retry), ``retry_at`` and ``delay`` (seconds); :attr:`JOB_MISSED`,
-    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
+    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``
+    (:attr:`JOB_INTERRUPTED` also ``will_retry``); :attr:`MESSAGE` carries
     ``message``.
     """
 

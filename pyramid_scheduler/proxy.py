@@ -176,8 +176,8 @@ class SchedulerProxy:
         return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
 
     def get_runs(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's runs, oldest first: one dict per run (a retry is a run
-        of its own) with ``run_key``, ``status`` (``started``, ``done``,
+        """The job's runs, in the order they started: one dict per run (a
+        retry is a run of its own) with ``run_key``, ``status`` (``started``, ``done``,
         ``failed``, ``missed`` or ``interrupted``), ``owner`` (the daemon),
         ``scheduled_at``, ``started_at`` and ``finished_at`` (epoch seconds).
 

@@ -10,7 +10,9 @@ the ledger records the failed run and the retry's due time in one write
 job with the same id. So a retry lives where every job lives and survives a
 restart, and a daemon that stopped between the two writes finds the due time
 in the ledger and schedules the retry at start (:meth:`.store.Ledger.orphans`).
-Each retry is a run of its own, with its own ``run_key``.
+Each retry is a run of its own, with its own ``run_key``. A run that a crash
+cut spends a retry too: the engine's recovery asks :func:`plan_retry` when it
+records the run ``interrupted``.
 """
 
 from __future__ import annotations

@@ -266,10 +266,13 @@ class Ledger:
         return [_retry_request(dict(row._mapping)) for row in rows]
 
     def get_runs(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's recorded runs, oldest first (each retry is a run)."""
+        """The job's recorded runs (each retry is a run), in the order they
+        started (or, for missed runs, were recorded)."""
+        runs = self.runs
+        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(self.runs).where(self.runs.c.job_id == job_id)
-                                .order_by(self.runs.c.scheduled_at, self.runs.c.started_at)).all()
+            rows = conn.execute(sa.select(runs).where(runs.c.job_id == job_id)
+                                .order_by(happened, runs.c.scheduled_at)).all()
         return [dict(row._mapping) for row in rows]
 
     def dead_letter(self, queue: str, reason: str, body: Any) -> None:

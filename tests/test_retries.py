@@ -17,6 +17,7 @@ from pyramid_scheduler.db import create_db_engine
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
 from pyramid_scheduler.messages import JobRequest, decode, trigger_spec
 from pyramid_scheduler.retries import retry_delay
+from pyramid_scheduler.runner import run_key
 from pyramid_scheduler.store import Ledger
 
 UTC = timezone.utc
@@ -298,3 +299,27 @@ def test_retries_need_the_sql_job_store(tmp_var):
             proxy.add_async_job(record, args=["x"], retries=1)
     finally:
         proxy.close()
+
+
+def test_a_run_cut_by_a_crash_spends_a_retry(engine_factory, proxy_factory):
+    proxy = proxy_factory()
+    crashed, _ = engine_factory(proxy=proxy)
+    when = datetime.now(UTC) + timedelta(seconds=1)
+    crashed.submit(retrying(record, "i2", kind="date", when=when, retries=2, retry_delay=0.2))
+    # What a crash mid-run leaves: APScheduler already removed the date job,
+    # the ledger has the run "started" by the dead daemon.
+    crashed.aps.pause()
+    crashed.aps.remove_job("i2", jobstore="jobs")
+    assert crashed.ledger.start_run("i2", "jobs", run_key("i2", when), when.timestamp(), "dead") == "start"
+    crashed.stop(timeout=1)
+
+    engine, events = engine_factory(proxy=proxy)
+    record_ = proxy.wait("i2", timeout=20)
+    assert (record_["status"], record_["runs"], record_["attempt"], record_["retries_left"]) == ("done", 1, 2, 1)
+    assert [run["status"] for run in proxy.get_runs("i2")] == ["interrupted", "done"]
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "i2"))
+    assert types_for(events, "i2") == [Event.JOB_INTERRUPTED, Event.JOB_RETRY, Event.JOB_EXECUTED,
+                                       Event.JOB_REMOVED]
+    interrupted = [e for e in events if e.type == Event.JOB_INTERRUPTED][0]
+    assert interrupted.will_retry and "retrying it in 0.2s (attempt 2 of 3)" in interrupted.reason
+    assert [tag for tag, _ in RUNS] == ["i2"]

@@ -25,6 +25,7 @@ __all__ = [
     "JobCreated",
     "JobExecuted",
     "JobFailed",
+    "JobRetry",
     "JobMissed",
     "JobInterrupted",
     "JobCanceled",
@@ -46,8 +47,12 @@ class Event(dict[str, Any]):
     ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
     ``kwargs``, ``queue``); run events add ``run_key`` and
     ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
-    :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`,
-    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
+    :attr:`JOB_ERROR` adds ``exception``, ``traceback``, ``attempt`` (1 for
+    the first run, 2 for its first retry, ...) and ``will_retry``;
+    :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)
+    adds ``attempt`` (of the retry), ``retry_at`` and ``delay`` (seconds); :attr:`JOB_MISSED`,
+    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``
+    (:attr:`JOB_INTERRUPTED` also ``will_retry``); :attr:`MESSAGE` carries
     ``message``. :attr:`JOB_RESCHEDULED` adds ``trigger`` (the wire trigger
     spec) and ``next_run_time``; :attr:`JOB_RESUMED` adds ``next_run_time``;
     :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
@@ -60,6 +65,7 @@ class Event(dict[str, Any]):
     JOB_CREATED = "job.created"
     JOB_EXECUTED = "job.executed"
     JOB_ERROR = "job.error"
+    JOB_RETRY = "job.retry"
     JOB_MISSED = "job.missed"
     JOB_INTERRUPTED = "job.interrupted"
     JOB_CANCELED = "job.canceled"
@@ -73,7 +79,7 @@ class Event(dict[str, Any]):
 
     #: Every event type, in no particular order.
     TYPES = frozenset({
-        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_MISSED,
+        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_RETRY, JOB_MISSED,
         JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED, JOB_PARKED, JOB_RESTORED,
         JOB_RESCHEDULED, JOB_PAUSED, JOB_RESUMED, JOB_REQUEST_REFUSED,
     })
@@ -129,6 +135,13 @@ class JobFailed(JobEvent):
     """A run raised."""
 
 
+class JobRetry(JobEvent):
+    """A failed run will be run again (``event.attempt``, ``event.retry_at``).
+
+    .. versionadded:: 1.0
+    """
+
+
 class JobMissed(JobEvent):
     """A run was skipped: too late (past its misfire grace) or overlapping."""
 
@@ -182,6 +195,7 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_CREATED: JobCreated,
     Event.JOB_EXECUTED: JobExecuted,
     Event.JOB_ERROR: JobFailed,
+    Event.JOB_RETRY: JobRetry,
     Event.JOB_MISSED: JobMissed,
     Event.JOB_INTERRUPTED: JobInterrupted,
     Event.JOB_CANCELED: JobCanceled,

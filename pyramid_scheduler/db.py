@@ -11,6 +11,7 @@ the current directory, and their folder is created.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import zlib
@@ -19,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger(__name__)
 
 #: Seconds a SQLite connection waits for a lock before raising.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -68,6 +71,21 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwar
 CREATE_ATTEMPTS = 5
 
 
+def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each column of *metadata* that an
+    existing table lacks (a table made by an earlier version). Such columns
+    are nullable or have a server default."""
+    inspector = sa.inspect(conn)
+    preparer = conn.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                log.info("table %s: adding column %s", table.name, column.name)
+                conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"))
+
+
 def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
     """Create *metadata*'s missing tables; safe when processes race to do it.
 
@@ -84,6 +102,7 @@ def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
                 metadata.create_all(conn)
+                add_missing_columns(conn, metadata)
             return
         except sa.exc.DBAPIError:
             if attempt == CREATE_ATTEMPTS:

@@ -53,6 +53,7 @@ from .messages import (
     resolve_ref,
     with_request,
 )
+from .retries import plan_retry
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
@@ -472,15 +473,25 @@ class Engine:
             rerun = final and self.settings.interrupted == "rerun" and not self.ledger.was_interrupted(job_id)
             if rerun:
                 reason += "; running it once more (scheduler.interrupted = rerun)"
-            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final and not rerun, error=reason)
+            # A job with retries left spends one on a run a crash cut.
+            plan = plan_retry(self.ledger.get_job(job_id), datetime.now(timezone.utc)) if final and not rerun else None
+            if plan is not None:
+                reason += f"; retrying it in {plan.delay:g}s (attempt {plan.attempt + 1} of {plan.retries + 1})"
+            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final and not rerun, error=reason,
+                                   retry_at=plan.at.timestamp() if plan else None)
             info = request_info(request)
-            events = [Event(Event.JOB_INTERRUPTED, job_id=job_id, queue=queue, job=info,
-                            run_key=run["run_key"], scheduled_run_time=scheduled, reason=reason)]
-            self.emit_run_events(job_id, events, final and not rerun)
-            if rerun:
-                # A one-off job again, due now: a new run time gives the re-run its own run_key.
-                again = dict(request, trigger={"type": "now", "timezone": "UTC",
-                                               "run_date": datetime.now(timezone.utc).isoformat()})
+            base = {"job_id": job_id, "queue": queue, "job": info, "run_key": run["run_key"],
+                    "scheduled_run_time": scheduled}
+            events = [Event(Event.JOB_INTERRUPTED, reason=reason, will_retry=rerun or plan is not None, **base)]
+            if plan is not None:
+                events.append(Event(Event.JOB_RETRY, attempt=plan.attempt + 1, retry_at=plan.at,
+                                    delay=plan.delay, **base))
+            self.emit_run_events(job_id, events, final and not rerun and plan is None)
+            if rerun or plan is not None:
+                # A one-off job again: a new run time gives the re-run its own run_key.
+                when = plan.at if plan is not None else datetime.now(timezone.utc)
+                kind = request["trigger"]["type"] if plan is not None else "now"
+                again = dict(request, trigger={"type": kind, "timezone": "UTC", "run_date": when.isoformat()})
                 self._add(decode(again), recovering=True)
         for queue, store in self.stores.items():
             for orphan in self.ledger.orphans(queue, store.jobs_t):

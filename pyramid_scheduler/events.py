@@ -4,8 +4,8 @@ The engine hands every job event to :meth:`EventDispatcher.emit` from
 whichever thread made it (consumer, scheduler or a job's worker); one
 dispatcher thread then calls the matching listeners and ``registry.notify``
 with the Pyramid event, in the order the events were emitted. A listener that
-raises is logged and the others still run; a slow listener delays only other
-listeners, never the scheduling or running of jobs.
+raises (even ``SystemExit``) is logged and the others still run; a slow
+listener delays only other listeners, never the scheduling or running of jobs.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Listeners:
                 continue
             try:
                 listener(event, *args, **kwargs)
-            except Exception:
+            except BaseException:  # noqa: BLE001 - a listener's sys.exit() must not end the dispatcher
                 log.exception("listener %r failed on %r", listener, event)
 
 
@@ -107,5 +107,5 @@ class EventDispatcher:
         if self.registry is not None:
             try:
                 self.registry.notify(PYRAMID_EVENTS[event.type](event, self.registry))
-            except Exception:
+            except BaseException:  # noqa: BLE001 - nor a subscriber's
                 log.exception("subscriber failed on %r", event)

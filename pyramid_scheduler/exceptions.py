@@ -13,6 +13,7 @@ __all__ = [
     "InvalidMessage",
     "SerializationError",
     "EnqueueError",
+    "JobTimeout",
 ]
 
 
@@ -51,3 +52,18 @@ class EnqueueError(SchedulerError, ConnectionError):
 
     Nothing was enqueued; the caller may retry.
     """
+
+
+class JobTimeout(SchedulerError, TimeoutError):
+    """:meth:`~pyramid_scheduler.proxy.SchedulerProxy.wait` gave up: the job
+    did not finish in time (it may still run; it was not canceled).
+
+    ``job_id`` names the job and ``record`` is its last record read (``None``
+    if the daemon has not stored it yet).
+    """
+
+    def __init__(self, job_id: str, timeout: float, record: dict[str, object] | None) -> None:
+        self.job_id = job_id
+        self.record = record
+        status = "no record yet" if record is None else f"status {record['status']!r}"
+        super().__init__(f"job {job_id} did not finish within {timeout:g}s ({status})")

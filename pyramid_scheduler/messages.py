@@ -46,9 +46,22 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "coalesce": (bool,),
     "max_instances": (int,),
     "name": (str,),
+    "retries": (int,),
+    "retry_delay": (int, float),
+    "retry_backoff": (int, float),
+    "retry_max_delay": (int, float),
+    "ttl": (int, float, type(None)),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
+#: Numeric options beside those and the least value each takes.
+OPTION_MINIMUMS: dict[str, float] = {
+    "retries": 0, "retry_delay": 0, "retry_backoff": 1, "retry_max_delay": 0, "ttl": 0,
+}
+#: The longest wait before a retry, in seconds.
+MAX_RETRY_DELAY = 366 * 86400.0
+#: Trigger types whose jobs may ask for retries (one-off runs).
+RETRY_TRIGGERS = ("now", "date")
 MAX_DEPTH = 32
 #: Longest value of each text field: the job store's column widths.
 FIELD_LENGTHS = {"id": 200, "queue": 200, "mid": 64, "func": 500}
@@ -198,6 +211,28 @@ def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str,
         check_callable_args(func, args, kwargs)
     except ValueError as exc:
         raise InvalidJob(f"func {ref}: {exc}") from exc
+
+
+def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
+    """What is wrong with the range of the retry and ``ttl`` options, or None.
+
+    Types are checked against :data:`OPTION_TYPES` first; this checks that
+    numbers are finite and at least their minimum, and that ``retries`` is
+    only asked of one-off jobs (*kind*: the trigger type). Producer and
+    daemon share it, so what the proxy accepts the daemon stores.
+    """
+    for key, least in OPTION_MINIMUMS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < least:
+            return f"{key}: expected a number of {least:g} or more, got {value!r}"
+        if key in ("retry_delay", "retry_max_delay") and value > MAX_RETRY_DELAY:
+            return f"{key}: at most {MAX_RETRY_DELAY:g} seconds (a year), got {value!r}"
+    if options.get("retries") and kind not in RETRY_TRIGGERS:
+        return (f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
+                "jobs, whose next run comes anyway")
+    return None
 
 
 def sign(body: bytes, secret: bytes) -> str:
@@ -494,6 +529,9 @@ def decode(body: Any) -> JobRequest:
             raise InvalidMessage(f"option {key!r} has type {type(value).__name__}")
         if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
             raise InvalidMessage(f"option {key!r} must be 1 or more, got {value!r}")
+    problem = option_problem(options, trigger.get("type"))
+    if problem:
+        raise InvalidMessage(f"option {problem}")
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
                       options=options, **common)
 

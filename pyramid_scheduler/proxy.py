@@ -24,7 +24,7 @@ from typing import Any
 
 from .broker import Publisher
 from .events import Listener, Listeners
-from .exceptions import InvalidJob, InvalidQueue
+from .exceptions import InvalidJob, InvalidQueue, JobTimeout
 from .messages import (
     OPTION_TYPES,
     POSITIVE_OPTIONS,
@@ -34,6 +34,7 @@ from .messages import (
     check_arguments,
     check_json,
     new_id,
+    option_problem,
     resolve_ref,
 )
 from .schedules import (
@@ -290,6 +291,52 @@ class SchedulerProxy:
             raise InvalidQueue(queue, self.settings.queues)
         return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
 
+    def get_runs(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's runs, in the order they started: one dict per run (a
+        retry is a run of its own) with ``run_key``, ``status`` (``started``, ``done``,
+        ``failed``, ``missed`` or ``interrupted``), ``owner`` (the daemon),
+        ``scheduled_at``, ``started_at`` and ``finished_at`` (epoch seconds).
+
+        .. versionadded:: 1.0
+        """
+        return [{k: v for k, v in run.items() if k != "job_id"} for run in self._ledger().get_runs(job_id)]
+
+    def wait(self, job_id: str, timeout: float | None = 30.0, interval: float = 1.0) -> dict[str, Any]:
+        """Wait until the job has finished and return its record (see
+        :meth:`get_job`).
+
+        Finished means a final status: ``done``, ``failed`` (after its last
+        retry), ``missed``, ``canceled``, ``interrupted`` or ``parked``. The
+        job store's database is polled, first every 50 ms, then less often,
+        up to every *interval* seconds. A job that has not been stored yet
+        (its message is still on its way) is waited for too. Mind that a
+        finished record is removed after its ``ttl``, and that a job id used
+        again finds the earlier job's record until the new one is stored.
+
+        :param timeout: seconds to wait at most; ``None``: no limit.
+        :raises JobTimeout: the job did not finish in time (it is not
+            canceled; its last record is on the exception).
+
+        .. versionadded:: 1.0
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
+            raise InvalidJob(f"timeout: expected seconds of zero or more or None, got {timeout!r}")
+        from .store import FINAL
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.05
+        while True:
+            record = self.get_job(job_id)
+            if record is not None and record["status"] in FINAL:
+                return record
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeout(job_id, float(timeout or 0), record)
+                pause = min(pause, left)
+            time.sleep(pause)
+            pause = min(pause * 1.5, interval)
+
     def get_daemons(self) -> list[dict[str, Any]]:
         """Which daemon runs each configured queue, from the job store's leases.
 
@@ -425,14 +472,20 @@ class SchedulerProxy:
             kinds = OPTION_TYPES.get(key)
             if kinds is None:
                 raise InvalidJob(
-                    f"{key}: unknown option; add_*_job accepts id, name, misfire_grace_time, "
-                    f"coalesce, max_instances, immediate, {', '.join(TRIGGER_OPTIONS)}")
+                    f"{key}: unknown option; add_*_job accepts id, immediate, {', '.join(OPTION_TYPES)}, "
+                    f"{', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
             if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
                 raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
             job_options[key] = value
+        problem = option_problem(job_options, kind)
+        if problem:
+            raise InvalidJob(problem)
+        if job_options.get("retries") and self.settings.memory_store:
+            raise InvalidJob("retries: need the SQL job store, which keeps the attempts; "
+                             "scheduler.jobstore.url is 'memory'")
 
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
                              kwargs=kwargs_json, trigger=spec, options=job_options)
@@ -475,4 +528,12 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         record["result"] = json.loads(record["result"])
     request = json.loads(row["request"])
     record.update(args=request.get("args"), kwargs=request.get("kwargs"), trigger=request.get("trigger"))
+    _retry_fields(record, request)
     return record
+
+
+def _retry_fields(record: dict[str, Any], request: dict[str, Any]) -> None:
+    """``retries`` (asked), ``retries_left``, ``attempt`` and ``retry_at``."""
+    retries = int((request.get("options") or {}).get("retries") or 0)
+    attempt = int(record.get("attempt") or 1)
+    record.update(retries=retries, attempt=attempt, retries_left=max(retries - attempt + 1, 0))

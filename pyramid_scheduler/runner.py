@@ -35,6 +35,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 from .api import Event
 from .faults import crash_point
 from .messages import takes_request, with_request, without_request
+from .retries import RetryPlan, plan_retry, schedule_retry
 
 try:
     import transaction
@@ -81,6 +82,8 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
                 self._run_job_error(job.id, exc, exc.__traceback__)
             else:
                 self._run_job_success(job.id, [])
+                for plan in future.result() or ():
+                    schedule_retry(self.runner.engine, job, plan)
 
         self.runner.submitted()
         self._pool.submit(self.runner.run, job, run_times).add_done_callback(done)
@@ -104,18 +107,25 @@ class Runner:
         with self._lock:
             self.pending += 1
 
-    def run(self, job: Job, run_times: list[datetime]) -> None:
+    def run(self, job: Job, run_times: list[datetime]) -> list[RetryPlan]:
+        """Carry out a batch of runs; return the retries to store once the
+        batch has left the pool."""
+        retries: list[RetryPlan] = []
         try:
             for index, run_time in enumerate(run_times):
                 try:
-                    self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
+                    plan = self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
                 except Exception:
                     log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
+                else:
+                    if plan is not None:
+                        retries.append(plan)
         finally:
             with self._lock:
                 self.pending -= 1
+        return retries
 
-    def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> None:
+    def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RetryPlan | None:
         engine = self.engine
         queue = job._jobstore_alias
         key = run_key(job.id, run_time)
@@ -128,7 +138,7 @@ class Runner:
         if not engine.lease_valid():
             log.error("job %s: run %s not started: this daemon's lease on queue %s has "
                       "lapsed; the daemon holding it will run it", job.id, key, queue)
-            return
+            return None
 
         grace = job.misfire_grace_time
         late = (now - run_time).total_seconds()
@@ -139,7 +149,7 @@ class Runner:
                            job.id, key, "missed", final, error=reason,
                            scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
             engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
-            return
+            return None
 
         crash_point("submitted")
         state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
@@ -147,7 +157,7 @@ class Runner:
         if state is None:
             log.error("job %s: run %s not started: the daemon is stopping and the job store is "
                       "unavailable; the next daemon will run it", job.id, key)
-            return
+            return None
         if state != "start":
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
             # A crash after the last run was recorded and before the job was
@@ -155,10 +165,11 @@ class Runner:
             if final and state in RUN_OUTCOMES and engine.persist(
                     f"job {job.id}: closing it after run {key}", self.ledger.set_status, job.id, queue, state):
                 engine.job_ended(job.id, queue, info)
-            return
+            return None
 
         engine.run_started(job.id)
         events: list[Event] = []
+        plan = None
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
             try:
@@ -169,16 +180,37 @@ class Runner:
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 text = "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
-                events.append(Event(Event.JOB_ERROR, exception=exc, traceback=text, **base))
-                engine.persist(f"job {job.id}: recording failed run {key}", self.ledger.finish_run,
-                               job.id, key, "failed", final, error=text)
+                plan = self.failed(job, key, final, text, exc, base, events)
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
                 events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
                 engine.persist(f"job {job.id}: recording run {key}", self.ledger.finish_run,
                                job.id, key, "done", final, result=retval)
         finally:
-            engine.emit_run_events(job.id, events, final, finished_run=True)
+            engine.emit_run_events(job.id, events, final and plan is None, finished_run=True)
+        return plan
+
+    def failed(self, job: Job, key: str, final: bool, text: str, exc: BaseException,
+               base: dict[str, Any], events: list[Event]) -> RetryPlan | None:
+        """Record a failed run, and its retry if the job has one left (the
+        retry is stored by the executor once the run has left the pool)."""
+        engine = self.engine
+        record = engine.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
+        attempt = int(record.get("attempt") or 1) if record else 1
+        plan = plan_retry(record, datetime.now(timezone.utc)) if final else None
+        live = engine.persist(f"job {job.id}: recording failed run {key}", self.ledger.finish_run,
+                              job.id, key, "failed", final, error=text,
+                              retry_at=plan.at.timestamp() if plan else None)
+        if plan is not None and not live:
+            plan = None  # canceled while it ran: no retry
+        events.append(Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=attempt,
+                            will_retry=plan is not None, **base))
+        if plan is not None:
+            log.warning("job %s (queue %s): attempt %d of %d failed; retrying in %gs", job.id,
+                        job._jobstore_alias, attempt, plan.retries + 1, plan.delay)
+            events.append(Event(Event.JOB_RETRY, attempt=attempt + 1, retry_at=plan.at,
+                                delay=plan.delay, **base))
+        return plan
 
     def call(self, job: Job, request: Any = None) -> Any:
         args, kwargs = list(job.args), dict(job.kwargs)

@@ -79,6 +79,12 @@ class Ledger:
             sa.Column("last_run_at", sa.Float),
             sa.Column("result", sa.Text),
             sa.Column("error", sa.Text),
+            # Retries: the number of the next (or current) attempt at the job's
+            # run, and when the next retry is due (None: none pending).
+            sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+            sa.Column("retry_at", sa.Float),
+            # Seconds the finished record is kept (None: scheduler.result_ttl).
+            sa.Column("ttl", sa.Float),
         )
         self.runs = sa.Table(
             f"{prefix}runs", self.metadata,
@@ -133,7 +139,8 @@ class Ledger:
         conn.execute(self.jobs.insert().values(
             id=job_id, queue=request["queue"], func=request["func"],
             kind=request["trigger"]["type"], status="scheduled", mid=request["mid"],
-            request=json.dumps(request), created_at=stamp, updated_at=stamp, runs=0))
+            request=json.dumps(request), created_at=stamp, updated_at=stamp, runs=0, attempt=1,
+            ttl=(request.get("options") or {}).get("ttl")))
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -193,6 +200,10 @@ class Ledger:
                                .where(self.runs.c.run_key == run_key)).first()
             if row is not None:
                 return str(row.status)
+            status = conn.execute(sa.select(self.jobs.c.status).where(self.jobs.c.id == job_id)).scalar()
+            if status == "canceled":
+                # A run (a retry) stored just as the job was canceled: not run.
+                return "canceled"
             stamp = now()
             conn.execute(self.runs.insert().values(
                 run_key=run_key, job_id=job_id, queue=queue, scheduled_at=scheduled_at,
@@ -204,9 +215,17 @@ class Ledger:
 
     def finish_run(self, job_id: str, run_key: str, status: str, final: bool,
                    result: Any = None, error: str | None = None,
-                   scheduled_at: float | None = None, queue: str = "", owner: str = "") -> None:
+                   scheduled_at: float | None = None, queue: str = "", owner: str = "",
+                   retry_at: float | None = None) -> bool:
         """Record a run's outcome (``done``, ``failed``, ``missed`` or
-        ``interrupted``) and the job's status after it."""
+        ``interrupted``) and the job's status after it.
+
+        With *retry_at* (a failed run to be retried), the job stays
+        ``scheduled`` with its next attempt due then, so a daemon that
+        starts before the retry is in APScheduler's store schedules it
+        (:meth:`orphans`). Returns False if the job was no longer live
+        (canceled while it ran), so nothing is to be retried.
+        """
         stamp = now()
         with self.engine.begin() as conn:
             updated = conn.execute(self.runs.update().where(self.runs.c.run_key == run_key)
@@ -224,15 +243,20 @@ class Ledger:
                 values["error"] = None
             elif error is not None:
                 values["error"] = error
+            live = sa.case((self.jobs.c.status == "paused", "paused"), else_="scheduled")
             job_status: Any = {"done": "done", "failed": "failed", "missed": "missed",
-                               "interrupted": "interrupted"}[status] if final else \
-                sa.case((self.jobs.c.status == "paused", "paused"), else_="scheduled")
+                               "interrupted": "interrupted"}[status] if final else live
+            retry: dict[str, Any] = {"retry_at": retry_at}
+            if retry_at is not None:
+                job_status = live
+                retry["attempt"] = self.jobs.c.attempt + 1
             moved = conn.execute(self.jobs.update()
                                  .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(LIVE))
-                                 .values(status=job_status, **values)).rowcount
+                                 .values(status=job_status, **values, **retry)).rowcount
             if not moved:
                 # Canceled while it ran: keep that status, but record the run.
                 conn.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(**values))
+        return bool(moved)
 
     def was_interrupted(self, job_id: str) -> bool:
         """True if a run of *job_id* was already recorded as interrupted."""
@@ -256,9 +280,19 @@ class Ledger:
         no run under way: submitted, removed by APScheduler, never started."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status)
+                sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status, self.jobs.c.retry_at)
                 .where(self.jobs.c.queue == queue, self.jobs.c.status.in_(LIVE),
                        ~sa.exists().where(aps_table.c.id == self.jobs.c.id))).all()
+        return [_retry_request(dict(row._mapping)) for row in rows]
+
+    def get_runs(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's recorded runs (each retry is a run), in the order they
+        started (or, for missed runs, were recorded)."""
+        runs = self.runs
+        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.job_id == job_id)
+                                .order_by(happened, runs.c.scheduled_at)).all()
         return [dict(row._mapping) for row in rows]
 
     def next_event_seq(self, job_id: str) -> int:
@@ -287,21 +321,42 @@ class Ledger:
             conn.execute(self.dead_letters.insert().values(
                 queue=queue, received_at=now(), reason=reason[:2000], body=text[:1_000_000]))
 
-    def purge(self, older_than: float) -> int:
-        """Forget finished jobs and old dead letters (housekeeping)."""
+    def purge(self, older_than: float, at: float | None = None) -> int:
+        """Forget finished jobs and old dead letters (housekeeping).
+
+        A job with its own ``ttl`` option goes once it has been finished for
+        that long (at time *at*, default now); the others, and dead letters,
+        once finished before *older_than*.
+        """
+        at = now() if at is None else at
+        jobs = self.jobs
+        expired = sa.case((jobs.c.ttl.is_(None), jobs.c.updated_at < older_than),
+                          else_=jobs.c.updated_at + jobs.c.ttl < at)
         with self.engine.begin() as conn:
             # Parked jobs are kept until they load again or are canceled.
-            gone = (self.jobs.c.status.in_(FINAL), self.jobs.c.status != "parked",
-                    self.jobs.c.updated_at < older_than)
+            gone = (jobs.c.status.in_(FINAL), jobs.c.status != "parked", expired)
             conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(
-                sa.select(self.jobs.c.id).where(*gone))))
-            count = conn.execute(self.jobs.delete().where(*gone)).rowcount
+                sa.select(jobs.c.id).where(*gone))))
+            count = conn.execute(jobs.delete().where(*gone)).rowcount
             conn.execute(self.event_seqs.delete().where(~sa.exists().where(
-                self.jobs.c.id == self.event_seqs.c.job_id)))
-            conn.execute(self.runs.delete().where(self.runs.c.status.notin_(("started",)),
-                                                  self.runs.c.finished_at < older_than))
+                jobs.c.id == self.event_seqs.c.job_id)))
+            conn.execute(self.runs.delete().where(
+                self.runs.c.status.notin_(("started",)), self.runs.c.finished_at < older_than,
+                self.runs.c.job_id.notin_(sa.select(jobs.c.id).where(jobs.c.ttl.is_not(None)))))
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
         return int(count)
+
+
+def _retry_request(row: dict[str, Any]) -> dict[str, Any]:
+    """An orphan's row, its request due at its pending retry if it has one
+    (the daemon stopped after recording the failure, before storing the retry)."""
+    if row.get("retry_at") is not None:
+        request = json.loads(row["request"])
+        trigger = request.get("trigger") or {}
+        when = datetime.fromtimestamp(row["retry_at"], timezone.utc).isoformat()
+        request["trigger"] = {"type": trigger.get("type", "date"), "timezone": "UTC", "run_date": when}
+        row["request"] = json.dumps(request)
+    return row
 
 
 def _json_or_repr(value: Any) -> str:

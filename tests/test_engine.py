@@ -164,8 +164,9 @@ def test_live_job_id_is_idempotent(engine_factory):
 
 def test_cancel_during_a_run_waits_for_the_run_event(engine_factory):
     engine, events = engine_factory()
-    engine.submit(add(wait_gate, kind="interval", job_id="c1", seconds=0.2,
-                      when=datetime.now(UTC) - timedelta(seconds=0.1)))
+    # First run in 0.3 s, the next in an hour: none falls due while the gate holds it.
+    engine.submit(add(wait_gate, kind="interval", job_id="c1", seconds=3600,
+                      when=datetime.now(UTC) + timedelta(seconds=0.3)))
     wait_for(lambda: ("c1", "started") in RUNS)
     engine.submit(JobRequest(op="cancel", id="c1", queue="jobs"))
     assert engine.ledger.get_job("c1")["status"] == "canceled"
@@ -256,7 +257,8 @@ def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
     sys.modules.pop(name, None)
 
     engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job(job_id)["status"] == "parked")
+    wait_for(lambda: engine.ledger.get_job(job_id)["status"] == "parked"
+             and Event.JOB_PARKED in types_for(events, job_id))
     engine.stop(timeout=1)
     return name, module, proxy, engine, events
 
@@ -280,7 +282,8 @@ def test_parked_job_runs_under_its_alias(engine_factory, proxy_factory, tmp_path
     name, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p2")
     aliased = proxy_factory(func_aliases=f"{name}:later = {name}:renamed")
     engine, events = engine_factory(proxy=aliased)
-    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done")
+    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done"
+             and Event.JOB_REMOVED in types_for(events, "p2"))
     record = engine.ledger.get_job("p2")
     assert record["func"] == f"{name}:renamed" and record["result"] == "10" and record["error"] is None
     assert types_for(events, "p2") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
@@ -296,7 +299,8 @@ def test_parked_job_runs_once_its_code_is_back(engine_factory, proxy_factory, tm
     module.write_text("def later(x):\n    return x + 1\n")
     sys.modules.pop(name, None)
     engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done")
+    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done"
+             and Event.JOB_REMOVED in types_for(events, "p4"))
     assert engine.ledger.get_job("p4")["result"] == "2"
     assert types_for(events, "p4") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
@@ -309,6 +313,7 @@ def test_parked_job_can_be_canceled(engine_factory, proxy_factory, tmp_path, mon
     table = engine.stores["jobs"].jobs_t
     with engine.db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
+    wait_for(lambda: Event.JOB_CANCELED in types_for(events, "p5"))
     assert types_for(events, "p5")[-1] == Event.JOB_CANCELED
 
 

@@ -97,3 +97,26 @@ def test_034_listener_aliases(tmp_path):
     scheduler.removeListener(seen.append)
     scheduler.listeners.notify(Event(Event.MESSAGE, message="again"))
     assert [e.message for e in seen] == ["hi"]
+
+
+def test_a_listener_or_subscriber_calling_sys_exit_does_not_end_the_dispatcher(caplog):
+    listeners = Listeners()
+    seen = []
+
+    def exits(event):
+        if event.n == 1:
+            raise SystemExit(2)
+
+    listeners.add(exits)
+    listeners.add(lambda event: seen.append(event.n))
+    with Configurator() as config:
+        config.add_subscriber(lambda event: exits(event.event), JobExecuted)
+    dispatcher = EventDispatcher(listeners, config.registry)
+    dispatcher.start()
+    with caplog.at_level(logging.ERROR):
+        for n in range(4):
+            dispatcher.emit(Event(Event.JOB_EXECUTED, n=n))
+        dispatcher.stop(timeout=5)
+    assert seen == [0, 1, 2, 3]
+    assert "listener" in caplog.text and "subscriber failed" in caplog.text
+    assert "SystemExit: 2" in caplog.text

@@ -105,6 +105,8 @@ any_options = st.fixed_dictionaries({}, optional={
     "max_instances": st.one_of(st.integers(min_value=-1, max_value=5), st.text(max_size=2)),
     "timezone": st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Nowhere/Land", ""]),
     "jitter": st.one_of(st.none(), st.integers(min_value=-5, max_value=100), st.text(max_size=3)),
+    "retries": st.one_of(st.integers(min_value=-1, max_value=3), st.booleans(), st.floats()),
+    "retry_delay": numbers, "retry_backoff": numbers, "retry_max_delay": numbers, "ttl": numbers,
 })
 options = st.one_of(st.just({}), st.fixed_dictionaries({}, optional={
     "id": st.text(min_size=1, max_size=50), "misfire_grace_time": st.integers(1, 3600),

@@ -27,14 +27,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", "1"))
 
-# point -> (the job to send: "date" 2 s ahead or "now", {policy: (runs, final status)}, brokers)
+# point -> (the job to send: "date" 2 s ahead or "now", {policy: (runs, final status)}, brokers);
+# policy "retries" is the default policy with a job sent with retries=1.
 OUTCOMES: dict[str, tuple[str, dict[str, tuple[int, str]], tuple[str, ...]]] = {
     "taken": ("now", {"record": (1, "done")}, ("redis",)),
     "received": ("date", {"record": (1, "done")}, ("sqlite", "redis", "rabbitmq")),
     "persisted": ("date", {"record": (1, "done")}, ("sqlite",)),
     "submitted": ("now", {"record": (1, "done")}, ("sqlite",)),
-    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done")}, ("sqlite",)),
-    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done")}, ("sqlite",)),
+    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done"), "retries": (1, "done")},
+                ("sqlite",)),
+    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done"), "retries": (2, "done")},
+                 ("sqlite",)),
 }
 CASES = [(point, broker, policy, trial) for point, (_, table, brokers) in OUTCOMES.items()
          for broker in brokers for policy in table for trial in range(TRIALS)]
@@ -90,7 +93,8 @@ def scenario_factory(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize(("point", "broker", "policy", "trial"), CASES)
 def test_crash_point(scenario_factory: Any, point: str, broker: str, policy: str, trial: int) -> None:
-    scenario = scenario_factory(broker=broker, interrupted=policy)
+    scenario = scenario_factory(broker=broker, interrupted="record" if policy == "retries" else policy)
+    options: dict[str, Any] = {"retries": 1, "retry_delay": 0} if policy == "retries" else {}
     kind, table, _ = OUTCOMES[point]
     expected_runs, expected_status = table[policy]
     tag = f"{point}-{broker}-{policy}-{trial}"
@@ -98,9 +102,11 @@ def test_crash_point(scenario_factory: Any, point: str, broker: str, policy: str
     first = scenario.daemon(crash_at=point).wait_consuming()
     if kind == "date":
         when = datetime.now(timezone.utc) + timedelta(seconds=2)
-        job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag)
+        job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag,
+                                                 **options)
     else:
-        job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag)
+        job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag,
+                                                  **options)
     code = first.wait(60)
     assert code == -9, f"the daemon should have killed itself at {point!r}:\n{first.log()}"
     assert f"crash point {point!r} reached" in first.log()

@@ -10,6 +10,8 @@ Settings of its own:
 * ``sampleapp.oracle``: an SQLite file; when set, a listener records every
   scheduler event of the process that runs the jobs into it
   (:func:`integration.sampleapp.jobs.record_event`).
+* ``sampleapp.listeners``: dotted names of more listeners, called like
+  ``record_event`` (e.g. those of :mod:`integration.sampleapp.failing`).
 * ``sampleapp.marker``: any text; jobs record it as proof that the
   application's registry was current while they ran.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyramid.config import Configurator
-from pyramid.settings import asbool
+from pyramid.settings import asbool, aslist
 
 from . import jobs
 
@@ -40,6 +42,9 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
             oracle = settings.get("sampleapp.oracle")
             if oracle:
                 config.registry.scheduler.add_listener(jobs.record_event, args=(oracle,))
+                # sampleapp.listeners: more listeners (dotted names), same arguments.
+                for name in aslist(settings.get("sampleapp.listeners", "")):
+                    config.registry.scheduler.add_listener(config.maybe_dotted(name), args=(oracle,))
         config.add_route("enqueue", "/enqueue")
         config.add_view(enqueue_view, route_name="enqueue", renderer="json")
     return config.make_wsgi_app()

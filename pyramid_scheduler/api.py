@@ -43,8 +43,10 @@ class Event(dict[str, Any]):
     ``kwargs``, ``queue``); run events add ``run_key`` and
     ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
     :attr:`JOB_ERROR` adds ``exception`` and ``traceback``; :attr:`JOB_MISSED`,
-    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; :attr:`MESSAGE` carries
-    ``message``.
+    :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``; a :attr:`JOB_MISSED`
+    that stands for many overdue runs at once (beyond ``scheduler.catch_up_limit``)
+    adds ``missed_count`` (``None`` when not counted) and ``missed_until``;
+    :attr:`MESSAGE` carries ``message``.
     """
 
     MESSAGE = "message"

@@ -38,6 +38,8 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
+from .catchup import Missed
+from .catchup import job_options as catch_up_options
 from .db import create_db_engine
 from .events import EventDispatcher
 from .exceptions import InvalidJob
@@ -50,7 +52,7 @@ from .messages import (
     next_fire_time,
     resolve_ref,
 )
-from .runner import JobExecutor, Runner, job_info, request_info, run_key
+from .runner import JobExecutor, Runner, job_info, request_info
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class Engine:
                     on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
                     aliases=settings.func_aliases, on_parked=self._on_parked)
         self.aps = _Scheduler()
+        self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},
@@ -250,6 +253,8 @@ class Engine:
         if request.trigger["type"] == "now":
             # "As soon as possible" has no deadline: after an outage it still runs.
             options.setdefault("misfire_grace_time", None)
+        elif request.trigger["type"] != "date":
+            options = catch_up_options(request.options.get("catch_up") or self.settings.catch_up, options)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
@@ -357,14 +362,11 @@ class Engine:
         times = event.scheduled_run_times
         for index, run_time in enumerate(times):
             final = job is None and index == len(times) - 1
-            key = run_key(event.job_id, run_time)
+            for missed in getattr(run_time, "skipped", ()):
+                self.runner.record_missed(event.job_id, event.jobstore, info, missed, final=False)
             reason = "the previous run was still running (max_instances reached)"
-            log.warning("job %s: run %s missed: %s", event.job_id, key, reason)
-            self.persist(f"job {event.job_id}: recording missed run {key}", self.ledger.finish_run,
-                         event.job_id, key, "missed", final, error=reason,
-                         scheduled_at=run_time.timestamp(), queue=event.jobstore, owner=self.owner)
-            self._emit(Event(Event.JOB_MISSED, job_id=event.job_id, queue=event.jobstore,
-                             job=info, run_key=key, scheduled_run_time=run_time, reason=reason))
+            self.runner.record_missed(event.job_id, event.jobstore, info, Missed(run_time, reason),
+                                      final, removed=False)
             if final:
                 self.job_ended(event.job_id, event.jobstore, info)
 

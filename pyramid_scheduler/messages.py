@@ -26,11 +26,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import check_callable_args
 
+from .catchup import WallClockCronTrigger
+from .catchup import check_options as check_catch_up
 from .exceptions import InvalidJob, InvalidMessage, SerializationError
 
 VERSION = 1
@@ -44,6 +45,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "coalesce": (bool,),
     "max_instances": (int,),
     "name": (str,),
+    "catch_up": (str,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -279,13 +281,13 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
                                    jitter=spec.get("jitter"))
         if kind == "cron":
             if spec.get("crontab"):
-                trigger = CronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
+                trigger = WallClockCronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
                 trigger.start_date = start
                 trigger.end_date = end
                 trigger.jitter = spec.get("jitter")
                 return trigger
             fields = {k: spec[k] for k in CRON_FIELDS if spec.get(k) is not None}
-            return CronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
+            return WallClockCronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
                                jitter=spec.get("jitter"))
     except InvalidJob:
         raise
@@ -441,5 +443,8 @@ def decode(body: Any) -> JobRequest:
             raise InvalidMessage(f"option {key!r} has type {type(value).__name__}")
         if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
             raise InvalidMessage(f"option {key!r} must be 1 or more, got {value!r}")
+    problem = check_catch_up(options, trigger["type"])
+    if problem is not None:
+        raise InvalidMessage(f"option {problem}")
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
                       options=options, **common)

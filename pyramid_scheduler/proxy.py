@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .broker import Publisher
+from .catchup import check_options as check_catch_up
 from .events import Listener, Listeners
 from .exceptions import InvalidJob, InvalidQueue
 from .messages import (
@@ -174,6 +175,23 @@ class SchedulerProxy:
             raise InvalidQueue(queue, self.settings.queues)
         return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
 
+    def get_runs(self, job_id: str, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The job's recorded runs, latest scheduled first (with *status*:
+        only those).
+
+        Keys: ``run_key`` (``job_id@scheduled time``), ``job_id``, ``queue``,
+        ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
+        ``status`` (``started``, ``done``, ``failed``, ``missed`` or
+        ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        missed, failed or interrupted). A run that the catch-up policy did not
+        run is here as ``missed``; many at once beyond
+        ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``
+        gives their number and span.
+
+        .. versionadded:: 1.0
+        """
+        return self._ledger().list_runs(job_id, status, limit)  # type: ignore[no-any-return]
+
     def get_daemons(self) -> list[dict[str, Any]]:
         """Which daemon runs each configured queue, from the job store's leases.
 
@@ -285,13 +303,16 @@ class SchedulerProxy:
             if kinds is None:
                 raise InvalidJob(
                     f"{key}: unknown option; add_*_job accepts id, name, misfire_grace_time, "
-                    f"coalesce, max_instances, {', '.join(TRIGGER_OPTIONS)}")
+                    f"coalesce, catch_up, max_instances, {', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
             if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
                 raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
             job_options[key] = value
+        problem = check_catch_up(job_options, kind)
+        if problem is not None:
+            raise InvalidJob(problem)
 
         spec = trigger_spec(kind, tz, jitter=jitter, **trigger_args)
         trigger = build_trigger(spec, tz)  # a bad cron field or date fails here

@@ -30,6 +30,7 @@ from apscheduler.job import Job
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
+from .catchup import Missed, plain
 from .faults import crash_point
 
 try:
@@ -103,7 +104,8 @@ class Runner:
         try:
             for index, run_time in enumerate(run_times):
                 try:
-                    self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
+                    self.record_skipped(job, run_time)
+                    self.run_one(job, plain(run_time), last_of_batch=index == len(run_times) - 1)
                 except Exception:
                     log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
         finally:
@@ -129,11 +131,7 @@ class Runner:
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:
             reason = f"{late:.3f}s late, past its misfire grace time of {grace}s"
-            log.warning("job %s (queue %s): run %s missed: %s", job.id, queue, key, reason)
-            engine.persist(f"job {job.id}: recording missed run {key}", self.ledger.finish_run,
-                           job.id, key, "missed", final, error=reason,
-                           scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
-            engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
+            self.record_missed(job.id, queue, info, Missed(run_time, reason), final)
             return
 
         crash_point("submitted")
@@ -174,6 +172,36 @@ class Runner:
                                job.id, key, "done", final, result=retval)
         finally:
             engine.emit_run_events(job.id, events, final, finished_run=True)
+
+    def record_skipped(self, job: Job, run_time: datetime) -> None:
+        """Record the runs the catch-up plan skipped before *run_time* (see
+        :mod:`pyramid_scheduler.catchup`) as missed, each with its event."""
+        if not self.engine.lease_valid():
+            return  # the daemon holding the lease now plans these runs again
+        for missed in getattr(run_time, "skipped", ()):
+            self.record_missed(job.id, job._jobstore_alias, job_info(job), missed, final=False)
+
+    def record_missed(self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed,
+                      final: bool, removed: bool = True) -> None:
+        """A JOB_MISSED event, a log line and a ``missed`` runs row (keyed by
+        the first fire time it stands for) for fire times that were not run.
+
+        *final*: the job has no run after these (its status becomes
+        ``missed``); then REMOVED follows unless *removed* is false (the
+        caller emits it after a run still going)."""
+        engine = self.engine
+        key = run_key(job_id, missed.first)
+        extra: dict[str, Any] = {}
+        if missed.count != 1:
+            extra = {"missed_count": missed.count, "missed_until": missed.last}
+        log.warning("job %s (queue %s): run %s missed: %s", job_id, queue, key, missed.reason)
+        engine.persist(f"job {job_id}: recording missed run {key}", self.ledger.finish_run,
+                       job_id, key, "missed", final, error=missed.reason,
+                       scheduled_at=missed.first.timestamp(), queue=queue, owner=engine.owner)
+        engine.emit_run_events(job_id, [Event(Event.JOB_MISSED, job_id=job_id, queue=queue,
+                                              job=info, run_key=key,
+                                              scheduled_run_time=plain(missed.first),
+                                              reason=missed.reason, **extra)], final and removed)
 
     def call(self, job: Job) -> Any:
         if self.delegator is not None:

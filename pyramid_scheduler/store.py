@@ -41,6 +41,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy.engine import Connection, Engine
 
+from .catchup import CatchUpJob, WallClockCronTrigger
 from .db import create_tables
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Ledger:
             sa.Column("owner", sa.String(200), nullable=False),
             sa.Column("started_at", sa.Float),
             sa.Column("finished_at", sa.Float),
+            #: Why a run was missed, failed or interrupted.
+            sa.Column("error", sa.Text),
         )
         self.leases = sa.Table(
             f"{prefix}leases", self.metadata,
@@ -134,6 +137,15 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
         return None if row is None else dict(row._mapping)
+
+    def list_runs(self, job_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """A job's recorded runs, latest scheduled first."""
+        query = (sa.select(self.runs).where(self.runs.c.job_id == job_id)
+                 .order_by(self.runs.c.scheduled_at.desc()).limit(limit))
+        if status is not None:
+            query = query.where(self.runs.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def list_jobs(self, queue: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
@@ -191,10 +203,10 @@ class Ledger:
         stamp = now()
         with self.engine.begin() as conn:
             updated = conn.execute(self.runs.update().where(self.runs.c.run_key == run_key)
-                                   .values(status=status, finished_at=stamp)).rowcount
+                                   .values(status=status, finished_at=stamp, error=error)).rowcount
             if not updated:
                 conn.execute(self.runs.insert().values(
-                    run_key=run_key, job_id=job_id, queue=queue, status=status, owner=owner,
+                    run_key=run_key, job_id=job_id, queue=queue, status=status, owner=owner, error=error,
                     scheduled_at=scheduled_at if scheduled_at is not None else stamp,
                     finished_at=stamp))
             values: dict[str, Any] = {"updated_at": stamp}
@@ -307,6 +319,8 @@ class JobUnpickler(pickle.Unpickler):
             return _zoneinfo_getattr
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) == ("pyramid_scheduler.catchup", "WallClockCronTrigger"):
+            return WallClockCronTrigger
         if module.startswith("apscheduler.triggers."):
             obj = super().find_class(module, name)
             if isinstance(obj, type):
@@ -339,6 +353,7 @@ class MemoryQueueStore(_Adding, MemoryJobStore):
         self._local = threading.local()
 
     def add_job(self, job: Job) -> None:
+        job.__class__ = CatchUpJob  # same slots: only how overdue runs are planned changes
         super().add_job(job)
         request = getattr(self._local, "request", None)
         if request is not None and self.on_added is not None:
@@ -408,7 +423,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         if isinstance(state, dict) and state.get("func") in self.aliases:
             state["func"] = self.aliases[state["func"]]
         state["jobstore"] = self
-        job = Job.__new__(Job)
+        job = CatchUpJob.__new__(CatchUpJob)
         job.__setstate__(state)
         job._scheduler = self._scheduler
         job._jobstore_alias = self._alias

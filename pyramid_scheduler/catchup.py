@@ -226,16 +226,32 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
         # job skips a day). Add it to the wall-clock time instead.
         moved, fieldnum = super()._increment_field_value(dateval, fieldnum)
         wall = dateval.replace(tzinfo=None) + (_utc(moved) - _utc(dateval))
-        # A wall time that does not exist (spring gap) moves forward, as cron does.
-        return _utc(wall.replace(tzinfo=self.timezone)).astimezone(self.timezone), fieldnum
+        # Keep the occurrence (fold) of a repeated wall time, so time never
+        # goes back; a wall time that does not exist (spring gap) moves
+        # forward, as cron does.
+        local = wall.replace(tzinfo=self.timezone, fold=dateval.fold)
+        return _utc(local).astimezone(self.timezone), fieldnum
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         fire = super().get_next_fire_time(previous_fire_time, now)
-        for _ in range(4):  # at most one repeat per fire time; never loop
+        for _ in range(3):  # a repeat is skipped past its overlap; never loop
             if fire is None or not self._repeats(fire):
                 break
-            fire = super().get_next_fire_time(fire, fire + timedelta(days=1))
+            fire = super().get_next_fire_time(None, self._after_overlap(fire))
         return fire  # type: ignore[no-any-return]
+
+    def _after_overlap(self, fire: datetime) -> datetime:
+        """The first instant after the repeated wall-clock hour *fire* is in."""
+        low = _utc(fire)
+        high = low + (fire.replace(fold=0).utcoffset() - fire.utcoffset())  # type: ignore[operator]
+        while high - low > timedelta(microseconds=1):
+            middle = low + (high - low) / 2
+            local = middle.astimezone(self.timezone)
+            if local.fold and local.replace(fold=0).utcoffset() != local.utcoffset():
+                low = middle
+            else:
+                high = middle
+        return high.astimezone(self.timezone)
 
     def _repeats(self, fire: datetime) -> bool:
         """True if *fire* is the second occurrence of a wall-clock time that

@@ -123,6 +123,7 @@ def run_daemon_loop(trigger, start, end, step, coalesce=True):
             runs = plan_run_times(trigger, next_run, clock, coalesce)
             assert runs, f"due at {next_run} but nothing planned at {clock}"
             assert not [m for run in runs for m in run.skipped], "a run was skipped on a ticking clock"
+            assert not fired or runs[0].astimezone(UTC) > fired[-1].astimezone(UTC), (runs, fired[-1])
             fired.extend(run.plain() for run in runs)
             following = trigger.get_next_fire_time(runs[-1], clock)
             assert following is None or following.astimezone(UTC) > clock.astimezone(UTC), \
@@ -156,15 +157,39 @@ def test_a_daily_cron_fires_once_a_day_across_dst_changes(day, hour, minute):
 
 
 @pytest.mark.parametrize("day", [date(2026, 3, 29), date(2026, 10, 25)], ids=["spring", "autumn"])
-def test_an_hourly_cron_never_repeats_or_spins_across_dst_changes(day):
-    trigger = build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": 15}, UTC)
+@pytest.mark.parametrize("minute,every", [("15", timedelta(hours=1)), ("*/10", timedelta(minutes=10))])
+def test_hourly_and_minutely_crons_never_repeat_or_spin_across_dst_changes(day, minute, every):
+    """Every fire time comes after the one before, at its minute; the only
+    gaps are the repeated wall-clock hour of autumn (fired once)."""
+    trigger = build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": minute}, UTC)
     start = datetime.combine(day, datetime.min.time(), BERLIN) - timedelta(hours=3)
     end = start + timedelta(hours=9)
     fired = run_daemon_loop(trigger, start, end, timedelta(seconds=30))
     utc = [when.astimezone(UTC) for when in fired]
     assert utc == sorted(set(utc))
-    assert all(when.astimezone(BERLIN).minute == 15 for when in fired)
-    assert all(timedelta(minutes=59) < b - a <= timedelta(hours=2) for a, b in zip(utc, utc[1:], strict=False))
+    assert all(str(when.astimezone(BERLIN).minute) == minute or when.minute % 10 == 0 for when in fired)
+    gaps = {b - a for a, b in zip(utc, utc[1:], strict=False)}
+    assert gaps <= {every, every + timedelta(hours=1)}, sorted(gaps)
+    if day.month == 3:
+        assert gaps == {every}  # the hour that does not exist has no fire time to skip
+    wall = [when.astimezone(BERLIN).replace(tzinfo=None) for when in fired]
+    assert len(wall) == len(set(wall))  # once per wall-clock time
+
+
+@pytest.mark.parametrize("minute", ["*", "*/10", "15"])
+def test_a_cron_started_during_the_repeated_hour_never_fires_in_the_past(minute):
+    """A daemon (re)started while the clocks show the repeated hour the
+    second time (CET): the first fire time is never before now, and the
+    loop goes on without repeats."""
+    trigger = build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": minute}, UTC)
+    instant = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST; 01:00 UTC is 02:00 CET
+    while instant < datetime(2026, 10, 25, 2, 30, tzinfo=UTC):
+        fire = trigger.get_next_fire_time(None, instant.astimezone(BERLIN))
+        assert fire.astimezone(UTC) >= instant, (instant.astimezone(BERLIN), fire)
+        instant += timedelta(minutes=7, seconds=13)
+    start = datetime(2026, 10, 25, 1, 20, tzinfo=UTC).astimezone(BERLIN)  # 02:20 CET, fold=1
+    fired = run_daemon_loop(trigger, start, start + timedelta(hours=2), timedelta(seconds=30))
+    assert fired and all(when.astimezone(UTC) >= start.astimezone(UTC) for when in fired)
 
 
 def test_a_job_that_coalesces_across_a_dst_change_after_downtime_runs_once():
@@ -230,6 +255,14 @@ def test_catch_up_default_comes_from_the_settings(engine_factory):  # noqa: F811
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "default-once"))
     assert types_for(events, "default-once") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_MISSED,
                                                  Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+def test_catch_up_with_the_memory_job_store(engine_factory):  # noqa: F811 - the fixture
+    engine, events = engine_factory(misfire_grace_time=60, **{"jobstore.url": "memory"})
+    engine.submit(overdue_interval("memory-once", sent_ago=600, fires=3, catch_up="once"))
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "memory-once"))
+    assert types_for(events, "memory-once") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_MISSED,
+                                                Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
 # -- refused early, with the name --------------------------------------------------------

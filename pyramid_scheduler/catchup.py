@@ -94,10 +94,26 @@ class ScheduledRun(datetime):
 
     skipped: tuple[Missed, ...] = ()
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> datetime:  # type: ignore[misc]
+        # Arithmetic and astimezone() on a datetime subclass build their
+        # result by calling the subclass: here they get a plain datetime, so
+        # nothing derived from a run time (the next run time APScheduler
+        # stores, which the restricted unpickler must load) is one of these.
+        return datetime(*args, **kwargs)
+
+    def replace(self, *args: Any, **kwargs: Any) -> datetime:  # type: ignore[override]
+        return self.plain().replace(*args, **kwargs)
+
+    def astimezone(self, tz: Any = None) -> datetime:  # type: ignore[override]
+        return self.plain().astimezone(tz)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.plain().__reduce_ex__(protocol)
+
     @classmethod
     def of(cls, when: datetime, skipped: tuple[Missed, ...] | list[Missed] = ()) -> ScheduledRun:
-        run = cls(when.year, when.month, when.day, when.hour, when.minute, when.second,
-                  when.microsecond, when.tzinfo, fold=when.fold)
+        run = datetime.__new__(cls, when.year, when.month, when.day, when.hour, when.minute,
+                               when.second, when.microsecond, when.tzinfo, fold=when.fold)
         run.skipped = tuple(skipped)
         return run
 
@@ -223,7 +239,8 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
         # APScheduler adds the wall-clock difference to the *UTC* time: across
         # a change of offset that lands an hour off (from 00:00:01 CET on the
         # spring day, "next day 00:00" becomes 01:00 CEST and a daily 00:00
-        # job skips a day). Add it to the wall-clock time instead.
+        # job skips a day; agronholm/apscheduler#529 and #606, still in
+        # 3.11.3). Add it to the wall-clock time instead.
         moved, fieldnum = super()._increment_field_value(dateval, fieldnum)
         wall = dateval.replace(tzinfo=None) + (_utc(moved) - _utc(dateval))
         # Keep the occurrence (fold) of a repeated wall time, so time never

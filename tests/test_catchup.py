@@ -11,6 +11,8 @@ a simulated clock across both changes of a year.
 
 from __future__ import annotations
 
+import io
+import pickle
 import time
 import tracemalloc
 from datetime import date, datetime, timedelta, timezone
@@ -33,6 +35,7 @@ from pyramid_scheduler.catchup import CatchUpJob, ScheduledRun, job_options, pla
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.messages import JobRequest, build_trigger, decode, trigger_spec
 from pyramid_scheduler.settings import parse_settings
+from pyramid_scheduler.store import JobUnpickler
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -212,6 +215,24 @@ def test_policies_map_onto_apscheduler_options():
 def test_catch_up_job_has_apschedulers_layout():
     assert CatchUpJob.__slots__ == ()
     assert isinstance(ScheduledRun.of(datetime.now(UTC)), datetime)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "interval", "timezone": "UTC", "seconds": 1},
+    {"type": "cron", "timezone": "Europe/Berlin", "second": "*"},
+], ids=["interval", "cron"])
+def test_next_run_times_derived_from_a_planned_run_are_plain_datetimes(spec):
+    """APScheduler stores trigger.get_next_fire_time(run_times[-1], now) in
+    the job store, whose rows the restricted unpickler loads: a datetime
+    subclass there would park every recurring job after its first run."""
+    now = datetime.now(UTC)
+    trigger = build_trigger(spec, UTC, anchor=now - timedelta(seconds=10))
+    run = ScheduledRun.of(trigger.get_next_fire_time(None, now - timedelta(seconds=5)))
+    derived = [trigger.get_next_fire_time(run, now), run + timedelta(seconds=1),
+               run.astimezone(BERLIN), run.replace(microsecond=0)]
+    assert [type(value) for value in derived] == [datetime] * 4
+    state = pickle.dumps({"next_run_time": derived[0], "run": run})
+    assert JobUnpickler(io.BytesIO(state)).load() == {"next_run_time": derived[0], "run": run.plain()}
 
 
 # -- the policies in a real engine ------------------------------------------------------

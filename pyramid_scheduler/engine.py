@@ -254,7 +254,7 @@ class Engine:
             # "As soon as possible" has no deadline: after an outage it still runs.
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
-            options = catch_up_options(request.options.get("catch_up") or self.settings.catch_up, options)
+            options = catch_up_options(self._catch_up(request.options), options)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
@@ -267,6 +267,16 @@ class Engine:
                          request.id, request.queue, request.mid)
                 return "duplicate"
         return "stored"
+
+    def _catch_up(self, options: dict[str, Any]) -> str:
+        """A recurring job's catch-up policy: its own, else ``skip`` if it set
+        its misfire grace time or coalescing (which only ``skip`` uses), else
+        ``scheduler.catch_up``."""
+        if options.get("catch_up"):
+            return str(options["catch_up"])
+        if "misfire_grace_time" in options or "coalesce" in options:
+            return "skip"
+        return str(self.settings.catch_up)
 
     def _on_added(self, job: Job, request: dict[str, Any]) -> None:
         # Called by the job store after its transaction commits and before

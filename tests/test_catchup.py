@@ -276,6 +276,10 @@ def test_catch_up_default_comes_from_the_settings(engine_factory):  # noqa: F811
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "default-once"))
     assert types_for(events, "default-once") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_MISSED,
                                                  Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    # A job that sets its own grace keeps the policy that uses it (skip).
+    engine.submit(overdue_interval("own-grace", sent_ago=600, fires=3, misfire_grace_time=30))
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "own-grace"))
+    assert types_for(events, "own-grace") == [Event.JOB_CREATED, *[Event.JOB_MISSED] * 3, Event.JOB_REMOVED]
 
 
 def test_catch_up_with_the_memory_job_store(engine_factory):  # noqa: F811 - the fixture

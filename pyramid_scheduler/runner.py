@@ -176,9 +176,12 @@ class Runner:
     def record_skipped(self, job: Job, run_time: datetime) -> None:
         """Record the runs the catch-up plan skipped before *run_time* (see
         :mod:`pyramid_scheduler.catchup`) as missed, each with its event."""
-        if not self.engine.lease_valid():
-            return  # the daemon holding the lease now plans these runs again
-        for missed in getattr(run_time, "skipped", ()):
+        skipped = getattr(run_time, "skipped", ())
+        if skipped and not self.engine.lease_valid():
+            log.error("job %s: %d skipped run(s) before %s not recorded: this daemon's lease on "
+                      "queue %s has lapsed", job.id, len(skipped), run_time, job._jobstore_alias)
+            return
+        for missed in skipped:
             self.record_missed(job.id, job._jobstore_alias, job_info(job), missed, final=False)
 
     def record_missed(self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed,

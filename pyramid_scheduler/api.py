@@ -52,8 +52,10 @@ class Event(dict[str, Any]):
     :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)
     adds ``attempt`` (of the retry), ``retry_at`` and ``delay`` (seconds); :attr:`JOB_MISSED`,
     :attr:`JOB_INTERRUPTED` and :attr:`JOB_PARKED` add ``reason``
-    (:attr:`JOB_INTERRUPTED` also ``will_retry``); :attr:`MESSAGE` carries
-    ``message``. :attr:`JOB_RESCHEDULED` adds ``trigger`` (the wire trigger
+    (:attr:`JOB_INTERRUPTED` also ``will_retry``); a :attr:`JOB_MISSED`
+    that stands for many overdue runs at once (beyond ``scheduler.catch_up_limit``)
+    adds ``missed_count`` (``None`` when not counted) and ``missed_until``;
+    :attr:`MESSAGE` carries ``message``. :attr:`JOB_RESCHEDULED` adds ``trigger`` (the wire trigger
     spec) and ``next_run_time``; :attr:`JOB_RESUMED` adds ``next_run_time``;
     :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
     ``resume_job`` or ``run_job_now`` the daemon could not carry out) adds

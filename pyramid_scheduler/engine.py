@@ -38,6 +38,8 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
+from .catchup import Missed
+from .catchup import job_options as catch_up_options
 from .db import create_db_engine
 from .declare import reconcile
 from .events import EventDispatcher
@@ -54,7 +56,7 @@ from .messages import (
     with_request,
 )
 from .retries import plan_retry
-from .runner import JobExecutor, Runner, job_info, request_info, run_key
+from .runner import JobExecutor, Runner, job_info, request_info
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class Engine:
                     on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
                     aliases=settings.func_aliases, on_parked=self._on_parked)
         self.aps = _Scheduler()
+        self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},
@@ -259,6 +262,8 @@ class Engine:
         if request.trigger["type"] == "now":
             # "As soon as possible" has no deadline: after an outage it still runs.
             options.setdefault("misfire_grace_time", None)
+        elif request.trigger["type"] != "date":
+            options = catch_up_options(self._catch_up(request.options), options)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
@@ -271,6 +276,16 @@ class Engine:
                          request.id, request.queue, request.mid)
                 return "duplicate"
         return "stored"
+
+    def _catch_up(self, options: dict[str, Any]) -> str:
+        """A recurring job's catch-up policy: its own, else ``skip`` if it set
+        its misfire grace time or coalescing (which only ``skip`` uses), else
+        ``scheduler.catch_up``."""
+        if options.get("catch_up"):
+            return str(options["catch_up"])
+        if "misfire_grace_time" in options or "coalesce" in options:
+            return "skip"
+        return str(self.settings.catch_up)
 
     def _on_added(self, job: Job, request: dict[str, Any]) -> None:
         # Called by the job store after its transaction commits and before
@@ -444,14 +459,11 @@ class Engine:
         times = event.scheduled_run_times
         for index, run_time in enumerate(times):
             final = job is None and index == len(times) - 1
-            key = run_key(event.job_id, run_time)
+            for missed in getattr(run_time, "skipped", ()):
+                self.runner.record_missed(event.job_id, event.jobstore, info, missed, final=False)
             reason = "the previous run was still running (max_instances reached)"
-            log.warning("job %s: run %s missed: %s", event.job_id, key, reason)
-            self.persist(f"job {event.job_id}: recording missed run {key}", self.ledger.finish_run,
-                         event.job_id, key, "missed", final, error=reason,
-                         scheduled_at=run_time.timestamp(), queue=event.jobstore, owner=self.owner)
-            self._emit(Event(Event.JOB_MISSED, job_id=event.job_id, queue=event.jobstore,
-                             job=info, run_key=key, scheduled_run_time=run_time, reason=reason))
+            self.runner.record_missed(event.job_id, event.jobstore, info, Missed(run_time, reason),
+                                      final, removed=False)
             if final:
                 self.job_ended(event.job_id, event.jobstore, info)
 

@@ -26,11 +26,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import check_callable_args
 
+from .catchup import WallClockCronTrigger
+from .catchup import check_options as check_catch_up
 from .exceptions import InvalidJob, InvalidMessage, SerializationError
 
 VERSION = 1
@@ -51,6 +52,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "retry_backoff": (int, float),
     "retry_max_delay": (int, float),
     "ttl": (int, float, type(None)),
+    "catch_up": (str,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -214,7 +216,7 @@ def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str,
 
 
 def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
-    """What is wrong with the range of the retry and ``ttl`` options, or None.
+    """What is wrong with the retry, ``ttl`` and ``catch_up`` options, or None.
 
     Types are checked against :data:`OPTION_TYPES` first; this checks that
     numbers are finite and at least their minimum, and that ``retries`` is
@@ -232,7 +234,7 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
     if options.get("retries") and kind not in RETRY_TRIGGERS:
         return (f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
                 "jobs, whose next run comes anyway")
-    return None
+    return check_catch_up(options, kind)
 
 
 def sign(body: bytes, secret: bytes) -> str:
@@ -365,13 +367,13 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
                                    jitter=spec.get("jitter"))
         if kind == "cron":
             if spec.get("crontab"):
-                trigger = CronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
+                trigger = WallClockCronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
                 trigger.start_date = start
                 trigger.end_date = end
                 trigger.jitter = spec.get("jitter")
                 return trigger
             fields = {k: spec[k] for k in CRON_FIELDS if spec.get(k) is not None}
-            return CronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
+            return WallClockCronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
                                jitter=spec.get("jitter"))
     except InvalidJob:
         raise

@@ -291,15 +291,23 @@ class SchedulerProxy:
             raise InvalidQueue(queue, self.settings.queues)
         return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
 
-    def get_runs(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's runs, in the order they started: one dict per run (a
-        retry is a run of its own) with ``run_key``, ``status`` (``started``, ``done``,
-        ``failed``, ``missed`` or ``interrupted``), ``owner`` (the daemon),
-        ``scheduled_at``, ``started_at`` and ``finished_at`` (epoch seconds).
+    def get_runs(self, job_id: str, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The job's recorded runs, oldest first: the latest *limit* of them
+        (with *status*: only those). A retry is a run of its own.
+
+        Keys: ``run_key`` (``job_id@scheduled time``), ``queue``,
+        ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
+        ``status`` (``started``, ``done``, ``failed``, ``missed`` or
+        ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        missed, failed or interrupted). A run that the catch-up policy did not
+        run is here as ``missed``; many at once beyond
+        ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``
+        gives their number and span.
 
         .. versionadded:: 1.0
         """
-        return [{k: v for k, v in run.items() if k != "job_id"} for run in self._ledger().get_runs(job_id)]
+        return [{k: v for k, v in run.items() if k != "job_id"}
+                for run in self._ledger().list_runs(job_id, status, limit)]
 
     def wait(self, job_id: str, timeout: float | None = 30.0, interval: float = 1.0) -> dict[str, Any]:
         """Wait until the job has finished and return its record (see

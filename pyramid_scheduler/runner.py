@@ -33,6 +33,7 @@ from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
+from .catchup import Missed, plain
 from .faults import crash_point
 from .messages import takes_request, with_request, without_request
 from .retries import RetryPlan, plan_retry, schedule_retry
@@ -114,7 +115,8 @@ class Runner:
         try:
             for index, run_time in enumerate(run_times):
                 try:
-                    plan = self.run_one(job, run_time, last_of_batch=index == len(run_times) - 1)
+                    self.record_skipped(job, run_time)
+                    plan = self.run_one(job, plain(run_time), last_of_batch=index == len(run_times) - 1)
                 except Exception:
                     log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
                 else:
@@ -144,11 +146,7 @@ class Runner:
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:
             reason = f"{late:.3f}s late, past its misfire grace time of {grace}s"
-            log.warning("job %s (queue %s): run %s missed: %s", job.id, queue, key, reason)
-            engine.persist(f"job {job.id}: recording missed run {key}", self.ledger.finish_run,
-                           job.id, key, "missed", final, error=reason,
-                           scheduled_at=run_time.timestamp(), queue=queue, owner=engine.owner)
-            engine.emit_run_events(job.id, [Event(Event.JOB_MISSED, reason=reason, **base)], final)
+            self.record_missed(job.id, queue, info, Missed(run_time, reason), final)
             return None
 
         crash_point("submitted")
@@ -211,6 +209,39 @@ class Runner:
             events.append(Event(Event.JOB_RETRY, attempt=attempt + 1, retry_at=plan.at,
                                 delay=plan.delay, **base))
         return plan
+
+    def record_skipped(self, job: Job, run_time: datetime) -> None:
+        """Record the runs the catch-up plan skipped before *run_time* (see
+        :mod:`pyramid_scheduler.catchup`) as missed, each with its event."""
+        skipped = getattr(run_time, "skipped", ())
+        if skipped and not self.engine.lease_valid():
+            log.error("job %s: %d skipped run(s) before %s not recorded: this daemon's lease on "
+                      "queue %s has lapsed", job.id, len(skipped), run_time, job._jobstore_alias)
+            return
+        for missed in skipped:
+            self.record_missed(job.id, job._jobstore_alias, job_info(job), missed, final=False)
+
+    def record_missed(self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed,
+                      final: bool, removed: bool = True) -> None:
+        """A JOB_MISSED event, a log line and a ``missed`` runs row (keyed by
+        the first fire time it stands for) for fire times that were not run.
+
+        *final*: the job has no run after these (its status becomes
+        ``missed``); then REMOVED follows unless *removed* is false (the
+        caller emits it after a run still going)."""
+        engine = self.engine
+        key = run_key(job_id, missed.first)
+        extra: dict[str, Any] = {}
+        if missed.count != 1:
+            extra = {"missed_count": missed.count, "missed_until": missed.last}
+        log.warning("job %s (queue %s): run %s missed: %s", job_id, queue, key, missed.reason)
+        engine.persist(f"job {job_id}: recording missed run {key}", self.ledger.finish_run,
+                       job_id, key, "missed", final, error=missed.reason,
+                       scheduled_at=missed.first.timestamp(), queue=queue, owner=engine.owner)
+        engine.emit_run_events(job_id, [Event(Event.JOB_MISSED, job_id=job_id, queue=queue,
+                                              job=info, run_key=key,
+                                              scheduled_run_time=plain(missed.first),
+                                              reason=missed.reason, **extra)], final and removed)
 
     def call(self, job: Job, request: Any = None) -> Any:
         args, kwargs = list(job.args), dict(job.kwargs)

@@ -24,6 +24,8 @@ from pyramid.path import DottedNameResolver
 from pyramid.settings import asbool, aslist
 from sqlalchemy.engine import make_url
 
+from .catchup import POLICIES as CATCH_UP_POLICIES
+
 log = logging.getLogger(__name__)
 
 PREFIX = "scheduler."
@@ -88,6 +90,7 @@ KNOWN_KEYS = frozenset({
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
     "func_aliases", "transactional", "events.subscribe", "events.publish", "testing.eager",
+    "catch_up", "catch_up_limit",
 })
 
 
@@ -129,6 +132,12 @@ class SchedulerSettings:
     housekeeping_append: tuple[Callable[[], Any], ...] = ()
     misfire_grace_time: int = 3600
     coalesce: bool = True
+    #: What becomes of a recurring job's overdue runs: ``skip``, ``once`` or
+    #: ``all`` (see :mod:`pyramid_scheduler.catchup`).
+    catch_up: str = "skip"
+    #: Overdue runs of one job enumerated (recorded or run) one by one; the
+    #: rest are recorded missed in one record.
+    catch_up_limit: int = 100
     timezone: tzinfo = field(default_factory=lambda: ZoneInfo("UTC"))
     executor: str = "thread"
     max_workers: int = 10
@@ -340,6 +349,7 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         ("broker.prefetch", "broker_prefetch", 1),
         ("executor.max_workers", "max_workers", 1),
         ("max_message_size", "max_message_size", 64),
+        ("catch_up_limit", "catch_up_limit", 1),
     ):
         if key in raw:
             opts[attr] = _as_int(key, raw[key], minimum)
@@ -372,6 +382,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
                       ("testing.eager", "testing_eager")):
         if key in raw:
             opts[attr] = _as_bool(key, raw[key])
+    if "catch_up" in raw:
+        opts["catch_up"] = _parse_catch_up(raw["catch_up"])
     if "housekeeping.append" in raw:
         opts["housekeeping_append"] = tuple(
             _resolve("housekeeping.append", name)
@@ -444,6 +456,15 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
 
 _FUNC_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"
                        r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _parse_catch_up(value: Any) -> str:
+    policy = str(value).strip().lower()
+    if policy not in CATCH_UP_POLICIES:
+        raise _bad("catch_up", value,
+                   "'skip' (overdue runs past misfire_grace_time are not run), 'once' (one run "
+                   "for all overdue runs) or 'all' (every overdue run, up to scheduler.catch_up_limit)")
+    return policy
 
 
 def _parse_aliases(value: str) -> dict[str, str]:

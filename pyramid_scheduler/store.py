@@ -41,6 +41,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy.engine import Connection, Engine
 
+from .catchup import CatchUpJob, WallClockCronTrigger
 from .db import create_tables
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Ledger:
             sa.Column("owner", sa.String(200), nullable=False),
             sa.Column("started_at", sa.Float),
             sa.Column("finished_at", sa.Float),
+            #: Why a run was missed, failed or interrupted.
+            sa.Column("error", sa.Text),
         )
         self.leases = sa.Table(
             f"{prefix}leases", self.metadata,
@@ -146,6 +149,20 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
         return None if row is None else dict(row._mapping)
+
+    def list_runs(self, job_id: str, status: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """A job's recorded runs (each retry is a run), oldest first: in the
+        order they started (missed runs: were recorded); with *limit*, the
+        latest *limit* of them."""
+        runs = self.runs
+        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
+        query = (sa.select(runs).where(runs.c.job_id == job_id)
+                 .order_by(happened.desc(), runs.c.scheduled_at.desc()).limit(limit))
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def list_jobs(self, queue: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
@@ -229,10 +246,10 @@ class Ledger:
         stamp = now()
         with self.engine.begin() as conn:
             updated = conn.execute(self.runs.update().where(self.runs.c.run_key == run_key)
-                                   .values(status=status, finished_at=stamp)).rowcount
+                                   .values(status=status, finished_at=stamp, error=error)).rowcount
             if not updated:
                 conn.execute(self.runs.insert().values(
-                    run_key=run_key, job_id=job_id, queue=queue, status=status, owner=owner,
+                    run_key=run_key, job_id=job_id, queue=queue, status=status, owner=owner, error=error,
                     scheduled_at=scheduled_at if scheduled_at is not None else stamp,
                     finished_at=stamp))
             values: dict[str, Any] = {"updated_at": stamp}
@@ -284,16 +301,6 @@ class Ledger:
                 .where(self.jobs.c.queue == queue, self.jobs.c.status.in_(LIVE),
                        ~sa.exists().where(aps_table.c.id == self.jobs.c.id))).all()
         return [_retry_request(dict(row._mapping)) for row in rows]
-
-    def get_runs(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's recorded runs (each retry is a run), in the order they
-        started (or, for missed runs, were recorded)."""
-        runs = self.runs
-        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs).where(runs.c.job_id == job_id)
-                                .order_by(happened, runs.c.scheduled_at)).all()
-        return [dict(row._mapping) for row in rows]
 
     def next_event_seq(self, job_id: str) -> int:
         """The next number of *job_id*'s events on the fan-out (1, 2, ...);
@@ -396,6 +403,8 @@ class JobUnpickler(pickle.Unpickler):
             return _zoneinfo_getattr
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) == ("pyramid_scheduler.catchup", "WallClockCronTrigger"):
+            return WallClockCronTrigger
         if module.startswith("apscheduler.triggers."):
             obj = super().find_class(module, name)
             if isinstance(obj, type):
@@ -428,6 +437,7 @@ class MemoryQueueStore(_Adding, MemoryJobStore):
         self._local = threading.local()
 
     def add_job(self, job: Job) -> None:
+        job.__class__ = CatchUpJob  # same slots: only how overdue runs are planned changes
         super().add_job(job)
         request = getattr(self._local, "request", None)
         if request is not None and self.on_added is not None:
@@ -497,7 +507,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         if isinstance(state, dict) and state.get("func") in self.aliases:
             state["func"] = self.aliases[state["func"]]
         state["jobstore"] = self
-        job = Job.__new__(Job)
+        job = CatchUpJob.__new__(CatchUpJob)
         job.__setstate__(state)
         job._scheduler = self._scheduler
         job._jobstore_alias = self._alias

@@ -59,12 +59,14 @@ class Harness:
                          self.settings if settings is None else settings)
 
     # -- daemons ----------------------------------------------------------------------
-    def start(self, *args: str, ini: Path | None = None, script: bool = False) -> Daemon:
-        """Start ``pscheduler INI *args`` in the background."""
+    def start(self, *args: str, ini: Path | None = None, script: bool = False,
+              env: dict[str, str] | None = None) -> Daemon:
+        """Start ``pscheduler INI *args`` in the background (*env* added to
+        its environment, e.g. ``{"TZ": "Asia/Tokyo"}``)."""
         ini = ini or self.write_ini()
         index = len(self.daemons) + 1
         daemon = Daemon([*pscheduler_argv(script), str(ini), *args],
-                        self.tmp_path / f"pscheduler-{index}.log", self.tmp_path)
+                        self.tmp_path / f"pscheduler-{index}.log", self.tmp_path, env)
         self.daemons.append(daemon)
         return daemon
 

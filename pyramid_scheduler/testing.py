@@ -24,7 +24,7 @@ import math
 import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,6 +46,7 @@ from .messages import (
     with_request,
 )
 from .proxy import SchedulerProxy
+from .retries import retry_delay
 from .runner import job_context, request_context, request_info, run_key
 from .settings import SchedulerSettings
 from .store import LIVE, _json_or_repr
@@ -154,6 +155,7 @@ class TestingJob:
     result: str | None = None
     error: str | None = None
     changed: int = 0
+    attempt: int = 1
     canceled_while_running: bool = False
     deferred: list[Event] = field(default_factory=list)
 
@@ -174,7 +176,7 @@ class TestingJob:
                 "request": json.dumps(request.to_wire()), "created_at": self.created_at,
                 "updated_at": self.updated_at, "runs": self.runs, "last_run_at": self.last_run_at,
                 "result": self.result, "error": self.error, "options": dict(request.options),
-                "next_run_time": self.next_run_time}
+                "next_run_time": self.next_run_time, "attempt": self.attempt}
 
 
 class _Ledger:
@@ -193,6 +195,14 @@ class _Ledger:
         jobs = sorted(self.scheduler.jobs.values(), key=lambda job: job.changed, reverse=True)
         return [job.row() for job in jobs
                 if (queue is None or job.queue == queue) and (status is None or job.status == status)][:limit]
+
+    def list_runs(self, job_id: str, status: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        runs = [{"run_key": run["run_key"], "job_id": job_id, "status": run["status"],
+                 "scheduled_at": run["scheduled_run_time"].timestamp(), "error": run["error"]}
+                for run in self.scheduler.runs
+                if run["job_id"] == job_id and (status is None or run["status"] == status)]
+        return runs[-limit:] if limit else runs
 
     def list_leases(self) -> list[dict[str, Any]]:
         return [{"queue": queue, "owner": OWNER, "epoch": 1, "expires_at": math.inf}
@@ -263,6 +273,8 @@ class TestingScheduler(SchedulerProxy):
             self._cancel_job(request)
         elif request.op == "message":
             self._deliver(Event(Event.MESSAGE, message=request.text or "", queue=request.queue))
+        elif request.op in ("reschedule", "pause", "resume", "run_now"):
+            self._manage_job(request)
         else:  # pragma: no cover - decode() refuses unknown ops
             raise InvalidJob(f"pyramid_scheduler.testing cannot carry out op {request.op!r}")
 
@@ -320,6 +332,65 @@ class TestingScheduler(SchedulerProxy):
             job.deferred.append(event)
         else:
             self._deliver(event)
+
+    def _manage_job(self, request: JobRequest) -> None:
+        """``reschedule_job``, ``pause_job``, ``resume_job``, ``run_job_now``:
+        as the daemon's engine, with the same events and refusals."""
+        job = self.jobs.get(request.id)
+        if job is None or job.queue != request.queue or job.status not in LIVE:
+            self._refuse(request, "no such live job on this queue (finished, canceled, "
+                                  "parked or never added)")
+            return
+        paused = job.status == "paused"
+        now = self.now()
+        if request.op == "reschedule":
+            assert request.trigger is not None
+            trigger = build_trigger(request.trigger, self.settings.timezone, anchor=now)
+            first = next_fire_time(trigger, now)
+            if first is None:
+                self._refuse(request, "the new schedule never fires")
+                return
+            job.trigger = trigger
+            job.request = replace(job.request, trigger=request.trigger)
+            job.next_run_time = None if paused else first
+            self._touch(job)
+            self._deliver(Event(Event.JOB_RESCHEDULED, job_id=job.id, queue=job.queue,
+                                job=self._info(job), trigger=request.trigger,
+                                next_run_time=job.next_run_time))
+        elif request.op == "pause":
+            if paused:
+                self._refuse(request, "the job is already paused")
+                return
+            job.status, job.next_run_time = "paused", None
+            self._touch(job)
+            self._deliver(Event(Event.JOB_PAUSED, job_id=job.id, queue=job.queue, job=self._info(job)))
+        elif request.op == "resume":
+            if not paused:
+                self._refuse(request, "the job is not paused")
+                return
+            first = next_fire_time(job.trigger, now)
+            job.status, job.next_run_time = "scheduled", first
+            self._touch(job)
+            if first is None:
+                job.status = "missed"
+                job.error = "its schedule ended while it was paused"
+                self._deliver(Event(Event.JOB_REMOVED, job_id=job.id, queue=job.queue, job=self._info(job)))
+            else:
+                self._deliver(Event(Event.JOB_RESUMED, job_id=job.id, queue=job.queue,
+                                    job=self._info(job), next_run_time=first))
+        else:
+            if paused:
+                self._refuse(request, "the job is paused; resume it first")
+                return
+            job.next_run_time = now
+            self._touch(job)
+            if self.eager:
+                self.run_pending()
+
+    def _refuse(self, request: JobRequest, reason: str) -> None:
+        log.warning("job %s (queue %s): %s refused: %s", request.id, request.queue, request.op, reason)
+        self._deliver(Event(Event.JOB_REQUEST_REFUSED, job_id=request.id, queue=request.queue,
+                            job=None, op=request.op, reason=reason))
 
     # -- running ----------------------------------------------------------------------
     def run_pending(self) -> list[dict[str, Any]]:
@@ -386,7 +457,17 @@ class TestingScheduler(SchedulerProxy):
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, job.queue, key, text)
                 record.update(status="failed", error=text)
                 job.error = text
-                event = Event(Event.JOB_ERROR, exception=exc, traceback=text, **base)
+                retries = int(job.options.get("retries") or 0)
+                will_retry = final and job.attempt <= retries
+                event = Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=job.attempt,
+                              will_retry=will_retry, **base)
+                if will_retry:
+                    delay = retry_delay(job.options, job.attempt)
+                    job.attempt += 1
+                    job.next_run_time = now + timedelta(seconds=delay)
+                    final = False
+                    job.deferred.insert(0, Event(Event.JOB_RETRY, attempt=job.attempt,
+                                                 retry_at=job.next_run_time, delay=delay, **base))
             else:
                 log.info("job %s (queue %s): run %s done", job.id, job.queue, key)
                 record.update(status="done", result=retval)

@@ -333,3 +333,50 @@ def test_an_immediate_eager_job_run_inside_a_pyramid_tm_request_joins_its_transa
     (_, view_txn), (_, job_txn), committed = CALLS
     assert job_txn == view_txn  # the request's transaction was not aborted for the job
     assert committed == ("committed", True)
+
+
+def test_retries_back_off_on_the_fake_clock_like_the_daemon():
+    _, scheduler, _ = make_app()
+    scheduler.add_async_job(boom, args=["r"], id="r", retries=2, retry_delay=10, retry_backoff=3)
+    scheduler.run_pending()
+    record = scheduler.get_job("r")
+    assert (record["status"], record["attempt"], record["retries_left"]) == ("scheduled", 2, 1)
+    retry = [e for e in scheduler.events if e.type == Event.JOB_RETRY][0]
+    assert (retry.attempt, retry.delay) == (2, 10)
+    assert scheduler.clock.advance(seconds=9) == []
+    assert len(scheduler.clock.advance(seconds=1)) == 1  # the first retry, 10 s later
+    assert scheduler.clock.advance(seconds=29) == []
+    assert len(scheduler.clock.advance(seconds=1)) == 1  # the second, 30 s after that
+    assert scheduler.get_job("r")["status"] == "failed"
+    assert [run["status"] for run in scheduler.get_runs("r")] == ["failed"] * 3
+    errors = [(e.attempt, e.will_retry) for e in scheduler.events if e.type == Event.JOB_ERROR]
+    assert errors == [(1, True), (2, True), (3, False)]
+    assert types(scheduler, "r") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_RETRY, Event.JOB_ERROR,
+                                     Event.JOB_RETRY, Event.JOB_ERROR, Event.JOB_REMOVED]
+    assert scheduler.wait("r", timeout=0)["status"] == "failed"
+
+
+def test_pause_resume_reschedule_and_run_now_on_the_fake_clock():
+    _, scheduler, _ = make_app()
+    start = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+    scheduler.clock.set(start)
+    scheduler.add_interval_job(record, args=["hourly"], id="hourly", hours=1)
+    scheduler.pause_job("hourly")
+    assert scheduler.get_job("hourly")["status"] == "paused"
+    assert scheduler.clock.advance(hours=3) == []
+    scheduler.resume_job("hourly")
+    # From the next point of its grid at or after now (as APScheduler resumes a job).
+    assert scheduler.get_job("hourly")["next_run_time"] == start + timedelta(hours=3)
+    scheduler.reschedule_job("hourly", crontab="30 6 * * *")
+    assert scheduler.preview_job("hourly", n=1) == [start + timedelta(hours=6, minutes=30)]
+    scheduler.run_job_now("hourly")
+    assert [r["scheduled_run_time"] for r in scheduler.run_pending()] == [start + timedelta(hours=3)]
+    assert [r["scheduled_run_time"] for r in scheduler.clock.advance(hours=4)] == [
+        start + timedelta(hours=6, minutes=30)]
+    assert types(scheduler, "hourly") == [
+        Event.JOB_CREATED, Event.JOB_PAUSED, Event.JOB_RESUMED, Event.JOB_RESCHEDULED,
+        Event.JOB_EXECUTED, Event.JOB_EXECUTED]
+    scheduler.resume_job("hourly")  # not paused: refused with its event, as by the daemon
+    refused = scheduler.events[-1]
+    assert (refused.type, refused.op, refused.reason) == (Event.JOB_REQUEST_REFUSED, "resume",
+                                                          "the job is not paused")

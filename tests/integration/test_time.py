@@ -115,12 +115,10 @@ def set_back(harness, job_id: str, days: int) -> datetime:
     return state["next_run_time"]
 
 
-@pytest.mark.parametrize("store,policy", [
-    ("sqlite", "skip"),
-    pytest.param("postgresql", "all", marks=pytest.mark.skipif(
-        not os.environ.get("TIME_ALL"), reason="set TIME_ALL=1 (about 30 s more; catch_up='all' on "
-        "PostgreSQL is also covered in-process by tests/test_catchup.py)")),
-])
+# The long variant (about 30 s more) runs with TIME_ALL=1; catch_up="all" on
+# PostgreSQL is also covered in-process by tests/test_catchup.py.
+@pytest.mark.parametrize("store,policy", [("sqlite", "skip")] + (
+    [("postgresql", "all")] if os.environ.get("TIME_ALL") else []))
 def test_a_clock_jump_of_30_days_gives_the_catch_up_outcome(make_harness, store, policy):
     """An interval job of 1 s whose next run time is 30 days old: 2.6 million
     fire times are overdue. skip: the latest runs, LIMIT are recorded missed

@@ -277,19 +277,36 @@ class SchedulerProxy:
         Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
         ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
         ``interrupted`` or ``parked``), ``runs``, ``created_at``,
-        ``updated_at``, ``last_run_at`` (epoch seconds), ``result`` (the last
-        run's return value, decoded from JSON) and ``error``. Works from any
+        ``updated_at``, ``last_run_at`` (epoch seconds), ``next_run_time``
+        (aware UTC datetime from the job store, or ``None``), ``result`` (the
+        last run's return value, decoded from JSON) and ``error``. Works from any
         process that shares ``scheduler.jobstore.url`` (not with the memory store).
         """
         row = self._ledger().get_job(job_id)
-        return None if row is None else _record(row)
+        return None if row is None else self._records([row])[0]
 
     def get_jobs(self, queue: str | None = None, status: str | None = None,
                  limit: int = 100) -> list[dict[str, Any]]:
         """The most recently changed job records, newest first."""
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
-        return [_record(row) for row in self._ledger().list_jobs(queue, status, limit)]
+        return self._records(self._ledger().list_jobs(queue, status, limit))
+
+    def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Job records from ledger rows, with ``next_run_time`` (an aware UTC
+        datetime, or ``None``) from the job store where a row lacks it."""
+        missing = [row for row in rows if "next_run_time" not in row]
+        lacking = {row["id"] for row in missing}
+        times = self._ledger().next_run_times(missing) if missing else {}
+        records = []
+        for row in rows:
+            record = _record(row)
+            if row["id"] in lacking:
+                stamp = times.get(row["id"])
+                record["next_run_time"] = (None if stamp is None
+                                           else datetime.fromtimestamp(stamp, timezone.utc))
+            records.append(record)
+        return records
 
     def get_runs(self, job_id: str, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The job's recorded runs, oldest first: the latest *limit* of them

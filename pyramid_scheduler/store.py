@@ -64,6 +64,7 @@ class Ledger:
 
     def __init__(self, engine: Engine, prefix: str = "pyramid_scheduler_") -> None:
         self.engine = engine
+        self.prefix = prefix
         self.metadata = sa.MetaData()
         self.jobs = sa.Table(
             f"{prefix}jobs", self.metadata,
@@ -149,6 +150,24 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
         return None if row is None else dict(row._mapping)
+
+    def next_run_times(self, rows: list[dict[str, Any]]) -> dict[str, float | None]:
+        """The next run time (epoch seconds; None: paused, parked or none) of
+        each job in *rows*, read from its queue's APScheduler table, which the
+        daemon keeps exact."""
+        times: dict[str, float | None] = {}
+        by_queue: dict[str, list[str]] = {}
+        for row in rows:
+            by_queue.setdefault(row["queue"], []).append(row["id"])
+        for queue, ids in by_queue.items():
+            table = sa.table(aps_tablename(self.prefix, queue), sa.column("id"), sa.column("next_run_time"))
+            try:
+                with self.engine.connect() as conn:
+                    times.update(conn.execute(sa.select(table.c.id, table.c.next_run_time)
+                                              .where(table.c.id.in_(ids))).all())
+            except sa.exc.DBAPIError:  # no daemon has created the queue's table yet
+                continue
+        return times
 
     def list_runs(self, job_id: str, status: str | None = None,
                   limit: int | None = None) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Transaction-aware enqueue and request-taking jobs, end to end: a WebTest app
 with pyramid_tm and a zope.sqlalchemy session, and a real ``pscheduler``
-running the same application (SQLite broker and job store)."""
+running the same application (SQLite broker and job store; Redis and
+PostgreSQL too for the commit/abort test)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
-def tm_harness(make_harness, tmp_path):
-    harness = make_harness()
+def tm_harness(make_harness, tmp_path, request):
+    broker, store = getattr(request, "param", ("sqlite", "sqlite"))
+    harness = make_harness(broker=broker, store=store)
     harness.settings["tmapp.db"] = f"sqlite:///{tmp_path}/app.sqlite"
     ini = write_ini(tmp_path / "tmapp.ini", harness.settings, app="call:integration.sampleapp.tm:main")
     daemon = harness.start(ini=ini)
@@ -24,6 +26,8 @@ def tm_harness(make_harness, tmp_path):
     return harness, daemon, webtest.TestApp(wsgi)
 
 
+@pytest.mark.parametrize("tm_harness", [("sqlite", "sqlite"), ("redis", "postgresql")],
+                         ids=["sqlite", "redis-postgresql"], indirect=True)
 def test_only_committed_requests_run(tm_harness):
     harness, daemon, app = tm_harness
     proxy = app.app.registry.scheduler

@@ -76,6 +76,9 @@ def test_soak_run_now_jobs_rss_stays_flat(tmp_path: Path, drop_tables: Any) -> N
                 scheduler.add_async_job(jobs.noop, args=[sent], id=f"soak-{sent}")
                 sent += 1
             wait_done(sent - batch, f"{sent - batch} runs done")
+            if sent % 5000 < batch:
+                print(f"[soak] sent={sent} RSS={rss_mb(daemon.pid):.1f} MB "
+                      f"after {time.monotonic() - began:.0f}s", flush=True)
             if not warm and sent >= warm_up:
                 wait_done(warm_up, "the warm-up")
                 warm = rss_mb(daemon.pid)

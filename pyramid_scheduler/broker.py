@@ -15,6 +15,7 @@ at most half of it, and no retry starts that could not finish in time.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -37,10 +38,18 @@ JSON = "application/json"
 DEFAULT_VISIBILITY_TIMEOUT = 60
 
 
-def make_connection(settings: SchedulerSettings, timeout: float | None = None) -> kombu.Connection:
+def make_connection(settings: SchedulerSettings, timeout: float | None = None,
+                    consumer: bool = False) -> kombu.Connection:
     """A new (lazy) Kombu connection for ``scheduler.broker.url``; *timeout*
     (default ``scheduler.broker.timeout``) bounds each connect, socket read
-    and write, and SQLite lock wait."""
+    and write, and SQLite lock wait.
+
+    A *consumer* connection to RabbitMQ sends heartbeats every
+    2 × ``scheduler.broker.timeout`` (at least 2 s): a connection that went
+    silent without a reset (a dropped NAT entry, a frozen host) is given up
+    after two missed beats. Without them the daemon waited on it for ever,
+    the kernel's keepalive being answered by whatever held the other end.
+    """
     if timeout is None:
         timeout = settings.broker_timeout
     options: dict[str, Any] = {}
@@ -59,6 +68,8 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None) -
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
     kwargs: dict[str, Any] = {"connect_timeout": timeout, "transport_options": options}
+    if consumer and scheme.endswith(("amqp", "amqps")):
+        kwargs["heartbeat"] = max(2, math.ceil(2 * settings.broker_timeout))
     if settings.broker.kind == "sql":
         kwargs["transport"] = SQLTransport
     elif scheme in ("redis", "rediss"):

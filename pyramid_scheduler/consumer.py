@@ -193,7 +193,7 @@ class SchedulerService:
         engine.start()
         self.proxy.runtime = self
         self.started.set()
-        connection = make_connection(engine.settings)
+        connection = make_connection(engine.settings, consumer=True)
         try:
             JobConsumer(engine, connection, self.stop_event).run()
         except _Stopping:

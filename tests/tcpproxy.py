@@ -1,6 +1,7 @@
-"""A TCP proxy a test can cut or stall: the service behind it looks down
-(connections reset, new ones closed at once) until it is restored, or looks
-hung (connections accepted, nothing forwarded either way) until it resumes."""
+"""A TCP proxy a test can cut, stall or freeze: the service behind it looks
+down (connections reset, new ones closed at once) until it is restored, or
+hung (connections accepted, nothing forwarded either way) until it is
+restored, or its open connections go silent for good."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import time
 
 
 class TCPProxy:
-    """Forward ``127.0.0.1:<port>`` to *target*; :meth:`cut`, :meth:`stall`
-    and :meth:`restore`."""
+    """Forward ``127.0.0.1:<port>`` to *target*; :meth:`cut`, :meth:`stall`,
+    :meth:`freeze` and :meth:`restore`."""
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self.target = target
@@ -25,6 +26,7 @@ class TCPProxy:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._held: list[socket.socket] = []
+        self._frozen: set[socket.socket] = set()
         self._closed = False
         threading.Thread(target=self._accept, name="tcpproxy-accept", daemon=True).start()
 
@@ -57,7 +59,7 @@ class TCPProxy:
         selector.register(upstream, selectors.EVENT_READ, client)
         try:
             while True:
-                if not self._flowing.is_set():  # stalled: leave the bytes unread
+                if not self._flowing.is_set() or client in self._frozen:  # leave the bytes unread
                     time.sleep(0.05)
                 else:
                     for key, _ in selector.select(timeout=0.5):
@@ -88,6 +90,13 @@ class TCPProxy:
         """Stop forwarding: open connections and new ones get no bytes either
         way (a hung broker, a black-holed route), until :meth:`restore`."""
         self._flowing.clear()
+
+    def freeze(self) -> None:
+        """The open connections go silent for good (a peer that vanished
+        without a reset: a dropped NAT entry, a frozen host); new ones are
+        forwarded as usual. Only a heartbeat can tell."""
+        with self._lock:
+            self._frozen.update(client for client, _ in self._pairs)
 
     def cut(self) -> None:
         """Reset every open connection and refuse new ones."""

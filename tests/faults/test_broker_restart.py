@@ -180,3 +180,29 @@ def test_rabbitmq_gone_under_load_loses_no_confirmed_job(amqp_proxy, make_harnes
     assert runs == [1] * len(runs)
     assert daemon.alive  # reconnected by itself
     assert daemon.terminate() == 0
+
+
+def test_daemon_leaves_a_silently_dead_rabbitmq_connection(amqp_proxy, make_harness):
+    """The daemon's RabbitMQ connection goes silent for good (no reset: the
+    kernel still acknowledges, as behind a NAT that dropped the flow): the
+    AMQP heartbeat notices, the daemon connects again and runs a job
+    published meanwhile."""
+    parts = urlsplit(AMQP_URL)
+    url = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{amqp_proxy.port}").geturl()
+    harness = make_harness("rabbitmq", "postgresql", **{"broker.url": url, "broker.timeout": "1"})
+    direct = harness.proxy(**{"scheduler.broker.url": AMQP_URL})  # same queues, not through the proxy
+    daemon = harness.start()
+    harness.wait_log(daemon, "running queues")
+    before = f"before-{uuid.uuid4().hex[:6]}"
+    direct.add_async_job(jobs.record, args=[harness.oracle, before], id=before)
+    harness.wait_job(direct, before, {"done"}, alive=(daemon,))
+    amqp_proxy.freeze()
+    time.sleep(1)  # the proxy's pumps look at the flag twice a second
+    frozen = time.monotonic()
+    after = f"after-{uuid.uuid4().hex[:6]}"
+    direct.add_async_job(jobs.record, args=[harness.oracle, after], id=after)
+    harness.wait_job(direct, after, {"done"}, timeout=60, alive=(daemon,))
+    print(f"\n[rabbitmq silent connection] the daemon ran a job published after the freeze "
+          f"{time.monotonic() - frozen:.1f}s later")
+    assert len(harness.runs(after)) == 1
+    assert daemon.terminate() == 0

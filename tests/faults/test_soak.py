@@ -6,7 +6,7 @@ is measured. With the SQLite default, the job store's and the broker's
 SQLite page caches live inside the daemon and grow with their files, which
 would hide (or pass for) a leak of the daemon's.
 
-``SOAK_JOBS`` (default 400) sets the count; the target is under 50 MB of
+``SOAK_JOBS`` (default 200) sets the count; the target is under 50 MB of
 growth for 100,000 (``SOAK_JOBS=100000 nice -n 10 python3 dev.py test
 tests/faults/test_soak.py``). The check is proportionate: 10 MB plus 40 MB
 per 100,000 jobs, measured from the end of the warm-up (the first tenth).
@@ -29,7 +29,7 @@ from integration.sampleapp import jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(4 * 3600)]
 
-JOBS = int(os.environ.get("SOAK_JOBS", "400"))
+JOBS = int(os.environ.get("SOAK_JOBS", "200"))
 BUDGET_MB = 10 + 40 * JOBS / 100_000
 
 

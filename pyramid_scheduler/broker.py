@@ -6,12 +6,16 @@ producer side publishes through :class:`Publisher`: a pool of connections and
 producers, publishing to the default exchange with the queue's name as routing
 key (one broker round trip on Redis, no binding lookup), with a retry policy
 bounded by ``scheduler.broker.timeout``. Kombu's own defaults wait forever
-(publish retries, reconnects, pool acquire); here every wait has a bound.
+(publish retries, reconnects, pool acquire); here every wait has a bound, and
+the bounds of one publish add up to ``scheduler.broker.timeout``: waiting for
+a pooled connection and each broker round trip (connect, send, confirm) get
+at most half of it, and no retry starts that could not finish in time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -34,9 +38,20 @@ JSON = "application/json"
 DEFAULT_VISIBILITY_TIMEOUT = 60
 
 
-def make_connection(settings: SchedulerSettings) -> kombu.Connection:
-    """A new (lazy) Kombu connection for ``scheduler.broker.url``."""
-    timeout = settings.broker_timeout
+def make_connection(settings: SchedulerSettings, timeout: float | None = None,
+                    consumer: bool = False) -> kombu.Connection:
+    """A new (lazy) Kombu connection for ``scheduler.broker.url``; *timeout*
+    (default ``scheduler.broker.timeout``) bounds each connect, socket read
+    and write, and SQLite lock wait.
+
+    A *consumer* connection to RabbitMQ sends heartbeats every
+    2 × ``scheduler.broker.timeout`` (at least 2 s): a connection that went
+    silent without a reset (a dropped NAT entry, a frozen host) is given up
+    after two missed beats. Without them the daemon waited on it for ever,
+    the kernel's keepalive being answered by whatever held the other end.
+    """
+    if timeout is None:
+        timeout = settings.broker_timeout
     options: dict[str, Any] = {}
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
@@ -53,6 +68,8 @@ def make_connection(settings: SchedulerSettings) -> kombu.Connection:
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
     kwargs: dict[str, Any] = {"connect_timeout": timeout, "transport_options": options}
+    if consumer and scheme.endswith(("amqp", "amqps")):
+        kwargs["heartbeat"] = max(2, math.ceil(2 * settings.broker_timeout))
     if settings.broker.kind == "sql":
         kwargs["transport"] = SQLTransport
     elif scheme in ("redis", "rediss"):
@@ -72,12 +89,17 @@ def make_queue(settings: SchedulerSettings, queue: str) -> kombu.Queue:
     return kombu.Queue(name, exchange=kombu.Exchange(""), routing_key=name, durable=True)
 
 
+#: What a publish may take beyond ``scheduler.broker.timeout``: Kombu's and
+#: the client libraries' own work between the bounded waits.
+SLACK = 0.5
+
+
 class Publisher:
     """Publishes encoded job requests; thread-safe; every wait bounded.
 
     :meth:`publish` returns once the broker has the message (RabbitMQ: after
-    the publisher confirm) or raises :class:`EnqueueError` within about
-    ``scheduler.broker.timeout`` seconds.
+    the publisher confirm) or raises :class:`EnqueueError` within
+    ``scheduler.broker.timeout`` seconds (plus :data:`SLACK`).
     """
 
     def __init__(self, settings: SchedulerSettings) -> None:
@@ -91,9 +113,16 @@ class Publisher:
         with self._lock:
             if self._producers is None:
                 limit = self.settings.broker_pool_limit
-                self._connection = make_connection(self.settings)
+                self._connection = make_connection(self.settings, self.attempt_timeout)
                 self._producers = ProducerPool(self._connection.Pool(limit=limit), limit=limit)
             return self._producers
+
+    @property
+    def attempt_timeout(self) -> float:
+        """The bound of one broker round trip, and of the wait for a pooled
+        connection: half of ``scheduler.broker.timeout``, so a caller that
+        waited for the pool still has time for one attempt."""
+        return self.settings.broker_timeout / 2
 
     def publish(self, body: bytes, queue: str, job_id: str) -> None:
         """Publish *body* (JSON bytes) on *queue*.
@@ -104,13 +133,14 @@ class Publisher:
             job id is safe: the daemon stores one job per id.
         """
         timeout = self.settings.broker_timeout
+        attempt = self.attempt_timeout
         deadline = time.monotonic() + timeout
         kqueue = self.queues[queue]
         secret = self.settings.secret
         headers = {SIGNATURE_HEADER: sign(body, secret)} if secret else None
 
         def errback(exc: BaseException, interval: float) -> None:
-            if time.monotonic() + interval > deadline:
+            if time.monotonic() + interval + attempt > deadline:  # no time for another try
                 raise EnqueueError(
                     f"job {job_id}: broker {self.settings.broker.masked()} did not accept the "
                     f"message within {timeout:g}s (scheduler.broker.timeout): {exc}") from exc
@@ -120,20 +150,22 @@ class Publisher:
         policy = {"max_retries": 100, "interval_start": 0, "interval_step": 0.1,
                   "interval_max": 0.5, "errback": errback}
         try:
-            with self._pool().acquire(block=True, timeout=timeout) as producer:
+            with self._pool().acquire(block=True, timeout=attempt) as producer:
                 producer.publish(
                     body, routing_key=kqueue.routing_key, exchange="", declare=[kqueue],
                     content_type=JSON, content_encoding="utf-8", delivery_mode=2,
                     retry=True, retry_policy=policy, message_id=job_id, headers=headers,
-                    timeout=timeout,
+                    timeout=attempt,
                 )
         except EnqueueError:
             raise
         except kombu.exceptions.LimitExceeded as exc:
             raise EnqueueError(
-                f"job {job_id}: no broker connection free within {timeout:g}s "
+                f"job {job_id}: no broker connection free within {attempt:g}s "
                 f"(scheduler.broker.pool_limit = {self.settings.broker_pool_limit})") from exc
         except Exception as exc:
+            if isinstance(exc.__cause__, EnqueueError):  # raised by errback, wrapped by Kombu
+                raise exc.__cause__ from exc.__cause__.__cause__
             raise EnqueueError(
                 f"job {job_id}: publishing to queue {queue!r} on "
                 f"{self.settings.broker.masked()} failed: {exc}") from exc

@@ -47,6 +47,10 @@ class _Stopping(Exception):
     """Raised from the reconnect loop when a stop was asked for."""
 
 
+#: Seconds between two attempts to reconnect to the broker.
+RECONNECT_INTERVAL = 1.0
+
+
 class JobConsumer(ConsumerMixin):  # type: ignore[misc]
     def __init__(self, engine: Engine, connection: Any, stop: threading.Event) -> None:
         self.engine = engine
@@ -107,12 +111,22 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             log.warning("%d message(s) taken by an earlier daemon and not finished are back in "
                         "the queue", released)
 
+    @contextmanager
+    def establish_connection(self) -> Iterator[Any]:
+        # Kombu's mixin retries with a back-off growing to 30 s, so after a
+        # long outage the daemon sat idle up to 30 s with the broker back:
+        # retry at once, then every RECONNECT_INTERVAL at most.
+        with self.create_connection() as conn:
+            conn.ensure_connection(self.on_connection_error, self.connect_max_retries, interval_start=0,
+                                   interval_step=RECONNECT_INTERVAL / 2, interval_max=RECONNECT_INTERVAL)
+            yield conn
+
     def on_connection_error(self, exc: Exception, interval: float) -> None:
+        # Kombu sleeps *interval* (at most RECONNECT_INTERVAL) after this.
         if self.should_stop:
             raise _Stopping() from exc
         log.warning("broker %s unreachable (%s); retrying in %.1fs",
                     self.engine.settings.broker.masked(), exc, interval)
-        self.stop_event.wait(min(interval, 1.0))
 
     def on_message(self, message: Any) -> None:
         queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
@@ -185,7 +199,7 @@ class SchedulerService:
         engine.start()
         self.proxy.runtime = self
         self.started.set()
-        connection = make_connection(engine.settings)
+        connection = make_connection(engine.settings, consumer=True)
         try:
             JobConsumer(engine, connection, self.stop_event).run()
         except _Stopping:

@@ -11,7 +11,8 @@ acked, or dead-lettered, or requeued). A message is therefore always in the
 queue, in the processing list or in ``unacked``; :func:`release_claims`,
 called by the daemon when it takes a queue's lease, puts back whatever an
 earlier holder left in either. Everything else (publishing, acks, the
-visibility timeout, connections) is Kombu's own.
+visibility timeout, connections) is Kombu's own, except that a transport
+the connection lets go of closes its poller at once.
 
 Needs Redis 6.2 or later (``BLMOVE``). Each channel waits on one queue; the
 daemon gives every queue its own channel. ``basic_get`` (which the daemon
@@ -86,6 +87,21 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+    _client: Any = None
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        # Kombu's Connection lets go of its transport by setting this to None
+        # (on every failed connect or publish) and left the poller's epoll
+        # descriptor to the garbage collector: a producer retrying against a
+        # closed port held one more descriptor per attempt until a collection.
+        self._client = value
+        if value is None and "cycle" in self.__dict__:
+            self.cycle.poller.close()  # type: ignore[union-attr]
 
     @cached_property
     def driver_name(self) -> str:

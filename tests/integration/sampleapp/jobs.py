@@ -68,6 +68,11 @@ def record(oracle: str, tag: str) -> dict[str, Any]:
     return {"tag": tag, "pid": os.getpid(), "marker": _marker()}
 
 
+def noop(n: int) -> int:
+    """Do nothing (the soak test counts runs in the ledger)."""
+    return n
+
+
 def slow(oracle: str, tag: str, seconds: float) -> str:
     """Record a start, take *seconds*, record the end."""
     _log_run(oracle, tag, "start")

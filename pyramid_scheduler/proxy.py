@@ -277,8 +277,8 @@ class SchedulerProxy:
         Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
         ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
         ``interrupted`` or ``parked``), ``runs``, ``created_at``,
-        ``updated_at``, ``last_run_at`` (epoch seconds), ``next_run_time``
-        (aware UTC datetime from the job store, or ``None``), ``result`` (the
+        ``updated_at``, ``last_run_at``, ``next_run_time`` (epoch seconds;
+        the latter from the job store, ``None`` when there is none), ``result`` (the
         last run's return value, decoded from JSON) and ``error``. Works from any
         process that shares ``scheduler.jobstore.url`` (not with the memory store).
         """
@@ -293,8 +293,8 @@ class SchedulerProxy:
         return self._records(self._ledger().list_jobs(queue, status, limit))
 
     def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Job records from ledger rows, with ``next_run_time`` (an aware UTC
-        datetime, or ``None``) from the job store where a row lacks it."""
+        """Job records from ledger rows, with ``next_run_time`` (epoch
+        seconds, or ``None``) from the job store where a row lacks it."""
         missing = [row for row in rows if "next_run_time" not in row]
         lacking = {row["id"] for row in missing}
         times = self._ledger().next_run_times(missing) if missing else {}
@@ -302,9 +302,7 @@ class SchedulerProxy:
         for row in rows:
             record = _record(row)
             if row["id"] in lacking:
-                stamp = times.get(row["id"])
-                record["next_run_time"] = (None if stamp is None
-                                           else datetime.fromtimestamp(stamp, timezone.utc))
+                record["next_run_time"] = times.get(row["id"])
             records.append(record)
         return records
 

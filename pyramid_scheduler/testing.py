@@ -176,7 +176,8 @@ class TestingJob:
                 "request": json.dumps(request.to_wire()), "created_at": self.created_at,
                 "updated_at": self.updated_at, "runs": self.runs, "last_run_at": self.last_run_at,
                 "result": self.result, "error": self.error, "options": dict(request.options),
-                "next_run_time": self.next_run_time, "attempt": self.attempt}
+                "next_run_time": None if self.next_run_time is None else self.next_run_time.timestamp(),
+                "attempt": self.attempt}
 
 
 class _Ledger:

@@ -113,9 +113,10 @@ def test_job_records_carry_the_next_run_time_from_the_job_store(engine_factory):
     proxy = engine.proxy
     due = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
     engine.submit(add(record, kind="date", job_id="n1", when=due))
-    assert proxy.get_job("n1")["next_run_time"] == due
-    assert [r["next_run_time"] for r in proxy.get_jobs(status="scheduled") if r["id"] == "n1"] == [due]
+    assert proxy.get_job("n1")["next_run_time"] == due.timestamp()  # epoch seconds, like the other times
+    assert [r["next_run_time"] for r in proxy.get_jobs(status="scheduled") if r["id"] == "n1"] == [
+        due.timestamp()]
     assert engine.submit(request("pause", "n1")) == "paused"
     assert proxy.get_job("n1")["next_run_time"] is None
     assert engine.submit(request("resume", "n1")) == "resumed"
-    assert proxy.get_job("n1")["next_run_time"] == due
+    assert proxy.get_job("n1")["next_run_time"] == due.timestamp()

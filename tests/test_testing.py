@@ -146,7 +146,7 @@ def test_advance_fires_date_interval_and_cron_jobs_in_order():
     app.get("/add", {"kind": "interval", "tag": "every10h", "hours": "10"})
     app.get("/add", {"kind": "date", "tag": "once", "date": (start + timedelta(hours=15)).isoformat()})
     app.get("/add", {"kind": "cron", "tag": "daily7", "crontab": "0 7 * * *"})
-    assert scheduler.get_job("every10h")["next_run_time"] == start + timedelta(hours=10)
+    assert scheduler.get_job("every10h")["next_run_time"] == (start + timedelta(hours=10)).timestamp()
 
     runs = scheduler.clock.advance(hours=25)
     assert [(r["job_id"], r["scheduled_run_time"] - start) for r in runs] == [
@@ -160,7 +160,7 @@ def test_advance_fires_date_interval_and_cron_jobs_in_order():
     assert scheduler.get_job("once")["status"] == "done"
     assert scheduler.get_job("every10h")["status"] == "scheduled"
     assert scheduler.get_job("every10h")["runs"] == 2
-    assert scheduler.get_job("daily7")["next_run_time"] == start + timedelta(days=1, hours=7)
+    assert scheduler.get_job("daily7")["next_run_time"] == (start + timedelta(days=1, hours=7)).timestamp()
     assert types(scheduler, "once") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
     assert types(scheduler, "every10h") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_EXECUTED]
     with pytest.raises(ValueError, match="only moves forward"):
@@ -366,7 +366,7 @@ def test_pause_resume_reschedule_and_run_now_on_the_fake_clock():
     assert scheduler.clock.advance(hours=3) == []
     scheduler.resume_job("hourly")
     # From the next point of its grid at or after now (as APScheduler resumes a job).
-    assert scheduler.get_job("hourly")["next_run_time"] == start + timedelta(hours=3)
+    assert scheduler.get_job("hourly")["next_run_time"] == (start + timedelta(hours=3)).timestamp()
     scheduler.reschedule_job("hourly", crontab="30 6 * * *")
     assert scheduler.preview_job("hourly", n=1) == [start + timedelta(hours=6, minutes=30)]
     scheduler.run_job_now("hourly")

@@ -3,7 +3,8 @@
 * ``enqueue``: cProfile around N ``add_async_job`` calls in this process
   (no daemon running), sorted by cumulative time.
 * ``daemon``: N run-now jobs queued, then a ``pscheduler`` subprocess drains
-  them under ``py-spy record`` (sampling, all threads, idle samples dropped);
+  them under ``py-spy record`` (sampling, all threads, idle samples dropped;
+  with ``--gil`` only the thread holding the GIL, i.e. where the CPU goes);
   prints each function's share of the samples it is on the stack of
   (inclusive), and writes the collapsed stacks for a flame graph.
 
@@ -84,7 +85,7 @@ def pg_round_trips() -> tuple[float, float]:
     return statistics.median(selects) * 1000, statistics.median(commits) * 1000
 
 
-def profile_daemon(count: int, out: Path, seconds: float) -> str:
+def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> str:
     """py-spy samples of a ``pscheduler`` draining a Redis queue (PostgreSQL
     job store), taken once it runs jobs; the report."""
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -99,7 +100,8 @@ def profile_daemon(count: int, out: Path, seconds: float) -> str:
             before = len(jobs.read(path))
             spy = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                                   str(worker.proc.pid), "--duration", str(int(seconds)), "--rate", "250",
-                                  "--format", "raw", "--output", str(raw), "--nonblocking"],
+                                  "--format", "raw", "--output", str(raw), "--nonblocking",
+                                  *(["--gil"] if gil else [])],
                                  capture_output=True, text=True)
             done = len(jobs.read(path)) - before
             worker.stop()
@@ -119,18 +121,20 @@ def profile_daemon(count: int, out: Path, seconds: float) -> str:
             inclusive[re.sub(r" \(.*site-packages/", " (", frame)] += n
         leaf = frames[-1]
         groups[next((label for needle, label in GROUPS if needle in leaf), "other (interpreter, stdlib)")] += n
+    what = ("samples of the thread holding the GIL (where the CPU goes)" if gil
+            else "samples of busy threads (where the time goes, waits included)")
     lines = [f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
-             f"of sampling ({done / seconds:.0f} jobs/s); {total} samples of busy threads.", "",
+             f"of sampling ({done / seconds:.0f} jobs/s); {total} {what}.", "",
              "Where the samples end (leaf frame), by package:"]
     lines += [f"  {100 * n / total:5.1f}%  {label}" for label, n in groups.most_common()]
     select_ms, commit_ms = pg_round_trips()
     lines += ["", f"PostgreSQL on this machine, measured just after: SELECT 1 {select_ms:.2f} ms, "
               f"INSERT + COMMIT {commit_ms:.2f} ms (median of 200)."]
-    lines += ["", "Functions on the stack (inclusive share of busy samples):"]
+    lines += ["", "Functions on the stack (inclusive share of the samples):"]
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(40)
               if "_bootstrap" not in frame]
     report = "\n".join(lines)
-    (out / "profile-daemon.txt").write_text(report + "\n", encoding="utf-8")
+    (out / f"profile-daemon{'-cpu' if gil else ''}.txt").write_text(report + "\n", encoding="utf-8")
     return report
 
 
@@ -139,6 +143,8 @@ def main() -> None:
     parser.add_argument("what", choices=["enqueue", "daemon", "both"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--gil", action="store_true", help="daemon: sample only the thread holding the GIL "
+                        "(where its CPU goes, not where it waits)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/pscheduler-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +152,7 @@ def main() -> None:
         print(profile_enqueue(args.count, args.out))
     if args.what in ("daemon", "both"):
         started = time.monotonic()
-        print(profile_daemon(args.count, args.out, args.seconds))
+        print(profile_daemon(args.count, args.out, args.seconds, args.gil))
         print(f"({time.monotonic() - started:.0f}s)")
 
 

@@ -140,6 +140,9 @@ def rst(results: dict[str, Any]) -> str:
                     for k, val in results["sizes"].items()) + ".", "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", "",
     ]
+    if results.get("errors"):
+        lines += ["Failed (see the run's output): " + "; ".join(f"{k} ({why})" for k, why in results["errors"].items())
+                  + ".", ""]
     if results.get("skipped"):
         lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in results["skipped"].items()) + ".", ""]
     for key, title in BROKERS:

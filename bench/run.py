@@ -514,7 +514,8 @@ def client_fix_figures(tmp: Path, count: int) -> dict[str, Any]:
 def bulk_load(system: Ours, template_id: str, count: int) -> float:
     """Copy the job the daemon stored (*template_id*) *count* times, each
     with its own id and a date 1 to 2 days ahead, into the APScheduler table
-    and the ledger with PostgreSQL ``COPY``. Seconds taken."""
+    and the ledger with PostgreSQL ``COPY``, then ``VACUUM ANALYZE`` both and
+    ``CHECKPOINT``. Seconds taken."""
     import copy
     import pickle
     from datetime import timedelta
@@ -554,8 +555,14 @@ def bulk_load(system: Ours, template_id: str, count: int) -> float:
                     req = dict(request, id=job_id, mid=uuid.uuid4().hex,
                                trigger=dict(request["trigger"], run_date=when.isoformat()))
                     out.write_row((job_id, *ledger_row[1:5], req["mid"], json.dumps(req), *ledger_row[7:]))
-        conn.execute(f'analyze "{aps}"')
-        conn.execute(f'analyze "{ledger}"')
+    # Settle the load before measuring: statistics, visibility map, and the
+    # WAL written by COPY flushed, so no autovacuum or checkpoint lands on it.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in (f'vacuum analyze "{aps}"', f'vacuum analyze "{ledger}"', "checkpoint"):
+            try:
+                conn.execute(statement)
+            except psycopg.Error as exc:  # CHECKPOINT needs a superuser (or pg_checkpoint)
+                log(f"scale: {statement}: {exc}")
     return time.monotonic() - started
 
 
@@ -654,6 +661,48 @@ def versions() -> dict[str, str]:
     return found
 
 
+def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, Any], out_dir: Path) -> None:
+    """Measure one part (``ours-redis``, ``raw-sqlite``, ``fix``, ``scale``, ...) into *results*."""
+    quick = args.quick
+    classes: dict[str, type[System]] = {"ours": Ours, "raw": Raw, "celery": CeleryApp}
+    kind, _, broker = part.partition("-")
+    needs = {"redis": ["redis", "postgresql"], "rabbitmq": ["rabbitmq", "postgresql"], "sqlite": []}
+    if kind in classes:
+        missing = [s for s in needs[broker] if not (kind == "raw" and s == "postgresql") and not service_up(s)]
+        if kind == "celery" and broker == "sqlite":
+            return
+        if missing:
+            results["skipped"][part] = f"{', '.join(missing)} not reachable"
+            log(f"{part}: skipped ({results['skipped'][part]})")
+            return
+        cls = classes[kind]
+        results["systems"][part] = measure(lambda cls=cls, broker=broker: cls(broker, tmp),  # type: ignore[misc]
+                                           args, tmp)
+    elif part == "fix":
+        if service_up("redis") and service_up("postgresql"):
+            results["client_fix"] = client_fix_figures(tmp, 500 if quick else 3000)
+            log(f"fix: enqueue p50 {results['client_fix']['before']['p50']:.3f} ms before, "
+                f"{results['client_fix']['after']['p50']:.3f} ms after")
+    elif part == "profile":
+        if service_up("redis") and service_up("postgresql"):
+            from bench import profile
+
+            log("profile: enqueue (cProfile) and the daemon's drain (py-spy) on Redis")
+            profile.profile_enqueue(300 if quick else 2000, out_dir)
+            for gil in (False, True):
+                profile.profile_daemon(300 if quick else 1000, out_dir, 4 if quick else 8, gil)
+    elif part == "scale":
+        if not (service_up("redis") and service_up("postgresql")):
+            results["skipped"]["scale"] = "redis or postgresql not reachable"
+            return
+        n = 1000
+        while n <= args.scale_max:
+            results["scale"].append(measure_scale(n, args, tmp))
+            n *= 10
+    else:
+        raise ValueError(f"--only: unknown part {part!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
@@ -697,6 +746,10 @@ def main(argv: list[str] | None = None) -> int:
     args.scale_fires = 50 if quick else 100
     parts = args.only or ["ours-redis", "raw-redis", "celery-redis", "ours-rabbitmq", "raw-rabbitmq",
                           "celery-rabbitmq", "ours-sqlite", "raw-sqlite", "fix", "profile", "scale"]
+    known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
+    unknown = [part for part in parts if part not in known | {"fix", "profile", "scale"} or part == "celery-sqlite"]
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
     out_dir = args.out or DOCS_OUT
     json_out = JSON_OUT if args.out is None else out_dir / "results.json"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -714,48 +767,20 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(), "sizes": {k: getattr(args, k) for k in (
             "drain", "enqueue_tx", "latency", "date", "date_span", "scale_max", "scale_adds", "scale_fires",
             "fill_timeout", "drain_timeout", "lead_max", "grace")},
-        "reference": REFERENCE, "systems": {}, "scale": [], "skipped": {},
+        "reference": REFERENCE, "systems": {}, "scale": [], "skipped": {}, "errors": {},
     }
     started = time.monotonic()
-    classes: dict[str, type[System]] = {"ours": Ours, "raw": Raw, "celery": CeleryApp}
     with tempfile.TemporaryDirectory(prefix="pscheduler-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for part in parts:
-            kind, _, broker = part.partition("-")
-            needs = {"redis": ["redis", "postgresql"], "rabbitmq": ["rabbitmq", "postgresql"], "sqlite": []}
-            if kind in classes:
-                missing = [s for s in needs[broker] if not (kind == "raw" and s == "postgresql") and not service_up(s)]
-                if kind == "celery" and broker == "sqlite":
-                    continue
-                if missing:
-                    results["skipped"][part] = f"{', '.join(missing)} not reachable"
-                    log(f"{part}: skipped ({results['skipped'][part]})")
-                    continue
-                cls = classes[kind]
-                results["systems"][part] = measure(lambda cls=cls, broker=broker: cls(broker, tmp),  # type: ignore[misc]
-                                                   args, tmp)
-            elif part == "fix":
-                if service_up("redis") and service_up("postgresql"):
-                    results["client_fix"] = client_fix_figures(tmp, 500 if quick else 3000)
-                    log(f"fix: enqueue p50 {results['client_fix']['before']['p50']:.3f} ms before, "
-                        f"{results['client_fix']['after']['p50']:.3f} ms after")
-            elif part == "profile":
-                if service_up("redis") and service_up("postgresql"):
-                    from bench import profile
+            try:
+                run_part(part, args, tmp, results, out_dir)
+            except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others
+                import traceback
 
-                    log("profile: enqueue (cProfile) and the daemon's drain (py-spy) on Redis")
-                    profile.profile_enqueue(300 if quick else 2000, out_dir)
-                    profile.profile_daemon(300 if quick else 1500, out_dir, 5 if quick else 10)
-            elif part == "scale":
-                if not (service_up("redis") and service_up("postgresql")):
-                    results["skipped"]["scale"] = "redis or postgresql not reachable"
-                    continue
-                n = 1000
-                while n <= args.scale_max:
-                    results["scale"].append(measure_scale(n, args, tmp))
-                    n *= 10
-            else:
-                parser.error(f"--only: unknown part {part!r}")
+                traceback.print_exc()
+                results["errors"][part] = f"{type(exc).__name__}: {exc}"
+                log(f"{part}: FAILED ({results['errors'][part]}); going on")
     results["elapsed_s"] = time.monotonic() - started
     from bench import report
 

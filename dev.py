@@ -87,7 +87,7 @@ def test(pytest_args: list[str]) -> int:
     """Lint, type-check, build the docs with warnings as errors, run pytest."""
     install("testing")
     steps: list[list[str]] = [
-        [str(BIN / "ruff"), "check", "pyramid_scheduler", "tests", "dev.py"],
+        [str(BIN / "ruff"), "check", "pyramid_scheduler", "tests", "bench", "dev.py"],
         [str(BIN / "mypy")],
     ]
     if (HERE / "docs" / "conf.py").exists():

@@ -36,14 +36,19 @@ extras = {
         "mypy>=1.10",
         "playwright>=1.40",
         "beautifulsoup4>=4.12",
+        "psutil>=5.9",  # the bench smoke test (tests/test_bench.py)
     ],
     "docs": [
         "Sphinx>=7",
         "sphinxcontrib-autoprogram>=0.1.9",
     ],
     "demo": ["waitress>=3.0"],
+    # python -m bench (docs/performance.rst): Celery for comparison, pika for the raw AMQP
+    # loop, matplotlib for the plots, psutil for the daemon's memory, py-spy for the profile.
+    "bench": ["celery[redis]>=5.3,<6", "pika>=1.3", "matplotlib>=3.7", "psutil>=5.9", "py-spy>=0.3.14"],
 }
 extras["testing"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"]
+extras["bench"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + ["transaction>=3.0"]
 
 setup(
     name="pyramid_scheduler",
@@ -63,7 +68,7 @@ setup(
     ],
     keywords="pyramid scheduler cron jobs apscheduler kombu",
     license="MIT",
-    packages=find_packages(exclude=["tests", "tests.*"]),
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
     package_data={"pyramid_scheduler": ["py.typed", "demo/templates/*"]},
     zip_safe=False,

@@ -21,6 +21,8 @@ does not use) is Kombu's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
@@ -40,6 +42,20 @@ def processing_key(queue: str) -> str:
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _reliable_key: str | None = None
+    _shared_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """The client for one operation: *client*, or the channel's client of
+        its current connection pool (Kombu makes a new one per call)."""
+        if client:
+            yield client
+            return
+        pool = self.pool  # Kombu makes a new pool after a fork or a close
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:

@@ -1,0 +1,791 @@
+"""Run the benchmark suite: ``python -m bench`` (``--help`` for the options).
+
+One run measures, on this machine, pyramid_scheduler on Redis and RabbitMQ
+(PostgreSQL job store) and on the embedded SQLite default (SQLite job store),
+the raw broker loops with the same payload (:mod:`bench.raw`) and Celery with
+the same broker (:mod:`bench.celery_app`), then writes ``bench/results.json``,
+``docs/_bench/results.rst`` (included by docs/performance.rst) and the PNG
+plots next to it. The method is described in docs/performance.rst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import jobs
+from bench.raw import Producer
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_OUT = ROOT / "docs" / "_bench"
+JSON_OUT = ROOT / "bench" / "results.json"
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SERVICES = {"redis": ("127.0.0.1", 6379), "rabbitmq": ("127.0.0.1", 5672), "postgresql": ("127.0.0.1", 5432)}
+
+#: The run-now latency test sends at this steady rate.
+RATE = 200.0
+#: Peers the bench does not run: the figures of the issue's table (taken on
+#: the same kind of machine, another day). Only the targets that name them use them.
+REFERENCE = {"huey run-now p50 (ms)": 1.06, "Dramatiq drain (jobs/s)": 1700.0}
+
+LOGGING = """
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = plain
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = plain
+
+[formatter_plain]
+format = %(asctime)s %(levelname)s [%(name)s] %(message)s
+"""
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def service_up(name: str) -> bool:
+    try:
+        with socket.create_connection(SERVICES[name], timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# -- statistics -------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(seconds: list[float]) -> dict[str, Any]:
+    """p50/p90/p99/max in milliseconds of *seconds*."""
+    ms = [s * 1000 for s in seconds]
+    return {"n": len(ms), "p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99),
+            "max": max(ms) if ms else float("nan")}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def sleep_until(moment: float) -> None:
+    delay = moment - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# -- the systems under test -------------------------------------------------------------
+
+class Worker:
+    """A subprocess in its own process group, output to a log file."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+        environ.update(env or {})
+        self.started = time.time()
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, env=environ, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        try:
+            return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
+        except psutil.Error:
+            return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the worker and its children used so far."""
+        import psutil
+
+        try:
+            proc = psutil.Process(self.proc.pid)
+            total = sum(proc.cpu_times()[:2])
+            for child in proc.children(recursive=True):
+                total += sum(child.cpu_times()[:2])
+            return float(total)
+        except psutil.Error:
+            return float("nan")
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+class System:
+    """One thing to measure: ``enqueue`` a run-now job, maybe a date job,
+    start and stop its worker."""
+
+    def __init__(self, broker: str, tmp: Path, name: str, key: str) -> None:
+        self.broker, self.tmp, self.name, self.key = broker, tmp, name, f"{key}-{broker}"
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        raise NotImplementedError
+
+    def enqueue_tx(self, path: str, tag: str, sent: float) -> None:
+        raise NotImplementedError
+
+    has_tx = False
+    has_date = True
+
+    def enqueue_at(self, path: str, tag: str, when: float) -> None:
+        raise NotImplementedError
+
+    def start_worker(self) -> Worker:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def ours_settings(broker: str, tmp: Path, tag: str) -> dict[str, str]:
+    if broker == "sqlite":
+        broker_url, store_url = f"sqlite:///{tmp}/{tag}-broker.sqlite", f"sqlite:///{tmp}/{tag}-jobs.sqlite"
+    else:
+        broker_url, store_url = (REDIS_URL if broker == "redis" else AMQP_URL), POSTGRES_URL
+    return {
+        "scheduler.combined": "false",
+        "scheduler.queues": "jobs",
+        "scheduler.broker.url": broker_url,
+        "scheduler.broker.queue_prefix": f"bench.{tag}.",
+        "scheduler.jobstore.url": store_url,
+        "scheduler.jobstore.tablename_prefix": f"{tag}_",
+        "scheduler.secret": "bench-secret-0123456789abcdef",
+        "scheduler.allowed_modules": "bench",
+    }
+
+
+class Ours(System):
+    """pyramid_scheduler: the web side's ``registry.scheduler`` in this
+    process, ``pscheduler`` as the worker."""
+
+    has_tx = True
+
+    def __init__(self, broker: str, tmp: Path) -> None:
+        from pyramid.config import Configurator
+
+        super().__init__(broker, tmp, "pyramid_scheduler", "ours")
+        self.tag = f"b{uuid.uuid4().hex[:8]}"
+        self.settings = ours_settings(broker, tmp, self.tag)
+        with Configurator(settings=self.settings) as config:
+            config.include("pyramid_scheduler")
+        self.proxy = config.registry.scheduler
+        self.ini = tmp / f"{self.key}.ini"
+        lines = ["[app:main]", "use = call:bench.app:main"]
+        lines += [f"{k} = {v.replace('%', '%%')}" for k, v in self.settings.items()]
+        self.ini.write_text("\n".join(lines) + "\n" + LOGGING, encoding="utf-8")
+        self.workers = 0
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        self.proxy.add_async_job(jobs.record, args=[path, tag, sent])
+
+    def enqueue_tx(self, path: str, tag: str, sent: float) -> None:
+        import transaction
+
+        with transaction.manager:
+            self.proxy.add_async_job(jobs.record, args=[path, tag, sent])
+
+    def enqueue_at(self, path: str, tag: str, when: float) -> None:
+        self.proxy.add_date_job(jobs.record, when, args=[path, tag, when])
+
+    def start_worker(self) -> Worker:
+        self.workers += 1
+        return Worker([sys.executable, "-m", "pyramid_scheduler.scripts", str(self.ini)],
+                      self.tmp / f"{self.key}-{self.workers}.log")
+
+    def active(self) -> bool:
+        return all(d["active"] for d in self.proxy.get_daemons())
+
+    def close(self) -> None:
+        from pyramid_scheduler.broker import make_connection, make_queue
+
+        settings = self.proxy.settings
+        self.proxy.close()
+        if settings.broker.kind != "sql":
+            try:
+                with make_connection(settings) as conn:
+                    for name in settings.queues:
+                        make_queue(settings, name)(conn.default_channel).delete()
+            except Exception as exc:  # noqa: BLE001 - cleanup only
+                log(f"could not delete the bench queues: {exc}")
+        if settings.jobstore_url and settings.jobstore_url.startswith("postgresql"):
+            drop_tables(settings.jobstore_url, settings.jobstore_tablename_prefix)
+
+
+def drop_tables(url: str, prefix: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            names = conn.execute(sa.text("select tablename from pg_tables where tablename like :p"),
+                                 {"p": f"{prefix.lower()}%"}).scalars().all()
+            for name in names:
+                conn.execute(sa.text(f'drop table if exists "{name}" cascade'))
+    finally:
+        engine.dispose()
+
+
+def sample_body(path: str, tag: str, sent: float) -> bytes:
+    """The message pyramid_scheduler would send for this run-now job."""
+    from pyramid_scheduler.messages import JobRequest, new_id, trigger_spec
+
+    spec = trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))
+    return JobRequest(op="add", id=new_id(), queue="jobs", func="bench.jobs:record",
+                      args=[path, tag, sent], kwargs={}, trigger=spec, options={}).encode()
+
+
+class Raw(System):
+    """The broker alone: :mod:`bench.raw`."""
+
+    has_date = False
+
+    def __init__(self, broker: str, tmp: Path) -> None:
+        super().__init__(broker, tmp, {"redis": "redis-py LPUSH/BRPOP", "rabbitmq": "pika publish/consume",
+                                       "sqlite": "sqlite3 insert/select"}[broker], "raw")
+        self.kind = {"redis": "redis", "rabbitmq": "amqp", "sqlite": "sqlite"}[broker]
+        self.queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
+        self.url = {"redis": REDIS_URL, "rabbitmq": AMQP_URL, "sqlite": str(tmp / "raw.sqlite")}[broker]
+        self.producer = Producer(self.kind, self.url, self.queue)
+        self.template = json.loads(sample_body("", "", 0.0))
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        self.template["args"] = [path, tag, sent]
+        self.producer.put(json.dumps(self.template, separators=(",", ":")).encode())
+
+    def start_worker(self) -> Worker:
+        return Worker([sys.executable, "-m", "bench.raw", self.kind, self.url, self.queue],
+                      self.tmp / f"{self.key}.log")
+
+    def close(self) -> None:
+        self.producer.close(delete=True)
+
+
+class CeleryApp(System):
+    """Celery 5 with the same broker: a ``celery worker -P solo`` subprocess."""
+
+    def __init__(self, broker: str, tmp: Path) -> None:
+        super().__init__(broker, tmp, "Celery", "celery")
+        self.queue = f"bench.celery.{uuid.uuid4().hex[:8]}"
+        self.url = REDIS_URL if broker == "redis" else AMQP_URL
+        os.environ["BENCH_CELERY_BROKER"] = self.url
+        os.environ["BENCH_CELERY_QUEUE"] = self.queue
+        from bench import celery_app
+
+        celery_app.app.conf.broker_url = self.url
+        celery_app.app.conf.task_default_queue = self.queue
+        self.app = celery_app.app
+        self.task = celery_app.record
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        self.task.apply_async(args=[path, tag, sent], queue=self.queue)
+
+    def enqueue_at(self, path: str, tag: str, when: float) -> None:
+        self.task.apply_async(args=[path, tag, when], queue=self.queue,
+                              eta=datetime.fromtimestamp(when, timezone.utc))
+
+    def start_worker(self) -> Worker:
+        argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo", "-Q", self.queue,
+                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
+        return Worker(argv, self.tmp / f"{self.key}.log",
+                      env={"BENCH_CELERY_BROKER": self.url, "BENCH_CELERY_QUEUE": self.queue})
+
+    def close(self) -> None:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(self.queue)
+        except Exception as exc:  # noqa: BLE001 - cleanup only
+            log(f"could not delete the Celery queue: {exc}")
+        # The next CeleryApp may use another broker URL: let Celery make new
+        # pools (Kombu's global producer pools stay open for the same URL).
+        self.app._pool = None
+        self.app.amqp._producer_pool = None
+
+
+# -- the measurements -------------------------------------------------------------------
+
+def timed(call: Callable[[str, str, float], None], path: str, tag: str, count: int,
+          limit: float = float("inf")) -> list[float]:
+    """Call *call* *count* times (or until *limit* seconds have passed); the cost of each call."""
+    costs = []
+    perf = time.perf_counter
+    end = perf() + limit
+    for _ in range(count):
+        if perf() > end:
+            break
+        sent = time.time()
+        start = perf()
+        call(path, tag, sent)
+        costs.append(perf() - start)
+    return costs
+
+
+def enqueue_figures(costs: list[float]) -> dict[str, Any]:
+    figures = summary(costs)
+    figures["calls_per_s"] = len(costs) / sum(costs) if costs else float("nan")
+    return figures
+
+
+def wait_count(path: str, count: int, timeout: float, worker: Worker) -> list[tuple[str, float, float]]:
+    def enough() -> bool:
+        return not worker.alive() or len(jobs.read(path)) >= count
+
+    wait_for(enough, timeout, 0.1)
+    return jobs.read(path)
+
+
+def restart(factory: Callable[[], System], system: System, worker: Worker, warm: Path) -> tuple[System, Worker]:
+    """Drop *system*'s queue and store, start a fresh one and wait for its
+    worker to run a first job."""
+    worker.stop()
+    system.close()
+    system = factory()
+    worker = system.start_worker()
+    system.enqueue(str(warm), "w", time.time())
+    wait_count(str(warm), 1, 120, worker)
+    return system, worker
+
+
+def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Enqueue cost (worker stopped, filling the queue), drain of that queue,
+    run-now latency at a steady rate, date-job lateness.
+
+    A drain still running after ``--drain-timeout`` is reported as the rate
+    so far; its queue and job store are then dropped and the later parts
+    start on fresh ones. Jobs not started ``--grace`` seconds after the last
+    one was due count as missing.
+    """
+    system = factory()
+    result: dict[str, Any] = {"name": system.name}
+    drain_path = str(tmp / f"{system.key}-drain.txt")
+    log(f"{system.key}: enqueue {sizes.drain} run-now jobs (at most {sizes.fill_timeout:g} s), worker stopped")
+    costs = timed(system.enqueue, drain_path, "d", sizes.drain, sizes.fill_timeout)
+    result["enqueue"] = enqueue_figures(costs)
+    result["enqueue_costs_ms"] = [round(c * 1000, 4) for c in costs[:: max(1, len(costs) // 2000)]]
+    expected = len(costs)
+    if system.has_tx:
+        tx = timed(system.enqueue_tx, drain_path, "t", sizes.enqueue_tx, sizes.fill_timeout / 4)
+        result["enqueue_tx"] = enqueue_figures(tx)
+        expected += len(tx)
+    log(f"{system.key}: enqueue p50 {result['enqueue']['p50']:.3f} ms; drain {expected} jobs")
+    worker = system.start_worker()
+    try:
+        # CPU per job: the worker's CPU time from its first job to the end of the drain.
+        wait_for(lambda: not worker.alive() or jobs.read(drain_path), 120, 0.02)
+        cpu0, first = worker.cpu_s(), len(jobs.read(drain_path))
+        rows = wait_count(drain_path, expected, sizes.drain_timeout, worker)
+        cpu1 = worker.cpu_s()
+        starts = sorted(row[2] for row in rows)
+        done = len(starts)
+        rate = (done - 1) / (starts[-1] - starts[0]) if done > 1 and starts[-1] > starts[0] else float("nan")
+        cpu_ms = (cpu1 - cpu0) * 1000 / (done - first) if done > first else float("nan")
+        result["drain"] = {"jobs": expected, "done": done, "jobs_per_s": rate, "cpu_ms_per_job": cpu_ms}
+        log(f"{system.key}: drained {done}/{expected} at {rate:.0f} jobs/s")
+        if not worker.alive():
+            raise RuntimeError(f"{system.key}: the worker exited; see {worker.log_path}")
+        if expected < sizes.drain:
+            result["incomplete"] = f"drain: {expected:,} jobs queued in {sizes.fill_timeout:g} s, not {sizes.drain:,}"
+        if done < expected:
+            result["incomplete"] = (f"{result['incomplete'] + '; ' if 'incomplete' in result else ''}drain: "
+                                    f"{done:,} of {expected:,} queued jobs run in {sizes.drain_timeout:g} s")
+            system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm1.txt")
+
+        lat_path = str(tmp / f"{system.key}-latency.txt")
+        log(f"{system.key}: run-now latency, {sizes.latency} jobs at {RATE:g}/s")
+        begin = time.time() + 0.2
+        for i in range(sizes.latency):
+            sleep_until(begin + i / RATE)
+            system.enqueue(lat_path, "l", time.time())
+        rows = wait_count(lat_path, sizes.latency, sizes.grace, worker)
+        latencies = [started - sent for _tag, sent, started in rows]
+        result["latency"] = summary(latencies)
+        result["latency"]["missing"] = sizes.latency - len(rows)
+        result["latency_ms"] = sorted(round(x * 1000, 3) for x in latencies)
+        if len(rows) < sizes.latency:
+            result.setdefault("incomplete", "")
+            result["incomplete"] += (f"{'; ' if result['incomplete'] else ''}run-now: {sizes.latency - len(rows):,} "
+                                     f"of {sizes.latency:,} jobs not started {sizes.grace:g} s after the last was sent")
+            system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm2.txt")
+
+        if system.has_date:
+            date_path = str(tmp / f"{system.key}-date.txt")
+            # Send them ahead of time: 3× the enqueue time, plus (capped) 1.5× the
+            # time the worker's drain rate says it needs to take them in.
+            per_call = max(result["enqueue"]["p50"], 0.2) / 1000
+            intake = 1.5 * sizes.date / rate if rate == rate and rate > 0 else sizes.lead_max
+            base = time.time() + 2 + 3 * per_call * sizes.date + min(intake, sizes.lead_max)
+            log(f"{system.key}: date-job lateness, {sizes.date} jobs over {sizes.date_span:g}s")
+            for i in range(sizes.date):
+                system.enqueue_at(date_path, "a", base + sizes.date_span * i / sizes.date)
+            sleep_until(base + sizes.date_span)
+            rows = wait_count(date_path, sizes.date, sizes.grace, worker)
+            lateness = [started - when for _tag, when, started in rows]
+            result["date"] = summary(lateness)
+            result["date"]["missing"] = sizes.date - len(rows)
+            result["date"]["early"] = sum(1 for x in lateness if x < 0)
+            result["date_ms"] = sorted(round(x * 1000, 3) for x in lateness)
+    finally:
+        worker.stop()
+        system.close()
+    return result
+
+
+# -- before/after the Redis client fix --------------------------------------------------
+
+def client_fix_figures(tmp: Path, count: int) -> dict[str, Any]:
+    """Enqueue cost on Redis with the channel's shared client (as shipped,
+    "after") and with Kombu's own ``conn_or_acquire`` (a new redis client per
+    operation, "before"), in this process with no worker running. The two
+    alternate call by call, so both see the same machine."""
+    from kombu.transport import redis as kombu_redis
+
+    from pyramid_scheduler.redis_transport import Channel
+
+    system = Ours("redis", tmp)
+    path = str(tmp / "fix.txt")
+    shipped = Channel.__dict__["conn_or_acquire"]
+    costs: dict[str, list[float]] = {"before": [], "after": []}
+    try:
+        timed(system.enqueue, path, "w", 200)  # warm up the pool
+        for i in range(2 * count):
+            label = "before" if i % 2 == 0 else "after"
+            Channel.conn_or_acquire = kombu_redis.Channel.conn_or_acquire if label == "before" else shipped  # type: ignore[method-assign]
+            costs[label] += timed(system.enqueue, path, "w", 1)
+    finally:
+        Channel.conn_or_acquire = shipped  # type: ignore[method-assign]
+        system.close()
+    return {label: enqueue_figures(values) for label, values in costs.items()}
+
+
+# -- scale: pending date jobs in the PostgreSQL job store -------------------------------
+
+def bulk_load(system: Ours, template_id: str, count: int) -> float:
+    """Copy the job the daemon stored (*template_id*) *count* times, each
+    with its own id and a date 1 to 2 days ahead, into the APScheduler table
+    and the ledger with PostgreSQL ``COPY``, then ``VACUUM ANALYZE`` both and
+    ``CHECKPOINT``. Seconds taken."""
+    import copy
+    import pickle
+    from datetime import timedelta
+
+    import psycopg
+
+    from pyramid_scheduler.store import aps_tablename
+
+    started = time.monotonic()
+    prefix = system.settings["scheduler.jobstore.tablename_prefix"]
+    aps, ledger = aps_tablename(prefix, "jobs"), f"{prefix}jobs"
+    dsn = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(f'select job_state from "{aps}" where id = %s', (template_id,)).fetchone()
+        assert found is not None, f"the template job {template_id} is not in {aps}"
+        state_bytes = found[0]
+        columns = ["id", "queue", "func", "kind", "status", "mid", "request", "created_at", "updated_at", "runs"]
+        ledger_row = conn.execute(f'select {", ".join(columns)} from "{ledger}" where id = %s',
+                                  (template_id,)).fetchone()
+        assert ledger_row is not None, f"the template job {template_id} is not in {ledger}"
+        state = pickle.loads(state_bytes)
+        request = json.loads(ledger_row[6])
+        base = datetime.now(timezone.utc) + timedelta(days=1)
+        with conn.cursor() as cur:
+            with cur.copy(f'COPY "{aps}" (id, next_run_time, job_state) FROM STDIN') as out:
+                for i in range(count):
+                    job_id = f"pending-{i}"
+                    when = base + timedelta(seconds=86400 * i / count)
+                    trigger = copy.copy(state["trigger"])
+                    trigger.run_date = when
+                    item = dict(state, id=job_id, trigger=trigger, next_run_time=when)
+                    out.write_row((job_id, when.timestamp(), pickle.dumps(item, pickle.HIGHEST_PROTOCOL)))
+            with cur.copy(f'COPY "{ledger}" ({", ".join(columns)}) FROM STDIN') as out:
+                for i in range(count):
+                    job_id = f"pending-{i}"
+                    when = base + timedelta(seconds=86400 * i / count)
+                    req = dict(request, id=job_id, mid=uuid.uuid4().hex,
+                               trigger=dict(request["trigger"], run_date=when.isoformat()))
+                    out.write_row((job_id, *ledger_row[1:5], req["mid"], json.dumps(req), *ledger_row[7:]))
+    # Settle the load before measuring: statistics, visibility map, and the
+    # WAL written by COPY flushed, so no autovacuum or checkpoint lands on it.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in (f'vacuum analyze "{aps}"', f'vacuum analyze "{ledger}"', "checkpoint"):
+            try:
+                conn.execute(statement)
+            except psycopg.Error as exc:  # CHECKPOINT needs a superuser (or pg_checkpoint)
+                log(f"scale: {statement}: {exc}")
+    return time.monotonic() - started
+
+
+def measure_scale(n: int, sizes: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    system = Ours("redis", tmp)
+    system.key = f"scale-{n}"
+    result: dict[str, Any] = {"n": n}
+    try:
+        worker = system.start_worker()
+        template = system.proxy.add_date_job(jobs.record, time.time() + 86400 * 3, args=["/dev/null", "x", 0.0])
+        wait_for(lambda: system.proxy.get_job(template), 60)
+        worker.stop()
+        result["load_s"] = bulk_load(system, template, n - 1)
+
+        worker = system.start_worker()
+        wait_for(lambda: not worker.alive() or system.active(), 120, 0.01)
+        result["startup_s"] = time.time() - worker.started
+        if not worker.alive():
+            raise RuntimeError(f"scale {n}: the daemon exited; see {worker.log_path}")
+        try:
+            # Add cost: the producer call, and the daemon's time to store a burst.
+            ids: list[str] = []
+            costs = []
+            first = time.time()
+            for _ in range(sizes.scale_adds):
+                start = time.perf_counter()
+                ids.append(system.proxy.add_date_job(jobs.record, time.time() + 86400 * 2,
+                                                     args=["/dev/null", "x", 0.0]))
+                costs.append(time.perf_counter() - start)
+            wait_for(lambda: system.proxy.get_job(ids[-1]), 60, 0.01)
+            result["add"] = summary(costs)
+            result["store_ms_per_job"] = (time.time() - first) * 1000 / sizes.scale_adds
+            # Lateness of date jobs that fire among the pending ones.
+            path = str(tmp / f"scale-{n}-date.txt")
+            base = time.time() + 2
+            for i in range(sizes.scale_fires):
+                system.enqueue_at(path, "a", base + 2 * i / sizes.scale_fires)
+            sleep_until(base + 2)
+            rows = wait_count(path, sizes.scale_fires, 15, worker)
+            result["date"] = summary([started - when for _tag, when, started in rows])
+            result["date"]["missing"] = sizes.scale_fires - len(rows)
+            result["rss_mb"] = worker.rss_mb()
+        finally:
+            worker.stop()
+    finally:
+        system.close()
+    log(f"scale {n}: start-up {result['startup_s']:.2f}s, add p50 {result['add']['p50']:.2f} ms, "
+        f"store {result['store_ms_per_job']:.2f} ms/job, lateness p50 {result['date']['p50']:.1f} ms, "
+        f"RSS {result['rss_mb']:.0f} MB")
+    return result
+
+
+# -- output -----------------------------------------------------------------------------
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("pyramid_scheduler", "kombu", "redis", "amqp", "pika", "celery", "APScheduler", "SQLAlchemy",
+                 "psycopg"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+
+    import redis
+
+    try:
+        found["redis-server"] = str(redis.Redis.from_url(REDIS_URL).info("server")["redis_version"])
+    except redis.RedisError:
+        pass
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            found["postgresql"] = str(conn.execute(sa.text("show server_version")).scalar())
+        engine.dispose()
+    except Exception:  # noqa: BLE001 - informational
+        pass
+    try:
+        import pika
+
+        from bench.raw import pika_url
+
+        conn = pika.BlockingConnection(pika.URLParameters(pika_url(AMQP_URL)))
+        found["rabbitmq"] = conn._impl.server_properties.get("version", b"?")  # type: ignore[attr-defined]
+        if isinstance(found["rabbitmq"], bytes):
+            found["rabbitmq"] = found["rabbitmq"].decode()
+        conn.close()
+    except Exception:  # noqa: BLE001 - informational
+        pass
+    found["sqlite"] = __import__("sqlite3").sqlite_version
+    found["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+                        f"at the start, bench run at nice {os.nice(0)}")
+    return found
+
+
+def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, Any], out_dir: Path) -> None:
+    """Measure one part (``ours-redis``, ``raw-sqlite``, ``fix``, ``scale``, ...) into *results*."""
+    quick = args.quick
+    classes: dict[str, type[System]] = {"ours": Ours, "raw": Raw, "celery": CeleryApp}
+    kind, _, broker = part.partition("-")
+    needs = {"redis": ["redis", "postgresql"], "rabbitmq": ["rabbitmq", "postgresql"], "sqlite": []}
+    if kind in classes:
+        missing = [s for s in needs[broker] if not (kind == "raw" and s == "postgresql") and not service_up(s)]
+        if kind == "celery" and broker == "sqlite":
+            return
+        if missing:
+            results["skipped"][part] = f"{', '.join(missing)} not reachable"
+            log(f"{part}: skipped ({results['skipped'][part]})")
+            return
+        cls = classes[kind]
+        results["systems"][part] = measure(lambda cls=cls, broker=broker: cls(broker, tmp),  # type: ignore[misc]
+                                           args, tmp)
+    elif part == "fix":
+        if service_up("redis") and service_up("postgresql"):
+            results["client_fix"] = client_fix_figures(tmp, 500 if quick else 3000)
+            log(f"fix: enqueue p50 {results['client_fix']['before']['p50']:.3f} ms before, "
+                f"{results['client_fix']['after']['p50']:.3f} ms after")
+    elif part == "profile":
+        if service_up("redis") and service_up("postgresql"):
+            from bench import profile
+
+            log("profile: enqueue (cProfile) and the daemon's drain (py-spy) on Redis")
+            profile.profile_enqueue(300 if quick else 2000, out_dir)
+            for gil in (False, True):
+                profile.profile_daemon(300 if quick else 1000, out_dir, 4 if quick else 8, gil)
+    elif part == "scale":
+        if not (service_up("redis") and service_up("postgresql")):
+            results["skipped"]["scale"] = "redis or postgresql not reachable"
+            return
+        n = 1000
+        while n <= args.scale_max:
+            results["scale"].append(measure_scale(n, args, tmp))
+            n *= 10
+    else:
+        raise ValueError(f"--only: unknown part {part!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
+    parser.add_argument("--only", nargs="+", metavar="PART",
+                        help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
+                             "raw-sqlite celery-redis celery-rabbitmq fix profile scale (default: all)")
+    parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
+    parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
+    parser.add_argument("--date", type=int, help="date jobs (default 2000; quick 200)")
+    parser.add_argument("--date-span", type=float, help="seconds the date jobs spread over (default 10; quick 2)")
+    parser.add_argument("--scale-max", type=int, help="largest pending-job count, a power of ten "
+                        "(default 100000; quick 10000); 1000000 takes a few minutes more")
+    parser.add_argument("--drain-timeout", type=float, help="seconds a drain may take (default 20; quick 15)")
+    parser.add_argument("--fill-timeout", type=float, help="seconds the drain's queue may take to fill "
+                        "(default 15; quick 10)")
+    parser.add_argument("--lead-max", type=float, help="longest head start the date jobs get for the worker to "
+                        "take them in (default 20; quick 10)")
+    parser.add_argument("--grace", type=float, help="seconds a job may start after it was due before it counts "
+                        "as missing (default 8)")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite the table and plots from the existing results.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for results.rst and the plots (default docs/_bench; results.json "
+                        "goes to bench/ then)")
+    args = parser.parse_args(argv)
+    # SIGTERM stops the run through the finally clauses: workers stopped, queues and tables dropped.
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(f"stopped by signal {signo}"))
+    quick = args.quick
+    args.drain = args.drain or (1000 if quick else 20000)
+    args.enqueue_tx = max(100, args.drain // 10)
+    args.latency = args.latency or (200 if quick else 2000)
+    args.date = args.date or (200 if quick else 2000)
+    args.date_span = args.date_span or (2.0 if quick else 10.0)
+    args.scale_max = args.scale_max or (10_000 if quick else 100_000)
+    args.drain_timeout = args.drain_timeout or (15.0 if quick else 20.0)
+    args.fill_timeout = args.fill_timeout or (10.0 if quick else 15.0)
+    args.lead_max = args.lead_max or (10.0 if quick else 20.0)
+    args.grace = args.grace or 8.0
+    args.scale_adds = 50 if quick else 100
+    args.scale_fires = 50 if quick else 100
+    parts = args.only or ["ours-redis", "raw-redis", "celery-redis", "ours-rabbitmq", "raw-rabbitmq",
+                          "celery-rabbitmq", "ours-sqlite", "raw-sqlite", "fix", "profile", "scale"]
+    known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
+    unknown = [part for part in parts if part not in known | {"fix", "profile", "scale"} or part == "celery-sqlite"]
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
+    out_dir = args.out or DOCS_OUT
+    json_out = JSON_OUT if args.out is None else out_dir / "results.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        from bench import report
+
+        report.write(json.loads(json_out.read_text(encoding="utf-8")), out_dir, plots=not args.no_plots)
+        log(f"{out_dir}/results.rst and plots rewritten from {json_out}")
+        return 0
+
+    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
+        sys.argv[1:] if argv is None else argv))
+    results: dict[str, Any] = {
+        "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": versions(), "sizes": {k: getattr(args, k) for k in (
+            "drain", "enqueue_tx", "latency", "date", "date_span", "scale_max", "scale_adds", "scale_fires",
+            "fill_timeout", "drain_timeout", "lead_max", "grace")},
+        "reference": REFERENCE, "systems": {}, "scale": [], "skipped": {}, "errors": {},
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pscheduler-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for part in parts:
+            try:
+                run_part(part, args, tmp, results, out_dir)
+            except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others
+                import traceback
+
+                traceback.print_exc()
+                results["errors"][part] = f"{type(exc).__name__}: {exc}"
+                log(f"{part}: FAILED ({results['errors'][part]}); going on")
+    results["elapsed_s"] = time.monotonic() - started
+    from bench import report
+
+    json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    report.write(results, out_dir, plots=not args.no_plots)
+    log(f"done in {results['elapsed_s']:.0f}s: {json_out}, {out_dir}/results.rst and plots")
+    print(report.text_table(results))
+    return 0

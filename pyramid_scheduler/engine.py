@@ -64,19 +64,47 @@ log = logging.getLogger(__name__)
 INTERNAL = "pyramid_scheduler.internal"
 
 
+#: Seconds before the scheduler thread tries the due jobs again after an error.
+RETRY_PROCESSING = 1.0
+
+
 class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
     """APScheduler's background scheduler, minus one race.
 
     ``shutdown()`` wakes the main loop, which runs ``_process_jobs`` once more
     after the executors are shut down: each due job's submission then fails
     and APScheduler removes the date job anyway. Here nothing is processed
-    unless the scheduler is running.
+    unless the scheduler is running. And an error while processing the due
+    jobs never ends the scheduler thread (APScheduler's would die with it).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._processing = threading.local()
 
     def _process_jobs(self) -> float | None:
         if self.state != STATE_RUNNING:
             return None
-        return super()._process_jobs()  # type: ignore[no-any-return]
+        self._processing.active = True
+        try:
+            return super()._process_jobs()  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - the scheduler thread must not die: log, try again
+            log.exception("processing the due jobs failed; trying again in %gs", RETRY_PROCESSING)
+            return RETRY_PROCESSING
+        finally:
+            self._processing.active = False
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        """APScheduler's, except that a job already gone when the scheduler
+        thread removes it after its last run (another thread removed it
+        meanwhile) is logged instead of ending that thread."""
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if not getattr(self._processing, "active", False):
+                raise
+            log.warning("job %s (queue %s): already removed when its last run was submitted",
+                        job_id, jobstore)
 
 
 class Engine:

@@ -23,7 +23,6 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,12 +46,10 @@ from .exceptions import InvalidJob
 from .messages import (
     MANAGEMENT_OPS,
     JobRequest,
+    admit,
     build_trigger,
-    check_allowed,
-    check_arguments,
     decode,
     next_fire_time,
-    resolve_ref,
     with_request,
 )
 from .retries import plan_retry
@@ -268,10 +265,8 @@ class Engine:
         return "message"
 
     def _add(self, request: JobRequest, recovering: bool = False) -> str:
-        if request.func in self.settings.func_aliases:
-            request = replace(request, func=self.settings.func_aliases[request.func])
+        request, func = admit(request, self.settings.func_aliases, self.settings.allowed_modules)
         assert request.trigger is not None and request.func is not None
-        check_allowed(request.func, self.settings.allowed_modules)
         accepted = request.accepted_at()
         trigger = build_trigger(request.trigger, self.settings.timezone, anchor=accepted)
         # The first fire time from now; if the schedule ended while the message
@@ -281,8 +276,6 @@ class Engine:
         if first is None:
             raise InvalidJob(f"{request.trigger['type']} trigger: never fires after the job was "
                              f"accepted at {accepted.isoformat()}")
-        func = resolve_ref(request.func)
-        check_arguments(func, request.args, request.kwargs, request.func)
         # A job that takes a request is stored with a placeholder the runner fills.
         args, kwargs = with_request(func, request.args, request.kwargs, None)
         options = {k: v for k, v in request.options.items()

@@ -20,7 +20,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -200,6 +200,26 @@ def without_request(func: Callable[..., Any], args: list[Any],
     if how == "keyword":
         return args, {k: v for k, v in kwargs.items() if k != "request"}
     return args, kwargs
+
+
+def admit(request: JobRequest, aliases: Mapping[str, str],
+          allowed: tuple[str, ...]) -> tuple[JobRequest, Callable[..., Any]]:
+    """The daemon's door for an ``add`` request: its function renamed by
+    ``scheduler.func_aliases``, checked against ``scheduler.allowed_modules``,
+    imported and matched with the arguments (shared by the engine and
+    :mod:`pyramid_scheduler.testing`).
+
+    :returns: the request (with the function's new name) and the function.
+    :raises InvalidJob: naming the function and what is wrong.
+    """
+    assert request.func is not None
+    if request.func in aliases:
+        request = replace(request, func=aliases[request.func])
+    assert request.func is not None
+    check_allowed(request.func, allowed)
+    func = resolve_ref(request.func)
+    check_arguments(func, request.args, request.kwargs, request.func)
+    return request, func
 
 
 def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: str) -> None:

@@ -35,12 +35,10 @@ from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .messages import (
     JobRequest,
+    admit,
     build_trigger,
-    check_allowed,
-    check_arguments,
     decode,
     next_fire_time,
-    resolve_ref,
     takes_request,
     to_datetime,
     with_request,
@@ -280,11 +278,8 @@ class TestingScheduler(SchedulerProxy):
             raise InvalidJob(f"pyramid_scheduler.testing cannot carry out op {request.op!r}")
 
     def _add_job(self, request: JobRequest) -> None:
-        func_ref = self.settings.func_aliases.get(request.func or "", request.func)
-        assert request.trigger is not None and func_ref is not None
-        check_allowed(func_ref, self.settings.allowed_modules)
-        func = resolve_ref(func_ref)
-        check_arguments(func, request.args, request.kwargs, func_ref)
+        request, func = admit(request, self.settings.func_aliases, self.settings.allowed_modules)
+        assert request.trigger is not None
         now = self.now()
         trigger = build_trigger(request.trigger, self.settings.timezone, anchor=now)
         # The daemon reads a message a moment after it was sent: a fire time

@@ -89,6 +89,20 @@ def make_queue(settings: SchedulerSettings, queue: str) -> kombu.Queue:
     return kombu.Queue(name, exchange=kombu.Exchange(""), routing_key=name, durable=True)
 
 
+def _bound(producer: Any, kqueue: kombu.Queue) -> kombu.Queue:
+    """*kqueue* bound to *producer*'s channel, made once per channel.
+
+    Kombu declares a queue once per connection (it remembers which), but
+    binds an unbound queue to the channel again at every publish just to ask
+    (a copy of the queue and its exchange: about a tenth of a publish).
+    """
+    cache = producer.__dict__.setdefault("_pscheduler_bound", {})
+    bound = cache.get(kqueue.name)
+    if bound is None or bound.channel is not producer.channel:
+        bound = cache[kqueue.name] = kqueue.bind(producer.channel)
+    return bound
+
+
 #: What a publish may take beyond ``scheduler.broker.timeout``: Kombu's and
 #: the client libraries' own work between the bounded waits.
 SLACK = 0.5
@@ -152,7 +166,8 @@ class Publisher:
         try:
             with self._pool().acquire(block=True, timeout=attempt) as producer:
                 producer.publish(
-                    body, routing_key=kqueue.routing_key, exchange="", declare=[kqueue],
+                    body, routing_key=kqueue.routing_key, exchange="",
+                    declare=[_bound(producer, kqueue)],
                     content_type=JSON, content_encoding="utf-8", delivery_mode=2,
                     retry=True, retry_policy=policy, message_id=job_id, headers=headers,
                     timeout=attempt,

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 INTERNAL = "pyramid_scheduler.internal"
 
 
+#: Run-now jobs go straight to the worker pool while fewer than this many
+#: batches wait in it or run; past it they wait in APScheduler's job store, so
+#: a long backlog costs rows in the database, not memory in the daemon.
+DIRECT_BACKLOG = 1000
+
 #: Seconds before the scheduler thread tries the due jobs again after an error.
 RETRY_PROCESSING = 1.0
 
@@ -120,7 +125,10 @@ class Engine:
         self.dispatcher = EventDispatcher(proxy.listeners, proxy.registry)
 
         url = settings.jobstore_url or "sqlite://"
-        self.db = create_db_engine(url)
+        # No ping before each use of a pooled connection (a round trip per
+        # transaction): every daemon write retries (persist, requeue), and the
+        # first failure after the database restarted invalidates the pool.
+        self.db = create_db_engine(url, pool_pre_ping=False)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
         if not settings.memory_store:
@@ -285,6 +293,8 @@ class Engine:
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
+        if request.trigger["type"] == "now" and not recovering and self._direct_open():
+            return self._add_now(request, func, trigger, args, kwargs, first, options)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
             try:
@@ -296,6 +306,44 @@ class Engine:
                 log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
                          request.id, request.queue, request.mid)
                 return "duplicate"
+        return "stored"
+
+    def _direct_open(self) -> bool:
+        """True when a run-now job may go straight to the worker pool: the
+        SQL job store is on, the scheduler runs, and the pool's backlog is
+        below :data:`DIRECT_BACKLOG` (past it, jobs wait in the job store)."""
+        return (not self.settings.memory_store and self.aps.state == STATE_RUNNING
+                and self.runner.pending < DIRECT_BACKLOG)
+
+    def _add_now(self, request: JobRequest, func: Any, trigger: Any, args: list[Any],
+                 kwargs: dict[str, Any], first: datetime, options: dict[str, Any]) -> str:
+        """Store a run-now job's record, then hand its run to the worker pool.
+
+        APScheduler's table is skipped: it would hold the job only until its
+        one run is submitted (and delete it then). The record alone is the
+        persisted job. A daemon that stops before the run starts leaves a live
+        record that APScheduler does not hold: the next one's recovery
+        schedules it again (:meth:`.store.Ledger.orphans`), exactly as for a
+        job APScheduler had submitted, with the same run key.
+        """
+        # Built as the job store loads a job: admit() made APScheduler's checks.
+        job = Job.__new__(Job)
+        job.__setstate__({
+            "version": 1, "id": request.id, "func": request.func, "trigger": trigger,
+            "executor": "default", "args": tuple(args), "kwargs": kwargs,
+            "name": request.options.get("name") or request.func, "next_run_time": first,
+            **self.aps._job_defaults, **options})
+        job._scheduler = self.aps
+        job._jobstore_alias = request.queue
+        wire = request.to_wire()
+        try:
+            self.ledger.add_job(wire)
+        except ConflictingIdError:
+            log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
+                     request.id, request.queue, request.mid)
+            return "duplicate"
+        self._on_added(job, wire)
+        self.aps._lookup_executor("default").submit_job(job, [first])
         return "stored"
 
     def _catch_up(self, options: dict[str, Any]) -> str:

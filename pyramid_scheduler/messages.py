@@ -160,7 +160,17 @@ def check_allowed(ref: str, allowed: tuple[str, ...]) -> None:
 
 def takes_request(func: Callable[..., Any]) -> str | None:
     """How *func* takes the request the runner builds for it: ``"first"`` (its
-    first parameter is ``request``), ``"keyword"`` (a later one is), or ``None``."""
+    first parameter is ``request``), ``"keyword"`` (a later one is), or ``None``.
+
+    Asked several times for every job; the answer is kept per function.
+    """
+    try:
+        return _takes_request_cached(func)
+    except TypeError:  # an unhashable callable
+        return _takes_request(func)
+
+
+def _takes_request(func: Callable[..., Any]) -> str | None:
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
@@ -173,6 +183,9 @@ def takes_request(func: Callable[..., Any]) -> str | None:
         if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
             return "keyword"
     return None
+
+
+_takes_request_cached = functools.lru_cache(maxsize=4096)(_takes_request)
 
 
 def with_request(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
@@ -230,9 +243,19 @@ def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str,
                          "of its own; do not send one")
     args, kwargs = with_request(func, args, kwargs, None)
     try:
-        check_callable_args(func, args, kwargs)
+        try:
+            _check_shape(func, len(args), tuple(kwargs))
+        except TypeError:  # an unhashable callable
+            check_callable_args(func, args, kwargs)
     except ValueError as exc:
         raise InvalidJob(f"func {ref}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_shape(func: Callable[..., Any], nargs: int, names: tuple[str, ...]) -> None:
+    """APScheduler's argument check, which depends only on how many positional
+    arguments and which keyword names are given: kept per shape once passed."""
+    check_callable_args(func, [None] * nargs, dict.fromkeys(names))
 
 
 def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:

@@ -239,6 +239,40 @@ def test_due_but_never_started_run_runs_after_restart(engine_factory, proxy_fact
     assert types_for(events, "o1") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
+def test_run_now_job_waiting_for_a_worker_runs_after_a_restart(engine_factory, proxy_factory):
+    proxy = proxy_factory(**{"executor.max_workers": 1})
+    crashed, _ = engine_factory(proxy=proxy)
+    crashed.submit(add(wait_gate, job_id="busy"))
+    wait_for(lambda: ("busy", "started") in RUNS)
+    crashed.submit(add(record, job_id="queued"))
+    # A run-now job is stored as its record alone and handed to the pool:
+    # APScheduler's table never holds it.
+    assert crashed.ledger.get_job("queued")["status"] == "scheduled"
+    assert crashed.aps.get_job("queued") is None
+    # The daemon goes away while the job waits for the busy worker.
+    crashed.stop(timeout=0.2)
+    GATE.set()
+
+    engine, events = engine_factory(proxy=proxy)
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "queued"))
+    time.sleep(0.3)  # the stopped daemon's pool must not run it too
+    assert RUNS.count(("queued", "M")) == 1
+    assert types_for(events, "queued") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert [run["status"] for run in engine.ledger.list_runs("queued")] == ["done"]
+
+
+def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory, monkeypatch):
+    monkeypatch.setattr("pyramid_scheduler.engine.DIRECT_BACKLOG", 0)
+    engine, events = engine_factory()
+    engine.aps.pause()
+    engine.submit(add(record, job_id="stored"))
+    assert engine.aps.get_job("stored", jobstore="jobs") is not None
+    engine.aps.resume()
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "stored"))
+    assert RUNS == [("stored", "M")]
+    assert types_for(events, "stored") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
 def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
     """A date job stored, then its function renamed and the daemon restarted:
     (module name, proxy, the restarted engine, its events) once it is parked."""

@@ -35,10 +35,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.job import Job
-from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.util import datetime_to_utc_timestamp
+from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy.engine import Connection, Engine
 
 from .catchup import CatchUpJob, WallClockCronTrigger
@@ -553,6 +553,16 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         #: Called with (job id, queue, reason) when a job is newly parked.
         self.on_parked = on_parked
         self._local = threading.local()
+        # APScheduler builds these at each call; the scheduler thread makes
+        # them for every due job, so here they are built once.
+        table, param = self.jobs_t, sa.bindparam
+        self._due = (sa.select(table.c.id, table.c.job_state)
+                     .where(table.c.next_run_time <= param("p_now")).order_by(table.c.next_run_time))
+        self._next = (sa.select(table.c.next_run_time).where(table.c.next_run_time.is_not(None))
+                      .order_by(table.c.next_run_time).limit(1))
+        self._update = (table.update().where(table.c.id == param("p_id"))
+                        .values(next_run_time=param("p_next"), job_state=param("p_state")))
+        self._remove = table.delete().where(table.c.id == param("p_id"))
 
     def _fenced(self) -> bool:
         return self.fence is not None and not self.fence()
@@ -564,10 +574,11 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         # see it. It sees nothing due until its lease is renewed.
         if self._fenced():
             return []
-        return super().get_due_jobs(now)
+        return self._load(self._due, {"p_now": datetime_to_utc_timestamp(now)})
 
     def get_next_run_time(self) -> datetime | None:
-        next_run = super().get_next_run_time()
+        with self.engine.connect() as conn:
+            next_run = utc_timestamp_to_datetime(conn.execute(self._next).scalar())
         if next_run is not None and self._fenced():
             # Poll instead of spinning on a due job we may not take.
             return max(next_run, datetime.now(timezone.utc) + timedelta(seconds=self.FENCED_POLL))
@@ -588,6 +599,18 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         if request is not None and self.on_added is not None:
             self.on_added(job, request)
 
+    def update_job(self, job: Job) -> None:
+        state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        with self.engine.begin() as conn:
+            if not conn.execute(self._update, {"p_id": job.id, "p_state": state, "p_next":
+                                               datetime_to_utc_timestamp(job.next_run_time)}).rowcount:
+                raise JobLookupError(job.id)
+
+    def remove_job(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            if not conn.execute(self._remove, {"p_id": job_id}).rowcount:
+                raise JobLookupError(job_id)
+
     def _reconstitute_job(self, job_state: bytes) -> Job:
         state = JobUnpickler(io.BytesIO(job_state)).load()
         if isinstance(state, dict) and state.get("func") in self.aliases:
@@ -600,13 +623,16 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         return job
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
-        jobs = []
-        parked: list[tuple[str, str]] = []
         selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(
             self.jobs_t.c.next_run_time)
         selectable = selectable.where(sa.and_(*conditions)) if conditions else selectable
+        return self._load(selectable, {})
+
+    def _load(self, selectable: Any, params: dict[str, Any]) -> list[Job]:
+        jobs = []
+        parked: list[tuple[str, str]] = []
         with self.engine.begin() as conn:
-            for row in conn.execute(selectable):
+            for row in conn.execute(selectable, params):
                 try:
                     jobs.append(self._reconstitute_job(row.job_state))
                 except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job

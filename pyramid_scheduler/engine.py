@@ -128,7 +128,11 @@ class Engine:
         # No ping before each use of a pooled connection (a round trip per
         # transaction): every daemon write retries (persist, requeue), and the
         # first failure after the database restarted invalidates the pool.
-        self.db = create_db_engine(url, pool_pre_ping=False)
+        # Pool sized for every thread that writes at once (job threads, the
+        # consumer, the scheduler, the lease, the events): beyond SQLAlchemy's
+        # default of 5, connections were opened and closed all the time.
+        pool = {} if url.startswith("sqlite") else {"pool_size": settings.max_workers + 5}
+        self.db = create_db_engine(url, pool_pre_ping=False, **pool)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
         if not settings.memory_store:

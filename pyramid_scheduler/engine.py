@@ -28,12 +28,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_RUNNING
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
@@ -62,8 +63,8 @@ INTERNAL = "pyramid_scheduler.internal"
 
 
 #: Run-now jobs go straight to the worker pool while fewer than this many
-#: batches wait in it or run; past it they wait in APScheduler's job store, so
-#: a long backlog costs rows in the database, not memory in the daemon.
+#: batches wait in it or run; past it they are stored in APScheduler's table
+#: like the other jobs (which APScheduler hands to the pool once due).
 DIRECT_BACKLOG = 1000
 
 #: Seconds before the scheduler thread tries the due jobs again after an error.
@@ -297,7 +298,7 @@ class Engine:
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
-        if request.trigger["type"] == "now" and not recovering and self._direct_open():
+        if request.trigger["type"] == "now" and not recovering and self._direct_open(request.id):
             return self._add_now(request, func, trigger, args, kwargs, first, options)
         store = self.stores[request.queue]
         with store.adding(None if recovering else request.to_wire()):
@@ -312,12 +313,21 @@ class Engine:
                 return "duplicate"
         return "stored"
 
-    def _direct_open(self) -> bool:
+    def _direct_open(self, job_id: str) -> bool:
         """True when a run-now job may go straight to the worker pool: the
-        SQL job store is on, the scheduler runs, and the pool's backlog is
-        below :data:`DIRECT_BACKLOG` (past it, jobs wait in the job store)."""
+        SQL job store is on, the scheduler runs, this daemon's lease is fresh
+        (else the job waits, fenced, in the job store: see
+        :meth:`.store.QueueJobStore.get_due_jobs`), no run of a job with this
+        id is in the pool, and the pool's backlog is below
+        :data:`DIRECT_BACKLOG`."""
         return (not self.settings.memory_store and self.aps.state == STATE_RUNNING
+                and (self.lease is None or self.lease.fresh())
+                and not self._executor._instances.get(job_id)  # APScheduler's count of runs in the pool
                 and self.runner.pending < DIRECT_BACKLOG)
+
+    @property
+    def _executor(self) -> JobExecutor:
+        return self.aps._lookup_executor("default")  # type: ignore[no-any-return]
 
     def _add_now(self, request: JobRequest, func: Any, trigger: Any, args: list[Any],
                  kwargs: dict[str, Any], first: datetime, options: dict[str, Any]) -> str:
@@ -328,7 +338,8 @@ class Engine:
         persisted job. A daemon that stops before the run starts leaves a live
         record that APScheduler does not hold: the next one's recovery
         schedules it again (:meth:`.store.Ledger.orphans`), exactly as for a
-        job APScheduler had submitted, with the same run key.
+        job APScheduler had submitted, with the same run key; a run the lease
+        check refuses is stored back in the job store (:meth:`Runner.run_one`).
         """
         # Built as the job store loads a job: admit() made APScheduler's checks.
         job = Job.__new__(Job)
@@ -343,12 +354,45 @@ class Engine:
         try:
             self.ledger.add_job(wire)
         except ConflictingIdError:
-            log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
-                     request.id, request.queue, request.mid)
-            return "duplicate"
+            if not self._stored_not_handed(request):
+                log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
+                         request.id, request.queue, request.mid)
+                return "duplicate"
+            # This very message was stored, but its commit's reply was lost
+            # (so it came back): nothing holds the job yet.
+            log.info("job %s (queue %s): already stored by message %s; running it", request.id,
+                     request.queue, request.mid)
         self._on_added(job, wire)
-        self.aps._lookup_executor("default").submit_job(job, [first])
+        try:
+            self._executor.submit_job(job, [first])
+        except MaxInstancesReachedError:  # a run of an earlier job with this id is still in the pool
+            self.store_back(job, first)
         return "stored"
+
+    def _stored_not_handed(self, request: JobRequest) -> bool:
+        """True if *request*'s own record is stored and still ``scheduled``,
+        yet neither the worker pool nor APScheduler's table holds its job."""
+        row = self.ledger.get_job(request.id)
+        return (row is not None and row["mid"] == request.mid and row["status"] == "scheduled"
+                and not self._executor._instances.get(request.id)
+                and self.aps.get_job(request.id, jobstore=request.queue) is None)
+
+    def store_back(self, job: Job, run_time: datetime) -> None:
+        """Keep a one-off job whose run was not started (refused by the lease
+        check, or not handed to the pool) in its queue's job store, due at
+        *run_time*: the daemon holding the lease runs it. Its record is
+        already stored."""
+        if self.aps.state == STATE_STOPPED:
+            log.info("job %s: the daemon has stopped; the next one runs it from its record", job.id)
+            return
+        store = self.stores[job._jobstore_alias]
+        with store.adding(None):
+            self.persist(f"job {job.id}: storing it back in the job store", self.aps.add_job,
+                         job.func, trigger=job.trigger, args=job.args, kwargs=job.kwargs, id=job.id,
+                         name=job.name, jobstore=job._jobstore_alias, executor=job.executor,
+                         misfire_grace_time=job.misfire_grace_time, coalesce=job.coalesce,
+                         max_instances=job.max_instances, replace_existing=True,
+                         next_run_time=run_time)
 
     def _catch_up(self, options: dict[str, Any]) -> str:
         """A recurring job's catch-up policy: its own, else ``skip`` if it set

@@ -140,6 +140,8 @@ class Runner:
         if not engine.lease_valid():
             log.error("job %s: run %s not started: this daemon's lease on queue %s has "
                       "lapsed; the daemon holding it will run it", job.id, key, queue)
+            if final:  # nothing holds a one-off job now: put it back where that daemon looks
+                engine.store_back(job, run_time)
             return None
 
         grace = job.misfire_grace_time
@@ -150,13 +152,21 @@ class Runner:
             return None
 
         crash_point("submitted")
-        state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
-                               job.id, queue, key, run_time.timestamp(), engine.owner)
-        if state is None:
-            log.error("job %s: run %s not started: the daemon is stopping and the job store is "
-                      "unavailable; the next daemon will run it", job.id, key)
-            return None
+        # Counted as running before its start is recorded: a cancel arriving
+        # meanwhile then waits for this run's own event.
+        engine.run_started(job.id)
+        try:
+            state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
+                                   job.id, queue, key, run_time.timestamp(), engine.owner)
+        except BaseException:
+            engine.emit_run_events(job.id, [], False, finished_run=True)
+            raise
         if state != "start":
+            engine.emit_run_events(job.id, [], False, finished_run=True)  # not run after all
+            if state is None:
+                log.error("job %s: run %s not started: the daemon is stopping and the job store is "
+                          "unavailable; the next daemon will run it", job.id, key)
+                return None
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
             # A crash after the last run was recorded and before the job was
             # closed: close it now, with that run's outcome.
@@ -165,7 +175,6 @@ class Runner:
                 engine.job_ended(job.id, queue, info)
             return None
 
-        engine.run_started(job.id)
         events: list[Event] = []
         plan = None
         try:

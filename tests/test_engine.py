@@ -273,6 +273,54 @@ def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory
     assert types_for(events, "stored") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
+def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_lease(engine_factory, monkeypatch):
+    engine, events = engine_factory()
+    renew = engine.lease.renew
+    monkeypatch.setattr(engine.lease, "renew", lambda: True)  # the renewal thread stalls
+    engine.lease.renewed_at -= engine.lease.ttl  # as after a pause past the lease
+    engine.submit(add(record, job_id="fenced"))
+    # Stored where the holder of the lease will find it, and not run here.
+    assert engine.aps.get_job("fenced", jobstore="jobs") is not None
+    time.sleep(0.3)
+    assert RUNS == []
+    assert renew()
+    engine.aps.wakeup()
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "fenced"))
+    assert RUNS == [("fenced", "M")]
+
+
+def test_run_now_job_refused_by_the_lease_check_is_stored_back(engine_factory, proxy_factory, monkeypatch):
+    proxy = proxy_factory(**{"executor.max_workers": 1})
+    engine, events = engine_factory(proxy=proxy)
+    engine.submit(add(wait_gate, job_id="busy"))
+    wait_for(lambda: ("busy", "started") in RUNS)
+    engine.submit(add(record, job_id="later"))
+    # The lease lapses while "later" waits for the worker: its run is refused
+    # and the job goes back to the job store instead of being dropped.
+    monkeypatch.setattr(engine, "lease_valid", lambda: False)
+    GATE.set()
+    wait_for(lambda: engine.aps.get_job("later", jobstore="jobs") is not None)
+    assert ("later", "M") not in RUNS
+    monkeypatch.undo()
+    engine.aps.wakeup()
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "later"))
+    assert RUNS.count(("later", "M")) == 1
+    assert types_for(events, "later") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+def test_redelivered_message_whose_record_was_stored_runs_the_job(engine_factory):
+    engine, events = engine_factory()
+    request = add(record, job_id="lost-reply")
+    # The record's commit went through but its reply was lost: the message
+    # comes back, and nothing holds the job yet.
+    engine.ledger.add_job(request.to_wire())
+    assert engine.submit(request) == "stored"
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "lost-reply"))
+    assert RUNS == [("lost-reply", "M")]
+    # Once it is handed over, the same message again is a duplicate.
+    assert engine.submit(request) == "duplicate"
+
+
 def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
     """A date job stored, then its function renamed and the daemon restarted:
     (module name, proxy, the restarted engine, its events) once it is parked."""

@@ -161,6 +161,7 @@ class Engine:
             timezone=settings.timezone,
         )
         self.aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._executor: JobExecutor = self.aps._lookup_executor("default")
         self._lock = threading.RLock()
         self._running: dict[str, int] = defaultdict(int)
         self._deferred: dict[str, list[Event]] = defaultdict(list)
@@ -325,10 +326,6 @@ class Engine:
                 and not self._executor._instances.get(job_id)  # APScheduler's count of runs in the pool
                 and self.runner.pending < DIRECT_BACKLOG)
 
-    @property
-    def _executor(self) -> JobExecutor:
-        return self.aps._lookup_executor("default")  # type: ignore[no-any-return]
-
     def _add_now(self, request: JobRequest, func: Any, trigger: Any, args: list[Any],
                  kwargs: dict[str, Any], first: datetime, options: dict[str, Any]) -> str:
         """Store a run-now job's record, then hand its run to the worker pool.
@@ -377,22 +374,21 @@ class Engine:
                 and not self._executor._instances.get(request.id)
                 and self.aps.get_job(request.id, jobstore=request.queue) is None)
 
-    def store_back(self, job: Job, run_time: datetime) -> None:
+    def store_back(self, job: Job, run_time: datetime, trigger: Any = None) -> bool:
         """Keep a one-off job whose run was not started (refused by the lease
-        check, or not handed to the pool) in its queue's job store, due at
-        *run_time*: the daemon holding the lease runs it. Its record is
-        already stored."""
+        check, not handed to the pool, or a retry: then with its own
+        *trigger*) in its queue's job store, due at *run_time*: the daemon
+        holding the lease runs it. Its record is already stored. False if the
+        daemon stopped first (the next one runs it from its record)."""
         if self.aps.state == STATE_STOPPED:
             log.info("job %s: the daemon has stopped; the next one runs it from its record", job.id)
-            return
-        store = self.stores[job._jobstore_alias]
-        with store.adding(None):
-            self.persist(f"job {job.id}: storing it back in the job store", self.aps.add_job,
-                         job.func, trigger=job.trigger, args=job.args, kwargs=job.kwargs, id=job.id,
-                         name=job.name, jobstore=job._jobstore_alias, executor=job.executor,
-                         misfire_grace_time=job.misfire_grace_time, coalesce=job.coalesce,
-                         max_instances=job.max_instances, replace_existing=True,
-                         next_run_time=run_time)
+            return False
+        return self.persist(f"job {job.id}: storing it in the job store, due at {run_time.isoformat()}",
+                     self.aps.add_job, job.func, trigger=trigger or job.trigger, args=job.args,
+                     kwargs=job.kwargs, id=job.id, name=job.name, jobstore=job._jobstore_alias,
+                     executor=job.executor, misfire_grace_time=job.misfire_grace_time,
+                     coalesce=job.coalesce, max_instances=job.max_instances, replace_existing=True,
+                     next_run_time=run_time) is not None
 
     def _catch_up(self, options: dict[str, Any]) -> str:
         """A recurring job's catch-up policy: its own, else ``skip`` if it set

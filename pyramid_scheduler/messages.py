@@ -165,11 +165,12 @@ def takes_request(func: Callable[..., Any]) -> str | None:
     Asked several times for every job; the answer is kept per function.
     """
     try:
-        return _takes_request_cached(func)
-    except TypeError:  # an unhashable callable
         return _takes_request(func)
+    except TypeError:  # an unhashable callable
+        return _takes_request.__wrapped__(func)  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=4096)
 def _takes_request(func: Callable[..., Any]) -> str | None:
     try:
         params = list(inspect.signature(func).parameters.values())
@@ -183,9 +184,6 @@ def _takes_request(func: Callable[..., Any]) -> str | None:
         if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
             return "keyword"
     return None
-
-
-_takes_request_cached = functools.lru_cache(maxsize=4096)(_takes_request)
 
 
 def with_request(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],

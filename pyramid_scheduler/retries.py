@@ -78,23 +78,15 @@ def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
 
     Called once the failed run has left the worker pool: APScheduler counts a
     run against ``max_instances`` until then, and would report a retry due at
-    once as missed.
+    once as missed. If the daemon has stopped, the next one schedules the
+    retry from the job record.
     """
-    if not engine.aps.running:
-        log.info("job %s: the daemon has stopped; the next one schedules its retry from the job record",
-                 job.id)
-        return
     try:
-        engine.persist(f"job {job.id}: storing its retry at {plan.at.isoformat()}", _store, engine, job, plan)
+        if not engine.store_back(job, plan.at, DateTrigger(plan.at, timezone=timezone.utc)):
+            return
     except Exception:
         log.exception("job %s: could not store its retry; the next daemon start schedules it from the "
                       "job record", job.id)
-
-
-def _store(engine: Engine, job: Job, plan: RetryPlan) -> None:
-    engine.aps.add_job(job.func, trigger=DateTrigger(plan.at, timezone=timezone.utc), args=job.args,
-                       kwargs=job.kwargs, id=job.id, name=job.name, jobstore=job._jobstore_alias,
-                       executor=job.executor, misfire_grace_time=job.misfire_grace_time,
-                       coalesce=job.coalesce, max_instances=job.max_instances, replace_existing=True)
+        return
     log.info("job %s (queue %s): attempt %d of %d stored, due at %s", job.id, job._jobstore_alias,
              plan.attempt + 1, plan.retries + 1, plan.at.isoformat())

@@ -28,11 +28,11 @@ import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
 from .broker import JSON, make_connection, make_queue
-from .engine import Engine
+from .engine import DIRECT_BACKLOG, Engine
 from .exceptions import InvalidJob, InvalidMessage
 from .fanout import EventPublisher, origin_of
 from .faults import crash_point
-from .messages import SIGNATURE_HEADER, decode, verify
+from .messages import SIGNATURE_HEADER, JobRequest, decode, verify
 from .redis_transport import Channel as RedisChannel
 from .redis_transport import release_claims as release_redis_claims
 from .transport import release_claims
@@ -59,6 +59,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
         self._backoff = STORE_BACKOFF[0]
         self._channels: list[Any] = []
+        self._batch: list[tuple[Any, str, JobRequest]] | None = None
+        self._live: Any = None  # the connection being consumed from
 
     @property  # type: ignore[override]
     def should_stop(self) -> bool:
@@ -73,19 +75,35 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         queues = [make_queue(settings, name) for name in self.engine.queues]
         options = {"on_message": self.on_message, "accept": [JSON], "prefetch_count": settings.broker_prefetch}
-        if not isinstance(channel, RedisChannel) or len(queues) == 1:
+        if not isinstance(channel, RedisChannel):
+            return [Consumer(queues=queues, **options)]
+        channel.batch = self.batch
+        if len(queues) == 1:
             return [Consumer(queues=queues, **options)]
         # Our Redis channel waits on one queue: give each queue a channel.
         for extra in self._channels:
             extra.close()
         self._channels = [channel.connection.client.channel() for _ in queues[1:]]
+        for extra in self._channels:
+            extra.batch = self.batch
         return [Consumer(queues=queues[:1], **options)] + [
             kombu.Consumer(extra, queues=[queue], **options)
             for extra, queue in zip(self._channels, queues[1:], strict=True)]
 
+    def on_iteration(self) -> None:
+        # Before taking more messages: while the worker pool has a backlog
+        # of DIRECT_BACKLOG runs, leave the next ones in the broker (checking
+        # the connection's heartbeat meanwhile) rather than store them for
+        # later in APScheduler's table, a slower path for run-now jobs.
+        runner = self.engine.runner
+        while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
+            if self._live is not None:
+                self._live.heartbeat_check()
+
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         # At start and after every reconnect: a message taken just as the
         # connection broke (its reply lost) waits in the processing list.
+        self._live = connection
         self.release_claims(channel)
 
     def release_claims(self, channel: Any) -> None:
@@ -128,6 +146,18 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         log.warning("broker %s unreachable (%s); retrying in %.1fs",
                     self.engine.settings.broker.masked(), exc, interval)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Around the messages our Redis channel took in one round trip: they
+        are checked one by one, then stored together (:meth:`store`)."""
+        self._batch = []
+        try:
+            yield
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                self.store(batch)
+
     def on_message(self, message: Any) -> None:
         queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
         if message.content_type != JSON:
@@ -145,24 +175,44 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             if request.queue not in self.engine.queues:
                 raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
             crash_point("received")
-            outcome = self.engine.submit(request)
-            crash_point("persisted")
         except (InvalidMessage, InvalidJob) as exc:
             return self.refuse(message, queue, str(exc))
-        except sa.exc.SQLAlchemyError as exc:
-            log.error("queue %s: job store unavailable (%s); message requeued, retrying in %.1fs",
-                      queue, exc, self._backoff)
-            message.requeue()
+        if self._batch is not None:
+            self._batch.append((message, queue, request))
+        else:
+            self.store([(message, queue, request)])
+        return None
+
+    def store(self, batch: list[tuple[Any, str, JobRequest]]) -> None:
+        """Carry out the requests of *batch* in order (the engine stores the
+        run-now jobs among them together), then settle each message: ack
+        once its job is stored, dead-letter it if it cannot be carried out,
+        requeue it (and the ones after it) if the job store failed."""
+        results = self.engine.submit_many([request for _, _, request in batch])
+        stored = [outcome for outcome in results if isinstance(outcome, str)]
+        if stored:
+            crash_point("persisted")
+        failed = False
+        for (message, queue, request), outcome in zip(batch, results, strict=True):
+            if isinstance(outcome, str):
+                message.ack()
+                log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
+            elif isinstance(outcome, (InvalidMessage, InvalidJob)):
+                self.refuse(message, queue, str(outcome))
+            elif isinstance(outcome, sa.exc.SQLAlchemyError):
+                if not failed:
+                    log.error("queue %s: job store unavailable (%s); %d message(s) requeued, retrying "
+                              "in %.1fs", queue, outcome, len(batch) - len(stored), self._backoff)
+                message.requeue()
+                failed = True
+            else:
+                log.error("queue %s: unexpected error handling a message", queue, exc_info=outcome)
+                self.refuse(message, queue, f"unexpected error: {type(outcome).__name__}: {outcome}")
+        if failed:
             self.stop_event.wait(self._backoff)
             self._backoff = min(self._backoff * 2, STORE_BACKOFF[1])
-            return None
-        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the consumer
-            log.exception("queue %s: unexpected error handling a message", queue)
-            return self.refuse(message, queue, f"unexpected error: {type(exc).__name__}: {exc}")
-        self._backoff = STORE_BACKOFF[0]
-        message.ack()
-        log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
-        return None
+        else:
+            self._backoff = STORE_BACKOFF[0]
 
     def refuse(self, message: Any, queue: str, reason: str) -> None:
         log.error("queue %s: message refused and dead-lettered: %s", queue, reason)

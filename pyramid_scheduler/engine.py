@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -44,6 +44,7 @@ from .db import create_db_engine
 from .declare import reconcile
 from .events import EventDispatcher
 from .exceptions import InvalidJob
+from .groupcommit import RunWriter
 from .messages import (
     MANAGEMENT_OPS,
     JobRequest,
@@ -110,6 +111,15 @@ class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
                         job_id, jobstore)
 
 
+class _RunNow(NamedTuple):
+    """A checked run-now job that goes straight to the worker pool."""
+
+    request: JobRequest
+    job: Job
+    first: datetime
+    wire: dict[str, Any]
+
+
 class Engine:
     """APScheduler, the ledger and the events for the queues this process runs.
 
@@ -139,6 +149,8 @@ class Engine:
         if not settings.memory_store:
             self.lease = Lease(self.ledger, self.queues, self.owner, settings.lease_ttl)
 
+        #: Writes the run starts and ends of the worker threads (group commit).
+        self.runs = RunWriter(self.ledger)
         self.runner = Runner(self)
         self.stores: dict[str, Any] = {}
         for queue in self.queues:
@@ -181,6 +193,7 @@ class Engine:
     def start(self) -> None:
         """Recover from the previous daemon, then start scheduling (lease held)."""
         self.dispatcher.start()
+        self.runs.start()
         self.aps.start(paused=True)
         if not self.settings.memory_store:
             self._recover()
@@ -218,6 +231,7 @@ class Engine:
                 log.warning("%d job run(s) still running after scheduler.shutdown_timeout (%gs)",
                             self.running_count(), timeout)
             self.aps.shutdown(wait=False)
+        self.runs.stop()
         if self.lease is not None and not self.lease_lost.is_set():
             try:
                 self.lease.release()
@@ -278,7 +292,57 @@ class Engine:
         self._message(request)
         return "message"
 
+    def submit_many(self, requests: list[JobRequest]) -> list[str | Exception]:
+        """Carry out *requests* in order, as :meth:`submit` would one by one,
+        storing the run-now jobs that go straight to the pool among them
+        together (one INSERT, one commit); return each one's outcome, or the
+        exception that stopped it: :class:`InvalidJob` (dead-letter it), any
+        other error, or a :class:`sqlalchemy.exc.SQLAlchemyError` for it and
+        every request after it (retry them later)."""
+        results: list[Any] = [None] * len(requests)
+        group: list[tuple[int, _RunNow]] = []
+
+        def store_group() -> None:
+            try:
+                self._store_now(group, results)
+            except sa.exc.SQLAlchemyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug: these requests only
+                for index, _ in group:
+                    results[index] = results[index] or exc
+            group.clear()
+
+        try:
+            for index, request in enumerate(requests):
+                try:
+                    planned = self._plan(request) if request.op == "add" else None
+                    if isinstance(planned, _RunNow):
+                        group.append((index, planned))
+                        continue
+                    store_group()
+                    results[index] = self.submit(request) if planned is None else planned()
+                except sa.exc.SQLAlchemyError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - InvalidJob, or a bug: this request only
+                    results[index] = exc
+            store_group()
+        except sa.exc.SQLAlchemyError as exc:
+            results = [exc if outcome is None else outcome for outcome in results]
+        return results
+
     def _add(self, request: JobRequest, recovering: bool = False) -> str:
+        planned = self._plan(request, recovering)
+        if isinstance(planned, _RunNow):
+            return self._add_now(planned)
+        return planned()
+
+    def _plan(self, request: JobRequest, recovering: bool = False) -> Any:
+        """Check an ``add`` request and build its job: a :class:`_RunNow` if
+        it goes straight to the worker pool (:meth:`_add_now`), else a
+        callable that stores it in its queue's job store.
+
+        :raises InvalidJob: it cannot be scheduled.
+        """
         request, func = admit(request, self.settings.func_aliases, self.settings.allowed_modules)
         assert request.trigger is not None and request.func is not None
         accepted = request.accepted_at()
@@ -300,19 +364,30 @@ class Engine:
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
         if request.trigger["type"] == "now" and not recovering and self._direct_open(request.id):
-            return self._add_now(request, func, trigger, args, kwargs, first, options)
-        store = self.stores[request.queue]
-        with store.adding(None if recovering else request.to_wire()):
-            try:
-                self.aps.add_job(func, trigger=trigger, args=args, kwargs=kwargs,
-                                 id=request.id, name=request.options.get("name") or request.func,
-                                 jobstore=request.queue, replace_existing=recovering,
-                                 next_run_time=first, **options)
-            except ConflictingIdError:
-                log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
-                         request.id, request.queue, request.mid)
-                return "duplicate"
-        return "stored"
+            # Built as the job store loads a job: admit() made APScheduler's checks.
+            job = Job.__new__(Job)
+            job.__setstate__({
+                "version": 1, "id": request.id, "func": request.func, "trigger": trigger,
+                "executor": "default", "args": tuple(args), "kwargs": kwargs,
+                "name": request.options.get("name") or request.func, "next_run_time": first,
+                **self.aps._job_defaults, **options})
+            job._scheduler = self.aps
+            job._jobstore_alias = request.queue
+            return _RunNow(request, job, first, request.to_wire())
+
+        def store() -> str:
+            with self.stores[request.queue].adding(None if recovering else request.to_wire()):
+                try:
+                    self.aps.add_job(func, trigger=trigger, args=args, kwargs=kwargs,
+                                     id=request.id, name=request.options.get("name") or request.func,
+                                     jobstore=request.queue, replace_existing=recovering,
+                                     next_run_time=first, **options)
+                except ConflictingIdError:
+                    log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
+                             request.id, request.queue, request.mid)
+                    return "duplicate"
+            return "stored"
+        return store
 
     def _direct_open(self, job_id: str) -> bool:
         """True when a run-now job may go straight to the worker pool: the
@@ -326,8 +401,21 @@ class Engine:
                 and not self._executor._instances.get(job_id)  # APScheduler's count of runs in the pool
                 and self.runner.pending < DIRECT_BACKLOG)
 
-    def _add_now(self, request: JobRequest, func: Any, trigger: Any, args: list[Any],
-                 kwargs: dict[str, Any], first: datetime, options: dict[str, Any]) -> str:
+    def _store_now(self, group: list[tuple[int, _RunNow]], results: list[Any]) -> None:
+        """Store the run-now jobs of *group* with one INSERT, then hand each
+        to the pool; one by one (:meth:`_add_now`) if an id is already known."""
+        if not group:
+            return
+        try:
+            self.ledger.add_jobs([planned.wire for _, planned in group])
+        except sa.exc.IntegrityError:
+            for index, planned in group:
+                results[index] = self._add_now(planned)
+        else:
+            for index, planned in group:
+                results[index] = self._hand(planned)
+
+    def _add_now(self, planned: _RunNow) -> str:
         """Store a run-now job's record, then hand its run to the worker pool.
 
         APScheduler's table is skipped: it would hold the job only until its
@@ -338,18 +426,9 @@ class Engine:
         job APScheduler had submitted, with the same run key; a run the lease
         check refuses is stored back in the job store (:meth:`Runner.run_one`).
         """
-        # Built as the job store loads a job: admit() made APScheduler's checks.
-        job = Job.__new__(Job)
-        job.__setstate__({
-            "version": 1, "id": request.id, "func": request.func, "trigger": trigger,
-            "executor": "default", "args": tuple(args), "kwargs": kwargs,
-            "name": request.options.get("name") or request.func, "next_run_time": first,
-            **self.aps._job_defaults, **options})
-        job._scheduler = self.aps
-        job._jobstore_alias = request.queue
-        wire = request.to_wire()
+        request = planned.request
         try:
-            self.ledger.add_job(wire)
+            self.ledger.add_job(planned.wire)
         except ConflictingIdError:
             if not self._stored_not_handed(request):
                 log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
@@ -359,11 +438,15 @@ class Engine:
             # (so it came back): nothing holds the job yet.
             log.info("job %s (queue %s): already stored by message %s; running it", request.id,
                      request.queue, request.mid)
-        self._on_added(job, wire)
+        return self._hand(planned)
+
+    def _hand(self, planned: _RunNow) -> str:
+        """CREATED for a stored run-now job, then its run to the pool."""
+        self._on_added(planned.job, planned.wire)
         try:
-            self._executor.submit_job(job, [first])
+            self._executor.submit_job(planned.job, [planned.first])
         except MaxInstancesReachedError:  # a run of an earlier job with this id is still in the pool
-            self.store_back(job, first)
+            self.store_back(planned.job, planned.first)
         return "stored"
 
     def _stored_not_handed(self, request: JobRequest) -> bool:

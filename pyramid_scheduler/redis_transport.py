@@ -1,4 +1,4 @@
-"""Kombu's Redis transport, receiving without a window for loss.
+"""Kombu's Redis transport, receiving without a window for loss, in batches.
 
 Kombu's Redis channel takes a message with ``BRPOP`` and only then records it
 in its ``unacked`` hash: a consumer killed between the two (or before it
@@ -8,25 +8,43 @@ returned is stored, so this channel changes just that step: ``BLMOVE`` moves
 the message atomically from the queue to the queue's *processing* list, and
 it leaves that list only after the message has been handled (stored and
 acked, or dead-lettered, or requeued). A message is therefore always in the
-queue, in the processing list or in ``unacked``; :func:`release_claims`,
-called by the daemon when it takes a queue's lease, puts back whatever an
-earlier holder left in either. Everything else (publishing, acks, the
-visibility timeout, connections) is Kombu's own, except that a transport
-the connection lets go of closes its poller at once.
+queue or in the processing list; :func:`release_claims`, called by the daemon
+when it takes a queue's lease, puts back whatever an earlier holder left
+there (and in Kombu's ``unacked`` hash, which a consumer on Kombu's own
+channel may have left).
+
+Because the processing list already covers the time a message is handled,
+this channel keeps its acks in the process (:class:`QoS`) instead of writing
+each one to the ``unacked`` hash and its index: two Redis round trips per
+message fewer. A requeued message goes back to the queue and leaves the
+processing list in one ``MULTI``; a message neither acked nor rejected stays
+in the processing list until :func:`release_claims`.
+
+When the consumer's prefetch count allows more than one message, the channel
+takes the messages already waiting (up to that count) in the same round trip
+as the first one's follow-up, hands them to the consumer inside its
+:attr:`Channel.batch` context (where the daemon stores them together), and
+clears them from the processing list in one round trip.
+
+Everything else (publishing, connections) is Kombu's own, except that a
+transport the connection lets go of closes its poller at once.
 
 Needs Redis 6.2 or later (``BLMOVE``). Each channel waits on one queue; the
-daemon gives every queue its own channel. ``basic_get`` (which the daemon
-does not use) is Kombu's.
+daemon gives every queue its own channel. ``basic_get`` is Kombu's, and not
+covered by the processing list: the daemon does not use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import base64
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from time import monotonic
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 
@@ -40,9 +58,41 @@ def processing_key(queue: str) -> str:
     return queue + PROCESSING
 
 
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    """Acks kept in this process: a message being handled waits in its
+    queue's processing list, which the channel clears once it is settled.
+    Records each settled delivery tag in :attr:`Channel.settled` (True: to be
+    requeued)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel.settled[delivery_tag] = False
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self.channel.settled[delivery_tag] = requeue
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        # Still in the processing list: release_claims puts them back.
+        self._delivered.clear()
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = QoS
     _reliable_key: str | None = None
     _shared_client: Any = None
+    #: Called around the delivery of the messages taken in one round trip
+    #: (the daemon stores them together there); settle them inside it.
+    batch: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Delivery tag -> requeue, for the messages acked or rejected and
+        #: not yet cleared from the processing list.
+        self.settled: dict[str, bool] = {}
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -57,6 +107,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             shared = self._shared_client = self._create_client()
         yield shared
 
+    def raw_key(self, key: str) -> str:
+        """*key* with ``global_keyprefix``, for the commands Kombu's client
+        does not prefix (``BLMOVE``, ``LMOVE``, ``LREM``)."""
+        return self.global_keyprefix + key if self.global_keyprefix else key
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
             timeout = self.brpop_timeout
@@ -64,9 +119,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         queue = queues[0]
-        source, target = queue, processing_key(queue)
-        if self.global_keyprefix:
-            source, target = self.global_keyprefix + source, self.global_keyprefix + target
+        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
         self._reliable_key = queue
         self._in_poll = self.client.connection
         if hasattr(self, "_brpop_sent_at"):  # Kombu 5.6+: its health check reads it
@@ -86,19 +139,71 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             queue = self._reliable_key
             assert queue is not None
             self._queue_cycle.rotate(queue)
-            # The consumer's callback runs in here: the message is handled
-            # (and acked or requeued) when _deliver returns.
+            items = [item] + self._take_more(queue)
+            payloads = [envelope(raw, queue) for raw in items]
+            # The consumer's callback runs in here: each message is handled
+            # (acked, rejected or requeued) when the batch ends.
             try:
-                self.connection._deliver(loads(item.decode("utf-8")), queue)
+                with self.batch():
+                    for payload in payloads:
+                        self.connection._deliver(payload, queue)
             finally:
-                with self.conn_or_acquire() as client:
-                    client.lrem(processing_key(queue), 1, item)
+                self._clear(queue, items, payloads)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _take_more(self, queue: str) -> list[bytes]:
+        """Up to prefetch count - 1 more messages already waiting in *queue*,
+        moved to its processing list in one round trip."""
+        more = (self.qos.prefetch_count or 1) - 1
+        if more <= 0:
+            return []
+        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for _ in range(more):
+                pipe.lmove(source, target, "RIGHT", "LEFT")
+            return [raw for raw in pipe.execute() if raw is not None]
+
+    def _clear(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
+        """Take the settled messages off *queue*'s processing list, putting
+        the requeued ones back in the queue, in one ``MULTI``."""
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for raw, payload in zip(items, payloads, strict=True):
+                requeue = self.settled.pop(payload["properties"]["delivery_tag"], None)
+                if requeue is None:
+                    continue  # not settled: stays claimed until release_claims
+                if requeue:
+                    pipe.lpush(queue, raw)  # Kombu's client prefixes LPUSH's key itself
+                pipe.lrem(self.raw_key(processing_key(queue)), 1, raw)
+            if len(pipe):
+                pipe.execute()
+
+
+#: Content type given to a list entry that is not a Kombu message, so that
+#: the consumer refuses (dead-letters) it like any other bad message.
+NOT_A_MESSAGE = "application/x-not-a-kombu-message"
+
+
+def envelope(raw: bytes, queue: str) -> dict[str, Any]:
+    """The Kombu message in the list entry *raw*; an entry that is not one
+    (written to the queue by something other than a Kombu producer) is
+    wrapped, whole, in a message of type :data:`NOT_A_MESSAGE`."""
+    try:
+        payload = loads(raw.decode("utf-8"))
+        if isinstance(payload["properties"]["delivery_tag"], str):
+            return payload  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001, S110 - any shape that is not an envelope
+        pass
+    return {"body": base64.b64encode(raw).decode("ascii"), "content-type": NOT_A_MESSAGE,
+            "content-encoding": "binary", "headers": {},
+            "properties": {"body_encoding": "base64", "delivery_tag": uuid.uuid4().hex,
+                           "delivery_info": {"exchange": "", "routing_key": queue}}}
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
@@ -133,7 +238,8 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
     names = set(queues)
     with channel.conn_or_acquire() as client:
         for queue in queues:
-            while client.lmove(processing_key(queue), queue, "RIGHT", "RIGHT") is not None:
+            source, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
+            while client.lmove(source, target, "RIGHT", "RIGHT") is not None:
                 released += 1
         for tag, raw in client.hgetall(channel.unacked_key).items():
             _message, _exchange, routing_key = loads(raw.decode("utf-8"))

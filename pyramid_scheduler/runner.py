@@ -101,7 +101,7 @@ class Runner:
         self.delegator = engine.settings.delegator
         #: Batches handed to the pool and not finished (started or not yet).
         self.pending = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def submitted(self) -> None:
         """A batch of runs was handed to the thread pool (see :attr:`pending`)."""
@@ -125,7 +125,14 @@ class Runner:
         finally:
             with self._lock:
                 self.pending -= 1
+                self._lock.notify_all()
         return retries
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for fewer than *limit* batches to be
+        pending; True if they are."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.pending < limit, timeout)
 
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RetryPlan | None:
         engine = self.engine
@@ -156,7 +163,7 @@ class Runner:
         # meanwhile then waits for this run's own event.
         engine.run_started(job.id)
         try:
-            state = engine.persist(f"job {job.id}: recording the start of run {key}", self.ledger.start_run,
+            state = engine.persist(f"job {job.id}: recording the start of run {key}", engine.runs.start_run,
                                    job.id, queue, key, run_time.timestamp(), engine.owner)
         except BaseException:
             engine.emit_run_events(job.id, [], False, finished_run=True)
@@ -191,7 +198,7 @@ class Runner:
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
                 events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
-                engine.persist(f"job {job.id}: recording run {key}", self.ledger.finish_run,
+                engine.persist(f"job {job.id}: recording run {key}", engine.runs.finish_run,
                                job.id, key, "done", final, result=retval)
         finally:
             engine.emit_run_events(job.id, events, final and plan is None, finished_run=True)
@@ -205,7 +212,7 @@ class Runner:
         record = engine.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
         attempt = int(record.get("attempt") or 1) if record else 1
         plan = plan_retry(record, datetime.now(timezone.utc)) if final else None
-        live = engine.persist(f"job {job.id}: recording failed run {key}", self.ledger.finish_run,
+        live = engine.persist(f"job {job.id}: recording failed run {key}", engine.runs.finish_run,
                               job.id, key, "failed", final, error=text,
                               retry_at=plan.at.timestamp() if plan else None)
         if plan is not None and not live:

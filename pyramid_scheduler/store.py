@@ -175,6 +175,19 @@ class Ledger:
         with self.engine.begin() as conn:
             self.insert_job(conn, request)
 
+    def add_jobs(self, requests: list[dict[str, Any]]) -> None:
+        """Record new jobs in one transaction (one multi-row INSERT).
+
+        :raises sqlalchemy.exc.IntegrityError: an id is already known; nothing
+            is recorded (then record them one by one with :meth:`add_job`).
+        """
+        if len(requests) == 1:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_job, self._job_row(requests[0]))
+            return
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_job, [self._job_row(request) for request in requests])
+
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(self.jobs).where(self.jobs.c.id == job_id)).first()
@@ -272,8 +285,8 @@ class Ledger:
                         "run_key": run_key, "job_id": job_id, "queue": queue, "scheduled_at": scheduled_at,
                         "status": "started", "owner": owner, "started_at": stamp})
                     return "start"
-                raise _Unusual()
-        except (sa.exc.IntegrityError, _Unusual):
+                raise Unusual()
+        except (sa.exc.IntegrityError, Unusual):
             pass
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(self.runs.c.status)
@@ -307,25 +320,67 @@ class Ledger:
         (canceled while it ran), so nothing is to be retried.
         """
         stamp = now()
-        has_error = error is not None
-        job_update, canceled_update = self._finish_statements(status, final, has_error, retry_at is not None)
-        params = {"p_job_id": job_id, "p_stamp": stamp, "p_error": error, "p_retry_at": retry_at}
-        if status == "done":
-            params["p_result"] = _json_or_repr(result)
+        key, run_params, job_params = self.finish_params(job_id, run_key, status, final, result, error,
+                                                         retry_at, stamp)
+        job_update, canceled_update = self._finish_statements(*key)
         with self.engine.begin() as conn:
-            updated = conn.execute(self._finish_run, {"p_run_key": run_key, "p_status": status,
-                                                      "p_stamp": stamp, "p_error": error}).rowcount
+            updated = conn.execute(self._finish_run, run_params).rowcount
             if not updated:
                 conn.execute(self._insert_run, {
                     "run_key": run_key, "job_id": job_id, "queue": queue, "status": status,
                     "owner": owner, "error": error, "started_at": None,
                     "scheduled_at": scheduled_at if scheduled_at is not None else stamp,
                     "finished_at": stamp})
-            moved = conn.execute(job_update, params).rowcount
+            moved = conn.execute(job_update, job_params).rowcount
             if not moved:
                 # Canceled while it ran: keep that status, but record the run.
-                conn.execute(canceled_update, params)
+                conn.execute(canceled_update, job_params)
         return bool(moved)
+
+    @staticmethod
+    def finish_params(job_id: str, run_key: str, status: str, final: bool, result: Any,
+                      error: str | None, retry_at: float | None,
+                      stamp: float) -> tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]:
+        """What :meth:`finish_run` writes: the kind of outcome (which picks
+        its statements), the run's parameters and the job's."""
+        params = {"p_job_id": job_id, "p_stamp": stamp, "p_error": error, "p_retry_at": retry_at}
+        if status == "done":
+            params["p_result"] = _json_or_repr(result)
+        return ((status, final, error is not None, retry_at is not None),
+                {"p_run_key": run_key, "p_status": status, "p_stamp": stamp, "p_error": error}, params)
+
+    def write_runs(self, starts: list[dict[str, Any]],
+                   finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]]) -> None:
+        """Record several run starts (:meth:`start_run`'s arguments) and run
+        ends (:meth:`finish_params`) in one transaction, a few statements for
+        all of them -- in the common case only: each start's job live and its
+        run new, each end's run started and its job live, no job twice.
+
+        :raises sqlalchemy.exc.IntegrityError: a run is not new;
+        :raises Unusual: another assumption did not hold. Nothing is written
+            then: record them one by one.
+        """
+        if not self.engine.dialect.supports_sane_multi_rowcount:
+            raise Unusual()
+        stamp = now()
+        with self.engine.begin() as conn:
+            if starts:
+                marked = conn.execute(self._mark_running, [
+                    {"p_job_id": start["job_id"], "p_stamp": stamp} for start in starts]).rowcount
+                if marked != len(starts):
+                    raise Unusual()
+                conn.execute(self._insert_run, [
+                    {"run_key": start["run_key"], "job_id": start["job_id"], "queue": start["queue"],
+                     "scheduled_at": start["scheduled_at"], "status": "started", "owner": start["owner"],
+                     "started_at": stamp} for start in starts])
+            kinds: dict[tuple[str, bool, bool, bool], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+            for key, run_params, job_params in finishes:
+                kinds.setdefault(key, []).append((run_params, job_params))
+            for key, rows in kinds.items():
+                job_update, _ = self._finish_statements(*key)
+                if (conn.execute(self._finish_run, [run for run, _ in rows]).rowcount != len(rows)
+                        or conn.execute(job_update, [job for _, job in rows]).rowcount != len(rows)):
+                    raise Unusual()
 
     def _finish_statements(self, status: str, final: bool, has_error: bool,
                            retry: bool) -> tuple[Any, Any]:
@@ -436,7 +491,7 @@ class Ledger:
         return int(count)
 
 
-class _Unusual(Exception):
+class Unusual(Exception):
     """Rolls back a fast-path write whose assumption did not hold."""
 
 

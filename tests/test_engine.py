@@ -19,7 +19,7 @@ from pyramid_scheduler.api import Event
 from pyramid_scheduler.engine import Engine
 from pyramid_scheduler.messages import JobRequest, trigger_spec
 from pyramid_scheduler.runner import run_key
-from pyramid_scheduler.store import Lease
+from pyramid_scheduler.store import Lease, Unusual
 
 UTC = timezone.utc
 RUNS: list = []
@@ -524,3 +524,64 @@ def test_a_last_run_already_recorded_closes_the_job_without_running(engine_facto
     assert types_for(events, "closed") == [Event.JOB_CREATED, Event.JOB_REMOVED]
     assert engine.ledger.get_job("closed")["status"] == "missed"
     assert ("closed", "M") not in RUNS
+
+
+def test_a_batch_is_carried_out_in_order_with_its_run_now_jobs_stored_together(engine_factory):
+    engine, events = engine_factory()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    bad = JobRequest(op="add", id="bad", queue="jobs", func="test_engine:no_such_function",
+                     trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)))
+    b1 = add(record, job_id="b1")
+    batch = [b1, add(record, job_id="b2"), bad,
+             add(record, kind="date", job_id="b3", when=later), JobRequest(op="cancel", id="b3", queue="jobs"),
+             add(record, job_id="b4"), b1]  # b4 with b1's message again: stored one by one
+    results = engine.submit_many(batch)
+    assert results[:2] == ["stored", "stored"] and results[3:] == ["stored", "canceled", "stored", "duplicate"]
+    assert "no_such_function" in str(results[2])
+    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ("b1", "b2", "b4")))
+    assert sorted(tag for tag, _ in RUNS) == ["b1", "b2", "b4"]
+    assert types_for(events, "b3") == [Event.JOB_CREATED, Event.JOB_CANCELED]
+    assert engine.ledger.get_job("bad") is None
+    assert [engine.ledger.get_job(job)["status"] for job in ("b1", "b2", "b3", "b4")] == [
+        "done", "done", "canceled", "done"]
+
+
+def test_many_runs_recorded_through_the_group_commit_are_each_recorded_once(engine_factory):
+    engine, events = engine_factory()
+    ids = [f"g{i}" for i in range(150)]
+    assert set(engine.submit_many([add(record, job_id=job) for job in ids])) == {"stored"}
+    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ids), timeout=60)
+    for job in ids:
+        record_ = engine.ledger.get_job(job)
+        assert (record_["status"], record_["runs"]) == ("done", 1)
+        assert [run["status"] for run in engine.ledger.list_runs(job)] == ["done"]
+
+
+def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    for job in ("w1", "w2", "w3"):
+        ledger.add_job(add(record, job_id=job).to_wire())
+
+    def start(job):
+        return {"job_id": job, "queue": "jobs", "run_key": f"{job}@1", "scheduled_at": 1.0, "owner": "me"}
+
+    def done(job):
+        return ledger.finish_params(job, f"{job}@1", "done", True, {"ok": job}, None, None, time.time())
+
+    ledger.write_runs([start("w1"), start("w2")], [])
+    ledger.write_runs([start("w3")], [done("w1"), done("w2")])
+    assert [ledger.get_job(job)["status"] for job in ("w1", "w2", "w3")] == ["done", "done", "running"]
+    # w3's run is known: nothing of the batch is written, and one by one says why.
+    ledger.add_job(add(record, job_id="w4").to_wire())
+    with pytest.raises(sa.exc.IntegrityError):
+        ledger.write_runs([start("w4"), start("w3")], [])
+    assert ledger.get_job("w4")["status"] == "scheduled" and ledger.list_runs("w4") == []
+    assert ledger.start_run("w3", "jobs", "w3@1", 1.0, "me") == "started"
+    # w3 canceled while it ran: not the common case either.
+    ledger.set_status("w3", "jobs", "canceled")
+    with pytest.raises(Unusual):
+        ledger.write_runs([start("w4")], [done("w3")])
+    assert ledger.list_runs("w4") == [] and ledger.list_runs("w3")[0]["status"] == "started"
+    assert ledger.finish_run("w3", "w3@1", "done", True, result=None) is False
+    assert ledger.get_job("w3")["status"] == "canceled"

@@ -1,15 +1,18 @@
 """The package's Redis channel on a real Redis: one redis client per
 connection pool (Kombu builds one per operation), messages still delivered,
-acked and cleaned up."""
+acked and cleaned up; the messages waiting taken in batches, acks kept out
+of Redis, requeued and unsettled messages, list entries that are not
+messages."""
 
 import json
+from contextlib import contextmanager
 
 import kombu
 import pytest
 
 from conftest import make_settings
 from pyramid_scheduler.broker import Publisher, make_connection, make_queue
-from pyramid_scheduler.redis_transport import Channel, processing_key
+from pyramid_scheduler.redis_transport import NOT_A_MESSAGE, Channel, processing_key, release_claims
 from pyramid_scheduler.settings import parse_settings
 
 
@@ -21,13 +24,17 @@ def settings(tmp_var):
         make_queue(settings, "jobs")(conn.default_channel).delete()
 
 
-def test_one_client_per_pool_and_every_message_delivered(settings):
+def publish(settings, count):
     publisher = Publisher(settings)
     try:
-        for i in range(20):
+        for i in range(count):
             publisher.publish(b'{"n": %d}' % i, "jobs", f"job-{i}")
     finally:
         publisher.close()
+
+
+def test_one_client_per_pool_and_every_message_delivered(settings):
+    publish(settings, 20)
 
     received = []
     with make_connection(settings) as conn:
@@ -62,3 +69,83 @@ def test_one_client_per_pool_and_every_message_delivered(settings):
             assert client.ping()
         channel.close()
     assert sorted(json.loads(body)["n"] for body in received) == list(range(20))
+
+
+def _consume(settings, conn, on_message, until, prefetch=10, batch=None):
+    channel = conn.channel()
+    if batch is not None:
+        channel.batch = batch
+    queue = make_queue(settings, "jobs")
+    with kombu.Consumer(channel, queues=[queue], on_message=on_message, accept=["application/json"],
+                        prefetch_count=prefetch):
+        while not until():
+            conn.drain_events(timeout=5)
+    return channel, queue
+
+
+def test_messages_waiting_are_taken_in_one_batch_and_no_ack_goes_to_redis(settings):
+    publish(settings, 25)
+    sizes, seen, received = [], [], []
+
+    @contextmanager
+    def batch():
+        sizes.append(0)
+        yield
+        for message in received[-sizes[-1]:]:
+            message.ack()
+
+    with make_connection(settings) as conn:
+        def on_message(message):
+            with conn.default_channel.conn_or_acquire() as client:
+                # Being handled: in the processing list, not in Kombu's unacked hash.
+                seen.append((client.llen(processing_key(queue_name)), client.hlen(conn.default_channel.unacked_key)))
+            sizes[-1] += 1
+            received.append(message)
+
+        queue_name = make_queue(settings, "jobs").name
+        channel, queue = _consume(settings, conn, on_message, lambda: len(received) >= 25, batch=batch)
+        with channel.conn_or_acquire() as client:
+            assert client.llen(processing_key(queue.name)) == 0
+            assert client.llen(queue.name) == 0
+    assert sizes == [10, 10, 5]
+    assert all(unacked == 0 for _, unacked in seen)
+    assert [held for held, _ in seen[:10]] == [10] * 10
+    assert sorted(json.loads(m.body)["n"] for m in received) == list(range(25))
+
+
+def test_a_requeued_message_comes_back_and_an_unsettled_one_stays_claimed(settings):
+    publish(settings, 1)
+    bodies = []
+    with make_connection(settings) as conn:
+        def requeue_first(message):
+            bodies.append(message.body)
+            if len(bodies) == 1:
+                message.requeue()
+            elif len(bodies) == 2:
+                pass  # neither acked nor rejected: stays in the processing list
+
+        channel, queue = _consume(settings, conn, requeue_first, lambda: len(bodies) >= 2)
+        with channel.conn_or_acquire() as client:
+            assert client.llen(processing_key(queue.name)) == 1
+            assert client.llen(queue.name) == 0
+            assert release_claims(channel, [queue.name]) == 1
+            assert client.llen(processing_key(queue.name)) == 0
+            assert client.llen(queue.name) == 1
+    assert bodies == [b'{"n": 0}', b'{"n": 0}']
+
+
+def test_a_list_entry_that_is_not_a_kombu_message_is_delivered_for_refusal(settings):
+    queue = make_queue(settings, "jobs")
+    refused = []
+    with make_connection(settings) as conn:
+        with conn.default_channel.conn_or_acquire() as client:
+            client.lpush(queue.name, b"\xffnot json")
+
+        def on_message(message):
+            refused.append((message.content_type, message.body))
+            message.reject()
+
+        channel, _ = _consume(settings, conn, on_message, lambda: refused)
+        with channel.conn_or_acquire() as client:
+            assert client.llen(processing_key(queue.name)) == 0
+    assert refused == [(NOT_A_MESSAGE, b"\xffnot json")]

@@ -1,0 +1,166 @@
+"""Group commit of run starts and ends.
+
+Each job run writes twice to the ledger: its start (before the job function
+is called) and its end. Written one by one, from the worker threads, that is
+two transactions per run, eight round trips to the database and two commits
+(each one a flush of the database's log to disk); at a few hundred runs a
+second the worker threads spent nearly all their time waiting for those.
+
+:class:`RunWriter` is one thread that writes them for every worker: a worker
+hands it a start or an end and waits for it to be committed, exactly as if it
+had written it itself; meanwhile the writer takes every start and end that
+is waiting (up to :data:`MAX_BATCH`, never two of one job, so their order
+per job holds) and writes them in one transaction of a few statements
+(:meth:`.store.Ledger.write_runs`). When a batch meets anything but the
+common case (a run already recorded, a job canceled meanwhile, the database
+failing), it is written again one by one with the ledger's own
+:meth:`~.store.Ledger.start_run` and :meth:`~.store.Ledger.finish_run`, so each
+worker gets exactly the answer or the error those give. A lone request waits
+for nobody.
+
+Why by hand: SQLAlchemy and the database drivers pool connections and batch
+statements (``executemany``), but have no group commit across threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from .store import Ledger, Unusual, now
+
+log = logging.getLogger(__name__)
+
+#: Most starts and ends written in one transaction.
+MAX_BATCH = 200
+
+
+class _Write:
+    __slots__ = ("kind", "job_id", "args", "kwargs", "done", "result", "error")
+
+    def __init__(self, kind: str, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.kind = kind
+        self.job_id = job_id
+        self.args = args
+        self.kwargs = kwargs
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class RunWriter:
+    """Writes the run starts and ends of a daemon's worker threads, several
+    per transaction; :meth:`start_run` and :meth:`finish_run` are the
+    ledger's, with the same arguments, answers and errors."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            self._thread = threading.Thread(target=self._run, name="pscheduler-runs", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Write what was handed in, then end the thread; what comes after
+        (a run still going past the shutdown timeout) is written by its own
+        thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(None)
+        thread.join()
+
+    def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str) -> str:
+        return self._call("start", job_id, (job_id, queue, run_key, scheduled_at, owner), {})  # type: ignore[no-any-return]
+
+    def finish_run(self, job_id: str, run_key: str, status: str, final: bool, **kwargs: Any) -> bool:
+        return self._call("finish", job_id, (job_id, run_key, status, final), kwargs)  # type: ignore[no-any-return]
+
+    def _call(self, kind: str, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        write = _Write(kind, job_id, args, kwargs)
+        with self._lock:  # nothing is queued after the stop's end marker
+            queued = self._thread is not None
+            if queued:
+                self._queue.put(write)
+        if not queued:  # not started, or stopped: written by this thread
+            return self._alone(write)
+        write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _alone(self, write: _Write) -> Any:
+        if write.kind == "start":
+            return self.ledger.start_run(*write.args)
+        return self.ledger.finish_run(*write.args, **write.kwargs)
+
+    def _run(self) -> None:
+        carried: _Write | None = None
+        stopping = False
+        while not stopping:
+            first = carried if carried is not None else self._queue.get()
+            carried = None
+            if first is None:
+                return
+            batch, jobs = [first], {first.job_id}
+            while len(batch) < MAX_BATCH:
+                try:
+                    write = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if write is None:
+                    stopping = True
+                    break
+                if write.job_id in jobs:  # its order after the one in this batch must hold
+                    carried = write
+                    break
+                batch.append(write)
+                jobs.add(write.job_id)
+            self._write(batch)
+
+    def _write(self, batch: list[_Write]) -> None:
+        try:
+            if len(batch) > 1:
+                try:
+                    self._together(batch)
+                    return
+                except (sa.exc.IntegrityError, Unusual):
+                    pass  # not the common case: one by one below
+                except sa.exc.SQLAlchemyError as exc:
+                    log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
+            for write in batch:
+                try:
+                    write.result = self._alone(write)
+                except BaseException as exc:  # noqa: BLE001 - handed to the worker that asked
+                    write.error = exc
+        finally:
+            for write in batch:
+                write.done.set()
+
+    def _together(self, batch: list[_Write]) -> None:
+        starts, finishes = [], []
+        stamp = now()
+        for write in batch:
+            if write.kind == "start":
+                job_id, queue_name, run_key, scheduled_at, owner = write.args
+                starts.append({"job_id": job_id, "queue": queue_name, "run_key": run_key,
+                               "scheduled_at": scheduled_at, "owner": owner})
+            else:
+                job_id, run_key, status, final = write.args
+                extra = write.kwargs
+                if set(extra) - {"result", "error", "retry_at"}:
+                    raise Unusual()  # a missed run's own row: the ledger's path
+                finishes.append(self.ledger.finish_params(job_id, run_key, status, final, extra.get("result"),
+                                                          extra.get("error"), extra.get("retry_at"), stamp))
+        self.ledger.write_runs(starts, finishes)
+        for write in batch:
+            write.result = "start" if write.kind == "start" else True

@@ -60,7 +60,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self._backoff = STORE_BACKOFF[0]
         self._channels: list[Any] = []
         self._batch: list[tuple[Any, str, JobRequest]] | None = None
-        self._live: Any = None  # the connection being consumed from
+        self._redis = False  # consuming through our Redis channel
 
     @property  # type: ignore[override]
     def should_stop(self) -> bool:
@@ -75,7 +75,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         queues = [make_queue(settings, name) for name in self.engine.queues]
         options = {"on_message": self.on_message, "accept": [JSON], "prefetch_count": settings.broker_prefetch}
-        if not isinstance(channel, RedisChannel):
+        self._redis = isinstance(channel, RedisChannel)
+        if not self._redis:
             return [Consumer(queues=queues, **options)]
         channel.batch = self.batch
         if len(queues) == 1:
@@ -91,26 +92,28 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             for extra, queue in zip(self._channels, queues[1:], strict=True)]
 
     def on_iteration(self) -> None:
-        # Before taking more messages: while the worker pool has a backlog
-        # of DIRECT_BACKLOG runs, leave the next ones in the broker (checking
-        # the connection's heartbeat meanwhile) rather than store them for
-        # later in APScheduler's table, a slower path for run-now jobs.
-        runner = self.engine.runner
-        while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
-            if self._live is not None:
-                self._live.heartbeat_check()
+        # On Redis, before taking more messages: while the worker pool has a
+        # backlog of DIRECT_BACKLOG batches of runs, leave the next messages
+        # in the queue rather than store their run-now jobs for later in
+        # APScheduler's table, a slower path. (Redis has no heartbeats to
+        # miss meanwhile; RabbitMQ's would, and it pushes the prefetched
+        # messages anyway: there the backlog goes to APScheduler's table.)
+        if self._redis:
+            runner = self.engine.runner
+            while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
+                pass
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         # At start and after every reconnect: a message taken just as the
         # connection broke (its reply lost) waits in the processing list.
-        self._live = connection
         self.release_claims(channel)
 
     def release_claims(self, channel: Any) -> None:
         """Give back what was taken from these queues and not finished.
 
-        Only the lease holder consumes these queues, and it handles one message
-        at a time, so between two messages any claim still standing belongs to
+        Only the lease holder consumes these queues, and it settles every
+        message it took before taking more, so between two batches any claim
+        still standing belongs to
         a daemon that crashed or lost its lease, or to this one before its
         connection broke: it need not wait out the visibility timeout (Redis,
         SQL), and on Redis a message in a queue's processing list would
@@ -201,8 +204,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                 self.refuse(message, queue, str(outcome))
             elif isinstance(outcome, sa.exc.SQLAlchemyError):
                 if not failed:
-                    log.error("queue %s: job store unavailable (%s); %d message(s) requeued, retrying "
-                              "in %.1fs", queue, outcome, len(batch) - len(stored), self._backoff)
+                    log.error("queue %s: job store unavailable (%s); message(s) requeued, retrying "
+                              "in %.1fs", queue, outcome, self._backoff)
                 message.requeue()
                 failed = True
             else:

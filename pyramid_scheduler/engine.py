@@ -413,7 +413,12 @@ class Engine:
                 results[index] = self._add_now(planned)
         else:
             for index, planned in group:
-                results[index] = self._hand(planned)
+                try:
+                    results[index] = self._hand(planned)
+                except Exception:  # noqa: BLE001 - a bug: its record is stored, the next start runs it
+                    log.exception("job %s (queue %s): stored, but not handed to the worker pool; the "
+                                  "next daemon start runs it", planned.request.id, planned.request.queue)
+                    results[index] = "stored"
 
     def _add_now(self, planned: _RunNow) -> str:
         """Store a run-now job's record, then hand its run to the worker pool.

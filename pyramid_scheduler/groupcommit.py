@@ -96,6 +96,8 @@ class RunWriter:
         write.done.wait()
         if write.error is not None:
             raise write.error
+        if write.result is None:
+            raise RuntimeError("the run writer gave no answer")  # cannot happen: _write sets one
         return write.result
 
     def _alone(self, write: _Write) -> Any:
@@ -125,7 +127,10 @@ class RunWriter:
                     break
                 batch.append(write)
                 jobs.add(write.job_id)
-            self._write(batch)
+            try:
+                self._write(batch)
+            except BaseException:  # noqa: BLE001 - the thread must outlive any error
+                log.exception("the run writer failed around a batch")
 
     def _write(self, batch: list[_Write]) -> None:
         try:
@@ -135,7 +140,7 @@ class RunWriter:
                     return
                 except (sa.exc.IntegrityError, Unusual):
                     pass  # not the common case: one by one below
-                except sa.exc.SQLAlchemyError as exc:
+                except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
                     log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
             for write in batch:
                 try:

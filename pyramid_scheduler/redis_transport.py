@@ -139,14 +139,27 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             queue = self._reliable_key
             assert queue is not None
             self._queue_cycle.rotate(queue)
+            if self._closing or queue not in self.connection._callbacks:
+                # Read as the channel closes, its consumer gone: back to the
+                # head of the queue, where it was.
+                self._give_back(queue, item)
+                return True
             items = [item] + self._take_more(queue)
             payloads = [envelope(raw, queue) for raw in items]
             # The consumer's callback runs in here: each message is handled
             # (acked, rejected or requeued) when the batch ends.
             try:
                 with self.batch():
-                    for payload in payloads:
-                        self.connection._deliver(payload, queue)
+                    for index, raw in enumerate(items):
+                        try:
+                            self.connection._deliver(payloads[index], queue)
+                        except Exception:
+                            if payloads[index]["content-type"] == NOT_A_MESSAGE:
+                                raise
+                            # Kombu could not read it as a message: refused whole.
+                            self.qos._delivered.pop(payloads[index]["properties"]["delivery_tag"], None)
+                            payloads[index] = not_a_message(raw, queue)
+                            self.connection._deliver(payloads[index], queue)
             finally:
                 self._clear(queue, items, payloads)
             return True
@@ -168,6 +181,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             for _ in range(more):
                 pipe.lmove(source, target, "RIGHT", "LEFT")
             return [raw for raw in pipe.execute() if raw is not None]
+
+    def _give_back(self, queue: str, raw: bytes) -> None:
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            pipe.rpush(queue, raw)  # Kombu's client prefixes RPUSH's key itself
+            pipe.lrem(self.raw_key(processing_key(queue)), 1, raw)
+            pipe.execute()
 
     def _clear(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
         """Take the settled messages off *queue*'s processing list, putting
@@ -196,10 +216,18 @@ def envelope(raw: bytes, queue: str) -> dict[str, Any]:
     wrapped, whole, in a message of type :data:`NOT_A_MESSAGE`."""
     try:
         payload = loads(raw.decode("utf-8"))
-        if isinstance(payload["properties"]["delivery_tag"], str):
+        properties = payload["properties"]
+        if (isinstance(properties["delivery_tag"], str) and isinstance(properties["delivery_info"], dict)
+                and isinstance(payload.get("headers") or {}, dict)
+                and isinstance(payload.get("content-type"), str)):
             return payload  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001, S110 - any shape that is not an envelope
         pass
+    return not_a_message(raw, queue)
+
+
+def not_a_message(raw: bytes, queue: str) -> dict[str, Any]:
+    """A message of type :data:`NOT_A_MESSAGE` whose body is *raw*."""
     return {"body": base64.b64encode(raw).decode("ascii"), "content-type": NOT_A_MESSAGE,
             "content-encoding": "binary", "headers": {},
             "properties": {"body_encoding": "base64", "delivery_tag": uuid.uuid4().hex,
@@ -238,8 +266,9 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
     names = set(queues)
     with channel.conn_or_acquire() as client:
         for queue in queues:
+            # Newest first to the consuming end, so the oldest is taken first again.
             source, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
-            while client.lmove(source, target, "RIGHT", "RIGHT") is not None:
+            while client.lmove(source, target, "LEFT", "RIGHT") is not None:
                 released += 1
         for tag, raw in client.hgetall(channel.unacked_key).items():
             _message, _exchange, routing_key = loads(raw.decode("utf-8"))

@@ -149,3 +149,20 @@ def test_a_list_entry_that_is_not_a_kombu_message_is_delivered_for_refusal(setti
         with channel.conn_or_acquire() as client:
             assert client.llen(processing_key(queue.name)) == 0
     assert refused == [(NOT_A_MESSAGE, b"\xffnot json")]
+
+
+def test_messages_left_claimed_come_back_in_their_order(settings):
+    publish(settings, 5)
+    first, second = [], []
+    with make_connection(settings) as conn:
+        # Taken in one batch and never settled, as by a daemon killed mid-batch.
+        channel, queue = _consume(settings, conn, lambda message: first.append(message), lambda: first)
+        assert len(first) == 5
+        assert release_claims(channel, [queue.name]) == 5
+
+        def on_message(message):
+            second.append(json.loads(message.body)["n"])
+            message.ack()
+
+        _consume(settings, conn, on_message, lambda: len(second) >= 5, prefetch=1)
+    assert second == [0, 1, 2, 3, 4]

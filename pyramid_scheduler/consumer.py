@@ -192,8 +192,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         once its job is stored, dead-letter it if it cannot be carried out,
         requeue it (and the ones after it) if the job store failed."""
         results = self.engine.submit_many([request for _, _, request in batch])
-        stored = [outcome for outcome in results if isinstance(outcome, str)]
-        if stored:
+        if any(isinstance(outcome, str) for outcome in results):
             crash_point("persisted")
         failed = False
         for (message, queue, request), outcome in zip(batch, results, strict=True):

@@ -23,6 +23,7 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -336,7 +337,7 @@ class Engine:
             return self._add_now(planned)
         return planned()
 
-    def _plan(self, request: JobRequest, recovering: bool = False) -> Any:
+    def _plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
         it goes straight to the worker pool (:meth:`_add_now`), else a
         callable that stores it in its queue's job store.

@@ -156,9 +156,7 @@ class RunWriter:
         stamp = now()
         for write in batch:
             if write.kind == "start":
-                job_id, queue_name, run_key, scheduled_at, owner = write.args
-                starts.append({"job_id": job_id, "queue": queue_name, "run_key": run_key,
-                               "scheduled_at": scheduled_at, "owner": owner})
+                starts.append(write.args)  # start_run's arguments
             else:
                 job_id, run_key, status, final = write.args
                 extra = write.kwargs

@@ -167,8 +167,7 @@ class Ledger:
         :raises ConflictingIdError: as :meth:`insert_job`.
         """
         try:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert_job, self._job_row(request))
+            self.add_jobs([request])
             return
         except sa.exc.IntegrityError:
             pass  # the id is known: a duplicate, or a finished job's id reused
@@ -181,12 +180,9 @@ class Ledger:
         :raises sqlalchemy.exc.IntegrityError: an id is already known; nothing
             is recorded (then record them one by one with :meth:`add_job`).
         """
-        if len(requests) == 1:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert_job, self._job_row(requests[0]))
-            return
+        rows = [self._job_row(request) for request in requests]
         with self.engine.begin() as conn:
-            conn.execute(self._insert_job, [self._job_row(request) for request in requests])
+            conn.execute(self._insert_job, rows[0] if len(rows) == 1 else rows)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -281,9 +277,8 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 if conn.execute(self._mark_running, {"p_job_id": job_id, "p_stamp": stamp}).rowcount:
-                    conn.execute(self._insert_run, {
-                        "run_key": run_key, "job_id": job_id, "queue": queue, "scheduled_at": scheduled_at,
-                        "status": "started", "owner": owner, "started_at": stamp})
+                    conn.execute(self._insert_run,
+                                 self._started_row(job_id, queue, run_key, scheduled_at, owner, stamp))
                     return "start"
                 raise Unusual()
         except (sa.exc.IntegrityError, Unusual):
@@ -305,6 +300,12 @@ class Ledger:
                                                   self.jobs.c.status == "scheduled")
                          .values(status="running", updated_at=stamp))
         return "start"
+
+    @staticmethod
+    def _started_row(job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str,
+                     stamp: float) -> dict[str, Any]:
+        return {"run_key": run_key, "job_id": job_id, "queue": queue, "scheduled_at": scheduled_at,
+                "status": "started", "owner": owner, "started_at": stamp}
 
     def finish_run(self, job_id: str, run_key: str, status: str, final: bool,
                    result: Any = None, error: str | None = None,
@@ -349,7 +350,7 @@ class Ledger:
         return ((status, final, error is not None, retry_at is not None),
                 {"p_run_key": run_key, "p_status": status, "p_stamp": stamp, "p_error": error}, params)
 
-    def write_runs(self, starts: list[dict[str, Any]],
+    def write_runs(self, starts: list[tuple[str, str, str, float, str]],
                    finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]]) -> None:
         """Record several run starts (:meth:`start_run`'s arguments) and run
         ends (:meth:`finish_params`) in one transaction, a few statements for
@@ -366,13 +367,10 @@ class Ledger:
         with self.engine.begin() as conn:
             if starts:
                 marked = conn.execute(self._mark_running, [
-                    {"p_job_id": start["job_id"], "p_stamp": stamp} for start in starts]).rowcount
+                    {"p_job_id": start[0], "p_stamp": stamp} for start in starts]).rowcount
                 if marked != len(starts):
                     raise Unusual()
-                conn.execute(self._insert_run, [
-                    {"run_key": start["run_key"], "job_id": start["job_id"], "queue": start["queue"],
-                     "scheduled_at": start["scheduled_at"], "status": "started", "owner": start["owner"],
-                     "started_at": stamp} for start in starts])
+                conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
             kinds: dict[tuple[str, bool, bool, bool], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
             for key, run_params, job_params in finishes:
                 kinds.setdefault(key, []).append((run_params, job_params))

@@ -564,7 +564,7 @@ def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_facto
         ledger.add_job(add(record, job_id=job).to_wire())
 
     def start(job):
-        return {"job_id": job, "queue": "jobs", "run_key": f"{job}@1", "scheduled_at": 1.0, "owner": "me"}
+        return (job, "jobs", f"{job}@1", 1.0, "me")  # start_run's arguments
 
     def done(job):
         return ledger.finish_params(job, f"{job}@1", "done", True, {"ok": job}, None, None, time.time())

@@ -15,8 +15,13 @@ per job holds) and writes them in one transaction of a few statements
 common case (a run already recorded, a job canceled meanwhile, the database
 failing), it is written again one by one with the ledger's own
 :meth:`~.store.Ledger.start_run` and :meth:`~.store.Ledger.finish_run`, so each
-worker gets exactly the answer or the error those give. A lone request waits
-for nobody.
+worker gets exactly the answer or the error those give.
+
+A start or end handed in while the writer is idle (nothing waiting, no batch
+being written) is written by the worker's own thread, holding the writer's
+turn: the common case at a low rate, where the two hand-overs between
+threads and waiting for the writer to wake cost more than the write itself,
+and a job's start waits for no one else's write.
 
 Why by hand: SQLAlchemy and the database drivers pool connections and batch
 statements (``executemany``), but have no group commit across threads.
@@ -62,6 +67,11 @@ class RunWriter:
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Held while a batch or a write of a worker's own thread is written:
+        #: one write at a time, in the order they were handed in.
+        self._writing = threading.Lock()
+        #: Writes queued and not yet written (guarded by ``_lock``).
+        self._pending = 0
 
     def start(self) -> None:
         with self._lock:
@@ -88,11 +98,19 @@ class RunWriter:
     def _call(self, kind: str, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         write = _Write(kind, job_id, args, kwargs)
         with self._lock:  # nothing is queued after the stop's end marker
-            queued = self._thread is not None
+            running = self._thread is not None
+            # Idle: nothing queued before this write, no batch being written.
+            own_turn = running and not self._pending and self._writing.acquire(blocking=False)
+            queued = running and not own_turn
             if queued:
+                self._pending += 1
                 self._queue.put(write)
-        if not queued:  # not started, or stopped: written by this thread
-            return self._alone(write)
+        if not queued:  # the writer is idle, not started or stopped: written by this thread
+            try:
+                return self._alone(write)
+            finally:
+                if own_turn:
+                    self._writing.release()
         write.done.wait()
         if write.error is not None:
             raise write.error
@@ -113,43 +131,56 @@ class RunWriter:
             carried = None
             if first is None:
                 return
-            batch, jobs = [first], {first.job_id}
-            while len(batch) < MAX_BATCH:
-                try:
-                    write = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if write is None:
-                    stopping = True
-                    break
-                if write.job_id in jobs:  # its order after the one in this batch must hold
-                    carried = write
-                    break
-                batch.append(write)
-                jobs.add(write.job_id)
+            batch = [first]
             try:
-                self._write(batch)
+                # The batch is what waits once it is this thread's turn
+                # (a worker may be writing its own).
+                with self._writing:
+                    carried, stopping = self._take_waiting(batch)
+                    self._write(batch)
             except BaseException:  # noqa: BLE001 - the thread must outlive any error
                 log.exception("the run writer failed around a batch")
+            finally:
+                # Idle again before the workers wake, so their next writes can be their own.
+                with self._lock:
+                    self._pending -= len(batch)
+                for write in batch:
+                    write.done.set()
+
+    def _take_waiting(self, batch: list[_Write]) -> tuple[_Write | None, bool]:
+        """Add the writes waiting to *batch*, up to :data:`MAX_BATCH` and never
+        two of one job (their order must hold); return the write of a job
+        already in it (for the next batch) and whether the stop's end marker
+        was taken."""
+        jobs = {write.job_id for write in batch}
+        while len(batch) < MAX_BATCH:
+            try:
+                write = self._queue.get_nowait()
+            except queue.Empty:
+                return None, False
+            if write is None:
+                return None, True
+            if write.job_id in jobs:
+                return write, False
+            batch.append(write)
+            jobs.add(write.job_id)
+        return None, False
 
     def _write(self, batch: list[_Write]) -> None:
-        try:
-            if len(batch) > 1:
-                try:
-                    self._together(batch)
-                    return
-                except (sa.exc.IntegrityError, Unusual):
-                    pass  # not the common case: one by one below
-                except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
-                    log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
-            for write in batch:
-                try:
-                    write.result = self._alone(write)
-                except BaseException as exc:  # noqa: BLE001 - handed to the worker that asked
-                    write.error = exc
-        finally:
-            for write in batch:
-                write.done.set()
+        """Give each write of *batch* its answer or error."""
+        if len(batch) > 1:
+            try:
+                self._together(batch)
+                return
+            except (sa.exc.IntegrityError, Unusual):
+                pass  # not the common case: one by one below
+            except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
+                log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
+        for write in batch:
+            try:
+                write.result = self._alone(write)
+            except BaseException as exc:  # noqa: BLE001 - handed to the worker that asked
+                write.error = exc
 
     def _together(self, batch: list[_Write]) -> None:
         starts, finishes = [], []

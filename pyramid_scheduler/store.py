@@ -127,13 +127,20 @@ class Ledger:
         jobs, runs, param = self.jobs, self.runs, sa.bindparam
         self._insert_job = jobs.insert()
         self._insert_run = runs.insert()
-        self._mark_running = (
-            jobs.update().where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
-            .values(status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status),
-                    updated_at=param("p_stamp")))
-        self._finish_run = (runs.update().where(runs.c.run_key == param("p_run_key"))
-                            .values(status=param("p_status"), finished_at=param("p_stamp"), error=param("p_error")))
-        self._finish_cache: dict[tuple[str, bool, bool, bool], tuple[Any, Any]] = {}
+        # Each run write by key, and the same for several keys at once
+        # (write_runs: one statement for many rows, where an executemany
+        # would send one per row).
+        mark_running = jobs.update().values(
+            status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status),
+            updated_at=param("p_stamp"))
+        self._mark_running = mark_running.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
+        self._mark_all_running = mark_running.where(jobs.c.id.in_(param("p_job_ids", expanding=True)),
+                                                    jobs.c.status != "canceled")
+        finish_run = runs.update().values(status=param("p_status"), finished_at=param("p_stamp"),
+                                          error=param("p_error"))
+        self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
+        self._finish_all_runs = finish_run.where(runs.c.run_key.in_(param("p_run_keys", expanding=True)))
+        self._finish_cache: dict[tuple[str, bool, bool, bool, bool], tuple[Any, Any]] = {}
 
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -364,28 +371,38 @@ class Ledger:
         if not self.engine.dialect.supports_sane_multi_rowcount:
             raise Unusual()
         stamp = now()
+        # The ends alike but for their keys (the common case: all done, with
+        # the same result), each set written by one statement per table.
+        alike: dict[tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]],
+                    tuple[list[str], list[str]]] = {}
+        for key, run_params, job_params in finishes:
+            run_values = tuple(sorted((k, v) for k, v in run_params.items() if k != "p_run_key"))
+            job_values = tuple(sorted((k, v) for k, v in job_params.items() if k != "p_job_id"))
+            run_keys, job_ids = alike.setdefault((key, run_values, job_values), ([], []))
+            run_keys.append(run_params["p_run_key"])
+            job_ids.append(job_params["p_job_id"])
         with self.engine.begin() as conn:
             if starts:
-                marked = conn.execute(self._mark_running, [
-                    {"p_job_id": start[0], "p_stamp": stamp} for start in starts]).rowcount
+                marked = conn.execute(self._mark_all_running,
+                                      {"p_job_ids": [start[0] for start in starts], "p_stamp": stamp}).rowcount
                 if marked != len(starts):
                     raise Unusual()
                 conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
-            kinds: dict[tuple[str, bool, bool, bool], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-            for key, run_params, job_params in finishes:
-                kinds.setdefault(key, []).append((run_params, job_params))
-            for key, rows in kinds.items():
-                job_update, _ = self._finish_statements(*key)
-                if (conn.execute(self._finish_run, [run for run, _ in rows]).rowcount != len(rows)
-                        or conn.execute(job_update, [job for _, job in rows]).rowcount != len(rows)):
+            for (key, run_values, job_values), (run_keys, job_ids) in alike.items():
+                job_update, _ = self._finish_statements(*key, many=True)
+                if (conn.execute(self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}).rowcount
+                        != len(run_keys)
+                        or conn.execute(job_update, {**dict(job_values), "p_job_ids": job_ids}).rowcount
+                        != len(job_ids)):
                     raise Unusual()
 
     def _finish_statements(self, status: str, final: bool, has_error: bool,
-                           retry: bool) -> tuple[Any, Any]:
+                           retry: bool, many: bool = False) -> tuple[Any, Any]:
         """The two job updates of :meth:`finish_run` for one kind of outcome
         (built once per kind): to the status after the run if the job is
-        live, else (canceled while it ran) keeping its status."""
-        key = (status, final, has_error, retry)
+        live, else (canceled while it ran) keeping its status. By
+        ``p_job_id``, or with *many* by the list ``p_job_ids``."""
+        key = (status, final, has_error, retry, many)
         statements = self._finish_cache.get(key)
         if statements is not None:
             return statements
@@ -402,11 +419,12 @@ class Ledger:
         retry_values: dict[str, Any] = {"retry_at": param("p_retry_at")}
         if retry:
             retry_values["attempt"] = jobs.c.attempt + 1
+        by_id = jobs.c.id.in_(param("p_job_ids", expanding=True)) if many else jobs.c.id == param("p_job_id")
         statements = (
             # status = a OR status = b ...: an IN would be rendered again at each call.
-            jobs.update().where(jobs.c.id == param("p_job_id"), sa.or_(*(jobs.c.status == s for s in LIVE)))
+            jobs.update().where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)))
             .values(status=job_status, **values, **retry_values),
-            jobs.update().where(jobs.c.id == param("p_job_id")).values(**values))
+            jobs.update().where(by_id).values(**values))
         self._finish_cache[key] = statements
         return statements
 

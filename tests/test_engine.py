@@ -17,6 +17,7 @@ from pyramid.threadlocal import get_current_registry
 from conftest import make_settings
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.engine import Engine
+from pyramid_scheduler.groupcommit import RunWriter
 from pyramid_scheduler.messages import JobRequest, trigger_spec
 from pyramid_scheduler.runner import run_key
 from pyramid_scheduler.store import Lease, Unusual
@@ -585,3 +586,98 @@ def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_facto
     assert ledger.list_runs("w4") == [] and ledger.list_runs("w3")[0]["status"] == "started"
     assert ledger.finish_run("w3", "w3@1", "done", True, result=None) is False
     assert ledger.get_job("w3")["status"] == "canceled"
+
+
+def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their_own(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    jobs = ["e1", "e2", "e3", "e4", "e5"]
+    for job in jobs:
+        ledger.add_job(add(record, job_id=job).to_wire())
+    ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in jobs], [])
+    stamp = time.time()
+
+    def end(job, status="done", result=None, error=None):
+        return ledger.finish_params(job, f"{job}@1", status, True, result, error, None, stamp)
+
+    threads = statement_threads(ledger.engine)
+    ledger.write_runs([], [end("e1"), end("e2"), end("e3"), end("e4", result=[4]),
+                           end("e5", "failed", error="boom")])
+    if ledger.engine.dialect.supports_sane_multi_rowcount:
+        assert len(threads) == 6  # e1-e3 alike; e4; e5: a runs and a jobs UPDATE each
+    records = {job: ledger.get_job(job) for job in jobs}
+    assert {job: (r["status"], r["runs"], r["result"], r["error"]) for job, r in records.items()} == {
+        "e1": ("done", 1, "null", None), "e2": ("done", 1, "null", None), "e3": ("done", 1, "null", None),
+        "e4": ("done", 1, "[4]", None), "e5": ("failed", 1, None, "boom")}
+    assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 4 + ["failed"]
+    assert ledger.list_runs("e5")[0]["error"] == "boom"
+
+def statement_threads(engine):
+    """The name of the thread that ran each ``INSERT`` or ``UPDATE`` on
+    *engine*'s database, in order."""
+    names = []
+
+    def seen(conn, cursor, statement, *_):
+        if statement.startswith(("INSERT", "UPDATE")):
+            names.append(threading.current_thread().name)
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    return names
+
+
+def test_run_writer_idle_lets_the_worker_write_its_own_start_and_end(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    ledger.add_job(add(record, job_id="i1").to_wire())
+    writer = RunWriter(ledger)
+    writer.start()
+    try:
+        threads = statement_threads(ledger.engine)
+        assert writer.start_run("i1", "jobs", "i1@1", 1.0, "me") == "start"
+        assert writer.finish_run("i1", "i1@1", "done", True, result=7) is True
+        assert threads and set(threads) == {threading.current_thread().name}
+    finally:
+        writer.stop()
+    assert (ledger.get_job("i1")["status"], ledger.get_job("i1")["result"]) == ("done", "7")
+
+
+def test_run_writer_busy_takes_the_writes_waiting_behind_it_together(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    jobs = [f"q{i}" for i in range(6)]
+    for job in jobs:
+        ledger.add_job(add(record, job_id=job).to_wire())
+    writer = RunWriter(ledger)
+    writer.start()
+    gate, held = threading.Event(), threading.Event()
+
+    def hold(*_):
+        if threading.current_thread().name == "holder" and not gate.is_set():
+            held.set()
+            gate.wait(10)
+
+    threads = statement_threads(ledger.engine)
+    sa.event.listen(ledger.engine, "before_cursor_execute", hold)
+    answers = {}
+
+    def start(job):
+        answers[job] = writer.start_run(job, "jobs", f"{job}@1", 1.0, "me")
+
+    try:
+        holder = threading.Thread(target=start, args=(jobs[0],), name="holder")
+        holder.start()
+        assert held.wait(10)  # the holder writes its own start, and is held in it
+        others = [threading.Thread(target=start, args=(job,), name=f"w-{job}") for job in jobs[1:]]
+        for thread in others:
+            thread.start()
+        wait_for(lambda: writer._pending == len(others))  # all queued behind the holder
+        gate.set()
+        for thread in (holder, *others):
+            thread.join(10)
+    finally:
+        sa.event.remove(ledger.engine, "before_cursor_execute", hold)
+        writer.stop()
+    assert answers == {job: "start" for job in jobs}
+    assert "pscheduler-runs" in threads and not any(name.startswith("w-") for name in threads)
+    if ledger.engine.dialect.supports_sane_multi_rowcount:  # else written one by one
+        assert threads.count("pscheduler-runs") == 2  # one batch: an UPDATE and an INSERT for all five
+    assert [ledger.get_job(job)["status"] for job in jobs] == ["running"] * len(jobs)

@@ -171,16 +171,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _take_more(self, queue: str) -> list[bytes]:
         """Up to prefetch count - 1 more messages already waiting in *queue*,
-        moved to its processing list in one round trip."""
+        moved to its processing list by one command (:data:`TAKE_WAITING`)."""
         more = (self.qos.prefetch_count or 1) - 1
         if more <= 0:
             return []
-        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
         with self.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=False)
-            for _ in range(more):
-                pipe.lmove(source, target, "RIGHT", "LEFT")
-            return [raw for raw in pipe.execute() if raw is not None]
+            # Kombu's client adds global_keyprefix to EVALSHA's first key only.
+            return self._take_waiting(keys=[queue, self.raw_key(processing_key(queue))], args=[more],
+                                      client=client)  # type: ignore[no-any-return]
+
+    @cached_property
+    def _take_waiting(self) -> Any:
+        with self.conn_or_acquire() as client:
+            return client.register_script(TAKE_WAITING)
 
     def _give_back(self, queue: str, raw: bytes) -> None:
         with self.conn_or_acquire() as client:
@@ -204,6 +207,21 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if len(pipe):
                 pipe.execute()
 
+
+#: Moves up to ARGV[1] messages from the consuming end of the queue KEYS[1]
+#: to its processing list KEYS[2], as many ``LMOVE`` would, and returns them.
+#: One command however many are waiting: a pipeline of ``LMOVE`` costs each
+#: of them even when the queue is empty (about 1 ms of the consumer's CPU for
+#: 63 of them here, which every message paid at a low rate).
+TAKE_WAITING = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local raw = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not raw then break end
+  taken[#taken + 1] = raw
+end
+return taken
+"""
 
 #: Content type given to a list entry that is not a Kombu message, so that
 #: the consumer refuses (dead-letters) it like any other bad message.

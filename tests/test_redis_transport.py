@@ -166,3 +166,49 @@ def test_messages_left_claimed_come_back_in_their_order(settings):
 
         _consume(settings, conn, on_message, lambda: len(second) >= 5, prefetch=1)
     assert second == [0, 1, 2, 3, 4]
+
+
+def test_batches_and_claims_under_a_global_key_prefix(tmp_var):
+    settings = parse_settings(make_settings(tmp_var, broker="redis", **{
+        "broker.transport_options.global_keyprefix": "pfx:"}))
+    publish(settings, 7)
+    received = []
+    queue = make_queue(settings, "jobs")
+    try:
+        with make_connection(settings) as conn:
+            with conn.default_channel.conn_or_acquire() as client:
+                raw = client.connection_pool.get_connection()  # the keys as they are in Redis
+                try:
+                    raw.send_command("LLEN", f"pfx:{queue.name}")
+                    assert raw.read_response() == 7
+                finally:
+                    client.connection_pool.release(raw)
+            # Taken in one batch of five and left claimed, then released and taken again.
+            sizes = []
+
+            @contextmanager
+            def batch():
+                before = len(received)
+                yield
+                sizes.append(len(received) - before)
+
+            channel, _ = _consume(settings, conn, received.append, lambda: len(received) >= 5, prefetch=5,
+                                  batch=batch)
+            assert sizes == [5]
+            with channel.conn_or_acquire() as client:
+                assert client.llen(processing_key(queue.name)) == 5  # Kombu's client adds the prefix
+            assert release_claims(channel, [queue.name]) == 5
+            done = []
+
+            def on_message(message):
+                done.append(json.loads(message.body)["n"])
+                message.ack()
+
+            channel, _ = _consume(settings, conn, on_message, lambda: len(done) >= 7, prefetch=5)
+            with channel.conn_or_acquire() as client:
+                assert client.llen(processing_key(queue.name)) == 0
+                assert client.llen(queue.name) == 0
+        assert sorted(done) == list(range(7))
+    finally:
+        with make_connection(settings) as conn:
+            queue(conn.default_channel).delete()

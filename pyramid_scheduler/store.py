@@ -136,6 +136,20 @@ class Ledger:
         self._mark_running = mark_running.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
         self._mark_all_running = mark_running.where(jobs.c.id.in_(param("p_job_ids", expanding=True)),
                                                     jobs.c.status != "canceled")
+        # On PostgreSQL, start_run's common case as one statement, which is
+        # its own transaction: four round trips (BEGIN, the job's UPDATE, the
+        # run's INSERT, COMMIT) become one. The run is inserted only if the
+        # job's row was marked; a known run fails the whole statement.
+        self._start_alone: Any = None
+        if engine.dialect.name == "postgresql":
+            marked = self._mark_running.returning(jobs.c.id).cte("marked")
+            started = sa.select(param("p_run_key", type_=sa.String), marked.c.id, param("p_queue", type_=sa.String),
+                                param("p_scheduled_at", type_=sa.Float), sa.literal("started"),
+                                param("p_owner", type_=sa.String), param("p_stamp", type_=sa.Float))
+            self._start_alone = (runs.insert().from_select(
+                ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
+                .add_cte(marked).execution_options(preserve_rowcount=True))
+            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         finish_run = runs.update().values(status=param("p_status"), finished_at=param("p_stamp"),
                                           error=param("p_error"))
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
@@ -277,11 +291,18 @@ class Ledger:
         """Record that a run starts. Returns ``"start"``, or the status the run
         already had (``"started"`` means it was cut short by a crash), or
         ``"canceled"``."""
-        # The common case in two statements: the job is there and not
-        # canceled, and the run is new (else the INSERT fails, and all is
-        # rolled back and looked at below).
+        # The common case in two statements (one on PostgreSQL): the job is
+        # there and not canceled, and the run is new (else the INSERT fails,
+        # and all is rolled back and looked at below).
         stamp = now()
         try:
+            if self._start_alone is not None:
+                with self._autocommit.connect() as conn:
+                    if conn.execute(self._start_alone, {
+                            "p_job_id": job_id, "p_run_key": run_key, "p_queue": queue,
+                            "p_scheduled_at": scheduled_at, "p_owner": owner, "p_stamp": stamp}).rowcount == 1:
+                        return "start"
+                    raise Unusual()
             with self.engine.begin() as conn:
                 if conn.execute(self._mark_running, {"p_job_id": job_id, "p_stamp": stamp}).rowcount:
                     conn.execute(self._insert_run,

@@ -588,6 +588,20 @@ def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_facto
     assert ledger.get_job("w3")["status"] == "canceled"
 
 
+def test_ledger_start_run_starts_a_new_run_once_and_never_for_a_canceled_job(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    for job in ("s1", "s2"):
+        ledger.add_job(add(record, job_id=job).to_wire())
+    assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "me") == "start"
+    assert ledger.get_job("s1")["status"] == "running"
+    assert [(run["run_key"], run["status"], run["owner"]) for run in ledger.list_runs("s1")] == [
+        ("s1@1", "started", "me")]
+    assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "other") == "started"  # known: not started again
+    ledger.set_status("s2", "jobs", "canceled")
+    assert ledger.start_run("s2", "jobs", "s2@1", 1.0, "me") == "canceled"
+    assert ledger.list_runs("s2") == [] and ledger.get_job("s2")["status"] == "canceled"
+
 def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their_own(engine_factory):
     engine, _ = engine_factory(start=False)
     ledger = engine.ledger

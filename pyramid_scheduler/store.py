@@ -154,7 +154,7 @@ class Ledger:
                                           error=param("p_error"))
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
         self._finish_all_runs = finish_run.where(runs.c.run_key.in_(param("p_run_keys", expanding=True)))
-        self._finish_cache: dict[tuple[str, bool, bool, bool, bool], tuple[Any, Any]] = {}
+        self._finish_cache: dict[tuple[Any, ...], Any] = {}
 
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +351,10 @@ class Ledger:
         stamp = now()
         key, run_params, job_params = self.finish_params(job_id, run_key, status, final, result, error,
                                                          retry_at, stamp)
+        if self._start_alone is not None:  # PostgreSQL: the common case in one statement
+            with self._autocommit.connect() as conn:
+                if conn.execute(self._finish_alone(key), {**run_params, **job_params}).rowcount == 1:
+                    return True
         job_update, canceled_update = self._finish_statements(*key)
         with self.engine.begin() as conn:
             updated = conn.execute(self._finish_run, run_params).rowcount
@@ -416,6 +420,22 @@ class Ledger:
                         or conn.execute(job_update, {**dict(job_values), "p_job_ids": job_ids}).rowcount
                         != len(job_ids)):
                     raise Unusual()
+
+    def _finish_alone(self, key: tuple[str, bool, bool, bool]) -> Any:
+        """:meth:`finish_run`'s common case on PostgreSQL, one statement that
+        is its own transaction: the run's ``UPDATE`` in a CTE, and the live
+        job's ``UPDATE`` if the run's row was there. Anything else (no such
+        run, the job canceled meanwhile) updates no job: then
+        :meth:`finish_run` writes it all again (the run's update is the
+        same) in its transaction."""
+        statement = self._finish_cache.get(key + ("alone",))
+        if statement is None:
+            finished = self._finish_run.returning(self.runs.c.run_key).cte("finished")
+            job_update, _ = self._finish_statements(*key)
+            statement = (job_update.where(sa.exists(sa.select(finished.c.run_key))).add_cte(finished)
+                         .execution_options(preserve_rowcount=True))
+            self._finish_cache[key + ("alone",)] = statement
+        return statement
 
     def _finish_statements(self, status: str, final: bool, has_error: bool,
                            retry: bool, many: bool = False) -> tuple[Any, Any]:

@@ -627,12 +627,12 @@ def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their
     assert ledger.list_runs("e5")[0]["error"] == "boom"
 
 def statement_threads(engine):
-    """The name of the thread that ran each ``INSERT`` or ``UPDATE`` on
+    """The name of the thread that ran each ``INSERT`` or ``UPDATE`` (maybe in a ``WITH``) on
     *engine*'s database, in order."""
     names = []
 
     def seen(conn, cursor, statement, *_):
-        if statement.startswith(("INSERT", "UPDATE")):
+        if statement.startswith(("INSERT", "UPDATE", "WITH")):
             names.append(threading.current_thread().name)
     sa.event.listen(engine, "before_cursor_execute", seen)
     return names

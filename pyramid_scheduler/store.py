@@ -136,12 +136,15 @@ class Ledger:
         self._mark_running = mark_running.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
         self._mark_all_running = mark_running.where(jobs.c.id.in_(param("p_job_ids", expanding=True)),
                                                     jobs.c.status != "canceled")
-        # On PostgreSQL, start_run's common case as one statement, which is
-        # its own transaction: four round trips (BEGIN, the job's UPDATE, the
-        # run's INSERT, COMMIT) become one. The run is inserted only if the
-        # job's row was marked; a known run fails the whole statement.
+        # On PostgreSQL a write of one statement runs in autocommit: the
+        # statement is its own transaction, with no BEGIN and COMMIT round
+        # trips. start_run's common case is one such statement: the run is
+        # inserted only if the job's row was marked, and a known run fails
+        # the whole statement (four round trips become one).
+        self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if engine.dialect.name == "postgresql" else None)
         self._start_alone: Any = None
-        if engine.dialect.name == "postgresql":
+        if self._autocommit is not None:
             marked = self._mark_running.returning(jobs.c.id).cte("marked")
             started = sa.select(param("p_run_key", type_=sa.String), marked.c.id, param("p_queue", type_=sa.String),
                                 param("p_scheduled_at", type_=sa.Float), sa.literal("started"),
@@ -149,7 +152,6 @@ class Ledger:
             self._start_alone = (runs.insert().from_select(
                 ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
                 .add_cte(marked).execution_options(preserve_rowcount=True))
-            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         finish_run = runs.update().values(status=param("p_status"), finished_at=param("p_stamp"),
                                           error=param("p_error"))
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
@@ -202,6 +204,11 @@ class Ledger:
             is recorded (then record them one by one with :meth:`add_job`).
         """
         rows = [self._job_row(request) for request in requests]
+        if len(rows) == 1 and self._autocommit is not None:
+            # One INSERT, its own transaction (several rows are an executemany).
+            with self._autocommit.connect() as conn:
+                conn.execute(self._insert_job, rows[0])
+            return
         with self.engine.begin() as conn:
             conn.execute(self._insert_job, rows[0] if len(rows) == 1 else rows)
 
@@ -296,7 +303,7 @@ class Ledger:
         # and all is rolled back and looked at below).
         stamp = now()
         try:
-            if self._start_alone is not None:
+            if self._autocommit is not None:
                 with self._autocommit.connect() as conn:
                     if conn.execute(self._start_alone, {
                             "p_job_id": job_id, "p_run_key": run_key, "p_queue": queue,
@@ -351,7 +358,7 @@ class Ledger:
         stamp = now()
         key, run_params, job_params = self.finish_params(job_id, run_key, status, final, result, error,
                                                          retry_at, stamp)
-        if self._start_alone is not None:  # PostgreSQL: the common case in one statement
+        if self._autocommit is not None:  # the common case in one statement
             with self._autocommit.connect() as conn:
                 if conn.execute(self._finish_alone(key), {**run_params, **job_params}).rowcount == 1:
                     return True

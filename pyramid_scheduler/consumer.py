@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import count
 from typing import Any
 
 import kombu
@@ -103,6 +104,48 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
                 pass
 
+    def consume(self, limit: int | None = None, timeout: float | None = None, safety_interval: float = 1,
+                **kwargs: Any) -> Iterator[None]:
+        """Kombu's loop (:meth:`kombu.mixins.ConsumerMixin.consume`), except
+        that on the transports that deliver one message per
+        ``drain_events`` (AMQP, SQL) the messages already received behind the
+        first, up to ``scheduler.broker.prefetch``, are handled as one batch
+        (:meth:`batch`), as our Redis channel hands over the messages it
+        takes in one round trip."""
+        elapsed = 0.0
+        with self.consumer_context(**kwargs) as (conn, _channel, _consumers):
+            for _ in range(limit) if limit else count():
+                if self.should_stop:
+                    break
+                self.on_iteration()
+                try:
+                    if self._redis:
+                        conn.drain_events(timeout=safety_interval)
+                    else:
+                        with self.batch():
+                            conn.drain_events(timeout=safety_interval)
+                            self._drain_received(conn)
+                except TimeoutError:
+                    conn.heartbeat_check()
+                    elapsed += safety_interval
+                    if timeout and elapsed >= timeout:
+                        raise
+                except OSError:
+                    if not self.should_stop:
+                        raise
+                else:
+                    yield
+                    elapsed = 0.0
+
+    def _drain_received(self, conn: Any) -> None:
+        """Deliver, without waiting, what the broker has already sent (at
+        most prefetch - 1 more messages: RabbitMQ sends no more unacked)."""
+        for _ in range(self.engine.settings.broker_prefetch - 1):
+            try:
+                conn.drain_events(timeout=0)
+            except TimeoutError:
+                return
+
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         # At start and after every reconnect: a message taken just as the
         # connection broke (its reply lost) waits in the processing list.
@@ -151,8 +194,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Around the messages our Redis channel took in one round trip: they
-        are checked one by one, then stored together (:meth:`store`)."""
+        """Around the messages taken together (by our Redis channel in one
+        round trip, else by :meth:`consume`): they are checked one by one,
+        then stored together (:meth:`store`)."""
         self._batch = []
         try:
             yield

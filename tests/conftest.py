@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,16 @@ def jobstore_url(kind: str, var: Path) -> str:
         return POSTGRES_URL
     raise ValueError(kind)
 
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
+    """Poll *predicate* until it is true; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
 
 def make_settings(var: Path, broker: str = "sqlite", store: str = "sqlite", **extra: Any) -> dict[str, str]:
     """Pyramid settings for an isolated scheduler: unique queue and table

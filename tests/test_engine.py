@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pyramid.config import Configurator
 from pyramid.threadlocal import get_current_registry
 
-from conftest import make_settings
+from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.engine import Engine
 from pyramid_scheduler.groupcommit import RunWriter
@@ -95,14 +95,6 @@ def add(func, kind="now", when=None, job_id=None, queue="jobs", **fields):
     return JobRequest(op="add", id=job_id or f"j{time.time_ns()}", queue=queue, func=ref,
                       args=[job_id or "x"], trigger=spec)
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def types_for(events, job_id):

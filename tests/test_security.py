@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import pickle
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -13,7 +12,7 @@ import sqlalchemy as sa
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
-from conftest import make_settings
+from conftest import make_settings, wait_for
 from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.broker import make_connection, make_queue
 from pyramid_scheduler.consumer import SchedulerService
@@ -63,14 +62,6 @@ def dead_letters(service):
     with ledger.engine.connect() as conn:
         return [row.reason for row in conn.execute(sa.select(ledger.dead_letters.c.reason))]
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def request_body(func="test_security:harmless", job_id="raw1"):

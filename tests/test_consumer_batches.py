@@ -1,0 +1,70 @@
+"""The messages a broker has already delivered are stored as one batch, on
+every broker: one ``INSERT`` of job records for many messages, then each
+message acked. Through a real consumer (an in-process
+:class:`~pyramid_scheduler.consumer.SchedulerService`) on SQLite, Redis and
+RabbitMQ."""
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from pyramid.config import Configurator
+
+from conftest import make_settings, wait_for
+from pyramid_scheduler.broker import make_connection, make_queue
+from pyramid_scheduler.consumer import SchedulerService
+from pyramid_scheduler.redis_transport import Channel, processing_key
+
+RAN = []
+LOCK = threading.Lock()
+
+
+def record(tag):
+    with LOCK:
+        RAN.append(tag)
+
+
+def waiting(settings):
+    """Messages in the queue (on SQL and Redis, also those claimed and not acked)."""
+    with make_connection(settings) as conn:
+        queue = make_queue(settings, "jobs")(conn.default_channel)
+        if isinstance(conn.default_channel, Channel):
+            with conn.default_channel.conn_or_acquire() as client:
+                return client.llen(queue.name) + client.llen(processing_key(queue.name))
+        return queue.queue_declare(passive=True).message_count
+
+
+
+@pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
+def test_messages_already_delivered_are_stored_together(tmp_var, broker, drop_tables):
+    settings = make_settings(tmp_var, broker=broker, store="postgresql" if broker != "sqlite" else "sqlite")
+    drop_tables.append((settings["scheduler.jobstore.url"], settings["scheduler.jobstore.tablename_prefix"]))
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    count = 30
+    RAN.clear()
+    try:
+        # Queued before the daemon starts: all waiting when it begins to consume.
+        ids = [proxy.add_async_job(record, args=[f"m{i}"]) for i in range(count)]
+        service = SchedulerService(proxy)
+        ledger = service.engine.ledger
+        inserts = []
+
+        def seen(conn, cursor, statement, *_):
+            if statement.startswith(f"INSERT INTO {ledger.jobs.name} "):
+                inserts.append(statement)
+        sa.event.listen(ledger.engine, "before_cursor_execute", seen)
+        service.start_thread()
+        try:
+            assert service.started.wait(20)
+            wait_for(lambda: len(RAN) == count, timeout=30)
+            wait_for(lambda: all((ledger.get_job(job) or {}).get("status") == "done" for job in ids), timeout=30)
+        finally:
+            service.stop()
+            service.join(20)
+        assert sorted(RAN) == sorted(f"m{i}" for i in range(count))
+        assert len(inserts) <= count // 3, f"{len(inserts)} INSERTs for {count} waiting messages"
+        assert waiting(proxy.settings) == 0  # all acked: none came back when the daemon let go
+    finally:
+        proxy.close()

@@ -694,8 +694,10 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
 
             log("profile: enqueue (cProfile) and the daemon's drain (py-spy) on Redis")
             profile.profile_enqueue(300 if quick else 2000, out_dir)
+            # Enough jobs that the drain outlasts the sampling (py-spy slows it):
+            # samples of an idle daemon would say nothing.
             for gil in (False, True):
-                profile.profile_daemon(300 if quick else 1000, out_dir, 4 if quick else 8, gil)
+                profile.profile_daemon(300 if quick else 6000, out_dir, 1 if quick else 5, gil)
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"

@@ -151,7 +151,7 @@ class Ledger:
                                 param("p_owner", type_=sa.String), param("p_stamp", type_=sa.Float))
             self._start_alone = (runs.insert().from_select(
                 ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
-                .add_cte(marked).execution_options(preserve_rowcount=True))
+                .add_cte(marked).returning(runs.c.run_key))
         finish_run = runs.update().values(status=param("p_status"), finished_at=param("p_stamp"),
                                           error=param("p_error"))
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
@@ -307,7 +307,7 @@ class Ledger:
                 with self._autocommit.connect() as conn:
                     if conn.execute(self._start_alone, {
                             "p_job_id": job_id, "p_run_key": run_key, "p_queue": queue,
-                            "p_scheduled_at": scheduled_at, "p_owner": owner, "p_stamp": stamp}).rowcount == 1:
+                            "p_scheduled_at": scheduled_at, "p_owner": owner, "p_stamp": stamp}).first():
                         return "start"
                     raise Unusual()
             with self.engine.begin() as conn:
@@ -360,7 +360,7 @@ class Ledger:
                                                          retry_at, stamp)
         if self._autocommit is not None:  # the common case in one statement
             with self._autocommit.connect() as conn:
-                if conn.execute(self._finish_alone(key), {**run_params, **job_params}).rowcount == 1:
+                if conn.execute(self._finish_alone(key), {**run_params, **job_params}).first():
                     return True
         job_update, canceled_update = self._finish_statements(*key)
         with self.engine.begin() as conn:
@@ -440,7 +440,7 @@ class Ledger:
             finished = self._finish_run.returning(self.runs.c.run_key).cte("finished")
             job_update, _ = self._finish_statements(*key)
             statement = (job_update.where(sa.exists(sa.select(finished.c.run_key))).add_cte(finished)
-                         .execution_options(preserve_rowcount=True))
+                         .returning(self.jobs.c.id))
             self._finish_cache[key + ("alone",)] = statement
         return statement
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,22 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait before requeueing a message the job store could not take.
 STORE_BACKOFF = (0.5, 30.0)
+
+
+#: Seconds the consumer waits for the rest of a message partly received
+#: when it takes the messages already delivered (AMQP).
+RECEIVED_WAIT = 0.001
+
+
+def _readable(transport: Any, sock: Any) -> bool:
+    """True if py-amqp's *transport* has bytes to read without waiting: in
+    its buffer, in the TLS layer, or on the socket."""
+    if getattr(transport, "_read_buffer", None):
+        return True
+    pending = getattr(sock, "pending", None)  # an SSL socket's decrypted bytes
+    if pending is not None and pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 class _Stopping(Exception):
@@ -122,9 +139,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                     if self._redis:
                         conn.drain_events(timeout=safety_interval)
                     else:
-                        with self.batch():
-                            conn.drain_events(timeout=safety_interval)
-                            self._drain_received(conn)
+                        self._drain_batch(conn, safety_interval)
                 except TimeoutError:
                     conn.heartbeat_check()
                     elapsed += safety_interval
@@ -137,12 +152,33 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                     yield
                     elapsed = 0.0
 
+    def _drain_batch(self, conn: Any, timeout: float) -> None:
+        """Wait up to *timeout* for a message, take those already delivered
+        behind it (:meth:`_drain_received`), then store them together and
+        settle each. If the connection breaks meanwhile, none is stored or
+        settled: the broker delivers them all again (the error is raised)."""
+        batch: list[tuple[Any, str, JobRequest]] = []
+        self._batch = batch
+        try:
+            conn.drain_events(timeout=timeout)
+            self._drain_received(conn)
+        finally:
+            self._batch = None
+        if batch:
+            self.store(batch)
+
     def _drain_received(self, conn: Any) -> None:
-        """Deliver, without waiting, what the broker has already sent (at
-        most prefetch - 1 more messages: RabbitMQ sends no more unacked)."""
+        """Deliver what the broker has already sent, without waiting for more
+        (at most prefetch - 1 more messages: RabbitMQ sends no more unacked)."""
+        transport = getattr(conn.connection, "transport", None)
+        sock = getattr(transport, "sock", None)  # py-amqp's; the SQL transport has none
         for _ in range(self.engine.settings.broker_prefetch - 1):
+            if sock is not None and not _readable(transport, sock):
+                return
             try:
-                conn.drain_events(timeout=0)
+                # Not 0 on a socket: py-amqp would spin, non-blocking, on a
+                # frame received in part; a timeout keeps the part for later.
+                conn.drain_events(timeout=0 if sock is None else RECEIVED_WAIT)
             except TimeoutError:
                 return
 
@@ -194,9 +230,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Around the messages taken together (by our Redis channel in one
-        round trip, else by :meth:`consume`): they are checked one by one,
-        then stored together (:meth:`store`)."""
+        """Around the messages our Redis channel took in one round trip (on
+        the other transports, :meth:`_drain_batch`): they are checked one by
+        one, then stored together (:meth:`store`)."""
         self._batch = []
         try:
             yield

@@ -37,6 +37,7 @@ covered by the processing list: the daemon does not use it.
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -49,6 +50,14 @@ from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 
 from .faults import crash_point
+
+log = logging.getLogger(__name__)
+
+try:
+    from redis.exceptions import NoPermissionError
+except ImportError:  # pragma: no cover - without redis-py this channel is never made
+    class NoPermissionError(Exception):  # type: ignore[no-redef]
+        pass
 
 #: Suffix of the list holding a queue's messages while they are handled.
 PROCESSING = ":processing"
@@ -87,6 +96,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: Called around the delivery of the messages taken in one round trip
     #: (the daemon stores them together there); settle them inside it.
     batch: Callable[[], AbstractContextManager[Any]] = nullcontext
+    #: True once Redis refused :data:`TAKE_WAITING` (an ACL without scripting).
+    _no_scripts = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -175,10 +186,22 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         more = (self.qos.prefetch_count or 1) - 1
         if more <= 0:
             return []
+        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
         with self.conn_or_acquire() as client:
-            # Kombu's client adds global_keyprefix to EVALSHA's first key only.
-            return self._take_waiting(keys=[queue, self.raw_key(processing_key(queue))], args=[more],
-                                      client=client)  # type: ignore[no-any-return]
+            if not self._no_scripts:
+                try:
+                    # Kombu's client adds global_keyprefix to EVALSHA's first key only.
+                    return self._take_waiting(keys=[queue, target], args=[more],
+                                              client=client)  # type: ignore[no-any-return]
+                except NoPermissionError as exc:
+                    # Nothing moved: the script was refused before it ran.
+                    log.warning("Redis refuses scripts to this user (%s): taking the messages waiting "
+                                "with one LMOVE each instead", exc)
+                    self._no_scripts = True
+            pipe = client.pipeline(transaction=False)
+            for _ in range(more):
+                pipe.lmove(source, target, "RIGHT", "LEFT")
+            return [raw for raw in pipe.execute() if raw is not None]
 
     @cached_property
     def _take_waiting(self) -> Any:

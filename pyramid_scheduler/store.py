@@ -400,8 +400,6 @@ class Ledger:
         :raises Unusual: another assumption did not hold. Nothing is written
             then: record them one by one.
         """
-        if not self.engine.dialect.supports_sane_multi_rowcount:
-            raise Unusual()
         stamp = now()
         # The ends alike but for their keys (the common case: all done, with
         # the same result), each set written by one statement per table.
@@ -430,17 +428,20 @@ class Ledger:
 
     def _finish_alone(self, key: tuple[str, bool, bool, bool]) -> Any:
         """:meth:`finish_run`'s common case on PostgreSQL, one statement that
-        is its own transaction: the run's ``UPDATE`` in a CTE, and the live
-        job's ``UPDATE`` if the run's row was there. Anything else (no such
-        run, the job canceled meanwhile) updates no job: then
-        :meth:`finish_run` writes it all again (the run's update is the
-        same) in its transaction."""
+        is its own transaction: the live job's ``UPDATE`` (in a CTE) if the
+        run's row is there, and the run's ``UPDATE`` if the job's was made;
+        both or neither. Anything else (no such run, the job canceled
+        meanwhile) writes nothing: :meth:`finish_run` then writes it all in
+        its transaction."""
         statement = self._finish_cache.get(key + ("alone",))
         if statement is None:
-            finished = self._finish_run.returning(self.runs.c.run_key).cte("finished")
+            runs, param = self.runs, sa.bindparam
             job_update, _ = self._finish_statements(*key)
-            statement = (job_update.where(sa.exists(sa.select(finished.c.run_key))).add_cte(finished)
-                         .returning(self.jobs.c.id))
+            live_job = (job_update.where(sa.exists(sa.select(runs.c.run_key)
+                                                   .where(runs.c.run_key == param("p_run_key"))))
+                        .returning(self.jobs.c.id).cte("finished_job"))
+            statement = (self._finish_run.where(sa.exists(sa.select(live_job.c.id))).add_cte(live_job)
+                         .returning(runs.c.run_key))
             self._finish_cache[key + ("alone",)] = statement
         return statement
 

@@ -594,6 +594,25 @@ def test_ledger_start_run_starts_a_new_run_once_and_never_for_a_canceled_job(eng
     assert ledger.start_run("s2", "jobs", "s2@1", 1.0, "me") == "canceled"
     assert ledger.list_runs("s2") == [] and ledger.get_job("s2")["status"] == "canceled"
 
+def test_ledger_finish_run_records_the_run_of_a_job_canceled_while_it_ran(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    for job in ("f1", "f2"):
+        ledger.add_job(add(record, job_id=job).to_wire())
+        assert ledger.start_run(job, "jobs", f"{job}@1", 1.0, "me") == "start"
+    ledger.set_status("f2", "jobs", "canceled")
+    assert ledger.finish_run("f1", "f1@1", "done", True, result=[1]) is True
+    assert ledger.finish_run("f2", "f2@1", "done", True, result=[2]) is False
+    f1, f2 = ledger.get_job("f1"), ledger.get_job("f2")
+    assert (f1["status"], f1["runs"], f1["result"]) == ("done", 1, "[1]")
+    assert (f2["status"], f2["runs"], f2["result"]) == ("canceled", 1, "[2]")
+    assert [run["status"] for run in ledger.list_runs("f2")] == ["done"]
+    # A run never started (missed): its row is made by the end.
+    assert ledger.finish_run("f1", "f1@2", "missed", True, error="late", scheduled_at=2.0, queue="jobs",
+                             owner="me") is False
+    assert [(run["run_key"], run["status"]) for run in ledger.list_runs("f1")] == [
+        ("f1@1", "done"), ("f1@2", "missed")]
+
 def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their_own(engine_factory):
     engine, _ = engine_factory(start=False)
     ledger = engine.ledger
@@ -609,8 +628,7 @@ def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their
     threads = statement_threads(ledger.engine)
     ledger.write_runs([], [end("e1"), end("e2"), end("e3"), end("e4", result=[4]),
                            end("e5", "failed", error="boom")])
-    if ledger.engine.dialect.supports_sane_multi_rowcount:
-        assert len(threads) == 6  # e1-e3 alike; e4; e5: a runs and a jobs UPDATE each
+    assert len(threads) == 6  # e1-e3 alike; e4; e5: a runs and a jobs UPDATE each
     records = {job: ledger.get_job(job) for job in jobs}
     assert {job: (r["status"], r["runs"], r["result"], r["error"]) for job, r in records.items()} == {
         "e1": ("done", 1, "null", None), "e2": ("done", 1, "null", None), "e3": ("done", 1, "null", None),
@@ -679,11 +697,11 @@ def test_run_writer_busy_takes_the_writes_waiting_behind_it_together(engine_fact
         gate.set()
         for thread in (holder, *others):
             thread.join(10)
+            assert not thread.is_alive()
     finally:
         sa.event.remove(ledger.engine, "before_cursor_execute", hold)
         writer.stop()
     assert answers == {job: "start" for job in jobs}
     assert "pscheduler-runs" in threads and not any(name.startswith("w-") for name in threads)
-    if ledger.engine.dialect.supports_sane_multi_rowcount:  # else written one by one
-        assert threads.count("pscheduler-runs") == 2  # one batch: an UPDATE and an INSERT for all five
+    assert threads.count("pscheduler-runs") == 2  # one batch: an UPDATE and an INSERT for all five
     assert [ledger.get_job(job)["status"] for job in jobs] == ["running"] * len(jobs)

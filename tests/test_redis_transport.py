@@ -9,8 +9,9 @@ from contextlib import contextmanager
 
 import kombu
 import pytest
+import redis
 
-from conftest import make_settings
+from conftest import REDIS_URL, make_settings, unique
 from pyramid_scheduler.broker import Publisher, make_connection, make_queue
 from pyramid_scheduler.redis_transport import NOT_A_MESSAGE, Channel, processing_key, release_claims
 from pyramid_scheduler.settings import parse_settings
@@ -212,3 +213,34 @@ def test_batches_and_claims_under_a_global_key_prefix(tmp_var):
     finally:
         with make_connection(settings) as conn:
             queue(conn.default_channel).delete()
+
+
+def test_a_redis_user_without_scripting_still_gets_batches(tmp_var):
+    admin = redis.Redis.from_url(REDIS_URL)
+    user, password = unique("noscript"), unique("pw")
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-@scripting")
+    try:
+        url = REDIS_URL.replace("redis://", f"redis://{user}:{password}@", 1)
+        settings = parse_settings(make_settings(tmp_var, broker="redis", **{"broker.url": url}))
+        publish(settings, 7)
+        sizes, received = [], []
+
+        @contextmanager
+        def batch():
+            before = len(received)
+            yield
+            sizes.append(len(received) - before)
+            for message in received[before:]:
+                message.ack()
+
+        with make_connection(settings) as conn:
+            channel, queue = _consume(settings, conn, received.append, lambda: len(received) >= 7, prefetch=5,
+                                      batch=batch)
+            assert channel._no_scripts  # refused, then one LMOVE each
+            with channel.conn_or_acquire() as client:
+                assert client.llen(processing_key(queue.name)) == 0
+                assert client.llen(queue.name) == 0
+        assert sizes == [5, 2]
+        assert sorted(json.loads(m.body)["n"] for m in received) == list(range(7))
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)

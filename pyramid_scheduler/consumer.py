@@ -77,7 +77,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
         self._backoff = STORE_BACKOFF[0]
         self._channels: list[Any] = []
-        self._batch: list[tuple[Any, str, JobRequest]] | None = None
+        self._batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] | None = None
         self._redis = False  # consuming through our Redis channel
 
     @property  # type: ignore[override]
@@ -157,7 +157,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         behind it (:meth:`_drain_received`), then store them together and
         settle each. If the connection breaks meanwhile, none is stored or
         settled: the broker delivers them all again (the error is raised)."""
-        batch: list[tuple[Any, str, JobRequest]] = []
+        batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] = []
         self._batch = batch
         try:
             conn.drain_events(timeout=timeout)
@@ -243,8 +243,16 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
     def on_message(self, message: Any) -> None:
         queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
+        checked = (message, queue, self.check(message))
+        if self._batch is not None:
+            self._batch.append(checked)
+        else:
+            self.store([checked])
+
+    def check(self, message: Any) -> JobRequest | InvalidMessage | InvalidJob:
+        """The request in *message*, or why it is refused at the door."""
         if message.content_type != JSON:
-            return self.refuse(message, queue, f"content type {message.content_type!r} is not {JSON}")
+            return InvalidMessage(f"content type {message.content_type!r} is not {JSON}")
         settings = self.engine.settings
         try:
             body = message.body
@@ -259,25 +267,25 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                 raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
             crash_point("received")
         except (InvalidMessage, InvalidJob) as exc:
-            return self.refuse(message, queue, str(exc))
-        if self._batch is not None:
-            self._batch.append((message, queue, request))
-        else:
-            self.store([(message, queue, request)])
-        return None
+            return exc
+        return request
 
-    def store(self, batch: list[tuple[Any, str, JobRequest]]) -> None:
+    def store(self, batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]]) -> None:
         """Carry out the requests of *batch* in order (the engine stores the
-        run-now jobs among them together), then settle each message: ack
-        once its job is stored, dead-letter it if it cannot be carried out,
-        requeue it (and the ones after it) if the job store failed."""
-        results = self.engine.submit_many([request for _, _, request in batch])
-        if any(isinstance(outcome, str) for outcome in results):
+        run-now jobs among them together), then settle each message, in
+        their order: ack once its job is stored, dead-letter it if it was
+        refused at the door or cannot be carried out, requeue it (and the
+        ones after it) if the job store failed."""
+        requests = [item for _, _, item in batch if isinstance(item, JobRequest)]
+        results = iter(self.engine.submit_many(requests) if requests else [])
+        outcomes = [next(results) if isinstance(item, JobRequest) else item for _, _, item in batch]
+        if any(isinstance(outcome, str) for outcome in outcomes):
             crash_point("persisted")
         failed = False
-        for (message, queue, request), outcome in zip(batch, results, strict=True):
+        for (message, queue, request), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, str):
                 message.ack()
+                assert isinstance(request, JobRequest)
                 log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
             elif isinstance(outcome, (InvalidMessage, InvalidJob)):
                 self.refuse(message, queue, str(outcome))

@@ -34,7 +34,6 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from pyramid.threadlocal import manager as threadlocal_manager
 
@@ -43,6 +42,7 @@ from .catchup import Missed
 from .catchup import job_options as catch_up_options
 from .db import create_db_engine
 from .declare import reconcile
+from .due import DueScheduler
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .groupcommit import RunWriter
@@ -56,7 +56,7 @@ from .messages import (
     with_request,
 )
 from .retries import plan_retry
-from .runner import JobExecutor, Runner, job_info, request_info
+from .runner import JobExecutor, Runner, job_info, request_info, run_key
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
@@ -68,49 +68,6 @@ INTERNAL = "pyramid_scheduler.internal"
 #: batches wait in it or run; past it they are stored in APScheduler's table
 #: like the other jobs (which APScheduler hands to the pool once due).
 DIRECT_BACKLOG = 1000
-
-#: Seconds before the scheduler thread tries the due jobs again after an error.
-RETRY_PROCESSING = 1.0
-
-
-class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
-    """APScheduler's background scheduler, minus one race.
-
-    ``shutdown()`` wakes the main loop, which runs ``_process_jobs`` once more
-    after the executors are shut down: each due job's submission then fails
-    and APScheduler removes the date job anyway. Here nothing is processed
-    unless the scheduler is running. And an error while processing the due
-    jobs never ends the scheduler thread (APScheduler's would die with it).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._processing = threading.local()
-
-    def _process_jobs(self) -> float | None:
-        if self.state != STATE_RUNNING:
-            return None
-        self._processing.active = True
-        try:
-            return super()._process_jobs()  # type: ignore[no-any-return]
-        except Exception:  # noqa: BLE001 - the scheduler thread must not die: log, try again
-            log.exception("processing the due jobs failed; trying again in %gs", RETRY_PROCESSING)
-            return RETRY_PROCESSING
-        finally:
-            self._processing.active = False
-
-    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
-        """APScheduler's, except that a job already gone when the scheduler
-        thread removes it after its last run (another thread removed it
-        meanwhile) is logged instead of ending that thread."""
-        try:
-            super().remove_job(job_id, jobstore)
-        except JobLookupError:
-            if not getattr(self._processing, "active", False):
-                raise
-            log.warning("job %s (queue %s): already removed when its last run was submitted",
-                        job_id, jobstore)
-
 
 class _RunNow(NamedTuple):
     """A checked run-now job that goes straight to the worker pool."""
@@ -162,7 +119,7 @@ class Engine:
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
                     on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
                     aliases=settings.func_aliases, on_parked=self._on_parked)
-        self.aps = _Scheduler()
+        self.aps = DueScheduler()
         self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(
             gconfig=dict(settings.apscheduler), prefix="apscheduler.",
@@ -671,6 +628,8 @@ class Engine:
 
     # -- recovery and housekeeping ----------------------------------------------------
     def _recover(self) -> None:
+        for queue, store in self.stores.items():
+            self._settle(queue, store)
         for run in self.ledger.recover(self.queues, self.owner):
             job_id, queue = run["job_id"], run["queue"]
             request = json.loads(run["request"])
@@ -719,6 +678,28 @@ class Engine:
                     if self.ledger.set_status(orphan["id"], queue, "parked", error=reason):
                         log.error("job %s (queue %s) parked: %s", orphan["id"], queue, reason)
                         self._on_parked(orphan["id"], queue, reason, request)
+
+    def _settle(self, queue: str, store: QueueJobStore) -> None:
+        """Write what a previous daemon left of the scheduler thread's deferred
+        rows (:mod:`pyramid_scheduler.due`): a job stored due at a run the
+        ledger already has is moved past it, or removed if that was its last,
+        so the run is neither run nor recorded missed again."""
+        for _ in range(100):  # each round moves every such job one run on
+            due = store.get_due_jobs(datetime.now(timezone.utc))
+            keys = {run_key(job.id, job.next_run_time): job for job in due}
+            recorded = self.ledger.recorded_runs(list(keys))
+            if not recorded:
+                return
+            for key in recorded:
+                job = keys[key]
+                following = job.trigger.get_next_fire_time(job.next_run_time, job.next_run_time)
+                log.info("job %s (queue %s): run %s was handed over by the previous daemon; "
+                         "%s", job.id, queue, key, f"next run {following}" if following else "removing its row")
+                if following is None:
+                    store.remove_job(job.id)
+                else:
+                    job._modify(next_run_time=following)
+                    store.update_job(job)
 
     def _on_parked(self, job_id: str, queue: str, reason: str,
                    request: dict[str, Any] | None = None) -> None:

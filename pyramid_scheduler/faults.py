@@ -14,6 +14,10 @@ The points, in the order a job passes them:
     the job is stored (job store and job record), the message not yet acked;
 ``submitted``
     APScheduler handed a due run to the executor; the run is not yet recorded;
+``handed``
+    the scheduler thread is about to write the job-store rows of the jobs it
+    handed to the executor (deleted, or moved to their next run time), some
+    of whose runs may have started or finished;
 ``started``
     the run is recorded as started, the job function not yet called;
 ``finished``
@@ -31,7 +35,7 @@ import sys
 import threading
 
 ENV = "PYRAMID_SCHEDULER_CRASH_AT"
-POINTS = ("taken", "received", "persisted", "submitted", "started", "finished")
+POINTS = ("taken", "received", "persisted", "submitted", "handed", "started", "finished")
 
 
 def _parse(spec: str | None) -> tuple[str | None, int]:

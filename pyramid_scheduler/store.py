@@ -477,6 +477,14 @@ class Ledger:
         self._finish_cache[key] = statements
         return statements
 
+    def recorded_runs(self, run_keys: list[str]) -> set[str]:
+        """Those of *run_keys* that have a row in the run ledger."""
+        if not run_keys:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(self.runs.c.run_key)
+                                    .where(self.runs.c.run_key.in_(run_keys))).scalars())
+
     def was_interrupted(self, job_id: str) -> bool:
         """True if a run of *job_id* was already recorded as interrupted."""
         with self.engine.connect() as conn:
@@ -683,8 +691,25 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         self._update = (table.update().where(table.c.id == param("p_id"))
                         .values(next_run_time=param("p_next"), job_state=param("p_state")))
         self._remove = table.delete().where(table.c.id == param("p_id"))
+        self._remove_many = table.delete().where(table.c.id.in_(param("p_ids", expanding=True)))
+        # The jobs due by p_until, and the row(s) of the first next run time
+        # after it (without their state): both in one round trip.
+        following = (sa.select(sa.func.min(table.c.next_run_time))
+                     .where(table.c.next_run_time > param("p_until")).scalar_subquery())
+        self._window = (sa.select(table.c.id, table.c.next_run_time,
+                                  sa.case((table.c.next_run_time <= param("p_until"), table.c.job_state)))
+                        .where(table.c.next_run_time <= sa.func.coalesce(following, param("p_until")))
+                        .order_by(table.c.next_run_time))
+        #: Rows the scheduler thread has yet to write, by job id: the job
+        #: handed over with its next run time, or None (delete the row).
+        self._pending: dict[str, Job | None] = {}
+        self._pending_lock = threading.RLock()
+        #: Bumped by every change of the table that the scheduler thread did
+        #: not make itself (see :mod:`pyramid_scheduler.due`).
+        self.changes = 0
 
-    def _fenced(self) -> bool:
+    def fenced(self) -> bool:
+        """True while this daemon's lease may have lapsed: it takes no due job then."""
         return self.fence is not None and not self.fence()
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
@@ -692,23 +717,109 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         # must not let APScheduler take due jobs: APScheduler removes a date
         # job from the store as it submits it, and the new holder would never
         # see it. It sees nothing due until its lease is renewed.
-        if self._fenced():
+        if self.fenced():
             return []
+        self.flush()
         return self._load(self._due, {"p_now": datetime_to_utc_timestamp(now)})
 
     def get_next_run_time(self) -> datetime | None:
+        self.flush()
         with self.engine.connect() as conn:
             next_run = utc_timestamp_to_datetime(conn.execute(self._next).scalar())
-        if next_run is not None and self._fenced():
+        if next_run is not None and self.fenced():
             # Poll instead of spinning on a due job we may not take.
             return max(next_run, datetime.now(timezone.utc) + timedelta(seconds=self.FENCED_POLL))
         return next_run
+
+    # -- the scheduler thread's window and its deferred writes --------------------------
+    def load_window(self, until: datetime) -> tuple[list[Job], datetime | None]:
+        """The jobs due by *until* (oldest first; unloadable ones parked), and
+        the earliest next run time after it (None: none), in one query.
+
+        The caller writes its pending rows first (:meth:`flush`), or it gets
+        the jobs it handed over again."""
+        jobs: list[Job] = []
+        parked: list[tuple[str, str]] = []
+        following = None
+        with self.engine.begin() as conn:
+            for row in conn.execute(self._window, {"p_until": datetime_to_utc_timestamp(until)}):
+                state = row[2]
+                if state is None:
+                    following = utc_timestamp_to_datetime(row.next_run_time)
+                    break
+                try:
+                    jobs.append(self._reconstitute_job(state))
+                except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job
+                    parked.extend(self._park(conn, row.id, exc))
+        self._report_parked(parked)
+        return jobs, following
+
+    def defer_remove(self, job_id: str) -> None:
+        """Delete the row of a job handed over for its last run at the next :meth:`flush`."""
+        with self._pending_lock:
+            self._pending[job_id] = None
+
+    def defer_update(self, job: Job) -> None:
+        """Write *job* (moved to its next run time) at the next :meth:`flush`."""
+        with self._pending_lock:
+            self._pending[job.id] = job
+
+    def pending(self) -> int:
+        """How many rows :meth:`flush` has to write."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write the rows the scheduler thread deferred, in one transaction.
+
+        Called by every other read or change of the table first, so that
+        nothing outside the scheduler thread sees a row it has not written
+        yet. A row found gone was removed by a cancel meanwhile.
+
+        :raises sqlalchemy.exc.SQLAlchemyError: nothing was written; the rows
+            stay pending.
+        """
+        with self._pending_lock:
+            if not self._pending:
+                return
+            removes = [job_id for job_id, job in self._pending.items() if job is None]
+            updates = [{"p_id": job.id, "p_next": datetime_to_utc_timestamp(job.next_run_time),
+                        "p_state": pickle.dumps(job.__getstate__(), self.pickle_protocol)}
+                       for job in self._pending.values() if job is not None]
+            with self.engine.begin() as conn:
+                if removes:
+                    conn.execute(self._remove_many, {"p_ids": removes})
+                if updates:
+                    conn.execute(self._update, updates[0] if len(updates) == 1 else updates)
+            self._pending.clear()
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change of the table by another thread than the scheduler
+        thread: its pending rows written first, its window loaded again after."""
+        self.flush()
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self.changes += 1
+
+    def remove_all_jobs(self) -> None:
+        with self._changing():
+            super().remove_all_jobs()
+
+    def shutdown(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - the next daemon's start settles them
+            log.warning("queue %s: %d row(s) of jobs handed over not written (%s); the next daemon "
+                        "start settles them", self.queue, self.pending(), exc)
+        super().shutdown()
 
     def add_job(self, job: Job) -> None:
         request = getattr(self._local, "request", None)
         state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
         try:
-            with self.engine.begin() as conn:
+            with self._changing(), self.engine.begin() as conn:
                 if request is not None:
                     self.ledger.insert_job(conn, request)
                 conn.execute(self.jobs_t.insert().values(
@@ -721,13 +832,13 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
 
     def update_job(self, job: Job) -> None:
         state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
-        with self.engine.begin() as conn:
+        with self._changing(), self.engine.begin() as conn:
             if not conn.execute(self._update, {"p_id": job.id, "p_state": state, "p_next":
                                                datetime_to_utc_timestamp(job.next_run_time)}).rowcount:
                 raise JobLookupError(job.id)
 
     def remove_job(self, job_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._changing(), self.engine.begin() as conn:
             if not conn.execute(self._remove, {"p_id": job_id}).rowcount:
                 raise JobLookupError(job_id)
 
@@ -746,6 +857,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(
             self.jobs_t.c.next_run_time)
         selectable = selectable.where(sa.and_(*conditions)) if conditions else selectable
+        self.flush()
         return self._load(selectable, {})
 
     def _load(self, selectable: Any, params: dict[str, Any]) -> list[Job]:
@@ -763,6 +875,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     def lookup_job(self, job_id: str) -> Job | None:
         # APScheduler's lookup raises on a job it cannot load; a parked job is
         # "not loadable" here, so that cancel_job can still remove its row.
+        self.flush()
         parked: list[tuple[str, str]] = []
         with self.engine.begin() as conn:
             state = conn.execute(sa.select(self.jobs_t.c.job_state)
@@ -834,6 +947,9 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             log.info("job %s (queue %s) restored: loads as %s, next run %s", job.id, self.queue,
                      job.func_ref, job.next_run_time)
             restored.append(job)
+        if restored:  # (parked rows are never among the scheduler thread's pending ones)
+            with self._pending_lock:
+                self.changes += 1
         return restored, missing
 
 

@@ -1,0 +1,304 @@
+"""Due: the scheduler thread, which hands each stored job to the worker pool when it is due.
+
+Between the job stores (:mod:`pyramid_scheduler.store`) and the worker pool
+(:mod:`pyramid_scheduler.runner`). APScheduler 3's scheduler thread, when it
+wakes for a due job, makes three round trips to the SQL job store under its
+job-store lock before the next one: the due-jobs query, then (after handing
+the job to the pool) the ``DELETE`` of a date job's row or the ``UPDATE`` of a
+recurring job's next run time, each a commit, then the next-run-time query.
+The first is on the path from the due time to the job's start; the commit of
+the second runs as the worker commits the run's start, and the two wait for
+each other's flush of PostgreSQL's log.
+
+:class:`DueScheduler` does the same work in another order:
+
+* it wakes :data:`LEAD` seconds before the first job it does not hold yet is
+  due, and loads every job due within :data:`LOOKAHEAD` seconds, with the next
+  run time after them, in one query (:meth:`.store.QueueJobStore.load_window`);
+* at each job's due time it hands the job to the pool from memory, with no
+  round trip before;
+* the stores' rows of the jobs it handed over are deleted or moved to their
+  next run time later, several in one transaction
+  (:meth:`.store.QueueJobStore.flush`): before it loads again, or once no
+  job is due in the next :data:`FLUSH_GAP` seconds and the workers have had
+  :data:`FLUSH_DELAY` to commit the starts of the runs just handed over (at
+  the latest after :data:`FLUSH_MAX_AGE`).
+
+What it holds is what the store holds: every change of a store by another
+thread (an add, cancel, pause, reschedule) first writes those pending rows
+and makes the scheduler thread load its window again (so does every
+``wakeup()``), and nothing is loaded or handed over while the lease may have
+lapsed. A row written late is never run twice: the run ledger records each
+run key once, and a daemon that died before writing them settles them at
+its next start (``Engine._settle``) before it runs anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
+from apscheduler.executors.base import MaxInstancesReachedError
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING, TIMEOUT_MAX
+
+from .faults import crash_point
+from .store import QueueJobStore
+
+log = logging.getLogger(__name__)
+
+#: Seconds before the first job it does not hold is due that the scheduler
+#: thread wakes to load the jobs due soon (longer than the query takes).
+LEAD = 0.005
+#: Seconds of due jobs loaded at once, from the time of loading.
+LOOKAHEAD = 0.1
+#: The scheduler thread writes the rows of the jobs it handed over when no job
+#: is due in the next this many seconds ...
+FLUSH_GAP = 0.004
+#: ... and not before this many seconds after the last hand-over, so that the
+#: workers commit the starts of the runs just handed over first.
+FLUSH_DELAY = 0.002
+#: ... or once the oldest has waited this long, or this many wait.
+FLUSH_MAX_AGE = 0.5
+FLUSH_MAX = 500
+
+#: Seconds before the scheduler thread tries the due jobs again after an error.
+RETRY_PROCESSING = 1.0
+
+
+def _key(job: Job) -> float:
+    return float(job.next_run_time.timestamp())
+
+
+@dataclass
+class _Window:
+    """The jobs of one store due soon, as loaded, minus those handed over."""
+
+    #: Jobs not handed over yet, by next run time; every job of the store due
+    #: by :attr:`until` is here or was handed over.
+    jobs: list[Job]
+    until: datetime
+    #: The earliest next run time after :attr:`until` (None: none).
+    following: datetime | None
+    #: The store's :attr:`~.store.QueueJobStore.changes` when loaded.
+    changes: int
+    keys: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keys = [_key(job) for job in self.jobs]
+
+    def add(self, job: Job) -> None:
+        """Hold a recurring job again at its next run time if that is within
+        the window, else make that time a bound of it."""
+        if job.next_run_time <= self.until:
+            index = len(self.keys)
+            key = _key(job)
+            while index and self.keys[index - 1] > key:
+                index -= 1
+            self.keys.insert(index, key)
+            self.jobs.insert(index, job)
+        elif self.following is None or job.next_run_time < self.following:
+            self.following = job.next_run_time
+
+    def pop_due(self, now: datetime) -> list[Job]:
+        stamp = now.timestamp()
+        count = 0
+        while count < len(self.keys) and self.keys[count] <= stamp:
+            count += 1
+        due, self.jobs, self.keys = self.jobs[:count], self.jobs[count:], self.keys[count:]
+        return due
+
+
+class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, with the due jobs of the SQL job
+    stores loaded ahead and their rows written in batches (see the module).
+
+    ``_process_jobs`` is replaced, not wrapped: APScheduler's makes its round
+    trips per due job in a fixed order, under the job-store lock, and none of
+    them can be moved from outside. Each due job still goes through
+    APScheduler's own steps, in its order: the executor lookup, the run times
+    (:class:`~.catchup.CatchUpJob`'s catch-up plan), coalescing, the
+    submission (``max_instances``), the SUBMITTED or MAX_INSTANCES event, then
+    the job's next run time or its removal. Other job stores (the memory ones)
+    are processed as APScheduler does.
+
+    Two of APScheduler's races are closed too: ``shutdown()`` wakes the main
+    loop, which would process the due jobs once more after the executors are
+    shut down (each submission then fails and APScheduler removes the date job
+    anyway): here nothing is processed unless the scheduler is running. And an
+    error while processing the due jobs never ends the scheduler thread
+    (APScheduler's would die with it).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._processing = threading.local()
+        self._windows: dict[str, _Window] = {}
+        #: When the first row now waiting to be written was handed over.
+        self._pending_since: float | None = None
+        #: When the scheduler thread last handed a job over.
+        self._handed_at = 0.0
+        #: Load every window again (set by :meth:`wakeup`).
+        self._reload = False
+
+    def _process_jobs(self) -> float | None:
+        if self.state != STATE_RUNNING:
+            return None
+        self._processing.active = True
+        try:
+            return self._process()
+        except Exception:  # noqa: BLE001 - the scheduler thread must not die: log, try again
+            self._windows.clear()
+            log.exception("processing the due jobs failed; trying again in %gs", RETRY_PROCESSING)
+            return RETRY_PROCESSING
+        finally:
+            self._processing.active = False
+
+    def wakeup(self) -> None:
+        """APScheduler's: process the jobs now; here also load them again
+        (the table may have changed behind the job store's back)."""
+        self._reload = True
+        super().wakeup()
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        """APScheduler's, except that a job already gone when the scheduler
+        thread removes it (another thread removed it meanwhile) is logged
+        instead of ending that thread."""
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if not getattr(self._processing, "active", False):
+                raise
+            log.warning("job %s (queue %s): already removed when its last run was submitted",
+                        job_id, jobstore)
+
+    # -- one round ----------------------------------------------------------------------
+    def _process(self) -> float | None:
+        now = datetime.now(self.timezone)
+        wakeups: list[datetime] = []
+        events: list[JobSubmissionEvent] = []
+        with self._jobstores_lock:
+            if self._reload:
+                self._reload = False
+                self._windows.clear()
+            for alias, store in self._jobstores.items():
+                if isinstance(store, QueueJobStore):
+                    wakeup = self._process_window(alias, store, now, events)
+                else:
+                    wakeup = self._process_store(alias, store, now, events)
+                if wakeup is not None:
+                    wakeups.append(wakeup)
+        for event in events:
+            self._dispatch_event(event)
+        if self.state != STATE_RUNNING or not wakeups:
+            return None
+        wait = min(wakeups).timestamp() - datetime.now(self.timezone).timestamp()
+        return min(max(wait, 0.0), TIMEOUT_MAX)
+
+    def _process_store(self, alias: str, store: Any, now: datetime,
+                       events: list[JobSubmissionEvent]) -> datetime | None:
+        """APScheduler's own round for a store (the memory ones)."""
+        try:
+            due = store.get_due_jobs(now)
+        except Exception as exc:  # noqa: BLE001 - as APScheduler: try this store again later
+            log.warning("error getting due jobs from job store %r: %s", alias, exc)
+            return now + timedelta(seconds=self.jobstore_retry_interval)
+        for job in due:
+            self._hand_over(alias, job, now, events, store.update_job)
+        return store.get_next_run_time()  # type: ignore[no-any-return]
+
+    def _process_window(self, alias: str, store: QueueJobStore, now: datetime,
+                        events: list[JobSubmissionEvent]) -> datetime | None:
+        if store.fenced():
+            # Its lease may have lapsed: take nothing (see QueueJobStore.get_due_jobs).
+            self._windows.pop(alias, None)
+            return store.get_next_run_time()
+        window = self._windows.get(alias)
+        if (window is None or window.changes != store.changes
+                or (window.following is not None and window.following - timedelta(seconds=LEAD) <= now)):
+            # The rows of the jobs handed over first, so that none is loaded again.
+            self._flush(store)
+            changes = store.changes
+            jobs, following = store.load_window(now + timedelta(seconds=LOOKAHEAD))
+            window = self._windows[alias] = _Window(jobs, now + timedelta(seconds=LOOKAHEAD),
+                                                    following, changes)
+        for job in window.pop_due(now):
+            self._hand_over(alias, job, now, events, None, store, window)
+            self._handed_at = time.monotonic()
+        return self._next_wakeup(store, window, now)
+
+    def _next_wakeup(self, store: QueueJobStore, window: _Window, now: datetime) -> datetime | None:
+        """When to wake next: the first job held is due, the window needs
+        loading again, or the rows handed over are to be written."""
+        times = [window.jobs[0].next_run_time] if window.jobs else []
+        if window.following is not None:
+            times.append(window.following - timedelta(seconds=LEAD))
+        if store.pending():
+            moment = time.monotonic()
+            if self._pending_since is None:
+                self._pending_since = moment
+            soonest = min(times) if times else None
+            quiet = soonest is None or soonest.timestamp() - time.time() >= FLUSH_GAP
+            # Not before the runs just handed over have had time to commit their start.
+            ready = moment >= self._handed_at + FLUSH_DELAY
+            if (quiet and ready) or store.pending() >= FLUSH_MAX or moment - self._pending_since >= FLUSH_MAX_AGE:
+                self._flush(store)
+            else:  # try again after the delay, when the burst has passed, or at the latest FLUSH_MAX_AGE on
+                wait = FLUSH_MAX_AGE - (moment - self._pending_since)
+                if quiet:
+                    wait = min(wait, self._handed_at + FLUSH_DELAY - moment)
+                times.append(now + timedelta(seconds=wait))
+        return min(times) if times else None
+
+    def _flush(self, store: QueueJobStore) -> None:
+        if store.pending():
+            crash_point("handed")
+            store.flush()
+        self._pending_since = None
+
+    def _hand_over(self, alias: str, job: Job, now: datetime, events: list[JobSubmissionEvent],
+                   update: Any, store: QueueJobStore | None = None, window: _Window | None = None) -> None:
+        """APScheduler's steps for one due job; with *store*, its row is
+        written later (and a recurring job held again in *window*)."""
+        try:
+            executor = self._lookup_executor(job.executor)
+        except BaseException:  # noqa: BLE001 - as APScheduler
+            log.error('executor lookup ("%s") failed for job "%s": removing it from the job store',
+                      job.executor, job)
+            self.remove_job(job.id, alias)
+            return
+        run_times = job._get_run_times(now)
+        run_times = run_times[-1:] if run_times and job.coalesce else run_times
+        if not run_times:
+            return
+        try:
+            executor.submit_job(job, run_times)
+        except MaxInstancesReachedError:
+            log.warning('execution of job "%s" skipped: maximum number of running instances '
+                        "reached (%d)", job, job.max_instances)
+            events.append(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, job.id, alias, run_times))
+        except BaseException:  # noqa: BLE001 - as APScheduler: log, and move the job on
+            log.exception('error submitting job "%s" to executor "%s"', job, job.executor)
+        else:
+            events.append(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job.id, alias, run_times))
+        following = job.trigger.get_next_fire_time(run_times[-1], now)
+        if following:
+            job._modify(next_run_time=following)
+            if store is None:
+                update(job)
+                return
+            store.defer_update(job)
+            assert window is not None
+            window.add(job)
+        elif store is None:
+            self.remove_job(job.id, alias)
+        else:
+            store.defer_remove(job.id)
+

@@ -153,19 +153,11 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                     elapsed = 0.0
 
     def _drain_batch(self, conn: Any, timeout: float) -> None:
-        """Wait up to *timeout* for a message, take those already delivered
-        behind it (:meth:`_drain_received`), then store them together and
-        settle each. If the connection breaks meanwhile, none is stored or
-        settled: the broker delivers them all again (the error is raised)."""
-        batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] = []
-        self._batch = batch
-        try:
+        """Wait up to *timeout* for a message and take those already
+        delivered behind it (:meth:`_drain_received`), as one batch."""
+        with self.batch():
             conn.drain_events(timeout=timeout)
             self._drain_received(conn)
-        finally:
-            self._batch = None
-        if batch:
-            self.store(batch)
 
     def _drain_received(self, conn: Any) -> None:
         """Deliver what the broker has already sent, without waiting for more
@@ -230,16 +222,19 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Around the messages our Redis channel took in one round trip (on
-        the other transports, :meth:`_drain_batch`): they are checked one by
-        one, then stored together (:meth:`store`)."""
-        self._batch = []
+        """Around the messages taken together (by our Redis channel in one
+        round trip, else by :meth:`_drain_batch`): they are checked one by
+        one, then stored together and settled (:meth:`store`). If taking
+        them fails (the connection broke), none is stored or settled: the
+        broker delivers them again."""
+        batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] = []
+        self._batch = batch
         try:
             yield
         finally:
-            batch, self._batch = self._batch, None
-            if batch:
-                self.store(batch)
+            self._batch = None
+        if batch:
+            self.store(batch)
 
     def on_message(self, message: Any) -> None:
         queue = self.queues.get(message.delivery_info.get("routing_key"), "?")

@@ -10,10 +10,11 @@ second the worker threads spent nearly all their time waiting for those.
 hands it a start or an end and waits for it to be committed, exactly as if it
 had written it itself; meanwhile the writer takes every start and end that
 is waiting (up to :data:`MAX_BATCH`, never two of one job, so their order
-per job holds) and writes them in one transaction of a few statements
-(:meth:`.store.Ledger.write_runs`). When a batch meets anything but the
-common case (a run already recorded, a job canceled meanwhile, the database
-failing), it is written again one by one with the ledger's own
+per job holds) and writes them at once (:meth:`.store.Ledger.write_runs`:
+one statement on PostgreSQL, one transaction of a few statements
+elsewhere). What a batch leaves unwritten because it is not the common case
+(a run already recorded, a job canceled meanwhile), and all of a batch the
+database failed, is written one by one with the ledger's own
 :meth:`~.store.Ledger.start_run` and :meth:`~.store.Ledger.finish_run`, so each
 worker gets exactly the answer or the error those give.
 
@@ -168,21 +169,23 @@ class RunWriter:
 
     def _write(self, batch: list[_Write]) -> None:
         """Give each write of *batch* its answer or error."""
+        rest = batch
         if len(batch) > 1:
             try:
-                self._together(batch)
-                return
+                rest = self._together(batch)
             except (sa.exc.IntegrityError, Unusual):
                 pass  # not the common case: one by one below
             except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
                 log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
-        for write in batch:
+        for write in rest:
             try:
                 write.result = self._alone(write)
             except BaseException as exc:  # noqa: BLE001 - handed to the worker that asked
                 write.error = exc
 
-    def _together(self, batch: list[_Write]) -> None:
+    def _together(self, batch: list[_Write]) -> list[_Write]:
+        """Write *batch* with :meth:`.store.Ledger.write_runs`; return the
+        writes it left to write one by one."""
         starts, finishes = [], []
         stamp = now()
         for write in batch:
@@ -195,6 +198,13 @@ class RunWriter:
                     raise Unusual()  # a missed run's own row: the ledger's path
                 finishes.append(self.ledger.finish_params(job_id, run_key, status, final, extra.get("result"),
                                                           extra.get("error"), extra.get("retry_at"), stamp))
-        self.ledger.write_runs(starts, finishes)
+        written = self.ledger.write_runs(starts, finishes)
+        rest = []
         for write in batch:
-            write.result = "start" if write.kind == "start" else True
+            if write.kind == "start" and write.args[2] in written:
+                write.result = "start"
+            elif write.kind == "finish" and write.args[1] in written:
+                write.result = True
+            else:
+                rest.append(write)
+        return rest

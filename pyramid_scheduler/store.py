@@ -39,6 +39,7 @@ from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from .catchup import CatchUpJob, WallClockCronTrigger
@@ -130,7 +131,7 @@ class Ledger:
         # Each run write by key, and the same for several keys at once
         # (write_runs: one statement for many rows, where an executemany
         # would send one per row).
-        mark_running = jobs.update().values(
+        mark_running = self._marking = jobs.update().values(
             status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status),
             updated_at=param("p_stamp"))
         self._mark_running = mark_running.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
@@ -152,8 +153,8 @@ class Ledger:
             self._start_alone = (runs.insert().from_select(
                 ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
                 .add_cte(marked).returning(runs.c.run_key))
-        finish_run = runs.update().values(status=param("p_status"), finished_at=param("p_stamp"),
-                                          error=param("p_error"))
+        finish_run = self._finishing = runs.update().values(
+            status=param("p_status"), finished_at=param("p_stamp"), error=param("p_error"))
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
         self._finish_all_runs = finish_run.where(runs.c.run_key.in_(param("p_run_keys", expanding=True)))
         self._finish_cache: dict[tuple[Any, ...], Any] = {}
@@ -390,15 +391,21 @@ class Ledger:
                 {"p_run_key": run_key, "p_status": status, "p_stamp": stamp, "p_error": error}, params)
 
     def write_runs(self, starts: list[tuple[str, str, str, float, str]],
-                   finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]]) -> None:
+                   finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]]) -> set[str]:
         """Record several run starts (:meth:`start_run`'s arguments) and run
-        ends (:meth:`finish_params`) in one transaction, a few statements for
-        all of them -- in the common case only: each start's job live and its
-        run new, each end's run started and its job live, no job twice.
+        ends (:meth:`finish_params`) at once, no job twice -- in the common
+        case only: each start's job live and its run new, each end's run
+        started and its job live. Return the run keys written; the others
+        were not written at all (neither their run nor their job touched):
+        record those one by one.
 
-        :raises sqlalchemy.exc.IntegrityError: a run is not new;
-        :raises Unusual: another assumption did not hold. Nothing is written
-            then: record them one by one.
+        On PostgreSQL, when the ends are alike (same outcome and result: the
+        common case), this is one statement in autocommit, each run written
+        with its job or neither (:meth:`_runs_at_once`); else one
+        transaction, all of them written or none.
+
+        :raises sqlalchemy.exc.IntegrityError: a start's run is known; nothing
+            is written.
         """
         stamp = now()
         # The ends alike but for their keys (the common case: all done, with
@@ -411,20 +418,90 @@ class Ledger:
             run_keys, job_ids = alike.setdefault((key, run_values, job_values), ([], []))
             run_keys.append(run_params["p_run_key"])
             job_ids.append(job_params["p_job_id"])
-        with self.engine.begin() as conn:
-            if starts:
-                marked = conn.execute(self._mark_all_running,
-                                      {"p_job_ids": [start[0] for start in starts], "p_stamp": stamp}).rowcount
-                if marked != len(starts):
-                    raise Unusual()
-                conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
-            for (key, run_values, job_values), (run_keys, job_ids) in alike.items():
-                job_update, _ = self._finish_statements(*key, many=True)
-                if (conn.execute(self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}).rowcount
-                        != len(run_keys)
-                        or conn.execute(job_update, {**dict(job_values), "p_job_ids": job_ids}).rowcount
-                        != len(job_ids)):
-                    raise Unusual()
+        if self._autocommit is not None and len(alike) <= 1:
+            return self._runs_at_once(starts, next(iter(alike.items()), None), stamp)
+        try:
+            with self.engine.begin() as conn:
+                if starts:
+                    marked = conn.execute(self._mark_all_running,
+                                          {"p_job_ids": [start[0] for start in starts], "p_stamp": stamp}).rowcount
+                    if marked != len(starts):
+                        raise Unusual()
+                    conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
+                for (key, run_values, job_values), (run_keys, job_ids) in alike.items():
+                    job_update, _ = self._finish_statements(*key, many=True)
+                    if (conn.execute(self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}).rowcount
+                            != len(run_keys)
+                            or conn.execute(job_update, {**dict(job_values), "p_job_ids": job_ids}).rowcount
+                            != len(job_ids)):
+                        raise Unusual()
+        except Unusual:
+            return set()
+        return {start[2] for start in starts} | {key for run_keys, _ in alike.values() for key in run_keys}
+
+    def _runs_at_once(self, starts: list[tuple[str, str, str, float, str]],
+                      ends: tuple[tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]],
+                                  tuple[list[str], list[str]]] | None,
+                      stamp: float) -> set[str]:
+        """:meth:`write_runs` on PostgreSQL for *starts* and one set of *ends*
+        alike, as one statement (:meth:`_at_once`): one round trip, and one
+        statement for SQLAlchemy to execute where the transaction had four
+        and its ``BEGIN`` and ``COMMIT``."""
+        params: dict[str, Any] = {}
+        key = None
+        if ends is not None:
+            (key, run_values, job_values), (run_keys, _) = ends
+            params.update(run_values, **dict(job_values), f_keys=run_keys)
+        if starts:  # start_run's arguments, as one array each
+            columns = [list(column) for column in zip(*starts, strict=True)]
+            params.update(zip(("s_ids", "s_queues", "s_keys", "s_times", "s_owners"), columns, strict=True))
+        params.setdefault("p_stamp", stamp)  # one stamp for the batch (an end's, if any)
+        assert self._autocommit is not None
+        with self._autocommit.connect() as conn:
+            return set(conn.execute(self._at_once(bool(starts), key), params).scalars())
+
+    def _at_once(self, starts: bool, key: tuple[str, bool, bool, bool] | None) -> Any:
+        """The statement of :meth:`_runs_at_once` (built once per kind of
+        end): data-modifying CTEs over the arrays of the starts
+        (``s_*``) and of the ends' run keys (``f_keys``), returning the run
+        keys written.
+
+        A start's run is inserted only if its job's row was marked running
+        (not canceled); an end's job is updated only if its run's row is
+        there, and its run only if the job's update was made (as in
+        :meth:`_finish_alone`). A known run fails the whole statement."""
+        cache_key = ("at once", starts, key)
+        statement = self._finish_cache.get(cache_key)
+        if statement is not None:
+            return statement
+        jobs, runs, param = self.jobs, self.runs, sa.bindparam
+        texts = ARRAY(sa.String)
+        written = []
+        if starts:
+            start = (sa.func.unnest(param("s_keys", type_=texts), param("s_ids", type_=texts),
+                                    param("s_queues", type_=texts), param("s_times", type_=ARRAY(sa.Float)),
+                                    param("s_owners", type_=texts))
+                     .table_valued("run_key", "job_id", "queue", "scheduled_at", "owner").render_derived("s"))
+            marked = (self._marking.where(jobs.c.id == sa.any_(param("s_ids", type_=texts)),
+                                          jobs.c.status != "canceled")
+                      .returning(jobs.c.id).cte("marked"))
+            started = (runs.insert().from_select(
+                ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"],
+                sa.select(start.c.run_key, start.c.job_id, start.c.queue, start.c.scheduled_at,
+                          sa.literal("started"), start.c.owner, param("p_stamp", type_=sa.Float))
+                .join_from(start, marked, marked.c.id == start.c.job_id))
+                .returning(runs.c.run_key).cte("started"))
+            written.append(sa.select(started.c.run_key))
+        if key is not None:
+            # The runs by their keys (the primary key), their jobs by the runs'.
+            ended = runs.c.run_key == sa.any_(param("f_keys", type_=texts))
+            job_update, _ = self._finish_updates(*key, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)))
+            finished_jobs = job_update.returning(jobs.c.id).cte("finished_jobs")
+            finished = (self._finishing.where(ended, runs.c.job_id.in_(sa.select(finished_jobs.c.id)))
+                        .returning(runs.c.run_key).cte("finished"))
+            written.append(sa.select(finished.c.run_key))
+        statement = self._finish_cache[cache_key] = sa.union_all(*written) if len(written) > 1 else written[0]
+        return statement
 
     def _finish_alone(self, key: tuple[str, bool, bool, bool]) -> Any:
         """:meth:`finish_run`'s common case on PostgreSQL, one statement that
@@ -453,8 +530,15 @@ class Ledger:
         ``p_job_id``, or with *many* by the list ``p_job_ids``."""
         key = (status, final, has_error, retry, many)
         statements = self._finish_cache.get(key)
-        if statements is not None:
-            return statements
+        if statements is None:
+            by_id = (self.jobs.c.id.in_(sa.bindparam("p_job_ids", expanding=True)) if many
+                     else self.jobs.c.id == sa.bindparam("p_job_id"))
+            statements = self._finish_cache[key] = self._finish_updates(status, final, has_error, retry, by_id)
+        return statements
+
+    def _finish_updates(self, status: str, final: bool, has_error: bool, retry: bool,
+                        by_id: Any) -> tuple[Any, Any]:
+        """:meth:`_finish_statements`, for the jobs chosen by the clause *by_id*."""
         jobs, param = self.jobs, sa.bindparam
         values: dict[str, Any] = {"updated_at": param("p_stamp")}
         if status in ("done", "failed"):
@@ -468,14 +552,11 @@ class Ledger:
         retry_values: dict[str, Any] = {"retry_at": param("p_retry_at")}
         if retry:
             retry_values["attempt"] = jobs.c.attempt + 1
-        by_id = jobs.c.id.in_(param("p_job_ids", expanding=True)) if many else jobs.c.id == param("p_job_id")
-        statements = (
+        return (
             # status = a OR status = b ...: an IN would be rendered again at each call.
             jobs.update().where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)))
             .values(status=job_status, **values, **retry_values),
             jobs.update().where(by_id).values(**values))
-        self._finish_cache[key] = statements
-        return statements
 
     def recorded_runs(self, run_keys: list[str]) -> set[str]:
         """Those of *run_keys* that have a row in the run ledger."""

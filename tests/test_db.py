@@ -3,10 +3,9 @@
 import time
 
 import pytest
-import sqlalchemy as sa
-from conftest import POSTGRES_URL, require_service, unique
 from sqlalchemy.pool import StaticPool
 
+from conftest import POSTGRES_URL, require_service, unique
 from pyramid_scheduler.db import create_db_engine
 from pyramid_scheduler.store import Ledger
 

@@ -73,7 +73,8 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwar
 def _plan_each_statement(dbapi_conn: Any, record: Any) -> None:
     """PostgreSQL 12 and later: plan each statement for its parameters and
     the tables as they are (``plan_cache_mode = force_custom_plan``), for the
-    session.
+    session -- unless a mode other than the default ``auto`` is set for the
+    database, the role or the connection.
 
     The driver prepares a statement it has run a few times (psycopg 3: five),
     and PostgreSQL may then keep one generic plan for it for the rest of the
@@ -90,11 +91,17 @@ def _plan_each_statement(dbapi_conn: Any, record: Any) -> None:
     """
     cursor = dbapi_conn.cursor()
     try:
+        # Not over a mode set for the database, the role or the connection.
         cursor.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', false) "
-                       "WHERE current_setting('server_version_num')::int >= 120000")
+                       "WHERE current_setting('server_version_num')::int >= 120000 "
+                       "AND current_setting('plan_cache_mode') = 'auto'")
+        dbapi_conn.commit()  # a session setting: kept by the pool's rollbacks
+    except Exception as exc:  # noqa: BLE001 - a server that refuses it still stores jobs
+        dbapi_conn.rollback()
+        log.warning("could not set plan_cache_mode for the job store's sessions (%s); statements "
+                    "may keep plans made while the tables were small", exc)
     finally:
         cursor.close()
-    dbapi_conn.commit()  # a session setting: kept by the pool's rollbacks
 
 
 #: Attempts at creating tables that another process is creating too.

@@ -407,6 +407,8 @@ class Ledger:
         :raises sqlalchemy.exc.IntegrityError: a start's run is known; nothing
             is written.
         """
+        if not starts and not finishes:
+            return set()
         stamp = now()
         # The ends alike but for their keys (the common case: all done, with
         # the same result), each set written by one statement per table.

@@ -278,6 +278,23 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         run_times = run_times[-1:] if run_times and job.coalesce else run_times
         if not run_times:
             return
+        # The job moves on before it is submitted (APScheduler: after). A run
+        # that ends at once calls back on this thread (a future done before its
+        # callback is added runs it here) and may store a retry under the same
+        # id, which must come after the job's row is deleted or moved on.
+        following = job.trigger.get_next_fire_time(run_times[-1], now)
+        if following:
+            job._modify(next_run_time=following)
+            if store is None:
+                update(job)
+            else:
+                store.defer_update(job)
+                assert window is not None
+                window.add(job)
+        elif store is None:
+            self.remove_job(job.id, alias)
+        else:
+            store.defer_remove(job.id)
         try:
             executor.submit_job(job, run_times)
         except MaxInstancesReachedError:
@@ -288,17 +305,3 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             log.exception('error submitting job "%s" to executor "%s"', job, job.executor)
         else:
             events.append(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job.id, alias, run_times))
-        following = job.trigger.get_next_fire_time(run_times[-1], now)
-        if following:
-            job._modify(next_run_time=following)
-            if store is None:
-                update(job)
-                return
-            store.defer_update(job)
-            assert window is not None
-            window.add(job)
-        elif store is None:
-            self.remove_job(job.id, alias)
-        else:
-            store.defer_remove(job.id)
-

@@ -1,6 +1,7 @@
 """Retries, ``wait`` and ``ttl``, in-process: the engine on a real job store
 (SQLite file or PostgreSQL), requests handed to it as the consumer would."""
 
+import concurrent.futures
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -122,6 +123,34 @@ def test_a_pending_retry_survives_a_restart(engine_factory, proxy_factory):
     record_ = proxy.wait("r3", timeout=20)
     assert (record_["status"], record_["runs"], record_["attempt"]) == ("done", 2, 2)
     assert len(runs_of("r3")) == 2
+
+
+class DoneBeforeReturning(concurrent.futures.ThreadPoolExecutor):
+    """A real thread pool whose ``submit`` returns once the work is done: the
+    caller then adds its done-callback to a finished future, and
+    ``concurrent.futures`` runs the callback at once, on the caller's thread
+    (what a loaded machine does when the submitting thread is descheduled)."""
+
+    def submit(self, *args, **kwargs):
+        future = super().submit(*args, **kwargs)
+        concurrent.futures.wait([future])
+        return future
+
+
+def test_a_retry_stored_by_a_run_that_ended_before_its_submission_returned_is_kept(engine_factory):
+    engine, events = engine_factory()
+    engine._executor._pool = DoneBeforeReturning(max_workers=2)
+    job_id = "r6"
+    FAILURES[job_id] = 1
+    engine.submit(retrying(flaky, job_id, kind="date", when=datetime.now(UTC) + timedelta(seconds=0.3),
+                           retries=1, retry_delay=60))
+    wait_for(lambda: Event.JOB_RETRY in types_for(events, job_id))
+    retry_at = next(e.retry_at for e in events if e.type == Event.JOB_RETRY)
+    time.sleep(1)  # past the scheduler thread's write of the rows of the jobs it handed over
+    job = engine.aps.get_job(job_id, jobstore="jobs")
+    assert job is not None and job.next_run_time == retry_at
+    record_ = engine.ledger.get_job(job_id)
+    assert (record_["status"], record_["attempt"]) == ("scheduled", 2)
 
 
 @SQLITE_ONLY

@@ -399,9 +399,9 @@ class Ledger:
         were not written at all (neither their run nor their job touched):
         record those one by one.
 
-        On PostgreSQL, when the ends are alike (same outcome and result: the
-        common case), this is one statement in autocommit, each run written
-        with its job or neither (:meth:`_runs_at_once`); else one
+        On PostgreSQL, when the ends are alike but for their results (same
+        outcome: the common case), this is one statement in autocommit, each
+        run written with its job or neither (:meth:`_runs_at_once`); else one
         transaction, all of them written or none.
 
         :raises sqlalchemy.exc.IntegrityError: a start's run is known; nothing
@@ -410,18 +410,13 @@ class Ledger:
         if not starts and not finishes:
             return set()
         stamp = now()
+        if self._autocommit is not None:
+            alike = _alike(finishes, per_run=("p_result",))
+            if len(alike) <= 1:
+                return self._runs_at_once(starts, next(iter(alike.items()), None), stamp)
         # The ends alike but for their keys (the common case: all done, with
         # the same result), each set written by one statement per table.
-        alike: dict[tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]],
-                    tuple[list[str], list[str]]] = {}
-        for key, run_params, job_params in finishes:
-            run_values = tuple(sorted((k, v) for k, v in run_params.items() if k != "p_run_key"))
-            job_values = tuple(sorted((k, v) for k, v in job_params.items() if k != "p_job_id"))
-            run_keys, job_ids = alike.setdefault((key, run_values, job_values), ([], []))
-            run_keys.append(run_params["p_run_key"])
-            job_ids.append(job_params["p_job_id"])
-        if self._autocommit is not None and len(alike) <= 1:
-            return self._runs_at_once(starts, next(iter(alike.items()), None), stamp)
+        alike = _alike(finishes)
         try:
             with self.engine.begin() as conn:
                 if starts:
@@ -430,7 +425,7 @@ class Ledger:
                     if marked != len(starts):
                         raise Unusual()
                     conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
-                for (key, run_values, job_values), (run_keys, job_ids) in alike.items():
+                for (key, run_values, job_values), (run_keys, job_ids, _) in alike.items():
                     job_update, _ = self._finish_statements(*key, many=True)
                     if (conn.execute(self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}).rowcount
                             != len(run_keys)
@@ -439,21 +434,21 @@ class Ledger:
                         raise Unusual()
         except Unusual:
             return set()
-        return {start[2] for start in starts} | {key for run_keys, _ in alike.values() for key in run_keys}
+        return {start[2] for start in starts} | {key for run_keys, _, _ in alike.values() for key in run_keys}
 
     def _runs_at_once(self, starts: list[tuple[str, str, str, float, str]],
-                      ends: tuple[tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]],
-                                  tuple[list[str], list[str]]] | None,
-                      stamp: float) -> set[str]:
+                      ends: tuple[_EndsKey, _Ends] | None, stamp: float) -> set[str]:
         """:meth:`write_runs` on PostgreSQL for *starts* and one set of *ends*
-        alike, as one statement (:meth:`_at_once`): one round trip, and one
-        statement for SQLAlchemy to execute where the transaction had four
-        and its ``BEGIN`` and ``COMMIT``."""
+        alike but for their results, as one statement (:meth:`_at_once`): one
+        round trip, and one statement for SQLAlchemy to execute where the
+        transaction had four and its ``BEGIN`` and ``COMMIT``."""
         params: dict[str, Any] = {}
         key = None
         if ends is not None:
-            (key, run_values, job_values), (run_keys, _) = ends
+            (key, run_values, job_values), (run_keys, job_ids, results) = ends
             params.update(run_values, **dict(job_values), f_keys=run_keys)
+            if key[0] == "done":
+                params.update(f_ids=job_ids, f_results=results)
         if starts:  # start_run's arguments, as one array each
             columns = [list(column) for column in zip(*starts, strict=True)]
             params.update(zip(("s_ids", "s_queues", "s_keys", "s_times", "s_owners"), columns, strict=True))
@@ -497,7 +492,12 @@ class Ledger:
         if key is not None:
             # The runs by their keys (the primary key), their jobs by the runs'.
             ended = runs.c.run_key == sa.any_(param("f_keys", type_=texts))
-            job_update, _ = self._finish_updates(*key, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)))
+            # Each job's own result, from the arrays of the ends' job ids and results.
+            given = (sa.func.unnest(param("f_ids", type_=texts), param("f_results", type_=texts))
+                     .table_valued("job_id", "result").render_derived("g"))
+            result = sa.select(given.c.result).where(given.c.job_id == jobs.c.id).scalar_subquery()
+            job_update, _ = self._finish_updates(*key, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)),
+                                                 result=result)
             finished_jobs = job_update.returning(jobs.c.id).cte("finished_jobs")
             finished = (self._finishing.where(ended, runs.c.job_id.in_(sa.select(finished_jobs.c.id)))
                         .returning(runs.c.run_key).cte("finished"))
@@ -539,14 +539,15 @@ class Ledger:
         return statements
 
     def _finish_updates(self, status: str, final: bool, has_error: bool, retry: bool,
-                        by_id: Any) -> tuple[Any, Any]:
-        """:meth:`_finish_statements`, for the jobs chosen by the clause *by_id*."""
+                        by_id: Any, result: Any = None) -> tuple[Any, Any]:
+        """:meth:`_finish_statements`, for the jobs chosen by the clause *by_id*
+        (a done run's result: ``p_result``, or the expression *result*)."""
         jobs, param = self.jobs, sa.bindparam
         values: dict[str, Any] = {"updated_at": param("p_stamp")}
         if status in ("done", "failed"):
             values.update(runs=jobs.c.runs + 1, last_run_at=param("p_stamp"))
         if status == "done":
-            values.update(result=param("p_result"), error=None)
+            values.update(result=param("p_result") if result is None else result, error=None)
         elif has_error:
             values["error"] = param("p_error")
         live = sa.case((jobs.c.status == "paused", "paused"), else_="scheduled")
@@ -649,6 +650,29 @@ class Ledger:
 
 class Unusual(Exception):
     """Rolls back a fast-path write whose assumption did not hold."""
+
+
+#: Run ends alike (:func:`_alike`): the kind of outcome, the run's values
+#: and the job's, and of each end its run key, its job id and its own values.
+_EndsKey = tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]]
+_Ends = tuple[list[str], list[str], list[Any]]
+
+
+def _alike(finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]],
+           per_run: tuple[str, ...] = ()) -> dict[_EndsKey, _Ends]:
+    """*finishes* (:meth:`Ledger.finish_params`) grouped by what they write
+    but for their keys and the job parameter named in *per_run* (at most
+    one), whose values are kept per end."""
+    own = {"p_job_id", *per_run}
+    alike: dict[_EndsKey, _Ends] = {}
+    for key, run_params, job_params in finishes:
+        run_values = tuple(sorted((k, v) for k, v in run_params.items() if k != "p_run_key"))
+        job_values = tuple(sorted((k, v) for k, v in job_params.items() if k not in own))
+        run_keys, job_ids, values = alike.setdefault((key, run_values, job_values), ([], [], []))
+        run_keys.append(run_params["p_run_key"])
+        job_ids.append(job_params["p_job_id"])
+        values.append(job_params.get(per_run[0]) if per_run else None)
+    return alike
 
 
 def _retry_request(row: dict[str, Any]) -> dict[str, Any]:

@@ -651,6 +651,31 @@ def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their
     assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 4 + ["failed"]
     assert ledger.list_runs("e5")[0]["error"] == "boom"
 
+def test_ledger_writes_ends_with_their_own_results_with_one_statement_on_postgresql(engine_factory):
+    engine, _ = engine_factory(start=False)
+    ledger = engine.ledger
+    jobs = ["d1", "d2", "d3", "d4"]
+    for job in jobs:
+        ledger.add_job(add(record, job_id=job).to_wire())
+    ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in jobs], [])
+    ledger.set_status("d4", "jobs", "canceled")  # canceled while it ran: written by its own end
+    stamp = time.time()
+    results = {"d1": {"n": 1}, "d2": [2, "two"], "d3": None, "d4": 4}
+    ends = [ledger.finish_params(job, f"{job}@1", "done", True, results[job], None, None, stamp) for job in jobs]
+    statements = statement_threads(ledger.engine)
+    written = ledger.write_runs([], ends)
+    postgresql = ledger.engine.dialect.name == "postgresql"
+    # PostgreSQL: one statement for all, but the canceled job's; else a transaction per result, all or none.
+    assert written == ({"d1@1", "d2@1", "d3@1"} if postgresql else set())
+    if postgresql:
+        assert len(statements) == 1
+        records = {job: ledger.get_job(job) for job in jobs}
+        assert {job: (r["status"], r["runs"], r["result"]) for job, r in records.items()} == {
+            "d1": ("done", 1, '{"n": 1}'), "d2": ("done", 1, '[2, "two"]'), "d3": ("done", 1, "null"),
+            "d4": ("canceled", 0, None)}
+        assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 3 + ["started"]
+
+
 def statement_threads(engine):
     """The name of the thread that ran each ``INSERT`` or ``UPDATE`` (maybe in a ``WITH``) on
     *engine*'s database, in order."""

@@ -35,6 +35,7 @@ its next start (``Engine._settle``) before it runs anything.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -98,20 +99,15 @@ class _Window:
         """Hold a recurring job again at its next run time if that is within
         the window, else make that time a bound of it."""
         if job.next_run_time <= self.until:
-            index = len(self.keys)
             key = _key(job)
-            while index and self.keys[index - 1] > key:
-                index -= 1
+            index = bisect.bisect_right(self.keys, key)  # after the jobs due at the same time
             self.keys.insert(index, key)
             self.jobs.insert(index, job)
         elif self.following is None or job.next_run_time < self.following:
             self.following = job.next_run_time
 
     def pop_due(self, now: datetime) -> list[Job]:
-        stamp = now.timestamp()
-        count = 0
-        while count < len(self.keys) and self.keys[count] <= stamp:
-            count += 1
+        count = bisect.bisect_right(self.keys, now.timestamp())
         due, self.jobs, self.keys = self.jobs[:count], self.jobs[count:], self.keys[count:]
         return due
 

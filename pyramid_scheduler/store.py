@@ -411,7 +411,7 @@ class Ledger:
             return set()
         stamp = now()
         if self._autocommit is not None:
-            alike = _alike(finishes, per_run=("p_result",))
+            alike = _alike(finishes, per_run="p_result")
             if len(alike) <= 1:
                 return self._runs_at_once(starts, next(iter(alike.items()), None), stamp)
         # The ends alike but for their keys (the common case: all done, with
@@ -659,11 +659,11 @@ _Ends = tuple[list[str], list[str], list[Any]]
 
 
 def _alike(finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]],
-           per_run: tuple[str, ...] = ()) -> dict[_EndsKey, _Ends]:
+           per_run: str | None = None) -> dict[_EndsKey, _Ends]:
     """*finishes* (:meth:`Ledger.finish_params`) grouped by what they write
-    but for their keys and the job parameter named in *per_run* (at most
-    one), whose values are kept per end."""
-    own = {"p_job_id", *per_run}
+    but for their keys and the job parameter named *per_run*, whose values
+    are kept per end (else None)."""
+    own = {"p_job_id", per_run}
     alike: dict[_EndsKey, _Ends] = {}
     for key, run_params, job_params in finishes:
         run_values = tuple(sorted((k, v) for k, v in run_params.items() if k != "p_run_key"))
@@ -671,7 +671,7 @@ def _alike(finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], di
         run_keys, job_ids, values = alike.setdefault((key, run_values, job_values), ([], [], []))
         run_keys.append(run_params["p_run_key"])
         job_ids.append(job_params["p_job_id"])
-        values.append(job_params.get(per_run[0]) if per_run else None)
+        values.append(job_params.get(per_run) if per_run else None)
     return alike
 
 

@@ -118,7 +118,8 @@ class Engine:
                 self.stores[queue] = QueueJobStore(
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
                     on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
-                    aliases=settings.func_aliases, on_parked=self._on_parked)
+                    aliases=settings.func_aliases, on_parked=self._on_parked,
+                    allowed=settings.allowed_modules)
         self.aps = DueScheduler()
         self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(

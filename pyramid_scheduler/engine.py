@@ -35,6 +35,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
+from pyramid.exceptions import ConfigurationError
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
@@ -57,6 +58,7 @@ from .messages import (
 )
 from .retries import plan_retry
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
+from .settings import posture_problem
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,9 @@ class Engine:
     def __init__(self, proxy: Any, queues: tuple[str, ...] | None = None) -> None:
         self.proxy = proxy
         self.settings = settings = proxy.settings
+        problem = posture_problem(settings)
+        if problem:  # before anything connects or runs
+            raise ConfigurationError(f"refusing to run jobs: {problem}")
         self.registry = proxy.registry
         self.queues = tuple(queues or settings.queues)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import hupper
+from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, setup_logging
 
 from .consumer import SchedulerService, combined_suppressed
@@ -31,6 +32,8 @@ log = logging.getLogger("pyramid_scheduler.pscheduler")
 EXIT_NO_SCHEDULER = 10
 EXIT_COMBINED = 11
 EXIT_BAD_QUEUE = 12
+#: The settings would run jobs from a broker other machines reach, unprotected.
+EXIT_INSECURE = 13
 EXIT_STARTUP_FAILED = 20
 EXIT_LEASE_LOST = 3
 
@@ -131,7 +134,12 @@ class PSchedulerCommand:
         except InvalidQueue as exc:
             log.error("-q/--queue: %s", exc)
             return EXIT_BAD_QUEUE
-        self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
+        try:
+            self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
+        except ConfigurationError as exc:
+            log.error("%s", exc)
+            scheduler.close()
+            return EXIT_INSECURE
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = service.run()
@@ -177,7 +185,7 @@ class PSchedulerCommand:
             child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]],
                                      env=env)
             code = child.wait()
-            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, 2):
+            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE, 2):
                 return code
             print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s",
                   file=sys.stderr)

@@ -18,6 +18,7 @@ All of it lives in the job store's database (``scheduler.jobstore.url``):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -57,8 +58,36 @@ def now() -> float:
     return time.time()
 
 
+#: The longest table name every supported database keeps whole (PostgreSQL: 63).
+MAX_TABLENAME = 63
+
+
 def aps_tablename(prefix: str, queue: str) -> str:
-    return f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
+    """The name of *queue*'s APScheduler table: distinct queues, distinct tables.
+
+    A queue name of letters, digits and ``_`` is used as it is (the names
+    of 0.3.4 and of every release so far). Any other name (``a.b``, ``a-b``)
+    has its other characters replaced by ``_`` and a digest of the exact
+    name appended, so ``a.b``, ``a-b`` and ``a_b`` no longer share a table.
+    """
+    if re.fullmatch(r"[A-Za-z0-9_]+", queue):
+        return f"{prefix}aps_{queue}"
+    digest = hashlib.sha256(queue.encode("utf-8")).hexdigest()[:10]
+    readable = f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
+    return f"{readable[:MAX_TABLENAME - len(digest) - 1]}_{digest}"
+
+
+def table_clash(prefix: str, queues: tuple[str, ...]) -> tuple[str, str] | None:
+    """Two of *queues* whose tables a database would take for one (names
+    equal but for case, as SQLite and MySQL compare them, or in their first
+    :data:`MAX_TABLENAME` characters, where PostgreSQL cuts them), or None."""
+    seen: dict[str, str] = {}
+    for queue in queues:
+        key = aps_tablename(prefix, queue).lower()[:MAX_TABLENAME]
+        if key in seen:
+            return seen[key], queue
+        seen[key] = queue
+    return None
 
 
 class Ledger:

@@ -17,7 +17,6 @@ only then lets APScheduler run.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -47,6 +46,7 @@ from .due import DueScheduler
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .groupcommit import RunWriter
+from .logs import get_logger
 from .messages import (
     MANAGEMENT_OPS,
     JobRequest,
@@ -61,7 +61,7 @@ from .runner import JobExecutor, Runner, job_info, request_info, run_key
 from .settings import posture_problem
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 INTERNAL = "pyramid_scheduler.internal"
 

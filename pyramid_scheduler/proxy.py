@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +24,7 @@ from typing import Any
 from .broker import Publisher
 from .events import Listener, Listeners
 from .exceptions import InvalidJob, InvalidQueue, JobTimeout
+from .logs import get_logger
 from .messages import (
     OPTION_TYPES,
     POSITIVE_OPTIONS,
@@ -50,7 +50,7 @@ from .schedules import (
 from .settings import SchedulerSettings
 from .tx import current_transaction, hold
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Options that shape the trigger rather than the job.
 TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")

@@ -25,8 +25,9 @@ from pyramid.paster import bootstrap, setup_logging
 
 from .consumer import SchedulerService, combined_suppressed
 from .exceptions import InvalidQueue
+from .logs import get_logger
 
-log = logging.getLogger("pyramid_scheduler.pscheduler")
+log = get_logger("pyramid_scheduler.pscheduler")
 
 #: Exit codes, beside 0 (stopped on request) and 2 (bad command line).
 EXIT_NO_SCHEDULER = 10

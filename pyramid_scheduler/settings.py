@@ -11,7 +11,6 @@ configuration bug.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from pyramid.settings import asbool, aslist
 from sqlalchemy.engine import make_url
 
 from .catchup import POLICIES as CATCH_UP_POLICIES
+from .logs import get_logger
 from .store import table_clash
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PREFIX = "scheduler."
 

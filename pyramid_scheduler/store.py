@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import pickle
 import re
@@ -45,9 +44,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from .catchup import CatchUpJob, WallClockCronTrigger
 from .db import create_tables
+from .logs import get_logger
 from .messages import check_ref
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
 LIVE = ("scheduled", "running", "paused")
@@ -735,8 +735,7 @@ def _loadable_globals() -> dict[tuple[str, str], Any]:
 
     from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
     from apscheduler.triggers.combining import AndTrigger, OrTrigger
-    from apscheduler.triggers.cron import CronTrigger
-    from apscheduler.triggers.cron import expressions, fields
+    from apscheduler.triggers.cron import CronTrigger, expressions, fields
     from apscheduler.triggers.date import DateTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 

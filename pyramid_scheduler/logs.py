@@ -1,0 +1,74 @@
+"""Log lines: what a sender controls cannot forge a line.
+
+Job ids, queue names, ``--message`` text, function references and refusal
+reasons come from producers, brokers and job-store rows. Every module logs
+through :func:`get_logger`, whose logger carries one :class:`EscapeFields`
+filter: each argument of a record that holds a control character (a newline,
+a carriage return, an escape sequence, a NUL) is logged repr-escaped
+(``a\\nb``), so a job id such as ``"x\\n2026-01-01 ERROR forged"`` stays on
+its line. The format strings are ours and are left alone; the cost is paid
+only for records that are emitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+CONTROL = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+
+
+def escape(text: str) -> str:
+    """*text* with every control character written as Python writes it in a
+    repr (``\\n``, ``\\x1b``, ``\\u2028``); other characters unchanged."""
+    return CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, (int, float)) or value is None:  # numbers keep their %d/%.2f
+        return value
+    text = value if isinstance(value, str) else _str(value)
+    if text is None or not CONTROL.search(text):
+        return value
+    return escape(text)
+
+
+def _str(value: Any) -> str | None:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - the record's own formatting reports it
+        return None
+
+
+#: A ``%`` conversion of a format string: its conversion type is group 1.
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([a-zA-Z%])")
+
+
+class EscapeFields(logging.Filter):
+    """Escape the control characters of a record's arguments (see the module);
+    an argument formatted with ``%r`` is left to its repr, which escapes them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            kinds = [kind for kind in _CONVERSION.findall(str(record.msg)) if kind != "%"]
+            if len(kinds) != len(args):
+                kinds = ["s"] * len(args)
+            record.args = tuple(arg if kind in "ra" else _escaped(arg) for arg, kind in zip(args, kinds, strict=True))
+        elif isinstance(args, Mapping):
+            record.args = {key: _escaped(arg) for key, arg in args.items()}
+        return True
+
+
+_FILTER = EscapeFields()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with :class:`EscapeFields` on it (once)."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger

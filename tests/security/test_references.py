@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 
 import pytest
+from test_security import SECRET, dead_letters, publish_raw, request_body, running  # noqa: F401
 
 from conftest import wait_for
 from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.messages import SIGNATURE_HEADER, callable_ref, check_ref, resolve_ref, sign
 from security import refjobs
-from test_security import SECRET, dead_letters, publish_raw, request_body, running  # noqa: F401
 
 MODULE = "security.refjobs"
 

@@ -25,7 +25,6 @@ from kombu.pools import ProducerPool
 
 from .exceptions import EnqueueError
 from .messages import SIGNATURE_HEADER, sign
-from .redis_transport import Transport as RedisTransport
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
@@ -75,6 +74,9 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     elif scheme in ("redis", "rediss"):
         if scheme == "rediss":  # Kombu reads TLS options from the scheme it is given
             kwargs["ssl"] = kombu.Connection(url).ssl
+        # Imported here: Kombu's Redis transport needs the redis extra.
+        from .redis_transport import Transport as RedisTransport
+
         kwargs["transport"] = RedisTransport
     return kombu.Connection(url, **kwargs)
 

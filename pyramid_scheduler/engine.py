@@ -57,6 +57,7 @@ from .messages import (
 )
 from .retries import plan_retry
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
+from .settings import mask_url
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,11 @@ class Engine:
             self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease",
                                                daemon=True)
             self._heartbeat.start()
-        log.info("scheduler %s running queues %s (owner %s, job store %r)",
-                 self.settings.id, ", ".join(self.queues), self.owner, self.settings)
+        settings = self.settings
+        log.info("scheduler %s running queues %s as the %s (owner %s); broker %s; job store %s",
+                 settings.id, ", ".join(self.queues),
+                 "web process in combined mode" if settings.combined else "active daemon", self.owner,
+                 settings.broker.masked(), mask_url(settings.jobstore_url) if settings.jobstore_url else "memory")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduling, let running jobs finish (up to *timeout*), release."""

@@ -10,6 +10,7 @@ configuration bug.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -66,6 +67,21 @@ KOMBU_SCHEMES = (
     "redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq", "memory",
     "sentinel",
 )
+#: What a Kombu URL scheme needs installed: the modules imported, and the
+#: extra of this package that installs them. Checked when the setting is read,
+#: so that a missing client fails at ``config.include`` with the extra to
+#: install, not in the first publish or at the daemon's start.
+TRANSPORT_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    **dict.fromkeys(("redis", "rediss", "sentinel"), (("redis", "kombu.transport.redis"), "redis")),
+    **dict.fromkeys(("amqp", "amqps", "pyamqp"), (("amqp", "kombu.transport.pyamqp"), "amqp")),
+    "librabbitmq": (("librabbitmq",), "amqp"),
+}
+#: The DB-API drivers SQLAlchemy 2 can use for a URL without ``+driver``, in
+#: the order tried (its own default first: psycopg2 in 2.0, psycopg 3 in 2.1),
+#: and the extra of this package that installs one.
+SQL_DRIVERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "postgresql": (("", "psycopg", "psycopg2"), "postgresql"),
+}
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -240,6 +256,7 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
             "not passed through)",
         )
     if base in KOMBU_SCHEMES:
+        require_transport(key, value, base)
         return BrokerURL(url, "kombu")
     raise _bad(
         key, mask_url(value),
@@ -503,20 +520,36 @@ def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:
     return sql_url("jobstore.url", url)
 
 
+def require_transport(key: str, value: str, scheme: str) -> None:
+    """Import what Kombu's transport for *scheme* needs, or raise naming the
+    extra that installs it."""
+    modules, extra = TRANSPORT_NEEDS.get(scheme, ((), ""))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a transport broken by a missing client
+            raise ConfigurationError(
+                f"Invalid setting {PREFIX}{key} = {mask_url(value)!r}: a {scheme}:// broker needs "
+                f"Kombu's {scheme} transport and its client library; install them with "
+                f"pip install 'pyramid_scheduler[{extra}]' ({module} could not be imported: {exc})"
+            ) from exc
+
+
 def sql_url(key: str, url: str) -> str:
     """A SQLAlchemy URL SQLAlchemy 2 can load, its driver installed.
 
     ``postgres://`` (Heroku's and older URLs) becomes ``postgresql://``; a
-    PostgreSQL URL without a driver uses psycopg 3 (what the ``postgresql``
-    extra installs) when psycopg2, SQLAlchemy's default, is missing.
+    PostgreSQL URL without a driver uses whichever of SQLAlchemy's default
+    (psycopg2 in 2.0, psycopg 3 in 2.1), psycopg 3 and psycopg2 is installed,
+    in that order.
     """
     scheme, sep, rest = url.partition("://")
     base, plus, driver = scheme.partition("+")
     if base == "postgres":
         base = "postgresql"
-    candidates = [f"{base}{plus}{driver}{sep}{rest}"]
-    if base == "postgresql" and not driver:
-        candidates.append(f"postgresql+psycopg{sep}{rest}")
+    drivers, extra = SQL_DRIVERS.get(base, (("",), ""))
+    candidates = [f"{base}{plus}{driver}{sep}{rest}"] if plus else [
+        f"{base}{'+' if name else ''}{name}{sep}{rest}" for name in drivers]
     error: Exception | None = None
     for candidate in candidates:
         try:
@@ -525,4 +558,5 @@ def sql_url(key: str, url: str) -> str:
             error = error or exc
             continue
         return candidate
-    raise _bad(key, mask_url(url), f"a SQLAlchemy URL whose driver is installed ({error})")
+    hint = f"; install one with pip install 'pyramid_scheduler[{extra}]'" if extra else ""
+    raise _bad(key, mask_url(url), f"a SQLAlchemy URL whose driver is installed ({error}){hint}")

@@ -32,6 +32,7 @@ extras = {
         "waitress>=3.0",
         "pyramid_tm>=2.5",
         "zope.sqlalchemy>=3.0",
+        "alembic>=1.8",  # tests/test_alembic.py: autogenerate beside the scheduler's tables
         "hypothesis>=6.100",
         "ruff>=0.6",
         "mypy>=1.10",

@@ -55,7 +55,8 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
     if settings.broker.kind == "sql":
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout)
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout,
+                       wal=settings.sqlite_wal)
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         prefix = settings.broker_queue_prefix

@@ -204,7 +204,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         names = list(self.queues)
         if settings.broker.kind == "sql":
-            released = release_claims(settings.broker.url, names)
+            released = release_claims(settings.broker.url, names, settings.sqlite_wal)
         elif (module := redis_channel(channel)) is not None:
             released = module.release_claims(channel, names)
         else:

@@ -27,11 +27,17 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT = 30.0
 
 
-def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = True,
+                     **kwargs: Any) -> Engine:
     """Create an engine for *url*, tuned for concurrent scheduler use.
 
     *busy_timeout*: seconds a SQLite statement waits for another process's
-    lock before it fails.
+    lock before it fails. *wal*: switch a SQLite file to the WAL journal
+    (``scheduler.sqlite.wal``); the journal mode is a property of the file,
+    kept after the scheduler's connections close, so a database shared with
+    the application changes for its connections too. The other settings
+    (``synchronous = NORMAL``, the busy timeout) are the scheduler's own
+    connections' only.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -57,7 +63,7 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwar
         # Let SQLAlchemy, not the driver, issue BEGIN (see "begin" below).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        if not memory:
+        if wal and not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

@@ -102,7 +102,7 @@ class Engine:
         # consumer, the scheduler, the lease, the events): beyond SQLAlchemy's
         # default of 5, connections were opened and closed all the time.
         pool = {} if url.startswith("sqlite") else {"pool_size": settings.max_workers + 5}
-        self.db = create_db_engine(url, pool_pre_ping=False, **pool)
+        self.db = create_db_engine(url, wal=settings.sqlite_wal, pool_pre_ping=False, **pool)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
         if not settings.memory_store:

@@ -395,7 +395,7 @@ class SchedulerProxy:
             from .db import create_db_engine
             from .store import Ledger
 
-            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or ""),
+            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
                                       self.settings.jobstore_tablename_prefix)
         return self._ledger_obj
 

@@ -24,7 +24,7 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, setup_logging
 
 from .consumer import SchedulerService, combined_suppressed
-from .exceptions import InvalidQueue, SchedulerError
+from .exceptions import InvalidQueue, SchedulerError, SchemaError
 
 log = logging.getLogger("pyramid_scheduler.pscheduler")
 
@@ -166,7 +166,12 @@ class PSchedulerCommand:
             log.error("the application is configured with scheduler.combined = true, so its web "
                       "processes run the jobs; set it to false to run them in pscheduler")
             return EXIT_COMBINED
-        self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
+        try:
+            self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
+        except SchemaError as exc:
+            log.error("%s", exc)
+            scheduler.close()
+            return EXIT_STARTUP_FAILED
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = service.run()

@@ -101,7 +101,7 @@ KNOWN_KEYS = frozenset({
     "combined", "queues", "id", "delegator", "serializer", "timezone",
     "broker.url", "broker.timeout", "broker.pool_limit", "broker.prefetch",
     "broker.queue_prefix",
-    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix",
+    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix", "sqlite.wal",
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
@@ -144,6 +144,8 @@ class SchedulerSettings:
     #: ``None`` means the memory job store (asked for explicitly).
     jobstore_url: str | None = DEFAULT_JOBSTORE_URL
     jobstore_tablename_prefix: str = "pyramid_scheduler_"
+    #: Switch SQLite files (job store, SQL broker) to the WAL journal.
+    sqlite_wal: bool = True
     housekeeping: float = 86400.0
     housekeeping_append: tuple[Callable[[], Any], ...] = ()
     misfire_grace_time: int = 3600
@@ -344,6 +346,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
 
     if "combined" in raw:
         opts["combined"] = _as_bool("combined", raw["combined"])
+    if "sqlite.wal" in raw:
+        opts["sqlite_wal"] = _as_bool("sqlite.wal", raw["sqlite.wal"])
     if "transactional" in raw:
         opts["transactional"] = _as_bool("transactional", raw["transactional"])
     if "queues" in raw:

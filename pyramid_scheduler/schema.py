@@ -6,8 +6,8 @@ when it opens the job store. The tables carry a version, kept in
 creates the tables it misses, then brings tables of an earlier release up to
 :data:`SCHEMA_VERSION` by the steps of :data:`UPGRADES`, in order, each
 logged at WARNING with the step's description, all in one transaction under
-a lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``), so that
-processes starting together upgrade once. Tables whose version is *newer*
+a lock (:func:`.db.under_ddl_lock`), so that processes starting together
+upgrade once. Tables whose version is *newer*
 than this release knows are refused (:class:`SchemaError`): an old daemon
 must not write into tables it does not understand. Nothing is ever dropped.
 
@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import CREATE_ATTEMPTS, add_missing_columns
+from .db import add_missing_columns, under_ddl_lock
 from .exceptions import SchemaError
 
 log = logging.getLogger(__name__)
@@ -75,28 +74,13 @@ def version_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
 def upgrade(engine: Engine, metadata: sa.MetaData, prefix: str) -> int:
     """Create the missing tables of *metadata* and bring the others up to
     :data:`SCHEMA_VERSION`; return the version found (0: new tables, -1:
-    tables from before the version row).
-
-    Safe when several processes start at once on one database: on PostgreSQL
-    a transaction-scoped advisory lock serialises them; elsewhere (SQLite's
-    ``BEGIN IMMEDIATE`` already does) a failed attempt is retried, and the
-    next one finds the other process's work done.
+    tables from before the version row). Processes starting together on one
+    database upgrade once (:func:`.db.under_ddl_lock`).
 
     :raises SchemaError: the tables are newer than this release.
     """
     versions = version_table(prefix)
-    key = zlib.crc32(",".join(sorted(metadata.tables)).encode()) - 2**31
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-                return _upgrade(conn, metadata, versions)
-        except sa.exc.DBAPIError:
-            if attempt == CREATE_ATTEMPTS:
-                raise
-            time.sleep(0.05 * attempt)
-    raise AssertionError("not reached")  # pragma: no cover
+    return under_ddl_lock(engine, metadata, lambda conn: _upgrade(conn, metadata, versions))
 
 
 def _upgrade(conn: sa.Connection, metadata: sa.MetaData, versions: sa.Table) -> int:

@@ -12,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from pyramid.config import Configurator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from conftest import POSTGRES_URL, require_service, unique, wait_for
+from conftest import POSTGRES_URL, require_service, run_combined, unique
 from integration.sampleapp import jobs
 from pyramid_scheduler import alembic as hooks
 
@@ -50,16 +49,8 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
                 "scheduler.jobstore.tablename_prefix": prefix, "scheduler.lease.ttl": "3"}
     engine = sa.create_engine(url)
     Base.metadata.create_all(engine)
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_scheduler")
-    config.make_wsgi_app()
-    scheduler = config.registry.scheduler
-    try:
-        job_id = scheduler.add_async_job(jobs.noop, args=[1])
-        wait_for(lambda: (scheduler.get_job(job_id) or {}).get("status") == "done", timeout=20)
-        scheduler.add_interval_job(jobs.noop, args=[2], hours=1)  # a row in APScheduler's table
-    finally:
-        scheduler.shutdown()
+    # A row in APScheduler's table too.
+    run_combined(settings, lambda scheduler: scheduler.add_interval_job(jobs.noop, args=[2], hours=1))
     try:
         yield url, settings
     finally:

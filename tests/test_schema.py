@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pyramid.config import Configurator
 
-from conftest import jobstore_url, make_settings, unique, wait_for
+from conftest import jobstore_url, make_settings, run_combined, unique
 from daemons import Daemon, pscheduler_argv, write_ini
-from integration.sampleapp import jobs
 from pyramid_scheduler.db import create_db_engine
 from pyramid_scheduler.exceptions import SchemaError
 from pyramid_scheduler.schema import SCHEMA_VERSION
@@ -111,14 +109,6 @@ def test_sqlite_wal_can_be_left_off(tmp_path: Path, wal: str, mode: str):
     settings = {**make_settings(tmp_path), "scheduler.combined": "true", "scheduler.sqlite.wal": wal}
     app_db = tmp_path / "var" / "jobs.sqlite"
     settings["scheduler.broker.url"] = settings["scheduler.jobstore.url"] = f"sqlite:///{app_db}"
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_scheduler")
-    config.make_wsgi_app()
-    scheduler = config.registry.scheduler
-    try:
-        job_id = scheduler.add_async_job(jobs.noop, args=[1])
-        wait_for(lambda: (scheduler.get_job(job_id) or {}).get("status") == "done", timeout=20)
-    finally:
-        scheduler.shutdown()
+    run_combined(settings)
     with sqlite3.connect(app_db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == mode

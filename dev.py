@@ -15,11 +15,13 @@ The standard library only: this file runs before anything is installed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -39,7 +41,12 @@ def run(*argv: str | Path, **kwargs: object) -> None:
 
 
 def install(extra: str) -> None:
-    """Create the virtualenv and install the package with *extra*, once per change."""
+    """Create the virtualenv and install the package with *extra*, once per change.
+
+    The stamp that skips the next install is written only once the install
+    finished and the package imports, so an install cut short or broken is
+    done again on the next run.
+    """
     if sys.version_info < (3, 10):  # noqa: UP036 - this file runs on whatever python3 is
         sys.exit(f"pyramid_scheduler needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
@@ -51,27 +58,66 @@ def install(extra: str) -> None:
     stamp = VENV / f".pyramid_scheduler-{extra}.stamp"
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return
+    stamp.unlink(missing_ok=True)
     run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]")
+    # setuptools says at every editable install of a flat layout that a folder named
+    # like the package may shadow it: true of any checkout, so not shown. Its other
+    # warnings are (tests/test_install.py fails on any in a wheel build).
+    quiet = "ignore:Editable installation:UserWarning"
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]",
+        env={**os.environ, "PYTHONWARNINGS": quiet})
+    run(PYTHON, "-c", "import pyramid_scheduler.scripts, pyramid_scheduler.demo")
     stamp.write_text(digest.hexdigest())
 
 
+#: Where development.ini serves the demo.
+DEMO_URL = "http://127.0.0.1:6543/"
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP arrived: stop the demo as Ctrl-C does."""
+
+
+def _raise_stop(signo: int, frame: object) -> None:
+    raise Stop(signal.Signals(signo).name)
+
+
+def demo_ready(daemon_pid: int) -> bool:
+    """True once the page answers and the daemon *daemon_pid* holds every queue."""
+    try:
+        with urllib.request.urlopen(DEMO_URL + "jobs.json", timeout=2) as response:
+            daemons = json.load(response)["daemons"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(daemons) and all(
+        d["active"] and str(d["owner"] or "").split(":")[1:2] == [str(daemon_pid)] for d in daemons)
+
+
 def demo() -> int:
-    """Serve the demo and run its daemon until Ctrl-C."""
+    """Serve the demo and run its daemon until Ctrl-C, SIGTERM or SIGHUP."""
     install("demo")
     (HERE / "var").mkdir(exist_ok=True)
+    stop_on = (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))  # no SIGHUP on Windows
+    handlers = {sig: signal.signal(sig, _raise_stop) for sig in stop_on}
     daemon = subprocess.Popen([str(BIN / "pscheduler"), "development.ini"], cwd=HERE)
     web = subprocess.Popen([str(BIN / "pserve"), "development.ini"], cwd=HERE)
-    say("the demo is at http://127.0.0.1:6543/ (Ctrl-C stops it)")
     code = 0
     try:
+        announced = False
         while daemon.poll() is None and web.poll() is None:
-            time.sleep(0.5)
+            if not announced and demo_ready(daemon.pid):
+                say(f"the demo is at {DEMO_URL} (Ctrl-C stops it)")
+                announced = True
+            time.sleep(0.5 if announced else 0.2)
         code = 1
         say(f"a process stopped: the daemon exited with {daemon.poll()}, the web server with {web.poll()}")
     except KeyboardInterrupt:
         say("stopping")
+    except Stop as stop:
+        say(f"stopping ({stop})")
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         for proc in (web, daemon):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

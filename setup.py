@@ -21,7 +21,8 @@ requires = [
 ]
 
 extras = {
-    "redis": ["redis>=4.5,<8.2"],
+    # Kombu's Redis transport imports packaging too (Kombu 5.7 moved it into its own redis extra).
+    "redis": ["redis>=4.5,<8.2", "packaging>=20"],
     "amqp": ["amqp>=5.1,<6"],
     "postgresql": ["psycopg[binary]>=3.1,<4"],
     "testing": [
@@ -31,6 +32,7 @@ extras = {
         "waitress>=3.0",
         "pyramid_tm>=2.5",
         "zope.sqlalchemy>=3.0",
+        "alembic>=1.8",  # tests/test_alembic.py: autogenerate beside the scheduler's tables
         "hypothesis>=6.100",
         "ruff>=0.6",
         "mypy>=1.10",
@@ -63,14 +65,14 @@ setup(
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
-        "License :: OSI Approved :: MIT License",
         "Topic :: System :: Distributed Computing",
     ],
     keywords="pyramid scheduler cron jobs apscheduler kombu",
     license="MIT",
+    license_files=["LICENSE"],
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
-    package_data={"pyramid_scheduler": ["py.typed", "demo/templates/*"]},
+    package_data={"pyramid_scheduler": ["py.typed"], "pyramid_scheduler.demo": ["index.html"]},
     zip_safe=False,
     python_requires=">=3.10",
     install_requires=requires,

@@ -25,7 +25,6 @@ from kombu.pools import ProducerPool
 from .exceptions import EnqueueError
 from .logs import get_logger
 from .messages import SIGNATURE_HEADER, sign
-from .redis_transport import Transport as RedisTransport
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
@@ -56,7 +55,8 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
     if settings.broker.kind == "sql":
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout)
+        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout,
+                       wal=settings.sqlite_wal)
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         prefix = settings.broker_queue_prefix
@@ -75,6 +75,9 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     elif scheme in ("redis", "rediss"):
         if scheme == "rediss":  # Kombu reads TLS options from the scheme it is given
             kwargs["ssl"] = kombu.Connection(url).ssl
+        # Imported here: Kombu's Redis transport needs the redis extra.
+        from .redis_transport import Transport as RedisTransport
+
         kwargs["transport"] = RedisTransport
     return kombu.Connection(url, **kwargs)
 

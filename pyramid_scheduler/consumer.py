@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import select
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +36,6 @@ from .fanout import EventPublisher, origin_of
 from .faults import crash_point
 from .logs import get_logger
 from .messages import SIGNATURE_HEADER, JobRequest, decode, verify
-from .redis_transport import Channel as RedisChannel
-from .redis_transport import release_claims as release_redis_claims
 from .transport import release_claims
 
 log = get_logger(__name__)
@@ -60,6 +59,17 @@ def _readable(transport: Any, sock: Any) -> bool:
         return True
     return bool(select.select([sock], [], [], 0)[0])
 
+
+
+def redis_channel(channel: Any) -> Any:
+    """:mod:`.redis_transport` if *channel* is one of its channels, else None.
+
+    Looked up, not imported: the module loads Kombu's Redis transport, which
+    needs the redis extra, and a channel of it exists only once
+    :func:`.broker.make_connection` imported it for a Redis URL.
+    """
+    module = sys.modules.get("pyramid_scheduler.redis_transport")
+    return module if module is not None and isinstance(channel, module.Channel) else None
 
 class _Stopping(Exception):
     """Raised from the reconnect loop when a stop was asked for."""
@@ -93,7 +103,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         queues = [make_queue(settings, name) for name in self.engine.queues]
         options = {"on_message": self.on_message, "accept": [JSON], "prefetch_count": settings.broker_prefetch}
-        self._redis = isinstance(channel, RedisChannel)
+        self._redis = redis_channel(channel) is not None
         if not self._redis:
             return [Consumer(queues=queues, **options)]
         channel.batch = self.batch
@@ -194,9 +204,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         names = list(self.queues)
         if settings.broker.kind == "sql":
-            released = release_claims(settings.broker.url, names)
-        elif isinstance(channel, RedisChannel):
-            released = release_redis_claims(channel, names)
+            released = release_claims(settings.broker.url, names, settings.sqlite_wal)
+        elif (module := redis_channel(channel)) is not None:
+            released = module.release_claims(channel, names)
         else:
             return
         if released:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -23,16 +24,23 @@ from sqlalchemy.pool import StaticPool
 from .logs import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: Seconds a SQLite connection waits for a lock before raising.
 SQLITE_BUSY_TIMEOUT = 30.0
 
 
-def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = True,
+                     **kwargs: Any) -> Engine:
     """Create an engine for *url*, tuned for concurrent scheduler use.
 
     *busy_timeout*: seconds a SQLite statement waits for another process's
-    lock before it fails.
+    lock before it fails. *wal*: switch a SQLite file to the WAL journal
+    (``scheduler.sqlite.wal``); the journal mode is a property of the file,
+    kept after the scheduler's connections close, so a database shared with
+    the application changes for its connections too. The other settings
+    (``synchronous = NORMAL``, the busy timeout) are the scheduler's own
+    connections' only.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -58,7 +66,7 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwar
         # Let SQLAlchemy, not the driver, issue BEGIN (see "begin" below).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        if not memory:
+        if wal and not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
@@ -125,13 +133,24 @@ def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
 
 
 def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
-    """Create *metadata*'s missing tables; safe when processes race to do it.
+    """Create *metadata*'s missing tables and columns; safe when processes race to do it."""
+
+    def create(conn: sa.Connection) -> None:
+        metadata.create_all(conn)
+        add_missing_columns(conn, metadata)
+
+    under_ddl_lock(engine, metadata, create)
+
+
+def under_ddl_lock(engine: Engine, metadata: sa.MetaData, work: Callable[[sa.Connection], T]) -> T:
+    """``work(conn)`` in one transaction that creates or alters *metadata*'s
+    tables, safe when several processes do it at once.
 
     ``create_all`` checks, then creates: two processes starting together on a
     fresh database both see no table and one fails (on PostgreSQL with
     ``IntegrityError`` on ``pg_type``). On PostgreSQL a transaction-scoped
-    advisory lock serialises the creators; elsewhere a failed attempt is
-    retried, and the next check finds the other process's tables.
+    advisory lock serialises them; elsewhere a failed attempt is retried, and
+    the next one finds the other process's work done.
     """
     key = zlib.crc32(",".join(sorted(metadata.tables)).encode()) - 2**31
     for attempt in range(1, CREATE_ATTEMPTS + 1):
@@ -139,10 +158,9 @@ def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
             with engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-                metadata.create_all(conn)
-                add_missing_columns(conn, metadata)
-            return
+                return work(conn)
         except sa.exc.DBAPIError:
             if attempt == CREATE_ATTEMPTS:
                 raise
             time.sleep(0.05 * attempt)
+    raise AssertionError("not reached")  # pragma: no cover

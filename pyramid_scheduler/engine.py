@@ -58,7 +58,7 @@ from .messages import (
 )
 from .retries import plan_retry
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
-from .settings import posture_problem
+from .settings import mask_url, posture_problem
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = get_logger(__name__)
@@ -106,7 +106,7 @@ class Engine:
         # consumer, the scheduler, the lease, the events): beyond SQLAlchemy's
         # default of 5, connections were opened and closed all the time.
         pool = {} if url.startswith("sqlite") else {"pool_size": settings.max_workers + 5}
-        self.db = create_db_engine(url, pool_pre_ping=False, **pool)
+        self.db = create_db_engine(url, wal=settings.sqlite_wal, pool_pre_ping=False, **pool)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
         if not settings.memory_store:
@@ -176,8 +176,11 @@ class Engine:
             self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease",
                                                daemon=True)
             self._heartbeat.start()
-        log.info("scheduler %s running queues %s (owner %s, job store %r)",
-                 self.settings.id, ", ".join(self.queues), self.owner, self.settings)
+        settings = self.settings
+        log.info("scheduler %s running queues %s as the %s (owner %s); broker %s; job store %s",
+                 settings.id, ", ".join(self.queues),
+                 "web process in combined mode" if settings.combined else "active daemon", self.owner,
+                 settings.broker.masked(), mask_url(settings.jobstore_url) if settings.jobstore_url else "memory")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduling, let running jobs finish (up to *timeout*), release."""

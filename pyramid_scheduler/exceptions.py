@@ -14,11 +14,16 @@ __all__ = [
     "SerializationError",
     "EnqueueError",
     "JobTimeout",
+    "SchemaError",
 ]
 
 
 class SchedulerError(Exception):
     """Base class of every pyramid_scheduler error."""
+
+
+class SchemaError(SchedulerError):
+    """The job store's tables cannot be used by this release (they are newer)."""
 
 
 class InvalidJob(SchedulerError, ValueError):

@@ -6,7 +6,7 @@ sends :meth:`JobRequest.to_wire`. The consumer decodes the body with
 :func:`decode`, which checks every field, so a malformed message is refused at
 the daemon's door with a reason. :func:`build_trigger` turns a trigger spec
 into an APScheduler trigger on both sides, so a bad cron field fails in the
-web request, not later in the daemon. See ``docs/wire.rst``.
+web request, not later in the daemon. See ``docs/wire-format.rst``.
 """
 
 from __future__ import annotations

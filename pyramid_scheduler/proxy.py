@@ -89,8 +89,10 @@ class SchedulerProxy:
         """Run ``func(*args, **kwargs)`` as soon as possible, in the daemon.
 
         Inside a transaction the job is published when it commits (nothing if
-        it aborts), unless the option ``immediate=True`` is given; the same
-        holds for every ``add_*_job`` (see :ref:`transactional-enqueue`).
+        it aborts), unless the option ``immediate=True`` is given; the option
+        ``tm=`` names the transaction manager to wait for (a script's own
+        ``transaction.TransactionManager``). The same holds for every
+        ``add_*_job`` (see :ref:`transactional-enqueue`).
 
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
@@ -158,22 +160,28 @@ class SchedulerProxy:
         return self._add("cron", func, args, kwargs, queue, options,
                          **cron_args(options, start_date, fields, self.settings.timezone))
 
-    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False) -> str:
+    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False,
+                   tm: Any = None) -> str:
         """Cancel a job: it runs no more; a run in progress finishes.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
-        it waits for the current transaction's commit unless *immediate*.
+        it waits for the current transaction's commit unless *immediate*, or
+        for the commit of *tm*'s transaction if given.
         """
         check_name(job_id, "job_id")
+        check_delivery(immediate, tm)
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate)
+            self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate, tm)
         return job_id
 
-    def send_message(self, text: str, queue: str | None = None, immediate: bool = False) -> None:
+    def send_message(self, text: str, queue: str | None = None, immediate: bool = False,
+                     tm: Any = None) -> None:
         """Send a text message to the daemons (a MESSAGE event for listeners;
-        ``print-jobs`` makes the daemon log its jobs)."""
+        ``print-jobs`` makes the daemon log its jobs). *immediate* and *tm*
+        as for :meth:`cancel_job`."""
+        check_delivery(immediate, tm)
         for name in self._queues_for(queue):
-            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate)
+            self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate, tm)
 
     # -- managing stored jobs ---------------------------------------------------------
     def reschedule_job(self, job_id: str, trigger: str | None = None, queue: str | None = None,
@@ -386,7 +394,7 @@ class SchedulerProxy:
             from .db import create_db_engine
             from .store import Ledger
 
-            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or ""),
+            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
                                       self.settings.jobstore_tablename_prefix)
         return self._ledger_obj
 
@@ -485,14 +493,14 @@ class SchedulerProxy:
             check_name(job_id, "id")
         spec = schedule_spec(kind, options, trigger_args, self.settings.timezone, self.now())
         immediate = options.pop("immediate", False)
-        if not isinstance(immediate, bool):
-            raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
+        manager = options.pop("tm", None)
+        check_delivery(immediate, manager)
         job_options: dict[str, Any] = {}
         for key, value in options.items():
             kinds = OPTION_TYPES.get(key)
             if kinds is None:
                 raise InvalidJob(
-                    f"{key}: unknown option; add_*_job accepts id, immediate, {', '.join(OPTION_TYPES)}, "
+                    f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
                     f"{', '.join(TRIGGER_OPTIONS)}")
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
@@ -509,7 +517,7 @@ class SchedulerProxy:
 
         request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
                              kwargs=kwargs_json, trigger=spec, options=job_options)
-        self._publish(request, immediate)
+        self._publish(request, immediate, manager)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
@@ -524,7 +532,7 @@ class SchedulerProxy:
         finally:
             self._captured.requests = None
 
-    def _publish(self, request: JobRequest, immediate: bool = False) -> None:
+    def _publish(self, request: JobRequest, immediate: bool = False, manager: Any = None) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
@@ -535,11 +543,28 @@ class SchedulerProxy:
         if captured is not None:
             captured.append(request)
             return
-        txn = None if immediate or not self.settings.transactional else current_transaction()
+        txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
         if txn is None:
             self.publisher.publish(body, request.queue, request.id)
         else:
             hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
+
+
+def check_delivery(immediate: Any, manager: Any) -> None:
+    """Check the ``immediate`` and ``tm`` arguments of a call that publishes.
+
+    :raises InvalidJob: naming the argument.
+    """
+    if not isinstance(immediate, bool):
+        raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
+    if manager is None:
+        return
+    if immediate:
+        raise InvalidJob("tm: the message waits for this transaction manager's commit, and "
+                         "immediate=True publishes it at once; pass one or the other")
+    if not (callable(getattr(manager, "get", None)) and callable(getattr(manager, "begin", None))):
+        raise InvalidJob(f"tm: expected a transaction manager (such as request.tm or "
+                         f"transaction.TransactionManager()), got {manager!r:.80}")
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, setup_logging
 
 from .consumer import SchedulerService, combined_suppressed
-from .exceptions import InvalidQueue
+from .exceptions import InvalidQueue, SchedulerError, SchemaError
 from .logs import get_logger
 
 log = get_logger("pyramid_scheduler.pscheduler")
@@ -61,9 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart-interval", metavar="SECONDS", type=float, default=5,
                         help="seconds to wait before such a restart (default: %(default)s)")
     parser.add_argument("--message", metavar="TEXT",
-                        help="send TEXT to the running daemons (a MESSAGE event; 'print-jobs' "
-                             "logs their jobs, 'restore-parked' retries parked jobs) and exit")
+                        help="send a command to the running daemons of the queues (all, or those "
+                             "given with -q) and exit: 'print-jobs' logs their jobs, "
+                             "'restore-parked' retries parked jobs; listeners get a MESSAGE event")
+    parser.add_argument("--listeners", action="store_true",
+                        help="with --message: TEXT is not one of the daemon's commands but a "
+                             "message for your own MESSAGE listeners")
     return parser
+
+
+#: The ``--message`` texts the daemon acts on (see ``Engine._message``).
+DAEMON_COMMANDS = ("print-jobs", "restore-parked")
+
+
+def check_config_file(parser: argparse.ArgumentParser, config_uri: str) -> None:
+    """Exit with a one-line error (2) when CONFIG-URI names a file that is
+    not there or cannot be read; other plaster URIs are left to plaster."""
+    path = config_uri.partition("#")[0]
+    if "://" in path or path.startswith("egg:"):
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        parser.error(f"CONFIG-URI {path}: {exc.strerror or exc}")
 
 
 #: Seconds ``--reload`` lets the old daemon stop (SIGTERM) before killing it.
@@ -84,7 +105,15 @@ class PSchedulerCommand:
     setup_logging = staticmethod(setup_logging)
 
     def __init__(self, argv: list[str]) -> None:
-        self.args = build_parser().parse_args(argv[1:])
+        parser = build_parser()
+        self.args = args = parser.parse_args(argv[1:])
+        if args.listeners and args.message is None:
+            parser.error("--listeners goes with --message")
+        if args.message is not None and not args.listeners and args.message not in DAEMON_COMMANDS:
+            parser.error(f"--message: unknown command {args.message!r}; expected one of "
+                         f"{', '.join(DAEMON_COMMANDS)} (add --listeners to send other text to your "
+                         "MESSAGE listeners)")
+        check_config_file(parser, args.config_uri)
         self.argv = argv
         self.service: SchedulerService | None = None
 
@@ -104,6 +133,14 @@ class PSchedulerCommand:
         try:
             with combined_suppressed():
                 env = self.bootstrap(app_uri(args.config_uri, args.app_name))
+        except ConfigurationError as exc:
+            # A bad setting says what is wrong in one line; a traceback would bury it.
+            cause = getattr(exc, "evalue", None) or exc  # ConfigurationExecutionError wraps it
+            log.error("could not load the application from %s: %s", args.config_uri, cause)
+            return EXIT_STARTUP_FAILED
+        except LookupError as exc:  # PasteDeploy: no such section, entry point or egg
+            log.error("could not load the application from %s: %s", args.config_uri, exc)
+            return EXIT_STARTUP_FAILED
         except Exception:
             log.exception("could not load the application from %s", args.config_uri)
             return EXIT_STARTUP_FAILED
@@ -119,15 +156,6 @@ class PSchedulerCommand:
             log.error("the application did not include pyramid_scheduler; add "
                       "'pyramid.includes = pyramid_scheduler' or config.include('pyramid_scheduler')")
             return EXIT_NO_SCHEDULER
-        if args.message:
-            scheduler.send_message(args.message, immediate=True)
-            log.info("message %r sent to queues %s", args.message, ", ".join(scheduler.queues))
-            scheduler.close()
-            return 0
-        if scheduler.settings.combined:
-            log.error("the application is configured with scheduler.combined = true, so its web "
-                      "processes run the jobs; set it to false to run them in pscheduler")
-            return EXIT_COMBINED
         try:
             for queue in args.queues:
                 if queue not in scheduler.queues:
@@ -135,9 +163,19 @@ class PSchedulerCommand:
         except InvalidQueue as exc:
             log.error("-q/--queue: %s", exc)
             return EXIT_BAD_QUEUE
+        if args.message is not None:
+            return self.send_message(scheduler, args.message, args.queues or list(scheduler.queues))
+        if scheduler.settings.combined:
+            log.error("the application is configured with scheduler.combined = true, so its web "
+                      "processes run the jobs; set it to false to run them in pscheduler")
+            return EXIT_COMBINED
         try:
             self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
-        except ConfigurationError as exc:
+        except SchemaError as exc:
+            log.error("%s", exc)
+            scheduler.close()
+            return EXIT_STARTUP_FAILED
+        except ConfigurationError as exc:  # the default posture (docs/security.rst)
             log.error("%s", exc)
             scheduler.close()
             return EXIT_INSECURE
@@ -161,6 +199,20 @@ class PSchedulerCommand:
         if code == 0:
             log.info("pscheduler stopped")
         return code
+
+    @staticmethod
+    def send_message(scheduler: Any, text: str, queues: list[str]) -> int:
+        """``--message``: publish *text* on each of *queues*, then exit."""
+        try:
+            for queue in queues:
+                scheduler.send_message(text, queue=queue, immediate=True)
+        except SchedulerError as exc:
+            log.error("--message: %s", exc)
+            return EXIT_STARTUP_FAILED
+        finally:
+            scheduler.close()
+        log.info("message %r sent to queues %s", text, ", ".join(queues))
+        return 0
 
     def _on_signal(self, signo: int, frame: Any) -> None:
         # Only set a flag: logging and shutdown happen in the main loop.

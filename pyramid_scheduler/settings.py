@@ -10,6 +10,7 @@ configuration bug.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -68,6 +69,21 @@ KOMBU_SCHEMES = (
     "redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq", "memory",
     "sentinel",
 )
+#: What a Kombu URL scheme needs installed: the modules imported, and the
+#: extra of this package that installs them. Checked when the setting is read,
+#: so that a missing client fails at ``config.include`` with the extra to
+#: install, not in the first publish or at the daemon's start.
+TRANSPORT_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    **dict.fromkeys(("redis", "rediss", "sentinel"), (("redis", "kombu.transport.redis"), "redis")),
+    **dict.fromkeys(("amqp", "amqps", "pyamqp"), (("amqp", "kombu.transport.pyamqp"), "amqp")),
+    "librabbitmq": (("librabbitmq",), "amqp"),
+}
+#: The DB-API drivers SQLAlchemy 2 can use for a URL without ``+driver``, in
+#: the order tried (its own default first: psycopg2 in 2.0, psycopg 3 in 2.1),
+#: and the extra of this package that installs one.
+SQL_DRIVERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "postgresql": (("", "psycopg", "psycopg2"), "postgresql"),
+}
 
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -87,7 +103,7 @@ KNOWN_KEYS = frozenset({
     "combined", "queues", "id", "delegator", "serializer", "timezone",
     "broker.url", "broker.timeout", "broker.pool_limit", "broker.prefetch",
     "broker.queue_prefix",
-    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix",
+    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix", "sqlite.wal",
     "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
@@ -130,6 +146,8 @@ class SchedulerSettings:
     #: ``None`` means the memory job store (asked for explicitly).
     jobstore_url: str | None = DEFAULT_JOBSTORE_URL
     jobstore_tablename_prefix: str = "pyramid_scheduler_"
+    #: Switch SQLite files (job store, SQL broker) to the WAL journal.
+    sqlite_wal: bool = True
     housekeeping: float = 86400.0
     housekeeping_append: tuple[Callable[[], Any], ...] = ()
     misfire_grace_time: int = 3600
@@ -296,6 +314,7 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
             "not passed through)",
         )
     if base in KOMBU_SCHEMES:
+        require_transport(key, value, base)
         return BrokerURL(url, "kombu")
     raise _bad(
         key, mask_url(value),
@@ -383,6 +402,8 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
 
     if "combined" in raw:
         opts["combined"] = _as_bool("combined", raw["combined"])
+    if "sqlite.wal" in raw:
+        opts["sqlite_wal"] = _as_bool("sqlite.wal", raw["sqlite.wal"])
     if "transactional" in raw:
         opts["transactional"] = _as_bool("transactional", raw["transactional"])
     if "queues" in raw:
@@ -563,20 +584,36 @@ def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:
     return sql_url("jobstore.url", url)
 
 
+def require_transport(key: str, value: str, scheme: str) -> None:
+    """Import what Kombu's transport for *scheme* needs, or raise naming the
+    extra that installs it."""
+    modules, extra = TRANSPORT_NEEDS.get(scheme, ((), ""))
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a transport broken by a missing client
+            raise ConfigurationError(
+                f"Invalid setting {PREFIX}{key} = {mask_url(value)!r}: a {scheme}:// broker needs "
+                f"Kombu's {scheme} transport and its client library; install them with "
+                f"pip install 'pyramid_scheduler[{extra}]' ({module} could not be imported: {exc})"
+            ) from exc
+
+
 def sql_url(key: str, url: str) -> str:
     """A SQLAlchemy URL SQLAlchemy 2 can load, its driver installed.
 
     ``postgres://`` (Heroku's and older URLs) becomes ``postgresql://``; a
-    PostgreSQL URL without a driver uses psycopg 3 (what the ``postgresql``
-    extra installs) when psycopg2, SQLAlchemy's default, is missing.
+    PostgreSQL URL without a driver uses whichever of SQLAlchemy's default
+    (psycopg2 in 2.0, psycopg 3 in 2.1), psycopg 3 and psycopg2 is installed,
+    in that order.
     """
     scheme, sep, rest = url.partition("://")
     base, plus, driver = scheme.partition("+")
     if base == "postgres":
         base = "postgresql"
-    candidates = [f"{base}{plus}{driver}{sep}{rest}"]
-    if base == "postgresql" and not driver:
-        candidates.append(f"postgresql+psycopg{sep}{rest}")
+    drivers, extra = SQL_DRIVERS.get(base, (("",), ""))
+    candidates = [f"{base}{plus}{driver}{sep}{rest}"] if plus else [
+        f"{base}{'+' if name else ''}{name}{sep}{rest}" for name in drivers]
     error: Exception | None = None
     for candidate in candidates:
         try:
@@ -585,4 +622,5 @@ def sql_url(key: str, url: str) -> str:
             error = error or exc
             continue
         return candidate
-    raise _bad(key, mask_url(url), f"a SQLAlchemy URL whose driver is installed ({error})")
+    hint = f"; install one with pip install 'pyramid_scheduler[{extra}]'" if extra else ""
+    raise _bad(key, mask_url(url), f"a SQLAlchemy URL whose driver is installed ({error}){hint}")

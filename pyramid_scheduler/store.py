@@ -43,9 +43,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from .catchup import CatchUpJob, WallClockCronTrigger
-from .db import create_tables
 from .logs import get_logger
 from .messages import check_ref
+from .schema import upgrade
 
 log = get_logger(__name__)
 
@@ -152,7 +152,7 @@ class Ledger:
             sa.Column("reason", sa.Text, nullable=False),
             sa.Column("body", sa.Text, nullable=False),
         )
-        create_tables(engine, self.metadata)
+        upgrade(engine, self.metadata, prefix)
         # The statements of every run, built once: SQLAlchemy then skips
         # building and caching them per call (about half the CPU of a write).
         jobs, runs, param = self.jobs, self.runs, sa.bindparam

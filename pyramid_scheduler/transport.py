@@ -56,22 +56,24 @@ _CLAIM = (messages.update()
           .values(visible_at=_param("p_until")))
 _FORGET = messages.delete().where(messages.c.delivery_tag == _param("p_tag"))
 
-_engines: dict[tuple[str, float], Engine] = {}
+_engines: dict[tuple[str, float, bool], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def engine_for(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Engine:
-    """One engine (and one table check) per URL and lock timeout per process."""
+def engine_for(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = True) -> Engine:
+    """One engine (and one table check) per URL, lock timeout and journal
+    choice per process."""
+    key = (url, busy_timeout, wal)
     with _engines_lock:
-        engine = _engines.get((url, busy_timeout))
+        engine = _engines.get(key)
         if engine is None:
-            engine = create_db_engine(url, busy_timeout=busy_timeout)
+            engine = create_db_engine(url, busy_timeout=busy_timeout, wal=wal)
             create_tables(engine, metadata)
-            _engines[url, busy_timeout] = engine
+            _engines[key] = engine
         return engine
 
 
-def release_claims(url: str, queues: list[str]) -> int:
+def release_claims(url: str, queues: list[str], wal: bool = True) -> int:
     """Make every claimed, unacked message of *queues* visible again; return
     how many.
 
@@ -81,7 +83,7 @@ def release_claims(url: str, queues: list[str]) -> int:
     visibility timeout. (A message that holder is still finishing may be seen
     twice; the job store absorbs the duplicate by job id.)
     """
-    engine = engine_for(url)
+    engine = engine_for(url, wal=wal)
     with engine.begin() as conn:
         return int(conn.execute(messages.update()
                                 .where(messages.c.queue.in_(queues), messages.c.visible_at > 0)
@@ -100,7 +102,8 @@ class Channel(virtual.Channel):
         options = client.transport_options
         # A locked SQLite file fails a publish within scheduler.broker.timeout.
         self.engine = engine_for(options.get("url") or client.hostname,
-                                 float(options.get("busy_timeout", SQLITE_BUSY_TIMEOUT)))
+                                 float(options.get("busy_timeout", SQLITE_BUSY_TIMEOUT)),
+                                 bool(options.get("wal", True)))
 
     # -- publish ----------------------------------------------------------------------
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:

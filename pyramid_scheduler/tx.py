@@ -11,10 +11,13 @@ pyramid_mailer users expect. Outside a transaction (or with
 ``immediate=True``, or ``scheduler.transactional = false``) the proxy
 publishes at once.
 
-A transaction counts as in progress when pyramid_tm manages the current
-request (``request.tm`` while its tween runs; also the request a job gets
-from the runner), or when the thread's ``transaction.manager`` holds an
-open one: begun (``with transaction.manager:``, a job's own run) or started
+A transaction counts as in progress when the caller names a manager
+(``tm=``) that has one open, when pyramid_tm manages the current request
+(``request.tm`` while its tween runs; also the request a job gets from the
+runner), when the manager the current request's ``request.tm`` handed out
+outside the tween (a script's ``with request.tm:``, pshell's
+``request.tm.begin()``) has one open, or when the thread's
+``transaction.manager`` holds an open one: begun (``with transaction.manager:``, a job's own run) or started
 implicitly by a data manager joining it (a zope.sqlalchemy session that was
 used), which must then be committed like the session's writes. Merely
 asking for the thread manager's transaction here never starts one.
@@ -109,26 +112,45 @@ class _Savepoint:
         del self.pending.messages[self.size:]
 
 
-def current_transaction(request: Any = None) -> Any:
+def current_transaction(request: Any = None, manager: Any = None) -> Any:
     """The transaction in progress that a message should wait for, or ``None``.
 
     :param request: the request to look at (default: the current one).
+    :param manager: a ``transaction`` manager the caller named (``tm=``):
+        only its transaction counts.
     """
+    if manager is not None:
+        return open_transaction(manager)
     if request is None:
         request = get_current_request()
-    if request is not None and request.environ.get("tm.active"):
-        try:
-            return request.tm.get()
-        except NoTransaction:
-            return None
-    manager = getattr(transaction.manager, "manager", transaction.manager)
+    if request is not None:
+        if request.environ.get("tm.active"):
+            try:
+                return request.tm.get()
+            except NoTransaction:
+                return None
+        # Outside pyramid_tm's tween (pshell, bootstrap() and prepare() scripts,
+        # the starter's initialize_db): the manager request.tm handed out, if
+        # anyone asked for it (pyramid_tm reifies it on the request), such as
+        # tm.manager_hook's explicit manager, which is not the thread's.
+        given = request.__dict__.get("tm")
+        if given is not None:
+            txn = open_transaction(given)
+            if txn is not None:
+                return txn
+    return open_transaction(transaction.manager)
+
+
+def open_transaction(manager: Any) -> Any:
+    """*manager*'s transaction if one is open (never starting one), else ``None``."""
+    manager = getattr(manager, "manager", manager)  # the thread manager's own, for this thread
     try:
         if getattr(manager, "explicit", False):
             return manager.get()
     except NoTransaction:
         return None
-    # The implicit thread manager: ``get()`` would start a transaction that
-    # nobody commits, and there is no public "is one open?", hence ``_txn``.
+    # An implicit manager: ``get()`` would start a transaction that nobody
+    # commits, and there is no public "is one open?", hence ``_txn``.
     # A doomed one still counts: it can only abort, dropping what it holds.
     txn = getattr(manager, "_txn", None)
     if txn is None or txn.status not in (Status.ACTIVE, Status.DOOMED):

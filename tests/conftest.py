@@ -91,6 +91,27 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
         time.sleep(0.01)
     raise AssertionError("condition not met in time")
 
+def run_combined(settings: dict[str, str], then: Callable[[Any], Any] | None = None) -> None:
+    """Build an application with *settings* in combined mode, run one job to
+    its end through it (so the scheduler has made its tables), call
+    ``then(scheduler)``, and shut the scheduler down."""
+    from pyramid.config import Configurator
+
+    from integration.sampleapp import jobs
+
+    with Configurator(settings={**settings, "scheduler.combined": "true"}) as config:
+        config.include("pyramid_scheduler")
+    config.make_wsgi_app()
+    scheduler = config.registry.scheduler
+    try:
+        job_id = scheduler.add_async_job(jobs.noop, args=[1])
+        wait_for(lambda: (scheduler.get_job(job_id) or {}).get("status") == "done", timeout=20)
+        if then is not None:
+            then(scheduler)
+    finally:
+        scheduler.shutdown()
+
+
 def make_settings(var: Path, broker: str = "sqlite", store: str = "sqlite", **extra: Any) -> dict[str, str]:
     """Pyramid settings for an isolated scheduler: unique queue and table
     prefixes, so tests sharing a Redis, RabbitMQ or PostgreSQL never meet."""

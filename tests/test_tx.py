@@ -14,7 +14,7 @@ from test_proxy import published
 
 from conftest import make_settings
 from integration.sampleapp import jobs
-from integration.sampleapp.tm import main, order_tags
+from integration.sampleapp.tm import add_order, main, order_tags
 from pyramid_scheduler import InvalidJob
 
 
@@ -170,3 +170,86 @@ def test_request_parameter_is_the_runners(app, tmp_var):
     with pytest.raises(InvalidJob, match="takes_request_first"):
         scheduler.add_async_job(takes_request_first, args=[1, 2])
     assert len(sent(tmp_var)) == 2
+
+
+# -- outside the tween: scripts and pshell, as the Pyramid starter writes them ------------
+@pytest.fixture
+def explicit(settings: dict[str, str]) -> Any:
+    """The starter's set-up: ``tm.manager_hook = pyramid_tm.explicit_manager``."""
+    app, scheduler = make_app(settings, **{"tm.manager_hook": "pyramid_tm.explicit_manager"})
+    yield app.app.registry
+    scheduler.close()
+
+
+def script_env(registry: Any) -> Any:
+    """What ``bootstrap()``/``prepare()`` give a script or pshell."""
+    from pyramid.scripting import prepare
+
+    return prepare(registry=registry)
+
+
+def test_script_with_request_tm_holds_until_commit(explicit, settings, tmp_var):
+    # The starter's initialize_db: ``with env['request'].tm:``.
+    with script_env(explicit) as env:
+        request = env["request"]
+        with request.tm:
+            add_order(request, "script-ok", "script")
+            request.dbsession.flush()
+            explicit.scheduler.add_async_job(jobs.record, args=["oracle", "script-ok"], id="script-ok")
+            assert sent(tmp_var) == []  # the row is not committed yet: neither is the job
+        assert sent(tmp_var) == [("add", "script-ok")]
+        assert order_tags(settings["tmapp.db"]) == ["script-ok"]
+        with pytest.raises(RuntimeError), request.tm:
+            add_order(request, "script-bad", "script")
+            request.scheduler.add_async_job(jobs.record, args=["oracle", "script-bad"], id="script-bad")
+            raise RuntimeError("the script fails")
+    assert sent(tmp_var) == [("add", "script-ok")]
+    assert order_tags(settings["tmapp.db"]) == ["script-ok"]
+
+
+def test_pshell_begin_commit_abort_and_savepoints(explicit, tmp_var):
+    # The starter's pshell.py: ``request.tm.begin()``, then commit() or abort() by hand.
+    with script_env(explicit) as env:
+        request = env["request"]
+        scheduler = request.registry.scheduler
+        request.tm.begin()
+        scheduler.add_async_job(jobs.record, args=["oracle", "shell-1"], id="shell-1")
+        request.tm.abort()
+        request.tm.begin()
+        scheduler.add_async_job(jobs.record, args=["oracle", "shell-2"], id="shell-2")
+        savepoint = request.tm.savepoint()
+        scheduler.add_async_job(jobs.record, args=["oracle", "shell-3"], id="shell-3")
+        scheduler.cancel_job("shell-0")
+        savepoint.rollback()
+        assert sent(tmp_var) == []
+        request.tm.commit()
+        # No transaction open now: published at once, as before.
+        scheduler.add_async_job(jobs.record, args=["oracle", "shell-4"], id="shell-4")
+    assert sent(tmp_var) == [("add", "shell-2"), ("add", "shell-4")]
+
+
+def test_tm_argument_names_the_manager_to_wait_for(app, tmp_var):
+    scheduler = app.app.registry.scheduler
+    manager = transaction.TransactionManager(explicit=True)
+    with manager:
+        scheduler.add_async_job(jobs.record, args=["oracle", "own-1"], id="own-1", tm=manager)
+        scheduler.cancel_job("own-0", tm=manager)
+        scheduler.send_message("print-jobs", tm=manager)
+        assert sent(tmp_var) == []
+    assert sent(tmp_var)[:2] == [("add", "own-1"), ("cancel", "own-0")]
+    with pytest.raises(RuntimeError), manager:
+        scheduler.add_async_job(jobs.record, args=["oracle", "own-2"], id="own-2", tm=manager)
+        raise RuntimeError("aborts")
+    assert "own-2" not in [job_id for _, job_id in sent(tmp_var)]
+    # A manager with no transaction open: at once, even inside the thread's transaction.
+    with transaction.manager:
+        scheduler.add_async_job(jobs.record, args=["oracle", "own-3"], id="own-3", tm=manager)
+        assert ("add", "own-3") in sent(tmp_var)
+
+
+def test_tm_argument_is_checked(app):
+    scheduler = app.app.registry.scheduler
+    with pytest.raises(InvalidJob, match="tm: expected a transaction manager"):
+        scheduler.add_async_job(jobs.record, args=["o", "t"], tm="request.tm")
+    with pytest.raises(InvalidJob, match="tm: .* pass one or the other"):
+        scheduler.cancel_job("x", immediate=True, tm=transaction.TransactionManager())

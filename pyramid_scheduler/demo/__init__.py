@@ -26,7 +26,7 @@ from pyramid.view import view_config
 from ..exceptions import SchedulerError
 from . import jobs
 
-PAGE = Template((Path(__file__).parent / "templates" / "index.html").read_text(encoding="utf-8"))
+PAGE = Template((Path(__file__).parent / "index.html").read_text(encoding="utf-8"))
 
 #: What the form offers: label -> job function.
 ACTIONS = {"say": jobs.say, "slow": jobs.slow, "fail": jobs.fail}

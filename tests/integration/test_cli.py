@@ -13,7 +13,7 @@ import pytest
 from daemons import Daemon, pscheduler_argv, write_ini
 from integration.conftest import wait_until
 from integration.sampleapp import jobs
-from pyramid_scheduler.scripts import EXIT_BAD_QUEUE, EXIT_COMBINED, EXIT_NO_SCHEDULER
+from pyramid_scheduler.scripts import EXIT_BAD_QUEUE, EXIT_COMBINED, EXIT_NO_SCHEDULER, EXIT_STARTUP_FAILED
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -94,7 +94,7 @@ def test_message_reaches_the_running_daemon(harness):
     harness.wait_job(proxy, every_id, {"scheduled"}, alive=(daemon,))
 
     text = f"hello {uuid.uuid4().hex[:6]}"
-    code, output = harness.run("--message", text, script=True)
+    code, output = harness.run("--message", text, "--listeners", script=True)
     assert code == 0, output
     assert f"message {text!r} sent to queues jobs" in output
 
@@ -109,6 +109,61 @@ def test_message_reaches_the_running_daemon(harness):
     code, output = harness.run("--message", "print-jobs")
     assert code == 0, output
     harness.wait_log(daemon, f"job {every_id} (queue jobs) integration.sampleapp.jobs:record next run")
+
+
+def test_an_unknown_message_is_refused_in_one_line(harness):
+    code, output = harness.run("--message", "foo")
+    assert code == 2, output
+    assert ("--message: unknown command 'foo'; expected one of print-jobs, restore-parked "
+            "(add --listeners to send other text to your MESSAGE listeners)") in output
+    assert "Traceback" not in output
+    code, output = harness.run("--listeners")
+    assert code == 2 and "--listeners goes with --message" in output, output
+
+
+def test_message_to_an_unknown_queue_is_refused(harness):
+    code, output = harness.run("--message", "print-jobs", "-q", "nosuch")
+    assert code == EXIT_BAD_QUEUE, output
+    assert "-q/--queue: unknown queue 'nosuch'; scheduler.queues lists jobs" in output
+    assert "sent to queues" not in output
+
+
+def test_message_goes_only_to_the_queues_given(make_harness):
+    harness = make_harness(queues="jobs reports")
+    code, output = harness.run("--message", "print-jobs", "-q", "reports")
+    assert code == 0, output
+    assert "message 'print-jobs' sent to queues reports\n" in output.replace("\r", "")
+
+
+@pytest.mark.parametrize("name", ["nosuch.ini", "folder"])
+def test_a_missing_or_unreadable_config_is_one_line(harness, name):
+    (harness.tmp_path / "folder").mkdir(exist_ok=True)
+    daemon = Daemon([*pscheduler_argv(), str(harness.tmp_path / name)], harness.tmp_path / "missing.log",
+                    harness.tmp_path)
+    assert daemon.wait(30) == 2
+    output = daemon.log()
+    reason = "No such file or directory" if name == "nosuch.ini" else "Is a directory"
+    assert f"pscheduler: error: CONFIG-URI {harness.tmp_path / name}: {reason}" in output
+    assert "Traceback" not in output
+
+
+def test_a_bad_setting_is_one_line(harness):
+    ini = harness.write_ini(harness.app_settings(**{"scheduler.timezone": "Nowhere/City"}))
+    code, output = harness.run(ini=ini)
+    assert code == EXIT_STARTUP_FAILED, output
+    assert ("could not load the application from " in output
+            and "Invalid setting scheduler.timezone = 'Nowhere/City'" in output)
+    assert "Traceback" not in output
+
+
+def test_the_start_up_line_names_broker_store_queues_and_role(make_harness):
+    harness = make_harness(queues="jobs reports")
+    proxy = harness.proxy()
+    daemon = harness.start()
+    harness.wait_active(proxy, daemon)
+    settings = proxy.settings
+    harness.wait_log(daemon, "running queues jobs, reports as the active daemon (owner ")
+    harness.wait_log(daemon, f"; broker {settings.broker.masked()}; job store {settings.jobstore_url}")
 
 
 def test_sigterm_lets_the_running_job_finish_and_exits_0(harness):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from pyramid.exceptions import ConfigurationError
 from test_security import publish_raw
 
+import pyramid_scheduler
 from conftest import make_settings
 from integration.conftest import make_harness  # noqa: F401 - the fixture
 from integration.sampleapp import jobs
@@ -102,3 +104,11 @@ def test_a_daemon_log_cannot_be_forged(make_harness):  # noqa: F811
     lines = daemon.log().splitlines()
     assert [line for line in lines if "forged" in line and not line.startswith("SAMPLELOG")] == []
     assert not [line for line in lines if line.startswith("2026-12-03 09:00:00,000 ERROR")]
+
+
+def test_every_module_logs_through_the_escaping_logger():
+    package = Path(pyramid_scheduler.__file__).parent
+    plain = [path.relative_to(package).as_posix() for path in package.rglob("*.py")
+             if "logging.getLogger(" in path.read_text(encoding="utf-8")
+             and path.name != "logs.py" and "demo" not in path.parts]
+    assert plain == [], "use pyramid_scheduler.logs.get_logger"

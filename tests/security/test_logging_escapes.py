@@ -81,7 +81,7 @@ def test_a_daemon_log_cannot_be_forged(make_harness):  # noqa: F811
     harness.wait_active(proxy, daemon)
 
     # --message text is the sender's: escaped in the daemon's log.
-    code, sent = harness.run("--message", f"hello{FORGED}")
+    code, sent = harness.run("--message", f"hello{FORGED}", "--listeners")
     assert code == 0, sent
     harness.wait_log(daemon, f"message on queue jobs: hello{escape(FORGED)}")
 

@@ -12,11 +12,15 @@ only for records that are emitted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
+#: Argument types whose text holds no control character.
+_PLAIN = (int, float, datetime, date, timedelta, type(None))
 #: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
 CONTROL = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
 
@@ -28,7 +32,7 @@ def escape(text: str) -> str:
 
 
 def _escaped(value: Any) -> Any:
-    if isinstance(value, (int, float)) or value is None:  # numbers keep their %d/%.2f
+    if isinstance(value, _PLAIN):  # numbers keep their %d/%.2f
         return value
     text = value if isinstance(value, str) else _str(value)
     if text is None or not CONTROL.search(text):
@@ -47,6 +51,14 @@ def _str(value: Any) -> str | None:
 _CONVERSION = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([a-zA-Z%])")
 
 
+@functools.lru_cache(maxsize=2048)
+def _kinds(msg: str, count: int) -> str:
+    """The conversion types of *msg*'s *count* arguments (all ``s`` when
+    they do not add up); kept per format string, which is ours."""
+    kinds = "".join(kind for kind in _CONVERSION.findall(msg) if kind != "%")
+    return kinds if len(kinds) == count else "s" * count
+
+
 class EscapeFields(logging.Filter):
     """Escape the control characters of a record's arguments (see the module);
     an argument formatted with ``%r`` is left to its repr, which escapes them."""
@@ -54,9 +66,7 @@ class EscapeFields(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple):
-            kinds = [kind for kind in _CONVERSION.findall(str(record.msg)) if kind != "%"]
-            if len(kinds) != len(args):
-                kinds = ["s"] * len(args)
+            kinds = _kinds(record.msg, len(args)) if isinstance(record.msg, str) else "s" * len(args)
             record.args = tuple(arg if kind in "ra" else _escaped(arg) for arg, kind in zip(args, kinds, strict=True))
         elif isinstance(args, Mapping):
             record.args = {key: _escaped(arg) for key, arg in args.items()}

@@ -15,7 +15,6 @@ with ``scheduler.combined = true``.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from pyramid.events import ApplicationCreated
@@ -26,6 +25,7 @@ from .consumer import start_combined
 from .declare import add_scheduled_job, scheduled_job
 from .exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
 from .fanout import start_subscriber
+from .logs import get_logger
 from .proxy import SchedulerProxy
 from .settings import SchedulerSettings, parse_settings
 
@@ -43,7 +43,7 @@ __all__ = [
     "scheduled_job",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class IScheduler(Interface):

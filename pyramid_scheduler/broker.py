@@ -14,7 +14,6 @@ at most half of it, and no retry starts that could not finish in time.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -24,11 +23,12 @@ import kombu
 from kombu.pools import ProducerPool
 
 from .exceptions import EnqueueError
+from .logs import get_logger
 from .messages import SIGNATURE_HEADER, sign
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 JSON = "application/json"
 #: Seconds an unacked message stays claimed before another consumer may take

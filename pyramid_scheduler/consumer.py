@@ -17,7 +17,6 @@ engine. Only the thread that calls :meth:`SchedulerService.run` differs.
 from __future__ import annotations
 
 import atexit
-import logging
 import select
 import sys
 import threading
@@ -35,10 +34,11 @@ from .engine import DIRECT_BACKLOG, Engine
 from .exceptions import InvalidJob, InvalidMessage
 from .fanout import EventPublisher, origin_of
 from .faults import crash_point
+from .logs import get_logger
 from .messages import SIGNATURE_HEADER, JobRequest, decode, verify
 from .transport import release_claims
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Seconds to wait before requeueing a message the job store could not take.
 STORE_BACKOFF = (0.5, 30.0)

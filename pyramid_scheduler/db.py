@@ -11,7 +11,6 @@ the current directory, and their folder is created.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import zlib
@@ -22,7 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-log = logging.getLogger(__name__)
+from .logs import get_logger
+
+log = get_logger(__name__)
 T = TypeVar("T")
 
 #: Seconds a SQLite connection waits for a lock before raising.

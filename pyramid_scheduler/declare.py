@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -34,11 +33,12 @@ from pyramid.exceptions import ConfigurationError
 
 from .api import Event
 from .exceptions import SchedulerError
+from .logs import get_logger
 from .messages import JobRequest, callable_ref
 from .runner import request_info
 from .store import LIVE, now
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The prefix of a declared job's message id.
 DECLARED = "declared:"

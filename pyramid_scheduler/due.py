@@ -36,7 +36,6 @@ its next start (``Engine._settle``) before it runs anything.
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,9 +50,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING, TIMEOUT_MAX
 
 from .faults import crash_point
+from .logs import get_logger
 from .store import QueueJobStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Seconds before the first job it does not hold is due that the scheduler
 #: thread wakes to load the jobs due soon (longer than the query takes).

@@ -17,7 +17,6 @@ only then lets APScheduler run.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -35,6 +34,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
+from pyramid.exceptions import ConfigurationError
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
@@ -46,6 +46,7 @@ from .due import DueScheduler
 from .events import EventDispatcher
 from .exceptions import InvalidJob
 from .groupcommit import RunWriter
+from .logs import get_logger
 from .messages import (
     MANAGEMENT_OPS,
     JobRequest,
@@ -57,10 +58,10 @@ from .messages import (
 )
 from .retries import plan_retry
 from .runner import JobExecutor, Runner, job_info, request_info, run_key
-from .settings import mask_url
+from .settings import mask_url, posture_problem
 from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 INTERNAL = "pyramid_scheduler.internal"
 
@@ -89,6 +90,9 @@ class Engine:
     def __init__(self, proxy: Any, queues: tuple[str, ...] | None = None) -> None:
         self.proxy = proxy
         self.settings = settings = proxy.settings
+        problem = posture_problem(settings)
+        if problem:  # before anything connects or runs
+            raise ConfigurationError(f"refusing to run jobs: {problem}")
         self.registry = proxy.registry
         self.queues = tuple(queues or settings.queues)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -119,7 +123,8 @@ class Engine:
                 self.stores[queue] = QueueJobStore(
                     self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
                     on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
-                    aliases=settings.func_aliases, on_parked=self._on_parked)
+                    aliases=settings.func_aliases, on_parked=self._on_parked,
+                    allowed=settings.allowed_modules)
         self.aps = DueScheduler()
         self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(

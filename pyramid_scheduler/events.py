@@ -10,15 +10,15 @@ listener delays only other listeners, never the scheduling or running of jobs.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .api import PYRAMID_EVENTS, Event
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Listener = Callable[..., Any]
 

@@ -20,7 +20,6 @@ published does not receive it later (the job records are the durable state).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -37,10 +36,11 @@ from .api import Event
 from .broker import JSON, make_connection
 from .events import EventDispatcher
 from .exceptions import InvalidMessage
+from .logs import get_logger
 from .messages import SIGNATURE_HEADER, sign, verify
 from .settings import SchedulerSettings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 VERSION = 1
 #: Seconds the publisher stops trying after the broker or the job store failed.

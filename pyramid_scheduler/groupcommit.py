@@ -30,16 +30,16 @@ statements (``executemany``), but have no group commit across threads.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from typing import Any
 
 import sqlalchemy as sa
 
+from .logs import get_logger
 from .store import Ledger, Unusual, now
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Most starts and ends written in one transaction.
 MAX_BATCH = 200

@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -77,18 +78,21 @@ def new_id() -> str:
 
 # -- callables ------------------------------------------------------------------------
 
-def callable_ref(func: Any) -> str:
+def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
     """Return ``"module:qualname"`` for a module-level function, or refuse it.
 
+    A string is taken as the reference itself and checked by :func:`check_ref`
+    (its module against *allowed*, ``scheduler.allowed_modules``, before it is
+    imported).
+
     :raises InvalidJob: for a lambda, a nested function, a bound method, a
-        ``functools.partial``, a function defined in ``__main__`` or anything
-        that does not resolve back to the same object.
+        ``functools.partial``, a function defined in ``__main__``, a module
+        outside *allowed* or anything that does not resolve back to the same
+        object.
     """
     if isinstance(func, str):
         ref = func.strip()
-        if ":" not in ref:
-            raise InvalidJob(f"func {func!r}: expected 'package.module:function'")
-        resolve_ref(ref)
+        check_ref(ref, allowed)
         return ref
     if isinstance(func, functools.partial):
         raise InvalidJob(
@@ -116,6 +120,7 @@ def callable_ref(func: Any) -> str:
             f"func: {qualname} is defined in __main__, which the daemon cannot "
             "import; move it into a module of your package")
     ref = f"{module}:{qualname}"
+    check_allowed(ref, allowed)
     try:
         resolved = resolve_ref(ref)
     except InvalidJob as exc:
@@ -128,22 +133,68 @@ def callable_ref(func: Any) -> str:
 
 
 def resolve_ref(ref: str) -> Callable[..., Any]:
-    """Import ``"module:qualname"`` and return the callable."""
+    """Import ``"module:qualname"`` and return the callable it names.
+
+    Only what the module itself defines is reachable: a module-level
+    function (or class), or a method of a class defined in the module
+    (``module:Class.method``). Every step of the qualname must be such a
+    class, and the callable's own ``__module__`` and ``__qualname__`` must be
+    the reference's, so ``myjobs:os.system`` (an attribute chain through a
+    module that ``myjobs`` imports) and ``myjobs:run`` (where ``run =
+    os.system``) are refused before anything is called.
+
+    :raises InvalidJob: naming the reference and what is wrong.
+    """
     module_name, _, qualname = ref.partition(":")
     if not module_name or not qualname:
         raise InvalidJob(f"func {ref!r}: expected 'package.module:function'")
+    parts = qualname.split(".")
+    if any(not part.isidentifier() or (part.startswith("__") and part.endswith("__")) for part in parts):
+        raise InvalidJob(f"func {ref!r}: {qualname!r} is not a plain dotted name of a function")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidJob(f"func {ref!r}: module {module_name!r} cannot be imported ({exc})") from exc
-    for part in qualname.split("."):
+    for index, part in enumerate(parts):
+        owner = ".".join(parts[:index])
+        if index and not (isinstance(obj, type) and _defined_as(obj, module_name, owner)):
+            raise InvalidJob(f"func {ref!r}: {owner} is not a class defined in {module_name}; a job "
+                             "function must be named where it is defined")
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise InvalidJob(f"func {ref!r}: {module_name} has no attribute {qualname!r}") from None
     if not callable(obj):
         raise InvalidJob(f"func {ref!r} is not callable")
+    if not _defined_as(obj, module_name, qualname):
+        raise InvalidJob(
+            f"func {ref!r}: is {getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', None)}, "
+            f"not defined in {module_name} under that name; a job function must be named where it is "
+            "defined")
     return obj  # type: ignore[no-any-return]
+
+
+def _defined_as(obj: Any, module: str, qualname: str) -> bool:
+    return getattr(obj, "__module__", None) == module and getattr(obj, "__qualname__", None) == qualname
+
+
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+
+
+def check_name(value: Any, what: str, longest: int = 200) -> str:
+    """Refuse a job id or queue name that is not 1 to *longest* characters or
+    holds a control character (a NUL or a newline forges log lines and
+    breaks the job store's text columns).
+
+    :raises InvalidJob: naming *what* (``id``, ``job_id``, ``queue``).
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= longest:
+        raise InvalidJob(f"{what}: expected a string of 1 to {longest} characters, got {value!r:.80}")
+    if _CONTROL.search(value):
+        raise InvalidJob(f"{what}: {value!r:.80} holds a control character (NUL, newline, ...); "
+                         "use printable characters only")
+    return value
 
 
 def check_allowed(ref: str, allowed: tuple[str, ...]) -> None:
@@ -156,6 +207,22 @@ def check_allowed(ref: str, allowed: tuple[str, ...]) -> None:
     module = ref.partition(":")[0]
     if not any(module == prefix or module.startswith(prefix + ".") for prefix in allowed):
         raise InvalidJob(f"func {ref!r}: module {module!r} is not in scheduler.allowed_modules")
+
+
+def check_ref(ref: Any, allowed: tuple[str, ...]) -> Callable[..., Any]:
+    """The one rule for a job function's reference, wherever it comes from
+    (``add_*_job``, a message at the door, a row of the job store): a
+    ``module:qualname`` string whose module is allowed (checked before
+    anything is imported) and which names what that module defines
+    (:func:`resolve_ref`).
+
+    :returns: the function.
+    :raises InvalidJob: naming the reference and what is wrong.
+    """
+    if not isinstance(ref, str) or ":" not in ref:
+        raise InvalidJob(f"func {ref!r:.80}: expected 'package.module:function'")
+    check_allowed(ref, allowed)
+    return resolve_ref(ref)
 
 
 def takes_request(func: Callable[..., Any]) -> str | None:
@@ -227,8 +294,7 @@ def admit(request: JobRequest, aliases: Mapping[str, str],
     if request.func in aliases:
         request = replace(request, func=aliases[request.func])
     assert request.func is not None
-    check_allowed(request.func, allowed)
-    func = resolve_ref(request.func)
+    func = check_ref(request.func, allowed)
     check_arguments(func, request.args, request.kwargs, request.func)
     return request, func
 
@@ -549,6 +615,11 @@ def decode(body: Any) -> JobRequest:
     for name, longest in FIELD_LENGTHS.items():
         if name in common and not 1 <= len(common[name]) <= longest:
             raise InvalidMessage(f"field {name!r} must be 1 to {longest} characters")
+    for name in ("id", "queue"):
+        try:
+            check_name(common[name], f"field {name!r}")
+        except InvalidJob as exc:
+            raise InvalidMessage(str(exc)) from None
     if op == "cancel":
         return JobRequest(**common)
     if op == "message":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -25,14 +24,15 @@ from typing import Any
 from .broker import Publisher
 from .events import Listener, Listeners
 from .exceptions import InvalidJob, InvalidQueue, JobTimeout
+from .logs import get_logger
 from .messages import (
     OPTION_TYPES,
     POSITIVE_OPTIONS,
     JobRequest,
     callable_ref,
-    check_allowed,
     check_arguments,
     check_json,
+    check_name,
     new_id,
     option_problem,
     resolve_ref,
@@ -50,7 +50,7 @@ from .schedules import (
 from .settings import SchedulerSettings
 from .tx import current_transaction, hold
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Options that shape the trigger rather than the job.
 TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
@@ -168,8 +168,7 @@ class SchedulerProxy:
         it waits for the current transaction's commit unless *immediate*, or
         for the commit of *tm*'s transaction if given.
         """
-        if not isinstance(job_id, str) or not job_id:
-            raise InvalidJob(f"job_id: expected a job id string, got {job_id!r}")
+        check_name(job_id, "job_id")
         check_delivery(immediate, tm)
         for name in self._queues_for(queue):
             self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate, tm)
@@ -454,8 +453,7 @@ class SchedulerProxy:
         job store has one (a finished job is refused at once)."""
         from .store import LIVE
 
-        if not isinstance(job_id, str) or not job_id:
-            raise InvalidJob(f"job_id: expected a job id string, got {job_id!r}")
+        check_name(job_id, "job_id")
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
         row = None if self.settings.memory_store else self._ledger().get_job(job_id)
@@ -479,8 +477,7 @@ class SchedulerProxy:
         queue = queue if queue is not None else self.settings.default_queue
         if queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
-        ref = callable_ref(func)
-        check_allowed(ref, self.settings.allowed_modules)
+        ref = callable_ref(func, self.settings.allowed_modules)
         if isinstance(args, (str, bytes, dict)):
             raise InvalidJob(f"args: expected a list or tuple of positional arguments, got {type(args).__name__}")
         args_json = check_json(list(args or ()), "args")
@@ -492,8 +489,8 @@ class SchedulerProxy:
         job_id = options.pop("id", None)
         if job_id is None:
             job_id = new_id()
-        elif not isinstance(job_id, str) or not job_id or len(job_id) > 200:
-            raise InvalidJob(f"id: expected a string of 1 to 200 characters, got {job_id!r}")
+        else:
+            check_name(job_id, "id")
         spec = schedule_spec(kind, options, trigger_args, self.settings.timezone, self.now())
         immediate = options.pop("immediate", False)
         manager = options.pop("tm", None)

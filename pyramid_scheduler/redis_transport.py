@@ -37,7 +37,6 @@ covered by the processing list: the daemon does not use it.
 from __future__ import annotations
 
 import base64
-import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -50,8 +49,9 @@ from kombu.utils.json import loads
 from kombu.utils.objects import cached_property
 
 from .faults import crash_point
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 try:
     from redis.exceptions import NoPermissionError

@@ -18,7 +18,6 @@ records the run ``interrupted``.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.job import Job
 from apscheduler.triggers.date import DateTrigger
 
+from .logs import get_logger
+
 if TYPE_CHECKING:
     from .engine import Engine
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Defaults of the retry options (seconds; the backoff factor).
 DEFAULT_DELAY = 1.0

@@ -20,7 +20,6 @@ which, per run:
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import traceback
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 from .api import Event
 from .catchup import Missed, plain
 from .faults import crash_point
+from .logs import get_logger
 from .messages import takes_request, with_request, without_request
 from .retries import RetryPlan, plan_retry, schedule_retry
 
@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - transaction is optional
 if TYPE_CHECKING:
     from .engine import Engine
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def run_key(job_id: str, run_time: datetime) -> str:

@@ -28,7 +28,6 @@ and a test that upgrades the previous release's tables (tests/test_schema.py).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -37,8 +36,9 @@ from sqlalchemy.engine import Engine
 
 from .db import add_missing_columns, under_ddl_lock
 from .exceptions import SchemaError
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: An upgrade step: ``step(conn, metadata)``, within the upgrade's transaction.
 Step = Callable[[sa.Connection, sa.MetaData], None]

@@ -25,13 +25,16 @@ from pyramid.paster import bootstrap, setup_logging
 
 from .consumer import SchedulerService, combined_suppressed
 from .exceptions import InvalidQueue, SchedulerError, SchemaError
+from .logs import get_logger
 
-log = logging.getLogger("pyramid_scheduler.pscheduler")
+log = get_logger("pyramid_scheduler.pscheduler")
 
 #: Exit codes, beside 0 (stopped on request) and 2 (bad command line).
 EXIT_NO_SCHEDULER = 10
 EXIT_COMBINED = 11
 EXIT_BAD_QUEUE = 12
+#: The settings would run jobs from a broker other machines reach, unprotected.
+EXIT_INSECURE = 13
 EXIT_STARTUP_FAILED = 20
 EXIT_LEASE_LOST = 3
 
@@ -172,6 +175,10 @@ class PSchedulerCommand:
             log.error("%s", exc)
             scheduler.close()
             return EXIT_STARTUP_FAILED
+        except ConfigurationError as exc:  # the default posture (docs/security.rst)
+            log.error("%s", exc)
+            scheduler.close()
+            return EXIT_INSECURE
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = service.run()
@@ -231,7 +238,7 @@ class PSchedulerCommand:
             child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]],
                                      env=env)
             code = child.wait()
-            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, 2):
+            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE, 2):
                 return code
             print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s",
                   file=sys.stderr)

@@ -11,13 +11,13 @@ configuration bug.
 from __future__ import annotations
 
 import importlib
-import logging
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pyramid.exceptions import ConfigurationError
@@ -26,8 +26,10 @@ from pyramid.settings import asbool, aslist
 from sqlalchemy.engine import make_url
 
 from .catchup import POLICIES as CATCH_UP_POLICIES
+from .logs import get_logger
+from .store import table_clash
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PREFIX = "scheduler."
 
@@ -106,7 +108,7 @@ KNOWN_KEYS = frozenset({
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
     "func_aliases", "transactional", "events.subscribe", "events.publish", "testing.eager",
-    "catch_up", "catch_up_limit",
+    "catch_up", "catch_up_limit", "insecure",
 })
 
 
@@ -168,6 +170,9 @@ class SchedulerSettings:
     secret: bytes | None = field(default=None, repr=False)
     #: Module prefixes the daemon may import job functions from (empty: any).
     allowed_modules: tuple[str, ...] = ()
+    #: Run jobs from a broker other machines can reach with neither a secret
+    #: nor an allowlist (refused unless set: see :func:`posture_problem`).
+    insecure: bool = False
     serializer: str = "json"
     #: What a restarted daemon does with a one-off job whose run a crash cut
     #: short: ``record`` it as interrupted (at most once), or ``rerun`` it
@@ -212,17 +217,68 @@ class SchedulerSettings:
         )
 
 
+#: Query parameters whose values are masked in URLs written to logs.
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|pwd|secret|token|key|auth|credential)[^=&;#]*=)([^&;#]*)")
+#: ``scheme://user:password@``: the password runs to the last ``@`` before the query.
+_USERINFO = re.compile(r"(?s)([A-Za-z][A-Za-z0-9+.\-]*://)([^:@/;?#]*):([^?#]*)@")
+
+
 def mask_url(url: str) -> str:
-    """Return *url* with any password replaced by ``***``."""
+    """Return *url* with every password replaced by ``***``: in the user
+    part of each URL (``amqp://user:pw@host``,
+    ``postgresql+psycopg://u:pw@h/db``, ``sentinel://:pw@h1;sentinel://:pw@h2``
+    and other ``;``-separated failover lists) and in query parameters such as
+    ``?password=`` or ``?ssl_keyfile_password=``."""
+    masked = ";".join(_USERINFO.sub(r"\1\2:***@", part) for part in url.split(";"))
+    return _SECRET_PARAM.sub(r"\1***", masked)
+
+
+def broker_is_local(broker: BrokerURL) -> bool:
+    """True when only this machine can reach the broker: an SQLite file, an
+    in-process ``memory://`` one, a Unix socket, or hosts on loopback
+    (``localhost``, ``127.0.0.0/8``, ``::1``). Names are not resolved."""
+    url = broker.url
+    if broker.kind == "sql":
+        parsed = make_url(url)
+        return parsed.get_backend_name() == "sqlite" or _loopback(parsed.host)
+    if url.startswith(("memory://", "redis+socket://", "socket://")):
+        return True
+    for part in url.split(";"):
+        try:
+            host = urlsplit(part.strip()).hostname
+        except ValueError:
+            return False
+        if not _loopback(host):
+            return False
+    return True
+
+
+def _loopback(host: str | None) -> bool:
+    if not host or host == "localhost":  # Kombu's and SQLAlchemy's default host
+        return True
     try:
-        parts = urlsplit(url)
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+        return False
+
+
+def posture_problem(settings: SchedulerSettings) -> str | None:
+    """Why a process must not run jobs with these settings, or None.
+
+    A broker other machines can reach, no ``scheduler.secret`` and no
+    ``scheduler.allowed_modules``: anyone who can write to that broker can
+    make the daemon call any importable function. ``scheduler.insecure =
+    true`` says that is intended (see docs/security.rst).
+    """
+    if settings.insecure or settings.secret is not None or settings.allowed_modules:
+        return None
+    if broker_is_local(settings.broker):
+        return None
+    return (f"the broker {settings.broker.masked()} is reachable from other machines, and neither "
+            f"{PREFIX}secret nor {PREFIX}allowed_modules is set: anyone who can write to the broker "
+            f"could make this process call any importable function. Set {PREFIX}secret (the same "
+            f"value in the web processes and the daemons) and {PREFIX}allowed_modules, or set "
+            f"{PREFIX}insecure = true if that is what you want")
 
 
 def parse_duration(key: str, value: Any) -> float:
@@ -400,7 +456,7 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
     if "coalesce" in raw:
         opts["coalesce"] = _as_bool("coalesce", raw["coalesce"])
     for key, attr in (("events.subscribe", "events_subscribe"), ("events.publish", "events_publish"),
-                      ("testing.eager", "testing_eager")):
+                      ("testing.eager", "testing_eager"), ("insecure", "insecure")):
         if key in raw:
             opts[attr] = _as_bool(key, raw[key])
     if "catch_up" in raw:
@@ -459,6 +515,10 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", prefix_value):
             raise _bad("jobstore.tablename_prefix", prefix_value, "an SQL identifier")
         opts["jobstore_tablename_prefix"] = prefix_value
+    clash = table_clash(opts.get("jobstore_tablename_prefix", "pyramid_scheduler_"), queues)
+    if clash:
+        raise _bad("queues", raw.get("queues"), f"queue names a database can tell apart: {clash[0]} and "
+                   f"{clash[1]} would share one job table (names that differ only in case, or too long)")
     opts["apscheduler"] = aps
     parsed = SchedulerSettings(**opts)
     if parsed.events_subscribe and not parsed.fanout:

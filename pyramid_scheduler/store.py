@@ -18,9 +18,9 @@ All of it lives in the job store's database (``scheduler.jobstore.url``):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import logging
 import os
 import pickle
 import re
@@ -43,9 +43,11 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from .catchup import CatchUpJob, WallClockCronTrigger
+from .logs import get_logger
+from .messages import check_ref
 from .schema import upgrade
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
 LIVE = ("scheduled", "running", "paused")
@@ -56,8 +58,36 @@ def now() -> float:
     return time.time()
 
 
+#: The longest table name every supported database keeps whole (PostgreSQL: 63).
+MAX_TABLENAME = 63
+
+
 def aps_tablename(prefix: str, queue: str) -> str:
-    return f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
+    """The name of *queue*'s APScheduler table: distinct queues, distinct tables.
+
+    A queue name of letters, digits and ``_`` is used as it is (the names
+    of 0.3.4 and of every release so far). Any other name (``a.b``, ``a-b``)
+    has its other characters replaced by ``_`` and a digest of the exact
+    name appended, so ``a.b``, ``a-b`` and ``a_b`` no longer share a table.
+    """
+    if re.fullmatch(r"[A-Za-z0-9_]+", queue):
+        return f"{prefix}aps_{queue}"
+    digest = hashlib.sha256(queue.encode("utf-8")).hexdigest()[:10]
+    readable = f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
+    return f"{readable[:MAX_TABLENAME - len(digest) - 1]}_{digest}"
+
+
+def table_clash(prefix: str, queues: tuple[str, ...]) -> tuple[str, str] | None:
+    """Two of *queues* whose tables a database would take for one (names
+    equal but for case, as SQLite and MySQL compare them, or in their first
+    :data:`MAX_TABLENAME` characters, where PostgreSQL cuts them), or None."""
+    seen: dict[str, str] = {}
+    for queue in queues:
+        key = aps_tablename(prefix, queue).lower()[:MAX_TABLENAME]
+        if key in seen:
+            return seen[key], queue
+        seen[key] = queue
+    return None
 
 
 class Ledger:
@@ -694,43 +724,71 @@ def _json_or_repr(value: Any) -> str:
         return json.dumps(repr(value))
 
 
-#: Globals a stored job's pickle may name, beside classes of apscheduler.triggers.
-_SAFE_GLOBALS = frozenset({
-    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
-    ("datetime", "timedelta"), ("datetime", "timezone"), ("zoneinfo", "ZoneInfo"),
-})
+def _loadable_globals() -> dict[tuple[str, str], Any]:
+    """Every global a stored job's pickle may name, by (module, name) exactly
+    as pickle writes it: the trigger classes (and their cron fields and
+    expressions) and the date/time types. Nothing else: no function, no
+    dotted name (pickle protocol 4 would follow ``a.b`` through attributes),
+    no module-wide prefix."""
+    from datetime import date, time
+    from zoneinfo import ZoneInfo
+
+    from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
+    from apscheduler.triggers.combining import AndTrigger, OrTrigger
+    from apscheduler.triggers.cron import CronTrigger, expressions, fields
+    from apscheduler.triggers.date import DateTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    classes: list[type] = [
+        datetime, date, time, timedelta, timezone, ZoneInfo,
+        DateTrigger, IntervalTrigger, CronTrigger, WallClockCronTrigger, CalendarIntervalTrigger,
+        AndTrigger, OrTrigger,
+        fields.BaseField, fields.WeekField, fields.DayOfMonthField, fields.DayOfWeekField, fields.MonthField,
+        expressions.AllExpression, expressions.RangeExpression, expressions.MonthRangeExpression,
+        expressions.WeekdayRangeExpression, expressions.WeekdayPositionExpression,
+        expressions.LastDayOfMonthExpression,
+    ]
+    loadable: dict[tuple[str, str], Any] = {(cls.__module__, cls.__qualname__): cls for cls in classes}
+    # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle"), and only that getattr is served.
+    loadable[("builtins", "getattr")] = _zoneinfo_getattr
+    return loadable
 
 
 def _zoneinfo_getattr(obj: Any, name: str) -> Any:
-    # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle"); nothing else may use getattr.
     from zoneinfo import ZoneInfo
 
     if obj is ZoneInfo and name == "_unpickle":
         return ZoneInfo._unpickle  # type: ignore[attr-defined]
-    raise pickle.UnpicklingError(f"refusing getattr({obj!r}, {name!r}) in a stored job")
+    raise pickle.UnpicklingError(f"refusing getattr({obj!r:.80}, {name!r:.80}) in a stored job")
 
 
 class JobUnpickler(pickle.Unpickler):
     """Loads APScheduler job state, and nothing else.
 
-    The job store is trusted-write, but a row written by someone else must
-    not run code when loaded: only trigger classes, date/time types and
-    plain data are accepted (job functions are stored as ``module:name``
-    strings and arguments as JSON data).
+    A row of the job store written by someone else (an SQL injection in the
+    application, a shared database role) must not run code when loaded: only
+    the (module, name) pairs of :func:`_loadable_globals` are accepted, never
+    a dotted or ``_``-prefixed name, and every other value is plain data. Job
+    functions are stored as ``module:qualname`` strings, checked by
+    :func:`pyramid_scheduler.messages.check_ref` as the job loads.
     """
 
+    _loadable: dict[tuple[str, str], Any] | None = None
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("builtins", "getattr"):
-            return _zoneinfo_getattr
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        if (module, name) == ("pyramid_scheduler.catchup", "WallClockCronTrigger"):
-            return WallClockCronTrigger
-        if module.startswith("apscheduler.triggers."):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):
-                return obj
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a stored job")
+        if "." in name or name.startswith("_"):
+            raise pickle.UnpicklingError(f"refusing to load {module!r:.80}, {name!r:.80} from a stored "
+                                         "job (a dotted or private name)")
+        if JobUnpickler._loadable is None:
+            JobUnpickler._loadable = _loadable_globals()
+        try:
+            return JobUnpickler._loadable[(module, name)]
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(f"refusing to load {module!r:.80}.{name!r:.80} from a stored "
+                                         "job") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing a persistent id in a stored job")
 
 
 class _Adding:
@@ -776,7 +834,8 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     def __init__(self, ledger: Ledger, queue: str, tablename: str,
                  on_added: Any = None, fence: Callable[[], bool] | None = None,
                  aliases: Mapping[str, str] | None = None,
-                 on_parked: Callable[[str, str, str], None] | None = None) -> None:
+                 on_parked: Callable[[str, str, str], None] | None = None,
+                 allowed: tuple[str, ...] = ()) -> None:
         super().__init__(engine=ledger.engine, tablename=tablename,
                          pickle_protocol=pickle.HIGHEST_PROTOCOL)
         self.ledger = ledger
@@ -785,6 +844,9 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         self.fence = fence
         #: ``scheduler.func_aliases``: renamed job functions, applied on load.
         self.aliases = dict(aliases or {})
+        #: ``scheduler.allowed_modules``: a stored job's function is checked
+        #: against it (and must be named where it is defined) as it loads.
+        self.allowed = allowed
         #: Called with (job id, queue, reason) when a job is newly parked.
         self.on_parked = on_parked
         self._local = threading.local()
@@ -951,8 +1013,12 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
 
     def _reconstitute_job(self, job_state: bytes) -> Job:
         state = JobUnpickler(io.BytesIO(job_state)).load()
-        if isinstance(state, dict) and state.get("func") in self.aliases:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"a stored job's state is a {type(state).__name__}, not a dict")
+        if state.get("func") in self.aliases:
             state["func"] = self.aliases[state["func"]]
+        # The door's rule (APScheduler's __setstate__ would import any reference).
+        check_ref(state.get("func"), self.allowed)
         state["jobstore"] = self
         job = CatchUpJob.__new__(CatchUpJob)
         job.__setstate__(state)
@@ -1000,13 +1066,16 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         """Keep an unloadable job without a next run time (neither due nor
         deleted) and mark it parked; [(id, reason)] if it was not parked yet."""
         reason = f"cannot load the stored job: {type(exc).__name__}: {exc}"
-        conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job_id)
-                     .values(next_run_time=None))
+        # A row with no ledger row (written by hand, or by someone else) is
+        # reported too: once, as its next run time is taken away.
+        moved = conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job_id,
+                                                        self.jobs_t.c.next_run_time.is_not(None))
+                             .values(next_run_time=None)).rowcount
         newly = conn.execute(self.ledger.jobs.update()
                              .where(self.ledger.jobs.c.id == job_id,
                                     self.ledger.jobs.c.status != "parked")
                              .values(status="parked", error=reason, updated_at=now())).rowcount
-        return [(job_id, reason)] if newly else []
+        return [(job_id, reason)] if newly or moved else []
 
     def _report_parked(self, parked: list[tuple[str, str]]) -> None:
         for job_id, reason in parked:

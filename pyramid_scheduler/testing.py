@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import math
 import threading
 import traceback
@@ -33,6 +32,7 @@ from apscheduler.triggers.base import BaseTrigger
 from .api import Event
 from .events import EventDispatcher
 from .exceptions import InvalidJob
+from .logs import get_logger
 from .messages import (
     JobRequest,
     admit,
@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - transaction is optional
 
 __all__ = ["FakeClock", "TestingJob", "TestingScheduler", "includeme"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: What ``get_daemons()`` names as the owner of every queue.
 OWNER = "pyramid_scheduler.testing"

@@ -30,7 +30,6 @@ raised into the caller.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +39,9 @@ from transaction._transaction import Status
 from transaction.interfaces import IDataManager, IDataManagerSavepoint, NoTransaction
 from zope.interface import implementer
 
-log = logging.getLogger(__name__)
+from .logs import get_logger
+
+log = get_logger(__name__)
 
 #: ``publish(body, queue, job_id)``: the broker's publish.
 Publish = Callable[[bytes, str, str], None]

@@ -12,12 +12,12 @@ import time
 
 
 class TCPProxy:
-    """Forward ``127.0.0.1:<port>`` to *target*; :meth:`cut`, :meth:`stall`,
-    :meth:`freeze` and :meth:`restore`."""
+    """Forward ``<host>:<port>`` (default ``127.0.0.1``) to *target*;
+    :meth:`cut`, :meth:`stall`, :meth:`freeze` and :meth:`restore`."""
 
-    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
+    def __init__(self, target: tuple[str, int], port: int = 0, host: str = "127.0.0.1") -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", port))
+        self.listener = socket.create_server((host, port))
         self.port = self.listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()

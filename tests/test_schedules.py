@@ -286,7 +286,7 @@ def test_management_calls_check_before_sending(scheduler, tmp_path):
     assert (pause.op, pause.queue) == ("pause", "jobs")
     assert (reschedule.op, reschedule.trigger) == (
         "reschedule", {"type": "cron", "timezone": "Europe/Paris", "crontab": "0 3 * * *"})
-    with pytest.raises(InvalidJob, match="job_id: expected a job id string"):
+    with pytest.raises(InvalidJob, match="job_id: expected a string of 1 to 200 characters"):
         scheduler.resume_job("")
     with pytest.raises(InvalidJob, match="month, day: this cron schedule never fires"):
         scheduler.reschedule_job("x", day=31, month=4)

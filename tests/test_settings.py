@@ -141,6 +141,23 @@ def test_secrets_never_in_repr():
     assert mask_url("redis://h/0") == "redis://h/0"
 
 
+@pytest.mark.parametrize(("url", "masked"), [
+    ("sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+    ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=***&db=1"),
+    ("rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=pw", "rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=***"),
+    ("amqp://user:pw@host//", "amqp://user:***@host//"),
+    ("amqp://u:pw@h1//;amqp://u:pw@h2//", "amqp://u:***@h1//;amqp://u:***@h2//"),
+    ("postgresql+psycopg://u:pw@h/db", "postgresql+psycopg://u:***@h/db"),
+    ("postgresql://u:p@ss:w@h:5432/db?sslpassword=x", "postgresql://u:***@h:5432/db?sslpassword=***"),
+    ("sqla+mysql://u:pw@h/db", "sqla+mysql://u:***@h/db"),
+    ("redis://:pw@h", "redis://:***@h"),
+    ("amqp://guest@h//", "amqp://guest@h//"),
+    ("sqlite:////var/a@b.sqlite", "sqlite:////var/a@b.sqlite"),
+])
+def test_mask_url_masks_every_password(url, masked):
+    assert mask_url(url) == masked
+
+
 def test_settings_are_frozen():
     settings = SchedulerSettings()
     with pytest.raises(AttributeError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from string import Template
@@ -33,8 +35,22 @@ ACTIONS = {"say": jobs.say, "slow": jobs.slow, "fail": jobs.fail}
 FINAL = {"done", "failed", "missed", "canceled", "interrupted", "parked"}
 
 
+#: The environment variable the demo takes its ``scheduler.secret`` from.
+SECRET_ENV = "PYRAMID_SCHEDULER_SECRET"
+
+
 def main(global_config: dict[str, Any], **settings: Any) -> Any:
-    """The WSGI application (``use = egg:pyramid_scheduler#demo``)."""
+    """The WSGI application (``use = egg:pyramid_scheduler#demo``).
+
+    Without ``scheduler.secret`` in its settings, the demo signs its messages
+    with ``$PYRAMID_SCHEDULER_SECRET`` or, when that is unset, with a secret
+    generated once into ``var/scheduler-secret`` next to the INI file, which
+    ``pserve`` and ``pscheduler`` then share: no secret ships in
+    ``development.ini``.
+    """
+    if not settings.get("scheduler.secret"):
+        settings["scheduler.secret"] = os.environ.get(SECRET_ENV) or demo_secret(
+            Path(global_config.get("here") or ".") / "var" / "scheduler-secret")
     with Configurator(settings=settings) as config:
         config.include("pyramid_scheduler")
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy(samesite="Strict"))
@@ -45,6 +61,24 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
         config.add_route("cancel", "/jobs/{job_id}/cancel", request_method="POST")
         config.scan(".")
     return config.make_wsgi_app()
+
+
+def demo_secret(path: Path) -> str:
+    """The secret kept in *path*, generated (readable by its owner only) if
+    there is none yet; two processes starting at once get the same one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)  # fails if another process made it first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text(encoding="ascii").strip()
 
 
 def schedule(request: Request) -> str:

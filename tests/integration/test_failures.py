@@ -88,7 +88,7 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
         for body, content_type, signature, _ in bad:
             signature = sign(body, settings.secret) if signature is None else signature
             producer.publish(body, exchange="", routing_key=kqueue.routing_key, declare=[kqueue],
-                             content_type=content_type, content_encoding="binary",
+                             content_type=content_type, content_encoding="utf-8",
                              headers={SIGNATURE_HEADER: signature} if signature else {})
 
     # A good job sent after them runs: the consumer is alive and past them.

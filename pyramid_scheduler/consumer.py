@@ -288,6 +288,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         settings = self.engine.settings
         body = message.body
         if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
+            if len(body) > settings.max_message_size:  # characters: no more than bytes
+                raise InvalidMessage(f"body of {len(body)} characters is above scheduler.max_message_size")
             body = body.encode("utf-8", "surrogateescape")
         if not isinstance(body, bytes):
             raise InvalidMessage(f"body is a {type(body).__name__}")

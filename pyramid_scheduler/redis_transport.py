@@ -160,7 +160,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._give_back(queue, item)
                 return True
             items = [item] + self._take_more(queue)
-            payloads = [envelope(raw, queue, self.max_entry_size) for raw in items]
+            payloads = [self._envelope(raw, queue) for raw in items]
             self._shrink(queue, items, payloads)
             # The consumer's callback runs in here: each message is handled
             # (acked, rejected or requeued) when the batch ends.
@@ -185,6 +185,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _envelope(self, raw: bytes, queue: str) -> dict[str, Any]:
+        if raw.startswith(_TOO_LARGE):
+            return stand_in(raw, queue, f"{raw.decode('ascii', 'replace')[:200]} (above the limit of "
+                                        f"{self.max_entry_size} bytes: scheduler.max_message_size in "
+                                        "base64, and its envelope); not read")
+        return envelope(raw, queue, self.max_entry_size)
 
     def _shrink(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
         """Replace, in *queue*'s processing list and in *items*, each entry
@@ -214,8 +221,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not self._no_scripts:
                 try:
                     # Kombu's client adds global_keyprefix to EVALSHA's first key only.
-                    return self._take_waiting(keys=[queue, target], args=[more],
-                                              client=client)  # type: ignore[no-any-return]
+                    return self._take_waiting(keys=[queue, target],  # type: ignore[no-any-return]
+                                              args=[more, self.max_entry_size, TOO_LARGE], client=client)
                 except NoPermissionError as exc:
                     # Nothing moved: the script was refused before it ran.
                     log.warning("Redis refuses scripts to this user (%s): taking the messages waiting "
@@ -258,16 +265,29 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 #: to its processing list KEYS[2], as many ``LMOVE`` would, and returns them.
 #: One command however many are waiting: a pipeline of ``LMOVE`` costs each
 #: of them even when the queue is empty (about 1 ms of the consumer's CPU for
-#: 63 of them here, which every message paid at a low rate).
+#: 63 of them here, which every message paid at a low rate). An entry longer
+#: than ARGV[2] bytes is replaced, there and in the reply, by
+#: :data:`TOO_LARGE` with its length and SHA-1: a batch of large entries
+#: never reaches the daemon's memory.
 TAKE_WAITING = """
 local taken = {}
+local limit = tonumber(ARGV[2])
 for _ = 1, tonumber(ARGV[1]) do
   local raw = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not raw then break end
+  if #raw > limit then
+    raw = ARGV[3] .. #raw .. ' bytes, sha1 ' .. redis.sha1hex(raw)
+    redis.call('LSET', KEYS[2], 0, raw)
+  end
   taken[#taken + 1] = raw
 end
 return taken
 """
+#: What :data:`TAKE_WAITING` leaves of an entry too large to read.
+TOO_LARGE = "pyramid_scheduler: broker entry too large to read: "
+
+_TOO_LARGE = TOO_LARGE.encode("ascii")
+
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
@@ -308,12 +328,10 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
         for queue in queues:
             # Newest first to the consuming end, so the oldest is taken first again.
             source, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
-            try:
-                while client.lmove(source, target, "LEFT", "RIGHT") is not None:
-                    released += 1
-            except channel.ResponseError as exc:  # WRONGTYPE: not a list
-                log.error("queue %s: its processing list %r cannot be read (%s); left alone",
-                          queue, source, exc)
+            for key in (target, source):
+                _set_aside_unless_list(client, key)
+            while client.lmove(source, target, "LEFT", "RIGHT") is not None:
+                released += 1
         try:
             unacked = client.hgetall(channel.unacked_key).items()
         except channel.ResponseError as exc:
@@ -331,3 +349,13 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
                 continue
             released += 1
     return released
+
+
+def _set_aside_unless_list(client: Any, key: str) -> None:
+    """Rename *key* to ``<key>:malformed`` (logged) if it holds anything but a
+    list: Redis would refuse every command of the consumer on it."""
+    kind = client.type(key)
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in ("list", "none"):
+        log.error("%r holds a %s, not a list of messages: renamed to %r", key, kind, f"{key}:malformed")
+        client.rename(key, f"{key}:malformed")

@@ -21,7 +21,6 @@ import logging
 import select
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import count
@@ -76,9 +75,6 @@ class _Stopping(Exception):
     """Raised from the reconnect loop when a stop was asked for."""
 
 
-#: Seconds between two warnings that old-scheme signatures were accepted.
-LEGACY_WARNING_INTERVAL = 600.0
-
 #: Seconds between two attempts to reconnect to the broker.
 RECONNECT_INTERVAL = 1.0
 
@@ -93,7 +89,6 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         self._channels: list[Any] = []
         self._batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] | None = None
         self._redis = False  # consuming through our Redis channel
-        self._legacy_warned = -LEGACY_WARNING_INTERVAL
 
     @property  # type: ignore[override]
     def should_stop(self) -> bool:
@@ -297,11 +292,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
         secret = settings.secret
         if secret is not None:
-            scheme = verify(body, (message.headers or {}).get(SIGNATURE_HEADER), secret,
-                            message.delivery_info.get("routing_key") or "", message.content_type,
-                            message.content_encoding)
-            if scheme == 1:
-                self._legacy_signature()
+            verify(body, (message.headers or {}).get(SIGNATURE_HEADER), secret,
+                   message.delivery_info.get("routing_key") or "", message.content_type,
+                   message.content_encoding)
         request = decode(body)
         if request.queue not in self.engine.queues:
             raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
@@ -311,14 +304,6 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                 raise InvalidMessage(f"job {request.id}: {stale}")
         crash_point("received")
         return request
-
-    def _legacy_signature(self) -> None:
-        now = time.monotonic()
-        if now - self._legacy_warned > LEGACY_WARNING_INTERVAL:
-            self._legacy_warned = now
-            log.warning("a message signed with the body-only scheme of pyramid_scheduler 0.5 and "
-                        "earlier was accepted; upgrade the producers (web processes) to sign with "
-                        "the current one, which covers the queue and content type too")
 
     def store(self, batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]]) -> None:
         """Carry out the requests of *batch* in order (the engine stores the

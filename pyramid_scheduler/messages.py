@@ -19,6 +19,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,8 @@ SIGNATURE_SCHEME = "v2"
 #: APScheduler searches up to the year 9999 for a schedule that never fires,
 #: ~0.7 s of CPU; 100 years cost ~10 ms.
 CRON_SEARCH_YEARS = 100
+#: The body-only signature of pre-release builds (refused with its own reason).
+_V1_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def new_id() -> str:
@@ -287,15 +290,6 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
     return check_catch_up(options, kind)
 
 
-def sign(body: bytes, secret: bytes) -> str:
-    """The version 1 signature: the HMAC-SHA256 of the body alone (hex).
-
-    Still accepted within ``scheduler.max_message_age`` (see :func:`verify`);
-    producers sign with :func:`sign_message`.
-    """
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 def signed_text(body: bytes, routing_key: str, content_type: str, content_encoding: str) -> bytes:
     """What a version 2 signature covers: a first line naming the scheme and
     holding, as a JSON array, the message properties the daemon reads (its
@@ -316,27 +310,23 @@ def sign_message(body: bytes, secret: bytes, routing_key: str, content_type: str
 
 
 def verify(body: bytes, signature: Any, secret: bytes, routing_key: str,
-           content_type: str = "application/json", content_encoding: str = "utf-8") -> int:
+           content_type: str = "application/json", content_encoding: str = "utf-8") -> None:
     """Check the *signature* header of a message; any value is taken (a
     number, a list, non-ASCII text): anything but a good signature is refused.
 
-    :returns: the signature scheme: 2, or 1 for a body-only signature of
-        pyramid_scheduler 0.5 and earlier (the caller decides what to do).
     :raises InvalidMessage: the signature is missing or wrong.
     """
     if not isinstance(signature, str) or not signature:
         raise InvalidMessage("message is not signed, and scheduler.secret is set")
-    # Compared as bytes: hmac.compare_digest refuses str holding non-ASCII.
-    given = signature.encode("utf-8", "surrogatepass")
-    if signature.startswith(SIGNATURE_SCHEME + "="):
-        expected = sign_message(body, secret, routing_key, content_type, content_encoding)
-        scheme = 2
-    else:
-        expected = sign(body, secret)
-        scheme = 1
-    if not hmac.compare_digest(expected.encode("ascii"), given):
+    if not signature.startswith(SIGNATURE_SCHEME + "="):
+        if _V1_SIGNATURE.fullmatch(signature):
+            raise InvalidMessage("bad message signature: a version 1 signature (of the body only, "
+                                 "from a pre-release build), which this daemon refuses: upgrade the producer")
         raise InvalidMessage("bad message signature (is scheduler.secret the same on both ends?)")
-    return scheme
+    expected = sign_message(body, secret, routing_key, content_type, content_encoding)
+    # Compared as bytes: hmac.compare_digest refuses str holding non-ASCII.
+    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "surrogatepass")):
+        raise InvalidMessage("bad message signature (is scheduler.secret the same on both ends?)")
 
 
 def sent_too_long_ago(sent_at: str, max_age: float, now: datetime | None = None) -> str | None:

@@ -14,6 +14,8 @@ start their own.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import resource
 import time
@@ -34,7 +36,7 @@ from daemons import Daemon, wait_until, write_ini
 from integration.sampleapp import jobs
 from pyramid_scheduler.broker import make_connection, make_queue
 from pyramid_scheduler.fanout import events_exchange
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, sign_message, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 from pyramid_scheduler.settings import parse_settings
 from pyramid_scheduler.transport import messages as messages_table
 
@@ -292,20 +294,19 @@ def test_events_and_odd_bodies_do_not_stop_the_daemon(door):
 def test_header_swaps_and_replays_are_refused(door):
     after = door.last_dead_letter()
     old = (datetime.now(timezone.utc) - timedelta(days=8)).isoformat()  # result_ttl is 7 days
-    swapped, replayed, legacy_old, legacy = tag(), tag(), tag(), tag()
-    bodies = [door.body(swapped), door.body(replayed, sent_at=old), door.body(legacy_old, sent_at=old)]
+    swapped, typed, replayed, body_only = tag(), tag(), tag(), tag()
+    bodies = [door.body(swapped), door.body(typed), door.body(replayed, sent_at=old), door.body(body_only)]
     sent = [
         # Signed for another queue, then published on this one.
         (bodies[0], door.signature(bodies[0], routing_key="pyramid_scheduler.reports")),
-        (bodies[1], door.signature(bodies[1])),
-        (bodies[2], {SIGNATURE_HEADER: sign(bodies[2], door.settings.secret or b"")}),
+        # Signed as text/plain, published as JSON.
+        (bodies[1], door.signature(bodies[1], content_type="text/plain")),
+        (bodies[2], door.signature(bodies[2])),
+        # The body-only signature of pre-release builds.
+        (bodies[3], {SIGNATURE_HEADER: hmac.new(door.settings.secret or b"", bodies[3], hashlib.sha256).hexdigest()}),
     ]
-    door.check_refused(sent, [swapped, replayed, legacy_old], ["bad message signature", "possible replay"], after)
-    # A producer not yet upgraded (body-only signature, fresh): still runs, with a warning.
-    body = door.body(legacy)
-    door.publish((body, {SIGNATURE_HEADER: sign(body, door.settings.secret or b"")}))
-    door.wait_ran(legacy)
-    assert door.daemon is not None and "body-only scheme" in door.daemon.log()
+    door.check_refused(sent, [swapped, typed, replayed, body_only],
+                       ["bad message signature", "possible replay", "version 1 signature"], after)
 
 
 def test_nesting_beyond_the_producers_limit_and_impossible_crons_are_refused_cheaply(door):

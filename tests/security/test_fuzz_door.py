@@ -5,7 +5,7 @@ with a secret and an allowlist) runs on the real transport: our SQL transport
 on SQLite, and Redis. Each example writes raw entries straight into the
 broker's storage (rows of the messages table, items of the Redis list):
 random bytes, and Kombu envelopes whose every part may be odd (headers of
-any type, signatures good, bad or of the old scheme, compression, content
+any type, signatures good or bad, compression, content
 types and encodings, body encodings, delivery tags and routing keys). Then
 a legitimate job is sent behind them. It must run; the consumer must still
 be running; no check may have failed with an unexpected error (the door
@@ -35,7 +35,7 @@ from pyramid.config import Configurator
 from conftest import REDIS_URL, make_settings, require_service, wait_for
 from pyramid_scheduler.broker import make_queue
 from pyramid_scheduler.consumer import SchedulerService
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, sign_message, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 from pyramid_scheduler.transport import engine_for
 from pyramid_scheduler.transport import messages as messages_table
 
@@ -157,7 +157,7 @@ def entries(draw: Any, door: Door) -> bytes:
     secret = door.settings.secret
     content_type = draw(st.sampled_from(["application/json", "application/json", "text/plain", ""]))
     encoding = draw(st.sampled_from(["utf-8", "utf-8", "binary", "latin-1", None]))
-    good = [sign_message(body, secret, door.queue, content_type, str(encoding)), sign(body, secret)]
+    good = [sign_message(body, secret, door.queue, content_type, str(encoding))]
     signature = draw(st.one_of(st.sampled_from(good), json_values, st.just("é")))
     if signature in good and kind.startswith("job"):
         door.signed.add(tag)  # may run: everything else must not

@@ -396,13 +396,17 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
 
 def _refused_by_database(outcome: Any) -> bool:
-    """True if the job store refused a value of the request (not: is down)."""
-    return isinstance(outcome, (sa.exc.DataError, sa.exc.IntegrityError))
+    """True if the job store refused a value of the request (not: is down):
+    a data or constraint error, or text the driver cannot encode (a lone
+    surrogate from a JSON ``\\ud800``)."""
+    if isinstance(outcome, sa.exc.StatementError) and not isinstance(outcome, sa.exc.DBAPIError):
+        outcome = outcome.orig
+    return isinstance(outcome, (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError))
 
 
 def _unexpected(outcome: Any) -> bool:
     return isinstance(outcome, Exception) and not isinstance(
-        outcome, (InvalidMessage, InvalidJob, sa.exc.SQLAlchemyError))
+        outcome, (InvalidMessage, InvalidJob, sa.exc.SQLAlchemyError)) and not _refused_by_database(outcome)
 
 
 class SchedulerService:

@@ -28,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import check_callable_args
@@ -75,9 +76,10 @@ SIGNATURE_HEADER = "x-pyramid-scheduler-signature"
 #: The signature scheme producers use: HMAC-SHA256 of the body and of the
 #: message properties the daemon reads (:func:`signed_text`).
 SIGNATURE_SCHEME = "v2"
-#: Years within which a cron schedule must fire (from its start, or now):
-#: APScheduler searches up to the year 9999 for a schedule that never fires,
-#: ~0.7 s of CPU; 100 years cost ~10 ms.
+#: Years within which a cron schedule must fire (from its start, or now), or
+#: count as never firing (:func:`next_fire_time`): APScheduler searches up to
+#: the year 9999 for a schedule that never fires, ~0.7 s of CPU; 100 years
+#: cost ~10 ms.
 CRON_SEARCH_YEARS = 100
 #: The body-only signature of pre-release builds (refused with its own reason).
 _V1_SIGNATURE = re.compile(r"[0-9a-f]{64}")
@@ -504,7 +506,6 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
                 fields = {k: spec[k] for k in CRON_FIELDS if spec.get(k) is not None}
                 trigger = WallClockCronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
                                                jitter=spec.get("jitter"))
-            _check_fires_in_time(trigger)
             return trigger
     except InvalidJob:
         raise
@@ -513,29 +514,26 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
     raise InvalidJob(f"trigger type {kind!r} is not one of {', '.join(TRIGGER_TYPES)}")
 
 
-def _check_fires_in_time(trigger: WallClockCronTrigger) -> None:
-    """Refuse a cron schedule that does not fire within
-    :data:`CRON_SEARCH_YEARS` of its start (or now), unless it ends sooner:
-    one that never fires would otherwise cost up to a second of CPU to find
-    out, in the web request and again in the daemon."""
-    begin = datetime.now(timezone.utc)
-    if trigger.start_date is not None:
-        begin = max(begin, trigger.start_date)
-    horizon = begin + timedelta(days=366 * CRON_SEARCH_YEARS)
-    if trigger.end_date is not None and trigger.end_date <= horizon:
-        return  # the end date bounds the search already
-    bounded = copy.copy(trigger)
-    bounded.end_date = horizon
-    if next_fire_time(bounded, begin) is None:
-        raise InvalidJob(f"cron trigger: does not fire within {CRON_SEARCH_YEARS} years of its "
-                         "start (an impossible date, such as the 31st of February?)")
-
-
 def next_fire_time(trigger: BaseTrigger, after: datetime) -> datetime | None:
     """The trigger's first fire time at or after *after* (None: never).
 
+    A cron schedule is searched :data:`CRON_SEARCH_YEARS` ahead of *after*
+    (or of its start) at most: one that does not fire by then counts as
+    never firing. APScheduler alone searches to the year 9999, up to a
+    second of CPU for an impossible date (the 31st of February), in the web
+    request and again in the daemon.
+
     :raises InvalidJob: the schedule runs past the year 9999.
     """
+    if isinstance(trigger, CronTrigger):
+        begin = after if trigger.start_date is None else max(after, trigger.start_date)
+        try:
+            horizon = begin + timedelta(days=366 * CRON_SEARCH_YEARS)
+        except OverflowError:
+            horizon = None  # the year 9999 comes first
+        if horizon is not None and (trigger.end_date is None or trigger.end_date > horizon):
+            trigger = copy.copy(trigger)
+            trigger.end_date = horizon
     try:
         return trigger.get_next_fire_time(None, after)
     except (ValueError, OverflowError) as exc:

@@ -13,6 +13,7 @@ start their own.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -128,6 +129,13 @@ class Door:
     def _delete_queues(self) -> None:
         if self.settings.broker.kind == "sql":
             return
+        if self.broker == "redis":  # and what the tests wrote beside the queue
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in list(client.scan_iter(match=f"{self.settings.broker_queue_prefix}*")):
+                client.delete(key)
+            client.close()
         try:
             with make_connection(self.settings) as conn:
                 self.kqueue(conn.default_channel).delete()
@@ -246,7 +254,22 @@ def test_content_encodings_other_than_utf8_are_refused(door):
 def test_entries_above_the_size_limit_are_refused_before_decoding(door):
     before, after = door.peak_kb(), door.last_dead_letter()
     big = b'{"v":1,"pad":"' + b"x" * (8 << 20) + b'"}'
-    door.check_refused([(big, {})] * 6, [], ["above"], after)
+    if door.broker == "redis":
+        # All in the queue at once (one MULTI), as when the daemon starts
+        # behind them: taken in one round trip.
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        pipe = client.pipeline(transaction=True)
+        for _ in range(6):
+            pipe.lpush(door.kqueue.name, json.dumps(kombu_envelope(big, door.kqueue.name)))
+        pipe.execute()
+        client.close()
+        door.wait_ran(door.legit())
+        reasons = " | ".join(row.reason for row in door.wait_dead_letters(after, 6))
+        assert "broker entry too large to read" in reasons  # cut short in Redis
+    else:
+        door.check_refused([(big, {})] * 6, [], ["above"], after)
     # Each 8 MB entry read whole and decoded (JSON, base64) would hold ~30 MB
     # per message of a batch. On the SQL transport a row is read one at a
     # time; on Redis the first entry of a round trip is read whole (redis-py
@@ -254,8 +277,16 @@ def test_entries_above_the_size_limit_are_refused_before_decoding(door):
     # on RabbitMQ py-amqp reads every body before the door (the broker's
     # max_message_size bounds them).
     growth = door.peak_kb() - before
-    bound = {"sqlite": 64, "redis": 100, "rabbitmq": 160}[door.broker]
+    bound = {"sqlite": 64, "redis": 64, "rabbitmq": 160}[door.broker]
     assert growth < bound * 1024, f"peak grew by {growth} kB"
+
+
+def kombu_envelope(body: bytes, queue: str) -> dict[str, Any]:
+    """A message as Kombu's Redis transport stores it."""
+    return {"body": base64.b64encode(body).decode("ascii"), "content-type": JSON, "content-encoding": "utf-8",
+            "headers": {}, "properties": {"body_encoding": "base64", "delivery_tag": uuid.uuid4().hex,
+                                          "delivery_info": {"exchange": "", "routing_key": queue},
+                                          "delivery_mode": 2, "priority": 0}}
 
 
 HEADER_VALUES = ["é", "v2=é", 12345, ["v2=00"], {"v2": "00"}, "", "0" * 64, None]
@@ -322,7 +353,7 @@ def test_nesting_beyond_the_producers_limit_and_impossible_crons_are_refused_che
         body = door.body(name, trigger={"type": "cron", "crontab": "0 0 31 2 *", "timezone": "UTC"})
         sent.append((body, door.signature(body)))
     cpu = cpu_seconds(door.pid)
-    letters = door.check_refused(sent, [deep, *crons], ["nested deeper than 32", "does not fire within 100 years"],
+    letters = door.check_refused(sent, [deep, *crons], ["nested deeper than 32", "never fires"],
                                  after)
     assert len(letters) == len(sent)
     # Twenty impossible crons cost ~14 s of CPU before the search was bounded.

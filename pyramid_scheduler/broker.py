@@ -22,9 +22,10 @@ from typing import Any
 import kombu
 from kombu.pools import ProducerPool
 
+from .door import entry_limit
 from .exceptions import EnqueueError
 from .logs import get_logger
-from .messages import SIGNATURE_HEADER, sign
+from .messages import SIGNATURE_HEADER, sign_message
 from .settings import SchedulerSettings
 from .transport import Transport as SQLTransport
 
@@ -54,16 +55,17 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     options: dict[str, Any] = {}
     url = settings.broker.url
     scheme = url.split("://", 1)[0]
+    entry = entry_limit(settings.max_message_size)
     if settings.broker.kind == "sql":
         options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout,
-                       wal=settings.sqlite_wal)
+                       wal=settings.sqlite_wal, max_entry_size=entry)
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         prefix = settings.broker_queue_prefix
         options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
                        socket_timeout=timeout, socket_connect_timeout=timeout,
                        unacked_key=f"{prefix}unacked", unacked_index_key=f"{prefix}unacked_index",
-                       unacked_mutex_key=f"{prefix}unacked_mutex")
+                       unacked_mutex_key=f"{prefix}unacked_mutex", max_entry_size=entry)
     elif scheme.endswith(("amqp", "amqps")):
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
@@ -154,7 +156,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         kqueue = self.queues[queue]
         secret = self.settings.secret
-        headers = {SIGNATURE_HEADER: sign(body, secret)} if secret else None
+        headers = {SIGNATURE_HEADER: sign_message(body, secret, kqueue.routing_key)} if secret else None
 
         def errback(exc: BaseException, interval: float) -> None:
             if time.monotonic() + interval + attempt > deadline:  # no time for another try

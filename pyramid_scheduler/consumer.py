@@ -25,17 +25,17 @@ from contextlib import contextmanager
 from itertools import count
 from typing import Any
 
-import kombu
 import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
 from .broker import JSON, make_connection, make_queue
+from .door import DoorConsumer, refusal_of
 from .engine import DIRECT_BACKLOG, Engine
 from .exceptions import InvalidJob, InvalidMessage
 from .fanout import EventPublisher, origin_of
 from .faults import crash_point
 from .logs import get_logger
-from .messages import SIGNATURE_HEADER, JobRequest, decode, verify
+from .messages import SIGNATURE_HEADER, JobRequest, decode, sent_too_long_ago, verify
 from .transport import release_claims
 
 log = get_logger(__name__)
@@ -105,18 +105,18 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         options = {"on_message": self.on_message, "accept": [JSON], "prefetch_count": settings.broker_prefetch}
         self._redis = redis_channel(channel) is not None
         if not self._redis:
-            return [Consumer(queues=queues, **options)]
+            return [DoorConsumer(channel, queues=queues, **options)]
         channel.batch = self.batch
         if len(queues) == 1:
-            return [Consumer(queues=queues, **options)]
+            return [DoorConsumer(channel, queues=queues, **options)]
         # Our Redis channel waits on one queue: give each queue a channel.
         for extra in self._channels:
             extra.close()
         self._channels = [channel.connection.client.channel() for _ in queues[1:]]
         for extra in self._channels:
             extra.batch = self.batch
-        return [Consumer(queues=queues[:1], **options)] + [
-            kombu.Consumer(extra, queues=[queue], **options)
+        return [DoorConsumer(channel, queues=queues[:1], **options)] + [
+            DoorConsumer(extra, queues=[queue], **options)
             for extra, queue in zip(self._channels, queues[1:], strict=True)]
 
     def on_iteration(self) -> None:
@@ -247,7 +247,10 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             self.store(batch)
 
     def on_message(self, message: Any) -> None:
-        queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
+        try:
+            queue = self.queues.get(message.delivery_info.get("routing_key"), "?")
+        except Exception:  # noqa: BLE001 - delivery_info comes from the sender on Redis and SQL
+            queue = "?"
         checked = (message, queue, self.check(message))
         if self._batch is not None:
             self._batch.append(checked)
@@ -255,45 +258,87 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             self.store([checked])
 
     def check(self, message: Any) -> JobRequest | InvalidMessage | InvalidJob:
-        """The request in *message*, or why it is refused at the door."""
-        if message.content_type != JSON:
-            return InvalidMessage(f"content type {message.content_type!r} is not {JSON}")
-        settings = self.engine.settings
+        """The request in *message*, or why it is refused at the door.
+
+        Cheapest first, and nothing decoded before it is known to be small
+        enough and signed: what the door already refused
+        (:mod:`~pyramid_scheduler.door`), the content type, the size, the
+        signature (when ``scheduler.secret`` is set), then the body and its
+        age. Whatever goes wrong refuses this message only.
+        """
         try:
-            body = message.body
-            if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
-                body = body.encode("utf-8")
-            if settings.secret is not None:
-                verify(body, (message.headers or {}).get(SIGNATURE_HEADER), settings.secret)
-            if len(body) > settings.max_message_size:
-                raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
-            request = decode(body)
-            if request.queue not in self.engine.queues:
-                raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
-            crash_point("received")
+            return self._check(message)
         except (InvalidMessage, InvalidJob) as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - one message must not stop the consumer
+            log.error("unexpected error checking a message", exc_info=exc)
+            return InvalidMessage(f"unexpected error checking the message: {type(exc).__name__}: {exc}"[:500])
+
+    def _check(self, message: Any) -> JobRequest:
+        refusal = refusal_of(message)
+        if refusal is not None:
+            raise InvalidMessage(refusal)
+        if message.content_type != JSON:
+            raise InvalidMessage(f"content type {str(message.content_type)[:80]!r} is not {JSON}")
+        settings = self.engine.settings
+        body = message.body
+        if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
+            if len(body) > settings.max_message_size:  # characters: no more than bytes
+                raise InvalidMessage(f"body of {len(body)} characters is above scheduler.max_message_size")
+            body = body.encode("utf-8", "surrogateescape")
+        if not isinstance(body, bytes):
+            raise InvalidMessage(f"body is a {type(body).__name__}")
+        if len(body) > settings.max_message_size:
+            raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
+        secret = settings.secret
+        if secret is not None:
+            verify(body, (message.headers or {}).get(SIGNATURE_HEADER), secret,
+                   message.delivery_info.get("routing_key") or "", message.content_type,
+                   message.content_encoding)
+        request = decode(body)
+        if request.queue not in self.engine.queues:
+            raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
+        if secret is not None:
+            stale = sent_too_long_ago(request.sent_at, settings.message_age_limit)
+            if stale:
+                raise InvalidMessage(f"job {request.id}: {stale}")
+        crash_point("received")
         return request
 
     def store(self, batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]]) -> None:
         """Carry out the requests of *batch* in order (the engine stores the
         run-now jobs among them together), then settle each message, in
         their order: ack once its job is stored, dead-letter it if it was
-        refused at the door or cannot be carried out, requeue it (and the
-        ones after it) if the job store failed."""
+        refused at the door or cannot be carried out (all of the batch's dead
+        letters written together, after its jobs), requeue it (and the ones
+        after it) if the job store failed.
+
+        A request the job store cannot take (a value the database refuses:
+        a NUL character on PostgreSQL, a constraint) fails the statement it
+        shares with others: the requests of a failed statement are tried
+        again one by one, and only the one the database refuses is refused.
+        """
         requests = [item for _, _, item in batch if isinstance(item, JobRequest)]
-        results = iter(self.engine.submit_many(requests) if requests else [])
+        outcomes_of = self.engine.submit_many(requests) if requests else []
+        if len(requests) > 1 and any(_refused_by_database(outcome) or _unexpected(outcome)
+                                     for outcome in outcomes_of):
+            outcomes_of = self._one_by_one(requests, outcomes_of)
+        results = iter(outcomes_of)
         outcomes = [next(results) if isinstance(item, JobRequest) else item for _, _, item in batch]
         if any(isinstance(outcome, str) for outcome in outcomes):
             crash_point("persisted")
         failed = False
+        refused: list[tuple[Any, str, str]] = []
         for (message, queue, request), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, str):
                 message.ack()
                 assert isinstance(request, JobRequest)
                 log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
             elif isinstance(outcome, (InvalidMessage, InvalidJob)):
-                self.refuse(message, queue, str(outcome))
+                refused.append((message, queue, str(outcome)))
+            elif _refused_by_database(outcome):
+                refused.append((message, queue, f"the job store cannot store this message: "
+                                                 f"{type(outcome).__name__}: {outcome}"))
             elif isinstance(outcome, sa.exc.SQLAlchemyError):
                 if not failed:
                     log.error("queue %s: job store unavailable (%s); message(s) requeued, retrying "
@@ -302,23 +347,66 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
                 failed = True
             else:
                 log.error("queue %s: unexpected error handling a message", queue, exc_info=outcome)
-                self.refuse(message, queue, f"unexpected error: {type(outcome).__name__}: {outcome}")
+                refused.append((message, queue, f"unexpected error: {type(outcome).__name__}: {outcome}"))
+        if refused:
+            self.refuse(refused)
         if failed:
             self.stop_event.wait(self._backoff)
             self._backoff = min(self._backoff * 2, STORE_BACKOFF[1])
         else:
             self._backoff = STORE_BACKOFF[0]
 
-    def refuse(self, message: Any, queue: str, reason: str) -> None:
-        log.error("queue %s: message refused and dead-lettered: %s", queue, reason)
+    def _one_by_one(self, requests: list[JobRequest],
+                    outcomes: list[str | Exception]) -> list[str | Exception]:
+        """*outcomes* with the requests that failed with others tried again
+        alone; after a job store outage, the rest are left to be requeued."""
+        again = list(outcomes)
+        for index, (request, outcome) in enumerate(zip(requests, outcomes, strict=True)):
+            if isinstance(outcome, str) or isinstance(outcome, (InvalidMessage, InvalidJob)):
+                continue
+            alone = self.engine.submit_many([request])[0]
+            again[index] = alone
+            if isinstance(alone, sa.exc.SQLAlchemyError) and not _refused_by_database(alone):
+                break  # the job store is down: requeue this one and the rest
+        return again
+
+    def refuse(self, refused: list[tuple[Any, str, str]]) -> None:
+        """Dead-letter the messages of *refused* ((message, queue, reason)),
+        in one write, and reject them; if the dead letters cannot be written,
+        requeue them (after a back-off)."""
+        letters = []
+        for message, queue, reason in refused:
+            log.error("queue %s: message refused and dead-lettered: %s", queue, reason)
+            letters.append((queue, reason, message.body))
+        ledger = self.engine.ledger
+        keep = self.engine.settings.dead_letters_max
         try:
-            self.engine.ledger.dead_letter(queue, reason, message.body)
+            dropped = ledger.dead_letter_many(letters, keep)
         except sa.exc.SQLAlchemyError as exc:
-            log.error("queue %s: could not dead-letter the message (%s); requeued", queue, exc)
-            message.requeue()
+            log.error("could not dead-letter %d message(s) (%s); requeued", len(refused), exc)
+            for message, _queue, _reason in refused:
+                message.requeue()
             self.stop_event.wait(self._backoff)
             return
-        message.reject(requeue=False)
+        if dropped:
+            log.warning("%d oldest dead letter(s) dropped to keep scheduler.dead_letters.max (%d); "
+                        "%d dropped since this daemon started", dropped, keep, ledger.dead_letters_dropped)
+        for message, _queue, _reason in refused:
+            message.reject(requeue=False)
+
+
+def _refused_by_database(outcome: Any) -> bool:
+    """True if the job store refused a value of the request (not: is down):
+    a data or constraint error, or text the driver cannot encode (a lone
+    surrogate from a JSON ``\\ud800``)."""
+    if isinstance(outcome, sa.exc.StatementError) and not isinstance(outcome, sa.exc.DBAPIError):
+        outcome = outcome.orig
+    return isinstance(outcome, (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError))
+
+
+def _unexpected(outcome: Any) -> bool:
+    return isinstance(outcome, Exception) and not isinstance(
+        outcome, (InvalidMessage, InvalidJob, sa.exc.SQLAlchemyError)) and not _refused_by_database(outcome)
 
 
 class SchedulerService:

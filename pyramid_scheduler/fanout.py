@@ -34,10 +34,11 @@ from kombu.mixins import ConsumerMixin
 
 from .api import Event
 from .broker import JSON, make_connection
+from .door import DoorConsumer, refusal_of
 from .events import EventDispatcher
 from .exceptions import InvalidMessage
 from .logs import get_logger
-from .messages import SIGNATURE_HEADER, sign, verify
+from .messages import SIGNATURE_HEADER, sign_message, verify
 from .settings import SchedulerSettings
 
 log = get_logger(__name__)
@@ -45,6 +46,8 @@ log = get_logger(__name__)
 VERSION = 1
 #: Seconds the publisher stops trying after the broker or the job store failed.
 PAUSE = 5.0
+#: Seconds the event subscriber waits before starting again after a failure.
+RESTART_PAUSE = 1.0
 #: Event fields holding times (sent as ISO 8601, read back as datetimes).
 TIME_FIELDS = ("scheduled_run_time", "next_run_time")
 
@@ -105,11 +108,20 @@ def decode_event(body: bytes | str) -> tuple[Event, str]:
     kind, fields = data.get("type"), data.get("event")
     if kind not in Event.TYPES or not isinstance(fields, dict):
         raise InvalidMessage(f"unknown event type {kind!r}")
+    # "type" is the event's own (Event's first argument); "seq" is set below.
+    fields = {key: value for key, value in fields.items() if key not in ("type", "seq")}
     for key in TIME_FIELDS:
         if isinstance(fields.get(key), str):
-            fields[key] = datetime.fromisoformat(fields[key])
-    event = Event(kind, **fields)
-    event.seq = data.get("seq")
+            try:
+                fields[key] = datetime.fromisoformat(fields[key])
+            except ValueError as exc:
+                raise InvalidMessage(f"event field {key!r}: {exc}") from exc
+    try:
+        event = Event(kind, **fields)
+    except TypeError as exc:
+        raise InvalidMessage(f"event fields refused: {exc}") from exc
+    seq = data.get("seq")
+    event.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
     return event, str(data.get("origin"))
 
 
@@ -148,7 +160,7 @@ class EventPublisher:
             return
         body = encode_event(event, seq, self.origin)
         secret = self.settings.secret
-        headers = {SIGNATURE_HEADER: sign(body, secret)} if secret else None
+        headers = {SIGNATURE_HEADER: sign_message(body, secret, self.exchange.name)} if secret else None
         timeout = self.settings.broker_timeout
         deadline = time.monotonic() + timeout
 
@@ -236,7 +248,7 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
             self._stop.set()
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
-        return [Consumer(queues=[self.queue], on_message=self.on_message, accept=[JSON])]
+        return [DoorConsumer(channel, queues=[self.queue], on_message=self.on_message, accept=[JSON])]
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         self._iterations = 0
@@ -256,13 +268,8 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
 
     def on_message(self, message: Any) -> None:
         try:
-            body = message.body
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            if self.settings.secret is not None:
-                verify(body, (message.headers or {}).get(SIGNATURE_HEADER), self.settings.secret)
-            event, origin = decode_event(body)
-        except (InvalidMessage, ValueError) as exc:
+            event, origin = self.check(message)
+        except Exception as exc:  # noqa: BLE001 - one message must not stop this thread
             log.error("event subscriber: event message refused: %s", exc)
             message.ack()
             return
@@ -278,6 +285,27 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
             self._last[job_id] = seq
         self.dispatcher.deliver(event)
 
+    def check(self, message: Any) -> tuple[Event, str]:
+        """The event in *message* and its origin; as at the daemon's door,
+        nothing is decoded before the size and the signature are checked.
+
+        :raises InvalidMessage: (or any error) the message is refused.
+        """
+        refusal = refusal_of(message)
+        if refusal is not None:
+            raise InvalidMessage(refusal)
+        if message.content_type != JSON:
+            raise InvalidMessage(f"content type {str(message.content_type)[:80]!r} is not {JSON}")
+        body = message.body
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogateescape")
+        if not isinstance(body, bytes) or len(body) > self.settings.max_message_size:
+            raise InvalidMessage("event body above scheduler.max_message_size")
+        if self.settings.secret is not None:
+            verify(body, (message.headers or {}).get(SIGNATURE_HEADER), self.settings.secret,
+                   self.queue.exchange.name, message.content_type, message.content_encoding)
+        return decode_event(body)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pscheduler-event-subscriber",
                                         daemon=True)
@@ -285,9 +313,12 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
 
     def _run(self) -> None:
         try:
-            self.run()
-        except Exception:
-            log.exception("event subscriber stopped")
+            while not self._stop.is_set():
+                try:
+                    self.run()
+                except Exception:  # noqa: BLE001 - a bug must not stop the events for good
+                    log.exception("event subscriber failed; starting again in %gs", RESTART_PAUSE)
+                    self._stop.wait(RESTART_PAUSE)
         finally:
             self.connection.release()
 

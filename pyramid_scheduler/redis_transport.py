@@ -36,8 +36,6 @@ covered by the processing list: the daemon does not use it.
 
 from __future__ import annotations
 
-import base64
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from time import monotonic
@@ -45,9 +43,10 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
+from .door import NOT_A_MESSAGE, DoorMessage, entry_limit, envelope, stand_in
 from .faults import crash_point
 from .logs import get_logger
 
@@ -98,6 +97,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     batch: Callable[[], AbstractContextManager[Any]] = nullcontext
     #: True once Redis refused :data:`TAKE_WAITING` (an ACL without scripting).
     _no_scripts = False
+    Message = DoorMessage
+    #: Entries larger than this (bytes) are not read (:func:`~.door.envelope`).
+    max_entry_size = entry_limit(256 * 1024)
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+                              "max_entry_size")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -156,7 +160,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._give_back(queue, item)
                 return True
             items = [item] + self._take_more(queue)
-            payloads = [envelope(raw, queue) for raw in items]
+            payloads = [self._envelope(raw, queue) for raw in items]
+            self._shrink(queue, items, payloads)
             # The consumer's callback runs in here: each message is handled
             # (acked, rejected or requeued) when the batch ends.
             try:
@@ -164,12 +169,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                     for index, raw in enumerate(items):
                         try:
                             self.connection._deliver(payloads[index], queue)
-                        except Exception:
+                        except Exception as exc:
                             if payloads[index]["content-type"] == NOT_A_MESSAGE:
                                 raise
                             # Kombu could not read it as a message: refused whole.
                             self.qos._delivered.pop(payloads[index]["properties"]["delivery_tag"], None)
-                            payloads[index] = not_a_message(raw, queue)
+                            payloads[index] = stand_in(raw, queue, f"Kombu could not read the message "
+                                                                   f"({type(exc).__name__}: {exc})"[:500])
                             self.connection._deliver(payloads[index], queue)
             finally:
                 self._clear(queue, items, payloads)
@@ -179,6 +185,30 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _envelope(self, raw: bytes, queue: str) -> dict[str, Any]:
+        if raw.startswith(_TOO_LARGE):
+            return stand_in(raw, queue, f"{raw.decode('ascii', 'replace')[:200]} (above the limit of "
+                                        f"{self.max_entry_size} bytes: scheduler.max_message_size in "
+                                        "base64, and its envelope); not read")
+        return envelope(raw, queue, self.max_entry_size)
+
+    def _shrink(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
+        """Replace, in *queue*'s processing list and in *items*, each entry
+        too large to read by its stand-in (which the consumer refuses), so
+        that a batch of them does not hold prefetch count × their size."""
+        large = [index for index, raw in enumerate(items) if len(raw) > self.max_entry_size]
+        if not large:
+            return
+        target = self.raw_key(processing_key(queue))
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            for index in large:
+                small = dumps(payloads[index]).encode("utf-8")
+                pipe.lpush(processing_key(queue), small)  # Kombu's client prefixes LPUSH's key itself
+                pipe.lrem(target, 1, items[index])
+                items[index] = small
+            pipe.execute()
 
     def _take_more(self, queue: str) -> list[bytes]:
         """Up to prefetch count - 1 more messages already waiting in *queue*,
@@ -191,8 +221,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not self._no_scripts:
                 try:
                     # Kombu's client adds global_keyprefix to EVALSHA's first key only.
-                    return self._take_waiting(keys=[queue, target], args=[more],
-                                              client=client)  # type: ignore[no-any-return]
+                    return self._take_waiting(keys=[queue, target],  # type: ignore[no-any-return]
+                                              args=[more, self.max_entry_size, TOO_LARGE], client=client)
                 except NoPermissionError as exc:
                     # Nothing moved: the script was refused before it ran.
                     log.warning("Redis refuses scripts to this user (%s): taking the messages waiting "
@@ -235,44 +265,28 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 #: to its processing list KEYS[2], as many ``LMOVE`` would, and returns them.
 #: One command however many are waiting: a pipeline of ``LMOVE`` costs each
 #: of them even when the queue is empty (about 1 ms of the consumer's CPU for
-#: 63 of them here, which every message paid at a low rate).
+#: 63 of them here, which every message paid at a low rate). An entry longer
+#: than ARGV[2] bytes is replaced, there and in the reply, by
+#: :data:`TOO_LARGE` with its length and SHA-1: a batch of large entries
+#: never reaches the daemon's memory.
 TAKE_WAITING = """
 local taken = {}
+local limit = tonumber(ARGV[2])
 for _ = 1, tonumber(ARGV[1]) do
   local raw = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not raw then break end
+  if #raw > limit then
+    raw = ARGV[3] .. #raw .. ' bytes, sha1 ' .. redis.sha1hex(raw)
+    redis.call('LSET', KEYS[2], 0, raw)
+  end
   taken[#taken + 1] = raw
 end
 return taken
 """
+#: What :data:`TAKE_WAITING` leaves of an entry too large to read.
+TOO_LARGE = "pyramid_scheduler: broker entry too large to read: "
 
-#: Content type given to a list entry that is not a Kombu message, so that
-#: the consumer refuses (dead-letters) it like any other bad message.
-NOT_A_MESSAGE = "application/x-not-a-kombu-message"
-
-
-def envelope(raw: bytes, queue: str) -> dict[str, Any]:
-    """The Kombu message in the list entry *raw*; an entry that is not one
-    (written to the queue by something other than a Kombu producer) is
-    wrapped, whole, in a message of type :data:`NOT_A_MESSAGE`."""
-    try:
-        payload = loads(raw.decode("utf-8"))
-        properties = payload["properties"]
-        if (isinstance(properties["delivery_tag"], str) and isinstance(properties["delivery_info"], dict)
-                and isinstance(payload.get("headers") or {}, dict)
-                and isinstance(payload.get("content-type"), str)):
-            return payload  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001, S110 - any shape that is not an envelope
-        pass
-    return not_a_message(raw, queue)
-
-
-def not_a_message(raw: bytes, queue: str) -> dict[str, Any]:
-    """A message of type :data:`NOT_A_MESSAGE` whose body is *raw*."""
-    return {"body": base64.b64encode(raw).decode("ascii"), "content-type": NOT_A_MESSAGE,
-            "content-encoding": "binary", "headers": {},
-            "properties": {"body_encoding": "base64", "delivery_tag": uuid.uuid4().hex,
-                           "delivery_info": {"exchange": "", "routing_key": queue}}}
+_TOO_LARGE = TOO_LARGE.encode("ascii")
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
@@ -302,18 +316,46 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
     """Put back every message of *queues* that an earlier consumer took and
     did not finish: those in the processing lists, and those in Kombu's
     ``unacked`` hash (without waiting for the visibility timeout). Return how
-    many. Only the holder of the queues' lease may call this."""
+    many. Only the holder of the queues' lease may call this.
+
+    Whatever is found there that is not what Kombu or this channel writes (a
+    key of another type, an entry that is not a Kombu message) is logged and
+    left alone: it must not keep the daemon from starting.
+    """
     released = 0
     names = set(queues)
     with channel.conn_or_acquire() as client:
         for queue in queues:
             # Newest first to the consuming end, so the oldest is taken first again.
             source, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
+            for key in (target, source):
+                _set_aside_unless_list(client, key)
             while client.lmove(source, target, "LEFT", "RIGHT") is not None:
                 released += 1
-        for tag, raw in client.hgetall(channel.unacked_key).items():
-            _message, _exchange, routing_key = loads(raw.decode("utf-8"))
-            if routing_key in names:
+        try:
+            unacked = client.hgetall(channel.unacked_key).items()
+        except channel.ResponseError as exc:
+            log.error("the unacked hash %r cannot be read (%s); left alone", channel.unacked_key, exc)
+            unacked = []
+        for tag, raw in unacked:
+            try:
+                _message, _exchange, routing_key = loads(raw.decode("utf-8"))
+                if routing_key not in names:
+                    continue
                 channel.qos.restore_by_tag(tag.decode("utf-8"), client)
-                released += 1
+            except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the start
+                log.error("unacked entry %r: not a Kombu message (%s: %s); left alone",
+                          tag[:80], type(exc).__name__, str(exc)[:200])
+                continue
+            released += 1
     return released
+
+
+def _set_aside_unless_list(client: Any, key: str) -> None:
+    """Rename *key* to ``<key>:malformed`` (logged) if it holds anything but a
+    list: Redis would refuse every command of the consumer on it."""
+    kind = client.type(key)
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in ("list", "none"):
+        log.error("%r holds a %s, not a list of messages: renamed to %r", key, kind, f"{key}:malformed")
+        client.rename(key, f"{key}:malformed")

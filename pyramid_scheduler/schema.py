@@ -59,7 +59,9 @@ def _add_columns(*tables: str) -> Step:
 
 
 #: The steps from one version to the next: ``{version: (what changes, step)}``.
-UPGRADES: dict[int, tuple[str, Step]] = {}
+UPGRADES: dict[int, tuple[str, Step]] = {
+    2: ("dead letters keep the size and SHA-256 of the body", _add_columns("dead_letters")),
+}
 #: The version of the tables this release makes and writes.
 SCHEMA_VERSION = max(UPGRADES, default=1)
 

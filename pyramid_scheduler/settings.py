@@ -108,7 +108,7 @@ KNOWN_KEYS = frozenset({
     "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
     "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
     "func_aliases", "transactional", "events.subscribe", "events.publish", "testing.eager",
-    "catch_up", "catch_up_limit", "insecure",
+    "catch_up", "catch_up_limit", "insecure", "dead_letters.max", "max_message_age",
 })
 
 
@@ -165,6 +165,11 @@ class SchedulerSettings:
     lease_ttl: float = 15.0
     result_ttl: float = 7 * 86400.0
     max_message_size: int = 256 * 1024
+    #: Signed messages sent longer ago than this (seconds) are refused as
+    #: possible replays; ``None``: ``result_ttl``; 0: no limit.
+    max_message_age: float | None = None
+    #: Dead letters kept; the oldest beyond this are dropped.
+    dead_letters_max: int = 10000
     delegator: Callable[..., Any] | None = None
     #: HMAC-SHA256 key for signing messages; ``None`` means unsigned (warned).
     secret: bytes | None = field(default=None, repr=False)
@@ -200,6 +205,11 @@ class SchedulerSettings:
         """True when a process running jobs publishes their events."""
         wanted = self.events_subscribe if self.events_publish is None else self.events_publish
         return self.fanout and wanted
+
+    @property
+    def message_age_limit(self) -> float:
+        """``max_message_age``, or ``result_ttl`` when not set (0: no limit)."""
+        return self.result_ttl if self.max_message_age is None else self.max_message_age
 
     @property
     def default_queue(self) -> str:
@@ -427,6 +437,7 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         ("executor.max_workers", "max_workers", 1),
         ("max_message_size", "max_message_size", 64),
         ("catch_up_limit", "catch_up_limit", 1),
+        ("dead_letters.max", "dead_letters_max", 1),
     ):
         if key in raw:
             opts[attr] = _as_int(key, raw[key], minimum)
@@ -439,6 +450,7 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         ("shutdown_timeout", "shutdown_timeout"),
         ("lease.ttl", "lease_ttl"),
         ("result_ttl", "result_ttl"),
+        ("max_message_age", "max_message_age"),
     ):
         if key in raw:
             opts[attr] = parse_duration(key, raw[key])

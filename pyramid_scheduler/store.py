@@ -96,6 +96,8 @@ class Ledger:
     def __init__(self, engine: Engine, prefix: str = "pyramid_scheduler_") -> None:
         self.engine = engine
         self.prefix = prefix
+        #: Dead letters dropped, oldest first, to keep scheduler.dead_letters.max.
+        self.dead_letters_dropped = 0
         self.metadata = sa.MetaData()
         self.jobs = sa.Table(
             f"{prefix}jobs", self.metadata,
@@ -150,7 +152,11 @@ class Ledger:
             sa.Column("queue", sa.String(200), nullable=False),
             sa.Column("received_at", sa.Float, nullable=False),
             sa.Column("reason", sa.Text, nullable=False),
+            #: The first DEAD_LETTER_PREFIX bytes of the body (as text).
             sa.Column("body", sa.Text, nullable=False),
+            #: The whole body's size in bytes and SHA-256 (hex).
+            sa.Column("size", sa.BigInteger),
+            sa.Column("sha256", sa.String(64)),
         )
         upgrade(engine, self.metadata, prefix)
         # The statements of every run, built once: SQLAlchemy then skips
@@ -638,19 +644,25 @@ class Ledger:
                 return 1
             return int(conn.execute(sa.select(table.c.seq).where(table.c.job_id == job_id)).scalar_one())
 
-    def dead_letter(self, queue: str, reason: str, body: Any) -> None:
-        if isinstance(body, (bytes, bytearray)):
-            text = bytes(body).decode("utf-8", "backslashreplace")
-        elif isinstance(body, str):
-            text = body
-        else:
-            try:
-                text = json.dumps(body)
-            except (TypeError, ValueError):
-                text = repr(body)
+    def dead_letter_many(self, letters: list[tuple[str, str, Any]], keep: int | None = None) -> int:
+        """Write the dead letters *letters* ((queue, reason, body)) in one
+        transaction: of each body its first :data:`DEAD_LETTER_PREFIX` bytes,
+        its size and SHA-256. Then, if more than *keep* dead letters are
+        kept, the oldest beyond that are dropped: return how many (counted in
+        :attr:`dead_letters_dropped`)."""
+        stamp = now()
+        rows = [dict(queue=_storable(queue, 200), received_at=stamp, reason=_storable(reason, 2000),
+                     **_letter_body(body)) for queue, reason, body in letters]
+        table = self.dead_letters
+        dropped = 0
         with self.engine.begin() as conn:
-            conn.execute(self.dead_letters.insert().values(
-                queue=queue, received_at=now(), reason=reason[:2000], body=text[:1_000_000]))
+            conn.execute(table.insert(), rows)
+            if keep is not None:
+                newest = (sa.select(table.c.id).order_by(table.c.id.desc()).offset(keep).limit(1)
+                          .scalar_subquery())
+                dropped = int(conn.execute(table.delete().where(table.c.id <= newest)).rowcount or 0)
+        self.dead_letters_dropped += dropped
+        return dropped
 
     def purge(self, older_than: float, at: float | None = None) -> int:
         """Forget finished jobs and old dead letters (housekeeping).
@@ -676,6 +688,38 @@ class Ledger:
                 self.runs.c.job_id.notin_(sa.select(jobs.c.id).where(jobs.c.ttl.is_not(None)))))
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
         return int(count)
+
+
+#: Bytes of a refused message's body a dead letter keeps.
+DEAD_LETTER_PREFIX = 4096
+
+
+def _storable(text: str, longest: int) -> str:
+    """*text* cut to *longest* characters, with what no database column
+    takes (NUL, lone surrogates) escaped."""
+    text = text[:longest]
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _letter_body(body: Any) -> dict[str, Any]:
+    """A dead letter's ``body`` (prefix), ``size`` and ``sha256``."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
+    elif not isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.dumps(body).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):
+            body = repr(body).encode("utf-8", "surrogatepass")
+    data = bytes(body)
+    text = data[:DEAD_LETTER_PREFIX].decode("utf-8", "backslashreplace")
+    return {"body": _storable(text, DEAD_LETTER_PREFIX * 4), "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 class Unusual(Exception):

@@ -15,7 +15,8 @@ loses them) and never deletes consumed rows. This one:
   or when the channel closes with unacked messages.
 
 Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 60),
-``polling_interval`` (seconds between empty polls, default 0.02).
+``polling_interval`` (seconds between empty polls, default 0.02), ``max_entry_size`` (bytes: a
+larger row is refused unread, see :mod:`pyramid_scheduler.door`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kombu.transport import virtual
 from sqlalchemy.engine import Engine
 
 from .db import SQLITE_BUSY_TIMEOUT, create_db_engine, create_tables
+from .door import DoorMessage, entry_limit, envelope
 
 metadata = sa.MetaData()
 messages = sa.Table(
@@ -48,7 +50,7 @@ messages = sa.Table(
 # and caching them at each call, most of the CPU of a small statement).
 _param = sa.bindparam
 _INSERT = messages.insert()
-_NEXT = (sa.select(messages.c.id, messages.c.visible_at, messages.c.payload)
+_NEXT = (sa.select(messages.c.id, messages.c.visible_at, messages.c.delivery_tag, messages.c.payload)
          .where(messages.c.queue == _param("p_queue"), messages.c.visible_at <= _param("p_now"))
          .order_by(messages.c.id).limit(1))
 _CLAIM = (messages.update()
@@ -94,7 +96,11 @@ class Channel(virtual.Channel):
     """Virtual channel whose queues are rows of ``pyramid_scheduler_messages``."""
 
     visibility_timeout = 60.0
-    from_transport_options = (*virtual.Channel.from_transport_options, "visibility_timeout")  # type: ignore[assignment]
+    Message = DoorMessage
+    #: Rows whose payload is larger than this (bytes) are not read.
+    max_entry_size = entry_limit(256 * 1024)
+    from_transport_options = (*virtual.Channel.from_transport_options, "visibility_timeout",  # type: ignore[assignment]
+                              "max_entry_size")
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -123,7 +129,9 @@ class Channel(virtual.Channel):
                 claimed = conn.execute(_CLAIM, {"p_id": row.id, "p_seen": row.visible_at,
                                                 "p_until": now + self.visibility_timeout}).rowcount
                 if claimed:
-                    message: dict[str, Any] = json.loads(row.payload)
+                    # Read through the door: a row too large or not a Kombu
+                    # message (written by other means) becomes a stand-in.
+                    message = envelope(row.payload, queue, self.max_entry_size, row.delivery_tag)
                     if row.visible_at:  # claimed before: a consumer died or requeued it
                         message["properties"]["delivery_info"]["redelivered"] = True
                     return message

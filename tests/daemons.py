@@ -99,7 +99,8 @@ class Daemon:
     and stderr go to *log_path*; *env* is added to the environment."""
 
     def __init__(self, argv: list[str], log_path: Path, cwd: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 preexec_fn: Callable[[], object] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
         environ = dict(os.environ)
@@ -110,14 +111,15 @@ class Daemon:
         self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=cwd, env=environ,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=preexec_fn)
 
     @classmethod
     def start(cls, ini: Path, *args: str, env: Mapping[str, str] | None = None,
-              script: bool = False) -> Daemon:
-        """``pscheduler INI *args``, logging next to *ini*."""
+              script: bool = False, preexec_fn: Callable[[], object] | None = None) -> Daemon:
+        """``pscheduler INI *args``, logging next to *ini*; *preexec_fn* runs
+        in the child before it starts (e.g. to set resource limits)."""
         log_path = ini.with_name(f"{ini.stem}.{time.monotonic_ns()}.log")
-        return cls([*pscheduler_argv(script), str(ini), *args], log_path, ini.parent, env)
+        return cls([*pscheduler_argv(script), str(ini), *args], log_path, ini.parent, env, preexec_fn)
 
     @property
     def pid(self) -> int:

@@ -75,6 +75,27 @@ def test_tables_from_before_the_version_are_upgraded_with_their_rows(store, capl
     assert f"job store tables {prefix}*: now at schema version {SCHEMA_VERSION}" in messages
 
 
+def test_version_1_dead_letters_gain_size_and_digest(store, caplog):
+    engine, prefix = store
+    Ledger(engine, prefix)
+    # Version 1: the dead letters had no size or sha256.
+    with engine.begin() as conn:
+        for column in ("size", "sha256"):
+            conn.execute(sa.text(f'ALTER TABLE "{prefix}dead_letters" DROP COLUMN {column}'))
+        conn.execute(sa.text(f"""INSERT INTO "{prefix}dead_letters" (queue, received_at, reason, body)
+                                 VALUES ('jobs', 1.0, 'old', 'x')"""))
+        conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 1'))
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
+        ledger = Ledger(engine, prefix)
+    assert version(engine, prefix) == SCHEMA_VERSION >= 2
+    ledger.dead_letter_many([("jobs", "new", b"body")])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ledger.dead_letters).order_by(ledger.dead_letters.c.id)).all()
+    assert [(row.reason, row.size) for row in rows] == [("old", None), ("new", 4)]
+    assert f"job store tables {prefix}*: upgrading to schema version 2: dead letters keep the size and " \
+           "SHA-256 of the body" in [record.getMessage() for record in caplog.records]
+
+
 def test_tables_newer_than_this_release_are_refused(store):
     engine, prefix = store
     Ledger(engine, prefix)

@@ -16,7 +16,7 @@ from conftest import make_settings, wait_for
 from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.broker import make_connection, make_queue
 from pyramid_scheduler.consumer import SchedulerService
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 
 SECRET = "0123456789abcdef0123456789abcdef"
 RAN = []
@@ -73,9 +73,10 @@ def request_body(func="test_security:harmless", job_id="raw1"):
 def test_signed_jobs_run_and_unsigned_or_forged_ones_are_dead_lettered(running):
     proxy, service = running(secret=SECRET)
     publish_raw(proxy, request_body(job_id="unsigned"))
-    publish_raw(proxy, request_body(job_id="forged"), {SIGNATURE_HEADER: sign(b"other", SECRET.encode())})
+    key = make_queue(proxy.settings, "jobs").routing_key
+    publish_raw(proxy, request_body(job_id="forged"), {SIGNATURE_HEADER: sign_message(b"other", SECRET.encode(), key)})
     body = request_body(job_id="hand-signed")
-    publish_raw(proxy, body, {SIGNATURE_HEADER: sign(body, SECRET.encode())})
+    publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, SECRET.encode(), key)})
     proxy.add_async_job(harmless, args=["via-proxy"])
     wait_for(lambda: "via-proxy" in RAN and "hand-signed" in RAN)
     wait_for(lambda: len(dead_letters(service)) == 2)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from integration.sampleapp import jobs
 from pyramid_scheduler import EnqueueError
 from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 from pyramid_scheduler.settings import parse_settings
 
 pytestmark = [pytest.mark.integration]
@@ -86,9 +86,10 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
     with make_connection(settings) as conn:
         producer = conn.Producer()
         for body, content_type, signature, _ in bad:
-            signature = sign(body, settings.secret) if signature is None else signature
+            if signature is None:
+                signature = sign_message(body, settings.secret, kqueue.routing_key, content_type)
             producer.publish(body, exchange="", routing_key=kqueue.routing_key, declare=[kqueue],
-                             content_type=content_type, content_encoding="binary",
+                             content_type=content_type, content_encoding="utf-8",
                              headers={SIGNATURE_HEADER: signature} if signature else {})
 
     # A good job sent after them runs: the consumer is alive and past them.
@@ -110,7 +111,8 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
     for (queue, reason, body), (sent, _, _, expected) in zip(rows, bad, strict=True):
         assert queue == "jobs"
         assert expected in reason, (expected, reason)
-        assert body == sent.decode("utf-8", "backslashreplace")
+        # Kept as text: undecodable bytes and NUL (which PostgreSQL refuses) escaped.
+        assert body == sent.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
     assert daemon.log().count("message refused and dead-lettered") == len(bad)
     # None of them is left on the broker.
     with make_connection(settings) as conn:

@@ -15,7 +15,7 @@ import pytest
 from integration.conftest import wait_until
 from integration.sampleapp import jobs
 from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 from pyramid_scheduler.settings import parse_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,7 +76,7 @@ def test_a_message_delivered_again_is_absorbed(harness):
                       ).encode()
     kqueue = make_queue(settings, "jobs")
     assert settings.secret is not None
-    headers = {SIGNATURE_HEADER: sign(body, settings.secret)}
+    headers = {SIGNATURE_HEADER: sign_message(body, settings.secret, kqueue.routing_key)}
 
     def publish() -> None:
         with make_connection(settings) as conn:

@@ -23,8 +23,9 @@ from conftest import make_settings
 from integration.conftest import make_harness  # noqa: F401 - the fixture
 from integration.sampleapp import jobs
 from pyramid_scheduler import InvalidJob, InvalidQueue
+from pyramid_scheduler.broker import make_queue
 from pyramid_scheduler.logs import escape, get_logger
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign, trigger_spec
+from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 from pyramid_scheduler.proxy import SchedulerProxy
 from pyramid_scheduler.settings import parse_settings
 
@@ -87,14 +88,15 @@ def test_a_daemon_log_cannot_be_forged(make_harness):  # noqa: F811
 
     # A signed message whose job id holds a newline is refused at the door.
     secret = harness.settings["scheduler.secret"].encode()
+    key = make_queue(proxy.settings, "jobs").routing_key
     for index, job_id in enumerate([f"id{FORGED}", "nul\x00id"]):
         body = JobRequest(op="add", id=job_id, queue="jobs", func="integration.sampleapp.jobs:noop",
                           args=[index], trigger=trigger_spec("now", proxy.settings.timezone,
                                                              run_date=proxy.now())).encode()
-        publish_raw(proxy, body, {SIGNATURE_HEADER: sign(body, secret)})
+        publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, secret, key)})
     for cancel in (JobRequest(op="cancel", id=f"c{FORGED}", queue="jobs").encode(),
                    JobRequest(op="cancel", id="c", queue=f"jobs{FORGED}").encode()):
-        publish_raw(proxy, cancel, {SIGNATURE_HEADER: sign(cancel, secret)})
+        publish_raw(proxy, cancel, {SIGNATURE_HEADER: sign_message(cancel, secret, key)})
     tag = f"after-{uuid.uuid4().hex[:6]}"
     proxy.add_async_job(jobs.record, args=[harness.oracle, tag])
     harness.wait_runs(tag, alive=(daemon,))

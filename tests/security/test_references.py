@@ -17,7 +17,8 @@ from test_security import SECRET, dead_letters, publish_raw, request_body, runni
 
 from conftest import wait_for
 from pyramid_scheduler import InvalidJob
-from pyramid_scheduler.messages import SIGNATURE_HEADER, callable_ref, check_ref, resolve_ref, sign
+from pyramid_scheduler.broker import make_queue
+from pyramid_scheduler.messages import SIGNATURE_HEADER, callable_ref, check_ref, resolve_ref, sign_message
 from security import refjobs
 
 MODULE = "security.refjobs"
@@ -70,15 +71,16 @@ def test_add_job_refuses_the_bypasses(running, ref, why, tmp_path):  # noqa: F81
 
 def test_signed_bypasses_are_refused_at_the_door(running, tmp_path):  # noqa: F811
     proxy, service = running(allowed_modules=MODULE, secret=SECRET)
+    key = make_queue(proxy.settings, "jobs").routing_key
     markers = []
     for index, (ref, _) in enumerate(BYPASSES[:5]):
         marker = tmp_path / f"pwned-{index}"
         markers.append(marker)
         body = request_body(func=ref, job_id=f"bypass-{index}").replace(
             f'"args":["bypass-{index}"]'.encode(), f'"args":["touch {marker}"]'.encode())
-        publish_raw(proxy, body, {SIGNATURE_HEADER: sign(body, SECRET.encode())})
+        publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, SECRET.encode(), key)})
     body = request_body(func=f"{MODULE}:Tasks.static", job_id="legit")
-    publish_raw(proxy, body, {SIGNATURE_HEADER: sign(body, SECRET.encode())})
+    publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, SECRET.encode(), key)})
     wait_for(lambda: "static:legit" in refjobs.RAN and len(dead_letters(service)) == 5)
     reasons = " | ".join(dead_letters(service))
     for ref, why in BYPASSES[:5]:

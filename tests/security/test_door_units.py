@@ -1,0 +1,218 @@
+"""The door's parts, in process and fast: signatures that take any header
+value, what the version 2 signature covers, ``sent_at``, the nesting limit,
+the bounded cron search, raw broker entries, dead letters, and events.
+
+The same attacks against a real daemon on every broker are in
+:mod:`security.test_door_daemons`."""
+
+import base64
+import gzip
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from pyramid_scheduler.db import create_db_engine
+from pyramid_scheduler.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
+from pyramid_scheduler.exceptions import InvalidMessage, SerializationError
+from pyramid_scheduler.fanout import decode_event
+from pyramid_scheduler.messages import (
+    MAX_DEPTH,
+    JobRequest,
+    build_trigger,
+    check_json,
+    decode,
+    next_fire_time,
+    sent_too_long_ago,
+    sign_message,
+    verify,
+)
+from pyramid_scheduler.store import DEAD_LETTER_PREFIX, Ledger
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+QUEUE = "pyramid_scheduler.jobs"
+
+
+def body_of(**fields):
+    request = JobRequest(op="add", id="j1", queue="jobs", func="mod:fn", args=[1],
+                         trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()})
+    wire = request.to_wire()
+    wire.update(fields)
+    return json.dumps(wire).encode()
+
+
+# -- the signature ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [
+    "é", "\udcff", "v2=é", "v2=" + "é" * 64, 123, 1.5, True, ["v2=00"], {"v2": "00"}, b"v2=00", "",
+    None, "x" * 10_000, "\x00" * 64])
+def test_any_header_value_is_refused_without_an_error(header):
+    with pytest.raises(InvalidMessage):
+        verify(b"{}", header, SECRET, QUEUE)
+
+
+def test_good_signatures_pass_and_recased_or_other_keys_do_not():
+    body = body_of()
+    good = sign_message(body, SECRET, QUEUE)
+    assert good.startswith("v2=")
+    verify(body, good, SECRET, QUEUE)
+    body_only = hmac.new(SECRET, body, hashlib.sha256).hexdigest()  # version 1, pre-release builds
+    with pytest.raises(InvalidMessage, match="version 1 signature"):
+        verify(body, body_only, SECRET, QUEUE)
+    for bad in (good.upper(), "V2=" + good[3:], good[:-1], sign_message(body, b"another-secret-0123456789", QUEUE),
+                body_only.upper(), "v2=" + body_only):
+        with pytest.raises(InvalidMessage, match="bad message signature"):
+            verify(body, bad, SECRET, QUEUE)
+
+
+def test_the_signature_covers_the_queue_the_content_type_and_encoding_and_the_body():
+    body = body_of()
+    good = sign_message(body, SECRET, QUEUE)
+    for changed in ({"routing_key": "pyramid_scheduler.reports"}, {"content_type": "text/plain"},
+                    {"content_encoding": "latin-1"}):
+        args = {"routing_key": QUEUE, "content_type": "application/json", "content_encoding": "utf-8", **changed}
+        with pytest.raises(InvalidMessage, match="bad message signature"):
+            verify(body, good, SECRET, **args)
+    with pytest.raises(InvalidMessage, match="bad message signature"):
+        verify(body.replace(b'"j1"', b'"j2"'), good, SECRET, QUEUE)
+    # A newline in a property cannot move bytes between the properties and the body.
+    assert sign_message(b"x", SECRET, "a\nb") != sign_message(b"b\nx", SECRET, "a")
+
+
+def test_sent_at_older_than_the_limit_is_refused():
+    now = datetime.now(timezone.utc)
+    assert sent_too_long_ago(now.isoformat(), 3600) is None
+    assert "max_message_age" in sent_too_long_ago((now - timedelta(hours=2)).isoformat(), 3600)
+    assert sent_too_long_ago((now - timedelta(days=400)).isoformat(), 0) is None  # no limit
+    assert "not an ISO 8601" in sent_too_long_ago("", 3600)
+    assert "not an ISO 8601" in sent_too_long_ago("yesterday", 0)
+    assert sent_too_long_ago("2026-01-01T00:00:00", 3600, now=datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc)) is None
+
+
+# -- the body ---------------------------------------------------------------------------
+
+def nested(depth):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_producers_nesting_limit_is_enforced_at_the_door():
+    decode(body_of(args=[nested(MAX_DEPTH - 1)]))  # what the producer sends at most
+    check_json([nested(MAX_DEPTH - 1)], "args")
+    with pytest.raises(SerializationError):
+        check_json([nested(MAX_DEPTH)], "args")
+    with pytest.raises(InvalidMessage, match="nested deeper"):
+        decode(body_of(args=[nested(MAX_DEPTH)]))
+    with pytest.raises(InvalidMessage, match="nested deeper"):
+        decode(body_of(kwargs={"a": json.loads('{"b":' * 40 + "1" + "}" * 40)}))
+    with pytest.raises(InvalidMessage):
+        decode(b'{"v":1,"args":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+@pytest.mark.parametrize("crontab", ["0 0 31 2 *", "0 0 30 2 *", "* * 31 4 *", "0 0 31 11 *"])
+def test_an_impossible_cron_is_found_never_to_fire_quickly(crontab):
+    trigger = build_trigger({"type": "cron", "crontab": crontab}, timezone.utc)
+    started = time.process_time()
+    assert next_fire_time(trigger, datetime.now(timezone.utc)) is None
+    assert time.process_time() - started < 0.15
+
+
+def test_rare_and_far_crons_still_fire():
+    now = datetime.now(timezone.utc)
+    trigger = build_trigger({"type": "cron", "crontab": "0 0 29 2 mon"}, timezone.utc)
+    assert next_fire_time(trigger, now).year == 2044
+    far = build_trigger({"type": "cron", "year": "2300", "month": "1",
+                         "start_date": "2299-06-01T00:00:00+00:00"}, timezone.utc)
+    assert next_fire_time(far, now).year == 2300  # searched from its start
+    assert next_fire_time(build_trigger({"type": "cron", "year": "2300"}, timezone.utc), now) is None
+
+
+# -- raw broker entries -----------------------------------------------------------------
+
+def kombu_payload(body=b"{}", headers=None, **extra):
+    payload = {"body": base64.b64encode(body).decode(), "content-type": "application/json",
+               "content-encoding": "utf-8", "headers": headers or {},
+               "properties": {"body_encoding": "base64", "delivery_tag": "t1",
+                              "delivery_info": {"exchange": "", "routing_key": QUEUE}}}
+    payload.update(extra)
+    return payload
+
+
+def test_an_entry_above_the_limit_is_not_parsed():
+    limit = entry_limit(1024)
+    raw = json.dumps(kombu_payload(b"x" * 32768)).encode()
+    payload = envelope(raw, QUEUE, limit)
+    assert payload["content-type"] == NOT_A_MESSAGE
+    reason = payload["properties"][REFUSAL]
+    assert f"{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()}" in reason
+    assert len(base64.b64decode(payload["body"])) == 4096  # a prefix, not the entry
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\x00\xff", b"[]", b"{}", b'{"properties": 1}', b'{"properties": {"delivery_tag": 5}}',
+    json.dumps({**kombu_payload(), "content-type": 7}).encode(),
+    json.dumps(kombu_payload(properties={"delivery_tag": "t", "delivery_info": {}, REFUSAL: "x"})).encode(),
+])
+def test_an_entry_that_is_not_a_kombu_message_becomes_a_stand_in(raw):
+    payload = envelope(raw, QUEUE, entry_limit(1024), delivery_tag="row-7")
+    assert payload["content-type"] == NOT_A_MESSAGE
+    assert payload["properties"]["delivery_tag"] == "row-7"  # settled as the entry it stands for
+
+
+class FakeChannel:
+    def decode_body(self, body, encoding):
+        return base64.b64decode(body) if encoding == "base64" else body
+
+
+def test_a_compressed_message_is_refused_without_inflating():
+    bomb = gzip.compress(b"\x00" * (8 << 20))
+    message = DoorMessage(kombu_payload(bomb, {"compression": "application/x-gzip", "x": 1}), channel=FakeChannel())
+    assert message.body == bomb  # as received
+    assert "compressed message" in getattr(message, REFUSAL)
+    assert message.headers == {"x": 1}
+
+
+def test_a_payload_kombu_cannot_read_is_refused_not_raised():
+    payload = kombu_payload()
+    payload["body"] = "not base64!"
+    message = DoorMessage(payload, channel=FakeChannel())
+    assert "Kombu could not read" in getattr(message, REFUSAL)
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+def test_dead_letters_keep_a_prefix_size_and_digest_and_are_capped(tmp_path):
+    ledger = Ledger(create_db_engine(f"sqlite:///{tmp_path}/jobs.sqlite"), "t_")
+    big = b"\x00" + bytes(range(256)) * 100
+    ledger.dead_letter_many([("jobs", "reason \x00 \udcff", big), ("jobs\x00", "r", "text é")])
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(sa.select(ledger.dead_letters).order_by(ledger.dead_letters.c.id)).all()
+    assert rows[0].size == len(big) and rows[0].sha256 == hashlib.sha256(big).hexdigest()
+    assert rows[0].body.startswith("\\x00") and "\x00" not in rows[0].body and "\x00" not in rows[0].reason
+    assert len(rows[0].body.encode()) <= 4 * DEAD_LETTER_PREFIX
+    assert rows[1].size == len("text é".encode())
+    dropped = ledger.dead_letter_many([("jobs", f"r{i}", b"x") for i in range(10)], keep=5)
+    assert dropped == 7 and ledger.dead_letters_dropped == 7
+    with ledger.engine.connect() as conn:
+        reasons = conn.execute(sa.select(ledger.dead_letters.c.reason).order_by(ledger.dead_letters.c.id)).scalars()
+        assert list(reasons) == [f"r{i}" for i in range(5, 10)]  # the oldest dropped
+
+
+# -- events ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields", [
+    {"type": "x"}, {"seq": "x"}, {"scheduled_run_time": "not a time"}, {"job_id": 1, "type": None}])
+def test_an_event_with_odd_fields_is_refused_or_read_never_raised(fields):
+    body = json.dumps({"v": 1, "type": "job.executed", "job_id": "j", "seq": 1, "origin": "o",
+                       "event": {"job_id": "j", **fields}}).encode()
+    try:
+        event, _ = decode_event(body)
+    except InvalidMessage:
+        return
+    assert event.type == "job.executed"

@@ -222,11 +222,13 @@ def test_fake_clock_advances_by_real_time_after_a_run_in_the_second_pass(zone, c
     taking the clock an hour back."""
     scheduler = make_scheduler(zone)
     scheduler.clock.set(change)
-    scheduler.add_date_job(work, in_second_pass(zone, change, 10), args=["date"])
-    scheduler.clock.advance(minutes=15)
-    scheduler.clock.advance(minutes=15)
+    scheduler.add_interval_job(work, args=["tick"], minutes=10, start_date=change + timedelta(minutes=10))
+    scheduler.clock.advance(minutes=10)  # to the run's time exactly
+    runs = scheduler.clock.advance(minutes=20)
     assert scheduler.clock.now() == change + timedelta(minutes=30)
-    assert CALLS == ["date"]
+    assert [run["scheduled_run_time"].timestamp() for run in runs] == [
+        (change + timedelta(minutes=m)).timestamp() for m in (20, 30)]
+    assert CALLS == ["tick"] * 3
 
 
 @pytest.mark.parametrize(("zone", "change", "local"), [

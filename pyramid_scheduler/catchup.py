@@ -231,9 +231,11 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
     CEST -> 02:00 CET), APScheduler 3's cron trigger fires at a wall-clock
     time of the repeated hour twice (02:30 CEST, then 02:30 CET): a daily
     job would run twice that day. Here the second occurrence is skipped, as
-    cron does. The skipped hour of spring (02:00 -> 03:00) fires once, at the
-    first valid time after it; and the day after a change is not skipped (see
-    :meth:`_increment_field_value`).
+    cron does. A wall time in the skipped hour of spring (02:00 -> 03:00)
+    fires once, as far after the change as it was written after the hour's
+    start (02:30 at 03:30), and is returned as that wall time (APScheduler
+    returns a 02:30 that does not exist); the day after a change is not
+    skipped (see :meth:`_increment_field_value`).
     """
 
     __slots__ = ()

@@ -243,3 +243,30 @@ def test_fake_clock_daily_cron_in_the_changed_hour_runs_once(zone, change, local
     scheduler.add_cron_job(work, args=["nightly"], crontab="30 2 * * *")
     runs = scheduler.clock.advance(hours=24)
     assert [run["scheduled_run_time"].astimezone(zone).strftime("%H:%M") for run in runs] == [local]
+
+
+@pytest.mark.parametrize(("crontab", "local"), [("30 2 * * *", "03:30"), ("0 2 * * *", "03:00"),
+                                                ("30 3 * * *", "03:30")])
+def test_fake_clock_cron_in_the_skipped_hour_runs_as_far_after_the_change(crontab, local):
+    zone, change = SPRING[0]
+    scheduler = make_scheduler(zone)
+    scheduler.clock.set(change - timedelta(hours=12))
+    scheduler.add_cron_job(work, args=["nightly"], crontab=crontab)
+    (run,) = scheduler.clock.advance(hours=24)
+    assert run["scheduled_run_time"].astimezone(zone).strftime("%H:%M %Z") == f"{local} CEST"
+
+
+@pytest.mark.parametrize(("when", "change", "utc"), [
+    pytest.param("2026-03-29T02:30:00", SPRING[0][1], "01:30", id="skipped-hour"),
+    pytest.param("2026-10-25T02:30:00", AUTUMN[0][1], "00:30", id="repeated-hour-first-pass"),
+    pytest.param("2026-10-25T02:30:00+01:00", AUTUMN[0][1], "01:30", id="repeated-hour-second-pass"),
+])
+def test_fake_clock_date_given_as_a_wall_time_around_a_change(when, change, utc):
+    """A naive time is read in scheduler.timezone: in the skipped hour with
+    the offset before the change, in the repeated hour as the first pass."""
+    scheduler = make_scheduler(PARIS)
+    scheduler.clock.set(change - timedelta(hours=2))
+    scheduler.add_date_job(work, when, args=["date"])
+    (run,) = scheduler.clock.advance(hours=4)
+    assert run["scheduled_run_time"].astimezone(UTC).strftime("%H:%M") == utc
+    assert run["status"] == "done"

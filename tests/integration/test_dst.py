@@ -172,7 +172,7 @@ def test_jobs_run_at_their_times_through_a_dst_change(make_harness, preload, zon
 
     def on_time(runs: list[datetime], due: list[datetime]) -> None:
         assert len(runs) == len(due), (runs, due)
-        for ran, when in zip(runs, due):
+        for ran, when in zip(runs, due, strict=True):
             assert timedelta(seconds=-0.1) <= ran - when <= timedelta(seconds=LATE), (ran, when)
 
     def steps(first: int, last: int) -> list[datetime]:

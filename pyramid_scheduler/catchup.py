@@ -166,7 +166,8 @@ def count_between(trigger: BaseTrigger, first: datetime, last: datetime) -> int 
     """How many fire times lie from *first* to *last* inclusive, when that is
     cheap to know (interval triggers); None otherwise."""
     if isinstance(trigger, IntervalTrigger) and not trigger.jitter:
-        return int((last - first) / trigger.interval) + 1
+        # In UTC: between two times of one zone, "-" gives the wall-clock difference.
+        return int((_utc(last) - _utc(first)) / trigger.interval) + 1
     return None
 
 
@@ -200,7 +201,8 @@ def plan_run_times(trigger: BaseTrigger, next_run_time: datetime | None, now: da
         if _utc(latest) > _utc(first_over):
             # Every fire time from first_over up to (not including) latest.
             count = count_between(trigger, first_over, latest)
-            last_over = latest - trigger.interval if isinstance(trigger, IntervalTrigger) else None
+            last_over = ((_utc(latest) - trigger.interval).astimezone(latest.tzinfo)
+                         if isinstance(trigger, IntervalTrigger) else None)
             span = Missed(first_over, "", None if count is None else count - 1, last_over)
         times.append(latest)
     latest = times[-1]
@@ -229,9 +231,11 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
     CEST -> 02:00 CET), APScheduler 3's cron trigger fires at a wall-clock
     time of the repeated hour twice (02:30 CEST, then 02:30 CET): a daily
     job would run twice that day. Here the second occurrence is skipped, as
-    cron does. The skipped hour of spring (02:00 -> 03:00) fires once, at the
-    first valid time after it; and the day after a change is not skipped (see
-    :meth:`_increment_field_value`).
+    cron does. A wall time in the skipped hour of spring (02:00 -> 03:00)
+    fires once, as far after the change as it was written after the hour's
+    start (02:30 at 03:30), and is returned as that wall time (APScheduler
+    returns a 02:30 that does not exist); the day after a change is not
+    skipped (see :meth:`_increment_field_value`).
     """
 
     __slots__ = ()
@@ -256,7 +260,10 @@ class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
             if fire is None or not self._repeats(fire):
                 break
             fire = super().get_next_fire_time(None, self._after_overlap(fire))
-        return fire  # type: ignore[no-any-return]
+        # Through UTC: in the skipped hour APScheduler returns a wall time that
+        # does not exist (02:30 with the offset before the change, the instant
+        # 03:30 after it); the run time, its events and logs show 03:30.
+        return None if fire is None else _utc(fire).astimezone(self.timezone)
 
     def _after_overlap(self, fire: datetime) -> datetime:
         """The first instant after the repeated wall-clock hour *fire* is in."""

@@ -39,7 +39,7 @@ import bisect
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
@@ -78,15 +78,22 @@ def _key(job: Job) -> float:
     return float(job.next_run_time.timestamp())
 
 
+def _utc(when: datetime) -> datetime:
+    # Every due time is compared and moved in UTC: a job's next run time is in
+    # its trigger's zone, where a timedelta moves the wall clock (dropping the
+    # fold of a repeated hour) and times of one zone compare by wall time.
+    return when.astimezone(timezone.utc)
+
+
 @dataclass
 class _Window:
     """The jobs of one store due soon, as loaded, minus those handed over."""
 
     #: Jobs not handed over yet, by next run time; every job of the store due
-    #: by :attr:`until` is here or was handed over.
+    #: by :attr:`until` (UTC) is here or was handed over.
     jobs: list[Job]
     until: datetime
-    #: The earliest next run time after :attr:`until` (None: none).
+    #: The earliest next run time after :attr:`until` (None: none), in UTC.
     following: datetime | None
     #: The store's :attr:`~.store.QueueJobStore.changes` when loaded.
     changes: int
@@ -94,17 +101,20 @@ class _Window:
 
     def __post_init__(self) -> None:
         self.keys = [_key(job) for job in self.jobs]
+        self.until = _utc(self.until)
+        self.following = None if self.following is None else _utc(self.following)
 
     def add(self, job: Job) -> None:
         """Hold a recurring job again at its next run time if that is within
         the window, else make that time a bound of it."""
-        if job.next_run_time <= self.until:
+        when = _utc(job.next_run_time)
+        if when <= self.until:
             key = _key(job)
             index = bisect.bisect_right(self.keys, key)  # after the jobs due at the same time
             self.keys.insert(index, key)
             self.jobs.insert(index, job)
-        elif self.following is None or job.next_run_time < self.following:
-            self.following = job.next_run_time
+        elif self.following is None or when < self.following:
+            self.following = when
 
     def pop_due(self, now: datetime) -> list[Job]:
         count = bisect.bisect_right(self.keys, now.timestamp())
@@ -177,7 +187,9 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
 
     # -- one round ----------------------------------------------------------------------
     def _process(self) -> float | None:
-        now = datetime.now(self.timezone)
+        # In UTC, not self.timezone: now + LOOKAHEAD in a zone's wall clock
+        # would land an hour early in the repeated hour of autumn.
+        now = datetime.now(timezone.utc)
         wakeups: list[datetime] = []
         events: list[JobSubmissionEvent] = []
         with self._jobstores_lock:
@@ -190,12 +202,12 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
                 else:
                     wakeup = self._process_store(alias, store, now, events)
                 if wakeup is not None:
-                    wakeups.append(wakeup)
+                    wakeups.append(_utc(wakeup))
         for event in events:
             self._dispatch_event(event)
         if self.state != STATE_RUNNING or not wakeups:
             return None
-        wait = min(wakeups).timestamp() - datetime.now(self.timezone).timestamp()
+        wait = min(wakeups).timestamp() - time.time()
         return min(max(wait, 0.0), TIMEOUT_MAX)
 
     def _process_store(self, alias: str, store: Any, now: datetime,
@@ -205,7 +217,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             due = store.get_due_jobs(now)
         except Exception as exc:  # noqa: BLE001 - as APScheduler: try this store again later
             log.warning("error getting due jobs from job store %r: %s", alias, exc)
-            return now + timedelta(seconds=self.jobstore_retry_interval)
+            return _utc(now) + timedelta(seconds=self.jobstore_retry_interval)
         for job in due:
             self._hand_over(alias, job, now, events, store.update_job)
         return store.get_next_run_time()  # type: ignore[no-any-return]
@@ -218,13 +230,13 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             return store.get_next_run_time()
         window = self._windows.get(alias)
         if (window is None or window.changes != store.changes
-                or (window.following is not None and window.following - timedelta(seconds=LEAD) <= now)):
+                or (window.following is not None and window.following - timedelta(seconds=LEAD) <= _utc(now))):
             # The rows of the jobs handed over first, so that none is loaded again.
             self._flush(store)
             changes = store.changes
-            jobs, following = store.load_window(now + timedelta(seconds=LOOKAHEAD))
-            window = self._windows[alias] = _Window(jobs, now + timedelta(seconds=LOOKAHEAD),
-                                                    following, changes)
+            until = _utc(now) + timedelta(seconds=LOOKAHEAD)
+            jobs, following = store.load_window(until)
+            window = self._windows[alias] = _Window(jobs, until, following, changes)
         for job in window.pop_due(now):
             self._hand_over(alias, job, now, events, None, store, window)
             self._handed_at = time.monotonic()
@@ -233,7 +245,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
     def _next_wakeup(self, store: QueueJobStore, window: _Window, now: datetime) -> datetime | None:
         """When to wake next: the first job held is due, the window needs
         loading again, or the rows handed over are to be written."""
-        times = [window.jobs[0].next_run_time] if window.jobs else []
+        times = [_utc(window.jobs[0].next_run_time)] if window.jobs else []
         if window.following is not None:
             times.append(window.following - timedelta(seconds=LEAD))
         if store.pending():
@@ -250,7 +262,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
                 wait = FLUSH_MAX_AGE - (moment - self._pending_since)
                 if quiet:
                     wait = min(wait, self._handed_at + FLUSH_DELAY - moment)
-                times.append(now + timedelta(seconds=wait))
+                times.append(_utc(now) + timedelta(seconds=wait))
         return min(times) if times else None
 
     def _flush(self, store: QueueJobStore) -> None:

@@ -134,7 +134,11 @@ class Engine:
                        INTERNAL: ThreadPoolExecutor(1)},
             job_defaults={"misfire_grace_time": settings.misfire_grace_time,
                           "coalesce": settings.coalesce, "max_instances": 1},
-            timezone=settings.timezone,
+            # APScheduler's "now" (add_job, reschedule_job, resume_job) in UTC:
+            # each trigger has its zone (scheduler.timezone or the job's), and
+            # a "now" in that zone compares with its times by wall clock,
+            # which repeats in the autumn change.
+            timezone=timezone.utc,
         )
         self.aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self._executor: JobExecutor = self.aps._lookup_executor("default")

@@ -558,7 +558,8 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
             if timedelta(**fields) <= timedelta(0):
                 raise InvalidJob("interval: weeks, days, hours, minutes or seconds must add up to more than zero")
             if start is None and anchor is not None:
-                start = anchor + timedelta(**fields)
+                # In UTC: an anchor in a zone would move by wall clock.
+                start = anchor.astimezone(timezone.utc) + timedelta(**fields)
             return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz,
                                    jitter=spec.get("jitter"))
         if kind == "cron":

@@ -61,7 +61,8 @@ def retry_delay(options: dict[str, Any], attempt: int) -> float:
 
 def plan_retry(record: dict[str, Any] | None, failed_at: datetime) -> RetryPlan | None:
     """The retry due after a run of the job in ledger row *record* failed at
-    *failed_at*, or None when it has no retries left."""
+    *failed_at*, or None when it has no retries left; its time is in UTC,
+    *delay* seconds after the failure whatever the clocks do meanwhile."""
     if record is None:
         return None
     options = json.loads(record["request"]).get("options") or {}
@@ -71,7 +72,7 @@ def plan_retry(record: dict[str, Any] | None, failed_at: datetime) -> RetryPlan 
         return None
     delay = retry_delay(options, attempt)
     return RetryPlan(attempt=attempt, retries=retries, delay=delay,
-                     at=failed_at + timedelta(seconds=delay))
+                     at=failed_at.astimezone(timezone.utc) + timedelta(seconds=delay))
 
 
 def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:

@@ -171,7 +171,7 @@ def fire_times(trigger: BaseTrigger, after: datetime, n: int, tz: tzinfo) -> lis
         # Through UTC: APScheduler may return a wall time that does not exist
         # (02:30 on the night clocks go forward) with the offset before the change.
         times.append(nxt.astimezone(timezone.utc).astimezone(tz))
-        previous = now = nxt
+        previous, now = nxt, nxt.astimezone(timezone.utc)
     return times
 
 

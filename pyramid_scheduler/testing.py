@@ -98,7 +98,7 @@ class FakeClock:
 
     def __init__(self, scheduler: TestingScheduler, start: datetime | None = None) -> None:
         self._scheduler = scheduler
-        self._now = start or datetime.now(timezone.utc)
+        self._now = (start or datetime.now(timezone.utc)).astimezone(timezone.utc)
 
     def now(self) -> datetime:
         """The fake current time (aware, UTC)."""
@@ -402,7 +402,9 @@ class TestingScheduler(SchedulerProxy):
             return []
         made: list[dict[str, Any]] = []
         while True:
-            due = [job for job in self.jobs.values()
+            # By timestamp: next run times of one zone compare by wall clock,
+            # and the clock stays in UTC, where advance() adds real seconds.
+            due = [(job.next_run_time.timestamp(), job.order, job) for job in self.jobs.values()
                    if job.next_run_time is not None and job.next_run_time <= target]
             if not due:
                 break
@@ -411,11 +413,11 @@ class TestingScheduler(SchedulerProxy):
                     f"pyramid_scheduler.testing: {MAX_RUNS} runs in one step and more are due "
                     f"before {target.isoformat()}; advance the clock by less (an interval of "
                     "seconds over days makes a run per interval)")
-            job = min(due, key=lambda job: (job.next_run_time, job.order))
+            _, _, job = min(due)  # orders are unique: jobs are never compared
             assert job.next_run_time is not None
-            self.clock._now = max(self.clock._now, job.next_run_time)
+            self.clock._now = max(self.clock._now, job.next_run_time.astimezone(timezone.utc))
             made.append(self._run_one(job))
-        self.clock._now = max(self.clock._now, target)
+        self.clock._now = max(self.clock._now, target.astimezone(timezone.utc))
         return made
 
     def _run_one(self, job: TestingJob) -> dict[str, Any]:

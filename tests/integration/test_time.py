@@ -4,8 +4,9 @@ daemon play no part; a job store whose next run time is 30 days old (a
 suspended VM, a clock set forward) gives the documented catch-up outcome
 without enumerating every missed fire time.
 
-DST changes cannot be produced on a real clock here; they are tested on the
-daemon's trigger and planning path in ``tests/test_catchup.py``.
+DST changes are in ``tests/integration/test_dst.py`` (a daemon whose wall
+clock is faked) and, on the trigger and planning path, ``tests/test_dst.py``
+and ``tests/test_catchup.py``.
 """
 
 from __future__ import annotations

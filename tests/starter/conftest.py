@@ -26,11 +26,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_project(path):
-    """A project folder as the starter renders one: its INI files, and the
-    package beside them (a symbolic link to this one)."""
+    """A project folder as the starter renders one, in *path*: its INI
+    files, and its migrations in ``starterapp/alembic`` (copied: Alembic
+    writes new revisions there). The package itself is imported from here."""
     for name in ('development.ini', 'testing.ini'):
         shutil.copy(os.path.join(HERE, name), path / name)
-    os.symlink(os.path.join(HERE, 'starterapp'), path / 'starterapp')
+    shutil.copytree(os.path.join(HERE, 'starterapp', 'alembic'), path / 'starterapp' / 'alembic',
+                    ignore=shutil.ignore_patterns('__pycache__'))
     return path
 
 

@@ -455,8 +455,8 @@ class TestingScheduler(SchedulerProxy):
 
         .. versionadded:: 1.0
         """
-        return [request for request in self._held_requests(current_transaction(request, tm))
-                if request.mid not in self._released]
+        held = self._held_requests(current_transaction(request, tm))
+        return [message for message in held if message.mid not in self._released]
 
     def reset(self) -> None:
         """Forget every job, run and event, and put :attr:`clock` back at the
@@ -487,10 +487,10 @@ class TestingScheduler(SchedulerProxy):
         released = 0
         eager, self.eager = self.eager, False  # they run in run_pending's loop
         try:
-            for request in self._held_requests(txn):
-                if request.mid not in self._released:
-                    self._released.add(request.mid)
-                    self.submit(request)
+            for message in self._held_requests(txn):
+                if message.mid not in self._released:
+                    self._released.add(message.mid)
+                    self.submit(message)
                     released += 1
         finally:
             self.eager = eager

@@ -31,6 +31,7 @@ extras = {
         "WebTest>=3.0",
         "waitress>=3.0",
         "pyramid_tm>=2.5",
+        "pyramid_retry>=2.1",  # tests/starter: the Pyramid starter's SQLAlchemy app
         "zope.sqlalchemy>=3.0",
         "alembic>=1.8",  # tests/test_alembic.py: autogenerate beside the scheduler's tables
         "hypothesis>=6.100",

@@ -12,6 +12,12 @@ going to a broker. Jobs run in the calling thread, on a fake clock
 time (so DST gaps and folds behave as in the daemon), and the same events as
 in production reach the listeners and ``registry.notify`` subscribers. No
 broker, no database, no threads, no sleeping.
+
+Tests that run each request inside a transaction of their own which never
+commits (the Pyramid starter's ``testapp`` fixture) see what their
+requests scheduled with :meth:`TestingScheduler.held`, run it inside that
+transaction with ``run_pending(request=...)``, and start each test afresh
+with :meth:`TestingScheduler.reset`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
+from pyramid.threadlocal import manager as threadlocal_manager
 
 from .api import Event
 from .events import EventDispatcher
@@ -48,6 +55,7 @@ from .retries import retry_delay
 from .runner import job_context, request_context, request_info, run_key
 from .settings import SchedulerSettings
 from .store import LIVE, _json_or_repr
+from .tx import Pending, current_transaction
 
 try:
     import transaction
@@ -216,7 +224,11 @@ class _InProcessPublisher:
         self.scheduler = scheduler
 
     def publish(self, body: bytes, queue: str, job_id: str) -> None:
-        self.scheduler.submit(decode(body))
+        request = decode(body)
+        if request.mid in self.scheduler._released:
+            # Taken from its transaction by ``run_pending(request=...)`` already.
+            return
+        self.scheduler.submit(request)
 
     def close(self) -> None:
         pass
@@ -255,6 +267,10 @@ class TestingScheduler(SchedulerProxy):
         self._ledger_fake = _Ledger(self)
         self._order = itertools.count()
         self._running: str | None = None
+        #: Message ids taken from a transaction by ``run_pending(request=...)``.
+        self._released: set[str] = set()
+        #: The request ``run_pending(request=...)`` runs jobs with.
+        self._request: Any = None
 
     # -- the fake clock ---------------------------------------------------------------
     def now(self) -> datetime:
@@ -389,13 +405,96 @@ class TestingScheduler(SchedulerProxy):
                             job=None, op=request.op, reason=reason))
 
     # -- running ----------------------------------------------------------------------
-    def run_pending(self) -> list[dict[str, Any]]:
+    def run_pending(self, request: Any = None) -> list[dict[str, Any]]:
         """Run every job due at the clock's time (async jobs, past dates, ...),
         in order of fire time, including jobs those runs add.
 
+        :param request: run inside this request's transaction, as a test
+            that never commits needs (the Pyramid starter's fixtures): the
+            messages held by the transaction of ``request.tm`` (see
+            :meth:`held`) are taken from it and stored first, and every job
+            runs with *request* as the current request -- a job function
+            with a ``request`` parameter gets *request* itself, so its
+            ``request.dbsession`` sees the test's uncommitted rows and its
+            writes roll back with the test. Jobs those runs add are held by
+            the same transaction, and are run too.
         :returns: the runs made, oldest first.
+
+        .. versionchanged:: 1.0 the *request* parameter.
         """
-        return self._run_until(self.now())
+        if request is None:
+            return self._run_until(self.now())
+        made: list[dict[str, Any]] = []
+        self._request = request
+        try:
+            while True:
+                released = self._release(current_transaction(request=request))
+                runs = self._run_until(self.now())
+                made += runs
+                if not released and not runs:
+                    return made
+                if len(made) >= MAX_RUNS:
+                    raise RuntimeError(f"pyramid_scheduler.testing: {MAX_RUNS} runs in one "
+                                       "run_pending(request=...) and its jobs keep adding more")
+        finally:
+            self._request = None
+
+    # -- a transaction that never commits (the Pyramid starter's fixtures) ------------
+    def held(self, tm: Any = None, request: Any = None) -> list[JobRequest]:
+        """The messages of this scheduler that a transaction holds until it
+        commits (``add_*_job``, ``cancel_job``, ``send_message`` ... called
+        inside it), in call order, as the daemon would decode them.
+
+        :param tm: the transaction manager (the starter's ``tm`` fixture);
+        :param request: or a request: its ``request.tm``'s transaction
+            (default: the current request's, else the thread's
+            ``transaction.manager``'s).
+        :returns: :class:`~pyramid_scheduler.messages.JobRequest` objects
+            (``op``, ``id``, ``queue``, ``func``, ``args``, ``kwargs``,
+            ``trigger``, ``options``); ``[]`` outside a transaction.
+
+        .. versionadded:: 1.0
+        """
+        held = self._held_requests(current_transaction(request, tm))
+        return [message for message in held if message.mid not in self._released]
+
+    def reset(self) -> None:
+        """Forget every job, run and event, and put :attr:`clock` back at the
+        real time, as a new scheduler; listeners and ``eager`` are kept. For
+        a scheduler that lives as long as its application (a session-scoped
+        ``app`` fixture): reset it before each test.
+
+        .. versionadded:: 1.0
+        """
+        self.jobs.clear()
+        self.events.clear()
+        self.runs.clear()
+        self._released.clear()
+        self.clock = FakeClock(self)
+
+    def _held_requests(self, txn: Any) -> list[JobRequest]:
+        if txn is None:
+            return []
+        try:
+            pending = txn.data(Pending)
+        except KeyError:
+            return []
+        return [decode(body) for publish, body, *_ in pending.messages
+                if getattr(publish, "__self__", None) is self.publisher]
+
+    def _release(self, txn: Any) -> int:
+        """Store the messages *txn* holds for this scheduler, now; how many."""
+        released = 0
+        eager, self.eager = self.eager, False  # they run in run_pending's loop
+        try:
+            for message in self._held_requests(txn):
+                if message.mid not in self._released:
+                    self._released.add(message.mid)
+                    self.submit(message)
+                    released += 1
+        finally:
+            self.eager = eager
+        return released
 
     def _run_until(self, target: datetime) -> list[dict[str, Any]]:
         if self._running is not None:  # a job added by a running job: the outer loop runs it
@@ -498,7 +597,15 @@ class TestingScheduler(SchedulerProxy):
         """As the daemon's runner: a request for a function that takes one;
         else the registry, and a transaction of its own unless the job runs
         eagerly from inside one (a view under pyramid_tm), which it joins:
-        starting its own would abort the caller's."""
+        starting its own would abort the caller's. Under
+        ``run_pending(request=...)``: that request, current, in its transaction."""
+        if self._request is not None:
+            threadlocal_manager.push({"registry": self.registry, "request": self._request})
+            try:
+                yield self._request if takes_request(job.func) else None
+            finally:
+                threadlocal_manager.pop()
+            return
         if takes_request(job.func):
             with request_context(self.registry) as request:
                 yield request

@@ -39,11 +39,12 @@ def scheduler(app_settings):
     proxy.close()
 
 
-def published(tmp_path):
-    """The messages on the SQL broker, decoded; [] if nothing was ever sent."""
-    if not (tmp_path / "broker.sqlite").exists():
+def published(tmp_path, name="broker.sqlite"):
+    """The messages on the SQL broker (the SQLite file *name* in *tmp_path*),
+    decoded; [] if nothing was ever sent."""
+    if not (tmp_path / name).exists():
         return []
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/broker.sqlite")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/{name}")
     with engine.connect() as conn:
         rows = conn.execute(sa.select(messages_table.c.queue, messages_table.c.payload)
                             .order_by(messages_table.c.id)).all()

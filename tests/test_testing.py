@@ -3,6 +3,7 @@ Configurator and WebTest, with its fake clock and the production events."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from datetime import datetime, timedelta, timezone
@@ -380,3 +381,89 @@ def test_pause_resume_reschedule_and_run_now_on_the_fake_clock():
     refused = scheduler.events[-1]
     assert (refused.type, refused.op, refused.reason) == (Event.JOB_REQUEST_REFUSED, "resume",
                                                           "the job is not paused")
+
+
+# -- a transaction that never commits: the Pyramid starter's fixtures ----------------
+
+def note_request(request: Any, tag: str, follow_up: bool = False) -> str:
+    CALLS.append((tag, request))
+    if follow_up:
+        request.scheduler.add_async_job(note_request, args=[f"{tag}-next"])
+    return tag
+
+
+def request_job_view(request: Any) -> dict[str, str]:
+    follow_up = request.params.get("follow_up") == "1"
+    return {"job_id": request.scheduler.add_async_job(note_request, args=["view"],
+                                                      kwargs={"follow_up": follow_up})}
+
+
+@pytest.fixture
+def starter_like() -> Any:
+    """The starter's set-up in small: pyramid_tm's explicit manager, and a
+    test manager the requests share (``tm.active``/``tm.manager``)."""
+    import transaction
+    from pyramid.scripting import prepare
+
+    CALLS.clear()
+    config = Configurator(settings={"tm.manager_hook": "pyramid_tm.explicit_manager"})
+    config.include("pyramid_tm")
+    config.include("pyramid_scheduler.testing")
+    config.add_route("job", "/job")
+    config.add_view(request_job_view, route_name="job", renderer="json")
+    wsgi = config.make_wsgi_app()
+    tm = transaction.TransactionManager(explicit=True)
+    tm.begin()
+    app = TestApp(wsgi, extra_environ={"tm.active": True, "tm.manager": tm})
+    with prepare(registry=wsgi.registry) as env:
+        env["request"].tm = tm
+        yield app, wsgi.registry.scheduler, tm, env["request"]
+    with contextlib.suppress(transaction.interfaces.NoTransaction):  # none left after a commit
+        tm.abort()
+
+
+def test_held_shows_the_jobs_a_transaction_holds_and_run_pending_runs_them_inside_it(starter_like):
+    app, scheduler, tm, request = starter_like
+    tm.doom()
+    job_id = app.get("/job", {"follow_up": "1"}).json["job_id"]
+
+    [held] = scheduler.held(tm)
+    assert (held.op, held.id, held.func) == ("add", job_id, f"{__name__}:note_request")
+    assert [job.id for job in scheduler.held(request=request)] == [job_id]
+    assert scheduler.get_job(job_id) is None
+    assert scheduler.run_pending() == []  # still held
+
+    runs = scheduler.run_pending(request=request)
+    # The job, then the follow-up it added (held by the same transaction), both
+    # with the test's request.
+    assert [(run["status"], run["result"]) for run in runs] == [("done", "view"), ("done", "view-next")]
+    assert CALLS == [("view", request), ("view-next", request)]
+    assert scheduler.held(tm) == []
+    assert scheduler.run_pending(request=request) == []
+
+
+def test_jobs_run_from_a_transaction_are_not_run_again_when_it_commits(starter_like):
+    app, scheduler, tm, request = starter_like
+    job_id = app.get("/job").json["job_id"]
+    assert len(scheduler.run_pending(request=request)) == 1
+    tm.commit()  # the after-commit hook publishes what the transaction held
+    assert [run["job_id"] for run in scheduler.runs] == [job_id]
+    assert scheduler.get_job(job_id)["status"] == "done"
+
+
+def test_reset_forgets_jobs_runs_and_events_and_keeps_listeners():
+    _, scheduler, seen = make_app()
+    heard: list[str] = []
+    scheduler.add_listener(lambda event: heard.append(event.type))
+    scheduler.clock.advance(days=30)
+    scheduler.add_async_job(record, args=["before"], id="before")
+    scheduler.run_pending()
+    scheduler.reset()
+
+    assert (scheduler.jobs, scheduler.runs, scheduler.events) == ({}, [], [])
+    assert scheduler.get_job("before") is None
+    assert abs(scheduler.now() - datetime.now(UTC)) < timedelta(days=1)  # the real time again
+    heard.clear()
+    scheduler.add_async_job(record, args=["after"], id="after")
+    assert [run["job_id"] for run in scheduler.run_pending()] == ["after"]
+    assert heard == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]

@@ -39,26 +39,33 @@ sa.Index("my_index", MyModel.name, unique=True)
 def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A database the application and the scheduler share, with the
     scheduler's tables made by the scheduler itself (a job stored and run)."""
+    schema = None
     if request.param == "sqlite":
         url, prefix = f"sqlite:///{tmp_path}/app.sqlite", "pyramid_scheduler_"
     else:
+        # A schema of its own: the shared test database holds other runs' tables,
+        # which Alembic would report too.
         require_service("postgresql")
-        url, prefix = POSTGRES_URL, f"{unique()}_"
+        schema, prefix = unique("alembic"), f"{unique()}_"
+        admin = sa.create_engine(POSTGRES_URL)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     settings = {"scheduler.combined": "true", "scheduler.jobstore.url": url,
                 "scheduler.broker.url": url if request.param == "sqlite" else f"sqlite:///{tmp_path}/b.sqlite",
                 "scheduler.jobstore.tablename_prefix": prefix, "scheduler.lease.ttl": "3"}
     engine = sa.create_engine(url)
     Base.metadata.create_all(engine)
-    # A row in APScheduler's table too.
-    run_combined(settings, lambda scheduler: scheduler.add_interval_job(jobs.noop, args=[2], hours=1))
     try:
+        # A row in APScheduler's table too.
+        run_combined(settings, lambda scheduler: scheduler.add_interval_job(jobs.noop, args=[2], hours=1))
         yield url, settings
     finally:
-        with engine.begin() as conn:
-            for name in sa.inspect(conn).get_table_names():
-                if hooks.is_scheduler_table(name, prefix) or name == "models":
-                    conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
         engine.dispose()
+        if schema is not None:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
 
 
 def diffs(url: str, **options: Any) -> list[Any]:

@@ -64,8 +64,7 @@ def install(extra: str) -> None:
     # like the package may shadow it: true of any checkout, so not shown. Its other
     # warnings are (tests/test_install.py fails on any in a wheel build).
     quiet = "ignore:Editable installation:UserWarning"
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]",
-        env={**os.environ, "PYTHONWARNINGS": quiet})
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]", env={**os.environ, "PYTHONWARNINGS": quiet})
     run(PYTHON, "-c", "import pyramid_scheduler.scripts, pyramid_scheduler.demo")
     stamp.write_text(digest.hexdigest())
 
@@ -90,7 +89,8 @@ def demo_ready(daemon_pid: int) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return bool(daemons) and all(
-        d["active"] and str(d["owner"] or "").split(":")[1:2] == [str(daemon_pid)] for d in daemons)
+        d["active"] and str(d["owner"] or "").split(":")[1:2] == [str(daemon_pid)] for d in daemons
+    )
 
 
 def demo() -> int:
@@ -129,16 +129,32 @@ def demo() -> int:
     return code
 
 
+LINTED = ["pyramid_scheduler", "tests", "bench", "dev.py", "setup.py", "docs/conf.py", "docs/examples"]
+
+
 def test(pytest_args: list[str]) -> int:
     """Lint, type-check, build the docs with warnings as errors, run pytest."""
     install("testing")
     steps: list[list[str]] = [
-        [str(BIN / "ruff"), "check", "pyramid_scheduler", "tests", "bench", "dev.py"],
+        [str(BIN / "ruff"), "check", *LINTED],
+        [str(BIN / "ruff"), "format", "--check", *LINTED],
         [str(BIN / "mypy")],
     ]
     if (HERE / "docs" / "conf.py").exists():
-        steps.append([str(PYTHON), "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-                      "docs", str(HERE / "docs" / "_build" / "html")])
+        steps.append(
+            [
+                str(PYTHON),
+                "-m",
+                "sphinx",
+                "-W",
+                "--keep-going",
+                "-q",
+                "-b",
+                "html",
+                "docs",
+                str(HERE / "docs" / "_build" / "html"),
+            ]
+        )
     steps.append([str(PYTHON), "-m", "pytest", *pytest_args])
     failed = []
     for step in steps:

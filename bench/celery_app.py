@@ -15,8 +15,11 @@ from bench import jobs
 app = Celery("bench", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/14"))
 app.conf.update(
     task_default_queue=os.environ.get("BENCH_CELERY_QUEUE", "bench-celery"),
-    task_serializer="json", accept_content=["json"], task_ignore_result=True,
-    broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
     broker_transport_options={"visibility_timeout": 3600},
 )
 

@@ -25,20 +25,30 @@ URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.
 
 
 def request(job_id: str) -> dict[str, Any]:
-    return {"id": job_id, "queue": "jobs", "func": "bench.jobs:noop", "trigger": {"type": "now"},
-            "mid": f"m-{job_id}", "args": [], "kwargs": {}, "options": {}}
+    return {
+        "id": job_id,
+        "queue": "jobs",
+        "func": "bench.jobs:noop",
+        "trigger": {"type": "now"},
+        "mid": f"m-{job_id}",
+        "args": [],
+        "kwargs": {},
+        "options": {},
+    }
 
 
 def grow(plan_cache_mode: str, jobs: int, step: int, batch: int) -> list[tuple[int, float]]:
     """(jobs so far, ms of run writes per job over the last *step* jobs)."""
     engine = create_db_engine(URL)
     if plan_cache_mode != "force_custom_plan":  # undo the package's session setting
+
         @sa.event.listens_for(engine, "connect")
         def _mode(dbapi_conn: Any, record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute(f"SET plan_cache_mode = {plan_cache_mode}")
             cursor.close()
             dbapi_conn.commit()
+
     ledger = Ledger(engine, f"plans{os.getpid()}_")
     figures, spent, previous = [], 0.0, []
     try:
@@ -46,10 +56,11 @@ def grow(plan_cache_mode: str, jobs: int, step: int, batch: int) -> list[tuple[i
             ids = [f"j{i}" for i in range(first, first + 64)]
             ledger.add_jobs([request(job) for job in ids])
             for start in range(0, len(ids), batch):
-                starts = ids[start:start + batch]
+                starts = ids[start : start + batch]
                 stamp = time.time()
-                ends = [ledger.finish_params(job, f"{job}@1", "done", True, None, None, None, stamp)
-                        for job in previous]
+                ends = [
+                    ledger.finish_params(job, f"{job}@1", "done", True, None, None, None, stamp) for job in previous
+                ]
                 began = time.perf_counter()
                 ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "bench") for job in starts], ends)
                 spent += time.perf_counter() - began
@@ -71,8 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     modes = ("force_custom_plan", "auto")
     results = {mode: grow(mode, args.jobs, args.step, args.batch) for mode in modes}
-    print(f"run starts and ends written {args.batch} + {args.batch} at a time, PostgreSQL ({URL}); "
-          "ms per job (start and end) as the tables grow from empty in one session")
+    print(
+        f"run starts and ends written {args.batch} + {args.batch} at a time, PostgreSQL ({URL}); "
+        "ms per job (start and end) as the tables grow from empty in one session"
+    )
     print(f"{'jobs':>8}  {'plan per statement':>18}  {'default plan cache':>18}")
     for (count, ours), (_, default) in zip(*results.values(), strict=True):
         print(f"{count:>8,}  {ours:>18.3f}  {default:>18.3f}")

@@ -48,19 +48,30 @@ def profile_enqueue(count: int, out: Path) -> str:
     root = str(Path(__file__).resolve().parent.parent) + "/"
     text = stream.getvalue().replace(root, "").replace(sys.prefix + "/", "")
     text = re.sub(r"lib/python3\.\d+/site-packages/", "", text)
-    lines = [line for line in text.splitlines() if line.strip() and "Ordered by" not in line
-             and "List reduced" not in line]
+    lines = [
+        line for line in text.splitlines() if line.strip() and "Ordered by" not in line and "List reduced" not in line
+    ]
     report = f"{count} add_async_job calls on Redis under cProfile, by cumulative time\n" + "\n".join(lines)
     (out / "profile-enqueue.txt").write_text(report + "\n", encoding="utf-8")
     return report
 
 
 #: Leaf frames grouped by where their code lives, for the daemon profile.
-GROUPS = (("psycopg", "PostgreSQL driver (psycopg)"), ("sqlalchemy", "SQLAlchemy"),
-          ("apscheduler", "APScheduler"), ("kombu", "Kombu"), ("redis", "redis-py"),
-          ("pyramid_scheduler", "pyramid_scheduler"), ("pickle", "pickle"), ("json", "json"),
-          ("logging", "logging"), ("threading", "threads, locks, queues"), ("queue", "threads, locks, queues"),
-          ("concurrent", "threads, locks, queues"), ("bench/jobs", "the job itself"))
+GROUPS = (
+    ("psycopg", "PostgreSQL driver (psycopg)"),
+    ("sqlalchemy", "SQLAlchemy"),
+    ("apscheduler", "APScheduler"),
+    ("kombu", "Kombu"),
+    ("redis", "redis-py"),
+    ("pyramid_scheduler", "pyramid_scheduler"),
+    ("pickle", "pickle"),
+    ("json", "json"),
+    ("logging", "logging"),
+    ("threading", "threads, locks, queues"),
+    ("queue", "threads, locks, queues"),
+    ("concurrent", "threads, locks, queues"),
+    ("bench/jobs", "the job itself"),
+)
 
 
 def pg_round_trips() -> tuple[float, float]:
@@ -98,11 +109,26 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> 
             worker = system.start_worker()
             wait_for(lambda: jobs.read(path), 120)
             before = len(jobs.read(path))
-            spy = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                  str(worker.proc.pid), "--duration", str(int(seconds)), "--rate", "250",
-                                  "--format", "raw", "--output", str(raw), "--nonblocking",
-                                  *(["--gil"] if gil else [])],
-                                 capture_output=True, text=True)
+            spy = subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(worker.proc.pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                    *(["--gil"] if gil else []),
+                ],
+                capture_output=True,
+                text=True,
+            )
             done = len(jobs.read(path)) - before
             worker.stop()
         finally:
@@ -121,18 +147,28 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> 
             inclusive[re.sub(r" \(.*site-packages/", " (", frame)] += n
         leaf = frames[-1]
         groups[next((label for needle, label in GROUPS if needle in leaf), "other (interpreter, stdlib)")] += n
-    what = ("samples of the thread holding the GIL (where the CPU goes)" if gil
-            else "samples of busy threads (where the time goes, waits included)")
-    lines = [f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
-             f"of sampling ({done / seconds:.0f} jobs/s); {total} {what}.", "",
-             "Where the samples end (leaf frame), by package:"]
+    what = (
+        "samples of the thread holding the GIL (where the CPU goes)"
+        if gil
+        else "samples of busy threads (where the time goes, waits included)"
+    )
+    lines = [
+        f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
+        f"of sampling ({done / seconds:.0f} jobs/s); {total} {what}.",
+        "",
+        "Where the samples end (leaf frame), by package:",
+    ]
     lines += [f"  {100 * n / total:5.1f}%  {label}" for label, n in groups.most_common()]
     select_ms, commit_ms = pg_round_trips()
-    lines += ["", f"PostgreSQL on this machine, measured just after: SELECT 1 {select_ms:.2f} ms, "
-              f"INSERT + COMMIT {commit_ms:.2f} ms (median of 200)."]
+    lines += [
+        "",
+        f"PostgreSQL on this machine, measured just after: SELECT 1 {select_ms:.2f} ms, "
+        f"INSERT + COMMIT {commit_ms:.2f} ms (median of 200).",
+    ]
     lines += ["", "Functions on the stack (inclusive share of the samples):"]
-    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(40)
-              if "_bootstrap" not in frame]
+    lines += [
+        f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(40) if "_bootstrap" not in frame
+    ]
     report = "\n".join(lines)
     (out / f"profile-daemon{'-cpu' if gil else ''}.txt").write_text(report + "\n", encoding="utf-8")
     return report
@@ -143,8 +179,11 @@ def main() -> None:
     parser.add_argument("what", choices=["enqueue", "daemon", "both"])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--gil", action="store_true", help="daemon: sample only the thread holding the GIL "
-                        "(where its CPU goes, not where it waits)")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="daemon: sample only the thread holding the GIL (where its CPU goes, not where it waits)",
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/pscheduler-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

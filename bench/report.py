@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-BROKERS = (("redis", "Redis (job store PostgreSQL)"), ("rabbitmq", "RabbitMQ (job store PostgreSQL)"),
-           ("sqlite", "embedded SQLite default (job store SQLite)"))
+BROKERS = (
+    ("redis", "Redis (job store PostgreSQL)"),
+    ("rabbitmq", "RabbitMQ (job store PostgreSQL)"),
+    ("sqlite", "embedded SQLite default (job store SQLite)"),
+)
 
 
 def _get(data: dict[str, Any] | None, *keys: str) -> float | None:
@@ -81,19 +84,37 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         out.append((name, text, value <= limit if le else value >= limit))
 
     enq, lpush = _get(s.get("ours-redis"), "enqueue", "p50"), _get(s.get("raw-redis"), "enqueue", "p50")
-    add("Redis enqueue p50 ≤ 1.2× raw LPUSH", enq, None if lpush is None else 1.2 * lpush,
-        f"{_fmt(enq, 3)} ms vs LPUSH {_fmt(lpush, 3)} ms ({_ratio(enq, lpush)})")
+    add(
+        "Redis enqueue p50 ≤ 1.2× raw LPUSH",
+        enq,
+        None if lpush is None else 1.2 * lpush,
+        f"{_fmt(enq, 3)} ms vs LPUSH {_fmt(lpush, 3)} ms ({_ratio(enq, lpush)})",
+    )
     lat, raw_lat = _get(s.get("ours-redis"), "latency", "p50"), _get(s.get("raw-redis"), "latency", "p50")
-    add("Redis run-now p50 ≤ 2× the raw loop's", lat, None if raw_lat is None else 2 * raw_lat,
-        f"{_fmt(lat)} ms vs raw {_fmt(raw_lat)} ms ({_ratio(lat, raw_lat)})")
+    add(
+        "Redis run-now p50 ≤ 2× the raw loop's",
+        lat,
+        None if raw_lat is None else 2 * raw_lat,
+        f"{_fmt(lat)} ms vs raw {_fmt(raw_lat)} ms ({_ratio(lat, raw_lat)})",
+    )
     huey = ref["huey run-now p50 (ms)"]
     add("Redis run-now p50 below huey's (issue's figure)", lat, huey, f"{_fmt(lat)} ms vs huey {huey} ms")
     drain, raw_drain = _get(s.get("ours-redis"), "drain", "jobs_per_s"), _get(s.get("raw-redis"), "drain", "jobs_per_s")
-    add("Redis drain ≥ the raw loop's", drain, raw_drain,
-        f"{_fmt(drain)} vs raw {_fmt(raw_drain)} jobs/s ({_ratio(drain, raw_drain)})", le=False)
+    add(
+        "Redis drain ≥ the raw loop's",
+        drain,
+        raw_drain,
+        f"{_fmt(drain)} vs raw {_fmt(raw_drain)} jobs/s ({_ratio(drain, raw_drain)})",
+        le=False,
+    )
     dramatiq = ref["Dramatiq drain (jobs/s)"]
-    add("Redis drain ≥ Dramatiq's (issue's figure)", drain, dramatiq, f"{_fmt(drain)} vs {dramatiq:,.0f} jobs/s",
-        le=False)
+    add(
+        "Redis drain ≥ Dramatiq's (issue's figure)",
+        drain,
+        dramatiq,
+        f"{_fmt(drain)} vs {dramatiq:,.0f} jobs/s",
+        le=False,
+    )
     d50, c50 = _get(s.get("ours-redis"), "date", "p50"), _get(s.get("celery-redis"), "date", "p50")
     add("Redis date lateness p50 ≤ Celery's", d50, c50, f"{_fmt(d50)} ms vs Celery {_fmt(c50)} ms")
     d99 = _get(s.get("ours-redis"), "date", "p99")
@@ -103,16 +124,29 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         lo, hi = scale[0], scale[-1]
         n = f"{hi['n']:,}"
         a_lo, a_hi = lo["store_ms_per_job"], hi["store_ms_per_job"]
-        add(f"add cost at {n} pending ≤ 2× at {lo['n']:,}", a_hi, 2 * a_lo,
-            f"daemon store {_fmt(a_hi)} vs {_fmt(a_lo)} ms/job ({_ratio(a_hi, a_lo)})")
+        add(
+            f"add cost at {n} pending ≤ 2× at {lo['n']:,}",
+            a_hi,
+            2 * a_lo,
+            f"daemon store {_fmt(a_hi)} vs {_fmt(a_lo)} ms/job ({_ratio(a_hi, a_lo)})",
+        )
         l_lo, l_hi = _get(lo, "date", "p50"), _get(hi, "date", "p50")
-        add(f"lateness p50 at {n} pending ≤ 2× at {lo['n']:,}", l_hi, None if l_lo is None else 2 * l_lo,
-            f"{_fmt(l_hi)} vs {_fmt(l_lo)} ms ({_ratio(l_hi, l_lo)})")
+        add(
+            f"lateness p50 at {n} pending ≤ 2× at {lo['n']:,}",
+            l_hi,
+            None if l_lo is None else 2 * l_lo,
+            f"{_fmt(l_hi)} vs {_fmt(l_lo)} ms ({_ratio(l_hi, l_lo)})",
+        )
         add(f"daemon RSS at {n} pending < 300 MB", hi["rss_mb"], 300.0, f"{_fmt(hi['rss_mb'])} MB")
         add(f"daemon start-up at {n} pending < 5 s", hi["startup_s"], 5.0, f"{_fmt(hi['startup_s'])} s")
         if hi["n"] < 1_000_000:
-            out.append(("(the scale targets name 10^6 pending jobs)",
-                        f"this run went to {n}: run with --scale-max 1000000", None))
+            out.append(
+                (
+                    "(the scale targets name 10^6 pending jobs)",
+                    f"this run went to {n}: run with --scale-max 1000000",
+                    None,
+                )
+            )
     sq = _get(s.get("ours-sqlite"), "latency", "p50")
     add("SQLite default run-now p50 ≤ 50 ms", sq, 50.0, f"{_fmt(sq)} ms")
     return out
@@ -133,16 +167,21 @@ def _table(header: list[str], rows: list[list[str]], widths: str = "") -> list[s
 def rst(results: dict[str, Any]) -> str:
     v = results["versions"]
     lines = [
-        ".. This file is generated by ``python -m bench``: do not edit it by hand.", "",
+        ".. This file is generated by ``python -m bench``: do not edit it by hand.",
+        "",
         f"Run of {results['date']} with ``{results['command']}`` "
         f"({results['elapsed_s']:.0f} s), sizes: "
-        + ", ".join(f"{k} = {val:,}" if isinstance(val, int) else f"{k} = {val}"
-                    for k, val in results["sizes"].items()) + ".", "",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".", "",
+        + ", ".join(f"{k} = {val:,}" if isinstance(val, int) else f"{k} = {val}" for k, val in results["sizes"].items())
+        + ".",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
     ]
     if results.get("errors"):
-        lines += ["Failed (see the run's output): " + "; ".join(f"{k} ({why})" for k, why in results["errors"].items())
-                  + ".", ""]
+        lines += [
+            "Failed (see the run's output): " + "; ".join(f"{k} ({why})" for k, why in results["errors"].items()) + ".",
+            "",
+        ]
     if results.get("skipped"):
         lines += ["Skipped: " + "; ".join(f"{k} ({why})" for k, why in results["skipped"].items()) + ".", ""]
     for key, title in BROKERS:
@@ -150,35 +189,69 @@ def rst(results: dict[str, Any]) -> str:
             continue
         raw = results["systems"].get(f"raw-{key}", {}).get("name", "raw")
         lines += [f".. rubric:: {title}", ""]
-        lines += _table(["figure", "pyramid_scheduler", f"limit: {raw}", "Celery", "ours / limit", "ours / Celery"],
-                        broker_rows(results, key), "30 14 14 14 14 14")
-        incomplete = [f"{name}: {r['incomplete']}" for name, r in results["systems"].items()
-                      if name.endswith("-" + key) and r.get("incomplete")]
+        lines += _table(
+            ["figure", "pyramid_scheduler", f"limit: {raw}", "Celery", "ours / limit", "ours / Celery"],
+            broker_rows(results, key),
+            "30 14 14 14 14 14",
+        )
+        incomplete = [
+            f"{name}: {r['incomplete']}"
+            for name, r in results["systems"].items()
+            if name.endswith("-" + key) and r.get("incomplete")
+        ]
         if incomplete:
             lines += ["Incomplete: " + "; ".join(incomplete) + ".", ""]
     fix = results.get("client_fix")
     if fix:
         lines += [".. rubric:: Redis enqueue before and after sharing the channel's redis client", ""]
         names = {"before": "before: Kombu's new client per operation", "after": "after: one client per pool"}
-        rows = [[names[label], _fmt(fix[label]["p50"], 3), _fmt(fix[label]["p99"], 3),
-                 _fmt(fix[label]["calls_per_s"])] for label in ("before", "after")]
+        rows = [
+            [names[label], _fmt(fix[label]["p50"], 3), _fmt(fix[label]["p99"], 3), _fmt(fix[label]["calls_per_s"])]
+            for label in ("before", "after")
+        ]
         lpush = _get(results["systems"].get("raw-redis"), "enqueue", "p50")
         if lpush is not None:
-            rows = [row + [_ratio(fix[label]["p50"], lpush)]
-                    for row, label in zip(rows, ("before", "after"), strict=True)]
+            rows = [
+                row + [_ratio(fix[label]["p50"], lpush)] for row, label in zip(rows, ("before", "after"), strict=True)
+            ]
         header = ["add_async_job on Redis", "p50 (ms)", "p99 (ms)", "calls/s"]
         lines += _table(header + (["p50 / raw LPUSH p50"] if lpush is not None else []), rows)
     if results.get("scale"):
         lines += [".. rubric:: Scale: pending date jobs in the PostgreSQL job store (Redis broker)", ""]
-        rows = [[f"{r['n']:,}", _fmt(r["load_s"]), _fmt(r["startup_s"]), _fmt(r["add"]["p50"], 3),
-                 _fmt(r["store_ms_per_job"]), _fmt(r["date"]["p50"]), _fmt(r["date"]["p99"]),
-                 _fmt(r["date"]["max"]), _fmt(r["date"]["missing"], 0), _fmt(r["rss_mb"])] for r in results["scale"]]
-        lines += _table(["pending jobs", "bulk load (s)", "start-up (s)", "add_date_job p50 (ms)",
-                         "daemon store (ms/job)", "lateness p50 (ms)", "p99 (ms)", "max (ms)", "missing",
-                         "daemon RSS (MB)"], rows)
+        rows = [
+            [
+                f"{r['n']:,}",
+                _fmt(r["load_s"]),
+                _fmt(r["startup_s"]),
+                _fmt(r["add"]["p50"], 3),
+                _fmt(r["store_ms_per_job"]),
+                _fmt(r["date"]["p50"]),
+                _fmt(r["date"]["p99"]),
+                _fmt(r["date"]["max"]),
+                _fmt(r["date"]["missing"], 0),
+                _fmt(r["rss_mb"]),
+            ]
+            for r in results["scale"]
+        ]
+        lines += _table(
+            [
+                "pending jobs",
+                "bulk load (s)",
+                "start-up (s)",
+                "add_date_job p50 (ms)",
+                "daemon store (ms/job)",
+                "lateness p50 (ms)",
+                "p99 (ms)",
+                "max (ms)",
+                "missing",
+                "daemon RSS (MB)",
+            ],
+            rows,
+        )
     lines += [".. rubric:: Targets of issue 5 in this run", ""]
-    rows = [[name, text, "—" if met is None else ("met" if met else "**not met**")]
-            for name, text, met in targets(results)]
+    rows = [
+        [name, text, "—" if met is None else ("met" if met else "**not met**")] for name, text, met in targets(results)
+    ]
     lines += _table(["target", "measured", ""], rows, "40 45 15")
     return "\n".join(lines) + "\n"
 
@@ -209,10 +282,13 @@ def make_plots(results: dict[str, Any], out_dir: Path) -> None:
 
     systems = results["systems"]
     colors = {"ours": "tab:blue", "raw": "tab:gray", "celery": "tab:green"}
-    for figure, field, title in (("latency", "latency_ms", "run-now latency at 200 jobs/s"),
-                                 ("date", "date_ms", "date-job lateness")):
-        brokers = [(k, t) for k, t in BROKERS if any(f"{s}-{k}" in systems and field in systems[f"{s}-{k}"]
-                                                    for s in colors)]
+    for figure, field, title in (
+        ("latency", "latency_ms", "run-now latency at 200 jobs/s"),
+        ("date", "date_ms", "date-job lateness"),
+    ):
+        brokers = [
+            (k, t) for k, t in BROKERS if any(f"{s}-{k}" in systems and field in systems[f"{s}-{k}"] for s in colors)
+        ]
         if not brokers:
             continue
         fig, axes = plt.subplots(1, len(brokers), figsize=(4.2 * len(brokers), 3.4), squeeze=False)

@@ -84,6 +84,7 @@ def service_up(name: str) -> bool:
 
 # -- statistics -------------------------------------------------------------------------
 
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -95,8 +96,13 @@ def pct(values: list[float], q: float) -> float:
 def summary(seconds: list[float]) -> dict[str, Any]:
     """p50/p90/p99/max in milliseconds of *seconds*."""
     ms = [s * 1000 for s in seconds]
-    return {"n": len(ms), "p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99),
-            "max": max(ms) if ms else float("nan")}
+    return {
+        "n": len(ms),
+        "p50": pct(ms, 50),
+        "p90": pct(ms, 90),
+        "p99": pct(ms, 99),
+        "max": max(ms) if ms else float("nan"),
+    }
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
@@ -116,6 +122,7 @@ def sleep_until(moment: float) -> None:
 
 # -- the systems under test -------------------------------------------------------------
 
+
 class Worker:
     """A subprocess in its own process group, output to a log file."""
 
@@ -126,8 +133,15 @@ class Worker:
         self.started = time.time()
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=ROOT, env=environ, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=environ,
+            start_new_session=True,
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -242,8 +256,10 @@ class Ours(System):
 
     def start_worker(self) -> Worker:
         self.workers += 1
-        return Worker([sys.executable, "-m", "pyramid_scheduler.scripts", str(self.ini)],
-                      self.tmp / f"{self.key}-{self.workers}.log")
+        return Worker(
+            [sys.executable, "-m", "pyramid_scheduler.scripts", str(self.ini)],
+            self.tmp / f"{self.key}-{self.workers}.log",
+        )
 
     def active(self) -> bool:
         return all(d["active"] for d in self.proxy.get_daemons())
@@ -270,8 +286,13 @@ def drop_tables(url: str, prefix: str) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            names = conn.execute(sa.text("select tablename from pg_tables where tablename like :p"),
-                                 {"p": f"{prefix.lower()}%"}).scalars().all()
+            names = (
+                conn.execute(
+                    sa.text("select tablename from pg_tables where tablename like :p"), {"p": f"{prefix.lower()}%"}
+                )
+                .scalars()
+                .all()
+            )
             for name in names:
                 conn.execute(sa.text(f'drop table if exists "{name}" cascade'))
     finally:
@@ -283,8 +304,16 @@ def sample_body(path: str, tag: str, sent: float) -> bytes:
     from pyramid_scheduler.messages import JobRequest, new_id, trigger_spec
 
     spec = trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))
-    return JobRequest(op="add", id=new_id(), queue="jobs", func="bench.jobs:record",
-                      args=[path, tag, sent], kwargs={}, trigger=spec, options={}).encode()
+    return JobRequest(
+        op="add",
+        id=new_id(),
+        queue="jobs",
+        func="bench.jobs:record",
+        args=[path, tag, sent],
+        kwargs={},
+        trigger=spec,
+        options={},
+    ).encode()
 
 
 class Raw(System):
@@ -293,8 +322,14 @@ class Raw(System):
     has_date = False
 
     def __init__(self, broker: str, tmp: Path) -> None:
-        super().__init__(broker, tmp, {"redis": "redis-py LPUSH/BRPOP", "rabbitmq": "pika publish/consume",
-                                       "sqlite": "sqlite3 insert/select"}[broker], "raw")
+        super().__init__(
+            broker,
+            tmp,
+            {"redis": "redis-py LPUSH/BRPOP", "rabbitmq": "pika publish/consume", "sqlite": "sqlite3 insert/select"}[
+                broker
+            ],
+            "raw",
+        )
         self.kind = {"redis": "redis", "rabbitmq": "amqp", "sqlite": "sqlite"}[broker]
         self.queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
         self.url = {"redis": REDIS_URL, "rabbitmq": AMQP_URL, "sqlite": str(tmp / "raw.sqlite")}[broker]
@@ -306,8 +341,9 @@ class Raw(System):
         self.producer.put(json.dumps(self.template, separators=(",", ":")).encode())
 
     def start_worker(self) -> Worker:
-        return Worker([sys.executable, "-m", "bench.raw", self.kind, self.url, self.queue],
-                      self.tmp / f"{self.key}.log")
+        return Worker(
+            [sys.executable, "-m", "bench.raw", self.kind, self.url, self.queue], self.tmp / f"{self.key}.log"
+        )
 
     def close(self) -> None:
         self.producer.close(delete=True)
@@ -333,14 +369,29 @@ class CeleryApp(System):
         self.task.apply_async(args=[path, tag, sent], queue=self.queue)
 
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
-        self.task.apply_async(args=[path, tag, when], queue=self.queue,
-                              eta=datetime.fromtimestamp(when, timezone.utc))
+        self.task.apply_async(args=[path, tag, when], queue=self.queue, eta=datetime.fromtimestamp(when, timezone.utc))
 
     def start_worker(self) -> Worker:
-        argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "solo", "-Q", self.queue,
-                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"]
-        return Worker(argv, self.tmp / f"{self.key}.log",
-                      env={"BENCH_CELERY_BROKER": self.url, "BENCH_CELERY_QUEUE": self.queue})
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            self.queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ]
+        return Worker(
+            argv, self.tmp / f"{self.key}.log", env={"BENCH_CELERY_BROKER": self.url, "BENCH_CELERY_QUEUE": self.queue}
+        )
 
     def close(self) -> None:
         try:
@@ -356,8 +407,10 @@ class CeleryApp(System):
 
 # -- the measurements -------------------------------------------------------------------
 
-def timed(call: Callable[[str, str, float], None], path: str, tag: str, count: int,
-          limit: float = float("inf")) -> list[float]:
+
+def timed(
+    call: Callable[[str, str, float], None], path: str, tag: str, count: int, limit: float = float("inf")
+) -> list[float]:
     """Call *call* *count* times (or until *limit* seconds have passed); the cost of each call."""
     costs = []
     perf = time.perf_counter
@@ -438,8 +491,10 @@ def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path)
         if expected < sizes.drain:
             result["incomplete"] = f"drain: {expected:,} jobs queued in {sizes.fill_timeout:g} s, not {sizes.drain:,}"
         if done < expected:
-            result["incomplete"] = (f"{result['incomplete'] + '; ' if 'incomplete' in result else ''}drain: "
-                                    f"{done:,} of {expected:,} queued jobs run in {sizes.drain_timeout:g} s")
+            result["incomplete"] = (
+                f"{result['incomplete'] + '; ' if 'incomplete' in result else ''}drain: "
+                f"{done:,} of {expected:,} queued jobs run in {sizes.drain_timeout:g} s"
+            )
             system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm1.txt")
 
         lat_path = str(tmp / f"{system.key}-latency.txt")
@@ -455,8 +510,10 @@ def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path)
         result["latency_ms"] = sorted(round(x * 1000, 3) for x in latencies)
         if len(rows) < sizes.latency:
             result.setdefault("incomplete", "")
-            result["incomplete"] += (f"{'; ' if result['incomplete'] else ''}run-now: {sizes.latency - len(rows):,} "
-                                     f"of {sizes.latency:,} jobs not started {sizes.grace:g} s after the last was sent")
+            result["incomplete"] += (
+                f"{'; ' if result['incomplete'] else ''}run-now: {sizes.latency - len(rows):,} "
+                f"of {sizes.latency:,} jobs not started {sizes.grace:g} s after the last was sent"
+            )
             system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm2.txt")
 
         if system.has_date:
@@ -483,6 +540,7 @@ def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path)
 
 
 # -- before/after the Redis client fix --------------------------------------------------
+
 
 def client_fix_figures(tmp: Path, count: int) -> dict[str, Any]:
     """Enqueue cost on Redis with the channel's shared client (as shipped,
@@ -511,6 +569,7 @@ def client_fix_figures(tmp: Path, count: int) -> dict[str, Any]:
 
 # -- scale: pending date jobs in the PostgreSQL job store -------------------------------
 
+
 def bulk_load(system: Ours, template_id: str, count: int) -> float:
     """Copy the job the daemon stored (*template_id*) *count* times, each
     with its own id and a date 1 to 2 days ahead, into the APScheduler table
@@ -533,8 +592,9 @@ def bulk_load(system: Ours, template_id: str, count: int) -> float:
         assert found is not None, f"the template job {template_id} is not in {aps}"
         state_bytes = found[0]
         columns = ["id", "queue", "func", "kind", "status", "mid", "request", "created_at", "updated_at", "runs"]
-        ledger_row = conn.execute(f'select {", ".join(columns)} from "{ledger}" where id = %s',
-                                  (template_id,)).fetchone()
+        ledger_row = conn.execute(
+            f'select {", ".join(columns)} from "{ledger}" where id = %s', (template_id,)
+        ).fetchone()
         assert ledger_row is not None, f"the template job {template_id} is not in {ledger}"
         state = pickle.loads(state_bytes)
         request = json.loads(ledger_row[6])
@@ -552,8 +612,12 @@ def bulk_load(system: Ours, template_id: str, count: int) -> float:
                 for i in range(count):
                     job_id = f"pending-{i}"
                     when = base + timedelta(seconds=86400 * i / count)
-                    req = dict(request, id=job_id, mid=uuid.uuid4().hex,
-                               trigger=dict(request["trigger"], run_date=when.isoformat()))
+                    req = dict(
+                        request,
+                        id=job_id,
+                        mid=uuid.uuid4().hex,
+                        trigger=dict(request["trigger"], run_date=when.isoformat()),
+                    )
                     out.write_row((job_id, *ledger_row[1:5], req["mid"], json.dumps(req), *ledger_row[7:]))
     # Settle the load before measuring: statistics, visibility map, and the
     # WAL written by COPY flushed, so no autovacuum or checkpoint lands on it.
@@ -594,8 +658,9 @@ def measure_scale(n: int, sizes: argparse.Namespace, tmp: Path) -> dict[str, Any
             first = time.time()
             for _ in range(sizes.scale_adds):
                 start = time.perf_counter()
-                ids.append(system.proxy.add_date_job(jobs.record, time.time() + 86400 * 2,
-                                                     args=["/dev/null", "x", 0.0]))
+                ids.append(
+                    system.proxy.add_date_job(jobs.record, time.time() + 86400 * 2, args=["/dev/null", "x", 0.0])
+                )
                 costs.append(time.perf_counter() - start)
             wait_for(lambda: system.proxy.get_job(ids[-1]), 60, 0.01)
             result["add"] = summary(costs)
@@ -614,20 +679,32 @@ def measure_scale(n: int, sizes: argparse.Namespace, tmp: Path) -> dict[str, Any
             worker.stop()
     finally:
         system.close()
-    log(f"scale {n}: start-up {result['startup_s']:.2f}s, add p50 {result['add']['p50']:.2f} ms, "
+    log(
+        f"scale {n}: start-up {result['startup_s']:.2f}s, add p50 {result['add']['p50']:.2f} ms, "
         f"store {result['store_ms_per_job']:.2f} ms/job, lateness p50 {result['date']['p50']:.1f} ms, "
-        f"RSS {result['rss_mb']:.0f} MB")
+        f"RSS {result['rss_mb']:.0f} MB"
+    )
     return result
 
 
 # -- output -----------------------------------------------------------------------------
 
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("pyramid_scheduler", "kombu", "redis", "amqp", "pika", "celery", "APScheduler", "SQLAlchemy",
-                 "psycopg"):
+    for name in (
+        "pyramid_scheduler",
+        "kombu",
+        "redis",
+        "amqp",
+        "pika",
+        "celery",
+        "APScheduler",
+        "SQLAlchemy",
+        "psycopg",
+    ):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -661,8 +738,10 @@ def versions() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - informational
         pass
     found["sqlite"] = __import__("sqlite3").sqlite_version
-    found["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-                        f"at the start, bench run at nice {os.nice(0)}")
+    found["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        f"at the start, bench run at nice {os.nice(0)}"
+    )
     return found
 
 
@@ -681,13 +760,18 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
             log(f"{part}: skipped ({results['skipped'][part]})")
             return
         cls = classes[kind]
-        results["systems"][part] = measure(lambda cls=cls, broker=broker: cls(broker, tmp),  # type: ignore[misc]
-                                           args, tmp)
+        results["systems"][part] = measure(
+            lambda cls=cls, broker=broker: cls(broker, tmp),  # type: ignore[misc]
+            args,
+            tmp,
+        )
     elif part == "fix":
         if service_up("redis") and service_up("postgresql"):
             results["client_fix"] = client_fix_figures(tmp, 500 if quick else 3000)
-            log(f"fix: enqueue p50 {results['client_fix']['before']['p50']:.3f} ms before, "
-                f"{results['client_fix']['after']['p50']:.3f} ms after")
+            log(
+                f"fix: enqueue p50 {results['client_fix']['before']['p50']:.3f} ms before, "
+                f"{results['client_fix']['after']['p50']:.3f} ms after"
+            )
     elif part == "profile":
         if service_up("redis") and service_up("postgresql"):
             from bench import profile
@@ -713,28 +797,47 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
-    parser.add_argument("--only", nargs="+", metavar="PART",
-                        help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-                             "raw-sqlite celery-redis celery-rabbitmq fix profile scale (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="PART",
+        help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale (default: all)",
+    )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
     parser.add_argument("--date", type=int, help="date jobs (default 2000; quick 200)")
     parser.add_argument("--date-span", type=float, help="seconds the date jobs spread over (default 10; quick 2)")
-    parser.add_argument("--scale-max", type=int, help="largest pending-job count, a power of ten "
-                        "(default 100000; quick 10000); 1000000 takes a few minutes more")
+    parser.add_argument(
+        "--scale-max",
+        type=int,
+        help="largest pending-job count, a power of ten "
+        "(default 100000; quick 10000); 1000000 takes a few minutes more",
+    )
     parser.add_argument("--drain-timeout", type=float, help="seconds a drain may take (default 20; quick 15)")
-    parser.add_argument("--fill-timeout", type=float, help="seconds the drain's queue may take to fill "
-                        "(default 15; quick 10)")
-    parser.add_argument("--lead-max", type=float, help="longest head start the date jobs get for the worker to "
-                        "take them in (default 20; quick 10)")
-    parser.add_argument("--grace", type=float, help="seconds a job may start after it was due before it counts "
-                        "as missing (default 8)")
+    parser.add_argument(
+        "--fill-timeout", type=float, help="seconds the drain's queue may take to fill (default 15; quick 10)"
+    )
+    parser.add_argument(
+        "--lead-max",
+        type=float,
+        help="longest head start the date jobs get for the worker to take them in (default 20; quick 10)",
+    )
+    parser.add_argument(
+        "--grace", type=float, help="seconds a job may start after it was due before it counts as missing (default 8)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    parser.add_argument("--report-only", action="store_true",
-                        help="measure nothing: rewrite the table and plots from the existing results.json")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for results.rst and the plots (default docs/_bench; results.json "
-                        "goes to bench/ then)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite the table and plots from the existing results.json",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for results.rst and the plots (default docs/_bench; results.json goes to bench/ then)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM stops the run through the finally clauses: workers stopped, queues and tables dropped.
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(f"stopped by signal {signo}"))
@@ -751,8 +854,19 @@ def main(argv: list[str] | None = None) -> int:
     args.grace = args.grace or 8.0
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
-    parts = args.only or ["ours-redis", "raw-redis", "celery-redis", "ours-rabbitmq", "raw-rabbitmq",
-                          "celery-rabbitmq", "ours-sqlite", "raw-sqlite", "fix", "profile", "scale"]
+    parts = args.only or [
+        "ours-redis",
+        "raw-redis",
+        "celery-redis",
+        "ours-rabbitmq",
+        "raw-rabbitmq",
+        "celery-rabbitmq",
+        "ours-sqlite",
+        "raw-sqlite",
+        "fix",
+        "profile",
+        "scale",
+    ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
     unknown = [part for part in parts if part not in known | {"fix", "profile", "scale"} or part == "celery-sqlite"]
     if unknown:
@@ -767,14 +881,35 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{out_dir}/results.rst and plots rewritten from {json_out}")
         return 0
 
-    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
-        sys.argv[1:] if argv is None else argv))
+    command = "python -m bench" + (
+        "" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     results: dict[str, Any] = {
-        "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "versions": versions(), "sizes": {k: getattr(args, k) for k in (
-            "drain", "enqueue_tx", "latency", "date", "date_span", "scale_max", "scale_adds", "scale_fires",
-            "fill_timeout", "drain_timeout", "lead_max", "grace")},
-        "reference": REFERENCE, "systems": {}, "scale": [], "skipped": {}, "errors": {},
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": versions(),
+        "sizes": {
+            k: getattr(args, k)
+            for k in (
+                "drain",
+                "enqueue_tx",
+                "latency",
+                "date",
+                "date_span",
+                "scale_max",
+                "scale_adds",
+                "scale_fires",
+                "fill_timeout",
+                "drain_timeout",
+                "lead_max",
+                "grace",
+            )
+        },
+        "reference": REFERENCE,
+        "systems": {},
+        "scale": [],
+        "skipped": {},
+        "errors": {},
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pscheduler-bench-") as tmpdir:

@@ -59,8 +59,7 @@ def _check_settings_reference(app):  # pragma: no cover - runs in the docs build
     wanted = sorted(KNOWN_KEYS) + ["broker.transport_options.*", "apscheduler.*"]
     for key in wanted:
         if f"``{PREFIX}{key}``" not in text:
-            logging.getLogger(__name__).warning(
-                "settings.rst does not document %s%s", PREFIX, key, location="settings")
+            logging.getLogger(__name__).warning("settings.rst does not document %s%s", PREFIX, key, location="settings")
 
 
 def setup(app):

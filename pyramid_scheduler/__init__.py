@@ -63,8 +63,7 @@ def includeme(config: Any) -> None:
     raw = config.get_settings()
     settings = parse_settings(raw)
     if "scheduler.combined" not in raw:
-        log.info("scheduler.combined is not set: jobs run in pscheduler, not in this process "
-                 "(0.3.4 defaulted to true)")
+        log.info("scheduler.combined is not set: jobs run in pscheduler, not in this process (0.3.4 defaulted to true)")
     scheduler = SchedulerProxy(settings, config.registry)
     config.registry.scheduler = scheduler
     config.registry.registerUtility(scheduler, IScheduler)

@@ -80,11 +80,25 @@ class Event(dict[str, Any]):
     JOB_REQUEST_REFUSED = "job.request_refused"
 
     #: Every event type, in no particular order.
-    TYPES = frozenset({
-        MESSAGE, JOB_CREATED, JOB_EXECUTED, JOB_ERROR, JOB_RETRY, JOB_MISSED,
-        JOB_INTERRUPTED, JOB_CANCELED, JOB_REMOVED, JOB_PARKED, JOB_RESTORED,
-        JOB_RESCHEDULED, JOB_PAUSED, JOB_RESUMED, JOB_REQUEST_REFUSED,
-    })
+    TYPES = frozenset(
+        {
+            MESSAGE,
+            JOB_CREATED,
+            JOB_EXECUTED,
+            JOB_ERROR,
+            JOB_RETRY,
+            JOB_MISSED,
+            JOB_INTERRUPTED,
+            JOB_CANCELED,
+            JOB_REMOVED,
+            JOB_PARKED,
+            JOB_RESTORED,
+            JOB_RESCHEDULED,
+            JOB_PAUSED,
+            JOB_RESUMED,
+            JOB_REQUEST_REFUSED,
+        }
+    )
 
     def __init__(self, type: str, **params: Any) -> None:  # noqa: A002 - 0.3.4 name
         super().__init__(params)

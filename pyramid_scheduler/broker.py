@@ -38,8 +38,9 @@ JSON = "application/json"
 DEFAULT_VISIBILITY_TIMEOUT = 60
 
 
-def make_connection(settings: SchedulerSettings, timeout: float | None = None,
-                    consumer: bool = False) -> kombu.Connection:
+def make_connection(
+    settings: SchedulerSettings, timeout: float | None = None, consumer: bool = False
+) -> kombu.Connection:
     """A new (lazy) Kombu connection for ``scheduler.broker.url``; *timeout*
     (default ``scheduler.broker.timeout``) bounds each connect, socket read
     and write, and SQLite lock wait.
@@ -57,15 +58,25 @@ def make_connection(settings: SchedulerSettings, timeout: float | None = None,
     scheme = url.split("://", 1)[0]
     entry = entry_limit(settings.max_message_size)
     if settings.broker.kind == "sql":
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT, url=url, busy_timeout=timeout,
-                       wal=settings.sqlite_wal, max_entry_size=entry)
+        options.update(
+            visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+            url=url,
+            busy_timeout=timeout,
+            wal=settings.sqlite_wal,
+            max_entry_size=entry,
+        )
         url = "sql://"
     elif scheme.startswith(("redis", "rediss", "sentinel")):
         prefix = settings.broker_queue_prefix
-        options.update(visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
-                       socket_timeout=timeout, socket_connect_timeout=timeout,
-                       unacked_key=f"{prefix}unacked", unacked_index_key=f"{prefix}unacked_index",
-                       unacked_mutex_key=f"{prefix}unacked_mutex", max_entry_size=entry)
+        options.update(
+            visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            unacked_key=f"{prefix}unacked",
+            unacked_index_key=f"{prefix}unacked_index",
+            unacked_mutex_key=f"{prefix}unacked_mutex",
+            max_entry_size=entry,
+        )
     elif scheme.endswith(("amqp", "amqps")):
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
@@ -162,19 +173,31 @@ class Publisher:
             if time.monotonic() + interval + attempt > deadline:  # no time for another try
                 raise EnqueueError(
                     f"job {job_id}: broker {self.settings.broker.masked()} did not accept the "
-                    f"message within {timeout:g}s (scheduler.broker.timeout): {exc}") from exc
-            log.warning("job %s: publish to queue %s failed (%s); retrying in %.2fs",
-                        job_id, queue, exc, interval)
+                    f"message within {timeout:g}s (scheduler.broker.timeout): {exc}"
+                ) from exc
+            log.warning("job %s: publish to queue %s failed (%s); retrying in %.2fs", job_id, queue, exc, interval)
 
-        policy = {"max_retries": 100, "interval_start": 0, "interval_step": 0.1,
-                  "interval_max": 0.5, "errback": errback}
+        policy = {
+            "max_retries": 100,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.5,
+            "errback": errback,
+        }
         try:
             with self._pool().acquire(block=True, timeout=attempt) as producer:
                 producer.publish(
-                    body, routing_key=kqueue.routing_key, exchange="",
+                    body,
+                    routing_key=kqueue.routing_key,
+                    exchange="",
                     declare=[_bound(producer, kqueue)],
-                    content_type=JSON, content_encoding="utf-8", delivery_mode=2,
-                    retry=True, retry_policy=policy, message_id=job_id, headers=headers,
+                    content_type=JSON,
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    retry=True,
+                    retry_policy=policy,
+                    message_id=job_id,
+                    headers=headers,
                     timeout=attempt,
                 )
         except EnqueueError:
@@ -182,13 +205,14 @@ class Publisher:
         except kombu.exceptions.LimitExceeded as exc:
             raise EnqueueError(
                 f"job {job_id}: no broker connection free within {attempt:g}s "
-                f"(scheduler.broker.pool_limit = {self.settings.broker_pool_limit})") from exc
+                f"(scheduler.broker.pool_limit = {self.settings.broker_pool_limit})"
+            ) from exc
         except Exception as exc:
             if isinstance(exc.__cause__, EnqueueError):  # raised by errback, wrapped by Kombu
                 raise exc.__cause__ from exc.__cause__.__cause__
             raise EnqueueError(
-                f"job {job_id}: publishing to queue {queue!r} on "
-                f"{self.settings.broker.masked()} failed: {exc}") from exc
+                f"job {job_id}: publishing to queue {queue!r} on {self.settings.broker.masked()} failed: {exc}"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:

@@ -67,13 +67,17 @@ def check_options(options: Mapping[str, Any], kind: str | None) -> str | None:
     if policy not in POLICIES:
         return f"catch_up: expected one of {', '.join(map(repr, POLICIES))}, got {policy!r}"
     if kind in ("now", "date"):
-        return (f"catch_up: not an option of {kind} jobs (a late {kind} job runs if it is within "
-                "misfire_grace_time, else it is reported missed)")
+        return (
+            f"catch_up: not an option of {kind} jobs (a late {kind} job runs if it is within "
+            "misfire_grace_time, else it is reported missed)"
+        )
     if policy != "skip":
         for key in ("misfire_grace_time", "coalesce"):
             if key in options:
-                return (f"{key}: has no effect with catch_up={policy!r} (late runs are run whatever "
-                        "their lateness); use it with catch_up='skip'")
+                return (
+                    f"{key}: has no effect with catch_up={policy!r} (late runs are run whatever "
+                    "their lateness); use it with catch_up='skip'"
+                )
     return None
 
 
@@ -113,15 +117,34 @@ class ScheduledRun(datetime):
 
     @classmethod
     def of(cls, when: datetime, skipped: tuple[Missed, ...] | list[Missed] = ()) -> ScheduledRun:
-        run = datetime.__new__(cls, when.year, when.month, when.day, when.hour, when.minute,
-                               when.second, when.microsecond, when.tzinfo, fold=when.fold)
+        run = datetime.__new__(
+            cls,
+            when.year,
+            when.month,
+            when.day,
+            when.hour,
+            when.minute,
+            when.second,
+            when.microsecond,
+            when.tzinfo,
+            fold=when.fold,
+        )
         run.skipped = tuple(skipped)
         return run
 
     def plain(self) -> datetime:
         """The run time as a plain datetime (for events and logs)."""
-        return datetime(self.year, self.month, self.day, self.hour, self.minute, self.second,
-                        self.microsecond, self.tzinfo, fold=self.fold)
+        return datetime(
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            self.microsecond,
+            self.tzinfo,
+            fold=self.fold,
+        )
 
 
 def plain(when: datetime) -> datetime:
@@ -171,8 +194,9 @@ def count_between(trigger: BaseTrigger, first: datetime, last: datetime) -> int 
     return None
 
 
-def plan_run_times(trigger: BaseTrigger, next_run_time: datetime | None, now: datetime,
-                   coalesce: bool, limit: int = DEFAULT_LIMIT) -> list[ScheduledRun]:
+def plan_run_times(
+    trigger: BaseTrigger, next_run_time: datetime | None, now: datetime, coalesce: bool, limit: int = DEFAULT_LIMIT
+) -> list[ScheduledRun]:
     """The runs to hand to the executor for a job due at *now*.
 
     The fire times due are those from *next_run_time* up to *now*. At most
@@ -201,20 +225,31 @@ def plan_run_times(trigger: BaseTrigger, next_run_time: datetime | None, now: da
         if _utc(latest) > _utc(first_over):
             # Every fire time from first_over up to (not including) latest.
             count = count_between(trigger, first_over, latest)
-            last_over = ((_utc(latest) - trigger.interval).astimezone(latest.tzinfo)
-                         if isinstance(trigger, IntervalTrigger) else None)
+            last_over = (
+                (_utc(latest) - trigger.interval).astimezone(latest.tzinfo)
+                if isinstance(trigger, IntervalTrigger)
+                else None
+            )
             span = Missed(first_over, "", None if count is None else count - 1, last_over)
         times.append(latest)
     latest = times[-1]
     if span is not None:
         total = "" if span.count is None else f"{span.count} "
-        span = Missed(span.first, (
-            f"{total}runs due from {span.first.isoformat()} up to {latest.isoformat()} were not run: "
-            f"more than scheduler.catch_up_limit ({limit}) runs were overdue at once (was the "
-            "daemon stopped, or the clock set forward?)"), span.count, span.last)
+        span = Missed(
+            span.first,
+            (
+                f"{total}runs due from {span.first.isoformat()} up to {latest.isoformat()} were not run: "
+                f"more than scheduler.catch_up_limit ({limit}) runs were overdue at once (was the "
+                "daemon stopped, or the clock set forward?)"
+            ),
+            span.count,
+            span.last,
+        )
     if coalesce:
-        reason = (f"coalesced: the run due at {latest.isoformat()} runs in its place "
-                  "(the job coalesces overdue runs: catch_up 'skip' or 'once')")
+        reason = (
+            f"coalesced: the run due at {latest.isoformat()} runs in its place "
+            "(the job coalesces overdue runs: catch_up 'skip' or 'once')"
+        )
         skipped = [Missed(when, reason) for when in times[:-1]]
         if span is not None:
             skipped.append(span)

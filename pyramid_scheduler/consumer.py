@@ -60,7 +60,6 @@ def _readable(transport: Any, sock: Any) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-
 def redis_channel(channel: Any) -> Any:
     """:mod:`.redis_transport` if *channel* is one of its channels, else None.
 
@@ -70,6 +69,7 @@ def redis_channel(channel: Any) -> Any:
     """
     module = sys.modules.get("pyramid_scheduler.redis_transport")
     return module if module is not None and isinstance(channel, module.Channel) else None
+
 
 class _Stopping(Exception):
     """Raised from the reconnect loop when a stop was asked for."""
@@ -117,7 +117,8 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             extra.batch = self.batch
         return [DoorConsumer(channel, queues=queues[:1], **options)] + [
             DoorConsumer(extra, queues=[queue], **options)
-            for extra, queue in zip(self._channels, queues[1:], strict=True)]
+            for extra, queue in zip(self._channels, queues[1:], strict=True)
+        ]
 
     def on_iteration(self) -> None:
         # On Redis, before taking more messages: while the worker pool has a
@@ -131,8 +132,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
                 pass
 
-    def consume(self, limit: int | None = None, timeout: float | None = None, safety_interval: float = 1,
-                **kwargs: Any) -> Iterator[None]:
+    def consume(
+        self, limit: int | None = None, timeout: float | None = None, safety_interval: float = 1, **kwargs: Any
+    ) -> Iterator[None]:
         """Kombu's loop (:meth:`kombu.mixins.ConsumerMixin.consume`), except
         that on the transports that deliver one message per
         ``drain_events`` (AMQP, SQL) the messages already received behind the
@@ -210,8 +212,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         else:
             return
         if released:
-            log.warning("%d message(s) taken by an earlier daemon and not finished are back in "
-                        "the queue", released)
+            log.warning("%d message(s) taken by an earlier daemon and not finished are back in the queue", released)
 
     @contextmanager
     def establish_connection(self) -> Iterator[Any]:
@@ -219,16 +220,22 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         # long outage the daemon sat idle up to 30 s with the broker back:
         # retry at once, then every RECONNECT_INTERVAL at most.
         with self.create_connection() as conn:
-            conn.ensure_connection(self.on_connection_error, self.connect_max_retries, interval_start=0,
-                                   interval_step=RECONNECT_INTERVAL / 2, interval_max=RECONNECT_INTERVAL)
+            conn.ensure_connection(
+                self.on_connection_error,
+                self.connect_max_retries,
+                interval_start=0,
+                interval_step=RECONNECT_INTERVAL / 2,
+                interval_max=RECONNECT_INTERVAL,
+            )
             yield conn
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         # Kombu sleeps *interval* (at most RECONNECT_INTERVAL) after this.
         if self.should_stop:
             raise _Stopping() from exc
-        log.warning("broker %s unreachable (%s); retrying in %.1fs",
-                    self.engine.settings.broker.masked(), exc, interval)
+        log.warning(
+            "broker %s unreachable (%s); retrying in %.1fs", self.engine.settings.broker.masked(), exc, interval
+        )
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -292,9 +299,14 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
         secret = settings.secret
         if secret is not None:
-            verify(body, (message.headers or {}).get(SIGNATURE_HEADER), secret,
-                   message.delivery_info.get("routing_key") or "", message.content_type,
-                   message.content_encoding)
+            verify(
+                body,
+                (message.headers or {}).get(SIGNATURE_HEADER),
+                secret,
+                message.delivery_info.get("routing_key") or "",
+                message.content_type,
+                message.content_encoding,
+            )
         request = decode(body)
         if request.queue not in self.engine.queues:
             raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
@@ -320,8 +332,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         """
         requests = [item for _, _, item in batch if isinstance(item, JobRequest)]
         outcomes_of = self.engine.submit_many(requests) if requests else []
-        if len(requests) > 1 and any(_refused_by_database(outcome) or _unexpected(outcome)
-                                     for outcome in outcomes_of):
+        if len(requests) > 1 and any(_refused_by_database(outcome) or _unexpected(outcome) for outcome in outcomes_of):
             outcomes_of = self._one_by_one(requests, outcomes_of)
         results = iter(outcomes_of)
         outcomes = [next(results) if isinstance(item, JobRequest) else item for _, _, item in batch]
@@ -337,12 +348,17 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             elif isinstance(outcome, (InvalidMessage, InvalidJob)):
                 refused.append((message, queue, str(outcome)))
             elif _refused_by_database(outcome):
-                refused.append((message, queue, f"the job store cannot store this message: "
-                                                 f"{type(outcome).__name__}: {outcome}"))
+                refused.append(
+                    (message, queue, f"the job store cannot store this message: {type(outcome).__name__}: {outcome}")
+                )
             elif isinstance(outcome, sa.exc.SQLAlchemyError):
                 if not failed:
-                    log.error("queue %s: job store unavailable (%s); message(s) requeued, retrying "
-                              "in %.1fs", queue, outcome, self._backoff)
+                    log.error(
+                        "queue %s: job store unavailable (%s); message(s) requeued, retrying in %.1fs",
+                        queue,
+                        outcome,
+                        self._backoff,
+                    )
                 message.requeue()
                 failed = True
             else:
@@ -356,8 +372,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
         else:
             self._backoff = STORE_BACKOFF[0]
 
-    def _one_by_one(self, requests: list[JobRequest],
-                    outcomes: list[str | Exception]) -> list[str | Exception]:
+    def _one_by_one(self, requests: list[JobRequest], outcomes: list[str | Exception]) -> list[str | Exception]:
         """*outcomes* with the requests that failed with others tried again
         alone; after a job store outage, the rest are left to be requeued."""
         again = list(outcomes)
@@ -389,8 +404,13 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             self.stop_event.wait(self._backoff)
             return
         if dropped:
-            log.warning("%d oldest dead letter(s) dropped to keep scheduler.dead_letters.max (%d); "
-                        "%d dropped since this daemon started", dropped, keep, ledger.dead_letters_dropped)
+            log.warning(
+                "%d oldest dead letter(s) dropped to keep scheduler.dead_letters.max (%d); "
+                "%d dropped since this daemon started",
+                dropped,
+                keep,
+                ledger.dead_letters_dropped,
+            )
         for message, _queue, _reason in refused:
             message.reject(requeue=False)
 
@@ -405,8 +425,11 @@ def _refused_by_database(outcome: Any) -> bool:
 
 
 def _unexpected(outcome: Any) -> bool:
-    return isinstance(outcome, Exception) and not isinstance(
-        outcome, (InvalidMessage, InvalidJob, sa.exc.SQLAlchemyError)) and not _refused_by_database(outcome)
+    return (
+        isinstance(outcome, Exception)
+        and not isinstance(outcome, (InvalidMessage, InvalidJob, sa.exc.SQLAlchemyError))
+        and not _refused_by_database(outcome)
+    )
 
 
 class SchedulerService:
@@ -458,8 +481,11 @@ class SchedulerService:
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("job store unavailable while taking the lease (%s); retrying", exc)
             if not announced:
-                log.info("another daemon runs queues %s; standing by (takeover within %gs of it "
-                         "stopping)", ", ".join(self.engine.queues), settings.lease_ttl + poll)
+                log.info(
+                    "another daemon runs queues %s; standing by (takeover within %gs of it stopping)",
+                    ", ".join(self.engine.queues),
+                    settings.lease_ttl + poll,
+                )
                 announced = True
             self.stop_event.wait(poll)
         return False

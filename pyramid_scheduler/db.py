@@ -30,8 +30,7 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT = 30.0
 
 
-def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = True,
-                     **kwargs: Any) -> Engine:
+def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for *url*, tuned for concurrent scheduler use.
 
     *busy_timeout*: seconds a SQLite statement waits for another process's
@@ -101,14 +100,19 @@ def _plan_each_statement(dbapi_conn: Any, record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
         # Not over a mode set for the database, the role or the connection.
-        cursor.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', false) "
-                       "WHERE current_setting('server_version_num')::int >= 120000 "
-                       "AND current_setting('plan_cache_mode') = 'auto'")
+        cursor.execute(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', false) "
+            "WHERE current_setting('server_version_num')::int >= 120000 "
+            "AND current_setting('plan_cache_mode') = 'auto'"
+        )
         dbapi_conn.commit()  # a session setting: kept by the pool's rollbacks
     except Exception as exc:  # noqa: BLE001 - a server that refuses it still stores jobs
         dbapi_conn.rollback()
-        log.warning("could not set plan_cache_mode for the job store's sessions (%s); statements "
-                    "may keep plans made while the tables were small", exc)
+        log.warning(
+            "could not set plan_cache_mode for the job store's sessions (%s); statements "
+            "may keep plans made while the tables were small",
+            exc,
+        )
     finally:
         cursor.close()
 

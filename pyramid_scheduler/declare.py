@@ -53,14 +53,17 @@ def trigger_kind(trigger: str | None, params: dict[str, Any]) -> str:
         if trigger not in TRIGGERS:
             raise ConfigurationError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {trigger!r}")
         return trigger
-    found = [kind for kind, fields in (("cron", CRON_FIELDS), ("interval", INTERVAL_FIELDS),
-                                       ("date", ("date",)))
-             if any(params.get(name) is not None for name in fields)]
+    found = [
+        kind
+        for kind, fields in (("cron", CRON_FIELDS), ("interval", INTERVAL_FIELDS), ("date", ("date",)))
+        if any(params.get(name) is not None for name in fields)
+    ]
     if len(found) != 1:
         raise ConfigurationError(
             "give trigger='cron', 'interval' or 'date', or the parameters of exactly one: cron= or "
             "crontab= or cron fields (minute=, hour=...); weeks=/days=/hours=/minutes=/seconds=; or date="
-            f" (got {', '.join(sorted(params)) or 'none'})")
+            f" (got {', '.join(sorted(params)) or 'none'})"
+        )
     return found[0]
 
 
@@ -80,9 +83,11 @@ def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) ->
         params["crontab"] = params.pop("cron")
     if "immediate" in params:
         raise ConfigurationError(f"scheduled job {job_id}: immediate: declarations are never published")
-    digest = hashlib.sha256(json.dumps(
-        {"func": callable_ref(func), "trigger": kind, "id": job_id, "params": params},
-        sort_keys=True, default=repr).encode()).hexdigest()[:40]
+    digest = hashlib.sha256(
+        json.dumps(
+            {"func": callable_ref(func), "trigger": kind, "id": job_id, "params": params}, sort_keys=True, default=repr
+        ).encode()
+    ).hexdigest()[:40]
     try:
         with proxy.capturing() as captured:
             getattr(proxy, f"add_{kind}_job")(func, id=job_id, **params)
@@ -117,9 +122,12 @@ def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **para
     def register() -> None:
         proxy.declared[request.id] = request
 
-    intr = config.introspectable("scheduled jobs", request.id,
-                                 f"{request.id}: {(request.trigger or {}).get('type')} {request.func}",
-                                 "scheduled job")
+    intr = config.introspectable(
+        "scheduled jobs",
+        request.id,
+        f"{request.id}: {(request.trigger or {}).get('type')} {request.func}",
+        "scheduled job",
+    )
     intr["func"] = func
     intr["queue"] = request.queue
     intr["trigger"] = dict(request.trigger or {})
@@ -158,19 +166,28 @@ class scheduled_job:  # noqa: N801 - a decorator, named like Pyramid's view_conf
 def reconcile(engine: Any) -> None:
     """Apply the application's declarations to the queues *engine* runs (at
     its start, before anything runs)."""
-    declared = {job_id: request for job_id, request in getattr(engine.proxy, "declared", {}).items()
-                if request.queue in engine.queues}
+    declared = {
+        job_id: request
+        for job_id, request in getattr(engine.proxy, "declared", {}).items()
+        if request.queue in engine.queues
+    }
     if engine.settings.memory_store:
         for request in declared.values():
             engine._add(request)
         return
     jobs = engine.ledger.jobs
     with engine.db.connect() as conn:
-        rows = {row.id: row for row in conn.execute(
-            sa.select(jobs.c.id, jobs.c.queue, jobs.c.mid, jobs.c.status, jobs.c.request)
-            .where(sa.or_(jobs.c.id.in_(list(declared)),
-                          sa.and_(jobs.c.mid.like(DECLARED + "%"), jobs.c.queue.in_(engine.queues))))
-        )}
+        rows = {
+            row.id: row
+            for row in conn.execute(
+                sa.select(jobs.c.id, jobs.c.queue, jobs.c.mid, jobs.c.status, jobs.c.request).where(
+                    sa.or_(
+                        jobs.c.id.in_(list(declared)),
+                        sa.and_(jobs.c.mid.like(DECLARED + "%"), jobs.c.queue.in_(engine.queues)),
+                    )
+                )
+            )
+        }
     for job_id, request in declared.items():
         try:
             _apply(engine, request, rows.get(job_id))
@@ -192,16 +209,31 @@ def _apply(engine: Any, request: JobRequest, row: Any) -> None:
             engine._add(request, recovering=True)
             with engine.db.begin() as conn:
                 jobs = engine.ledger.jobs
-                conn.execute(jobs.update().where(jobs.c.id == job_id).values(
-                    mid=request.mid, func=request.func, kind=(request.trigger or {}).get("type"),
-                    request=json.dumps(request.to_wire()), status="scheduled", error=None,
-                    updated_at=now()))
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        mid=request.mid,
+                        func=request.func,
+                        kind=(request.trigger or {}).get("type"),
+                        request=json.dumps(request.to_wire()),
+                        status="scheduled",
+                        error=None,
+                        updated_at=now(),
+                    )
+                )
             log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
             return
         if row.queue not in engine.queues:
-            log.warning("job %s: declared on queue %s but still stored on queue %s, which this daemon "
-                        "does not run; it moves once queue %s's daemon has started (and removed it) "
-                        "and this one starts again", job_id, request.queue, row.queue, row.queue)
+            log.warning(
+                "job %s: declared on queue %s but still stored on queue %s, which this daemon "
+                "does not run; it moves once queue %s's daemon has started (and removed it) "
+                "and this one starts again",
+                job_id,
+                request.queue,
+                row.queue,
+                row.queue,
+            )
             return
         _remove(engine, row, f"it is now declared on queue {request.queue}")
     log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
@@ -215,5 +247,12 @@ def _remove(engine: Any, row: Any, reason: str) -> None:
         pass
     if engine.ledger.set_status(row.id, row.queue, "canceled", only_from=(*LIVE, "parked"), error=reason):
         log.info("job %s (queue %s): removed: %s", row.id, row.queue, reason)
-        engine._emit(Event(Event.JOB_REMOVED, job_id=row.id, queue=row.queue, reason=reason,
-                           job=request_info(json.loads(row.request))))
+        engine._emit(
+            Event(
+                Event.JOB_REMOVED,
+                job_id=row.id,
+                queue=row.queue,
+                reason=reason,
+                job=request_info(json.loads(row.request)),
+            )
+        )

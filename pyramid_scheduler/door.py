@@ -61,11 +61,18 @@ def stand_in(raw: bytes, queue: str, reason: str, delivery_tag: str | None = Non
     """A Kombu payload of type :data:`NOT_A_MESSAGE` standing in for the
     entry *raw*: its first :data:`PREFIX` bytes as body, and *reason* kept
     where only :class:`DoorConsumer` reads it."""
-    return {"body": base64.b64encode(raw[:PREFIX]).decode("ascii"), "content-type": NOT_A_MESSAGE,
-            "content-encoding": "binary", "headers": {},
-            "properties": {"body_encoding": "base64", "delivery_tag": delivery_tag or uuid.uuid4().hex,
-                           "delivery_info": {"exchange": "", "routing_key": queue},
-                           REFUSAL: reason}}
+    return {
+        "body": base64.b64encode(raw[:PREFIX]).decode("ascii"),
+        "content-type": NOT_A_MESSAGE,
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag or uuid.uuid4().hex,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            REFUSAL: reason,
+        },
+    }
 
 
 def envelope(raw: bytes | str, queue: str, limit: int, delivery_tag: str | None = None) -> dict[str, Any]:
@@ -75,26 +82,33 @@ def envelope(raw: bytes | str, queue: str, limit: int, delivery_tag: str | None 
     *delivery_tag* is the one the transport settles the entry by, if any."""
     if len(raw) > limit:  # a str's length in characters: no more than in bytes
         data = _bytes(raw)
-        return stand_in(data, queue, f"broker entry of {describe(data)} is above the limit of {limit} "
-                                     "bytes (scheduler.max_message_size in base64, and its envelope); "
-                                     "not read", delivery_tag)
+        return stand_in(
+            data,
+            queue,
+            f"broker entry of {describe(data)} is above the limit of {limit} "
+            "bytes (scheduler.max_message_size in base64, and its envelope); "
+            "not read",
+            delivery_tag,
+        )
     try:
         payload = json.loads(raw)
         properties = payload["properties"]
         tag = properties["delivery_tag"]
-        if (isinstance(tag, str) and (delivery_tag is None or tag == delivery_tag)
-                and isinstance(properties.get("delivery_info"), dict)
-                and isinstance(payload.get("headers") or {}, dict)
-                and isinstance(payload.get("content-type"), str)
-                and isinstance(payload.get("body", ""), str)
-                and properties.get("body_encoding") in (None, "base64")
-                and REFUSAL not in properties):
+        if (
+            isinstance(tag, str)
+            and (delivery_tag is None or tag == delivery_tag)
+            and isinstance(properties.get("delivery_info"), dict)
+            and isinstance(payload.get("headers") or {}, dict)
+            and isinstance(payload.get("content-type"), str)
+            and isinstance(payload.get("body", ""), str)
+            and properties.get("body_encoding") in (None, "base64")
+            and REFUSAL not in properties
+        ):
             return payload  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001, S110 - any shape that is not an envelope
         pass
     data = _bytes(raw)
-    return stand_in(data, queue, f"broker entry of {describe(data)} is not a Kombu message",
-                    delivery_tag)
+    return stand_in(data, queue, f"broker entry of {describe(data)} is not a Kombu message", delivery_tag)
 
 
 def _bytes(raw: bytes | str) -> bytes:
@@ -128,9 +142,12 @@ class DoorMessage(virtual.Message):  # type: ignore[misc]
             properties = properties if isinstance(properties, dict) else {}
             tag, info = properties.get("delivery_tag"), properties.get("delivery_info")
             queue = info.get("routing_key", "?") if isinstance(info, dict) else "?"
-            payload = stand_in(_dump(payload), str(queue),
-                               f"Kombu could not read the message ({type(exc).__name__}: {exc})"[:500],
-                               tag if isinstance(tag, str) else None)
+            payload = stand_in(
+                _dump(payload),
+                str(queue),
+                f"Kombu could not read the message ({type(exc).__name__}: {exc})"[:500],
+                tag if isinstance(tag, str) else None,
+            )
             super().__init__(payload, channel=channel, **kwargs)
         refusal = refusal or self.properties.get(REFUSAL)
         if refusal is not None:

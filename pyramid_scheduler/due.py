@@ -182,8 +182,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         except JobLookupError:
             if not getattr(self._processing, "active", False):
                 raise
-            log.warning("job %s (queue %s): already removed when its last run was submitted",
-                        job_id, jobstore)
+            log.warning("job %s (queue %s): already removed when its last run was submitted", job_id, jobstore)
 
     # -- one round ----------------------------------------------------------------------
     def _process(self) -> float | None:
@@ -210,8 +209,9 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         wait = min(wakeups).timestamp() - time.time()
         return min(max(wait, 0.0), TIMEOUT_MAX)
 
-    def _process_store(self, alias: str, store: Any, now: datetime,
-                       events: list[JobSubmissionEvent]) -> datetime | None:
+    def _process_store(
+        self, alias: str, store: Any, now: datetime, events: list[JobSubmissionEvent]
+    ) -> datetime | None:
         """APScheduler's own round for a store (the memory ones)."""
         try:
             due = store.get_due_jobs(now)
@@ -222,15 +222,19 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             self._hand_over(alias, job, now, events, store.update_job)
         return store.get_next_run_time()  # type: ignore[no-any-return]
 
-    def _process_window(self, alias: str, store: QueueJobStore, now: datetime,
-                        events: list[JobSubmissionEvent]) -> datetime | None:
+    def _process_window(
+        self, alias: str, store: QueueJobStore, now: datetime, events: list[JobSubmissionEvent]
+    ) -> datetime | None:
         if store.fenced():
             # Its lease may have lapsed: take nothing (see QueueJobStore.get_due_jobs).
             self._windows.pop(alias, None)
             return store.get_next_run_time()
         window = self._windows.get(alias)
-        if (window is None or window.changes != store.changes
-                or (window.following is not None and window.following - timedelta(seconds=LEAD) <= _utc(now))):
+        if (
+            window is None
+            or window.changes != store.changes
+            or (window.following is not None and window.following - timedelta(seconds=LEAD) <= _utc(now))
+        ):
             # The rows of the jobs handed over first, so that none is loaded again.
             self._flush(store)
             changes = store.changes
@@ -271,15 +275,22 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             store.flush()
         self._pending_since = None
 
-    def _hand_over(self, alias: str, job: Job, now: datetime, events: list[JobSubmissionEvent],
-                   update: Any, store: QueueJobStore | None = None, window: _Window | None = None) -> None:
+    def _hand_over(
+        self,
+        alias: str,
+        job: Job,
+        now: datetime,
+        events: list[JobSubmissionEvent],
+        update: Any,
+        store: QueueJobStore | None = None,
+        window: _Window | None = None,
+    ) -> None:
         """APScheduler's steps for one due job; with *store*, its row is
         written later (and a recurring job held again in *window*)."""
         try:
             executor = self._lookup_executor(job.executor)
         except BaseException:  # noqa: BLE001 - as APScheduler
-            log.error('executor lookup ("%s") failed for job "%s": removing it from the job store',
-                      job.executor, job)
+            log.error('executor lookup ("%s") failed for job "%s": removing it from the job store', job.executor, job)
             self.remove_job(job.id, alias)
             return
         run_times = job._get_run_times(now)
@@ -306,8 +317,11 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         try:
             executor.submit_job(job, run_times)
         except MaxInstancesReachedError:
-            log.warning('execution of job "%s" skipped: maximum number of running instances '
-                        "reached (%d)", job, job.max_instances)
+            log.warning(
+                'execution of job "%s" skipped: maximum number of running instances reached (%d)',
+                job,
+                job.max_instances,
+            )
             events.append(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, job.id, alias, run_times))
         except BaseException:  # noqa: BLE001 - as APScheduler: log, and move the job on
             log.exception('error submitting job "%s" to executor "%s"', job, job.executor)

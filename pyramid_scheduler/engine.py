@@ -71,6 +71,7 @@ INTERNAL = "pyramid_scheduler.internal"
 #: like the other jobs (which APScheduler hands to the pool once due).
 DIRECT_BACKLOG = 1000
 
+
 class _RunNow(NamedTuple):
     """A checked run-now job that goes straight to the worker pool."""
 
@@ -121,19 +122,27 @@ class Engine:
                 self.stores[queue] = MemoryQueueStore(on_added=self._on_added)
             else:
                 self.stores[queue] = QueueJobStore(
-                    self.ledger, queue, aps_tablename(settings.jobstore_tablename_prefix, queue),
-                    on_added=self._on_added, fence=self.lease.fresh if self.lease else None,
-                    aliases=settings.func_aliases, on_parked=self._on_parked,
-                    allowed=settings.allowed_modules)
+                    self.ledger,
+                    queue,
+                    aps_tablename(settings.jobstore_tablename_prefix, queue),
+                    on_added=self._on_added,
+                    fence=self.lease.fresh if self.lease else None,
+                    aliases=settings.func_aliases,
+                    on_parked=self._on_parked,
+                    allowed=settings.allowed_modules,
+                )
         self.aps = DueScheduler()
         self.aps.catch_up_limit = settings.catch_up_limit
         self.aps.configure(
-            gconfig=dict(settings.apscheduler), prefix="apscheduler.",
+            gconfig=dict(settings.apscheduler),
+            prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},
-            executors={"default": JobExecutor(self.runner, settings.max_workers),
-                       INTERNAL: ThreadPoolExecutor(1)},
-            job_defaults={"misfire_grace_time": settings.misfire_grace_time,
-                          "coalesce": settings.coalesce, "max_instances": 1},
+            executors={"default": JobExecutor(self.runner, settings.max_workers), INTERNAL: ThreadPoolExecutor(1)},
+            job_defaults={
+                "misfire_grace_time": settings.misfire_grace_time,
+                "coalesce": settings.coalesce,
+                "max_instances": 1,
+            },
             # APScheduler's "now" (add_job, reschedule_job, resume_job) in UTC:
             # each trigger has its zone (scheduler.timezone or the job's), and
             # a "now" in that zone compares with its times by wall clock,
@@ -167,24 +176,37 @@ class Engine:
             self._recover()
             self.restore_parked()
         reconcile(self)  # config-time schedules
-        self.aps.add_job(self.housekeeping, "interval", seconds=self.settings.housekeeping,
-                         id="housekeeping", jobstore=INTERNAL, executor=INTERNAL,
-                         misfire_grace_time=None, coalesce=True)
+        self.aps.add_job(
+            self.housekeeping,
+            "interval",
+            seconds=self.settings.housekeeping,
+            id="housekeeping",
+            jobstore=INTERNAL,
+            executor=INTERNAL,
+            misfire_grace_time=None,
+            coalesce=True,
+        )
         self.aps.resume()
         if self.settings.secret is None:
-            log.warning("SECURITY: scheduler.secret is not set, so messages are not signed: anyone who "
-                        "can write to the broker can make this daemon call any importable function%s. "
-                        "Set scheduler.secret (and scheduler.allowed_modules) in production.",
-                        "" if not self.settings.allowed_modules else " under scheduler.allowed_modules")
+            log.warning(
+                "SECURITY: scheduler.secret is not set, so messages are not signed: anyone who "
+                "can write to the broker can make this daemon call any importable function%s. "
+                "Set scheduler.secret (and scheduler.allowed_modules) in production.",
+                "" if not self.settings.allowed_modules else " under scheduler.allowed_modules",
+            )
         if self.lease is not None:
-            self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease",
-                                               daemon=True)
+            self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease", daemon=True)
             self._heartbeat.start()
         settings = self.settings
-        log.info("scheduler %s running queues %s as the %s (owner %s); broker %s; job store %s",
-                 settings.id, ", ".join(self.queues),
-                 "web process in combined mode" if settings.combined else "active daemon", self.owner,
-                 settings.broker.masked(), mask_url(settings.jobstore_url) if settings.jobstore_url else "memory")
+        log.info(
+            "scheduler %s running queues %s as the %s (owner %s); broker %s; job store %s",
+            settings.id,
+            ", ".join(self.queues),
+            "web process in combined mode" if settings.combined else "active daemon",
+            self.owner,
+            settings.broker.masked(),
+            mask_url(settings.jobstore_url) if settings.jobstore_url else "memory",
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduling, let running jobs finish (up to *timeout*), release."""
@@ -199,8 +221,9 @@ class Engine:
             while (self.running_count() or self.runner.pending) and now() < deadline:
                 self._stopped.wait(0.05)
             if self.running_count():
-                log.warning("%d job run(s) still running after scheduler.shutdown_timeout (%gs)",
-                            self.running_count(), timeout)
+                log.warning(
+                    "%d job run(s) still running after scheduler.shutdown_timeout (%gs)", self.running_count(), timeout
+                )
             self.aps.shutdown(wait=False)
         self.runs.stop()
         if self.lease is not None and not self.lease_lost.is_set():
@@ -240,8 +263,7 @@ class Engine:
         while not self._stopped.wait(interval):
             try:
                 if not self.lease.renew():
-                    log.critical("lost the lease on queues %s to another daemon; stopping",
-                                 ", ".join(self.queues))
+                    log.critical("lost the lease on queues %s to another daemon; stopping", ", ".join(self.queues))
                     self.lease_lost.set()
                     return
             except Exception as exc:  # noqa: BLE001 - keep renewing whatever went wrong
@@ -323,12 +345,12 @@ class Engine:
         # a late run, which runs or is recorded missed like any other.
         first = next_fire_time(trigger, datetime.now(timezone.utc)) or next_fire_time(trigger, accepted)
         if first is None:
-            raise InvalidJob(f"{request.trigger['type']} trigger: never fires after the job was "
-                             f"accepted at {accepted.isoformat()}")
+            raise InvalidJob(
+                f"{request.trigger['type']} trigger: never fires after the job was accepted at {accepted.isoformat()}"
+            )
         # A job that takes a request is stored with a placeholder the runner fills.
         args, kwargs = with_request(func, request.args, request.kwargs, None)
-        options = {k: v for k, v in request.options.items()
-                   if k in ("misfire_grace_time", "coalesce", "max_instances")}
+        options = {k: v for k, v in request.options.items() if k in ("misfire_grace_time", "coalesce", "max_instances")}
         if request.trigger["type"] == "now":
             # "As soon as possible" has no deadline: after an outage it still runs.
             options.setdefault("misfire_grace_time", None)
@@ -337,11 +359,21 @@ class Engine:
         if request.trigger["type"] == "now" and not recovering and self._direct_open(request.id):
             # Built as the job store loads a job: admit() made APScheduler's checks.
             job = Job.__new__(Job)
-            job.__setstate__({
-                "version": 1, "id": request.id, "func": request.func, "trigger": trigger,
-                "executor": "default", "args": tuple(args), "kwargs": kwargs,
-                "name": request.options.get("name") or request.func, "next_run_time": first,
-                **self.aps._job_defaults, **options})
+            job.__setstate__(
+                {
+                    "version": 1,
+                    "id": request.id,
+                    "func": request.func,
+                    "trigger": trigger,
+                    "executor": "default",
+                    "args": tuple(args),
+                    "kwargs": kwargs,
+                    "name": request.options.get("name") or request.func,
+                    "next_run_time": first,
+                    **self.aps._job_defaults,
+                    **options,
+                }
+            )
             job._scheduler = self.aps
             job._jobstore_alias = request.queue
             return _RunNow(request, job, first, request.to_wire())
@@ -349,15 +381,28 @@ class Engine:
         def store() -> str:
             with self.stores[request.queue].adding(None if recovering else request.to_wire()):
                 try:
-                    self.aps.add_job(func, trigger=trigger, args=args, kwargs=kwargs,
-                                     id=request.id, name=request.options.get("name") or request.func,
-                                     jobstore=request.queue, replace_existing=recovering,
-                                     next_run_time=first, **options)
+                    self.aps.add_job(
+                        func,
+                        trigger=trigger,
+                        args=args,
+                        kwargs=kwargs,
+                        id=request.id,
+                        name=request.options.get("name") or request.func,
+                        jobstore=request.queue,
+                        replace_existing=recovering,
+                        next_run_time=first,
+                        **options,
+                    )
                 except ConflictingIdError:
-                    log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
-                             request.id, request.queue, request.mid)
+                    log.info(
+                        "job %s (queue %s): already stored; duplicate message %s absorbed",
+                        request.id,
+                        request.queue,
+                        request.mid,
+                    )
                     return "duplicate"
             return "stored"
+
         return store
 
     def _direct_open(self, job_id: str) -> bool:
@@ -367,10 +412,13 @@ class Engine:
         :meth:`.store.QueueJobStore.get_due_jobs`), no run of a job with this
         id is in the pool, and the pool's backlog is below
         :data:`DIRECT_BACKLOG`."""
-        return (not self.settings.memory_store and self.aps.state == STATE_RUNNING
-                and (self.lease is None or self.lease.fresh())
-                and not self._executor._instances.get(job_id)  # APScheduler's count of runs in the pool
-                and self.runner.pending < DIRECT_BACKLOG)
+        return (
+            not self.settings.memory_store
+            and self.aps.state == STATE_RUNNING
+            and (self.lease is None or self.lease.fresh())
+            and not self._executor._instances.get(job_id)  # APScheduler's count of runs in the pool
+            and self.runner.pending < DIRECT_BACKLOG
+        )
 
     def _store_now(self, group: list[tuple[int, _RunNow]], results: list[Any]) -> None:
         """Store the run-now jobs of *group* with one INSERT, then hand each
@@ -387,8 +435,11 @@ class Engine:
                 try:
                     results[index] = self._hand(planned)
                 except Exception:  # noqa: BLE001 - a bug: its record is stored, the next start runs it
-                    log.exception("job %s (queue %s): stored, but not handed to the worker pool; the "
-                                  "next daemon start runs it", planned.request.id, planned.request.queue)
+                    log.exception(
+                        "job %s (queue %s): stored, but not handed to the worker pool; the next daemon start runs it",
+                        planned.request.id,
+                        planned.request.queue,
+                    )
                     results[index] = "stored"
 
     def _add_now(self, planned: _RunNow) -> str:
@@ -407,13 +458,18 @@ class Engine:
             self.ledger.add_job(planned.wire)
         except ConflictingIdError:
             if not self._stored_not_handed(request):
-                log.info("job %s (queue %s): already stored; duplicate message %s absorbed",
-                         request.id, request.queue, request.mid)
+                log.info(
+                    "job %s (queue %s): already stored; duplicate message %s absorbed",
+                    request.id,
+                    request.queue,
+                    request.mid,
+                )
                 return "duplicate"
             # This very message was stored, but its commit's reply was lost
             # (so it came back): nothing holds the job yet.
-            log.info("job %s (queue %s): already stored by message %s; running it", request.id,
-                     request.queue, request.mid)
+            log.info(
+                "job %s (queue %s): already stored by message %s; running it", request.id, request.queue, request.mid
+            )
         return self._hand(planned)
 
     def _hand(self, planned: _RunNow) -> str:
@@ -429,9 +485,13 @@ class Engine:
         """True if *request*'s own record is stored and still ``scheduled``,
         yet neither the worker pool nor APScheduler's table holds its job."""
         row = self.ledger.get_job(request.id)
-        return (row is not None and row["mid"] == request.mid and row["status"] == "scheduled"
-                and not self._executor._instances.get(request.id)
-                and self.aps.get_job(request.id, jobstore=request.queue) is None)
+        return (
+            row is not None
+            and row["mid"] == request.mid
+            and row["status"] == "scheduled"
+            and not self._executor._instances.get(request.id)
+            and self.aps.get_job(request.id, jobstore=request.queue) is None
+        )
 
     def store_back(self, job: Job, run_time: datetime, trigger: Any = None) -> bool:
         """Keep a one-off job whose run was not started (refused by the lease
@@ -442,12 +502,26 @@ class Engine:
         if self.aps.state == STATE_STOPPED:
             log.info("job %s: the daemon has stopped; the next one runs it from its record", job.id)
             return False
-        return self.persist(f"job {job.id}: storing it in the job store, due at {run_time.isoformat()}",
-                     self.aps.add_job, job.func, trigger=trigger or job.trigger, args=job.args,
-                     kwargs=job.kwargs, id=job.id, name=job.name, jobstore=job._jobstore_alias,
-                     executor=job.executor, misfire_grace_time=job.misfire_grace_time,
-                     coalesce=job.coalesce, max_instances=job.max_instances, replace_existing=True,
-                     next_run_time=run_time) is not None
+        return (
+            self.persist(
+                f"job {job.id}: storing it in the job store, due at {run_time.isoformat()}",
+                self.aps.add_job,
+                job.func,
+                trigger=trigger or job.trigger,
+                args=job.args,
+                kwargs=job.kwargs,
+                id=job.id,
+                name=job.name,
+                jobstore=job._jobstore_alias,
+                executor=job.executor,
+                misfire_grace_time=job.misfire_grace_time,
+                coalesce=job.coalesce,
+                max_instances=job.max_instances,
+                replace_existing=True,
+                next_run_time=run_time,
+            )
+            is not None
+        )
 
     def _catch_up(self, options: dict[str, Any]) -> str:
         """A recurring job's catch-up policy: its own, else ``skip`` if it set
@@ -504,8 +578,7 @@ class Engine:
         job_id, queue, op = request.id, request.queue, request.op
         job = self.aps.get_job(job_id, jobstore=queue)
         if job is None:
-            return self._refuse(request, "no such live job on this queue (finished, canceled, "
-                                         "parked or never added)")
+            return self._refuse(request, "no such live job on this queue (finished, canceled, parked or never added)")
         paused = job.next_run_time is None
         info = job_info(job)
         if op == "reschedule":
@@ -518,19 +591,33 @@ class Engine:
                 self.aps.modify_job(job_id, jobstore=queue, trigger=trigger)
             else:
                 self.aps.reschedule_job(job_id, jobstore=queue, trigger=trigger)
-            self._write_record(f"job {job_id}: recording its new trigger", self.ledger.set_trigger,
-                         job_id, queue, request.trigger)
-            log.info("job %s (queue %s): rescheduled, next run %s", job_id, queue,
-                     "none (paused)" if paused else first)
-            self._emit(Event(Event.JOB_RESCHEDULED, job_id=job_id, queue=queue, job=info,
-                             trigger=request.trigger, next_run_time=None if paused else first))
+            self._write_record(
+                f"job {job_id}: recording its new trigger", self.ledger.set_trigger, job_id, queue, request.trigger
+            )
+            log.info("job %s (queue %s): rescheduled, next run %s", job_id, queue, "none (paused)" if paused else first)
+            self._emit(
+                Event(
+                    Event.JOB_RESCHEDULED,
+                    job_id=job_id,
+                    queue=queue,
+                    job=info,
+                    trigger=request.trigger,
+                    next_run_time=None if paused else first,
+                )
+            )
             return "rescheduled"
         if op == "pause":
             if paused:
                 return self._refuse(request, "the job is already paused")
             self.aps.pause_job(job_id, jobstore=queue)
-            self._write_record(f"job {job_id}: recording the pause", self.ledger.set_status,
-                         job_id, queue, "paused", ("scheduled", "running"))
+            self._write_record(
+                f"job {job_id}: recording the pause",
+                self.ledger.set_status,
+                job_id,
+                queue,
+                "paused",
+                ("scheduled", "running"),
+            )
             log.info("job %s (queue %s): paused", job_id, queue)
             self._emit(Event(Event.JOB_PAUSED, job_id=job_id, queue=queue, job=info))
             return "paused"
@@ -552,14 +639,16 @@ class Engine:
             # APScheduler's resume_job would delete it without a word.
             reason = "its schedule ended while it was paused"
             self.aps.remove_job(job.id, jobstore=queue)
-            self._write_record(f"job {job.id}: closing it", self.ledger.set_status, job.id, queue,
-                         "missed", ("paused",), reason)
+            self._write_record(
+                f"job {job.id}: closing it", self.ledger.set_status, job.id, queue, "missed", ("paused",), reason
+            )
             log.warning("job %s (queue %s): resumed, but %s; removed", job.id, queue, reason)
             self.job_ended(job.id, queue, info)
             return "resumed-ended"
         self.aps.resume_job(job.id, jobstore=queue)
-        self._write_record(f"job {job.id}: recording the resume", self.ledger.set_status,
-                     job.id, queue, "scheduled", ("paused",))
+        self._write_record(
+            f"job {job.id}: recording the resume", self.ledger.set_status, job.id, queue, "scheduled", ("paused",)
+        )
         log.info("job %s (queue %s): resumed, next run %s", job.id, queue, first)
         self._emit(Event(Event.JOB_RESUMED, job_id=job.id, queue=queue, job=info, next_run_time=first))
         return "resumed"
@@ -570,8 +659,16 @@ class Engine:
 
     def _refuse(self, request: JobRequest, reason: str) -> str:
         log.warning("job %s (queue %s): %s refused: %s", request.id, request.queue, request.op, reason)
-        self._emit(Event(Event.JOB_REQUEST_REFUSED, job_id=request.id, queue=request.queue,
-                         job=None, op=request.op, reason=reason))
+        self._emit(
+            Event(
+                Event.JOB_REQUEST_REFUSED,
+                job_id=request.id,
+                queue=request.queue,
+                job=None,
+                op=request.op,
+                reason=reason,
+            )
+        )
         return f"{request.op}-refused"
 
     def _message(self, request: JobRequest) -> None:
@@ -581,8 +678,9 @@ class Engine:
             self.restore_parked()
         if text == "print-jobs":
             for job in self.aps.get_jobs():
-                log.info("  job %s (queue %s) %s next run %s", job.id, job._jobstore_alias,
-                         job.func_ref, job.next_run_time)
+                log.info(
+                    "  job %s (queue %s) %s next run %s", job.id, job._jobstore_alias, job.func_ref, job.next_run_time
+                )
         self._emit(Event(Event.MESSAGE, message=text, queue=request.queue))
 
     # -- events -----------------------------------------------------------------------
@@ -593,8 +691,7 @@ class Engine:
         with self._lock:
             self._running[job_id] += 1
 
-    def emit_run_events(self, job_id: str, events: list[Event], final: bool,
-                        finished_run: bool = False) -> None:
+    def emit_run_events(self, job_id: str, events: list[Event], final: bool, finished_run: bool = False) -> None:
         """Emit a run's events, then REMOVED after the last run, then any
         CANCELED that waited for the run."""
         with self._lock:
@@ -607,8 +704,7 @@ class Engine:
             canceled = job_id in self._canceled
             if final and not canceled and events:
                 base = events[-1]
-                self._emit(Event(Event.JOB_REMOVED, job_id=job_id, queue=base.get("queue"),
-                                 job=base.get("job")))
+                self._emit(Event(Event.JOB_REMOVED, job_id=job_id, queue=base.get("queue"), job=base.get("job")))
             if job_id not in self._running:
                 for event in self._deferred.pop(job_id, []):
                     self._emit(event)
@@ -634,8 +730,9 @@ class Engine:
             for missed in getattr(run_time, "skipped", ()):
                 self.runner.record_missed(event.job_id, event.jobstore, info, missed, final=False)
             reason = "the previous run was still running (max_instances reached)"
-            self.runner.record_missed(event.job_id, event.jobstore, info, Missed(run_time, reason),
-                                      final, removed=False)
+            self.runner.record_missed(
+                event.job_id, event.jobstore, info, Missed(run_time, reason), final, removed=False
+            )
             if final:
                 self.job_ended(event.job_id, event.jobstore, info)
 
@@ -654,8 +751,7 @@ class Engine:
             if job is not None and final:
                 self.aps.remove_job(job_id, jobstore=queue)
             reason = f"the daemon running it ({run['owner']}) stopped before the run finished"
-            log.warning("job %s (queue %s): run %s interrupted: %s", job_id, queue,
-                        run["run_key"], reason)
+            log.warning("job %s (queue %s): run %s interrupted: %s", job_id, queue, run["run_key"], reason)
             rerun = final and self.settings.interrupted == "rerun" and not self.ledger.was_interrupted(job_id)
             if rerun:
                 reason += "; running it once more (scheduler.interrupted = rerun)"
@@ -663,15 +759,27 @@ class Engine:
             plan = plan_retry(self.ledger.get_job(job_id), datetime.now(timezone.utc)) if final and not rerun else None
             if plan is not None:
                 reason += f"; retrying it in {plan.delay:g}s (attempt {plan.attempt + 1} of {plan.retries + 1})"
-            self.ledger.finish_run(job_id, run["run_key"], "interrupted", final and not rerun, error=reason,
-                                   retry_at=plan.at.timestamp() if plan else None)
+            self.ledger.finish_run(
+                job_id,
+                run["run_key"],
+                "interrupted",
+                final and not rerun,
+                error=reason,
+                retry_at=plan.at.timestamp() if plan else None,
+            )
             info = request_info(request)
-            base = {"job_id": job_id, "queue": queue, "job": info, "run_key": run["run_key"],
-                    "scheduled_run_time": scheduled}
+            base = {
+                "job_id": job_id,
+                "queue": queue,
+                "job": info,
+                "run_key": run["run_key"],
+                "scheduled_run_time": scheduled,
+            }
             events = [Event(Event.JOB_INTERRUPTED, reason=reason, will_retry=rerun or plan is not None, **base)]
             if plan is not None:
-                events.append(Event(Event.JOB_RETRY, attempt=plan.attempt + 1, retry_at=plan.at,
-                                    delay=plan.delay, **base))
+                events.append(
+                    Event(Event.JOB_RETRY, attempt=plan.attempt + 1, retry_at=plan.at, delay=plan.delay, **base)
+                )
             self.emit_run_events(job_id, events, final and not rerun and plan is None)
             if rerun or plan is not None:
                 # A one-off job again: a new run time gives the re-run its own run_key.
@@ -682,8 +790,7 @@ class Engine:
         for queue, store in self.stores.items():
             for orphan in self.ledger.orphans(queue, store.jobs_t):
                 request = json.loads(orphan["request"])
-                log.warning("job %s (queue %s): was due but never started; scheduling it again",
-                            orphan["id"], queue)
+                log.warning("job %s (queue %s): was due but never started; scheduling it again", orphan["id"], queue)
                 try:
                     self._add(decode(request), recovering=True)
                 except Exception as exc:  # noqa: BLE001 - park it, go on with the others
@@ -706,21 +813,32 @@ class Engine:
             for key in recorded:
                 job = keys[key]
                 following = job.trigger.get_next_fire_time(job.next_run_time, job.next_run_time)
-                log.info("job %s (queue %s): run %s was handed over by the previous daemon; "
-                         "%s", job.id, queue, key, f"next run {following}" if following else "removing its row")
+                log.info(
+                    "job %s (queue %s): run %s was handed over by the previous daemon; %s",
+                    job.id,
+                    queue,
+                    key,
+                    f"next run {following}" if following else "removing its row",
+                )
                 if following is None:
                     store.remove_job(job.id)
                 else:
                     job._modify(next_run_time=following)
                     store.update_job(job)
 
-    def _on_parked(self, job_id: str, queue: str, reason: str,
-                   request: dict[str, Any] | None = None) -> None:
+    def _on_parked(self, job_id: str, queue: str, reason: str, request: dict[str, Any] | None = None) -> None:
         if request is None:
             row = self.ledger.get_job(job_id)
             request = json.loads(row["request"]) if row else None
-        self._emit(Event(Event.JOB_PARKED, job_id=job_id, queue=queue, reason=reason,
-                         job=request_info(request) if request else None))
+        self._emit(
+            Event(
+                Event.JOB_PARKED,
+                job_id=job_id,
+                queue=queue,
+                reason=reason,
+                job=request_info(request) if request else None,
+            )
+        )
 
     def restore_parked(self) -> int:
         """Schedule again every parked job that loads now (its code is back, or
@@ -732,8 +850,15 @@ class Engine:
                 continue
             jobs, missing = store.restore_parked()
             for job in jobs:
-                self._emit(Event(Event.JOB_RESTORED, job_id=job.id, queue=queue, job=job_info(job),
-                                 next_run_time=job.next_run_time))
+                self._emit(
+                    Event(
+                        Event.JOB_RESTORED,
+                        job_id=job.id,
+                        queue=queue,
+                        job=job_info(job),
+                        next_run_time=job.next_run_time,
+                    )
+                )
             for row in missing:
                 request = json.loads(row["request"])
                 try:
@@ -743,9 +868,15 @@ class Engine:
                     continue
                 self.ledger.set_status(row["id"], queue, "scheduled", only_from=("parked",))
                 job = self.aps.get_job(row["id"], jobstore=queue)
-                self._emit(Event(Event.JOB_RESTORED, job_id=row["id"], queue=queue,
-                                 job=job_info(job) if job else request_info(request),
-                                 next_run_time=job.next_run_time if job else None))
+                self._emit(
+                    Event(
+                        Event.JOB_RESTORED,
+                        job_id=row["id"],
+                        queue=queue,
+                        job=job_info(job) if job else request_info(request),
+                        next_run_time=job.next_run_time if job else None,
+                    )
+                )
                 count += 1
             count += len(jobs)
         if count:
@@ -767,5 +898,3 @@ class Engine:
                     log.exception("housekeeping callable %r failed", func)
         finally:
             threadlocal_manager.pop()
-
-

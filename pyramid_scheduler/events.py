@@ -30,8 +30,13 @@ class Listeners:
         self._lock = threading.Lock()
         self._items: tuple[tuple[Listener, frozenset[str] | None, tuple[Any, ...], dict[str, Any]], ...] = ()
 
-    def add(self, listener: Listener, events: Iterable[str] | None = None,
-            args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        listener: Listener,
+        events: Iterable[str] | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if not callable(listener):
             raise TypeError(f"listener {listener!r} is not callable")
         wanted = None

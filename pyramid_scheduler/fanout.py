@@ -54,8 +54,9 @@ TIME_FIELDS = ("scheduled_run_time", "next_run_time")
 
 def events_exchange(settings: SchedulerSettings) -> kombu.Exchange:
     """The fan-out exchange job events are published on."""
-    return kombu.Exchange(f"{settings.broker_queue_prefix}events", type="fanout",
-                          durable=False, delivery_mode="transient")
+    return kombu.Exchange(
+        f"{settings.broker_queue_prefix}events", type="fanout", durable=False, delivery_mode="transient"
+    )
 
 
 def origin_of(proxy: Any) -> str:
@@ -68,6 +69,7 @@ def origin_of(proxy: Any) -> str:
 
 
 # -- the message ----------------------------------------------------------------------
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -89,8 +91,15 @@ def encode_event(event: Event, seq: int | None, origin: str) -> bytes:
             fields["exception"] = f"{type(value).__name__}: {value}"
             continue
         fields[key] = _plain(value)
-    body = {"v": VERSION, "type": event.type, "job_id": event.get("job_id"), "seq": seq,
-            "origin": origin, "sent_at": datetime.now(timezone.utc).isoformat(), "event": fields}
+    body = {
+        "v": VERSION,
+        "type": event.type,
+        "job_id": event.get("job_id"),
+        "seq": seq,
+        "origin": origin,
+        "sent_at": datetime.now(timezone.utc).isoformat(),
+        "event": fields,
+    }
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -126,6 +135,7 @@ def decode_event(body: bytes | str) -> tuple[Event, str]:
 
 
 # -- the daemon's side ----------------------------------------------------------------
+
 
 class EventPublisher:
     """Numbers and publishes the job events of the process that runs jobs.
@@ -173,22 +183,44 @@ class EventPublisher:
                 self._connection = make_connection(self.settings)
                 self._producer = kombu.Producer(self._connection)
             self._producer.publish(
-                body, exchange=self.exchange, routing_key="", declare=[self.exchange],
-                content_type=JSON, content_encoding="utf-8", headers=headers, retry=True,
-                retry_policy={"max_retries": 20, "interval_start": 0, "interval_step": 0.2,
-                              "interval_max": 1.0, "errback": errback}, timeout=timeout)
+                body,
+                exchange=self.exchange,
+                routing_key="",
+                declare=[self.exchange],
+                content_type=JSON,
+                content_encoding="utf-8",
+                headers=headers,
+                retry=True,
+                retry_policy={
+                    "max_retries": 20,
+                    "interval_start": 0,
+                    "interval_step": 0.2,
+                    "interval_max": 1.0,
+                    "errback": errback,
+                },
+                timeout=timeout,
+            )
         except Exception as exc:  # noqa: BLE001 - the fan-out must not stop the dispatcher
             # One wait per pause, not one per event: local listeners wait behind this.
             self._broker_paused_until = time.monotonic() + max(PAUSE, timeout)
             self._dropped += 1
-            log.warning("job %s: event %s (seq %s) not published to other processes: %s; "
-                        "events are not published for the next %gs", job_id, event.type, seq, exc,
-                        max(PAUSE, timeout))
+            log.warning(
+                "job %s: event %s (seq %s) not published to other processes: %s; "
+                "events are not published for the next %gs",
+                job_id,
+                event.type,
+                seq,
+                exc,
+                max(PAUSE, timeout),
+            )
             self.close()
             return
         if self._dropped:
-            log.warning("%d job event(s) were not published to other processes while the broker "
-                        "was unreachable (their seq numbers are missing there)", self._dropped)
+            log.warning(
+                "%d job event(s) were not published to other processes while the broker "
+                "was unreachable (their seq numbers are missing there)",
+                self._dropped,
+            )
             self._dropped = 0
 
     def _next_seq(self, job_id: str, event: Event) -> int | None:
@@ -199,8 +231,14 @@ class EventPublisher:
         except sa.exc.SQLAlchemyError as exc:
             # Sent unnumbered rather than not at all; subscribers deliver it as it comes.
             self._store_paused_until = time.monotonic() + PAUSE
-            log.warning("job %s: event %s sent without a seq: the job store is unavailable (%s); "
-                        "events go unnumbered for the next %gs", job_id, event.type, exc, PAUSE)
+            log.warning(
+                "job %s: event %s sent without a seq: the job store is unavailable (%s); "
+                "events go unnumbered for the next %gs",
+                job_id,
+                event.type,
+                exc,
+                PAUSE,
+            )
             return None
 
     def close(self) -> None:
@@ -215,6 +253,7 @@ class EventPublisher:
 
 # -- a subscribing process ------------------------------------------------------------
 
+
 class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
     """Receives the daemons' job events in this process, on its own thread.
 
@@ -228,9 +267,13 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
         self.origin = origin_of(proxy)
         self.connection = make_connection(settings)
         self.queue = kombu.Queue(
-            f"{settings.broker_queue_prefix}events.{socket.gethostname()}.{os.getpid()}."
-            f"{uuid.uuid4().hex[:8]}", exchange=events_exchange(settings), routing_key="",
-            durable=False, exclusive=True, auto_delete=True)
+            f"{settings.broker_queue_prefix}events.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}",
+            exchange=events_exchange(settings),
+            routing_key="",
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+        )
         self.dispatcher = EventDispatcher(proxy.listeners, proxy.registry)
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -262,8 +305,13 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         self.ready.clear()
-        log.warning("event subscriber: broker %s unreachable (%s); events published meanwhile "
-                    "are not received; retrying in %.1fs", self.settings.broker.masked(), exc, interval)
+        log.warning(
+            "event subscriber: broker %s unreachable (%s); events published meanwhile "
+            "are not received; retrying in %.1fs",
+            self.settings.broker.masked(),
+            exc,
+            interval,
+        )
         self._stop.wait(min(interval, 1.0))
 
     def on_message(self, message: Any) -> None:
@@ -279,8 +327,13 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
         job_id, seq = event.get("job_id"), event.get("seq")
         if isinstance(job_id, str) and isinstance(seq, int):
             if seq <= self._last.get(job_id, 0):
-                log.info("event subscriber: job %s event %s seq %d arrived after seq %d; dropped",
-                         job_id, event.type, seq, self._last[job_id])
+                log.info(
+                    "event subscriber: job %s event %s seq %d arrived after seq %d; dropped",
+                    job_id,
+                    event.type,
+                    seq,
+                    self._last[job_id],
+                )
                 return
             self._last[job_id] = seq
         self.dispatcher.deliver(event)
@@ -302,13 +355,18 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
         if not isinstance(body, bytes) or len(body) > self.settings.max_message_size:
             raise InvalidMessage("event body above scheduler.max_message_size")
         if self.settings.secret is not None:
-            verify(body, (message.headers or {}).get(SIGNATURE_HEADER), self.settings.secret,
-                   self.queue.exchange.name, message.content_type, message.content_encoding)
+            verify(
+                body,
+                (message.headers or {}).get(SIGNATURE_HEADER),
+                self.settings.secret,
+                self.queue.exchange.name,
+                message.content_type,
+                message.content_encoding,
+            )
         return decode_event(body)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pscheduler-event-subscriber",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pscheduler-event-subscriber", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

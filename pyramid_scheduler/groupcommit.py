@@ -196,8 +196,18 @@ class RunWriter:
                 extra = write.kwargs
                 if set(extra) - {"result", "error", "retry_at"}:
                     raise Unusual()  # a missed run's own row: the ledger's path
-                finishes.append(self.ledger.finish_params(job_id, run_key, status, final, extra.get("result"),
-                                                          extra.get("error"), extra.get("retry_at"), stamp))
+                finishes.append(
+                    self.ledger.finish_params(
+                        job_id,
+                        run_key,
+                        status,
+                        final,
+                        extra.get("result"),
+                        extra.get("error"),
+                        extra.get("retry_at"),
+                        stamp,
+                    )
+                )
         written = self.ledger.write_runs(starts, finishes)
         rest = []
         for write in batch:

@@ -61,7 +61,11 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
 #: Numeric options beside those and the least value each takes.
 OPTION_MINIMUMS: dict[str, float] = {
-    "retries": 0, "retry_delay": 0, "retry_backoff": 1, "retry_max_delay": 0, "ttl": 0,
+    "retries": 0,
+    "retry_delay": 0,
+    "retry_backoff": 1,
+    "retry_max_delay": 0,
+    "ttl": 0,
 }
 #: The longest wait before a retry, in seconds.
 MAX_RETRY_DELAY = 366 * 86400.0
@@ -91,6 +95,7 @@ def new_id() -> str:
 
 # -- callables ------------------------------------------------------------------------
 
+
 def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
     """Return ``"module:qualname"`` for a module-level function, or refuse it.
 
@@ -110,14 +115,16 @@ def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
     if isinstance(func, functools.partial):
         raise InvalidJob(
             "func: a functools.partial cannot be referenced by name; pass the "
-            "function and put the bound values in args/kwargs")
+            "function and put the bound values in args/kwargs"
+        )
     if not callable(func):
         raise InvalidJob(f"func: {func!r} is not callable")
     if inspect.ismethod(func) and not inspect.isclass(func.__self__):
         raise InvalidJob(
             f"func: {func.__qualname__} is a bound method; the daemon cannot "
             "rebuild its instance. Use a module-level function that takes the "
-            "instance's data as arguments")
+            "instance's data as arguments"
+        )
     qualname = getattr(func, "__qualname__", None)
     module = getattr(func, "__module__", None)
     if not qualname or not module:
@@ -125,13 +132,12 @@ def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
     if "<lambda>" in qualname:
         raise InvalidJob("func: a lambda has no importable name; define a module-level function")
     if "<locals>" in qualname:
-        raise InvalidJob(
-            f"func: {qualname} is a nested function; the daemon can only import "
-            "module-level functions")
+        raise InvalidJob(f"func: {qualname} is a nested function; the daemon can only import module-level functions")
     if module == "__main__":
         raise InvalidJob(
             f"func: {qualname} is defined in __main__, which the daemon cannot "
-            "import; move it into a module of your package")
+            "import; move it into a module of your package"
+        )
     ref = f"{module}:{qualname}"
     check_allowed(ref, allowed)
     try:
@@ -141,7 +147,8 @@ def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
     if resolved is not func and resolved != func:
         raise InvalidJob(
             f"func: {ref} resolves to {resolved!r}, not to the function given; "
-            "is it decorated or rebound under another name?")
+            "is it decorated or rebound under another name?"
+        )
     return ref
 
 
@@ -171,8 +178,10 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
     for index, part in enumerate(parts):
         owner = ".".join(parts[:index])
         if index and not (isinstance(obj, type) and _defined_as(obj, module_name, owner)):
-            raise InvalidJob(f"func {ref!r}: {owner} is not a class defined in {module_name}; a job "
-                             "function must be named where it is defined")
+            raise InvalidJob(
+                f"func {ref!r}: {owner} is not a class defined in {module_name}; a job "
+                "function must be named where it is defined"
+            )
         try:
             obj = getattr(obj, part)
         except AttributeError:
@@ -183,7 +192,8 @@ def resolve_ref(ref: str) -> Callable[..., Any]:
         raise InvalidJob(
             f"func {ref!r}: is {getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', None)}, "
             f"not defined in {module_name} under that name; a job function must be named where it is "
-            "defined")
+            "defined"
+        )
     return obj  # type: ignore[no-any-return]
 
 
@@ -205,8 +215,9 @@ def check_name(value: Any, what: str, longest: int = 200) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= longest:
         raise InvalidJob(f"{what}: expected a string of 1 to {longest} characters, got {value!r:.80}")
     if _CONTROL.search(value):
-        raise InvalidJob(f"{what}: {value!r:.80} holds a control character (NUL, newline, ...); "
-                         "use printable characters only")
+        raise InvalidJob(
+            f"{what}: {value!r:.80} holds a control character (NUL, newline, ...); use printable characters only"
+        )
     return value
 
 
@@ -266,8 +277,9 @@ def _takes_request(func: Callable[..., Any]) -> str | None:
     return None
 
 
-def with_request(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                 request: Any, stored: bool = False) -> tuple[list[Any], dict[str, Any]]:
+def with_request(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], request: Any, stored: bool = False
+) -> tuple[list[Any], dict[str, Any]]:
     """*args* and *kwargs* with *request* where *func* takes one.
 
     The job store keeps a ``None`` there (APScheduler checks a job's
@@ -282,8 +294,9 @@ def with_request(func: Callable[..., Any], args: list[Any], kwargs: dict[str, An
     return args, kwargs
 
 
-def without_request(func: Callable[..., Any], args: list[Any],
-                    kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def without_request(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
     """A stored job's arguments as sent: without the request placeholder."""
     how = takes_request(func)
     if how == "first":
@@ -293,8 +306,9 @@ def without_request(func: Callable[..., Any], args: list[Any],
     return args, kwargs
 
 
-def admit(request: JobRequest, aliases: Mapping[str, str],
-          allowed: tuple[str, ...]) -> tuple[JobRequest, Callable[..., Any]]:
+def admit(
+    request: JobRequest, aliases: Mapping[str, str], allowed: tuple[str, ...]
+) -> tuple[JobRequest, Callable[..., Any]]:
     """The daemon's door for an ``add`` request: its function renamed by
     ``scheduler.func_aliases``, checked against ``scheduler.allowed_modules``,
     imported and matched with the arguments (shared by the engine and
@@ -316,8 +330,9 @@ def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str,
     """Refuse arguments the function's signature cannot take (its ``request``
     parameter, if any, is the runner's to fill in)."""
     if "request" in kwargs and takes_request(func):
-        raise InvalidJob(f"func {ref}: kwargs['request']: the runner passes the job a request "
-                         "of its own; do not send one")
+        raise InvalidJob(
+            f"func {ref}: kwargs['request']: the runner passes the job a request of its own; do not send one"
+        )
     args, kwargs = with_request(func, args, kwargs, None)
     try:
         try:
@@ -352,8 +367,10 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
         if key in ("retry_delay", "retry_max_delay") and value > MAX_RETRY_DELAY:
             return f"{key}: at most {MAX_RETRY_DELAY:g} seconds (a year), got {value!r}"
     if options.get("retries") and kind not in RETRY_TRIGGERS:
-        return (f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
-                "jobs, whose next run comes anyway")
+        return (
+            f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
+            "jobs, whose next run comes anyway"
+        )
     return check_catch_up(options, kind)
 
 
@@ -368,8 +385,9 @@ def signed_text(body: bytes, routing_key: str, content_type: str, content_encodi
 
 @functools.lru_cache(maxsize=256)
 def _signed_head(routing_key: str, content_type: str, content_encoding: str) -> bytes:
-    head = json.dumps([SIGNATURE_SCHEME, content_type, content_encoding, routing_key],
-                      ensure_ascii=True, separators=(",", ":"))
+    head = json.dumps(
+        [SIGNATURE_SCHEME, content_type, content_encoding, routing_key], ensure_ascii=True, separators=(",", ":")
+    )
     return head.encode("ascii") + b"\n"
 
 
@@ -380,8 +398,13 @@ def _keyed(secret: bytes) -> hmac.HMAC:
     return hmac.new(secret, digestmod=hashlib.sha256)
 
 
-def sign_message(body: bytes, secret: bytes, routing_key: str, content_type: str = "application/json",
-                 content_encoding: str = "utf-8") -> str:
+def sign_message(
+    body: bytes,
+    secret: bytes,
+    routing_key: str,
+    content_type: str = "application/json",
+    content_encoding: str = "utf-8",
+) -> str:
     """The value of :data:`SIGNATURE_HEADER` for a message: ``v2=`` and the
     HMAC-SHA256 (hex) of :func:`signed_text`."""
     mac = _keyed(secret).copy()
@@ -390,8 +413,14 @@ def sign_message(body: bytes, secret: bytes, routing_key: str, content_type: str
     return f"{SIGNATURE_SCHEME}={mac.hexdigest()}"
 
 
-def verify(body: bytes, signature: Any, secret: bytes, routing_key: str,
-           content_type: str = "application/json", content_encoding: str = "utf-8") -> None:
+def verify(
+    body: bytes,
+    signature: Any,
+    secret: bytes,
+    routing_key: str,
+    content_type: str = "application/json",
+    content_encoding: str = "utf-8",
+) -> None:
     """Check the *signature* header of a message; any value is taken (a
     number, a list, non-ASCII text): anything but a good signature is refused.
 
@@ -401,8 +430,10 @@ def verify(body: bytes, signature: Any, secret: bytes, routing_key: str,
         raise InvalidMessage("message is not signed, and scheduler.secret is set")
     if not signature.startswith(SIGNATURE_SCHEME + "="):
         if _V1_SIGNATURE.fullmatch(signature):
-            raise InvalidMessage("bad message signature: a version 1 signature (of the body only, "
-                                 "from a pre-release build), which this daemon refuses: upgrade the producer")
+            raise InvalidMessage(
+                "bad message signature: a version 1 signature (of the body only, "
+                "from a pre-release build), which this daemon refuses: upgrade the producer"
+            )
         raise InvalidMessage("bad message signature (is scheduler.secret the same on both ends?)")
     expected = sign_message(body, secret, routing_key, content_type, content_encoding)
     # Compared as bytes: hmac.compare_digest refuses str holding non-ASCII.
@@ -424,12 +455,15 @@ def sent_too_long_ago(sent_at: str, max_age: float, now: datetime | None = None)
         return None
     age = ((now or datetime.now(timezone.utc)) - when).total_seconds()
     if age > max_age:
-        return (f"sent {age:.0f}s ago ({sent_at}), more than scheduler.max_message_age "
-                f"({max_age:g}s): refused as a possible replay")
+        return (
+            f"sent {age:.0f}s ago ({sent_at}), more than scheduler.max_message_age "
+            f"({max_age:g}s): refused as a possible replay"
+        )
     return None
 
 
 # -- JSON arguments -------------------------------------------------------------------
+
 
 def check_json(value: Any, where: str, depth: int = 0) -> Any:
     """Return *value* as plain JSON data (tuples become lists), or refuse it.
@@ -452,14 +486,14 @@ def check_json(value: Any, where: str, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise SerializationError(
-                    f"{where}: key {key!r} is a {type(key).__name__}; JSON object keys must be str")
+                    f"{where}: key {key!r} is a {type(key).__name__}; JSON object keys must be str"
+                )
             out[key] = check_json(item, f"{where}[{key!r}]", depth + 1)
         return out
     hint = ""
     if isinstance(value, datetime):
         hint = "; pass value.isoformat() or a timestamp"
-    raise SerializationError(
-        f"{where}: {type(value).__name__} {value!r:.80} is not JSON-encodable{hint}")
+    raise SerializationError(f"{where}: {type(value).__name__} {value!r:.80} is not JSON-encodable{hint}")
 
 
 def nested_deeper(value: Any, limit: int) -> bool:
@@ -479,6 +513,7 @@ def nested_deeper(value: Any, limit: int) -> bool:
 
 
 # -- time and triggers ----------------------------------------------------------------
+
 
 def to_datetime(value: Any, tz: tzinfo, where: str) -> datetime:
     """An aware datetime from an epoch number, an ISO string or a datetime.
@@ -505,8 +540,8 @@ def to_datetime(value: Any, tz: tzinfo, where: str) -> datetime:
             value = value.replace(tzinfo=tz)
         return value
     raise InvalidJob(
-        f"{where}: {type(value).__name__} {value!r:.60} is not a datetime, ISO 8601 "
-        "string or epoch number")
+        f"{where}: {type(value).__name__} {value!r:.60} is not a datetime, ISO 8601 string or epoch number"
+    )
 
 
 def to_zone(value: Any, where: str = "timezone") -> tzinfo:
@@ -531,8 +566,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
-                  anchor: datetime | None = None) -> BaseTrigger:
+def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo, anchor: datetime | None = None) -> BaseTrigger:
     """Build the APScheduler trigger described by a wire trigger spec.
 
     An interval without ``start_date`` counts from *anchor* (the time the job
@@ -552,16 +586,19 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
         if kind == "interval":
             fields = {k: spec.get(k, 0) for k in INTERVAL_FIELDS}
             for key, value in fields.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                        or not math.isfinite(value):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or value < 0
+                    or not math.isfinite(value)
+                ):
                     raise InvalidJob(f"{key}: expected a number of zero or more, got {value!r}")
             if timedelta(**fields) <= timedelta(0):
                 raise InvalidJob("interval: weeks, days, hours, minutes or seconds must add up to more than zero")
             if start is None and anchor is not None:
                 # In UTC: an anchor in a zone would move by wall clock.
                 start = anchor.astimezone(timezone.utc) + timedelta(**fields)
-            return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz,
-                                   jitter=spec.get("jitter"))
+            return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz, jitter=spec.get("jitter"))
         if kind == "cron":
             if spec.get("crontab"):
                 trigger = WallClockCronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
@@ -570,8 +607,9 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo,
                 trigger.jitter = spec.get("jitter")
             else:
                 fields = {k: spec[k] for k in CRON_FIELDS if spec.get(k) is not None}
-                trigger = WallClockCronTrigger(**fields, start_date=start, end_date=end, timezone=tz,
-                                               jitter=spec.get("jitter"))
+                trigger = WallClockCronTrigger(
+                    **fields, start_date=start, end_date=end, timezone=tz, jitter=spec.get("jitter")
+                )
             return trigger
     except InvalidJob:
         raise
@@ -606,10 +644,17 @@ def next_fire_time(trigger: BaseTrigger, after: datetime) -> datetime | None:
         raise InvalidJob(f"{type(trigger).__name__}: its first run is out of range ({exc})") from exc
 
 
-def trigger_spec(kind: str, tz: tzinfo, *, run_date: datetime | None = None,
-                 start_date: datetime | None = None, end_date: datetime | None = None,
-                 timezone_: tzinfo | None = None, jitter: Any = None,
-                 **fields: Any) -> dict[str, Any]:
+def trigger_spec(
+    kind: str,
+    tz: tzinfo,
+    *,
+    run_date: datetime | None = None,
+    start_date: datetime | None = None,
+    end_date: datetime | None = None,
+    timezone_: tzinfo | None = None,
+    jitter: Any = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """The wire form of a trigger; every time is an aware ISO 8601 string."""
     spec: dict[str, Any] = {"type": kind}
     zone = timezone_ or tz
@@ -634,6 +679,7 @@ def trigger_spec(kind: str, tz: tzinfo, *, run_date: datetime | None = None,
 
 
 # -- the message ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -660,11 +706,16 @@ class JobRequest:
         return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
     def to_wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"v": VERSION, "op": self.op, "mid": self.mid, "id": self.id,
-                                "queue": self.queue, "sent_at": self.sent_at}
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "op": self.op,
+            "mid": self.mid,
+            "id": self.id,
+            "queue": self.queue,
+            "sent_at": self.sent_at,
+        }
         if self.op == "add":
-            body.update(func=self.func, args=self.args, kwargs=self.kwargs,
-                        trigger=self.trigger, options=self.options)
+            body.update(func=self.func, args=self.args, kwargs=self.kwargs, trigger=self.trigger, options=self.options)
         elif self.op == "message":
             body["text"] = self.text
         elif self.op == "reschedule":
@@ -757,8 +808,7 @@ def decode(body: Any) -> JobRequest:
     problem = option_problem(options, trigger.get("type"))
     if problem:
         raise InvalidMessage(f"option {problem}")
-    return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger,
-                      options=options, **common)
+    return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger, options=options, **common)
 
 
 def _trigger_field(body: Mapping[str, Any]) -> dict[str, Any]:

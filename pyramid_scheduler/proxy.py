@@ -83,9 +83,14 @@ class SchedulerProxy:
         return self.settings.queues
 
     # -- adding jobs ------------------------------------------------------------------
-    def add_async_job(self, func: Any, args: Iterable[Any] | None = None,
-                      kwargs: dict[str, Any] | None = None, queue: str | None = None,
-                      **options: Any) -> str:
+    def add_async_job(
+        self,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        **options: Any,
+    ) -> str:
         """Run ``func(*args, **kwargs)`` as soon as possible, in the daemon.
 
         Inside a transaction the job is published when it commits (nothing if
@@ -102,9 +107,15 @@ class SchedulerProxy:
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
-    def add_date_job(self, func: Any, date: Any = None, args: Iterable[Any] | None = None,
-                     kwargs: dict[str, Any] | None = None, queue: str | None = None,
-                     **options: Any) -> str:
+    def add_date_job(
+        self,
+        func: Any,
+        date: Any = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        **options: Any,
+    ) -> str:
         """Run ``func`` once at *date*, or after a delay.
 
         :param date: an aware or naive :class:`~datetime.datetime` (naive ones are
@@ -119,14 +130,24 @@ class SchedulerProxy:
 
         .. versionchanged:: 1.0 *date* may be left out for a delay.
         """
-        return self._add("date", func, args, kwargs, queue, options,
-                         **date_args(options, date, self.settings.timezone, self.now()))
+        return self._add(
+            "date", func, args, kwargs, queue, options, **date_args(options, date, self.settings.timezone, self.now())
+        )
 
-    def add_interval_job(self, func: Any, start_date: Any = None,
-                         args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                         queue: str | None = None, weeks: float = 0, days: float = 0,
-                         hours: float = 0, minutes: float = 0, seconds: float = 0,
-                         **options: Any) -> str:
+    def add_interval_job(
+        self,
+        func: Any,
+        start_date: Any = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        **options: Any,
+    ) -> str:
         """Run ``func`` every interval.
 
         Without *start_date* the first run is one interval after this call.
@@ -135,15 +156,33 @@ class SchedulerProxy:
         the next point after now.
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
-        return self._add("interval", func, args, kwargs, queue, options,
-                         **interval_args(options, start_date, fields, self.settings.timezone, self.now()))
+        return self._add(
+            "interval",
+            func,
+            args,
+            kwargs,
+            queue,
+            options,
+            **interval_args(options, start_date, fields, self.settings.timezone, self.now()),
+        )
 
-    def add_cron_job(self, func: Any, start_date: Any = None,
-                     args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                     queue: str | None = None, year: Any = None, month: Any = None,
-                     day: Any = None, week: Any = None, day_of_week: Any = None,
-                     hour: Any = None, minute: Any = None, second: Any = None,
-                     **options: Any) -> str:
+    def add_cron_job(
+        self,
+        func: Any,
+        start_date: Any = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        year: Any = None,
+        month: Any = None,
+        day: Any = None,
+        week: Any = None,
+        day_of_week: Any = None,
+        hour: Any = None,
+        minute: Any = None,
+        second: Any = None,
+        **options: Any,
+    ) -> str:
         """Run ``func`` on a cron schedule: the fields of
         :class:`apscheduler.triggers.cron.CronTrigger`, or ``crontab="30 7 * * mon"``,
         or a calendar: ``weekdays`` (ISO numbers, 1 = Monday ... 7 = Sunday, or
@@ -155,13 +194,14 @@ class SchedulerProxy:
 
         .. versionchanged:: 1.0 ``weekdays``, ``monthdays`` and ``time_of_day``.
         """
-        fields = dict(year=year, month=month, day=day, week=week, day_of_week=day_of_week,
-                      hour=hour, minute=minute, second=second)
-        return self._add("cron", func, args, kwargs, queue, options,
-                         **cron_args(options, start_date, fields, self.settings.timezone))
+        fields = dict(
+            year=year, month=month, day=day, week=week, day_of_week=day_of_week, hour=hour, minute=minute, second=second
+        )
+        return self._add(
+            "cron", func, args, kwargs, queue, options, **cron_args(options, start_date, fields, self.settings.timezone)
+        )
 
-    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False,
-                   tm: Any = None) -> str:
+    def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> str:
         """Cancel a job: it runs no more; a run in progress finishes.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
@@ -174,8 +214,7 @@ class SchedulerProxy:
             self._publish(JobRequest(op="cancel", id=job_id, queue=name), immediate, tm)
         return job_id
 
-    def send_message(self, text: str, queue: str | None = None, immediate: bool = False,
-                     tm: Any = None) -> None:
+    def send_message(self, text: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> None:
         """Send a text message to the daemons (a MESSAGE event for listeners;
         ``print-jobs`` makes the daemon log its jobs). *immediate* and *tm*
         as for :meth:`cancel_job`."""
@@ -184,8 +223,9 @@ class SchedulerProxy:
             self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate, tm)
 
     # -- managing stored jobs ---------------------------------------------------------
-    def reschedule_job(self, job_id: str, trigger: str | None = None, queue: str | None = None,
-                       **trigger_args: Any) -> str:
+    def reschedule_job(
+        self, job_id: str, trigger: str | None = None, queue: str | None = None, **trigger_args: Any
+    ) -> str:
         """Replace a job's schedule; it keeps its id, function, arguments and
         record. *trigger* is ``"date"``, ``"interval"`` or ``"cron"`` and
         *trigger_args* are the schedule arguments of the matching ``add_*_job``
@@ -292,8 +332,7 @@ class SchedulerProxy:
         row = self._ledger().get_job(job_id)
         return None if row is None else self._records([row])[0]
 
-    def get_jobs(self, queue: str | None = None, status: str | None = None,
-                 limit: int = 100) -> list[dict[str, Any]]:
+    def get_jobs(self, queue: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The most recently changed job records, newest first."""
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
@@ -328,8 +367,9 @@ class SchedulerProxy:
 
         .. versionadded:: 1.0
         """
-        return [{k: v for k, v in run.items() if k != "job_id"}
-                for run in self._ledger().list_runs(job_id, status, limit)]
+        return [
+            {k: v for k, v in run.items() if k != "job_id"} for run in self._ledger().list_runs(job_id, status, limit)
+        ]
 
     def wait(self, job_id: str, timeout: float | None = 30.0, interval: float = 1.0) -> dict[str, Any]:
         """Wait until the job has finished and return its record (see
@@ -383,8 +423,14 @@ class SchedulerProxy:
             if row is None:
                 daemons.append({"queue": queue, "owner": None, "expires_at": None, "active": False})
             else:
-                daemons.append({"queue": queue, "owner": row["owner"], "expires_at": row["expires_at"],
-                                "active": row["expires_at"] > stamp})
+                daemons.append(
+                    {
+                        "queue": queue,
+                        "owner": row["owner"],
+                        "expires_at": row["expires_at"],
+                        "active": row["expires_at"] > stamp,
+                    }
+                )
         return daemons
 
     def _ledger(self) -> Any:
@@ -394,13 +440,20 @@ class SchedulerProxy:
             from .db import create_db_engine
             from .store import Ledger
 
-            self._ledger_obj = Ledger(create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
-                                      self.settings.jobstore_tablename_prefix)
+            self._ledger_obj = Ledger(
+                create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
+                self.settings.jobstore_tablename_prefix,
+            )
         return self._ledger_obj
 
     # -- listeners --------------------------------------------------------------------
-    def add_listener(self, listener: Listener, events: Iterable[str] | None = None,
-                     args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None) -> None:
+    def add_listener(
+        self,
+        listener: Listener,
+        events: Iterable[str] | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         """Call ``listener(event, *args, **kwargs)`` for each event whose type is
         in *events* (default: all), from the dispatcher thread of the process that
         runs the jobs."""
@@ -463,17 +516,25 @@ class SchedulerProxy:
         if queue is not None and row["queue"] != queue:
             raise InvalidJob(f"queue: job {job_id!r} is on queue {row['queue']!r}, not {queue!r}")
         if row["status"] not in LIVE:
-            raise InvalidJob(f"job_id: job {job_id!r} is {row['status']}; only scheduled, running "
-                             "or paused jobs can be managed")
+            raise InvalidJob(
+                f"job_id: job {job_id!r} is {row['status']}; only scheduled, running or paused jobs can be managed"
+            )
         return str(row["queue"])
 
     def _manage(self, op: str, job_id: str, queue: str | None) -> str:
         self._publish(JobRequest(op=op, id=job_id, queue=self._job_queue(job_id, queue)))
         return job_id
 
-    def _add(self, kind: str, func: Any, args: Iterable[Any] | None,
-             kwargs: dict[str, Any] | None, queue: str | None, options: dict[str, Any],
-             **trigger_args: Any) -> str:
+    def _add(
+        self,
+        kind: str,
+        func: Any,
+        args: Iterable[Any] | None,
+        kwargs: dict[str, Any] | None,
+        queue: str | None,
+        options: dict[str, Any],
+        **trigger_args: Any,
+    ) -> str:
         queue = queue if queue is not None else self.settings.default_queue
         if queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
@@ -501,7 +562,8 @@ class SchedulerProxy:
             if kinds is None:
                 raise InvalidJob(
                     f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
-                    f"{', '.join(TRIGGER_OPTIONS)}")
+                    f"{', '.join(TRIGGER_OPTIONS)}"
+                )
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
                 raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
@@ -512,11 +574,20 @@ class SchedulerProxy:
         if problem:
             raise InvalidJob(problem)
         if job_options.get("retries") and self.settings.memory_store:
-            raise InvalidJob("retries: need the SQL job store, which keeps the attempts; "
-                             "scheduler.jobstore.url is 'memory'")
+            raise InvalidJob(
+                "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"
+            )
 
-        request = JobRequest(op="add", id=job_id, queue=queue, func=ref, args=args_json,
-                             kwargs=kwargs_json, trigger=spec, options=job_options)
+        request = JobRequest(
+            op="add",
+            id=job_id,
+            queue=queue,
+            func=ref,
+            args=args_json,
+            kwargs=kwargs_json,
+            trigger=spec,
+            options=job_options,
+        )
         self._publish(request, immediate, manager)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
@@ -538,7 +609,8 @@ class SchedulerProxy:
             raise InvalidJob(
                 f"job {request.id}: the message is {len(body)} bytes, above "
                 f"scheduler.max_message_size ({self.settings.max_message_size}); pass a "
-                "reference to the data (a database id, a file name) instead of the data")
+                "reference to the data (a database id, a file name) instead of the data"
+            )
         captured = getattr(self._captured, "requests", None)
         if captured is not None:
             captured.append(request)
@@ -560,11 +632,15 @@ def check_delivery(immediate: Any, manager: Any) -> None:
     if manager is None:
         return
     if immediate:
-        raise InvalidJob("tm: the message waits for this transaction manager's commit, and "
-                         "immediate=True publishes it at once; pass one or the other")
+        raise InvalidJob(
+            "tm: the message waits for this transaction manager's commit, and "
+            "immediate=True publishes it at once; pass one or the other"
+        )
     if not (callable(getattr(manager, "get", None)) and callable(getattr(manager, "begin", None))):
-        raise InvalidJob(f"tm: expected a transaction manager (such as request.tm or "
-                         f"transaction.TransactionManager()), got {manager!r:.80}")
+        raise InvalidJob(
+            f"tm: expected a transaction manager (such as request.tm or "
+            f"transaction.TransactionManager()), got {manager!r:.80}"
+        )
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

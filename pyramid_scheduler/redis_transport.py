@@ -55,8 +55,10 @@ log = get_logger(__name__)
 try:
     from redis.exceptions import NoPermissionError
 except ImportError:  # pragma: no cover - without redis-py this channel is never made
+
     class NoPermissionError(Exception):  # type: ignore[no-redef]
         pass
+
 
 #: Suffix of the list holding a queue's messages while they are handled.
 PROCESSING = ":processing"
@@ -100,8 +102,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     Message = DoorMessage
     #: Entries larger than this (bytes) are not read (:func:`~.door.envelope`).
     max_entry_size = entry_limit(256 * 1024)
-    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "max_entry_size")
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+        "max_entry_size",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -174,8 +178,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                                 raise
                             # Kombu could not read it as a message: refused whole.
                             self.qos._delivered.pop(payloads[index]["properties"]["delivery_tag"], None)
-                            payloads[index] = stand_in(raw, queue, f"Kombu could not read the message "
-                                                                   f"({type(exc).__name__}: {exc})"[:500])
+                            payloads[index] = stand_in(
+                                raw, queue, f"Kombu could not read the message ({type(exc).__name__}: {exc})"[:500]
+                            )
                             self.connection._deliver(payloads[index], queue)
             finally:
                 self._clear(queue, items, payloads)
@@ -188,9 +193,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _envelope(self, raw: bytes, queue: str) -> dict[str, Any]:
         if raw.startswith(_TOO_LARGE):
-            return stand_in(raw, queue, f"{raw.decode('ascii', 'replace')[:200]} (above the limit of "
-                                        f"{self.max_entry_size} bytes: scheduler.max_message_size in "
-                                        "base64, and its envelope); not read")
+            return stand_in(
+                raw,
+                queue,
+                f"{raw.decode('ascii', 'replace')[:200]} (above the limit of "
+                f"{self.max_entry_size} bytes: scheduler.max_message_size in "
+                "base64, and its envelope); not read",
+            )
         return envelope(raw, queue, self.max_entry_size)
 
     def _shrink(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
@@ -221,12 +230,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not self._no_scripts:
                 try:
                     # Kombu's client adds global_keyprefix to EVALSHA's first key only.
-                    return self._take_waiting(keys=[queue, target],  # type: ignore[no-any-return]
-                                              args=[more, self.max_entry_size, TOO_LARGE], client=client)
+                    return self._take_waiting(
+                        keys=[queue, target],  # type: ignore[no-any-return]
+                        args=[more, self.max_entry_size, TOO_LARGE],
+                        client=client,
+                    )
                 except NoPermissionError as exc:
                     # Nothing moved: the script was refused before it ran.
-                    log.warning("Redis refuses scripts to this user (%s): taking the messages waiting "
-                                "with one LMOVE each instead", exc)
+                    log.warning(
+                        "Redis refuses scripts to this user (%s): taking the messages waiting "
+                        "with one LMOVE each instead",
+                        exc,
+                    )
                     self._no_scripts = True
             pipe = client.pipeline(transaction=False)
             for _ in range(more):
@@ -344,8 +359,12 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
                     continue
                 channel.qos.restore_by_tag(tag.decode("utf-8"), client)
             except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the start
-                log.error("unacked entry %r: not a Kombu message (%s: %s); left alone",
-                          tag[:80], type(exc).__name__, str(exc)[:200])
+                log.error(
+                    "unacked entry %r: not a Kombu message (%s: %s); left alone",
+                    tag[:80],
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
                 continue
             released += 1
     return released

@@ -71,8 +71,9 @@ def plan_retry(record: dict[str, Any] | None, failed_at: datetime) -> RetryPlan 
     if attempt > retries:
         return None
     delay = retry_delay(options, attempt)
-    return RetryPlan(attempt=attempt, retries=retries, delay=delay,
-                     at=failed_at.astimezone(timezone.utc) + timedelta(seconds=delay))
+    return RetryPlan(
+        attempt=attempt, retries=retries, delay=delay, at=failed_at.astimezone(timezone.utc) + timedelta(seconds=delay)
+    )
 
 
 def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
@@ -87,8 +88,15 @@ def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
         if not engine.store_back(job, plan.at, DateTrigger(plan.at, timezone=timezone.utc)):
             return
     except Exception:
-        log.exception("job %s: could not store its retry; the next daemon start schedules it from the "
-                      "job record", job.id)
+        log.exception(
+            "job %s: could not store its retry; the next daemon start schedules it from the job record", job.id
+        )
         return
-    log.info("job %s (queue %s): attempt %d of %d stored, due at %s", job.id, job._jobstore_alias,
-             plan.attempt + 1, plan.retries + 1, plan.at.isoformat())
+    log.info(
+        "job %s (queue %s): attempt %d of %d stored, due at %s",
+        job.id,
+        job._jobstore_alias,
+        plan.attempt + 1,
+        plan.retries + 1,
+        plan.at.isoformat(),
+    )

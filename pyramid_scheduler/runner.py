@@ -57,16 +57,27 @@ def run_key(job_id: str, run_time: datetime) -> str:
 def job_info(job: Job) -> dict[str, Any]:
     """The ``job`` dict events carry, from a loaded job."""
     args, kwargs = without_request(job.func, list(job.args), dict(job.kwargs))
-    return {"id": job.id, "func": job.func_ref, "args": args,
-            "kwargs": kwargs, "queue": job._jobstore_alias, "name": job.name}
+    return {
+        "id": job.id,
+        "func": job.func_ref,
+        "args": args,
+        "kwargs": kwargs,
+        "queue": job._jobstore_alias,
+        "name": job.name,
+    }
 
 
 def request_info(request: dict[str, Any]) -> dict[str, Any]:
     """The ``job`` dict events carry, from a job's wire request (for a job
     that cannot be loaded)."""
-    return {"id": request["id"], "func": request["func"], "args": request["args"],
-            "kwargs": request["kwargs"], "queue": request["queue"],
-            "name": (request.get("options") or {}).get("name") or request["func"]}
+    return {
+        "id": request["id"],
+        "func": request["func"],
+        "args": request["args"],
+        "kwargs": request["kwargs"],
+        "queue": request["queue"],
+        "name": (request.get("options") or {}).get("name") or request["func"],
+    }
 
 
 class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
@@ -141,12 +152,16 @@ class Runner:
         now = datetime.now(timezone.utc)
         final = last_of_batch and job.trigger.get_next_fire_time(run_time, now) is None
         info = job_info(job)
-        base = {"job_id": job.id, "queue": queue, "job": info, "run_key": key,
-                "scheduled_run_time": run_time}
+        base = {"job_id": job.id, "queue": queue, "job": info, "run_key": key, "scheduled_run_time": run_time}
 
         if not engine.lease_valid():
-            log.error("job %s: run %s not started: this daemon's lease on queue %s has "
-                      "lapsed; the daemon holding it will run it", job.id, key, queue)
+            log.error(
+                "job %s: run %s not started: this daemon's lease on queue %s has "
+                "lapsed; the daemon holding it will run it",
+                job.id,
+                key,
+                queue,
+            )
             if final:  # nothing holds a one-off job now: put it back where that daemon looks
                 engine.store_back(job, run_time)
             return None
@@ -163,22 +178,38 @@ class Runner:
         # meanwhile then waits for this run's own event.
         engine.run_started(job.id)
         try:
-            state = engine.persist(f"job {job.id}: recording the start of run {key}", engine.runs.start_run,
-                                   job.id, queue, key, run_time.timestamp(), engine.owner)
+            state = engine.persist(
+                f"job {job.id}: recording the start of run {key}",
+                engine.runs.start_run,
+                job.id,
+                queue,
+                key,
+                run_time.timestamp(),
+                engine.owner,
+            )
         except BaseException:
             engine.emit_run_events(job.id, [], False, finished_run=True)
             raise
         if state != "start":
             engine.emit_run_events(job.id, [], False, finished_run=True)  # not run after all
             if state is None:
-                log.error("job %s: run %s not started: the daemon is stopping and the job store is "
-                          "unavailable; the next daemon will run it", job.id, key)
+                log.error(
+                    "job %s: run %s not started: the daemon is stopping and the job store is "
+                    "unavailable; the next daemon will run it",
+                    job.id,
+                    key,
+                )
                 return None
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
             # A crash after the last run was recorded and before the job was
             # closed: close it now, with that run's outcome.
-            if final and state in RUN_OUTCOMES and engine.persist(
-                    f"job {job.id}: closing it after run {key}", self.ledger.set_status, job.id, queue, state):
+            if (
+                final
+                and state in RUN_OUTCOMES
+                and engine.persist(
+                    f"job {job.id}: closing it after run {key}", self.ledger.set_status, job.id, queue, state
+                )
+            ):
                 engine.job_ended(job.id, queue, info)
             return None
 
@@ -198,32 +229,53 @@ class Runner:
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
                 events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
-                engine.persist(f"job {job.id}: recording run {key}", engine.runs.finish_run,
-                               job.id, key, "done", final, result=retval)
+                engine.persist(
+                    f"job {job.id}: recording run {key}",
+                    engine.runs.finish_run,
+                    job.id,
+                    key,
+                    "done",
+                    final,
+                    result=retval,
+                )
         finally:
             engine.emit_run_events(job.id, events, final and plan is None, finished_run=True)
         return plan
 
-    def failed(self, job: Job, key: str, final: bool, text: str, exc: BaseException,
-               base: dict[str, Any], events: list[Event]) -> RetryPlan | None:
+    def failed(
+        self, job: Job, key: str, final: bool, text: str, exc: BaseException, base: dict[str, Any], events: list[Event]
+    ) -> RetryPlan | None:
         """Record a failed run, and its retry if the job has one left (the
         retry is stored by the executor once the run has left the pool)."""
         engine = self.engine
         record = engine.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
         attempt = int(record.get("attempt") or 1) if record else 1
         plan = plan_retry(record, datetime.now(timezone.utc)) if final else None
-        live = engine.persist(f"job {job.id}: recording failed run {key}", engine.runs.finish_run,
-                              job.id, key, "failed", final, error=text,
-                              retry_at=plan.at.timestamp() if plan else None)
+        live = engine.persist(
+            f"job {job.id}: recording failed run {key}",
+            engine.runs.finish_run,
+            job.id,
+            key,
+            "failed",
+            final,
+            error=text,
+            retry_at=plan.at.timestamp() if plan else None,
+        )
         if plan is not None and not live:
             plan = None  # canceled while it ran: no retry
-        events.append(Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=attempt,
-                            will_retry=plan is not None, **base))
+        events.append(
+            Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=attempt, will_retry=plan is not None, **base)
+        )
         if plan is not None:
-            log.warning("job %s (queue %s): attempt %d of %d failed; retrying in %gs", job.id,
-                        job._jobstore_alias, attempt, plan.retries + 1, plan.delay)
-            events.append(Event(Event.JOB_RETRY, attempt=attempt + 1, retry_at=plan.at,
-                                delay=plan.delay, **base))
+            log.warning(
+                "job %s (queue %s): attempt %d of %d failed; retrying in %gs",
+                job.id,
+                job._jobstore_alias,
+                attempt,
+                plan.retries + 1,
+                plan.delay,
+            )
+            events.append(Event(Event.JOB_RETRY, attempt=attempt + 1, retry_at=plan.at, delay=plan.delay, **base))
         return plan
 
     def record_skipped(self, job: Job, run_time: datetime) -> None:
@@ -231,14 +283,20 @@ class Runner:
         :mod:`pyramid_scheduler.catchup`) as missed, each with its event."""
         skipped = getattr(run_time, "skipped", ())
         if skipped and not self.engine.lease_valid():
-            log.error("job %s: %d skipped run(s) before %s not recorded: this daemon's lease on "
-                      "queue %s has lapsed", job.id, len(skipped), run_time, job._jobstore_alias)
+            log.error(
+                "job %s: %d skipped run(s) before %s not recorded: this daemon's lease on queue %s has lapsed",
+                job.id,
+                len(skipped),
+                run_time,
+                job._jobstore_alias,
+            )
             return
         for missed in skipped:
             self.record_missed(job.id, job._jobstore_alias, job_info(job), missed, final=False)
 
-    def record_missed(self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed,
-                      final: bool, removed: bool = True) -> None:
+    def record_missed(
+        self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed, final: bool, removed: bool = True
+    ) -> None:
         """A JOB_MISSED event, a log line and a ``missed`` runs row (keyed by
         the first fire time it stands for) for fire times that were not run.
 
@@ -251,13 +309,34 @@ class Runner:
         if missed.count != 1:
             extra = {"missed_count": missed.count, "missed_until": missed.last}
         log.warning("job %s (queue %s): run %s missed: %s", job_id, queue, key, missed.reason)
-        engine.persist(f"job {job_id}: recording missed run {key}", self.ledger.finish_run,
-                       job_id, key, "missed", final, error=missed.reason,
-                       scheduled_at=missed.first.timestamp(), queue=queue, owner=engine.owner)
-        engine.emit_run_events(job_id, [Event(Event.JOB_MISSED, job_id=job_id, queue=queue,
-                                              job=info, run_key=key,
-                                              scheduled_run_time=plain(missed.first),
-                                              reason=missed.reason, **extra)], final and removed)
+        engine.persist(
+            f"job {job_id}: recording missed run {key}",
+            self.ledger.finish_run,
+            job_id,
+            key,
+            "missed",
+            final,
+            error=missed.reason,
+            scheduled_at=missed.first.timestamp(),
+            queue=queue,
+            owner=engine.owner,
+        )
+        engine.emit_run_events(
+            job_id,
+            [
+                Event(
+                    Event.JOB_MISSED,
+                    job_id=job_id,
+                    queue=queue,
+                    job=info,
+                    run_key=key,
+                    scheduled_run_time=plain(missed.first),
+                    reason=missed.reason,
+                    **extra,
+                )
+            ],
+            final and removed,
+        )
 
     def call(self, job: Job, request: Any = None) -> Any:
         args, kwargs = list(job.args), dict(job.kwargs)

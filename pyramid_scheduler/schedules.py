@@ -32,13 +32,11 @@ from .messages import (
 #: ISO 8601 weekday numbers (1 = Monday ... 7 = Sunday) -> APScheduler's names.
 WEEKDAYS = {1: "mon", 2: "tue", 3: "wed", 4: "thu", 5: "fri", 6: "sat", 7: "sun"}
 #: The keywords of a delay, and how many seconds one unit is.
-DELAY_UNITS = {"delay": 1.0, "days": 86400.0, "hours": 3600.0, "minutes": 60.0,
-               "seconds": 1.0, "millis": 0.001}
+DELAY_UNITS = {"delay": 1.0, "days": 86400.0, "hours": 3600.0, "minutes": 60.0, "seconds": 1.0, "millis": 0.001}
 #: The calendar keywords of ``add_cron_job``.
 CALENDAR_ARGS = ("weekdays", "monthdays", "time_of_day")
 #: Cron fields each calendar keyword replaces.
-_REPLACES = {"weekdays": ("day_of_week",), "monthdays": ("day",),
-             "time_of_day": ("hour", "minute", "second")}
+_REPLACES = {"weekdays": ("day_of_week",), "monthdays": ("day",), "time_of_day": ("hour", "minute", "second")}
 #: Most fire times a preview lists.
 MAX_PREVIEW = 1000
 
@@ -64,8 +62,10 @@ def weekday_names(weekdays: Any) -> str:
         elif isinstance(day, int) and not isinstance(day, bool) and day in WEEKDAYS:
             names.append(WEEKDAYS[day])
         else:
-            raise InvalidJob(f"weekdays: {day!r} is not a day of the week; use ISO numbers "
-                             "1 (Monday) to 7 (Sunday) or names 'mon' to 'sun'")
+            raise InvalidJob(
+                f"weekdays: {day!r} is not a day of the week; use ISO numbers "
+                "1 (Monday) to 7 (Sunday) or names 'mon' to 'sun'"
+            )
     return ",".join(dict.fromkeys(names))
 
 
@@ -95,8 +95,9 @@ def clock_time(value: Any) -> tuple[int, int, int]:
     else:
         parts = []
     if not 2 <= len(parts) <= 3 or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
-        raise InvalidJob(f"time_of_day: expected (hour, minute), (hour, minute, second), "
-                         f"'HH:MM' or a datetime.time, got {value!r}")
+        raise InvalidJob(
+            f"time_of_day: expected (hour, minute), (hour, minute, second), 'HH:MM' or a datetime.time, got {value!r}"
+        )
     hour, minute, second = (*parts, 0)[:3]
     if not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 59):
         raise InvalidJob(f"time_of_day: {value!r} is not a time of day (00:00:00 to 23:59:59)")
@@ -141,8 +142,7 @@ def pop_delay(options: dict[str, Any]) -> tuple[list[str], timedelta | None]:
             continue
         if name == "delay" and isinstance(value, timedelta):
             value = value.total_seconds()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise InvalidJob(f"{name}: expected a number of zero or more, got {value!r}")
         try:
             total += timedelta(seconds=value * DELAY_UNITS[name])
@@ -177,6 +177,7 @@ def fire_times(trigger: BaseTrigger, after: datetime, n: int, tz: tzinfo) -> lis
 
 # -- add_*_job arguments -> wire trigger spec -----------------------------------------
 
+
 def job_zone(options: dict[str, Any], default_tz: tzinfo) -> tzinfo:
     """The job's ``timezone`` option as a tzinfo (stored back in *options*),
     else *default_tz* (``scheduler.timezone``)."""
@@ -186,8 +187,7 @@ def job_zone(options: dict[str, Any], default_tz: tzinfo) -> tzinfo:
     return default_tz
 
 
-def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo,
-              now: datetime | None = None) -> dict[str, Any]:
+def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo, now: datetime | None = None) -> dict[str, Any]:
     """``run_date`` from *date* or from a delay (from *now*) popped from *options*."""
     tz = job_zone(options, default_tz)
     names, delay = pop_delay(options)
@@ -196,38 +196,40 @@ def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo,
     if delay is not None:
         return {"run_date": (_now(now) + delay).astimezone(tz)}
     if date is None:
-        raise InvalidJob("date: required, unless a delay is given (delay=, days=, hours=, "
-                         "minutes=, seconds= or millis=)")
+        raise InvalidJob(
+            "date: required, unless a delay is given (delay=, days=, hours=, minutes=, seconds= or millis=)"
+        )
     return {"run_date": to_datetime(date, tz, "date")}
 
 
-def interval_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any],
-                  default_tz: tzinfo, now: datetime | None = None) -> dict[str, Any]:
+def interval_args(
+    options: dict[str, Any], start_date: Any, fields: dict[str, Any], default_tz: tzinfo, now: datetime | None = None
+) -> dict[str, Any]:
     """An interval counts from *start_date*, or from now."""
     tz = job_zone(options, default_tz)
-    start = (to_datetime(start_date, tz, "start_date") if start_date is not None
-             else _now(now))
+    start = to_datetime(start_date, tz, "start_date") if start_date is not None else _now(now)
     return {"start_date": start, **fields}
 
 
-def cron_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any],
-              default_tz: tzinfo) -> dict[str, Any]:
+def cron_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any], default_tz: tzinfo) -> dict[str, Any]:
     """The cron *fields*, or ``crontab``, or the calendar keywords, from *options*."""
     tz = job_zone(options, default_tz)
     start = to_datetime(start_date, tz, "start_date") if start_date is not None else None
     crontab = options.pop("crontab", None)
     if crontab is None:
         return {"start_date": start, **calendar_fields(options, fields)}
-    if any(value is not None for value in fields.values()) or \
-            any(options.get(name) is not None for name in CALENDAR_ARGS):
+    if any(value is not None for value in fields.values()) or any(
+        options.get(name) is not None for name in CALENDAR_ARGS
+    ):
         raise InvalidJob("crontab: give either crontab or the cron fields, not both")
     if not isinstance(crontab, str):
         raise InvalidJob(f"crontab: expected a string such as '30 7 * * mon', got {crontab!r}")
     return {"start_date": start, "crontab": crontab}
 
 
-def schedule_args(trigger: str | None, options: dict[str, Any],
-                  default_tz: tzinfo, now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+def schedule_args(
+    trigger: str | None, options: dict[str, Any], default_tz: tzinfo, now: datetime | None = None
+) -> tuple[str, dict[str, Any]]:
     """The kind and trigger arguments of a schedule given as ``add_*_job``
     arguments in *options* (``reschedule_job`` and ``preview``); ``cron=`` is
     ``crontab=``, and *trigger* may be left out when the arguments say it."""
@@ -257,12 +259,15 @@ def _infer_kind(options: dict[str, Any]) -> str:
         return "date"
     if "weeks" in given:
         return "interval"
-    raise InvalidJob("trigger: say which schedule these arguments describe: 'date' (a delay), "
-                     "'interval' or 'cron', e.g. preview('interval', hours=2)")
+    raise InvalidJob(
+        "trigger: say which schedule these arguments describe: 'date' (a delay), "
+        "'interval' or 'cron', e.g. preview('interval', hours=2)"
+    )
 
 
-def schedule_spec(kind: str, options: dict[str, Any], trigger_args: dict[str, Any],
-                  default_tz: tzinfo, now: datetime | None = None) -> dict[str, Any]:
+def schedule_spec(
+    kind: str, options: dict[str, Any], trigger_args: dict[str, Any], default_tz: tzinfo, now: datetime | None = None
+) -> dict[str, Any]:
     """The wire trigger spec (``timezone``, ``end_date`` and ``jitter``
     popped from *options*), built once with APScheduler so that a bad field
     fails here, and refused, naming its arguments, if it never fires."""
@@ -292,16 +297,22 @@ def _never_fires(spec: dict[str, Any], tz: tzinfo, now: datetime) -> str:
         unbounded = build_trigger({k: v for k, v in spec.items() if k != "end_date"}, tz)
         first = next_fire_time(unbounded, now)
         if first is not None:
-            return (f"end_date: {spec['end_date']} is before the schedule's first fire time "
-                    f"({first.isoformat()}): this schedule never fires")
-    named = [key for key in ("crontab", "year", "month", "day", "week", "day_of_week", "start_date")
-             if spec.get(key) is not None]
+            return (
+                f"end_date: {spec['end_date']} is before the schedule's first fire time "
+                f"({first.isoformat()}): this schedule never fires"
+            )
+    named = [
+        key
+        for key in ("crontab", "year", "month", "day", "week", "day_of_week", "start_date")
+        if spec.get(key) is not None
+    ]
     shown = ", ".join(f"{key}={spec[key]!r}" for key in named)
     return f"{', '.join(named) or spec['type']}: this {spec['type']} schedule never fires ({shown})"
 
 
-def spec_fire_times(spec: dict[str, Any], n: int, default_tz: tzinfo,
-                    anchor: datetime | None = None, now: datetime | None = None) -> list[datetime]:
+def spec_fire_times(
+    spec: dict[str, Any], n: int, default_tz: tzinfo, anchor: datetime | None = None, now: datetime | None = None
+) -> list[datetime]:
     """:func:`fire_times` of a wire trigger spec, from now, in its zone."""
     tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
     trigger = build_trigger({k: v for k, v in spec.items() if k != "jitter"}, tz, anchor=anchor)

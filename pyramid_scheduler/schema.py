@@ -67,10 +67,13 @@ SCHEMA_VERSION = max(UPGRADES, default=1)
 
 
 def version_table(prefix: str, metadata: sa.MetaData | None = None) -> sa.Table:
-    return sa.Table(f"{prefix}schema", metadata or sa.MetaData(),
-                    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                    sa.Column("version", sa.Integer, nullable=False),
-                    sa.Column("updated_at", sa.Float, nullable=False))
+    return sa.Table(
+        f"{prefix}schema",
+        metadata or sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
 
 
 def upgrade(engine: Engine, metadata: sa.MetaData, prefix: str) -> int:
@@ -98,14 +101,14 @@ def _upgrade(conn: sa.Connection, metadata: sa.MetaData, versions: sa.Table) -> 
         raise SchemaError(
             f"the job store's tables {name} are at schema version {found}, newer than this "
             f"pyramid_scheduler knows ({SCHEMA_VERSION}): a newer release upgraded them; install "
-            "that release here too")
+            "that release here too"
+        )
     metadata.create_all(conn)
     versions.create(conn, checkfirst=True)
     if found == SCHEMA_VERSION:
         return found
     if found == -1:
-        log.warning("job store tables %s: made before their schema had a version; adding the "
-                    "columns they miss", name)
+        log.warning("job store tables %s: made before their schema had a version; adding the columns they miss", name)
         add_missing_columns(conn, metadata)
     for version in range(max(found, 1) + 1, SCHEMA_VERSION + 1) if found else ():
         what, step = UPGRADES[version]

@@ -45,28 +45,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pscheduler",
         description="Run the pyramid_scheduler jobs of a Pyramid application "
-                    "(for applications with scheduler.combined = false).")
-    parser.add_argument("config_uri", metavar="CONFIG-URI",
-                        help="the configuration file or URI, e.g. production.ini")
-    parser.add_argument("--app-name", metavar="NAME", default=None,
-                        help="the application section to load (default: the URI's #name, else main)")
-    parser.add_argument("-q", "--queue", metavar="NAME", dest="queues", action="append", default=[],
-                        help="run only this queue (repeat for several; default: all of scheduler.queues)")
-    parser.add_argument("--reload", action="store_true",
-                        help="restart when Python or configuration files change (development)")
-    parser.add_argument("--reload-interval", metavar="SECONDS", type=float, default=1,
-                        help="seconds between file checks with --reload (default: %(default)s)")
-    parser.add_argument("--restart", action="store_true",
-                        help="restart the daemon when it exits unexpectedly")
-    parser.add_argument("--restart-interval", metavar="SECONDS", type=float, default=5,
-                        help="seconds to wait before such a restart (default: %(default)s)")
-    parser.add_argument("--message", metavar="TEXT",
-                        help="send a command to the running daemons of the queues (all, or those "
-                             "given with -q) and exit: 'print-jobs' logs their jobs, "
-                             "'restore-parked' retries parked jobs; listeners get a MESSAGE event")
-    parser.add_argument("--listeners", action="store_true",
-                        help="with --message: TEXT is not one of the daemon's commands but a "
-                             "message for your own MESSAGE listeners")
+        "(for applications with scheduler.combined = false).",
+    )
+    parser.add_argument("config_uri", metavar="CONFIG-URI", help="the configuration file or URI, e.g. production.ini")
+    parser.add_argument(
+        "--app-name",
+        metavar="NAME",
+        default=None,
+        help="the application section to load (default: the URI's #name, else main)",
+    )
+    parser.add_argument(
+        "-q",
+        "--queue",
+        metavar="NAME",
+        dest="queues",
+        action="append",
+        default=[],
+        help="run only this queue (repeat for several; default: all of scheduler.queues)",
+    )
+    parser.add_argument(
+        "--reload", action="store_true", help="restart when Python or configuration files change (development)"
+    )
+    parser.add_argument(
+        "--reload-interval",
+        metavar="SECONDS",
+        type=float,
+        default=1,
+        help="seconds between file checks with --reload (default: %(default)s)",
+    )
+    parser.add_argument("--restart", action="store_true", help="restart the daemon when it exits unexpectedly")
+    parser.add_argument(
+        "--restart-interval",
+        metavar="SECONDS",
+        type=float,
+        default=5,
+        help="seconds to wait before such a restart (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--message",
+        metavar="TEXT",
+        help="send a command to the running daemons of the queues (all, or those "
+        "given with -q) and exit: 'print-jobs' logs their jobs, "
+        "'restore-parked' retries parked jobs; listeners get a MESSAGE event",
+    )
+    parser.add_argument(
+        "--listeners",
+        action="store_true",
+        help="with --message: TEXT is not one of the daemon's commands but a message for your own MESSAGE listeners",
+    )
     return parser
 
 
@@ -110,9 +136,11 @@ class PSchedulerCommand:
         if args.listeners and args.message is None:
             parser.error("--listeners goes with --message")
         if args.message is not None and not args.listeners and args.message not in DAEMON_COMMANDS:
-            parser.error(f"--message: unknown command {args.message!r}; expected one of "
-                         f"{', '.join(DAEMON_COMMANDS)} (add --listeners to send other text to your "
-                         "MESSAGE listeners)")
+            parser.error(
+                f"--message: unknown command {args.message!r}; expected one of "
+                f"{', '.join(DAEMON_COMMANDS)} (add --listeners to send other text to your "
+                "MESSAGE listeners)"
+            )
         check_config_file(parser, args.config_uri)
         self.argv = argv
         self.service: SchedulerService | None = None
@@ -120,9 +148,11 @@ class PSchedulerCommand:
     def run(self) -> int:
         args = self.args
         if args.reload and not hupper.is_active():
-            hupper.start_reloader("pyramid_scheduler.scripts.main",
-                                  reload_interval=args.reload_interval,
-                                  shutdown_interval=RELOAD_SHUTDOWN_INTERVAL)
+            hupper.start_reloader(
+                "pyramid_scheduler.scripts.main",
+                reload_interval=args.reload_interval,
+                shutdown_interval=RELOAD_SHUTDOWN_INTERVAL,
+            )
             return 0  # not reached: the reloader exits the process
         if args.restart and os.environ.get(_CHILD_ENV) != "1":
             return self.supervise()
@@ -153,8 +183,10 @@ class PSchedulerCommand:
         args = self.args
         scheduler = getattr(env["registry"], "scheduler", None)
         if scheduler is None:
-            log.error("the application did not include pyramid_scheduler; add "
-                      "'pyramid.includes = pyramid_scheduler' or config.include('pyramid_scheduler')")
+            log.error(
+                "the application did not include pyramid_scheduler; add "
+                "'pyramid.includes = pyramid_scheduler' or config.include('pyramid_scheduler')"
+            )
             return EXIT_NO_SCHEDULER
         try:
             for queue in args.queues:
@@ -166,8 +198,10 @@ class PSchedulerCommand:
         if args.message is not None:
             return self.send_message(scheduler, args.message, args.queues or list(scheduler.queues))
         if scheduler.settings.combined:
-            log.error("the application is configured with scheduler.combined = true, so its web "
-                      "processes run the jobs; set it to false to run them in pscheduler")
+            log.error(
+                "the application is configured with scheduler.combined = true, so its web "
+                "processes run the jobs; set it to false to run them in pscheduler"
+            )
             return EXIT_COMBINED
         try:
             self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
@@ -190,8 +224,7 @@ class PSchedulerCommand:
         if left:
             # Job threads cannot be stopped, and the interpreter would wait for
             # them at exit: scheduler.shutdown_timeout is the bound, so leave now.
-            log.warning("pscheduler stopped with %d run(s) cut short; the next daemon reports "
-                        "them interrupted", left)
+            log.warning("pscheduler stopped with %d run(s) cut short; the next daemon reports them interrupted", left)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -235,13 +268,11 @@ class PSchedulerCommand:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         while True:
-            child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]],
-                                     env=env)
+            child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]], env=env)
             code = child.wait()
             if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE, 2):
                 return code
-            print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s",
-                  file=sys.stderr)
+            print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s", file=sys.stderr)
             deadline = time.monotonic() + self.args.restart_interval
             while not stopping and time.monotonic() < deadline:
                 time.sleep(0.1)

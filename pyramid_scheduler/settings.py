@@ -66,7 +66,13 @@ SQL_TRANSPORT_PREFIXES = (
 )
 SQL_URL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 KOMBU_SCHEMES = (
-    "redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq", "memory",
+    "redis",
+    "rediss",
+    "amqp",
+    "amqps",
+    "pyamqp",
+    "librabbitmq",
+    "memory",
     "sentinel",
 )
 #: What a Kombu URL scheme needs installed: the modules imported, and the
@@ -99,17 +105,48 @@ APS_OWNED = {
 
 #: Keys this module understands, beside the ``apscheduler.*`` and
 #: ``broker.transport_options.*`` pass-through families.
-KNOWN_KEYS = frozenset({
-    "combined", "queues", "id", "delegator", "serializer", "timezone",
-    "broker.url", "broker.timeout", "broker.pool_limit", "broker.prefetch",
-    "broker.queue_prefix",
-    "jobstore.url", "jobstore.default.class", "jobstore.tablename_prefix", "sqlite.wal",
-    "housekeeping", "housekeeping.append", "misfire_grace_time", "coalesce",
-    "executor", "executor.max_workers", "shutdown_timeout", "lease.ttl",
-    "result_ttl", "max_message_size", "secret", "allowed_modules", "interrupted",
-    "func_aliases", "transactional", "events.subscribe", "events.publish", "testing.eager",
-    "catch_up", "catch_up_limit", "insecure", "dead_letters.max", "max_message_age",
-})
+KNOWN_KEYS = frozenset(
+    {
+        "combined",
+        "queues",
+        "id",
+        "delegator",
+        "serializer",
+        "timezone",
+        "broker.url",
+        "broker.timeout",
+        "broker.pool_limit",
+        "broker.prefetch",
+        "broker.queue_prefix",
+        "jobstore.url",
+        "jobstore.default.class",
+        "jobstore.tablename_prefix",
+        "sqlite.wal",
+        "housekeeping",
+        "housekeeping.append",
+        "misfire_grace_time",
+        "coalesce",
+        "executor",
+        "executor.max_workers",
+        "shutdown_timeout",
+        "lease.ttl",
+        "result_ttl",
+        "max_message_size",
+        "secret",
+        "allowed_modules",
+        "interrupted",
+        "func_aliases",
+        "transactional",
+        "events.subscribe",
+        "events.publish",
+        "testing.eager",
+        "catch_up",
+        "catch_up_limit",
+        "insecure",
+        "dead_letters.max",
+        "max_message_age",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -284,11 +321,13 @@ def posture_problem(settings: SchedulerSettings) -> str | None:
         return None
     if broker_is_local(settings.broker):
         return None
-    return (f"the broker {settings.broker.masked()} is reachable from other machines, and neither "
-            f"{PREFIX}secret nor {PREFIX}allowed_modules is set: anyone who can write to the broker "
-            f"could make this process call any importable function. Set {PREFIX}secret (the same "
-            f"value in the web processes and the daemons) and {PREFIX}allowed_modules, or set "
-            f"{PREFIX}insecure = true if that is what you want")
+    return (
+        f"the broker {settings.broker.masked()} is reachable from other machines, and neither "
+        f"{PREFIX}secret nor {PREFIX}allowed_modules is set: anyone who can write to the broker "
+        f"could make this process call any importable function. Set {PREFIX}secret (the same "
+        f"value in the web processes and the daemons) and {PREFIX}allowed_modules, or set "
+        f"{PREFIX}insecure = true if that is what you want"
+    )
 
 
 def parse_duration(key: str, value: Any) -> float:
@@ -310,7 +349,7 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
     url = value.strip()
     for prefix in SQL_TRANSPORT_PREFIXES:
         if url.startswith(prefix):
-            url = url[len(prefix):]
+            url = url[len(prefix) :]
             break
     scheme = url.split("://", 1)[0] if "://" in url else ""
     base = scheme.split("+", 1)[0]
@@ -318,7 +357,8 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
         return BrokerURL(sql_url(key, url), "sql")
     if "+" in scheme and base not in KOMBU_SCHEMES:
         raise _bad(
-            key, mask_url(value),
+            key,
+            mask_url(value),
             "a broker URL such as redis://host:6379/0, amqp://user@host//, or "
             "sqlite:///path/to/file.sqlite (custom 'module:Transport+url' forms are "
             "not passed through)",
@@ -327,16 +367,14 @@ def parse_broker_url(key: str, value: str) -> BrokerURL:
         require_transport(key, value, base)
         return BrokerURL(url, "kombu")
     raise _bad(
-        key, mask_url(value),
-        "a broker URL with one of the schemes "
-        + ", ".join(KOMBU_SCHEMES + SQL_URL_SCHEMES),
+        key,
+        mask_url(value),
+        "a broker URL with one of the schemes " + ", ".join(KOMBU_SCHEMES + SQL_URL_SCHEMES),
     )
 
 
 def _bad(key: str, value: Any, expected: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"Invalid setting {PREFIX}{key} = {value!r}: expected {expected}."
-    )
+    return ConfigurationError(f"Invalid setting {PREFIX}{key} = {value!r}: expected {expected}.")
 
 
 def _as_int(key: str, value: Any, minimum: int = 0) -> int:
@@ -390,19 +428,18 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
     :param prefix: the key prefix, ``"scheduler."`` by default.
     :raises pyramid.exceptions.ConfigurationError: on a bad or unknown key.
     """
-    raw = {k[len(prefix):]: v for k, v in settings.items() if k.startswith(prefix)}
+    raw = {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
     opts: dict[str, Any] = {}
     transport_options: dict[str, Any] = {}
     aps: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith("broker.transport_options."):
-            transport_options[key[len("broker.transport_options."):]] = _coerce_option(str(value))
+            transport_options[key[len("broker.transport_options.") :]] = _coerce_option(str(value))
         elif key.startswith("apscheduler."):
-            name = key[len("apscheduler."):]
+            name = key[len("apscheduler.") :]
             for taken, instead in APS_OWNED.items():
                 if name == taken or name.startswith(taken + "."):
-                    raise _bad(key, value, f"nothing: pyramid_scheduler sets APScheduler's {taken}; "
-                                           f"use {instead}")
+                    raise _bad(key, value, f"nothing: pyramid_scheduler sets APScheduler's {taken}; use {instead}")
             aps[key] = value
         elif key not in KNOWN_KEYS:
             raise ConfigurationError(
@@ -420,8 +457,9 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         queues = tuple(aslist(str(raw["queues"])))
         for name in queues:
             if not _QUEUE_RE.match(name):
-                raise _bad("queues", raw["queues"],
-                           "space-separated queue names made of letters, digits, '_', '.' and '-'")
+                raise _bad(
+                    "queues", raw["queues"], "space-separated queue names made of letters, digits, '_', '.' and '-'"
+                )
         if len(set(queues)) != len(queues):
             raise _bad("queues", raw["queues"], "queue names without repeats")
         if queues:
@@ -467,16 +505,19 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         raise _bad("housekeeping", raw["housekeeping"], "a duration above zero")
     if "coalesce" in raw:
         opts["coalesce"] = _as_bool("coalesce", raw["coalesce"])
-    for key, attr in (("events.subscribe", "events_subscribe"), ("events.publish", "events_publish"),
-                      ("testing.eager", "testing_eager"), ("insecure", "insecure")):
+    for key, attr in (
+        ("events.subscribe", "events_subscribe"),
+        ("events.publish", "events_publish"),
+        ("testing.eager", "testing_eager"),
+        ("insecure", "insecure"),
+    ):
         if key in raw:
             opts[attr] = _as_bool(key, raw[key])
     if "catch_up" in raw:
         opts["catch_up"] = _parse_catch_up(raw["catch_up"])
     if "housekeeping.append" in raw:
         opts["housekeeping_append"] = tuple(
-            _resolve("housekeeping.append", name)
-            for name in aslist(str(raw["housekeeping.append"]))
+            _resolve("housekeeping.append", name) for name in aslist(str(raw["housekeeping.append"]))
         )
     if raw.get("delegator"):
         opts["delegator"] = _resolve("delegator", raw["delegator"])
@@ -488,30 +529,39 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
     if "executor" in raw:
         executor = str(raw["executor"]).strip()
         if executor not in {"thread", "threadpool", "default"}:
-            raise _bad("executor", executor,
-                       "'thread' (jobs need the application's registry, which a process pool "
-                       "cannot share)")
+            raise _bad(
+                "executor",
+                executor,
+                "'thread' (jobs need the application's registry, which a process pool cannot share)",
+            )
         opts["executor"] = "thread"
     if "serializer" in raw:
         serializer = str(raw["serializer"]).strip().lower()
         if serializer != "json":
-            raise _bad("serializer", raw["serializer"],
-                       "'json' (pickle is no longer accepted on the wire: a pickle message "
-                       "from the broker can run any code in the daemon)")
+            raise _bad(
+                "serializer",
+                raw["serializer"],
+                "'json' (pickle is no longer accepted on the wire: a pickle message "
+                "from the broker can run any code in the daemon)",
+            )
         opts["serializer"] = serializer
     if "interrupted" in raw:
         interrupted = str(raw["interrupted"]).strip().lower()
         if interrupted not in {"record", "rerun"}:
-            raise _bad("interrupted", raw["interrupted"],
-                       "'record' (a run cut short by a crash is reported interrupted, never run twice) "
-                       "or 'rerun' (it is run once more after the restart)")
+            raise _bad(
+                "interrupted",
+                raw["interrupted"],
+                "'record' (a run cut short by a crash is reported interrupted, never run twice) "
+                "or 'rerun' (it is run once more after the restart)",
+            )
         opts["interrupted"] = interrupted
     if raw.get("secret"):
         secret = str(raw["secret"]).strip()
         if len(secret) < 16:
             raise ConfigurationError(
                 f"Invalid setting {prefix}secret: expected at least 16 characters "
-                "(for example the output of: python -c 'import secrets; print(secrets.token_hex(32))')")
+                "(for example the output of: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
         opts["secret"] = secret.encode("utf-8")
     if "allowed_modules" in raw:
         modules = tuple(aslist(str(raw["allowed_modules"])))
@@ -529,8 +579,12 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
         opts["jobstore_tablename_prefix"] = prefix_value
     clash = table_clash(opts.get("jobstore_tablename_prefix", "pyramid_scheduler_"), queues)
     if clash:
-        raise _bad("queues", raw.get("queues"), f"queue names a database can tell apart: {clash[0]} and "
-                   f"{clash[1]} would share one job table (names that differ only in case, or too long)")
+        raise _bad(
+            "queues",
+            raw.get("queues"),
+            f"queue names a database can tell apart: {clash[0]} and "
+            f"{clash[1]} would share one job table (names that differ only in case, or too long)",
+        )
     opts["apscheduler"] = aps
     parsed = SchedulerSettings(**opts)
     if parsed.events_subscribe and not parsed.fanout:
@@ -538,25 +592,32 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
             f"Invalid setting {prefix}events.subscribe = true: job events reach other processes "
             f"through a fan-out exchange, which the SQL broker ({prefix}broker.url = "
             f"{parsed.broker.masked()!r}) does not have; use a Redis or RabbitMQ broker, or "
-            "read job records with scheduler.get_job() instead.")
+            "read job records with scheduler.get_job() instead."
+        )
     if parsed.events_publish and not parsed.fanout:
         raise ConfigurationError(
             f"Invalid setting {prefix}events.publish = true: the SQL broker ({prefix}broker.url = "
             f"{parsed.broker.masked()!r}) has no fan-out exchange to publish job events on; use a "
-            "Redis or RabbitMQ broker.")
+            "Redis or RabbitMQ broker."
+        )
     return parsed
 
 
-_FUNC_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"
-                       r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_FUNC_REF = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
 
 
 def _parse_catch_up(value: Any) -> str:
     policy = str(value).strip().lower()
     if policy not in CATCH_UP_POLICIES:
-        raise _bad("catch_up", value,
-                   "'skip' (overdue runs past misfire_grace_time are not run), 'once' (one run "
-                   "for all overdue runs) or 'all' (every overdue run, up to scheduler.catch_up_limit)")
+        raise _bad(
+            "catch_up",
+            value,
+            "'skip' (overdue runs past misfire_grace_time are not run), 'once' (one run "
+            "for all overdue runs) or 'all' (every overdue run, up to scheduler.catch_up_limit)",
+        )
     return policy
 
 
@@ -572,8 +633,7 @@ def _parse_aliases(value: str) -> dict[str, str]:
         aliases[old] = new
     for old, new in aliases.items():
         if new in aliases:
-            raise _bad("func_aliases", f"{old} = {new}",
-                       f"the final name: {new} is itself renamed to {aliases[new]}")
+            raise _bad("func_aliases", f"{old} = {new}", f"the final name: {new} is itself renamed to {aliases[new]}")
     return aliases
 
 
@@ -581,18 +641,22 @@ def _parse_jobstore(raw: Mapping[str, Any]) -> str | None:
     cls = str(raw.get("jobstore.default.class", "")).strip()
     url = str(raw.get("jobstore.url", "")).strip()
     if cls and cls not in MEMORY_STORE_CLASSES | SQL_STORE_CLASSES:
-        raise _bad("jobstore.default.class", cls,
-                   "apscheduler.jobstores.memory:MemoryJobStore or "
-                   "apscheduler.jobstores.sqlalchemy:SQLAlchemyJobStore")
+        raise _bad(
+            "jobstore.default.class",
+            cls,
+            "apscheduler.jobstores.memory:MemoryJobStore or apscheduler.jobstores.sqlalchemy:SQLAlchemyJobStore",
+        )
     if url.lower() == "memory" or (cls in MEMORY_STORE_CLASSES and not url):
         return None
     if not url:
         return DEFAULT_JOBSTORE_URL
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme not in SQL_URL_SCHEMES:
-        raise _bad("jobstore.url", mask_url(url),
-                   "'memory' or a SQLAlchemy URL such as sqlite:///var/jobs.sqlite or "
-                   "postgresql://user@host/db")
+        raise _bad(
+            "jobstore.url",
+            mask_url(url),
+            "'memory' or a SQLAlchemy URL such as sqlite:///var/jobs.sqlite or postgresql://user@host/db",
+        )
     return sql_url("jobstore.url", url)
 
 
@@ -624,8 +688,11 @@ def sql_url(key: str, url: str) -> str:
     if base == "postgres":
         base = "postgresql"
     drivers, extra = SQL_DRIVERS.get(base, (("",), ""))
-    candidates = [f"{base}{plus}{driver}{sep}{rest}"] if plus else [
-        f"{base}{'+' if name else ''}{name}{sep}{rest}" for name in drivers]
+    candidates = (
+        [f"{base}{plus}{driver}{sep}{rest}"]
+        if plus
+        else [f"{base}{'+' if name else ''}{name}{sep}{rest}" for name in drivers]
+    )
     error: Exception | None = None
     for candidate in candidates:
         try:

@@ -74,7 +74,7 @@ def aps_tablename(prefix: str, queue: str) -> str:
         return f"{prefix}aps_{queue}"
     digest = hashlib.sha256(queue.encode("utf-8")).hexdigest()[:10]
     readable = f"{prefix}aps_{re.sub(r'[^A-Za-z0-9_]', '_', queue)}"
-    return f"{readable[:MAX_TABLENAME - len(digest) - 1]}_{digest}"
+    return f"{readable[: MAX_TABLENAME - len(digest) - 1]}_{digest}"
 
 
 def table_clash(prefix: str, queues: tuple[str, ...]) -> tuple[str, str] | None:
@@ -100,7 +100,8 @@ class Ledger:
         self.dead_letters_dropped = 0
         self.metadata = sa.MetaData()
         self.jobs = sa.Table(
-            f"{prefix}jobs", self.metadata,
+            f"{prefix}jobs",
+            self.metadata,
             sa.Column("id", sa.String(200), primary_key=True),
             sa.Column("queue", sa.String(200), nullable=False, index=True),
             sa.Column("func", sa.String(500), nullable=False),
@@ -122,7 +123,8 @@ class Ledger:
             sa.Column("ttl", sa.Float),
         )
         self.runs = sa.Table(
-            f"{prefix}runs", self.metadata,
+            f"{prefix}runs",
+            self.metadata,
             sa.Column("run_key", sa.String(300), primary_key=True),
             sa.Column("job_id", sa.String(200), nullable=False, index=True),
             sa.Column("queue", sa.String(200), nullable=False),
@@ -135,19 +137,22 @@ class Ledger:
             sa.Column("error", sa.Text),
         )
         self.leases = sa.Table(
-            f"{prefix}leases", self.metadata,
+            f"{prefix}leases",
+            self.metadata,
             sa.Column("queue", sa.String(200), primary_key=True),
             sa.Column("owner", sa.String(200), nullable=False),
             sa.Column("epoch", sa.Integer, nullable=False),
             sa.Column("expires_at", sa.Float, nullable=False),
         )
         self.event_seqs = sa.Table(
-            f"{prefix}event_seqs", self.metadata,
+            f"{prefix}event_seqs",
+            self.metadata,
             sa.Column("job_id", sa.String(200), primary_key=True),
             sa.Column("seq", sa.Integer, nullable=False),
         )
         self.dead_letters = sa.Table(
-            f"{prefix}dead_letters", self.metadata,
+            f"{prefix}dead_letters",
+            self.metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("queue", sa.String(200), nullable=False),
             sa.Column("received_at", sa.Float, nullable=False),
@@ -168,29 +173,41 @@ class Ledger:
         # (write_runs: one statement for many rows, where an executemany
         # would send one per row).
         mark_running = self._marking = jobs.update().values(
-            status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status),
-            updated_at=param("p_stamp"))
+            status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status), updated_at=param("p_stamp")
+        )
         self._mark_running = mark_running.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
-        self._mark_all_running = mark_running.where(jobs.c.id.in_(param("p_job_ids", expanding=True)),
-                                                    jobs.c.status != "canceled")
+        self._mark_all_running = mark_running.where(
+            jobs.c.id.in_(param("p_job_ids", expanding=True)), jobs.c.status != "canceled"
+        )
         # On PostgreSQL a write of one statement runs in autocommit: the
         # statement is its own transaction, with no BEGIN and COMMIT round
         # trips. start_run's common case is one such statement: the run is
         # inserted only if the job's row was marked, and a known run fails
         # the whole statement (four round trips become one).
-        self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
-                            if engine.dialect.name == "postgresql" else None)
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
+        )
         self._start_alone: Any = None
         if self._autocommit is not None:
             marked = self._mark_running.returning(jobs.c.id).cte("marked")
-            started = sa.select(param("p_run_key", type_=sa.String), marked.c.id, param("p_queue", type_=sa.String),
-                                param("p_scheduled_at", type_=sa.Float), sa.literal("started"),
-                                param("p_owner", type_=sa.String), param("p_stamp", type_=sa.Float))
-            self._start_alone = (runs.insert().from_select(
-                ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
-                .add_cte(marked).returning(runs.c.run_key))
+            started = sa.select(
+                param("p_run_key", type_=sa.String),
+                marked.c.id,
+                param("p_queue", type_=sa.String),
+                param("p_scheduled_at", type_=sa.Float),
+                sa.literal("started"),
+                param("p_owner", type_=sa.String),
+                param("p_stamp", type_=sa.Float),
+            )
+            self._start_alone = (
+                runs.insert()
+                .from_select(["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"], started)
+                .add_cte(marked)
+                .returning(runs.c.run_key)
+            )
         finish_run = self._finishing = runs.update().values(
-            status=param("p_status"), finished_at=param("p_stamp"), error=param("p_error"))
+            status=param("p_status"), finished_at=param("p_stamp"), error=param("p_error")
+        )
         self._finish_run = finish_run.where(runs.c.run_key == param("p_run_key"))
         self._finish_all_runs = finish_run.where(runs.c.run_key.in_(param("p_run_keys", expanding=True)))
         self._finish_cache: dict[tuple[Any, ...], Any] = {}
@@ -198,10 +215,20 @@ class Ledger:
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
         stamp = now()
-        return {"id": request["id"], "queue": request["queue"], "func": request["func"],
-                "kind": request["trigger"]["type"], "status": "scheduled", "mid": request["mid"],
-                "request": json.dumps(request), "created_at": stamp, "updated_at": stamp, "runs": 0,
-                "attempt": 1, "ttl": (request.get("options") or {}).get("ttl")}
+        return {
+            "id": request["id"],
+            "queue": request["queue"],
+            "func": request["func"],
+            "kind": request["trigger"]["type"],
+            "status": "scheduled",
+            "mid": request["mid"],
+            "request": json.dumps(request),
+            "created_at": stamp,
+            "updated_at": stamp,
+            "runs": 0,
+            "attempt": 1,
+            "ttl": (request.get("options") or {}).get("ttl"),
+        }
 
     def insert_job(self, conn: Connection, request: dict[str, Any]) -> None:
         """Record a new job in *conn*'s transaction.
@@ -210,8 +237,7 @@ class Ledger:
             (same ``mid``) was stored before: a duplicate to absorb.
         """
         job_id = request["id"]
-        row = conn.execute(sa.select(self.jobs.c.status, self.jobs.c.mid)
-                           .where(self.jobs.c.id == job_id)).first()
+        row = conn.execute(sa.select(self.jobs.c.status, self.jobs.c.mid).where(self.jobs.c.id == job_id)).first()
         if row is not None:
             if row.status in LIVE or row.mid == request["mid"]:
                 raise ConflictingIdError(job_id)
@@ -266,21 +292,25 @@ class Ledger:
             table = sa.table(aps_tablename(self.prefix, queue), sa.column("id"), sa.column("next_run_time"))
             try:
                 with self.engine.connect() as conn:
-                    times.update(conn.execute(sa.select(table.c.id, table.c.next_run_time)
-                                              .where(table.c.id.in_(ids))).all())
+                    times.update(
+                        conn.execute(sa.select(table.c.id, table.c.next_run_time).where(table.c.id.in_(ids))).all()
+                    )
             except sa.exc.DBAPIError:  # no daemon has created the queue's table yet
                 continue
         return times
 
-    def list_runs(self, job_id: str, status: str | None = None,
-                  limit: int | None = None) -> list[dict[str, Any]]:
+    def list_runs(self, job_id: str, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """A job's recorded runs (each retry is a run), oldest first: in the
         order they started (missed runs: were recorded); with *limit*, the
         latest *limit* of them."""
         runs = self.runs
         happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
-        query = (sa.select(runs).where(runs.c.job_id == job_id)
-                 .order_by(happened.desc(), runs.c.scheduled_at.desc()).limit(limit))
+        query = (
+            sa.select(runs)
+            .where(runs.c.job_id == job_id)
+            .order_by(happened.desc(), runs.c.scheduled_at.desc())
+            .limit(limit)
+        )
         if status is not None:
             query = query.where(runs.c.status == status)
         with self.engine.connect() as conn:
@@ -301,37 +331,43 @@ class Ledger:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
-    def set_status(self, job_id: str, queue: str, status: str, only_from: tuple[str, ...] = LIVE,
-                   error: str | None = None) -> bool:
+    def set_status(
+        self, job_id: str, queue: str, status: str, only_from: tuple[str, ...] = LIVE, error: str | None = None
+    ) -> bool:
         """Move a job of *queue* to *status* if it is in one of *only_from*;
         True if it moved."""
         values: dict[str, Any] = {"status": status, "updated_at": now()}
         if error is not None:
             values["error"] = error
         with self.engine.begin() as conn:
-            moved = conn.execute(self.jobs.update()
-                                 .where(self.jobs.c.id == job_id, self.jobs.c.queue == queue,
-                                        self.jobs.c.status.in_(only_from))
-                                 .values(**values)).rowcount
+            moved = conn.execute(
+                self.jobs.update()
+                .where(self.jobs.c.id == job_id, self.jobs.c.queue == queue, self.jobs.c.status.in_(only_from))
+                .values(**values)
+            ).rowcount
         return bool(moved)
 
     def set_trigger(self, job_id: str, queue: str, trigger: dict[str, Any]) -> bool:
         """Replace a live job's trigger spec in its record (``reschedule_job``);
         True if the job was found."""
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(self.jobs.c.request).where(
-                self.jobs.c.id == job_id, self.jobs.c.queue == queue,
-                self.jobs.c.status.in_(LIVE))).first()
+            row = conn.execute(
+                sa.select(self.jobs.c.request).where(
+                    self.jobs.c.id == job_id, self.jobs.c.queue == queue, self.jobs.c.status.in_(LIVE)
+                )
+            ).first()
             if row is None:
                 return False
             request = dict(json.loads(row.request), trigger=trigger)
-            conn.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(
-                request=json.dumps(request), kind=trigger["type"], updated_at=now()))
+            conn.execute(
+                self.jobs.update()
+                .where(self.jobs.c.id == job_id)
+                .values(request=json.dumps(request), kind=trigger["type"], updated_at=now())
+            )
         return True
 
     # -- runs -------------------------------------------------------------------------
-    def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float,
-                  owner: str) -> str:
+    def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str) -> str:
         """Record that a run starts. Returns ``"start"``, or the status the run
         already had (``"started"`` means it was cut short by a crash), or
         ``"canceled"``."""
@@ -342,22 +378,30 @@ class Ledger:
         try:
             if self._autocommit is not None:
                 with self._autocommit.connect() as conn:
-                    if conn.execute(self._start_alone, {
-                            "p_job_id": job_id, "p_run_key": run_key, "p_queue": queue,
-                            "p_scheduled_at": scheduled_at, "p_owner": owner, "p_stamp": stamp}).first():
+                    if conn.execute(
+                        self._start_alone,
+                        {
+                            "p_job_id": job_id,
+                            "p_run_key": run_key,
+                            "p_queue": queue,
+                            "p_scheduled_at": scheduled_at,
+                            "p_owner": owner,
+                            "p_stamp": stamp,
+                        },
+                    ).first():
                         return "start"
                     raise Unusual()
             with self.engine.begin() as conn:
                 if conn.execute(self._mark_running, {"p_job_id": job_id, "p_stamp": stamp}).rowcount:
-                    conn.execute(self._insert_run,
-                                 self._started_row(job_id, queue, run_key, scheduled_at, owner, stamp))
+                    conn.execute(
+                        self._insert_run, self._started_row(job_id, queue, run_key, scheduled_at, owner, stamp)
+                    )
                     return "start"
                 raise Unusual()
         except (sa.exc.IntegrityError, Unusual):
             pass
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(self.runs.c.status)
-                               .where(self.runs.c.run_key == run_key)).first()
+            row = conn.execute(sa.select(self.runs.c.status).where(self.runs.c.run_key == run_key)).first()
             if row is not None:
                 return str(row.status)
             status = conn.execute(sa.select(self.jobs.c.status).where(self.jobs.c.id == job_id)).scalar()
@@ -365,24 +409,51 @@ class Ledger:
                 # A run (a retry) stored just as the job was canceled: not run.
                 return "canceled"
             stamp = now()
-            conn.execute(self.runs.insert().values(
-                run_key=run_key, job_id=job_id, queue=queue, scheduled_at=scheduled_at,
-                status="started", owner=owner, started_at=stamp))
-            conn.execute(self.jobs.update().where(self.jobs.c.id == job_id,
-                                                  self.jobs.c.status == "scheduled")
-                         .values(status="running", updated_at=stamp))
+            conn.execute(
+                self.runs.insert().values(
+                    run_key=run_key,
+                    job_id=job_id,
+                    queue=queue,
+                    scheduled_at=scheduled_at,
+                    status="started",
+                    owner=owner,
+                    started_at=stamp,
+                )
+            )
+            conn.execute(
+                self.jobs.update()
+                .where(self.jobs.c.id == job_id, self.jobs.c.status == "scheduled")
+                .values(status="running", updated_at=stamp)
+            )
         return "start"
 
     @staticmethod
-    def _started_row(job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str,
-                     stamp: float) -> dict[str, Any]:
-        return {"run_key": run_key, "job_id": job_id, "queue": queue, "scheduled_at": scheduled_at,
-                "status": "started", "owner": owner, "started_at": stamp}
+    def _started_row(
+        job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str, stamp: float
+    ) -> dict[str, Any]:
+        return {
+            "run_key": run_key,
+            "job_id": job_id,
+            "queue": queue,
+            "scheduled_at": scheduled_at,
+            "status": "started",
+            "owner": owner,
+            "started_at": stamp,
+        }
 
-    def finish_run(self, job_id: str, run_key: str, status: str, final: bool,
-                   result: Any = None, error: str | None = None,
-                   scheduled_at: float | None = None, queue: str = "", owner: str = "",
-                   retry_at: float | None = None) -> bool:
+    def finish_run(
+        self,
+        job_id: str,
+        run_key: str,
+        status: str,
+        final: bool,
+        result: Any = None,
+        error: str | None = None,
+        scheduled_at: float | None = None,
+        queue: str = "",
+        owner: str = "",
+        retry_at: float | None = None,
+    ) -> bool:
         """Record a run's outcome (``done``, ``failed``, ``missed`` or
         ``interrupted``) and the job's status after it.
 
@@ -393,8 +464,7 @@ class Ledger:
         (canceled while it ran), so nothing is to be retried.
         """
         stamp = now()
-        key, run_params, job_params = self.finish_params(job_id, run_key, status, final, result, error,
-                                                         retry_at, stamp)
+        key, run_params, job_params = self.finish_params(job_id, run_key, status, final, result, error, retry_at, stamp)
         if self._autocommit is not None:  # the common case in one statement
             with self._autocommit.connect() as conn:
                 if conn.execute(self._finish_alone(key), {**run_params, **job_params}).first():
@@ -403,11 +473,20 @@ class Ledger:
         with self.engine.begin() as conn:
             updated = conn.execute(self._finish_run, run_params).rowcount
             if not updated:
-                conn.execute(self._insert_run, {
-                    "run_key": run_key, "job_id": job_id, "queue": queue, "status": status,
-                    "owner": owner, "error": error, "started_at": None,
-                    "scheduled_at": scheduled_at if scheduled_at is not None else stamp,
-                    "finished_at": stamp})
+                conn.execute(
+                    self._insert_run,
+                    {
+                        "run_key": run_key,
+                        "job_id": job_id,
+                        "queue": queue,
+                        "status": status,
+                        "owner": owner,
+                        "error": error,
+                        "started_at": None,
+                        "scheduled_at": scheduled_at if scheduled_at is not None else stamp,
+                        "finished_at": stamp,
+                    },
+                )
             moved = conn.execute(job_update, job_params).rowcount
             if not moved:
                 # Canceled while it ran: keep that status, but record the run.
@@ -415,19 +494,32 @@ class Ledger:
         return bool(moved)
 
     @staticmethod
-    def finish_params(job_id: str, run_key: str, status: str, final: bool, result: Any,
-                      error: str | None, retry_at: float | None,
-                      stamp: float) -> tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]:
+    def finish_params(
+        job_id: str,
+        run_key: str,
+        status: str,
+        final: bool,
+        result: Any,
+        error: str | None,
+        retry_at: float | None,
+        stamp: float,
+    ) -> tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]:
         """What :meth:`finish_run` writes: the kind of outcome (which picks
         its statements), the run's parameters and the job's."""
         params = {"p_job_id": job_id, "p_stamp": stamp, "p_error": error, "p_retry_at": retry_at}
         if status == "done":
             params["p_result"] = _json_or_repr(result)
-        return ((status, final, error is not None, retry_at is not None),
-                {"p_run_key": run_key, "p_status": status, "p_stamp": stamp, "p_error": error}, params)
+        return (
+            (status, final, error is not None, retry_at is not None),
+            {"p_run_key": run_key, "p_status": status, "p_stamp": stamp, "p_error": error},
+            params,
+        )
 
-    def write_runs(self, starts: list[tuple[str, str, str, float, str]],
-                   finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]]) -> set[str]:
+    def write_runs(
+        self,
+        starts: list[tuple[str, str, str, float, str]],
+        finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]],
+    ) -> set[str]:
         """Record several run starts (:meth:`start_run`'s arguments) and run
         ends (:meth:`finish_params`) at once, no job twice -- in the common
         case only: each start's job live and its run new, each end's run
@@ -456,24 +548,27 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 if starts:
-                    marked = conn.execute(self._mark_all_running,
-                                          {"p_job_ids": [start[0] for start in starts], "p_stamp": stamp}).rowcount
+                    marked = conn.execute(
+                        self._mark_all_running, {"p_job_ids": [start[0] for start in starts], "p_stamp": stamp}
+                    ).rowcount
                     if marked != len(starts):
                         raise Unusual()
                     conn.execute(self._insert_run, [self._started_row(*start, stamp) for start in starts])
                 for (key, run_values, job_values), (run_keys, job_ids, _) in alike.items():
                     job_update, _ = self._finish_statements(*key, many=True)
-                    if (conn.execute(self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}).rowcount
-                            != len(run_keys)
-                            or conn.execute(job_update, {**dict(job_values), "p_job_ids": job_ids}).rowcount
-                            != len(job_ids)):
+                    if conn.execute(
+                        self._finish_all_runs, {**dict(run_values), "p_run_keys": run_keys}
+                    ).rowcount != len(run_keys) or conn.execute(
+                        job_update, {**dict(job_values), "p_job_ids": job_ids}
+                    ).rowcount != len(job_ids):
                         raise Unusual()
         except Unusual:
             return set()
         return {start[2] for start in starts} | {key for run_keys, _, _ in alike.values() for key in run_keys}
 
-    def _runs_at_once(self, starts: list[tuple[str, str, str, float, str]],
-                      ends: tuple[_EndsKey, _Ends] | None, stamp: float) -> set[str]:
+    def _runs_at_once(
+        self, starts: list[tuple[str, str, str, float, str]], ends: tuple[_EndsKey, _Ends] | None, stamp: float
+    ) -> set[str]:
         """:meth:`write_runs` on PostgreSQL for *starts* and one set of *ends*
         alike but for their results, as one statement (:meth:`_at_once`): one
         round trip, and one statement for SQLAlchemy to execute where the
@@ -511,32 +606,59 @@ class Ledger:
         texts = ARRAY(sa.String)
         written = []
         if starts:
-            start = (sa.func.unnest(param("s_keys", type_=texts), param("s_ids", type_=texts),
-                                    param("s_queues", type_=texts), param("s_times", type_=ARRAY(sa.Float)),
-                                    param("s_owners", type_=texts))
-                     .table_valued("run_key", "job_id", "queue", "scheduled_at", "owner").render_derived("s"))
-            marked = (self._marking.where(jobs.c.id == sa.any_(param("s_ids", type_=texts)),
-                                          jobs.c.status != "canceled")
-                      .returning(jobs.c.id).cte("marked"))
-            started = (runs.insert().from_select(
-                ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"],
-                sa.select(start.c.run_key, start.c.job_id, start.c.queue, start.c.scheduled_at,
-                          sa.literal("started"), start.c.owner, param("p_stamp", type_=sa.Float))
-                .join_from(start, marked, marked.c.id == start.c.job_id))
-                .returning(runs.c.run_key).cte("started"))
+            start = (
+                sa.func.unnest(
+                    param("s_keys", type_=texts),
+                    param("s_ids", type_=texts),
+                    param("s_queues", type_=texts),
+                    param("s_times", type_=ARRAY(sa.Float)),
+                    param("s_owners", type_=texts),
+                )
+                .table_valued("run_key", "job_id", "queue", "scheduled_at", "owner")
+                .render_derived("s")
+            )
+            marked = (
+                self._marking.where(jobs.c.id == sa.any_(param("s_ids", type_=texts)), jobs.c.status != "canceled")
+                .returning(jobs.c.id)
+                .cte("marked")
+            )
+            started = (
+                runs.insert()
+                .from_select(
+                    ["run_key", "job_id", "queue", "scheduled_at", "status", "owner", "started_at"],
+                    sa.select(
+                        start.c.run_key,
+                        start.c.job_id,
+                        start.c.queue,
+                        start.c.scheduled_at,
+                        sa.literal("started"),
+                        start.c.owner,
+                        param("p_stamp", type_=sa.Float),
+                    ).join_from(start, marked, marked.c.id == start.c.job_id),
+                )
+                .returning(runs.c.run_key)
+                .cte("started")
+            )
             written.append(sa.select(started.c.run_key))
         if key is not None:
             # The runs by their keys (the primary key), their jobs by the runs'.
             ended = runs.c.run_key == sa.any_(param("f_keys", type_=texts))
             # Each job's own result, from the arrays of the ends' job ids and results.
-            given = (sa.func.unnest(param("f_ids", type_=texts), param("f_results", type_=texts))
-                     .table_valued("job_id", "result").render_derived("g"))
+            given = (
+                sa.func.unnest(param("f_ids", type_=texts), param("f_results", type_=texts))
+                .table_valued("job_id", "result")
+                .render_derived("g")
+            )
             result = sa.select(given.c.result).where(given.c.job_id == jobs.c.id).scalar_subquery()
-            job_update, _ = self._finish_updates(*key, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)),
-                                                 result=result)
+            job_update, _ = self._finish_updates(
+                *key, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)), result=result
+            )
             finished_jobs = job_update.returning(jobs.c.id).cte("finished_jobs")
-            finished = (self._finishing.where(ended, runs.c.job_id.in_(sa.select(finished_jobs.c.id)))
-                        .returning(runs.c.run_key).cte("finished"))
+            finished = (
+                self._finishing.where(ended, runs.c.job_id.in_(sa.select(finished_jobs.c.id)))
+                .returning(runs.c.run_key)
+                .cte("finished")
+            )
             written.append(sa.select(finished.c.run_key))
         statement = self._finish_cache[cache_key] = sa.union_all(*written) if len(written) > 1 else written[0]
         return statement
@@ -552,16 +674,20 @@ class Ledger:
         if statement is None:
             runs, param = self.runs, sa.bindparam
             job_update, _ = self._finish_statements(*key)
-            live_job = (job_update.where(sa.exists(sa.select(runs.c.run_key)
-                                                   .where(runs.c.run_key == param("p_run_key"))))
-                        .returning(self.jobs.c.id).cte("finished_job"))
-            statement = (self._finish_run.where(sa.exists(sa.select(live_job.c.id))).add_cte(live_job)
-                         .returning(runs.c.run_key))
+            live_job = (
+                job_update.where(sa.exists(sa.select(runs.c.run_key).where(runs.c.run_key == param("p_run_key"))))
+                .returning(self.jobs.c.id)
+                .cte("finished_job")
+            )
+            statement = (
+                self._finish_run.where(sa.exists(sa.select(live_job.c.id))).add_cte(live_job).returning(runs.c.run_key)
+            )
             self._finish_cache[key + ("alone",)] = statement
         return statement
 
-    def _finish_statements(self, status: str, final: bool, has_error: bool,
-                           retry: bool, many: bool = False) -> tuple[Any, Any]:
+    def _finish_statements(
+        self, status: str, final: bool, has_error: bool, retry: bool, many: bool = False
+    ) -> tuple[Any, Any]:
         """The two job updates of :meth:`finish_run` for one kind of outcome
         (built once per kind): to the status after the run if the job is
         live, else (canceled while it ran) keeping its status. By
@@ -569,13 +695,17 @@ class Ledger:
         key = (status, final, has_error, retry, many)
         statements = self._finish_cache.get(key)
         if statements is None:
-            by_id = (self.jobs.c.id.in_(sa.bindparam("p_job_ids", expanding=True)) if many
-                     else self.jobs.c.id == sa.bindparam("p_job_id"))
+            by_id = (
+                self.jobs.c.id.in_(sa.bindparam("p_job_ids", expanding=True))
+                if many
+                else self.jobs.c.id == sa.bindparam("p_job_id")
+            )
             statements = self._finish_cache[key] = self._finish_updates(status, final, has_error, retry, by_id)
         return statements
 
-    def _finish_updates(self, status: str, final: bool, has_error: bool, retry: bool,
-                        by_id: Any, result: Any = None) -> tuple[Any, Any]:
+    def _finish_updates(
+        self, status: str, final: bool, has_error: bool, retry: bool, by_id: Any, result: Any = None
+    ) -> tuple[Any, Any]:
         """:meth:`_finish_statements`, for the jobs chosen by the clause *by_id*
         (a done run's result: ``p_result``, or the expression *result*)."""
         jobs, param = self.jobs, sa.bindparam
@@ -593,23 +723,30 @@ class Ledger:
             retry_values["attempt"] = jobs.c.attempt + 1
         return (
             # status = a OR status = b ...: an IN would be rendered again at each call.
-            jobs.update().where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)))
+            jobs.update()
+            .where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)))
             .values(status=job_status, **values, **retry_values),
-            jobs.update().where(by_id).values(**values))
+            jobs.update().where(by_id).values(**values),
+        )
 
     def recorded_runs(self, run_keys: list[str]) -> set[str]:
         """Those of *run_keys* that have a row in the run ledger."""
         if not run_keys:
             return set()
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(self.runs.c.run_key)
-                                    .where(self.runs.c.run_key.in_(run_keys))).scalars())
+            return set(conn.execute(sa.select(self.runs.c.run_key).where(self.runs.c.run_key.in_(run_keys))).scalars())
 
     def was_interrupted(self, job_id: str) -> bool:
         """True if a run of *job_id* was already recorded as interrupted."""
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(self.runs.c.run_key).where(
-                self.runs.c.job_id == job_id, self.runs.c.status == "interrupted").limit(1)).first() is not None
+            return (
+                conn.execute(
+                    sa.select(self.runs.c.run_key)
+                    .where(self.runs.c.job_id == job_id, self.runs.c.status == "interrupted")
+                    .limit(1)
+                ).first()
+                is not None
+            )
 
     def recover(self, queues: tuple[str, ...], owner: str) -> list[dict[str, Any]]:
         """Mark runs left ``started`` by other owners on *queues* as
@@ -618,8 +755,8 @@ class Ledger:
             rows = conn.execute(
                 sa.select(self.runs, self.jobs.c.request)
                 .join(self.jobs, self.jobs.c.id == self.runs.c.job_id)
-                .where(self.runs.c.queue.in_(queues), self.runs.c.status == "started",
-                       self.runs.c.owner != owner)).all()
+                .where(self.runs.c.queue.in_(queues), self.runs.c.status == "started", self.runs.c.owner != owner)
+            ).all()
         return [dict(row._mapping) for row in rows]
 
     def orphans(self, queue: str, aps_table: sa.Table) -> list[dict[str, Any]]:
@@ -627,9 +764,12 @@ class Ledger:
         no run under way: submitted, removed by APScheduler, never started."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status, self.jobs.c.retry_at)
-                .where(self.jobs.c.queue == queue, self.jobs.c.status.in_(LIVE),
-                       ~sa.exists().where(aps_table.c.id == self.jobs.c.id))).all()
+                sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status, self.jobs.c.retry_at).where(
+                    self.jobs.c.queue == queue,
+                    self.jobs.c.status.in_(LIVE),
+                    ~sa.exists().where(aps_table.c.id == self.jobs.c.id),
+                )
+            ).all()
         return [_retry_request(dict(row._mapping)) for row in rows]
 
     def next_event_seq(self, job_id: str) -> int:
@@ -637,8 +777,7 @@ class Ledger:
         kept here so that a restarted daemon goes on counting."""
         table = self.event_seqs
         with self.engine.begin() as conn:
-            moved = conn.execute(table.update().where(table.c.job_id == job_id)
-                                 .values(seq=table.c.seq + 1)).rowcount
+            moved = conn.execute(table.update().where(table.c.job_id == job_id).values(seq=table.c.seq + 1)).rowcount
             if not moved:
                 conn.execute(table.insert().values(job_id=job_id, seq=1))
                 return 1
@@ -651,15 +790,16 @@ class Ledger:
         kept, the oldest beyond that are dropped: return how many (counted in
         :attr:`dead_letters_dropped`)."""
         stamp = now()
-        rows = [dict(queue=_storable(queue, 200), received_at=stamp, reason=_storable(reason, 2000),
-                     **_letter_body(body)) for queue, reason, body in letters]
+        rows = [
+            dict(queue=_storable(queue, 200), received_at=stamp, reason=_storable(reason, 2000), **_letter_body(body))
+            for queue, reason, body in letters
+        ]
         table = self.dead_letters
         dropped = 0
         with self.engine.begin() as conn:
             conn.execute(table.insert(), rows)
             if keep is not None:
-                newest = (sa.select(table.c.id).order_by(table.c.id.desc()).offset(keep).limit(1)
-                          .scalar_subquery())
+                newest = sa.select(table.c.id).order_by(table.c.id.desc()).offset(keep).limit(1).scalar_subquery()
                 dropped = int(conn.execute(table.delete().where(table.c.id <= newest)).rowcount or 0)
         self.dead_letters_dropped += dropped
         return dropped
@@ -673,19 +813,22 @@ class Ledger:
         """
         at = now() if at is None else at
         jobs = self.jobs
-        expired = sa.case((jobs.c.ttl.is_(None), jobs.c.updated_at < older_than),
-                          else_=jobs.c.updated_at + jobs.c.ttl < at)
+        expired = sa.case(
+            (jobs.c.ttl.is_(None), jobs.c.updated_at < older_than), else_=jobs.c.updated_at + jobs.c.ttl < at
+        )
         with self.engine.begin() as conn:
             # Parked jobs are kept until they load again or are canceled.
             gone = (jobs.c.status.in_(FINAL), jobs.c.status != "parked", expired)
-            conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(
-                sa.select(jobs.c.id).where(*gone))))
+            conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(sa.select(jobs.c.id).where(*gone))))
             count = conn.execute(jobs.delete().where(*gone)).rowcount
-            conn.execute(self.event_seqs.delete().where(~sa.exists().where(
-                jobs.c.id == self.event_seqs.c.job_id)))
-            conn.execute(self.runs.delete().where(
-                self.runs.c.status.notin_(("started",)), self.runs.c.finished_at < older_than,
-                self.runs.c.job_id.notin_(sa.select(jobs.c.id).where(jobs.c.ttl.is_not(None)))))
+            conn.execute(self.event_seqs.delete().where(~sa.exists().where(jobs.c.id == self.event_seqs.c.job_id)))
+            conn.execute(
+                self.runs.delete().where(
+                    self.runs.c.status.notin_(("started",)),
+                    self.runs.c.finished_at < older_than,
+                    self.runs.c.job_id.notin_(sa.select(jobs.c.id).where(jobs.c.ttl.is_not(None))),
+                )
+            )
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
         return int(count)
 
@@ -718,8 +861,11 @@ def _letter_body(body: Any) -> dict[str, Any]:
             body = repr(body).encode("utf-8", "surrogatepass")
     data = bytes(body)
     text = data[:DEAD_LETTER_PREFIX].decode("utf-8", "backslashreplace")
-    return {"body": _storable(text, DEAD_LETTER_PREFIX * 4), "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "body": _storable(text, DEAD_LETTER_PREFIX * 4),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 class Unusual(Exception):
@@ -732,8 +878,9 @@ _EndsKey = tuple[tuple[str, bool, bool, bool], tuple[Any, ...], tuple[Any, ...]]
 _Ends = tuple[list[str], list[str], list[Any]]
 
 
-def _alike(finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]],
-           per_run: str | None = None) -> dict[_EndsKey, _Ends]:
+def _alike(
+    finishes: list[tuple[tuple[str, bool, bool, bool], dict[str, Any], dict[str, Any]]], per_run: str | None = None
+) -> dict[_EndsKey, _Ends]:
     """*finishes* (:meth:`Ledger.finish_params`) grouped by what they write
     but for their keys and the job parameter named *per_run*, whose values
     are kept per end (else None)."""
@@ -784,12 +931,29 @@ def _loadable_globals() -> dict[tuple[str, str], Any]:
     from apscheduler.triggers.interval import IntervalTrigger
 
     classes: list[type] = [
-        datetime, date, time, timedelta, timezone, ZoneInfo,
-        DateTrigger, IntervalTrigger, CronTrigger, WallClockCronTrigger, CalendarIntervalTrigger,
-        AndTrigger, OrTrigger,
-        fields.BaseField, fields.WeekField, fields.DayOfMonthField, fields.DayOfWeekField, fields.MonthField,
-        expressions.AllExpression, expressions.RangeExpression, expressions.MonthRangeExpression,
-        expressions.WeekdayRangeExpression, expressions.WeekdayPositionExpression,
+        datetime,
+        date,
+        time,
+        timedelta,
+        timezone,
+        ZoneInfo,
+        DateTrigger,
+        IntervalTrigger,
+        CronTrigger,
+        WallClockCronTrigger,
+        CalendarIntervalTrigger,
+        AndTrigger,
+        OrTrigger,
+        fields.BaseField,
+        fields.WeekField,
+        fields.DayOfMonthField,
+        fields.DayOfWeekField,
+        fields.MonthField,
+        expressions.AllExpression,
+        expressions.RangeExpression,
+        expressions.MonthRangeExpression,
+        expressions.WeekdayRangeExpression,
+        expressions.WeekdayPositionExpression,
         expressions.LastDayOfMonthExpression,
     ]
     loadable: dict[tuple[str, str], Any] = {(cls.__module__, cls.__qualname__): cls for cls in classes}
@@ -821,15 +985,15 @@ class JobUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if "." in name or name.startswith("_"):
-            raise pickle.UnpicklingError(f"refusing to load {module!r:.80}, {name!r:.80} from a stored "
-                                         "job (a dotted or private name)")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module!r:.80}, {name!r:.80} from a stored job (a dotted or private name)"
+            )
         if JobUnpickler._loadable is None:
             JobUnpickler._loadable = _loadable_globals()
         try:
             return JobUnpickler._loadable[(module, name)]
         except (KeyError, TypeError):
-            raise pickle.UnpicklingError(f"refusing to load {module!r:.80}.{name!r:.80} from a stored "
-                                         "job") from None
+            raise pickle.UnpicklingError(f"refusing to load {module!r:.80}.{name!r:.80} from a stored job") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing a persistent id in a stored job")
@@ -875,13 +1039,18 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     #: Seconds between polls of the store while fenced.
     FENCED_POLL = 1.0
 
-    def __init__(self, ledger: Ledger, queue: str, tablename: str,
-                 on_added: Any = None, fence: Callable[[], bool] | None = None,
-                 aliases: Mapping[str, str] | None = None,
-                 on_parked: Callable[[str, str, str], None] | None = None,
-                 allowed: tuple[str, ...] = ()) -> None:
-        super().__init__(engine=ledger.engine, tablename=tablename,
-                         pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    def __init__(
+        self,
+        ledger: Ledger,
+        queue: str,
+        tablename: str,
+        on_added: Any = None,
+        fence: Callable[[], bool] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        on_parked: Callable[[str, str, str], None] | None = None,
+        allowed: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(engine=ledger.engine, tablename=tablename, pickle_protocol=pickle.HIGHEST_PROTOCOL)
         self.ledger = ledger
         self.queue = queue
         self.on_added = on_added
@@ -897,22 +1066,40 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         # APScheduler builds these at each call; the scheduler thread makes
         # them for every due job, so here they are built once.
         table, param = self.jobs_t, sa.bindparam
-        self._due = (sa.select(table.c.id, table.c.job_state)
-                     .where(table.c.next_run_time <= param("p_now")).order_by(table.c.next_run_time))
-        self._next = (sa.select(table.c.next_run_time).where(table.c.next_run_time.is_not(None))
-                      .order_by(table.c.next_run_time).limit(1))
-        self._update = (table.update().where(table.c.id == param("p_id"))
-                        .values(next_run_time=param("p_next"), job_state=param("p_state")))
+        self._due = (
+            sa.select(table.c.id, table.c.job_state)
+            .where(table.c.next_run_time <= param("p_now"))
+            .order_by(table.c.next_run_time)
+        )
+        self._next = (
+            sa.select(table.c.next_run_time)
+            .where(table.c.next_run_time.is_not(None))
+            .order_by(table.c.next_run_time)
+            .limit(1)
+        )
+        self._update = (
+            table.update()
+            .where(table.c.id == param("p_id"))
+            .values(next_run_time=param("p_next"), job_state=param("p_state"))
+        )
         self._remove = table.delete().where(table.c.id == param("p_id"))
         self._remove_many = table.delete().where(table.c.id.in_(param("p_ids", expanding=True)))
         # The jobs due by p_until, and the row(s) of the first next run time
         # after it (without their state): both in one round trip.
-        following = (sa.select(sa.func.min(table.c.next_run_time))
-                     .where(table.c.next_run_time > param("p_until")).scalar_subquery())
-        self._window = (sa.select(table.c.id, table.c.next_run_time,
-                                  sa.case((table.c.next_run_time <= param("p_until"), table.c.job_state)))
-                        .where(table.c.next_run_time <= sa.func.coalesce(following, param("p_until")))
-                        .order_by(table.c.next_run_time))
+        following = (
+            sa.select(sa.func.min(table.c.next_run_time))
+            .where(table.c.next_run_time > param("p_until"))
+            .scalar_subquery()
+        )
+        self._window = (
+            sa.select(
+                table.c.id,
+                table.c.next_run_time,
+                sa.case((table.c.next_run_time <= param("p_until"), table.c.job_state)),
+            )
+            .where(table.c.next_run_time <= sa.func.coalesce(following, param("p_until")))
+            .order_by(table.c.next_run_time)
+        )
         #: Rows the scheduler thread has yet to write, by job id: the job
         #: handed over with its next run time, or None (delete the row).
         self._pending: dict[str, Job | None] = {}
@@ -995,9 +1182,15 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             if not self._pending:
                 return
             removes = [job_id for job_id, job in self._pending.items() if job is None]
-            updates = [{"p_id": job.id, "p_next": datetime_to_utc_timestamp(job.next_run_time),
-                        "p_state": pickle.dumps(job.__getstate__(), self.pickle_protocol)}
-                       for job in self._pending.values() if job is not None]
+            updates = [
+                {
+                    "p_id": job.id,
+                    "p_next": datetime_to_utc_timestamp(job.next_run_time),
+                    "p_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+                }
+                for job in self._pending.values()
+                if job is not None
+            ]
             with self.engine.begin() as conn:
                 if removes:
                     conn.execute(self._remove_many, {"p_ids": removes})
@@ -1024,8 +1217,12 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - the next daemon's start settles them
-            log.warning("queue %s: %d row(s) of jobs handed over not written (%s); the next daemon "
-                        "start settles them", self.queue, self.pending(), exc)
+            log.warning(
+                "queue %s: %d row(s) of jobs handed over not written (%s); the next daemon start settles them",
+                self.queue,
+                self.pending(),
+                exc,
+            )
         super().shutdown()
 
     def add_job(self, job: Job) -> None:
@@ -1035,9 +1232,11 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             with self._changing(), self.engine.begin() as conn:
                 if request is not None:
                     self.ledger.insert_job(conn, request)
-                conn.execute(self.jobs_t.insert().values(
-                    id=job.id, next_run_time=datetime_to_utc_timestamp(job.next_run_time),
-                    job_state=state))
+                conn.execute(
+                    self.jobs_t.insert().values(
+                        id=job.id, next_run_time=datetime_to_utc_timestamp(job.next_run_time), job_state=state
+                    )
+                )
         except sa.exc.IntegrityError:
             raise ConflictingIdError(job.id) from None
         if request is not None and self.on_added is not None:
@@ -1046,8 +1245,9 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     def update_job(self, job: Job) -> None:
         state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
         with self._changing(), self.engine.begin() as conn:
-            if not conn.execute(self._update, {"p_id": job.id, "p_state": state, "p_next":
-                                               datetime_to_utc_timestamp(job.next_run_time)}).rowcount:
+            if not conn.execute(
+                self._update, {"p_id": job.id, "p_state": state, "p_next": datetime_to_utc_timestamp(job.next_run_time)}
+            ).rowcount:
                 raise JobLookupError(job.id)
 
     def remove_job(self, job_id: str) -> None:
@@ -1071,8 +1271,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         return job
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
-        selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(
-            self.jobs_t.c.next_run_time)
+        selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(self.jobs_t.c.next_run_time)
         selectable = selectable.where(sa.and_(*conditions)) if conditions else selectable
         self.flush()
         return self._load(selectable, {})
@@ -1095,8 +1294,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         self.flush()
         parked: list[tuple[str, str]] = []
         with self.engine.begin() as conn:
-            state = conn.execute(sa.select(self.jobs_t.c.job_state)
-                                 .where(self.jobs_t.c.id == job_id)).scalar()
+            state = conn.execute(sa.select(self.jobs_t.c.job_state).where(self.jobs_t.c.id == job_id)).scalar()
             if state is None:
                 return None
             try:
@@ -1112,13 +1310,16 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         reason = f"cannot load the stored job: {type(exc).__name__}: {exc}"
         # A row with no ledger row (written by hand, or by someone else) is
         # reported too: once, as its next run time is taken away.
-        moved = conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job_id,
-                                                        self.jobs_t.c.next_run_time.is_not(None))
-                             .values(next_run_time=None)).rowcount
-        newly = conn.execute(self.ledger.jobs.update()
-                             .where(self.ledger.jobs.c.id == job_id,
-                                    self.ledger.jobs.c.status != "parked")
-                             .values(status="parked", error=reason, updated_at=now())).rowcount
+        moved = conn.execute(
+            self.jobs_t.update()
+            .where(self.jobs_t.c.id == job_id, self.jobs_t.c.next_run_time.is_not(None))
+            .values(next_run_time=None)
+        ).rowcount
+        newly = conn.execute(
+            self.ledger.jobs.update()
+            .where(self.ledger.jobs.c.id == job_id, self.ledger.jobs.c.status != "parked")
+            .values(status="parked", error=reason, updated_at=now())
+        ).rowcount
         return [(job_id, reason)] if newly or moved else []
 
     def _report_parked(self, parked: list[tuple[str, str]]) -> None:
@@ -1138,9 +1339,11 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         restored: list[Job] = []
         missing: list[dict[str, Any]] = []
         ledger = self.ledger.jobs
-        query = (sa.select(ledger.c.id, ledger.c.request, ledger.c.error, self.jobs_t.c.job_state)
-                 .outerjoin(self.jobs_t, self.jobs_t.c.id == ledger.c.id)
-                 .where(ledger.c.queue == self.queue, ledger.c.status == "parked"))
+        query = (
+            sa.select(ledger.c.id, ledger.c.request, ledger.c.error, self.jobs_t.c.job_state)
+            .outerjoin(self.jobs_t, self.jobs_t.c.id == ledger.c.id)
+            .where(ledger.c.queue == self.queue, ledger.c.status == "parked")
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         for row in rows:
@@ -1159,13 +1362,23 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                 job.next_run_time = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
             state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
             with self.engine.begin() as conn:
-                conn.execute(self.jobs_t.update().where(self.jobs_t.c.id == job.id).values(
-                    job_state=state, next_run_time=datetime_to_utc_timestamp(job.next_run_time)))
-                conn.execute(ledger.update().where(ledger.c.id == job.id, ledger.c.status == "parked")
-                             .values(status="scheduled", func=job.func_ref, error=None,
-                                     updated_at=now()))
-            log.info("job %s (queue %s) restored: loads as %s, next run %s", job.id, self.queue,
-                     job.func_ref, job.next_run_time)
+                conn.execute(
+                    self.jobs_t.update()
+                    .where(self.jobs_t.c.id == job.id)
+                    .values(job_state=state, next_run_time=datetime_to_utc_timestamp(job.next_run_time))
+                )
+                conn.execute(
+                    ledger.update()
+                    .where(ledger.c.id == job.id, ledger.c.status == "parked")
+                    .values(status="scheduled", func=job.func_ref, error=None, updated_at=now())
+                )
+            log.info(
+                "job %s (queue %s) restored: loads as %s, next run %s",
+                job.id,
+                self.queue,
+                job.func_ref,
+                job.next_run_time,
+            )
             restored.append(job)
         if restored:  # (parked rows are never among the scheduler thread's pending ones)
             with self._pending_lock:
@@ -1222,17 +1435,19 @@ class Lease:
                 for queue in sorted(self.queues):
                     row = conn.execute(sa.select(table).where(table.c.queue == queue)).first()
                     if row is None:
-                        conn.execute(table.insert().values(queue=queue, owner=self.owner, epoch=1,
-                                                           expires_at=stamp + self.ttl))
+                        conn.execute(
+                            table.insert().values(queue=queue, owner=self.owner, epoch=1, expires_at=stamp + self.ttl)
+                        )
                         epochs[queue] = 1
                         continue
                     if row.owner != self.owner and row.expires_at > stamp and not _owner_gone(row.owner):
                         raise _HeldError(queue)
                     epoch = row.epoch if row.owner == self.owner else row.epoch + 1
                     moved = conn.execute(
-                        table.update().where(table.c.queue == queue, table.c.epoch == row.epoch,
-                                             table.c.owner == row.owner)
-                        .values(owner=self.owner, epoch=epoch, expires_at=stamp + self.ttl)).rowcount
+                        table.update()
+                        .where(table.c.queue == queue, table.c.epoch == row.epoch, table.c.owner == row.owner)
+                        .values(owner=self.owner, epoch=epoch, expires_at=stamp + self.ttl)
+                    ).rowcount
                     if not moved:
                         raise _HeldError(queue)
                     epochs[queue] = epoch
@@ -1250,9 +1465,11 @@ class Lease:
         stamp = now()
         with self.ledger.engine.begin() as conn:
             for queue, epoch in self.epochs.items():
-                moved = conn.execute(table.update().where(table.c.queue == queue, table.c.owner == self.owner,
-                                                          table.c.epoch == epoch)
-                                     .values(expires_at=stamp + self.ttl)).rowcount
+                moved = conn.execute(
+                    table.update()
+                    .where(table.c.queue == queue, table.c.owner == self.owner, table.c.epoch == epoch)
+                    .values(expires_at=stamp + self.ttl)
+                ).rowcount
                 if not moved:
                     return False
         self.renewed_at = stamp
@@ -1274,6 +1491,9 @@ class Lease:
         table = self.ledger.leases
         with self.ledger.engine.begin() as conn:
             for queue, epoch in self.epochs.items():
-                conn.execute(table.update().where(table.c.queue == queue, table.c.owner == self.owner,
-                                                  table.c.epoch == epoch).values(expires_at=0.0))
+                conn.execute(
+                    table.update()
+                    .where(table.c.queue == queue, table.c.owner == self.owner, table.c.epoch == epoch)
+                    .values(expires_at=0.0)
+                )
         self.epochs = None

@@ -133,8 +133,10 @@ class FakeClock:
         """Move the clock forward to *when*, running what falls due."""
         target = self._scheduler._time(when, "when")
         if target < self._now:
-            raise ValueError(f"advance_to: {target.isoformat()} is before the clock's "
-                             f"{self._now.isoformat()}; the clock only moves forward")
+            raise ValueError(
+                f"advance_to: {target.isoformat()} is before the clock's "
+                f"{self._now.isoformat()}; the clock only moves forward"
+            )
         return self._scheduler._run_until(target)
 
     def __repr__(self) -> str:
@@ -177,13 +179,24 @@ class TestingJob:
         """The job as a ledger row (what ``get_job`` turns into a record)."""
         request = self.request
         assert request.trigger is not None and request.func is not None
-        return {"id": request.id, "queue": request.queue, "func": request.func,
-                "kind": request.trigger["type"], "status": self.status, "mid": request.mid,
-                "request": json.dumps(request.to_wire()), "created_at": self.created_at,
-                "updated_at": self.updated_at, "runs": self.runs, "last_run_at": self.last_run_at,
-                "result": self.result, "error": self.error, "options": dict(request.options),
-                "next_run_time": None if self.next_run_time is None else self.next_run_time.timestamp(),
-                "attempt": self.attempt}
+        return {
+            "id": request.id,
+            "queue": request.queue,
+            "func": request.func,
+            "kind": request.trigger["type"],
+            "status": self.status,
+            "mid": request.mid,
+            "request": json.dumps(request.to_wire()),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "runs": self.runs,
+            "last_run_at": self.last_run_at,
+            "result": self.result,
+            "error": self.error,
+            "options": dict(request.options),
+            "next_run_time": None if self.next_run_time is None else self.next_run_time.timestamp(),
+            "attempt": self.attempt,
+        }
 
 
 class _Ledger:
@@ -200,20 +213,31 @@ class _Ledger:
 
     def list_jobs(self, queue: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         jobs = sorted(self.scheduler.jobs.values(), key=lambda job: job.changed, reverse=True)
-        return [job.row() for job in jobs
-                if (queue is None or job.queue == queue) and (status is None or job.status == status)][:limit]
+        return [
+            job.row()
+            for job in jobs
+            if (queue is None or job.queue == queue) and (status is None or job.status == status)
+        ][:limit]
 
-    def list_runs(self, job_id: str, status: str | None = None,
-                  limit: int | None = None) -> list[dict[str, Any]]:
-        runs = [{"run_key": run["run_key"], "job_id": job_id, "status": run["status"],
-                 "scheduled_at": run["scheduled_run_time"].timestamp(), "error": run["error"]}
-                for run in self.scheduler.runs
-                if run["job_id"] == job_id and (status is None or run["status"] == status)]
+    def list_runs(self, job_id: str, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        runs = [
+            {
+                "run_key": run["run_key"],
+                "job_id": job_id,
+                "status": run["status"],
+                "scheduled_at": run["scheduled_run_time"].timestamp(),
+                "error": run["error"],
+            }
+            for run in self.scheduler.runs
+            if run["job_id"] == job_id and (status is None or run["status"] == status)
+        ]
         return runs[-limit:] if limit else runs
 
     def list_leases(self) -> list[dict[str, Any]]:
-        return [{"queue": queue, "owner": OWNER, "epoch": 1, "expires_at": math.inf}
-                for queue in self.scheduler.settings.queues]
+        return [
+            {"queue": queue, "owner": OWNER, "epoch": 1, "expires_at": math.inf}
+            for queue in self.scheduler.settings.queues
+        ]
 
 
 class _InProcessPublisher:
@@ -247,8 +271,7 @@ class TestingScheduler(SchedulerProxy):
     #: Lets pyramid_scheduler skip what needs a daemon (combined mode, event fan-out).
     in_process = True
 
-    def __init__(self, settings: SchedulerSettings, registry: Any = None,
-                 eager: bool | None = None) -> None:
+    def __init__(self, settings: SchedulerSettings, registry: Any = None, eager: bool | None = None) -> None:
         super().__init__(settings, registry)
         self.publisher = _InProcessPublisher(self)  # type: ignore[assignment]
         #: Run due jobs as soon as they are added.
@@ -311,9 +334,16 @@ class TestingScheduler(SchedulerProxy):
         if request.trigger["type"] == "now":
             options.setdefault("misfire_grace_time", None)
         stamp = now.timestamp()
-        job = TestingJob(request=request, func=func, trigger=trigger, options=options,
-                         next_run_time=first, order=next(self._order), created_at=stamp,
-                         updated_at=stamp)
+        job = TestingJob(
+            request=request,
+            func=func,
+            trigger=trigger,
+            options=options,
+            next_run_time=first,
+            order=next(self._order),
+            created_at=stamp,
+            updated_at=stamp,
+        )
         self.jobs.pop(request.id, None)
         self.jobs[request.id] = job
         self._touch(job)
@@ -350,8 +380,7 @@ class TestingScheduler(SchedulerProxy):
         as the daemon's engine, with the same events and refusals."""
         job = self.jobs.get(request.id)
         if job is None or job.queue != request.queue or job.status not in LIVE:
-            self._refuse(request, "no such live job on this queue (finished, canceled, "
-                                  "parked or never added)")
+            self._refuse(request, "no such live job on this queue (finished, canceled, parked or never added)")
             return
         paused = job.status == "paused"
         now = self.now()
@@ -366,9 +395,16 @@ class TestingScheduler(SchedulerProxy):
             job.request = replace(job.request, trigger=request.trigger)
             job.next_run_time = None if paused else first
             self._touch(job)
-            self._deliver(Event(Event.JOB_RESCHEDULED, job_id=job.id, queue=job.queue,
-                                job=self._info(job), trigger=request.trigger,
-                                next_run_time=job.next_run_time))
+            self._deliver(
+                Event(
+                    Event.JOB_RESCHEDULED,
+                    job_id=job.id,
+                    queue=job.queue,
+                    job=self._info(job),
+                    trigger=request.trigger,
+                    next_run_time=job.next_run_time,
+                )
+            )
         elif request.op == "pause":
             if paused:
                 self._refuse(request, "the job is already paused")
@@ -388,8 +424,9 @@ class TestingScheduler(SchedulerProxy):
                 job.error = "its schedule ended while it was paused"
                 self._deliver(Event(Event.JOB_REMOVED, job_id=job.id, queue=job.queue, job=self._info(job)))
             else:
-                self._deliver(Event(Event.JOB_RESUMED, job_id=job.id, queue=job.queue,
-                                    job=self._info(job), next_run_time=first))
+                self._deliver(
+                    Event(Event.JOB_RESUMED, job_id=job.id, queue=job.queue, job=self._info(job), next_run_time=first)
+                )
         else:
             if paused:
                 self._refuse(request, "the job is paused; resume it first")
@@ -401,8 +438,16 @@ class TestingScheduler(SchedulerProxy):
 
     def _refuse(self, request: JobRequest, reason: str) -> None:
         log.warning("job %s (queue %s): %s refused: %s", request.id, request.queue, request.op, reason)
-        self._deliver(Event(Event.JOB_REQUEST_REFUSED, job_id=request.id, queue=request.queue,
-                            job=None, op=request.op, reason=reason))
+        self._deliver(
+            Event(
+                Event.JOB_REQUEST_REFUSED,
+                job_id=request.id,
+                queue=request.queue,
+                job=None,
+                op=request.op,
+                reason=reason,
+            )
+        )
 
     # -- running ----------------------------------------------------------------------
     def run_pending(self, request: Any = None) -> list[dict[str, Any]]:
@@ -434,8 +479,10 @@ class TestingScheduler(SchedulerProxy):
                 if not released and not runs:
                     return made
                 if len(made) >= MAX_RUNS:
-                    raise RuntimeError(f"pyramid_scheduler.testing: {MAX_RUNS} runs in one "
-                                       "run_pending(request=...) and its jobs keep adding more")
+                    raise RuntimeError(
+                        f"pyramid_scheduler.testing: {MAX_RUNS} runs in one "
+                        "run_pending(request=...) and its jobs keep adding more"
+                    )
         finally:
             self._request = None
 
@@ -479,8 +526,11 @@ class TestingScheduler(SchedulerProxy):
             pending = txn.data(Pending)
         except KeyError:
             return []
-        return [decode(body) for publish, body, *_ in pending.messages
-                if getattr(publish, "__self__", None) is self.publisher]
+        return [
+            decode(body)
+            for publish, body, *_ in pending.messages
+            if getattr(publish, "__self__", None) is self.publisher
+        ]
 
     def _release(self, txn: Any) -> int:
         """Store the messages *txn* holds for this scheduler, now; how many."""
@@ -503,15 +553,19 @@ class TestingScheduler(SchedulerProxy):
         while True:
             # By timestamp: next run times of one zone compare by wall clock,
             # and the clock stays in UTC, where advance() adds real seconds.
-            due = [(job.next_run_time.timestamp(), job.order, job) for job in self.jobs.values()
-                   if job.next_run_time is not None and job.next_run_time <= target]
+            due = [
+                (job.next_run_time.timestamp(), job.order, job)
+                for job in self.jobs.values()
+                if job.next_run_time is not None and job.next_run_time <= target
+            ]
             if not due:
                 break
             if len(made) >= MAX_RUNS:
                 raise RuntimeError(
                     f"pyramid_scheduler.testing: {MAX_RUNS} runs in one step and more are due "
                     f"before {target.isoformat()}; advance the clock by less (an interval of "
-                    "seconds over days makes a run per interval)")
+                    "seconds over days makes a run per interval)"
+                )
             _, _, job = min(due)  # orders are unique: jobs are never compared
             assert job.next_run_time is not None
             self.clock._now = max(self.clock._now, job.next_run_time.astimezone(timezone.utc))
@@ -531,10 +585,14 @@ class TestingScheduler(SchedulerProxy):
         final = next_time is None
         key = run_key(job.id, run_time)
         info = self._info(job)
-        base = {"job_id": job.id, "queue": job.queue, "job": info, "run_key": key,
-                "scheduled_run_time": run_time}
-        record: dict[str, Any] = {"job_id": job.id, "run_key": key, "scheduled_run_time": run_time,
-                                  "result": None, "error": None}
+        base = {"job_id": job.id, "queue": job.queue, "job": info, "run_key": key, "scheduled_run_time": run_time}
+        record: dict[str, Any] = {
+            "job_id": job.id,
+            "run_key": key,
+            "scheduled_run_time": run_time,
+            "result": None,
+            "error": None,
+        }
         grace = job.options.get("misfire_grace_time", self.settings.misfire_grace_time)
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:
@@ -556,15 +614,17 @@ class TestingScheduler(SchedulerProxy):
                 job.error = text
                 retries = int(job.options.get("retries") or 0)
                 will_retry = final and job.attempt <= retries
-                event = Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=job.attempt,
-                              will_retry=will_retry, **base)
+                event = Event(
+                    Event.JOB_ERROR, exception=exc, traceback=text, attempt=job.attempt, will_retry=will_retry, **base
+                )
                 if will_retry:
                     delay = retry_delay(job.options, job.attempt)
                     job.attempt += 1
                     job.next_run_time = now + timedelta(seconds=delay)
                     final = False
-                    job.deferred.insert(0, Event(Event.JOB_RETRY, attempt=job.attempt,
-                                                 retry_at=job.next_run_time, delay=delay, **base))
+                    job.deferred.insert(
+                        0, Event(Event.JOB_RETRY, attempt=job.attempt, retry_at=job.next_run_time, delay=delay, **base)
+                    )
             else:
                 log.info("job %s (queue %s): run %s done", job.id, job.queue, key)
                 record.update(status="done", result=retval)

@@ -36,7 +36,8 @@ from .door import DoorMessage, entry_limit, envelope
 
 metadata = sa.MetaData()
 messages = sa.Table(
-    "pyramid_scheduler_messages", metadata,
+    "pyramid_scheduler_messages",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("queue", sa.String(200), nullable=False),
     sa.Column("delivery_tag", sa.String(64), nullable=False),
@@ -50,12 +51,17 @@ messages = sa.Table(
 # and caching them at each call, most of the CPU of a small statement).
 _param = sa.bindparam
 _INSERT = messages.insert()
-_NEXT = (sa.select(messages.c.id, messages.c.visible_at, messages.c.delivery_tag, messages.c.payload)
-         .where(messages.c.queue == _param("p_queue"), messages.c.visible_at <= _param("p_now"))
-         .order_by(messages.c.id).limit(1))
-_CLAIM = (messages.update()
-          .where(messages.c.id == _param("p_id"), messages.c.visible_at == _param("p_seen"))
-          .values(visible_at=_param("p_until")))
+_NEXT = (
+    sa.select(messages.c.id, messages.c.visible_at, messages.c.delivery_tag, messages.c.payload)
+    .where(messages.c.queue == _param("p_queue"), messages.c.visible_at <= _param("p_now"))
+    .order_by(messages.c.id)
+    .limit(1)
+)
+_CLAIM = (
+    messages.update()
+    .where(messages.c.id == _param("p_id"), messages.c.visible_at == _param("p_seen"))
+    .values(visible_at=_param("p_until"))
+)
 _FORGET = messages.delete().where(messages.c.delivery_tag == _param("p_tag"))
 
 _engines: dict[tuple[str, float, bool], Engine] = {}
@@ -87,9 +93,11 @@ def release_claims(url: str, queues: list[str], wal: bool = True) -> int:
     """
     engine = engine_for(url, wal=wal)
     with engine.begin() as conn:
-        return int(conn.execute(messages.update()
-                                .where(messages.c.queue.in_(queues), messages.c.visible_at > 0)
-                                .values(visible_at=0.0)).rowcount)
+        return int(
+            conn.execute(
+                messages.update().where(messages.c.queue.in_(queues), messages.c.visible_at > 0).values(visible_at=0.0)
+            ).rowcount
+        )
 
 
 class Channel(virtual.Channel):
@@ -99,24 +107,30 @@ class Channel(virtual.Channel):
     Message = DoorMessage
     #: Rows whose payload is larger than this (bytes) are not read.
     max_entry_size = entry_limit(256 * 1024)
-    from_transport_options = (*virtual.Channel.from_transport_options, "visibility_timeout",  # type: ignore[assignment]
-                              "max_entry_size")
+    from_transport_options = (
+        *virtual.Channel.from_transport_options,
+        "visibility_timeout",  # type: ignore[assignment]
+        "max_entry_size",
+    )
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         client = self.connection.client
         options = client.transport_options
         # A locked SQLite file fails a publish within scheduler.broker.timeout.
-        self.engine = engine_for(options.get("url") or client.hostname,
-                                 float(options.get("busy_timeout", SQLITE_BUSY_TIMEOUT)),
-                                 bool(options.get("wal", True)))
+        self.engine = engine_for(
+            options.get("url") or client.hostname,
+            float(options.get("busy_timeout", SQLITE_BUSY_TIMEOUT)),
+            bool(options.get("wal", True)),
+        )
 
     # -- publish ----------------------------------------------------------------------
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         tag = message["properties"]["delivery_tag"]
         with self.engine.begin() as conn:
-            conn.execute(_INSERT, {"queue": queue, "delivery_tag": tag, "visible_at": 0.0,
-                                   "payload": json.dumps(message)})
+            conn.execute(
+                _INSERT, {"queue": queue, "delivery_tag": tag, "visible_at": 0.0, "payload": json.dumps(message)}
+            )
 
     # -- consume ----------------------------------------------------------------------
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
@@ -126,8 +140,9 @@ class Channel(virtual.Channel):
                 row = conn.execute(_NEXT, {"p_queue": queue, "p_now": now}).first()
                 if row is None:
                     raise Empty()
-                claimed = conn.execute(_CLAIM, {"p_id": row.id, "p_seen": row.visible_at,
-                                                "p_until": now + self.visibility_timeout}).rowcount
+                claimed = conn.execute(
+                    _CLAIM, {"p_id": row.id, "p_seen": row.visible_at, "p_until": now + self.visibility_timeout}
+                ).rowcount
                 if claimed:
                     # Read through the door: a row too large or not a Kombu
                     # message (written by other means) becomes a stand-in.
@@ -138,9 +153,11 @@ class Channel(virtual.Channel):
 
     def _size(self, queue: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(
-                sa.select(sa.func.count()).select_from(messages).where(messages.c.queue == queue)
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(messages).where(messages.c.queue == queue)
+                ).scalar_one()
+            )
 
     def _purge(self, queue: str) -> int:
         with self.engine.begin() as conn:
@@ -173,9 +190,9 @@ class Channel(virtual.Channel):
         # The row is still there (claimed): make it visible again rather than
         # inserting a copy, as the base class would.
         with self.engine.begin() as conn:
-            conn.execute(messages.update()
-                         .where(messages.c.delivery_tag == message.delivery_tag)
-                         .values(visible_at=0.0))
+            conn.execute(
+                messages.update().where(messages.c.delivery_tag == message.delivery_tag).values(visible_at=0.0)
+            )
 
 
 class Transport(virtual.Transport):

@@ -87,17 +87,20 @@ class Pending:
     def after_commit(self, committed: bool) -> None:
         if not committed:
             for _, _, queue, job_id, op in self.messages:
-                log.info("job %s (queue %s): %s not published: the transaction failed to commit",
-                         job_id, queue, op)
+                log.info("job %s (queue %s): %s not published: the transaction failed to commit", job_id, queue, op)
             return
         for publish, body, queue, job_id, op in self.messages:
             try:
                 publish(body, queue, job_id)
             except Exception:
                 # Committed already: nothing to roll back, so say it loudly and go on.
-                log.exception("job %s (queue %s): %s NOT PUBLISHED after its transaction committed; "
-                              "send it again. Message: %s", job_id, queue, op,
-                              body.decode("utf-8", "replace"))
+                log.exception(
+                    "job %s (queue %s): %s NOT PUBLISHED after its transaction committed; send it again. Message: %s",
+                    job_id,
+                    queue,
+                    op,
+                    body.decode("utf-8", "replace"),
+                )
             else:
                 log.debug("job %s (queue %s): %s published after commit", job_id, queue, op)
 
@@ -109,7 +112,7 @@ class _Savepoint:
         self.size = size
 
     def rollback(self) -> None:
-        del self.pending.messages[self.size:]
+        del self.pending.messages[self.size :]
 
 
 def current_transaction(request: Any = None, manager: Any = None) -> Any:

@@ -81,7 +81,6 @@ def jobstore_url(kind: str, var: Path) -> str:
     raise ValueError(kind)
 
 
-
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
     """Poll *predicate* until it is true; fail the test after *timeout* seconds."""
     deadline = time.monotonic() + timeout
@@ -90,6 +89,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     raise AssertionError("condition not met in time")
+
 
 def run_combined(settings: dict[str, str], then: Callable[[Any], Any] | None = None) -> None:
     """Build an application with *settings* in combined mode, run one job to
@@ -152,8 +152,9 @@ def drop_tables() -> Iterator[list[tuple[str, str]]]:
         engine = sa.create_engine(url)
         try:
             with engine.begin() as conn:
-                names = conn.execute(sa.text(
-                    "select tablename from pg_tables where tablename like :p"), {"p": f"{prefix.lower()}%"}).scalars()
+                names = conn.execute(
+                    sa.text("select tablename from pg_tables where tablename like :p"), {"p": f"{prefix.lower()}%"}
+                ).scalars()
                 for name in list(names):
                     conn.execute(sa.text(f'drop table if exists "{name}" cascade'))
         finally:

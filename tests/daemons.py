@@ -54,8 +54,9 @@ format = SAMPLELOG %(asctime)s %(levelname)s [%(name)s][%(threadName)s] %(messag
 """
 
 
-def write_ini(path: Path, settings: Mapping[str, str], app: str = "call:integration.sampleapp:main",
-              name: str = "main") -> Path:
+def write_ini(
+    path: Path, settings: Mapping[str, str], app: str = "call:integration.sampleapp:main", name: str = "main"
+) -> Path:
     """An INI file with an ``[app:NAME]`` of *settings* and logging to stderr."""
     lines = [f"[app:{name}]", f"use = {app}"]
     lines += [f"{key} = {str(value).replace('%', '%%')}" for key, value in settings.items()]
@@ -73,8 +74,13 @@ def pscheduler_argv(script: bool = False) -> list[str]:
     return [sys.executable, "-m", "pyramid_scheduler.scripts"]
 
 
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = DEADLINE,
-               interval: float = 0.05, alive: Iterable[Daemon] = ()) -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    what: str,
+    timeout: float = DEADLINE,
+    interval: float = 0.05,
+    alive: Iterable[Daemon] = (),
+) -> T:
     """Poll *predicate* until it returns something true and return that.
 
     Fails after *timeout* seconds, or as soon as one of the *alive* daemons
@@ -87,8 +93,10 @@ def wait_until(predicate: Callable[[], T], what: str, timeout: float = DEADLINE,
             return value
         for daemon in alive:
             if not daemon.alive:
-                pytest.fail(f"while waiting for {what}: pscheduler pid {daemon.pid} exited with "
-                            f"{daemon.proc.returncode}\n{daemon.log()}")
+                pytest.fail(
+                    f"while waiting for {what}: pscheduler pid {daemon.pid} exited with "
+                    f"{daemon.proc.returncode}\n{daemon.log()}"
+                )
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
         time.sleep(interval)
@@ -98,9 +106,14 @@ class Daemon:
     """A ``pscheduler`` subprocess in a process group of its own; its stdout
     and stderr go to *log_path*; *env* is added to the environment."""
 
-    def __init__(self, argv: list[str], log_path: Path, cwd: Path,
-                 env: Mapping[str, str] | None = None,
-                 preexec_fn: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: Path,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.argv = argv
         self.log_path = log_path
         environ = dict(os.environ)
@@ -109,13 +122,26 @@ class Daemon:
         environ.pop("PSCHEDULER_SUPERVISED", None)
         environ.update(env or {})
         self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=cwd, env=environ,
-                                     start_new_session=True, preexec_fn=preexec_fn)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=environ,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
 
     @classmethod
-    def start(cls, ini: Path, *args: str, env: Mapping[str, str] | None = None,
-              script: bool = False, preexec_fn: Callable[[], object] | None = None) -> Daemon:
+    def start(
+        cls,
+        ini: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        script: bool = False,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> Daemon:
         """``pscheduler INI *args``, logging next to *ini*; *preexec_fn* runs
         in the child before it starts (e.g. to set resource limits)."""
         log_path = ini.with_name(f"{ini.stem}.{time.monotonic_ns()}.log")
@@ -134,12 +160,12 @@ class Daemon:
 
     def wait_log(self, text: str, timeout: float = DEADLINE) -> str:
         """Wait until *text* is in the log; the log."""
+
         def found() -> str | None:
             log = self.log()
             return log if text in log else None
 
-        return wait_until(found,
-                          f"{text!r} in the log of pscheduler pid {self.pid}", timeout, alive=(self,))
+        return wait_until(found, f"{text!r} in the log of pscheduler pid {self.pid}", timeout, alive=(self,))
 
     def wait_consuming(self, timeout: float = DEADLINE) -> Daemon:
         """Wait until the daemon holds its lease and consumes."""

@@ -50,8 +50,7 @@ class TCPProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), name="tcpproxy-pump",
-                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream), name="tcpproxy-pump", daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         selector = selectors.DefaultSelector()

@@ -51,9 +51,13 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    settings = {"scheduler.combined": "true", "scheduler.jobstore.url": url,
-                "scheduler.broker.url": url if request.param == "sqlite" else f"sqlite:///{tmp_path}/b.sqlite",
-                "scheduler.jobstore.tablename_prefix": prefix, "scheduler.lease.ttl": "3"}
+    settings = {
+        "scheduler.combined": "true",
+        "scheduler.jobstore.url": url,
+        "scheduler.broker.url": url if request.param == "sqlite" else f"sqlite:///{tmp_path}/b.sqlite",
+        "scheduler.jobstore.tablename_prefix": prefix,
+        "scheduler.lease.ttl": "3",
+    }
     engine = sa.create_engine(url)
     Base.metadata.create_all(engine)
     try:
@@ -83,7 +87,8 @@ def test_autogenerate_leaves_the_scheduler_tables_alone(shared_db: tuple[str, di
     # Without the hooks Alembic would drop every table of the scheduler ...
     dropped = {d[1].name for d in diffs(url) if d[0] == "remove_table"}
     assert {f"{prefix}jobs", f"{prefix}runs", f"{prefix}leases", f"{prefix}aps_default"} <= {
-        name.lower() for name in dropped} | dropped
+        name.lower() for name in dropped
+    } | dropped
     # ... with them, nothing: the application's own model is in step.
     assert diffs(url, **hooks.filters(settings)) == []
 

@@ -19,9 +19,26 @@ def test_bench_quick_raw_redis(tmp_path):
     require_service("redis")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "raw-redis", "--drain", "300", "--latency", "40",
-         "--no-plots", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "raw-redis",
+            "--drain",
+            "300",
+            "--latency",
+            "40",
+            "--no-plots",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
     raw = results["systems"]["raw-redis"]

@@ -80,9 +80,11 @@ def test_a_clock_jump_of_30_days_plans_a_bounded_number_of_runs(coalesce):
     tracemalloc.stop()
 
     due = int((now - behind) / timedelta(seconds=1)) + 1
-    print(f"\nclock jump of 30 days, interval 1 s, coalesce={coalesce}: {due} fire times due; "
-          f"planned in {elapsed * 1000:.1f} ms, {trigger.calls} trigger calls, "
-          f"peak memory {peak / 1024:.0f} KiB, {len(runs)} run(s) handed to the executor")
+    print(
+        f"\nclock jump of 30 days, interval 1 s, coalesce={coalesce}: {due} fire times due; "
+        f"planned in {elapsed * 1000:.1f} ms, {trigger.calls} trigger calls, "
+        f"peak memory {peak / 1024:.0f} KiB, {len(runs)} run(s) handed to the executor"
+    )
     assert trigger.calls < 200  # not millions: bounded whatever the gap
     assert peak < 2 * 1024 * 1024
     latest = runs[-1]
@@ -104,8 +106,7 @@ def test_a_clock_jump_of_30_days_plans_a_bounded_number_of_runs(coalesce):
 
 def test_a_clock_jump_on_a_cron_job_is_bounded_too():
     now = datetime.now(UTC)
-    trigger = counting(build_trigger({"type": "cron", "timezone": "Europe/Berlin",
-                                             "minute": "*"}, UTC))
+    trigger = counting(build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": "*"}, UTC))
     runs = plan_run_times(trigger, now - timedelta(days=30), now, True, limit=10)
     assert trigger.calls < 100
     assert len(runs) == 1 and len(runs[0].skipped) == 11
@@ -129,8 +130,9 @@ def run_daemon_loop(trigger, start, end, step, coalesce=True):
             assert not fired or runs[0].astimezone(UTC) > fired[-1].astimezone(UTC), (runs, fired[-1])
             fired.extend(run.plain() for run in runs)
             following = trigger.get_next_fire_time(runs[-1], clock)
-            assert following is None or following.astimezone(UTC) > clock.astimezone(UTC), \
+            assert following is None or following.astimezone(UTC) > clock.astimezone(UTC), (
                 f"spins at {clock}: next {following}"
+            )
             next_run = following
         clock = (clock.astimezone(UTC) + step).astimezone(BERLIN)  # real time, not wall time
     return fired
@@ -217,10 +219,14 @@ def test_catch_up_job_has_apschedulers_layout():
     assert isinstance(ScheduledRun.of(datetime.now(UTC)), datetime)
 
 
-@pytest.mark.parametrize("spec", [
-    {"type": "interval", "timezone": "UTC", "seconds": 1},
-    {"type": "cron", "timezone": "Europe/Berlin", "second": "*"},
-], ids=["interval", "cron"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "interval", "timezone": "UTC", "seconds": 1},
+        {"type": "cron", "timezone": "Europe/Berlin", "second": "*"},
+    ],
+    ids=["interval", "cron"],
+)
 def test_next_run_times_derived_from_a_planned_run_are_plain_datetimes(spec):
     """APScheduler stores trigger.get_next_fire_time(run_times[-1], now) in
     the job store, whose rows the restricted unpickler loads: a datetime
@@ -228,8 +234,12 @@ def test_next_run_times_derived_from_a_planned_run_are_plain_datetimes(spec):
     now = datetime.now(UTC)
     trigger = build_trigger(spec, UTC, anchor=now - timedelta(seconds=10))
     run = ScheduledRun.of(trigger.get_next_fire_time(None, now - timedelta(seconds=5)))
-    derived = [trigger.get_next_fire_time(run, now), run + timedelta(seconds=1),
-               run.astimezone(BERLIN), run.replace(microsecond=0)]
+    derived = [
+        trigger.get_next_fire_time(run, now),
+        run + timedelta(seconds=1),
+        run.astimezone(BERLIN),
+        run.replace(microsecond=0),
+    ]
     assert [type(value) for value in derived] == [datetime] * 4
     state = pickle.dumps({"next_run_time": derived[0], "run": run})
     assert JobUnpickler(io.BytesIO(state)).load() == {"next_run_time": derived[0], "run": run.plain()}
@@ -237,13 +247,22 @@ def test_next_run_times_derived_from_a_planned_run_are_plain_datetimes(spec):
 
 # -- the policies in a real engine ------------------------------------------------------
 
+
 def overdue_interval(job_id, sent_ago, fires, **options):
     """An interval job of 1 s accepted *sent_ago* seconds ago whose schedule
     has *fires* fire times, all in the past: the daemon reads it only now."""
     sent = datetime.now(UTC) - timedelta(seconds=sent_ago)
     spec = trigger_spec("interval", UTC, end_date=sent + timedelta(seconds=fires), seconds=1)
-    return JobRequest(op="add", id=job_id, queue="jobs", func="test_engine:record", args=[job_id],
-                      trigger=spec, sent_at=sent.isoformat(), options=options)
+    return JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func="test_engine:record",
+        args=[job_id],
+        trigger=spec,
+        sent_at=sent.isoformat(),
+        options=options,
+    )
 
 
 def test_catch_up_policies_in_the_engine(engine_factory):  # noqa: F811 - the fixture
@@ -274,8 +293,13 @@ def test_catch_up_default_comes_from_the_settings(engine_factory):  # noqa: F811
     engine, events = engine_factory(misfire_grace_time=60, catch_up="once")
     engine.submit(overdue_interval("default-once", sent_ago=600, fires=3))
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "default-once"))
-    assert types_for(events, "default-once") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_MISSED,
-                                                 Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert types_for(events, "default-once") == [
+        Event.JOB_CREATED,
+        Event.JOB_MISSED,
+        Event.JOB_MISSED,
+        Event.JOB_EXECUTED,
+        Event.JOB_REMOVED,
+    ]
     # A job that sets its own grace keeps the policy that uses it (skip).
     engine.submit(overdue_interval("own-grace", sent_ago=600, fires=3, misfire_grace_time=30))
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "own-grace"))
@@ -286,11 +310,17 @@ def test_catch_up_with_the_memory_job_store(engine_factory):  # noqa: F811 - the
     engine, events = engine_factory(misfire_grace_time=60, **{"jobstore.url": "memory"})
     engine.submit(overdue_interval("memory-once", sent_ago=600, fires=3, catch_up="once"))
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "memory-once"))
-    assert types_for(events, "memory-once") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_MISSED,
-                                                Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert types_for(events, "memory-once") == [
+        Event.JOB_CREATED,
+        Event.JOB_MISSED,
+        Event.JOB_MISSED,
+        Event.JOB_EXECUTED,
+        Event.JOB_REMOVED,
+    ]
 
 
 # -- refused early, with the name --------------------------------------------------------
+
 
 @pytest.fixture
 def proxy(tmp_path):
@@ -302,17 +332,29 @@ def proxy(tmp_path):
     config.registry.scheduler.close()
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up="sometimes"), "catch_up: expected one of"),
-    (lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up=True), "catch_up: expected str"),
-    (lambda p: p.add_date_job(record, args=["x"], date=time.time() + 60, catch_up="once"),
-     "catch_up: not an option of date"),
-    (lambda p: p.add_async_job(record, args=["x"], catch_up="all"), "catch_up: not an option of now"),
-    (lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="all", misfire_grace_time=30),
-     "misfire_grace_time: has no effect with catch_up='all'"),
-    (lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="once", coalesce=False),
-     "coalesce: has no effect with catch_up='once'"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up="sometimes"),
+            "catch_up: expected one of",
+        ),
+        (lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up=True), "catch_up: expected str"),
+        (
+            lambda p: p.add_date_job(record, args=["x"], date=time.time() + 60, catch_up="once"),
+            "catch_up: not an option of date",
+        ),
+        (lambda p: p.add_async_job(record, args=["x"], catch_up="all"), "catch_up: not an option of now"),
+        (
+            lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="all", misfire_grace_time=30),
+            "misfire_grace_time: has no effect with catch_up='all'",
+        ),
+        (
+            lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="once", coalesce=False),
+            "coalesce: has no effect with catch_up='once'",
+        ),
+    ],
+)
 def test_bad_catch_up_is_refused_at_add_time(proxy, call, message):
     with pytest.raises(InvalidJob, match=message):
         call(proxy)
@@ -327,8 +369,10 @@ def test_catch_up_travels_on_the_wire(proxy):
 
 def test_bad_catch_up_is_refused_at_the_door():
     request = overdue_interval("x", 10, 3).to_wire()
-    for options, message in (({"catch_up": "never"}, "catch_up: expected one of"),
-                             ({"catch_up": 1}, "option 'catch_up' has type int")):
+    for options, message in (
+        ({"catch_up": "never"}, "catch_up: expected one of"),
+        ({"catch_up": 1}, "option 'catch_up' has type int"),
+    ):
         with pytest.raises(InvalidMessage, match=message):
             decode({**request, "options": options})
     date_request = {**request, "trigger": trigger_spec("date", UTC, run_date=datetime.now(UTC))}
@@ -336,11 +380,14 @@ def test_bad_catch_up_is_refused_at_the_door():
         decode({**date_request, "options": {"catch_up": "once"}})
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("catch_up", "later", "scheduler.catch_up = 'later': expected 'skip'"),
-    ("catch_up_limit", "0", "scheduler.catch_up_limit = '0': expected a whole number of at least 1"),
-    ("catch_up_limit", "many", "scheduler.catch_up_limit = 'many': expected a whole number"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("catch_up", "later", "scheduler.catch_up = 'later': expected 'skip'"),
+        ("catch_up_limit", "0", "scheduler.catch_up_limit = '0': expected a whole number of at least 1"),
+        ("catch_up_limit", "many", "scheduler.catch_up_limit = 'many': expected a whole number"),
+    ],
+)
 def test_bad_catch_up_settings_are_refused_with_their_name(key, value, message):
     with pytest.raises(ConfigurationError, match=message):
         parse_settings({f"scheduler.{key}": value})

@@ -34,7 +34,6 @@ def waiting(settings):
         return queue.queue_declare(passive=True).message_count
 
 
-
 @pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
 def test_messages_already_delivered_are_stored_together(tmp_var, broker, drop_tables):
     settings = make_settings(tmp_var, broker=broker, store="postgresql" if broker != "sqlite" else "sqlite")
@@ -54,6 +53,7 @@ def test_messages_already_delivered_are_stored_together(tmp_var, broker, drop_ta
         def seen(conn, cursor, statement, *_):
             if statement.startswith(f"INSERT INTO {ledger.jobs.name} "):
                 inserts.append(statement)
+
         sa.event.listen(ledger.engine, "before_cursor_execute", seen)
         service.start_thread()
         try:

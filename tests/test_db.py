@@ -22,8 +22,16 @@ def pg_ledger():
 
 
 def request(job_id):
-    return {"id": job_id, "queue": "jobs", "func": "m:f", "trigger": {"type": "now"}, "mid": f"m-{job_id}",
-            "args": [], "kwargs": {}, "options": {}}
+    return {
+        "id": job_id,
+        "queue": "jobs",
+        "func": "m:f",
+        "trigger": {"type": "now"},
+        "mid": f"m-{job_id}",
+        "args": [],
+        "kwargs": {},
+        "options": {},
+    }
 
 
 def test_run_writes_are_planned_each_time_not_by_a_plan_made_when_the_tables_were_small(pg_ledger):
@@ -39,7 +47,7 @@ def test_run_writes_are_planned_each_time_not_by_a_plan_made_when_the_tables_wer
     # The driver prepares a statement run five times; PostgreSQL would then
     # keep a generic plan made for these few rows.
     for first in range(0, len(jobs), 3):
-        batch = jobs[first:first + 3]
+        batch = jobs[first : first + 3]
         ends = [ledger.finish_params(job, f"{job}@1", "done", True, None, None, None, stamp) for job in previous]
         written = ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in batch], ends)
         assert written == {f"{job}@1" for job in batch + previous}
@@ -48,8 +56,8 @@ def test_run_writes_are_planned_each_time_not_by_a_plan_made_when_the_tables_wer
         # Still one session after the pool's rollback: the setting holds.
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
         plans = conn.exec_driver_sql(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE 'WITH marked%%'").all()
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH marked%%'"
+        ).all()
     assert plans and all(generic == 0 and custom >= 5 for generic, custom in plans), plans
     assert ledger.get_job("p0")["status"] == "done" and ledger.get_job(jobs[-1])["status"] == "running"
 

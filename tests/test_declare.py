@@ -28,8 +28,7 @@ def config(tmp_var: Path):
 
 def test_directive_declares_with_a_stable_id(config, tmp_var):
     config.add_scheduled_job(jobs.record, minutes=10, args=["oracle", "t"])
-    config.add_scheduled_job("integration.sampleapp.jobs.fail", cron="*/5 * * * *", id="five",
-                             args=["oracle", "f"])
+    config.add_scheduled_job("integration.sampleapp.jobs.fail", cron="*/5 * * * *", id="five", args=["oracle", "f"])
     config.commit()
     declared = config.registry.scheduler.declared
     assert sorted(declared) == ["five", "integration.sampleapp.jobs:record"]
@@ -62,15 +61,18 @@ def test_duplicate_ids_conflict(config):
         config.commit()
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"cron": "61 * * * *", "id": "bad-cron"}, "scheduled job bad-cron: .*"),
-    ({"minutes": 1, "args": ["only-one"], "id": "bad-args"}, "scheduled job bad-args: func .*tag"),
-    ({"minutes": 1, "cron": "* * * * *"}, "exactly one"),
-    ({"args": ["o", "t"]}, "give trigger="),
-    ({"trigger": "weekly", "minutes": 1}, "trigger: expected one of cron, interval, date"),
-    ({"minutes": 1, "args": ["o", "t"], "immediate": True, "id": "imm"}, "never published"),
-    ({"minutes": 1, "args": ["o", "t"], "queue": "nope", "id": "q"}, "scheduled job q: .*nope"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"cron": "61 * * * *", "id": "bad-cron"}, "scheduled job bad-cron: .*"),
+        ({"minutes": 1, "args": ["only-one"], "id": "bad-args"}, "scheduled job bad-args: func .*tag"),
+        ({"minutes": 1, "cron": "* * * * *"}, "exactly one"),
+        ({"args": ["o", "t"]}, "give trigger="),
+        ({"trigger": "weekly", "minutes": 1}, "trigger: expected one of cron, interval, date"),
+        ({"minutes": 1, "args": ["o", "t"], "immediate": True, "id": "imm"}, "never published"),
+        ({"minutes": 1, "args": ["o", "t"], "queue": "nope", "id": "q"}, "scheduled job q: .*nope"),
+    ],
+)
 def test_bad_declarations_fail_at_the_directive(config, params, message):
     with pytest.raises(ConfigurationError, match=message):
         config.add_scheduled_job(jobs.record, **params)
@@ -80,8 +82,7 @@ def test_scan_finds_decorated_jobs(config):
     config.scan("integration.sampleapp.scheduled")
     config.commit()
     declared = config.registry.scheduler.declared
-    assert sorted(declared) == ["cleanup", "integration.sampleapp.scheduled:every_five_minutes",
-                                "nightly-report"]
+    assert sorted(declared) == ["cleanup", "integration.sampleapp.scheduled:every_five_minutes", "nightly-report"]
     assert declared["cleanup"].trigger["minutes"] == 10 and declared["cleanup"].options["coalesce"] is True
     assert declared["nightly-report"].trigger["crontab"] == "0 3 * * *"
     # The request parameter is the runner's: not part of the declaration.
@@ -94,8 +95,9 @@ def test_a_declaration_moved_to_another_queue_moves(tmp_var, caplog):
     def start(queues, queue, broken=False):
         with Configurator(settings=settings) as config:
             config.include("pyramid_scheduler")
-            config.add_scheduled_job(jobs.record, id="weekly", crontab="0 3 * * mon", queue=queue,
-                                     args=["oracle", "weekly"])
+            config.add_scheduled_job(
+                jobs.record, id="weekly", crontab="0 3 * * mon", queue=queue, args=["oracle", "weekly"]
+            )
         proxy = config.registry.scheduler
         if broken:  # stored by a daemon whose code lost the function
             proxy.declared["broken"] = replace(proxy.declared["weekly"], id="broken", func="nowhere:gone")

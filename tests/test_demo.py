@@ -18,8 +18,10 @@ from pyramid_scheduler.demo import main
 
 @pytest.fixture
 def app(tmp_var: Path) -> Iterator[webtest.TestApp]:
-    settings = make_settings(tmp_var, **{"combined": "true", "allowed_modules": "pyramid_scheduler.demo",
-                                         "secret": "s" * 32, "lease.ttl": "3"})
+    settings = make_settings(
+        tmp_var,
+        **{"combined": "true", "allowed_modules": "pyramid_scheduler.demo", "secret": "s" * 32, "lease.ttl": "3"},
+    )
     settings["demo.title"] = "demo under test"
     wsgi = main({}, **settings)
     test_app = webtest.TestApp(wsgi)
@@ -41,8 +43,9 @@ def record(app: webtest.TestApp, job_id: str) -> dict[str, Any] | None:
     return jobs.get(job_id)
 
 
-def wait_for(app: webtest.TestApp, job_id: str, statuses: set[str], min_runs: int = 0,
-             timeout: float = 20) -> dict[str, Any]:
+def wait_for(
+    app: webtest.TestApp, job_id: str, statuses: set[str], min_runs: int = 0, timeout: float = 20
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         job = record(app, job_id)

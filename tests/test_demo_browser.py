@@ -54,8 +54,10 @@ def demo_url(tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "demo.ini"
     config.write_text(ini)
     log = (tmp_path / "demo.log").open("w")
-    procs = [subprocess.Popen([str(BIN / name), str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-             for name in ("pscheduler", "pserve")]
+    procs = [
+        subprocess.Popen([str(BIN / name), str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        for name in ("pscheduler", "pserve")
+    ]
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -102,7 +104,8 @@ def test_schedule_jobs_from_the_page_and_see_them_run(demo_url: str) -> None:
             expect(ticking.locator("td").nth(5)).not_to_have_text("0", timeout=20_000)
             ticking.get_by_role("button", name="Cancel").click()
             expect(page.locator("#jobs tbody tr", has_text="every 0.5 s")).to_have_attribute(
-                "data-status", "canceled", timeout=20_000)
+                "data-status", "canceled", timeout=20_000
+            )
 
             page.check("input[name=when][value=cron]")
             page.fill("input[name=crontab]", "61 * * * *")

@@ -8,8 +8,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 
 def test_retrying_example(tmp_path):
-    done = subprocess.run([sys.executable, str(EXAMPLES / "retrying.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "retrying.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "done after 3 runs; retries left: 1 result: {'currency': 'EUR', 'rate': 1.08}"

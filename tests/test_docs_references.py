@@ -21,7 +21,8 @@ DOC_ROLE = re.compile(r":doc:`(?:[^`<]*<)?([^`>]+)>?`")
 #: A path into the repository written out in text: under one of its folders,
 #: with a file extension (``docs/settings.rst``, ``pyramid_scheduler/due.py``).
 REPO_PATH = re.compile(
-    r"(?<![\w/.-])((?:docs|pyramid_scheduler|tests|bench|constraints)/[\w./-]*\.(?:rst|py|ini|txt|json))")
+    r"(?<![\w/.-])((?:docs|pyramid_scheduler|tests|bench|constraints)/[\w./-]*\.(?:rst|py|ini|txt|json))"
+)
 #: Paths that name what the reader makes, not what the repository holds.
 NOT_IN_REPO = {"docs/_build", "docs/_bench"}
 

@@ -32,12 +32,19 @@ PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
 
 #: (zone, the instant of the change in UTC) for each change of 2026.
-AUTUMN = [(PARIS, datetime(2026, 10, 25, 1, tzinfo=UTC)),      # 03:00 CEST -> 02:00 CET
-          (NEW_YORK, datetime(2026, 11, 1, 6, tzinfo=UTC))]    # 02:00 EDT -> 01:00 EST
-SPRING = [(PARIS, datetime(2026, 3, 29, 1, tzinfo=UTC)),       # 02:00 CET -> 03:00 CEST
-          (NEW_YORK, datetime(2026, 3, 8, 7, tzinfo=UTC))]     # 02:00 EST -> 03:00 EDT
-CHANGES = [pytest.param(zone, at, id=f"{zone.key}-{kind}")
-           for kind, changes in (("autumn", AUTUMN), ("spring", SPRING)) for zone, at in changes]
+AUTUMN = [
+    (PARIS, datetime(2026, 10, 25, 1, tzinfo=UTC)),  # 03:00 CEST -> 02:00 CET
+    (NEW_YORK, datetime(2026, 11, 1, 6, tzinfo=UTC)),
+]  # 02:00 EDT -> 01:00 EST
+SPRING = [
+    (PARIS, datetime(2026, 3, 29, 1, tzinfo=UTC)),  # 02:00 CET -> 03:00 CEST
+    (NEW_YORK, datetime(2026, 3, 8, 7, tzinfo=UTC)),
+]  # 02:00 EST -> 03:00 EDT
+CHANGES = [
+    pytest.param(zone, at, id=f"{zone.key}-{kind}")
+    for kind, changes in (("autumn", AUTUMN), ("spring", SPRING))
+    for zone, at in changes
+]
 AUTUMN_ONLY = [pytest.param(zone, at, id=zone.key) for zone, at in AUTUMN]
 
 
@@ -50,6 +57,7 @@ def in_second_pass(zone: ZoneInfo, change: datetime, minutes: int) -> datetime:
 
 
 # -- the scheduler thread's window (due.py) -----------------------------------------
+
 
 class StubStore:
     """What DueScheduler._process_window asks of a queue's job store."""
@@ -110,11 +118,12 @@ def test_due_window_holds_a_job_due_in_the_second_pass_until_its_time(zone, chan
 
 # -- catch-up (catchup.py) --------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("zone", "change"), AUTUMN_ONLY)
 def test_catch_up_counts_missed_interval_runs_by_real_time(zone, change):
     trigger = IntervalTrigger(minutes=15, start_date=change - timedelta(hours=2), timezone=zone)
-    first = (change - timedelta(minutes=15)).astimezone(zone)   # 02:45 CEST (01:45 EDT)
-    last = in_second_pass(zone, change, 45)                      # 02:45 CET (01:45 EST)
+    first = (change - timedelta(minutes=15)).astimezone(zone)  # 02:45 CEST (01:45 EDT)
+    last = in_second_pass(zone, change, 45)  # 02:45 CET (01:45 EST)
     assert count_between(trigger, first, last) == 5
     # A span summarised past the limit ends a real interval before the latest run.
     start = (change - timedelta(hours=1)).astimezone(zone)
@@ -126,6 +135,7 @@ def test_catch_up_counts_missed_interval_runs_by_real_time(zone, change):
 
 
 # -- retries (retries.py) and an interval's first fire time (messages.py) --------------
+
 
 @pytest.mark.parametrize(("zone", "change"), AUTUMN_ONLY)
 def test_retry_is_due_its_delay_after_the_failure(zone, change):
@@ -149,13 +159,22 @@ def test_interval_without_start_counts_from_acceptance_in_real_time(zone, change
 
 # -- previews (schedules.py) -----------------------------------------------------------
 
+
 @pytest.mark.parametrize(("zone", "change"), CHANGES)
 def test_interval_preview_is_every_15_real_minutes_through_the_change(zone, change):
-    trigger = build_trigger({"type": "interval", "timezone": zone.key, "minutes": 15,
-                             "start_date": (change - timedelta(hours=1)).isoformat()}, zone)
+    trigger = build_trigger(
+        {
+            "type": "interval",
+            "timezone": zone.key,
+            "minutes": 15,
+            "start_date": (change - timedelta(hours=1)).isoformat(),
+        },
+        zone,
+    )
     times = fire_times(trigger, change - timedelta(minutes=50), 8, zone)
-    assert [t.astimezone(UTC) for t in times] == [change - timedelta(minutes=45) + i * timedelta(minutes=15)
-                                                    for i in range(8)]
+    assert [t.astimezone(UTC) for t in times] == [
+        change - timedelta(minutes=45) + i * timedelta(minutes=15) for i in range(8)
+    ]
     assert all(t.tzinfo is zone for t in times)
 
 
@@ -188,13 +207,15 @@ def test_fake_clock_runs_interval_date_retry_and_cron_jobs_through_the_change(zo
     scheduler = make_scheduler(zone)
     start = change - timedelta(hours=1, minutes=5)
     scheduler.clock.set(start)
-    scheduler.add_interval_job(work, args=["every-15"], minutes=15,
-                               start_date=change - timedelta(hours=1), id="every-15")
+    scheduler.add_interval_job(
+        work, args=["every-15"], minutes=15, start_date=change - timedelta(hours=1), id="every-15"
+    )
     date_at = change + timedelta(minutes=20)  # in the second pass in autumn
     scheduler.add_date_job(work, date_at.astimezone(zone).isoformat(), args=["date"], id="date")
     # Fails 10 minutes before the change; its retry is due 15 minutes later.
-    scheduler.add_date_job(flaky, change - timedelta(minutes=10), args=["retry"], id="retry",
-                           retries=1, retry_delay=900)
+    scheduler.add_date_job(
+        flaky, change - timedelta(minutes=10), args=["retry"], id="retry", retries=1, retry_delay=900
+    )
     scheduler.add_cron_job(work, args=["cron"], crontab="30 * * * *", id="cron")
 
     runs = scheduler.clock.advance(hours=2, minutes=10)
@@ -227,14 +248,18 @@ def test_fake_clock_advances_by_real_time_after_a_run_in_the_second_pass(zone, c
     runs = scheduler.clock.advance(minutes=20)
     assert scheduler.clock.now() == change + timedelta(minutes=30)
     assert [run["scheduled_run_time"].timestamp() for run in runs] == [
-        (change + timedelta(minutes=m)).timestamp() for m in (20, 30)]
+        (change + timedelta(minutes=m)).timestamp() for m in (20, 30)
+    ]
     assert CALLS == ["tick"] * 3
 
 
-@pytest.mark.parametrize(("zone", "change", "local"), [
-    pytest.param(PARIS, SPRING[0][1], "03:30", id="spring"),
-    pytest.param(PARIS, AUTUMN[0][1], "02:30", id="autumn"),
-])
+@pytest.mark.parametrize(
+    ("zone", "change", "local"),
+    [
+        pytest.param(PARIS, SPRING[0][1], "03:30", id="spring"),
+        pytest.param(PARIS, AUTUMN[0][1], "02:30", id="autumn"),
+    ],
+)
 def test_fake_clock_daily_cron_in_the_changed_hour_runs_once(zone, change, local):
     """``30 2 * * *``: 03:30 CEST on the spring day (02:30 does not exist:
     the same distance after the change), 02:30 CEST once on the autumn day."""
@@ -245,8 +270,9 @@ def test_fake_clock_daily_cron_in_the_changed_hour_runs_once(zone, change, local
     assert [run["scheduled_run_time"].astimezone(zone).strftime("%H:%M") for run in runs] == [local]
 
 
-@pytest.mark.parametrize(("crontab", "local"), [("30 2 * * *", "03:30"), ("0 2 * * *", "03:00"),
-                                                ("30 3 * * *", "03:30")])
+@pytest.mark.parametrize(
+    ("crontab", "local"), [("30 2 * * *", "03:30"), ("0 2 * * *", "03:00"), ("30 3 * * *", "03:30")]
+)
 def test_fake_clock_cron_in_the_skipped_hour_runs_as_far_after_the_change(crontab, local):
     zone, change = SPRING[0]
     scheduler = make_scheduler(zone)
@@ -256,11 +282,14 @@ def test_fake_clock_cron_in_the_skipped_hour_runs_as_far_after_the_change(cronta
     assert run["scheduled_run_time"].astimezone(zone).strftime("%H:%M %Z") == f"{local} CEST"
 
 
-@pytest.mark.parametrize(("when", "change", "utc"), [
-    pytest.param("2026-03-29T02:30:00", SPRING[0][1], "01:30", id="skipped-hour"),
-    pytest.param("2026-10-25T02:30:00", AUTUMN[0][1], "00:30", id="repeated-hour-first-pass"),
-    pytest.param("2026-10-25T02:30:00+01:00", AUTUMN[0][1], "01:30", id="repeated-hour-second-pass"),
-])
+@pytest.mark.parametrize(
+    ("when", "change", "utc"),
+    [
+        pytest.param("2026-03-29T02:30:00", SPRING[0][1], "01:30", id="skipped-hour"),
+        pytest.param("2026-10-25T02:30:00", AUTUMN[0][1], "00:30", id="repeated-hour-first-pass"),
+        pytest.param("2026-10-25T02:30:00+01:00", AUTUMN[0][1], "01:30", id="repeated-hour-second-pass"),
+    ],
+)
 def test_fake_clock_date_given_as_a_wall_time_around_a_change(when, change, utc):
     """A naive time is read in scheduler.timezone: in the skipped hour with
     the offset before the change, in the repeated hour as the first pass."""

@@ -128,8 +128,9 @@ def test_a_holder_whose_lease_lapsed_does_not_hand_over_a_job_it_loaded(engine_f
 
 
 @pytest.mark.parametrize("kind", ["date", "interval"])
-def test_rows_a_crashed_daemon_did_not_write_are_settled_without_a_second_run(engine_factory, proxy_factory,
-                                                                              monkeypatch, kind):
+def test_rows_a_crashed_daemon_did_not_write_are_settled_without_a_second_run(
+    engine_factory, proxy_factory, monkeypatch, kind
+):
     """A run done, its row not yet written when the daemon died: after the
     restart, past the job's misfire grace, the run is neither run again nor
     recorded missed."""

@@ -89,12 +89,15 @@ def engine_factory(proxy_factory):
 
 def add(func, kind="now", when=None, job_id=None, queue="jobs", **fields):
     when = when or datetime.now(UTC)
-    spec = (trigger_spec(kind, UTC, run_date=when) if kind in ("now", "date")
-            else trigger_spec(kind, UTC, start_date=when, **fields))
+    spec = (
+        trigger_spec(kind, UTC, run_date=when)
+        if kind in ("now", "date")
+        else trigger_spec(kind, UTC, start_date=when, **fields)
+    )
     ref = f"test_engine:{func.__name__}"
-    return JobRequest(op="add", id=job_id or f"j{time.time_ns()}", queue=queue, func=ref,
-                      args=[job_id or "x"], trigger=spec)
-
+    return JobRequest(
+        op="add", id=job_id or f"j{time.time_ns()}", queue=queue, func=ref, args=[job_id or "x"], trigger=spec
+    )
 
 
 def types_for(events, job_id):
@@ -158,8 +161,9 @@ def test_live_job_id_is_idempotent(engine_factory):
 def test_cancel_during_a_run_waits_for_the_run_event(engine_factory):
     engine, events = engine_factory()
     # First run in 0.3 s, the next in an hour: none falls due while the gate holds it.
-    engine.submit(add(wait_gate, kind="interval", job_id="c1", seconds=3600,
-                      when=datetime.now(UTC) + timedelta(seconds=0.3)))
+    engine.submit(
+        add(wait_gate, kind="interval", job_id="c1", seconds=3600, when=datetime.now(UTC) + timedelta(seconds=0.3))
+    )
     wait_for(lambda: ("c1", "started") in RUNS)
     engine.submit(JobRequest(op="cancel", id="c1", queue="jobs"))
     assert engine.ledger.get_job("c1")["status"] == "canceled"
@@ -177,10 +181,16 @@ def test_a_canceled_id_reused_gets_its_full_event_sequence(engine_factory):
     engine.submit(add(record, kind="date", job_id="r1", when=datetime.now(UTC) + timedelta(hours=1)))
     assert engine.submit(JobRequest(op="cancel", id="r1", queue="jobs")) == "canceled"
     assert engine.submit(add(record, job_id="r1")) == "stored"
-    wait_for(lambda: types_for(events, "r1").count(Event.JOB_CREATED) == 2
-             and Event.JOB_REMOVED in types_for(events, "r1"))
-    assert types_for(events, "r1") == [Event.JOB_CREATED, Event.JOB_CANCELED, Event.JOB_CREATED,
-                                       Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    wait_for(
+        lambda: types_for(events, "r1").count(Event.JOB_CREATED) == 2 and Event.JOB_REMOVED in types_for(events, "r1")
+    )
+    assert types_for(events, "r1") == [
+        Event.JOB_CREATED,
+        Event.JOB_CANCELED,
+        Event.JOB_CREATED,
+        Event.JOB_EXECUTED,
+        Event.JOB_REMOVED,
+    ]
 
 
 def test_late_date_job_is_missed_visibly(engine_factory):
@@ -323,8 +333,14 @@ def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
     monkeypatch.syspath_prepend(str(tmp_path))
     proxy = proxy_factory()
     first, _ = engine_factory(proxy=proxy)
-    request = JobRequest(op="add", id=job_id, queue="jobs", func=f"{name}:later", args=[1],
-                         trigger=trigger_spec("date", UTC, run_date=datetime.now(UTC)))
+    request = JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func=f"{name}:later",
+        args=[1],
+        trigger=trigger_spec("date", UTC, run_date=datetime.now(UTC)),
+    )
     first.aps.pause()  # stored and due, not yet run
     first.submit(request)
     first.stop(timeout=1)
@@ -332,8 +348,9 @@ def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
     sys.modules.pop(name, None)
 
     engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job(job_id)["status"] == "parked"
-             and Event.JOB_PARKED in types_for(events, job_id))
+    wait_for(
+        lambda: engine.ledger.get_job(job_id)["status"] == "parked" and Event.JOB_PARKED in types_for(events, job_id)
+    )
     engine.stop(timeout=1)
     return name, module, proxy, engine, events
 
@@ -357,14 +374,21 @@ def test_parked_job_runs_under_its_alias(engine_factory, proxy_factory, tmp_path
     name, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p2")
     aliased = proxy_factory(func_aliases=f"{name}:later = {name}:renamed")
     engine, events = engine_factory(proxy=aliased)
-    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done"
-             and Event.JOB_REMOVED in types_for(events, "p2"))
+    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done" and Event.JOB_REMOVED in types_for(events, "p2"))
     record = engine.ledger.get_job("p2")
     assert record["func"] == f"{name}:renamed" and record["result"] == "10" and record["error"] is None
     assert types_for(events, "p2") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
     # New messages naming the old function are renamed on arrival too.
-    engine.submit(JobRequest(op="add", id="p3", queue="jobs", func=f"{name}:later", args=[2],
-                             trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC))))
+    engine.submit(
+        JobRequest(
+            op="add",
+            id="p3",
+            queue="jobs",
+            func=f"{name}:later",
+            args=[2],
+            trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)),
+        )
+    )
     wait_for(lambda: engine.ledger.get_job("p3")["status"] == "done")
     assert engine.ledger.get_job("p3")["result"] == "20"
 
@@ -374,8 +398,7 @@ def test_parked_job_runs_once_its_code_is_back(engine_factory, proxy_factory, tm
     module.write_text("def later(x):\n    return x + 1\n")
     sys.modules.pop(name, None)
     engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done"
-             and Event.JOB_REMOVED in types_for(events, "p4"))
+    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done" and Event.JOB_REMOVED in types_for(events, "p4"))
     assert engine.ledger.get_job("p4")["result"] == "2"
     assert types_for(events, "p4") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
@@ -427,8 +450,9 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(engine_factory, p
 
     proxy = proxy_factory()
     engine, _ = engine_factory(proxy=proxy, start=False)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     owner = f"{socket.gethostname()}:{dead.stdout.strip()}:gone"
     assert Lease(engine.ledger, ("jobs",), owner, ttl=60).try_acquire()
     assert engine.try_acquire()  # no 60 s wait: the holder's process is gone
@@ -442,10 +466,16 @@ def late_interval(job_id, sent_ago, end_ago, seconds=1):
     """An interval job accepted *sent_ago* seconds ago whose schedule ended
     *end_ago* seconds ago: the daemon reads it only now."""
     sent = datetime.now(UTC) - timedelta(seconds=sent_ago)
-    spec = trigger_spec("interval", UTC, end_date=sent + timedelta(seconds=sent_ago - end_ago),
-                        seconds=seconds)
-    return JobRequest(op="add", id=job_id, queue="jobs", func="test_engine:record", args=[job_id],
-                      trigger=spec, sent_at=sent.isoformat())
+    spec = trigger_spec("interval", UTC, end_date=sent + timedelta(seconds=sent_ago - end_ago), seconds=seconds)
+    return JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func="test_engine:record",
+        args=[job_id],
+        trigger=spec,
+        sent_at=sent.isoformat(),
+    )
 
 
 def test_recurring_job_read_after_its_end_runs_late_or_is_missed(engine_factory):
@@ -455,11 +485,19 @@ def test_recurring_job_read_after_its_end_runs_late_or_is_missed(engine_factory)
     engine, events = engine_factory(misfire_grace_time=60)
     engine.submit(late_interval("within-grace", sent_ago=10, end_ago=5))
     engine.submit(late_interval("past-grace", sent_ago=600, end_ago=500))
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "within-grace")
-             and Event.JOB_REMOVED in types_for(events, "past-grace"))
+    wait_for(
+        lambda: (
+            Event.JOB_REMOVED in types_for(events, "within-grace")
+            and Event.JOB_REMOVED in types_for(events, "past-grace")
+        )
+    )
     # Fire times 1..5 s after acceptance: the last runs, the 4 before it are coalesced.
-    assert types_for(events, "within-grace") == [Event.JOB_CREATED, *[Event.JOB_MISSED] * 4,
-                                                 Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert types_for(events, "within-grace") == [
+        Event.JOB_CREATED,
+        *[Event.JOB_MISSED] * 4,
+        Event.JOB_EXECUTED,
+        Event.JOB_REMOVED,
+    ]
     assert engine.ledger.get_job("within-grace")["status"] == "done"
     assert types_for(events, "past-grace") == [Event.JOB_CREATED, *[Event.JOB_MISSED] * 100, Event.JOB_REMOVED]
     assert len(engine.ledger.list_runs("past-grace", "missed", 1000)) == 100
@@ -494,14 +532,21 @@ def test_last_run_blocked_by_a_running_one_closes_the_job(engine_factory):
     after the running run's EXECUTED."""
     engine, events = engine_factory()
     now = datetime.now(UTC)
-    engine.submit(add(wait_gate, kind="interval", job_id="blocked", when=now - timedelta(seconds=0.4),
-                      seconds=0.5, end_date=now + timedelta(seconds=0.7)))
+    engine.submit(
+        add(
+            wait_gate,
+            kind="interval",
+            job_id="blocked",
+            when=now - timedelta(seconds=0.4),
+            seconds=0.5,
+            end_date=now + timedelta(seconds=0.7),
+        )
+    )
     wait_for(lambda: Event.JOB_MISSED in types_for(events, "blocked"))
     assert Event.JOB_REMOVED not in types_for(events, "blocked")
     GATE.set()
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "blocked"))
-    assert types_for(events, "blocked") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_EXECUTED,
-                                            Event.JOB_REMOVED]
+    assert types_for(events, "blocked") == [Event.JOB_CREATED, Event.JOB_MISSED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
     assert engine.ledger.get_job("blocked")["status"] == "missed"
 
 
@@ -511,8 +556,16 @@ def test_a_last_run_already_recorded_closes_the_job_without_running(engine_facto
     engine, events = engine_factory()
     when = datetime.now(UTC) + timedelta(seconds=1)
     engine.submit(add(record, kind="date", job_id="closed", when=when))
-    engine.ledger.finish_run("closed", run_key("closed", when), "missed", False, error="earlier daemon",
-                             scheduled_at=when.timestamp(), queue="jobs", owner="earlier")
+    engine.ledger.finish_run(
+        "closed",
+        run_key("closed", when),
+        "missed",
+        False,
+        error="earlier daemon",
+        scheduled_at=when.timestamp(),
+        queue="jobs",
+        owner="earlier",
+    )
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "closed"))
     assert types_for(events, "closed") == [Event.JOB_CREATED, Event.JOB_REMOVED]
     assert engine.ledger.get_job("closed")["status"] == "missed"
@@ -522,12 +575,23 @@ def test_a_last_run_already_recorded_closes_the_job_without_running(engine_facto
 def test_a_batch_is_carried_out_in_order_with_its_run_now_jobs_stored_together(engine_factory):
     engine, events = engine_factory()
     later = datetime.now(UTC) + timedelta(hours=1)
-    bad = JobRequest(op="add", id="bad", queue="jobs", func="test_engine:no_such_function",
-                     trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)))
+    bad = JobRequest(
+        op="add",
+        id="bad",
+        queue="jobs",
+        func="test_engine:no_such_function",
+        trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)),
+    )
     b1 = add(record, job_id="b1")
-    batch = [b1, add(record, job_id="b2"), bad,
-             add(record, kind="date", job_id="b3", when=later), JobRequest(op="cancel", id="b3", queue="jobs"),
-             add(record, job_id="b4"), b1]  # b4 with b1's message again: stored one by one
+    batch = [
+        b1,
+        add(record, job_id="b2"),
+        bad,
+        add(record, kind="date", job_id="b3", when=later),
+        JobRequest(op="cancel", id="b3", queue="jobs"),
+        add(record, job_id="b4"),
+        b1,
+    ]  # b4 with b1's message again: stored one by one
     results = engine.submit_many(batch)
     assert results[:2] == ["stored", "stored"] and results[3:] == ["stored", "canceled", "stored", "duplicate"]
     assert "no_such_function" in str(results[2])
@@ -536,7 +600,11 @@ def test_a_batch_is_carried_out_in_order_with_its_run_now_jobs_stored_together(e
     assert types_for(events, "b3") == [Event.JOB_CREATED, Event.JOB_CANCELED]
     assert engine.ledger.get_job("bad") is None
     assert [engine.ledger.get_job(job)["status"] for job in ("b1", "b2", "b3", "b4")] == [
-        "done", "done", "canceled", "done"]
+        "done",
+        "done",
+        "canceled",
+        "done",
+    ]
 
 
 def test_many_runs_recorded_through_the_group_commit_are_each_recorded_once(engine_factory):
@@ -588,7 +656,8 @@ def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_facto
     assert written == ({"w4@1"} if postgresql else set())
     assert ledger.list_runs("w3")[0]["status"] == "started" and ledger.list_runs("w5") == []
     assert (ledger.get_job("w4")["status"], [r["run_key"] for r in ledger.list_runs("w4")]) == (
-        ("running", ["w4@1"]) if postgresql else ("scheduled", []))
+        ("running", ["w4@1"]) if postgresql else ("scheduled", [])
+    )
     assert ledger.write_runs([], []) == set()
     assert ledger.finish_run("w3", "w3@1", "done", True, result=None) is False
     assert ledger.get_job("w3")["status"] == "canceled"
@@ -603,11 +672,13 @@ def test_ledger_start_run_starts_a_new_run_once_and_never_for_a_canceled_job(eng
     assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "me") == "start"
     assert ledger.get_job("s1")["status"] == "running"
     assert [(run["run_key"], run["status"], run["owner"]) for run in ledger.list_runs("s1")] == [
-        ("s1@1", "started", "me")]
+        ("s1@1", "started", "me")
+    ]
     assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "other") == "started"  # known: not started again
     ledger.set_status("s2", "jobs", "canceled")
     assert ledger.start_run("s2", "jobs", "s2@1", 1.0, "me") == "canceled"
     assert ledger.list_runs("s2") == [] and ledger.get_job("s2")["status"] == "canceled"
+
 
 def test_ledger_finish_run_records_the_run_of_a_job_canceled_while_it_ran(engine_factory):
     engine, _ = engine_factory(start=False)
@@ -623,10 +694,12 @@ def test_ledger_finish_run_records_the_run_of_a_job_canceled_while_it_ran(engine
     assert (f2["status"], f2["runs"], f2["result"]) == ("canceled", 1, "[2]")
     assert [run["status"] for run in ledger.list_runs("f2")] == ["done"]
     # A run never started (missed): its row is made by the end.
-    assert ledger.finish_run("f1", "f1@2", "missed", True, error="late", scheduled_at=2.0, queue="jobs",
-                             owner="me") is False
-    assert [(run["run_key"], run["status"]) for run in ledger.list_runs("f1")] == [
-        ("f1@1", "done"), ("f1@2", "missed")]
+    assert (
+        ledger.finish_run("f1", "f1@2", "missed", True, error="late", scheduled_at=2.0, queue="jobs", owner="me")
+        is False
+    )
+    assert [(run["run_key"], run["status"]) for run in ledger.list_runs("f1")] == [("f1@1", "done"), ("f1@2", "missed")]
+
 
 def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their_own(engine_factory):
     engine, _ = engine_factory(start=False)
@@ -641,15 +714,19 @@ def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their
         return ledger.finish_params(job, f"{job}@1", status, True, result, error, None, stamp)
 
     threads = statement_threads(ledger.engine)
-    ledger.write_runs([], [end("e1"), end("e2"), end("e3"), end("e4", result=[4]),
-                           end("e5", "failed", error="boom")])
+    ledger.write_runs([], [end("e1"), end("e2"), end("e3"), end("e4", result=[4]), end("e5", "failed", error="boom")])
     assert len(threads) == 6  # e1-e3 alike; e4; e5: a runs and a jobs UPDATE each
     records = {job: ledger.get_job(job) for job in jobs}
     assert {job: (r["status"], r["runs"], r["result"], r["error"]) for job, r in records.items()} == {
-        "e1": ("done", 1, "null", None), "e2": ("done", 1, "null", None), "e3": ("done", 1, "null", None),
-        "e4": ("done", 1, "[4]", None), "e5": ("failed", 1, None, "boom")}
+        "e1": ("done", 1, "null", None),
+        "e2": ("done", 1, "null", None),
+        "e3": ("done", 1, "null", None),
+        "e4": ("done", 1, "[4]", None),
+        "e5": ("failed", 1, None, "boom"),
+    }
     assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 4 + ["failed"]
     assert ledger.list_runs("e5")[0]["error"] == "boom"
+
 
 def test_ledger_writes_ends_with_their_own_results_with_one_statement_on_postgresql(engine_factory):
     engine, _ = engine_factory(start=False)
@@ -671,8 +748,11 @@ def test_ledger_writes_ends_with_their_own_results_with_one_statement_on_postgre
         assert len(statements) == 1
         records = {job: ledger.get_job(job) for job in jobs}
         assert {job: (r["status"], r["runs"], r["result"]) for job, r in records.items()} == {
-            "d1": ("done", 1, '{"n": 1}'), "d2": ("done", 1, '[2, "two"]'), "d3": ("done", 1, "null"),
-            "d4": ("canceled", 0, None)}
+            "d1": ("done", 1, '{"n": 1}'),
+            "d2": ("done", 1, '[2, "two"]'),
+            "d3": ("done", 1, "null"),
+            "d4": ("canceled", 0, None),
+        }
         assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 3 + ["started"]
 
 
@@ -684,6 +764,7 @@ def statement_threads(engine):
     def seen(conn, cursor, statement, *_):
         if statement.startswith(("INSERT", "UPDATE", "WITH")):
             names.append(threading.current_thread().name)
+
     sa.event.listen(engine, "before_cursor_execute", seen)
     return names
 
@@ -765,11 +846,16 @@ def test_run_writer_writes_what_its_batch_left_one_by_one_with_the_ledgers_answe
     for job in ("x1", "x2"):
         ledger.set_status(job, "jobs", "canceled")
     answers, threads = starts_behind_a_held_write(ledger, jobs)
-    assert answers == {"k0": "start", "k1": "start", "x1": "canceled", "k2": "start", "x2": "canceled",
-                       "k3": "start"}
+    assert answers == {"k0": "start", "k1": "start", "x1": "canceled", "k2": "start", "x2": "canceled", "k3": "start"}
     if ledger.engine.dialect.name == "postgresql":
         # The batch's statement, then each canceled job's own start (which writes nothing).
         assert threads.count("pscheduler-runs") == 3
     assert [ledger.get_job(job)["status"] for job in jobs] == [
-        "running", "running", "canceled", "running", "canceled", "running"]
+        "running",
+        "running",
+        "canceled",
+        "running",
+        "canceled",
+        "running",
+    ]
     assert [len(ledger.list_runs(job)) for job in jobs] == [1, 1, 0, 1, 0, 1]

@@ -23,8 +23,9 @@ def request(op, job_id, trigger=None):
 def test_pause_during_a_run_keeps_the_job_paused_after_it(engine_factory):
     engine, events = engine_factory()
     # Every 30 s, the first run at once: nothing else is due during the test.
-    engine.submit(add(wait_gate, kind="interval", job_id="p1", seconds=30,
-                      when=datetime.now(UTC) - timedelta(seconds=29.9)))
+    engine.submit(
+        add(wait_gate, kind="interval", job_id="p1", seconds=30, when=datetime.now(UTC) - timedelta(seconds=29.9))
+    )
     wait_for(lambda: ("p1", "started") in RUNS)
     assert engine.submit(request("pause", "p1")) == "paused"
     assert engine.ledger.get_job("p1")["status"] == "paused"
@@ -44,11 +45,19 @@ def test_pause_during_a_run_keeps_the_job_paused_after_it(engine_factory):
     wait_for(lambda: engine.ledger.get_job("p1")["runs"] == 2)
     assert engine.ledger.get_job("p1")["status"] == "scheduled"
     assert types_for(events, "p1") == [
-        Event.JOB_CREATED, Event.JOB_PAUSED, Event.JOB_EXECUTED, Event.JOB_REQUEST_REFUSED,
-        Event.JOB_REQUEST_REFUSED, Event.JOB_RESUMED, Event.JOB_EXECUTED]
+        Event.JOB_CREATED,
+        Event.JOB_PAUSED,
+        Event.JOB_EXECUTED,
+        Event.JOB_REQUEST_REFUSED,
+        Event.JOB_REQUEST_REFUSED,
+        Event.JOB_RESUMED,
+        Event.JOB_EXECUTED,
+    ]
     refused = [e for e in events if e.type == Event.JOB_REQUEST_REFUSED]
     assert [(e.op, e.reason) for e in refused] == [
-        ("run_now", "the job is paused; resume it first"), ("pause", "the job is already paused")]
+        ("run_now", "the job is paused; resume it first"),
+        ("pause", "the job is already paused"),
+    ]
 
 
 def test_requests_for_a_job_the_daemon_does_not_have_are_refused_with_an_event(engine_factory):
@@ -86,8 +95,13 @@ def test_reschedule_replaces_the_trigger_in_aps_and_in_the_record(engine_factory
     event = [e for e in events if e.type == Event.JOB_RESCHEDULED][0]
     assert (event.trigger, event.next_run_time) == (new, job.next_run_time)
     # A schedule that ended by the time the daemon reads it: refused, the job untouched.
-    ended = trigger_spec("interval", UTC, hours=1, start_date=datetime.now(UTC) - timedelta(hours=3),
-                         end_date=datetime.now(UTC) - timedelta(hours=2, minutes=30))
+    ended = trigger_spec(
+        "interval",
+        UTC,
+        hours=1,
+        start_date=datetime.now(UTC) - timedelta(hours=3),
+        end_date=datetime.now(UTC) - timedelta(hours=2, minutes=30),
+    )
     assert engine.submit(request("reschedule", "rs", ended)) == "reschedule-refused"
     assert engine.aps.get_job("rs").next_run_time == job.next_run_time
 
@@ -114,8 +128,7 @@ def test_job_records_carry_the_next_run_time_from_the_job_store(engine_factory):
     due = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
     engine.submit(add(record, kind="date", job_id="n1", when=due))
     assert proxy.get_job("n1")["next_run_time"] == due.timestamp()  # epoch seconds, like the other times
-    assert [r["next_run_time"] for r in proxy.get_jobs(status="scheduled") if r["id"] == "n1"] == [
-        due.timestamp()]
+    assert [r["next_run_time"] for r in proxy.get_jobs(status="scheduled") if r["id"] == "n1"] == [due.timestamp()]
     assert engine.submit(request("pause", "n1")) == "paused"
     assert proxy.get_job("n1")["next_run_time"] is None
     assert engine.submit(request("resume", "n1")) == "resumed"

@@ -17,9 +17,17 @@ from pyramid_scheduler.store import Ledger
 
 def test_event_message_round_trip_with_exception_as_text():
     when = datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc)
-    event = Event(Event.JOB_ERROR, job_id="j1", queue="jobs", run_key="j1@x", scheduled_run_time=when,
-                  exception=ValueError("bad input"), traceback="Traceback ...", job={"id": "j1"},
-                  retval=object())
+    event = Event(
+        Event.JOB_ERROR,
+        job_id="j1",
+        queue="jobs",
+        run_key="j1@x",
+        scheduled_run_time=when,
+        exception=ValueError("bad input"),
+        traceback="Traceback ...",
+        job={"id": "j1"},
+        retval=object(),
+    )
     decoded, origin = decode_event(encode_event(event, 7, "host:1:abc"))
     assert origin == "host:1:abc"
     assert decoded.type == Event.JOB_ERROR and decoded.job_id == "j1" and decoded.seq == 7
@@ -68,8 +76,9 @@ def test_daemons_publish_only_when_asked():
     assert not parse_settings(redis).publishes_events  # no cost unless the feature is used
     assert parse_settings({**redis, "scheduler.events.subscribe": "true"}).publishes_events
     assert parse_settings({**redis, "scheduler.events.publish": "true"}).publishes_events
-    assert not parse_settings({**redis, "scheduler.events.subscribe": "true",
-                               "scheduler.events.publish": "false"}).publishes_events
+    assert not parse_settings(
+        {**redis, "scheduler.events.subscribe": "true", "scheduler.events.publish": "false"}
+    ).publishes_events
     assert not parse_settings({}).publishes_events  # the SQL broker
 
 

@@ -31,8 +31,11 @@ from pyramid_scheduler.messages import JobRequest, decode
 from pyramid_scheduler.transport import messages as messages_table
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def noop(*args, **kwargs):
@@ -44,12 +47,19 @@ def noop(*args, **kwargs):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 def _valid_body():
-    return JobRequest(op="add", id="j1", queue="jobs", func="test_fuzz:noop", args=[1],
-                      trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()}).to_wire()
+    return JobRequest(
+        op="add",
+        id="j1",
+        queue="jobs",
+        func="test_fuzz:noop",
+        args=[1],
+        trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()},
+    ).to_wire()
 
 
 @FUZZ
@@ -76,13 +86,17 @@ def test_decoder_takes_any_value_in_any_field(field, value):
 
 # -- add_*_job: refused in the view, or stored by the daemon ---------------------------
 
+
 def times():
     now = datetime.now(timezone.utc)
     return st.one_of(
         st.none(),
         st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
-        st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1),
-                     timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))])),
+        st.datetimes(
+            min_value=datetime(1970, 1, 2),
+            max_value=datetime(2200, 1, 1),
+            timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))]),
+        ),
         st.floats(min_value=-1e12, max_value=1e12),
         st.sampled_from([float("nan"), float("inf"), float("-inf")]),
         st.integers(min_value=-(10**12), max_value=10**12),
@@ -92,43 +106,95 @@ def times():
     )
 
 
-numbers = st.one_of(st.integers(min_value=0, max_value=1000), st.floats(min_value=0, max_value=1e4),
-                    st.integers(min_value=-5, max_value=10**9), st.floats(), st.none(), st.text(max_size=3))
-cron_fields = st.one_of(st.none(), st.integers(min_value=-3, max_value=100),
-                        st.sampled_from(["*", "*/5", "1-3", "mon-fri", "last", "1,2", "xyz", "99", ""]),
-                        st.text(alphabet=string.digits + "*/-,", max_size=6))
-any_options = st.fixed_dictionaries({}, optional={
-    "id": st.text(max_size=210),
-    "name": st.one_of(st.text(max_size=10), st.integers()),
-    "misfire_grace_time": st.one_of(st.none(), st.integers(min_value=-2, max_value=10**6), st.floats()),
-    "coalesce": st.one_of(st.booleans(), st.integers(0, 2)),
-    "max_instances": st.one_of(st.integers(min_value=-1, max_value=5), st.text(max_size=2)),
-    "timezone": st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Nowhere/Land", ""]),
-    "jitter": st.one_of(st.none(), st.integers(min_value=-5, max_value=100), st.text(max_size=3)),
-    "retries": st.one_of(st.integers(min_value=-1, max_value=3), st.booleans(), st.floats()),
-    "retry_delay": numbers, "retry_backoff": numbers, "retry_max_delay": numbers, "ttl": numbers,
-})
-options = st.one_of(st.just({}), st.fixed_dictionaries({}, optional={
-    "id": st.text(min_size=1, max_size=50), "misfire_grace_time": st.integers(1, 3600),
-    "coalesce": st.booleans(), "timezone": st.sampled_from(["UTC", "Europe/Paris"])}), any_options)
+numbers = st.one_of(
+    st.integers(min_value=0, max_value=1000),
+    st.floats(min_value=0, max_value=1e4),
+    st.integers(min_value=-5, max_value=10**9),
+    st.floats(),
+    st.none(),
+    st.text(max_size=3),
+)
+cron_fields = st.one_of(
+    st.none(),
+    st.integers(min_value=-3, max_value=100),
+    st.sampled_from(["*", "*/5", "1-3", "mon-fri", "last", "1,2", "xyz", "99", ""]),
+    st.text(alphabet=string.digits + "*/-,", max_size=6),
+)
+any_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=210),
+        "name": st.one_of(st.text(max_size=10), st.integers()),
+        "misfire_grace_time": st.one_of(st.none(), st.integers(min_value=-2, max_value=10**6), st.floats()),
+        "coalesce": st.one_of(st.booleans(), st.integers(0, 2)),
+        "max_instances": st.one_of(st.integers(min_value=-1, max_value=5), st.text(max_size=2)),
+        "timezone": st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Nowhere/Land", ""]),
+        "jitter": st.one_of(st.none(), st.integers(min_value=-5, max_value=100), st.text(max_size=3)),
+        "retries": st.one_of(st.integers(min_value=-1, max_value=3), st.booleans(), st.floats()),
+        "retry_delay": numbers,
+        "retry_backoff": numbers,
+        "retry_max_delay": numbers,
+        "ttl": numbers,
+    },
+)
+options = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.text(min_size=1, max_size=50),
+            "misfire_grace_time": st.integers(1, 3600),
+            "coalesce": st.booleans(),
+            "timezone": st.sampled_from(["UTC", "Europe/Paris"]),
+        },
+    ),
+    any_options,
+)
 calls = st.one_of(
     st.tuples(st.just("add_async_job"), st.fixed_dictionaries({}), options),
     st.tuples(st.just("add_date_job"), st.fixed_dictionaries({"date": times()}), options),
-    st.tuples(st.just("add_interval_job"),
-              st.fixed_dictionaries({"start_date": times()}, optional={
-                  "weeks": numbers, "days": numbers, "hours": numbers, "minutes": numbers,
-                  "seconds": numbers, "end_date": times()}),
-              options),
-    st.tuples(st.just("add_cron_job"),
-              st.fixed_dictionaries({"start_date": times()}, optional={
-                  "minute": cron_fields, "hour": cron_fields, "day": cron_fields,
-                  "day_of_week": cron_fields, "month": cron_fields, "end_date": times()}),
-              options),
-    st.tuples(st.just("add_cron_job"),
-              st.fixed_dictionaries({"crontab": st.one_of(
-                  st.sampled_from(["30 7 * * mon", "*/5 * * * *", "0 0 1 1 *", "* * *", "61 * * * *"]),
-                  st.text(alphabet=string.digits + "*/-, ", max_size=14))}),
-              options),
+    st.tuples(
+        st.just("add_interval_job"),
+        st.fixed_dictionaries(
+            {"start_date": times()},
+            optional={
+                "weeks": numbers,
+                "days": numbers,
+                "hours": numbers,
+                "minutes": numbers,
+                "seconds": numbers,
+                "end_date": times(),
+            },
+        ),
+        options,
+    ),
+    st.tuples(
+        st.just("add_cron_job"),
+        st.fixed_dictionaries(
+            {"start_date": times()},
+            optional={
+                "minute": cron_fields,
+                "hour": cron_fields,
+                "day": cron_fields,
+                "day_of_week": cron_fields,
+                "month": cron_fields,
+                "end_date": times(),
+            },
+        ),
+        options,
+    ),
+    st.tuples(
+        st.just("add_cron_job"),
+        st.fixed_dictionaries(
+            {
+                "crontab": st.one_of(
+                    st.sampled_from(["30 7 * * mon", "*/5 * * * *", "0 0 1 1 *", "* * *", "61 * * * *"]),
+                    st.text(alphabet=string.digits + "*/-, ", max_size=14),
+                )
+            }
+        ),
+        options,
+    ),
 )
 
 
@@ -154,8 +220,7 @@ def last_published(broker):
     if not sa.inspect(broker).has_table(messages_table.name):
         return None  # nothing was ever sent
     with broker.connect() as conn:
-        row = conn.execute(sa.select(messages_table.c.payload).order_by(messages_table.c.id.desc())
-                           .limit(1)).first()
+        row = conn.execute(sa.select(messages_table.c.payload).order_by(messages_table.c.id.desc()).limit(1)).first()
     return None if row is None else base64.b64decode(json.loads(row.payload)["body"])
 
 

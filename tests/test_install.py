@@ -69,16 +69,23 @@ def _clean_env() -> dict[str, str]:
 
 
 def _run(argv: list[str | Path], timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
-                          env=_clean_env(), **kwargs)
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, env=_clean_env(), **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package built from this checkout, once (no files left in the checkout)."""
     source = tmp_path_factory.mktemp("source")
-    shutil.copytree(ROOT, source, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", "_build", ".pytest_cache"))
+    shutil.copytree(
+        ROOT,
+        source,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "var", "build", "*.egg-info", "__pycache__", "_build", ".pytest_cache"
+        ),
+    )
     out = tmp_path_factory.mktemp("wheel")
     done = _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", out, source])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -101,9 +108,14 @@ class Venv:
         if self.versions == "lowest":
             argv += ["-c", LOWEST]
         done = _run([*argv, *args])
-        if done.returncode != 0 and not IN_CI and any(
-                sign in done.stderr for sign in ("NewConnectionError", "Network is unreachable",
-                                                 "Temporary failure in name resolution")):
+        if (
+            done.returncode != 0
+            and not IN_CI
+            and any(
+                sign in done.stderr
+                for sign in ("NewConnectionError", "Network is unreachable", "Temporary failure in name resolution")
+            )
+        ):
             pytest.skip(f"the package index is not reachable: {done.stderr.strip().splitlines()[-1]}")
         assert done.returncode == 0, f"pip install {args} ({self.versions}):\n{done.stdout}{done.stderr}"
 
@@ -149,14 +161,16 @@ class App:
     def start(self, command: Path) -> subprocess.Popen[bytes]:
         log = self.folder / f"{command.name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([str(command), str(self.ini)], cwd=self.folder, stdout=out,
-                                    stderr=subprocess.STDOUT, env=_clean_env())
+            proc = subprocess.Popen(
+                [str(command), str(self.ini)], cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, env=_clean_env()
+            )
         self.procs.append((proc, log))
         return proc
 
     def logs(self) -> str:
-        return "\n".join(f"--- {log.name} (exit {proc.poll()}):\n{log.read_text(errors='replace')}"
-                         for proc, log in self.procs)
+        return "\n".join(
+            f"--- {log.name} (exit {proc.poll()}):\n{log.read_text(errors='replace')}" for proc, log in self.procs
+        )
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
@@ -199,8 +213,7 @@ def app(tmp_path: Path) -> Iterator[list[App]]:
 def _add_job(venv: Venv, app: App, message: str, wait: bool) -> dict[str, Any]:
     script = app.folder / "add_job.py"
     script.write_text(ADD_AND_WAIT, encoding="utf-8")
-    done = _run([venv.python, script, app.ini, message, "60", "wait" if wait else "no"], timeout=120,
-                cwd=app.folder)
+    done = _run([venv.python, script, app.ini, message, "60", "wait" if wait else "no"], timeout=120, cwd=app.folder)
     assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{app.logs()}"
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -277,6 +290,6 @@ def _drop_tables(venv: Venv, url: str, prefix: str) -> None:
         "    names = conn.execute(sa.text('select tablename from pg_tables where tablename like :p'),\n"
         "                         {'p': sys.argv[2] + '%'}).scalars().all()\n"
         "    for name in names:\n"
-        "        conn.execute(sa.text('drop table if exists \"%s\" cascade' % name))\n")
+        "        conn.execute(sa.text('drop table if exists \"%s\" cascade' % name))\n"
+    )
     _run([venv.python, "-c", script, url, prefix.lower()], timeout=60)
-

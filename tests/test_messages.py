@@ -44,15 +44,18 @@ def test_module_level_function_round_trips():
     assert callable_ref(Holder.klass) == "test_messages:Holder.klass"
 
 
-@pytest.mark.parametrize("func, why", [
-    (lambda: 1, "lambda"),
-    (Holder().method, "bound method"),
-    (partial(module_level, 1), "partial"),
-    (42, "not callable"),
-    ("json.dumps", "expected 'package.module:function'"),
-    ("no_such_module_xyz:f", "cannot be imported"),
-    ("json:no_such_attr", "has no attribute"),
-])
+@pytest.mark.parametrize(
+    "func, why",
+    [
+        (lambda: 1, "lambda"),
+        (Holder().method, "bound method"),
+        (partial(module_level, 1), "partial"),
+        (42, "not callable"),
+        ("json.dumps", "expected 'package.module:function'"),
+        ("no_such_module_xyz:f", "cannot be imported"),
+        ("json:no_such_attr", "has no attribute"),
+    ],
+)
 def test_unreferencable_callables_are_refused_with_a_reason(func, why):
     with pytest.raises(InvalidJob, match=why):
         callable_ref(func)
@@ -116,23 +119,33 @@ def test_triggers_round_trip_through_the_wire():
     assert (first.weekday(), first.hour, first.minute) == (0, 7, 30)
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ({"type": "cron", "minute": "61"}, "cron trigger"),
-    ({"type": "cron", "day_of_week": "funday"}, "cron trigger"),
-    ({"type": "cron", "crontab": "* * *"}, "cron trigger"),
-    ({"type": "interval"}, "add up to more than zero"),
-    ({"type": "interval", "seconds": -1}, "seconds"),
-    ({"type": "date", "run_date": "soon"}, "date"),
-    ({"type": "weekly"}, "trigger type"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ({"type": "cron", "minute": "61"}, "cron trigger"),
+        ({"type": "cron", "day_of_week": "funday"}, "cron trigger"),
+        ({"type": "cron", "crontab": "* * *"}, "cron trigger"),
+        ({"type": "interval"}, "add up to more than zero"),
+        ({"type": "interval", "seconds": -1}, "seconds"),
+        ({"type": "date", "run_date": "soon"}, "date"),
+        ({"type": "weekly"}, "trigger type"),
+    ],
+)
 def test_bad_triggers_fail_with_the_field(spec, fragment):
     with pytest.raises(InvalidJob, match=fragment):
         build_trigger(spec, ZoneInfo("UTC"))
 
 
 def _add_body(**changes):
-    body = JobRequest(op="add", id="j1", queue="jobs", func="json:dumps", args=[1], kwargs={},
-                      trigger={"type": "now", "run_date": datetime.now(UTC).isoformat()}).to_wire()
+    body = JobRequest(
+        op="add",
+        id="j1",
+        queue="jobs",
+        func="json:dumps",
+        args=[1],
+        kwargs={},
+        trigger={"type": "now", "run_date": datetime.now(UTC).isoformat()},
+    ).to_wire()
     body.update(changes)
     return body
 
@@ -145,33 +158,36 @@ def test_decode_accepts_what_the_producer_sends():
     assert cancel.op == "cancel"
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (b"\xff\xfe", "not UTF-8"),
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "expected a JSON object"),
-    (_add_body(v=2), "unknown wire format version"),
-    (_add_body(v=True), "unknown wire format version"),
-    (_add_body(op="explode"), "unknown op"),
-    ({k: v for k, v in _add_body().items() if k != "func"}, "'func' is missing"),
-    (_add_body(args="x"), "'args' has type str"),
-    (_add_body(func="os.system"), "module:qualname"),
-    (_add_body(trigger={"type": "sometimes"}), "unknown trigger type"),
-    (_add_body(options={"priority": 1}), "unknown option"),
-    (_add_body(options={"max_instances": "3"}), "option 'max_instances'"),
-    (_add_body(id=""), "'id' must be"),
-    (_add_body(id="x" * 201), "'id' must be 1 to 200"),
-    (_add_body(mid="m" * 65), "'mid' must be 1 to 64"),
-    (_add_body(queue="q" * 201), "'queue' must be 1 to 200"),
-    (_add_body(id="a\nb"), "field 'id': 'a\\\\nb' holds a control character"),
-    (_add_body(id="nul\x00"), "field 'id'.*control character"),
-    (_add_body(queue="jobs\r"), "field 'queue'.*control character"),
-    ({"v": 1, "op": "cancel", "mid": "m", "id": "x\u2028y", "queue": "jobs"}, "field 'id'.*control"),
-    (_add_body(func="a:" + "b" * 500), "'func' must be at most 500"),
-    (_add_body(options={"misfire_grace_time": 0.5}), "option 'misfire_grace_time' has type float"),
-    (_add_body(options={"misfire_grace_time": 0}), "'misfire_grace_time' must be 1 or more"),
-    (_add_body(options={"max_instances": 0}), "'max_instances' must be 1 or more"),
-    (b"[" * 100000 + b"]" * 100000, "not JSON"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (_add_body(v=2), "unknown wire format version"),
+        (_add_body(v=True), "unknown wire format version"),
+        (_add_body(op="explode"), "unknown op"),
+        ({k: v for k, v in _add_body().items() if k != "func"}, "'func' is missing"),
+        (_add_body(args="x"), "'args' has type str"),
+        (_add_body(func="os.system"), "module:qualname"),
+        (_add_body(trigger={"type": "sometimes"}), "unknown trigger type"),
+        (_add_body(options={"priority": 1}), "unknown option"),
+        (_add_body(options={"max_instances": "3"}), "option 'max_instances'"),
+        (_add_body(id=""), "'id' must be"),
+        (_add_body(id="x" * 201), "'id' must be 1 to 200"),
+        (_add_body(mid="m" * 65), "'mid' must be 1 to 64"),
+        (_add_body(queue="q" * 201), "'queue' must be 1 to 200"),
+        (_add_body(id="a\nb"), "field 'id': 'a\\\\nb' holds a control character"),
+        (_add_body(id="nul\x00"), "field 'id'.*control character"),
+        (_add_body(queue="jobs\r"), "field 'queue'.*control character"),
+        ({"v": 1, "op": "cancel", "mid": "m", "id": "x\u2028y", "queue": "jobs"}, "field 'id'.*control"),
+        (_add_body(func="a:" + "b" * 500), "'func' must be at most 500"),
+        (_add_body(options={"misfire_grace_time": 0.5}), "option 'misfire_grace_time' has type float"),
+        (_add_body(options={"misfire_grace_time": 0}), "'misfire_grace_time' must be 1 or more"),
+        (_add_body(options={"max_instances": 0}), "'max_instances' must be 1 or more"),
+        (b"[" * 100000 + b"]" * 100000, "not JSON"),
+    ],
+)
 def test_decode_refuses_malformed_messages(body, fragment):
     with pytest.raises(InvalidMessage, match=fragment):
         decode(body if isinstance(body, bytes) else json.dumps(body).encode())

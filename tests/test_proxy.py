@@ -46,8 +46,9 @@ def published(tmp_path, name="broker.sqlite"):
         return []
     engine = sa.create_engine(f"sqlite:///{tmp_path}/{name}")
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(messages_table.c.queue, messages_table.c.payload)
-                            .order_by(messages_table.c.id)).all()
+        rows = conn.execute(
+            sa.select(messages_table.c.queue, messages_table.c.payload).order_by(messages_table.c.id)
+        ).all()
     engine.dispose()
     out = []
     for queue, payload in rows:
@@ -69,9 +70,13 @@ def test_add_jobs_publish_versioned_json(scheduler, tmp_path):
     assert all(isinstance(job_id, str) for job_id in ids)
     assert ids[2] == "sync-stock"
     sent = published(tmp_path)
-    assert [queue for queue, _ in sent] == ["pyramid_scheduler.jobs", "pyramid_scheduler.reports",
-                                           "pyramid_scheduler.jobs", "pyramid_scheduler.jobs",
-                                           "pyramid_scheduler.jobs"]
+    assert [queue for queue, _ in sent] == [
+        "pyramid_scheduler.jobs",
+        "pyramid_scheduler.reports",
+        "pyramid_scheduler.jobs",
+        "pyramid_scheduler.jobs",
+        "pyramid_scheduler.jobs",
+    ]
     requests = [request for _, request in sent]
     assert [r.id for r in requests] == ids
     assert requests[0].func == "test_proxy:job"
@@ -84,6 +89,7 @@ def test_add_jobs_publish_versioned_json(scheduler, tmp_path):
 def test_request_property_is_the_registry_scheduler(app_settings):
     def view(request):
         from pyramid.response import Response
+
         return Response(request.scheduler.add_async_job(job))
 
     with Configurator(settings=app_settings) as config:
@@ -98,29 +104,37 @@ def test_request_property_is_the_registry_scheduler(app_settings):
         app.registry.scheduler.close()
 
 
-@pytest.mark.parametrize("call, fragment", [
-    (lambda s: s.add_async_job(lambda: 1), "lambda"),
-    (lambda s: s.add_async_job(job, args=[datetime.now()]), r"args\[0\]"),
-    (lambda s: s.add_async_job(job, args="abc"), "args: expected a list"),
-    (lambda s: s.add_async_job(job, kwargs=[1]), "kwargs: expected a dict"),
-    (lambda s: s.add_async_job(job, priority=3), "priority: unknown option"),
-    (lambda s: s.add_async_job(job, max_instances=0), "max_instances"),
-    (lambda s: s.add_async_job(job, id=""), "id: expected"),
-    (lambda s: s.add_date_job(job, time.time() + 60, misfire_grace_time=0.5),
-     "misfire_grace_time: expected int or None, got 0.5"),
-    (lambda s: s.add_date_job(job, time.time() + 60, misfire_grace_time=0), "misfire_grace_time: expected 1 or more"),
-    (lambda s: s.add_date_job(job, "next tuesday"), "date"),
-    (lambda s: s.add_interval_job(job), "add up to more than zero"),
-    (lambda s: s.add_interval_job(job, weeks=416017), "first run is out of range"),
-    (lambda s: s.add_interval_job(job, seconds=5, end_date=time.time() - 10), "earlier than start_date"),
-    (lambda s: s.add_cron_job(job, minute=1, end_date=time.time() - 10), "never fires"),
-    (lambda s: s.add_cron_job(job, minute="99"), "cron trigger"),
-    (lambda s: s.add_cron_job(job, crontab="* *"), "cron trigger"),
-    (lambda s: s.add_cron_job(job, crontab="* * * * *", hour=1), "not both"),
-    (lambda s: s.add_cron_job(job, minute=1, timezone="Nowhere/Land"), "timezone"),
-    (lambda s: s.add_async_job(job, args=["x" * 300_000]), "max_message_size"),
-    (lambda s: s.cancel_job(None), "job_id"),
-])
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda s: s.add_async_job(lambda: 1), "lambda"),
+        (lambda s: s.add_async_job(job, args=[datetime.now()]), r"args\[0\]"),
+        (lambda s: s.add_async_job(job, args="abc"), "args: expected a list"),
+        (lambda s: s.add_async_job(job, kwargs=[1]), "kwargs: expected a dict"),
+        (lambda s: s.add_async_job(job, priority=3), "priority: unknown option"),
+        (lambda s: s.add_async_job(job, max_instances=0), "max_instances"),
+        (lambda s: s.add_async_job(job, id=""), "id: expected"),
+        (
+            lambda s: s.add_date_job(job, time.time() + 60, misfire_grace_time=0.5),
+            "misfire_grace_time: expected int or None, got 0.5",
+        ),
+        (
+            lambda s: s.add_date_job(job, time.time() + 60, misfire_grace_time=0),
+            "misfire_grace_time: expected 1 or more",
+        ),
+        (lambda s: s.add_date_job(job, "next tuesday"), "date"),
+        (lambda s: s.add_interval_job(job), "add up to more than zero"),
+        (lambda s: s.add_interval_job(job, weeks=416017), "first run is out of range"),
+        (lambda s: s.add_interval_job(job, seconds=5, end_date=time.time() - 10), "earlier than start_date"),
+        (lambda s: s.add_cron_job(job, minute=1, end_date=time.time() - 10), "never fires"),
+        (lambda s: s.add_cron_job(job, minute="99"), "cron trigger"),
+        (lambda s: s.add_cron_job(job, crontab="* *"), "cron trigger"),
+        (lambda s: s.add_cron_job(job, crontab="* * * * *", hour=1), "not both"),
+        (lambda s: s.add_cron_job(job, minute=1, timezone="Nowhere/Land"), "timezone"),
+        (lambda s: s.add_async_job(job, args=["x" * 300_000]), "max_message_size"),
+        (lambda s: s.cancel_job(None), "job_id"),
+    ],
+)
 def test_bad_requests_fail_in_the_caller_and_send_nothing(scheduler, tmp_path, call, fragment):
     with pytest.raises(InvalidJob, match=fragment):
         call(scheduler)
@@ -137,8 +151,10 @@ def test_unknown_queue_is_named(scheduler):
 def test_cancel_without_queue_goes_to_every_queue(scheduler, tmp_path):
     scheduler.cancel_job("abc")
     sent = published(tmp_path)
-    assert [(q, r.op, r.id) for q, r in sent] == [("pyramid_scheduler.jobs", "cancel", "abc"),
-                                                  ("pyramid_scheduler.reports", "cancel", "abc")]
+    assert [(q, r.op, r.id) for q, r in sent] == [
+        ("pyramid_scheduler.jobs", "cancel", "abc"),
+        ("pyramid_scheduler.reports", "cancel", "abc"),
+    ]
 
 
 def test_naive_dates_are_read_in_the_scheduler_timezone(app_settings, tmp_path):
@@ -150,7 +166,7 @@ def test_naive_dates_are_read_in_the_scheduler_timezone(app_settings, tmp_path):
         proxy.add_date_job(job, datetime(2031, 1, 1, 9, 0))
     finally:
         proxy.close()
-    (_, request), = published(tmp_path)
+    ((_, request),) = published(tmp_path)
     when = datetime.fromisoformat(request.trigger["run_date"])
     assert when == datetime(2031, 1, 1, 0, 0, tzinfo=timezone.utc)
 
@@ -202,6 +218,6 @@ def test_locked_sqlite_broker_raises_within_the_bound_then_recovers(app_settings
 def test_interval_start_defaults_to_now(scheduler, tmp_path):
     before = datetime.now(timezone.utc)
     scheduler.add_interval_job(job, seconds=30)
-    (_, request), = published(tmp_path)
+    ((_, request),) = published(tmp_path)
     start = datetime.fromisoformat(request.trigger["start_date"])
     assert before - timedelta(seconds=1) <= start <= datetime.now(timezone.utc)

@@ -77,8 +77,9 @@ def _consume(settings, conn, on_message, until, prefetch=10, batch=None):
     if batch is not None:
         channel.batch = batch
     queue = make_queue(settings, "jobs")
-    with kombu.Consumer(channel, queues=[queue], on_message=on_message, accept=["application/json"],
-                        prefetch_count=prefetch):
+    with kombu.Consumer(
+        channel, queues=[queue], on_message=on_message, accept=["application/json"], prefetch_count=prefetch
+    ):
         while not until():
             conn.drain_events(timeout=5)
     return channel, queue
@@ -92,10 +93,11 @@ def test_messages_waiting_are_taken_in_one_batch_and_no_ack_goes_to_redis(settin
     def batch():
         sizes.append(0)
         yield
-        for message in received[-sizes[-1]:]:
+        for message in received[-sizes[-1] :]:
             message.ack()
 
     with make_connection(settings) as conn:
+
         def on_message(message):
             with conn.default_channel.conn_or_acquire() as client:
                 # Being handled: in the processing list, not in Kombu's unacked hash.
@@ -118,6 +120,7 @@ def test_a_requeued_message_comes_back_and_an_unsettled_one_stays_claimed(settin
     publish(settings, 1)
     bodies = []
     with make_connection(settings) as conn:
+
         def requeue_first(message):
             bodies.append(message.body)
             if len(bodies) == 1:
@@ -170,8 +173,9 @@ def test_messages_left_claimed_come_back_in_their_order(settings):
 
 
 def test_batches_and_claims_under_a_global_key_prefix(tmp_var):
-    settings = parse_settings(make_settings(tmp_var, broker="redis", **{
-        "broker.transport_options.global_keyprefix": "pfx:"}))
+    settings = parse_settings(
+        make_settings(tmp_var, broker="redis", **{"broker.transport_options.global_keyprefix": "pfx:"})
+    )
     publish(settings, 7)
     received = []
     queue = make_queue(settings, "jobs")
@@ -193,8 +197,7 @@ def test_batches_and_claims_under_a_global_key_prefix(tmp_var):
                 yield
                 sizes.append(len(received) - before)
 
-            channel, _ = _consume(settings, conn, received.append, lambda: len(received) >= 5, prefetch=5,
-                                  batch=batch)
+            channel, _ = _consume(settings, conn, received.append, lambda: len(received) >= 5, prefetch=5, batch=batch)
             assert sizes == [5]
             with channel.conn_or_acquire() as client:
                 assert client.llen(processing_key(queue.name)) == 5  # Kombu's client adds the prefix
@@ -234,8 +237,9 @@ def test_a_redis_user_without_scripting_still_gets_batches(tmp_var):
                 message.ack()
 
         with make_connection(settings) as conn:
-            channel, queue = _consume(settings, conn, received.append, lambda: len(received) >= 7, prefetch=5,
-                                      batch=batch)
+            channel, queue = _consume(
+                settings, conn, received.append, lambda: len(received) >= 7, prefetch=5, batch=batch
+            )
             assert channel._no_scripts  # refused, then one LMOVE each
             with channel.conn_or_acquire() as client:
                 assert client.llen(processing_key(queue.name)) == 0

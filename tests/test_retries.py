@@ -42,9 +42,15 @@ def flaky(tag):
 
 def retrying(func, job_id, kind="now", when=None, **options):
     request = add(func, kind=kind, when=when, job_id=job_id)
-    return JobRequest(op="add", id=job_id, queue="jobs", func=f"{func.__module__}:{func.__name__}",
-                      args=request.args,
-                      trigger=request.trigger, options=options)
+    return JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func=f"{func.__module__}:{func.__name__}",
+        args=request.args,
+        trigger=request.trigger,
+        options=options,
+    )
 
 
 def runs_of(tag):
@@ -57,8 +63,14 @@ def test_failed_run_is_retried_with_backoff_until_it_succeeds(engine_factory):
     engine.submit(retrying(flaky, "r1", retries=3, retry_delay=0.2, retry_backoff=2.0))
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "r1"))
     assert types_for(events, "r1") == [
-        Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_RETRY, Event.JOB_ERROR, Event.JOB_RETRY,
-        Event.JOB_EXECUTED, Event.JOB_REMOVED]
+        Event.JOB_CREATED,
+        Event.JOB_ERROR,
+        Event.JOB_RETRY,
+        Event.JOB_ERROR,
+        Event.JOB_RETRY,
+        Event.JOB_EXECUTED,
+        Event.JOB_REMOVED,
+    ]
     errors = [e for e in events if e.type == Event.JOB_ERROR]
     assert [(e.attempt, e.will_retry) for e in errors] == [(1, True), (2, True)]
     retries = [e for e in events if e.type == Event.JOB_RETRY]
@@ -72,8 +84,7 @@ def test_failed_run_is_retried_with_backoff_until_it_succeeds(engine_factory):
     # A retry never starts before its delay has passed since the failure.
     assert starts[1] - starts[0] >= 0.2 and starts[2] - starts[1] >= 0.4
     job = engine.proxy.get_job("r1")
-    assert (job["status"], job["runs"], job["attempt"], job["retries"], job["retries_left"]) == \
-        ("done", 3, 3, 3, 1)
+    assert (job["status"], job["runs"], job["attempt"], job["retries"], job["retries_left"]) == ("done", 3, 3, 3, 1)
     assert job["retry_at"] is None
     assert [run["status"] for run in engine.proxy.get_runs("r1")] == ["failed", "failed", "done"]
     assert PYRAMID_EVENTS[Event.JOB_RETRY] is JobRetry
@@ -142,8 +153,9 @@ def test_a_retry_stored_by_a_run_that_ended_before_its_submission_returned_is_ke
     engine._executor._pool = DoneBeforeReturning(max_workers=2)
     job_id = "r6"
     FAILURES[job_id] = 1
-    engine.submit(retrying(flaky, job_id, kind="date", when=datetime.now(UTC) + timedelta(seconds=0.3),
-                           retries=1, retry_delay=60))
+    engine.submit(
+        retrying(flaky, job_id, kind="date", when=datetime.now(UTC) + timedelta(seconds=0.3), retries=1, retry_delay=60)
+    )
     wait_for(lambda: Event.JOB_RETRY in types_for(events, job_id))
     retry_at = next(e.retry_at for e in events if e.type == Event.JOB_RETRY)
     time.sleep(1)  # past the scheduler thread's write of the rows of the jobs it handed over
@@ -192,8 +204,7 @@ def test_cancel_while_a_retry_waits(engine_factory):
     record_ = engine.proxy.wait("r5", timeout=5)
     assert record_["status"] == "canceled" and record_["runs"] == 1
     wait_for(lambda: Event.JOB_CANCELED in types_for(events, "r5"))
-    assert types_for(events, "r5") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_RETRY,
-                                       Event.JOB_CANCELED]
+    assert types_for(events, "r5") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_RETRY, Event.JOB_CANCELED]
 
 
 def test_retry_delay_grows_and_is_capped():
@@ -206,20 +217,23 @@ def test_retry_delay_grows_and_is_capped():
 
 # Checks in the calling process: one job store is enough.
 @pytest.mark.parametrize("store_kind", ["sqlite"])
-@pytest.mark.parametrize(("options", "fragment"), [
-    ({"retries": -1}, "retries: expected a number of 0 or more"),
-    ({"retries": True}, "retries: expected int"),
-    ({"retries": 1.5}, "retries: expected int"),
-    ({"retry_delay": -0.1}, "retry_delay: expected a number of 0 or more"),
-    ({"retry_delay": float("nan")}, "retry_delay: expected a number of 0 or more"),
-    ({"retry_delay": 10**9}, "retry_delay: at most"),
-    ({"retry_backoff": 0.5}, "retry_backoff: expected a number of 1 or more"),
-    ({"retry_max_delay": float("inf")}, "retry_max_delay: expected a number of 0 or more"),
-    ({"retry_max_delay": None}, "retry_max_delay: expected int or float"),
-    ({"ttl": -5}, "ttl: expected a number of 0 or more"),
-    ({"ttl": "1d"}, "ttl: expected int or float or None"),
-    ({"retrys": 3}, "retrys: unknown option"),
-])
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"retries": -1}, "retries: expected a number of 0 or more"),
+        ({"retries": True}, "retries: expected int"),
+        ({"retries": 1.5}, "retries: expected int"),
+        ({"retry_delay": -0.1}, "retry_delay: expected a number of 0 or more"),
+        ({"retry_delay": float("nan")}, "retry_delay: expected a number of 0 or more"),
+        ({"retry_delay": 10**9}, "retry_delay: at most"),
+        ({"retry_backoff": 0.5}, "retry_backoff: expected a number of 1 or more"),
+        ({"retry_max_delay": float("inf")}, "retry_max_delay: expected a number of 0 or more"),
+        ({"retry_max_delay": None}, "retry_max_delay: expected int or float"),
+        ({"ttl": -5}, "ttl: expected a number of 0 or more"),
+        ({"ttl": "1d"}, "ttl: expected int or float or None"),
+        ({"retrys": 3}, "retrys: unknown option"),
+    ],
+)
 def test_bad_retry_and_ttl_options_are_refused_at_add_time(proxy_factory, options, fragment):
     proxy = proxy_factory()
     with pytest.raises(InvalidJob) as info:
@@ -239,16 +253,22 @@ def test_retries_are_refused_for_recurring_jobs(proxy_factory, kind):
 
 def test_the_daemon_refuses_what_the_proxy_refuses():
     body = add(record, job_id="x").to_wire()
-    for options, fragment in [({"retries": -1}, "retries"), ({"retry_backoff": 0}, "retry_backoff"),
-                              ({"retries": 2, "ttl": 1}, None)]:
+    for options, fragment in [
+        ({"retries": -1}, "retries"),
+        ({"retry_backoff": 0}, "retry_backoff"),
+        ({"retries": 2, "ttl": 1}, None),
+    ]:
         message = json.dumps({**body, "options": options})
         if fragment is None:
             assert decode(message).options == options
         else:
             with pytest.raises(InvalidMessage, match=fragment):
                 decode(message)
-    interval = {**body, "trigger": trigger_spec("interval", UTC, start_date=datetime.now(UTC), minutes=1),
-                "options": {"retries": 1}}
+    interval = {
+        **body,
+        "trigger": trigger_spec("interval", UTC, start_date=datetime.now(UTC), minutes=1),
+        "options": {"retries": 1},
+    }
     with pytest.raises(InvalidMessage, match="only one-off jobs"):
         decode(json.dumps(interval))
 
@@ -310,15 +330,21 @@ def test_a_jobs_table_from_an_earlier_version_gains_the_new_columns(store_kind, 
     engine = create_db_engine(url)
     try:
         with engine.begin() as conn:  # the jobs table as 1.0.0.dev made it, with a row
-            conn.execute(sa.text(
-                f"create table {prefix}jobs (id varchar(200) primary key, queue varchar(200) not null, "
-                "func varchar(500) not null, kind varchar(20) not null, status varchar(20) not null, "
-                "mid varchar(64) not null, request text not null, created_at float not null, "
-                "updated_at float not null, runs integer not null, last_run_at float, result text, "
-                "error text)"))
-            conn.execute(sa.text(
-                f"insert into {prefix}jobs values ('old', 'jobs', 'm:f', 'now', 'done', 'm', '{{}}', 1, 1, 1, "
-                "null, null, null)"))
+            conn.execute(
+                sa.text(
+                    f"create table {prefix}jobs (id varchar(200) primary key, queue varchar(200) not null, "
+                    "func varchar(500) not null, kind varchar(20) not null, status varchar(20) not null, "
+                    "mid varchar(64) not null, request text not null, created_at float not null, "
+                    "updated_at float not null, runs integer not null, last_run_at float, result text, "
+                    "error text)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"insert into {prefix}jobs values ('old', 'jobs', 'm:f', 'now', 'done', 'm', '{{}}', 1, 1, 1, "
+                    "null, null, null)"
+                )
+            )
         ledger = Ledger(engine, prefix)
         row = ledger.get_job("old")
         assert (row["attempt"], row["retry_at"], row["ttl"]) == (1, None, None)
@@ -356,8 +382,7 @@ def test_a_run_cut_by_a_crash_spends_a_retry(engine_factory, proxy_factory):
     assert (record_["status"], record_["runs"], record_["attempt"], record_["retries_left"]) == ("done", 1, 2, 1)
     assert [run["status"] for run in proxy.get_runs("i2")] == ["interrupted", "done"]
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "i2"))
-    assert types_for(events, "i2") == [Event.JOB_INTERRUPTED, Event.JOB_RETRY, Event.JOB_EXECUTED,
-                                       Event.JOB_REMOVED]
+    assert types_for(events, "i2") == [Event.JOB_INTERRUPTED, Event.JOB_RETRY, Event.JOB_EXECUTED, Event.JOB_REMOVED]
     interrupted = [e for e in events if e.type == Event.JOB_INTERRUPTED][0]
     assert interrupted.will_retry and "retrying it in 0.2s (attempt 2 of 3)" in interrupted.reason
     assert [tag for tag, _ in RUNS] == ["i2"]

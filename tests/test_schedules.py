@@ -42,11 +42,17 @@ def sunday(year: int, month: int, last: bool = False, nth: int = 1) -> date:
 
 # -- weekdays, monthdays, time of day -------------------------------------------------
 
+
 def test_weekdays_are_iso_numbers_at_a_time_of_day(scheduler, tmp_path):
     scheduler.add_cron_job(job, weekdays=[1, 5], time_of_day=(7, 30), timezone="Europe/Paris")
     trigger = last_trigger(tmp_path)
     assert {k: trigger[k] for k in ("day_of_week", "hour", "minute", "second", "timezone")} == {
-        "day_of_week": "mon,fri", "hour": 7, "minute": 30, "second": 0, "timezone": "Europe/Paris"}
+        "day_of_week": "mon,fri",
+        "hour": 7,
+        "minute": 30,
+        "second": 0,
+        "timezone": "Europe/Paris",
+    }
     times = scheduler.preview(weekdays=[1, 5], time_of_day=(7, 30), timezone="Europe/Paris", n=8)
     assert len(times) == 8
     assert {t.isoweekday() for t in times} == {1, 5}
@@ -54,9 +60,15 @@ def test_weekdays_are_iso_numbers_at_a_time_of_day(scheduler, tmp_path):
     assert all(t.tzinfo == PARIS for t in times)
 
 
-@pytest.mark.parametrize(("weekdays", "expected"), [
-    ([7], {7}), (["sat", "Sun"], {6, 7}), (3, {3}), ((1, 2, 3, 4, 5), {1, 2, 3, 4, 5}),
-])
+@pytest.mark.parametrize(
+    ("weekdays", "expected"),
+    [
+        ([7], {7}),
+        (["sat", "Sun"], {6, 7}),
+        (3, {3}),
+        ((1, 2, 3, 4, 5), {1, 2, 3, 4, 5}),
+    ],
+)
 def test_weekday_forms(scheduler, weekdays, expected):
     times = scheduler.preview(weekdays=weekdays, time_of_day="18:05", n=14)
     assert {t.isoweekday() for t in times} == expected
@@ -83,24 +95,27 @@ def test_time_of_day_alone_is_every_day(scheduler):
     assert {(t.hour, t.minute, t.second) for t in times} == {(23, 59, 59)}
 
 
-@pytest.mark.parametrize(("kwargs", "fragment"), [
-    ({"weekdays": [0]}, "weekdays: 0 is not a day of the week; use ISO numbers 1 \\(Monday\\)"),
-    ({"weekdays": [8]}, "weekdays: 8"),
-    ({"weekdays": [True]}, "weekdays: True"),
-    ({"weekdays": ["funday"]}, "weekdays: 'funday'"),
-    ({"weekdays": []}, "weekdays: expected at least one day"),
-    ({"monthdays": [0]}, "monthdays: 0 is not a day of the month"),
-    ({"monthdays": [32]}, "monthdays: 32"),
-    ({"monthdays": {"x": 1}}, "monthdays: expected a list"),
-    ({"time_of_day": (24, 0)}, "time_of_day: \\(24, 0\\) is not a time of day"),
-    ({"time_of_day": (7,)}, "time_of_day: expected \\(hour, minute\\)"),
-    ({"time_of_day": "7h30"}, "time_of_day: expected"),
-    ({"time_of_day": 730}, "time_of_day: expected"),
-    ({"weekdays": [1], "day_of_week": "tue"}, "weekdays and day_of_week: give one or the other"),
-    ({"monthdays": [1], "day": 2}, "monthdays and day: give one or the other"),
-    ({"time_of_day": (7, 0), "minute": 5}, "time_of_day and minute: give one or the other"),
-    ({"weekdays": [1], "crontab": "0 7 * * *"}, "crontab: give either crontab or the cron fields"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"weekdays": [0]}, "weekdays: 0 is not a day of the week; use ISO numbers 1 \\(Monday\\)"),
+        ({"weekdays": [8]}, "weekdays: 8"),
+        ({"weekdays": [True]}, "weekdays: True"),
+        ({"weekdays": ["funday"]}, "weekdays: 'funday'"),
+        ({"weekdays": []}, "weekdays: expected at least one day"),
+        ({"monthdays": [0]}, "monthdays: 0 is not a day of the month"),
+        ({"monthdays": [32]}, "monthdays: 32"),
+        ({"monthdays": {"x": 1}}, "monthdays: expected a list"),
+        ({"time_of_day": (24, 0)}, "time_of_day: \\(24, 0\\) is not a time of day"),
+        ({"time_of_day": (7,)}, "time_of_day: expected \\(hour, minute\\)"),
+        ({"time_of_day": "7h30"}, "time_of_day: expected"),
+        ({"time_of_day": 730}, "time_of_day: expected"),
+        ({"weekdays": [1], "day_of_week": "tue"}, "weekdays and day_of_week: give one or the other"),
+        ({"monthdays": [1], "day": 2}, "monthdays and day: give one or the other"),
+        ({"time_of_day": (7, 0), "minute": 5}, "time_of_day and minute: give one or the other"),
+        ({"weekdays": [1], "crontab": "0 7 * * *"}, "crontab: give either crontab or the cron fields"),
+    ],
+)
 def test_bad_calendars_are_refused_naming_the_argument(scheduler, tmp_path, kwargs, fragment):
     with pytest.raises(InvalidJob, match=fragment):
         scheduler.add_cron_job(job, **kwargs)
@@ -115,6 +130,7 @@ def test_crontab_string(scheduler, tmp_path):
 
 
 # -- delays ---------------------------------------------------------------------------
+
 
 def test_date_job_with_a_delay(scheduler, tmp_path):
     before = datetime.now(timezone.utc)
@@ -131,15 +147,18 @@ def test_date_job_with_a_delay(scheduler, tmp_path):
     assert dates[2].utcoffset() == dates[2].astimezone(NEW_YORK).utcoffset()
 
 
-@pytest.mark.parametrize(("args", "kwargs", "fragment"), [
-    ((time.time() + 60,), {"delay": 5}, "date and delay: give a date or a delay, not both"),
-    ((time.time() + 60,), {"hours": 1, "millis": 5}, "date and hours, millis: give a date or a delay"),
-    ((), {}, "date: required, unless a delay is given"),
-    ((), {"delay": -1}, "delay: expected a number of zero or more"),
-    ((), {"minutes": float("nan")}, "minutes: expected a number"),
-    ((), {"seconds": "5"}, "seconds: expected a number"),
-    ((), {"delay": 5, "end_date": time.time() + 100}, "end_date: not an option of date jobs"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fragment"),
+    [
+        ((time.time() + 60,), {"delay": 5}, "date and delay: give a date or a delay, not both"),
+        ((time.time() + 60,), {"hours": 1, "millis": 5}, "date and hours, millis: give a date or a delay"),
+        ((), {}, "date: required, unless a delay is given"),
+        ((), {"delay": -1}, "delay: expected a number of zero or more"),
+        ((), {"minutes": float("nan")}, "minutes: expected a number"),
+        ((), {"seconds": "5"}, "seconds: expected a number"),
+        ((), {"delay": 5, "end_date": time.time() + 100}, "end_date: not an option of date jobs"),
+    ],
+)
 def test_bad_delays_are_refused_naming_the_arguments(scheduler, tmp_path, args, kwargs, fragment):
     with pytest.raises(InvalidJob, match=fragment):
         scheduler.add_date_job(job, *args, **kwargs)
@@ -147,6 +166,7 @@ def test_bad_delays_are_refused_naming_the_arguments(scheduler, tmp_path, args, 
 
 
 # -- time zones -----------------------------------------------------------------------
+
 
 def test_timezone_per_job_for_every_kind(scheduler, tmp_path):
     scheduler.add_async_job(job, timezone="Asia/Tokyo")
@@ -165,15 +185,23 @@ def test_timezone_per_job_for_every_kind(scheduler, tmp_path):
 
 # -- schedules that never fire --------------------------------------------------------
 
-@pytest.mark.parametrize(("call", "fragment"), [
-    (lambda s: s.add_cron_job(job, day=31, month=2), "month, day: this cron schedule never fires"),
-    (lambda s: s.add_cron_job(job, monthdays=[30], month="feb"), "month, day: this cron schedule never fires"),
-    (lambda s: s.add_cron_job(job, minute=1, start_date=time.time() + 100, end_date=time.time() + 50),
-     "end_date: earlier than start_date"),
-    (lambda s: s.add_interval_job(job, hours=1, end_date=time.time() + 60), "end_date: .* never fires"),
-    (lambda s: s.add_cron_job(job, crontab="0 3 * * *", end_date=time.time() - 3600),
-     "end_date: .* is before the schedule's first fire time"),
-])
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda s: s.add_cron_job(job, day=31, month=2), "month, day: this cron schedule never fires"),
+        (lambda s: s.add_cron_job(job, monthdays=[30], month="feb"), "month, day: this cron schedule never fires"),
+        (
+            lambda s: s.add_cron_job(job, minute=1, start_date=time.time() + 100, end_date=time.time() + 50),
+            "end_date: earlier than start_date",
+        ),
+        (lambda s: s.add_interval_job(job, hours=1, end_date=time.time() + 60), "end_date: .* never fires"),
+        (
+            lambda s: s.add_cron_job(job, crontab="0 3 * * *", end_date=time.time() - 3600),
+            "end_date: .* is before the schedule's first fire time",
+        ),
+    ],
+)
 def test_schedules_that_never_fire_are_refused(scheduler, tmp_path, call, fragment):
     with pytest.raises(InvalidJob, match=fragment):
         call(scheduler)
@@ -182,28 +210,36 @@ def test_schedules_that_never_fire_are_refused(scheduler, tmp_path, call, fragme
 
 # -- the preview ----------------------------------------------------------------------
 
+
 def test_preview_across_the_european_changes():
     proxy_times = _preview_paris("30 2 * * *", 2099)
     spring, autumn = sunday(2099, 3, last=True), sunday(2099, 10, last=True)
     # 02:30 does not exist the night clocks go forward: it runs at 03:30 summer time.
     assert [t.isoformat() for t in proxy_times["spring"]] == [
-        f"{spring - timedelta(days=1)}T02:30:00+01:00", f"{spring}T03:30:00+02:00",
-        f"{spring + timedelta(days=1)}T02:30:00+02:00"]
+        f"{spring - timedelta(days=1)}T02:30:00+01:00",
+        f"{spring}T03:30:00+02:00",
+        f"{spring + timedelta(days=1)}T02:30:00+02:00",
+    ]
     # 02:30 happens twice the night clocks go back: it fires once, in the first pass
     # (APScheduler 3's own cron trigger fires in both).
     assert [t.isoformat() for t in proxy_times["autumn"]] == [
-        f"{autumn - timedelta(days=1)}T02:30:00+02:00", f"{autumn}T02:30:00+02:00",
-        f"{autumn + timedelta(days=1)}T02:30:00+01:00", f"{autumn + timedelta(days=2)}T02:30:00+01:00"]
+        f"{autumn - timedelta(days=1)}T02:30:00+02:00",
+        f"{autumn}T02:30:00+02:00",
+        f"{autumn + timedelta(days=1)}T02:30:00+01:00",
+        f"{autumn + timedelta(days=2)}T02:30:00+01:00",
+    ]
 
 
 def _preview_paris(crontab, year):
     proxy = _preview_proxy()
     spring, autumn = sunday(year, 3, last=True), sunday(year, 10, last=True)
     return {
-        "spring": proxy.preview(cron=crontab, timezone="Europe/Paris", n=3,
-                                start_date=_midnight(spring - timedelta(days=1), PARIS)),
-        "autumn": proxy.preview(cron=crontab, timezone="Europe/Paris", n=4,
-                                start_date=_midnight(autumn - timedelta(days=1), PARIS)),
+        "spring": proxy.preview(
+            cron=crontab, timezone="Europe/Paris", n=3, start_date=_midnight(spring - timedelta(days=1), PARIS)
+        ),
+        "autumn": proxy.preview(
+            cron=crontab, timezone="Europe/Paris", n=4, start_date=_midnight(autumn - timedelta(days=1), PARIS)
+        ),
     }
 
 
@@ -238,8 +274,10 @@ def test_preview_of_an_interval_counts_real_time_across_a_change():
     start = _midnight(spring - timedelta(days=1), PARIS) + timedelta(hours=12)
     times = proxy.preview("interval", hours=24, start_date=start, timezone="Europe/Paris", n=3)
     assert [t.isoformat() for t in times] == [
-        f"{spring - timedelta(days=1)}T12:00:00+01:00", f"{spring}T13:00:00+02:00",
-        f"{spring + timedelta(days=1)}T13:00:00+02:00"]
+        f"{spring - timedelta(days=1)}T12:00:00+01:00",
+        f"{spring}T13:00:00+02:00",
+        f"{spring + timedelta(days=1)}T13:00:00+02:00",
+    ]
 
 
 def test_preview_forms_and_refusals():
@@ -247,7 +285,8 @@ def test_preview_forms_and_refusals():
     (once,) = proxy.preview("date", delay=60, n=5)
     assert timedelta(seconds=55) < once - datetime.now(timezone.utc) <= timedelta(seconds=60)
     assert proxy.preview("date", date="2099-01-01T09:00:00", timezone="Europe/Paris") == [
-        datetime(2099, 1, 1, 9, tzinfo=PARIS)]
+        datetime(2099, 1, 1, 9, tzinfo=PARIS)
+    ]
     every = proxy.preview("interval", minutes=90, n=3, jitter=30)
     assert [b - a for a, b in zip(every, every[1:], strict=False)] == [timedelta(minutes=90)] * 2
     assert len(proxy.preview(cron="0 0 1 1 *", end_date="2200-01-01T00:00:00+00:00", n=1000)) < 200
@@ -264,6 +303,7 @@ def test_preview_forms_and_refusals():
 
 
 # -- the management messages ----------------------------------------------------------
+
 
 def test_management_requests_round_trip_on_the_wire():
     trigger = {"type": "cron", "timezone": "UTC", "crontab": "0 3 * * *"}
@@ -285,7 +325,9 @@ def test_management_calls_check_before_sending(scheduler, tmp_path):
     (_, pause), (_, reschedule) = published(tmp_path)
     assert (pause.op, pause.queue) == ("pause", "jobs")
     assert (reschedule.op, reschedule.trigger) == (
-        "reschedule", {"type": "cron", "timezone": "Europe/Paris", "crontab": "0 3 * * *"})
+        "reschedule",
+        {"type": "cron", "timezone": "Europe/Paris", "crontab": "0 3 * * *"},
+    )
     with pytest.raises(InvalidJob, match="job_id: expected a string of 1 to 200 characters"):
         scheduler.resume_job("")
     with pytest.raises(InvalidJob, match="month, day: this cron schedule never fires"):
@@ -307,7 +349,7 @@ def code_blocks(path):
     for index, line in enumerate(lines):
         if line.startswith(".. code-block:: "):
             body = []
-            for text in lines[index + 2:]:
+            for text in lines[index + 2 :]:
                 if text and not text.startswith("   "):
                     break
                 body.append(text[3:])
@@ -326,7 +368,9 @@ def test_the_schedules_page_examples_run_and_print_what_it_shows(scheduler, caps
         elif language == "text" and printed is not None:
             expected = code.splitlines()
             assert len(printed) == len(expected), printed
-            assert all(fnmatch.fnmatchcase(out, want.replace("(...)", "(*)"))
-                       for out, want in zip(printed, expected, strict=True)), printed
+            assert all(
+                fnmatch.fnmatchcase(out, want.replace("(...)", "(*)"))
+                for out, want in zip(printed, expected, strict=True)
+            ), printed
             checked += 1
     assert checked == 2

@@ -52,15 +52,21 @@ def test_tables_from_before_the_version_are_upgraded_with_their_rows(store, capl
     engine, prefix = store
     # The jobs table as development builds made it, before retries and ttl.
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            f'CREATE TABLE "{prefix}jobs" (id VARCHAR(200) PRIMARY KEY, queue VARCHAR(200) NOT NULL, '
-            "func VARCHAR(500) NOT NULL, kind VARCHAR(20) NOT NULL, status VARCHAR(20) NOT NULL, "
-            "mid VARCHAR(64) NOT NULL, request TEXT NOT NULL, created_at FLOAT NOT NULL, "
-            "updated_at FLOAT NOT NULL, runs INTEGER NOT NULL, last_run_at FLOAT, result TEXT, "
-            "error TEXT)"))
-        conn.execute(sa.text(
-            f"""INSERT INTO "{prefix}jobs" VALUES ('old-1', 'default', 'm:f', 'date', 'done', 'x', '{{}}',
-            1.0, 2.0, 1, 2.0, '"kept"', NULL)"""))
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "{prefix}jobs" (id VARCHAR(200) PRIMARY KEY, queue VARCHAR(200) NOT NULL, '
+                "func VARCHAR(500) NOT NULL, kind VARCHAR(20) NOT NULL, status VARCHAR(20) NOT NULL, "
+                "mid VARCHAR(64) NOT NULL, request TEXT NOT NULL, created_at FLOAT NOT NULL, "
+                "updated_at FLOAT NOT NULL, runs INTEGER NOT NULL, last_run_at FLOAT, result TEXT, "
+                "error TEXT)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                f"""INSERT INTO "{prefix}jobs" VALUES ('old-1', 'default', 'm:f', 'date', 'done', 'x', '{{}}',
+            1.0, 2.0, 1, 2.0, '"kept"', NULL)"""
+            )
+        )
     with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
         ledger = Ledger(engine, prefix)
     assert version(engine, prefix) == SCHEMA_VERSION
@@ -70,8 +76,9 @@ def test_tables_from_before_the_version_are_upgraded_with_their_rows(store, capl
         row = conn.execute(sa.select(ledger.jobs).where(ledger.jobs.c.id == "old-1")).mappings().one()
     assert row["result"] == '"kept"' and row["attempt"] == 1 and row["ttl"] is None
     messages = [record.getMessage() for record in caplog.records]
-    assert f"job store tables {prefix}*: made before their schema had a version; adding the columns " \
-           "they miss" in messages
+    assert (
+        f"job store tables {prefix}*: made before their schema had a version; adding the columns they miss" in messages
+    )
     assert f"job store tables {prefix}*: now at schema version {SCHEMA_VERSION}" in messages
 
 
@@ -82,8 +89,10 @@ def test_version_1_dead_letters_gain_size_and_digest(store, caplog):
     with engine.begin() as conn:
         for column in ("size", "sha256"):
             conn.execute(sa.text(f'ALTER TABLE "{prefix}dead_letters" DROP COLUMN {column}'))
-        conn.execute(sa.text(f"""INSERT INTO "{prefix}dead_letters" (queue, received_at, reason, body)
-                                 VALUES ('jobs', 1.0, 'old', 'x')"""))
+        conn.execute(
+            sa.text(f"""INSERT INTO "{prefix}dead_letters" (queue, received_at, reason, body)
+                                 VALUES ('jobs', 1.0, 'old', 'x')""")
+        )
         conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 1'))
     with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
         ledger = Ledger(engine, prefix)
@@ -92,8 +101,10 @@ def test_version_1_dead_letters_gain_size_and_digest(store, caplog):
     with engine.connect() as conn:
         rows = conn.execute(sa.select(ledger.dead_letters).order_by(ledger.dead_letters.c.id)).all()
     assert [(row.reason, row.size) for row in rows] == [("old", None), ("new", 4)]
-    assert f"job store tables {prefix}*: upgrading to schema version 2: dead letters keep the size and " \
-           "SHA-256 of the body" in [record.getMessage() for record in caplog.records]
+    assert (
+        f"job store tables {prefix}*: upgrading to schema version 2: dead letters keep the size and "
+        "SHA-256 of the body" in [record.getMessage() for record in caplog.records]
+    )
 
 
 def test_tables_newer_than_this_release_are_refused(store):
@@ -101,8 +112,11 @@ def test_tables_newer_than_this_release_are_refused(store):
     Ledger(engine, prefix)
     with engine.begin() as conn:
         conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = {SCHEMA_VERSION + 1}'))
-    with pytest.raises(SchemaError, match=rf"at schema version {SCHEMA_VERSION + 1}, newer than this "
-                                          rf"pyramid_scheduler knows \({SCHEMA_VERSION}\)"):
+    with pytest.raises(
+        SchemaError,
+        match=rf"at schema version {SCHEMA_VERSION + 1}, newer than this "
+        rf"pyramid_scheduler knows \({SCHEMA_VERSION}\)",
+    ):
         Ledger(engine, prefix)
 
 

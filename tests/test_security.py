@@ -53,8 +53,15 @@ def publish_raw(proxy, body: bytes, headers=None, content_type="application/json
     with make_connection(proxy.settings) as conn:
         queue = make_queue(proxy.settings, proxy.settings.default_queue)
         with conn.Producer() as producer:
-            producer.publish(body, routing_key=queue.routing_key, exchange="", declare=[queue],
-                             content_type=content_type, content_encoding="utf-8", headers=headers or {})
+            producer.publish(
+                body,
+                routing_key=queue.routing_key,
+                exchange="",
+                declare=[queue],
+                content_type=content_type,
+                content_encoding="utf-8",
+                headers=headers or {},
+            )
 
 
 def dead_letters(service):
@@ -63,11 +70,16 @@ def dead_letters(service):
         return [row.reason for row in conn.execute(sa.select(ledger.dead_letters.c.reason))]
 
 
-
 def request_body(func="test_security:harmless", job_id="raw1"):
     now = datetime.now(timezone.utc)
-    return JobRequest(op="add", id=job_id, queue="jobs", func=func, args=[job_id],
-                      trigger=trigger_spec("now", timezone.utc, run_date=now)).encode()
+    return JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func=func,
+        args=[job_id],
+        trigger=trigger_spec("now", timezone.utc, run_date=now),
+    ).encode()
 
 
 def test_signed_jobs_run_and_unsigned_or_forged_ones_are_dead_lettered(running):
@@ -100,8 +112,10 @@ def test_malformed_messages_never_stop_the_consumer(running):
     publish_raw(proxy, b"\x80\x04K\x01.", content_type="application/x-python-serialize")  # a pickle
     publish_raw(proxy, b"not json at all")
     publish_raw(proxy, json.dumps({"v": 9}).encode())
-    publish_raw(proxy, request_body(func="json:dumps", job_id="badargs").replace(b'"args":["badargs"]',
-                                                                               b'"args":[1,2,3,4,5,6,7]'))
+    publish_raw(
+        proxy,
+        request_body(func="json:dumps", job_id="badargs").replace(b'"args":["badargs"]', b'"args":[1,2,3,4,5,6,7]'),
+    )
     proxy.add_async_job(harmless, args=["after"])
     wait_for(lambda: "after" in RAN and len(dead_letters(service)) == 4)
     reasons = " | ".join(dead_letters(service))
@@ -119,8 +133,7 @@ def test_stored_pickle_cannot_run_code(running, tmp_path):
     proxy, service = running()
     store = service.engine.stores["jobs"]
     with store.engine.begin() as conn:
-        conn.execute(store.jobs_t.insert().values(id="evil", next_run_time=0.0,
-                                                  job_state=pickle.dumps(Evil())))
+        conn.execute(store.jobs_t.insert().values(id="evil", next_run_time=0.0, job_state=pickle.dumps(Evil())))
     service.engine.aps.wakeup()
     wait_for(lambda: _next_run_time(store, "evil") is None)
     assert not marker.exists()
@@ -128,8 +141,7 @@ def test_stored_pickle_cannot_run_code(running, tmp_path):
 
 def _next_run_time(store, job_id):
     with store.engine.connect() as conn:
-        return conn.execute(sa.select(store.jobs_t.c.next_run_time)
-                            .where(store.jobs_t.c.id == job_id)).scalar_one()
+        return conn.execute(sa.select(store.jobs_t.c.next_run_time).where(store.jobs_t.c.id == job_id)).scalar_one()
 
 
 def test_short_secret_is_refused(tmp_var):

@@ -26,16 +26,18 @@ def test_defaults():
 
 
 def test_034_settings_keep_their_meaning():
-    settings = parse_settings({
-        "scheduler.combined": "true",
-        "scheduler.queues": "jobs reports",
-        "scheduler.broker.url": "redis://127.0.0.1:6379/0",
-        "scheduler.housekeeping": "24h",
-        "scheduler.housekeeping.append": "gc:collect",
-        "scheduler.jobstore.default.class": "apscheduler.jobstores.memory:MemoryJobStore",
-        "scheduler.misfire_grace_time": "30",
-        "scheduler.id": "main",
-    })
+    settings = parse_settings(
+        {
+            "scheduler.combined": "true",
+            "scheduler.queues": "jobs reports",
+            "scheduler.broker.url": "redis://127.0.0.1:6379/0",
+            "scheduler.housekeeping": "24h",
+            "scheduler.housekeeping.append": "gc:collect",
+            "scheduler.jobstore.default.class": "apscheduler.jobstores.memory:MemoryJobStore",
+            "scheduler.misfire_grace_time": "30",
+            "scheduler.id": "main",
+        }
+    )
     assert settings.combined is True
     assert settings.queues == ("jobs", "reports")
     assert settings.default_queue == "jobs"
@@ -47,53 +49,64 @@ def test_034_settings_keep_their_meaning():
     assert settings.id == "main"
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("kombu.transport.sqlalchemy:Transport+sqlite:///var/x.db", "sqlite:///var/x.db"),
-    ("sqla+sqlite:///var/x.db", "sqlite:///var/x.db"),
-    ("sqlalchemy+postgresql://u@h/db", "postgresql://u@h/db"),
-    ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
-    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("kombu.transport.sqlalchemy:Transport+sqlite:///var/x.db", "sqlite:///var/x.db"),
+        ("sqla+sqlite:///var/x.db", "sqlite:///var/x.db"),
+        ("sqlalchemy+postgresql://u@h/db", "postgresql://u@h/db"),
+        ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ],
+)
 def test_034_broker_url_forms_map_onto_our_transport(url, expected):
     broker = parse_settings({"scheduler.broker.url": url}).broker
     assert broker.kind == "sql"
     assert broker.url == expected
 
 
-@pytest.mark.parametrize("url", ["redis://h:6379/0", "amqp://guest:guest@h//", "pyamqp://h//",
-                                 "memory://", "rediss://h/0"])
+@pytest.mark.parametrize(
+    "url", ["redis://h:6379/0", "amqp://guest:guest@h//", "pyamqp://h//", "memory://", "rediss://h/0"]
+)
 def test_kombu_urls_pass_through(url):
     assert parse_settings({"scheduler.broker.url": url}).broker.kind == "kombu"
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("scheduler.combined", "maybe", "scheduler.combined"),
-    ("scheduler.queues", "ok bad/name", "scheduler.queues"),
-    ("scheduler.queues", "a a", "without repeats"),
-    ("scheduler.broker.url", "evil.module:Transport+sqlite:///x", "not passed through"),
-    ("scheduler.broker.url", "ftp://x", "scheduler.broker.url"),
-    ("scheduler.broker.timeout", "0", "scheduler.broker.timeout"),
-    ("scheduler.broker.timeout", "soon", "duration"),
-    ("scheduler.misfire_grace_time", "-5", "scheduler.misfire_grace_time"),
-    ("scheduler.misfire_grace_time", "0.5s", "a whole number of seconds, at least 1"),
-    ("scheduler.misfire_grace_time", "0", "a whole number of seconds, at least 1"),
-    ("scheduler.housekeeping.append", "no.such.module:thing", "scheduler.housekeeping.append"),
-    ("scheduler.timezone", "Mars/Olympus", "scheduler.timezone"),
-    ("scheduler.serializer", "pickle", "pickle is no longer accepted"),
-    ("scheduler.executor", "process", "scheduler.executor"),
-    ("scheduler.executor.max_workers", "0", "scheduler.executor.max_workers"),
-    ("scheduler.jobstore.url", "redis://x", "scheduler.jobstore.url"),
-    ("scheduler.jobstore.default.class", "my.Store", "scheduler.jobstore.default.class"),
-    ("scheduler.qeueus", "jobs", "Unknown setting scheduler.qeueus"),
-    ("scheduler.apscheduler.timezone", "Europe/Paris", "use scheduler.timezone"),
-    ("scheduler.apscheduler.job_defaults.coalesce", "false", "use scheduler.misfire_grace_time, scheduler.coalesce"),
-    ("scheduler.apscheduler.jobstores.default.url", "sqlite://", "use scheduler.jobstore.url"),
-    ("scheduler.apscheduler.executors.default.max_workers", "3", "use scheduler.executor.max_workers"),
-    ("scheduler.func_aliases", "app.jobs.old app.jobs.new", "scheduler.func_aliases"),
-    ("scheduler.func_aliases", "app.jobs:old = app.jobs", "'old.module:function = new.module:function'"),
-    ("scheduler.func_aliases", "a:x = a:y\na:x = a:z", "each old name once"),
-    ("scheduler.func_aliases", "a:x = a:y\na:y = a:z", "a:y is itself renamed to a:z"),
-])
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("scheduler.combined", "maybe", "scheduler.combined"),
+        ("scheduler.queues", "ok bad/name", "scheduler.queues"),
+        ("scheduler.queues", "a a", "without repeats"),
+        ("scheduler.broker.url", "evil.module:Transport+sqlite:///x", "not passed through"),
+        ("scheduler.broker.url", "ftp://x", "scheduler.broker.url"),
+        ("scheduler.broker.timeout", "0", "scheduler.broker.timeout"),
+        ("scheduler.broker.timeout", "soon", "duration"),
+        ("scheduler.misfire_grace_time", "-5", "scheduler.misfire_grace_time"),
+        ("scheduler.misfire_grace_time", "0.5s", "a whole number of seconds, at least 1"),
+        ("scheduler.misfire_grace_time", "0", "a whole number of seconds, at least 1"),
+        ("scheduler.housekeeping.append", "no.such.module:thing", "scheduler.housekeeping.append"),
+        ("scheduler.timezone", "Mars/Olympus", "scheduler.timezone"),
+        ("scheduler.serializer", "pickle", "pickle is no longer accepted"),
+        ("scheduler.executor", "process", "scheduler.executor"),
+        ("scheduler.executor.max_workers", "0", "scheduler.executor.max_workers"),
+        ("scheduler.jobstore.url", "redis://x", "scheduler.jobstore.url"),
+        ("scheduler.jobstore.default.class", "my.Store", "scheduler.jobstore.default.class"),
+        ("scheduler.qeueus", "jobs", "Unknown setting scheduler.qeueus"),
+        ("scheduler.apscheduler.timezone", "Europe/Paris", "use scheduler.timezone"),
+        (
+            "scheduler.apscheduler.job_defaults.coalesce",
+            "false",
+            "use scheduler.misfire_grace_time, scheduler.coalesce",
+        ),
+        ("scheduler.apscheduler.jobstores.default.url", "sqlite://", "use scheduler.jobstore.url"),
+        ("scheduler.apscheduler.executors.default.max_workers", "3", "use scheduler.executor.max_workers"),
+        ("scheduler.func_aliases", "app.jobs.old app.jobs.new", "scheduler.func_aliases"),
+        ("scheduler.func_aliases", "app.jobs:old = app.jobs", "'old.module:function = new.module:function'"),
+        ("scheduler.func_aliases", "a:x = a:y\na:x = a:z", "each old name once"),
+        ("scheduler.func_aliases", "a:x = a:y\na:y = a:z", "a:y is itself renamed to a:z"),
+    ],
+)
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigurationError) as info:
         parse_settings({key: value})
@@ -101,8 +114,9 @@ def test_bad_values_name_the_key(key, value, fragment):
 
 
 def test_func_aliases():
-    settings = parse_settings({"scheduler.func_aliases": "\n app.jobs:old = app.tasks:new\n"
-                                                         "app.jobs:Cls.meth=app.jobs:other\n"})
+    settings = parse_settings(
+        {"scheduler.func_aliases": "\n app.jobs:old = app.tasks:new\napp.jobs:Cls.meth=app.jobs:other\n"}
+    )
     assert settings.func_aliases == {"app.jobs:old": "app.tasks:new", "app.jobs:Cls.meth": "app.jobs:other"}
     assert parse_settings({}).func_aliases == {}
 
@@ -114,26 +128,33 @@ def test_bad_setting_fails_at_include():
 
 
 def test_passthrough_families():
-    settings = parse_settings({
-        "scheduler.broker.transport_options.visibility_timeout": "120",
-        "scheduler.broker.transport_options.polling_interval": "0.5",
-        "scheduler.broker.transport_options.flag": "true",
-        "scheduler.apscheduler.jobstore_retry_interval": "5",
-    })
-    assert settings.broker_transport_options == {"visibility_timeout": 120, "polling_interval": 0.5,
-                                                 "flag": True}
+    settings = parse_settings(
+        {
+            "scheduler.broker.transport_options.visibility_timeout": "120",
+            "scheduler.broker.transport_options.polling_interval": "0.5",
+            "scheduler.broker.transport_options.flag": "true",
+            "scheduler.apscheduler.jobstore_retry_interval": "5",
+        }
+    )
+    assert settings.broker_transport_options == {"visibility_timeout": 120, "polling_interval": 0.5, "flag": True}
     assert settings.apscheduler == {"apscheduler.jobstore_retry_interval": "5"}
 
 
-@pytest.mark.parametrize("value, seconds", [("90", 90), (90, 90), ("1.5s", 1.5), ("30m", 1800),
-                                            ("24h", 86400), ("7d", 604800), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("90", 90), (90, 90), ("1.5s", 1.5), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("250ms", 0.25)],
+)
 def test_durations(value, seconds):
     assert parse_duration("x", value) == seconds
 
 
 def test_secrets_never_in_repr():
-    settings = parse_settings({"scheduler.broker.url": "redis://:s3cret@h:6379/0",
-                               "scheduler.jobstore.url": "postgresql://app:hunter2@db/app"})
+    settings = parse_settings(
+        {
+            "scheduler.broker.url": "redis://:s3cret@h:6379/0",
+            "scheduler.jobstore.url": "postgresql://app:hunter2@db/app",
+        }
+    )
     text = repr(settings)
     assert "s3cret" not in text and "hunter2" not in text
     assert "***" in text
@@ -141,19 +162,25 @@ def test_secrets_never_in_repr():
     assert mask_url("redis://h/0") == "redis://h/0"
 
 
-@pytest.mark.parametrize(("url", "masked"), [
-    ("sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
-    ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=***&db=1"),
-    ("rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=pw", "rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=***"),
-    ("amqp://user:pw@host//", "amqp://user:***@host//"),
-    ("amqp://u:pw@h1//;amqp://u:pw@h2//", "amqp://u:***@h1//;amqp://u:***@h2//"),
-    ("postgresql+psycopg://u:pw@h/db", "postgresql+psycopg://u:***@h/db"),
-    ("postgresql://u:p@ss:w@h:5432/db?sslpassword=x", "postgresql://u:***@h:5432/db?sslpassword=***"),
-    ("sqla+mysql://u:pw@h/db", "sqla+mysql://u:***@h/db"),
-    ("redis://:pw@h", "redis://:***@h"),
-    ("amqp://guest@h//", "amqp://guest@h//"),
-    ("sqlite:////var/a@b.sqlite", "sqlite:////var/a@b.sqlite"),
-])
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("sentinel://:pw1@h1:26379;sentinel://:pw2@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=***&db=1"),
+        (
+            "rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=pw",
+            "rediss://h/0?ssl_cert_reqs=required&ssl_keyfile_password=***",
+        ),
+        ("amqp://user:pw@host//", "amqp://user:***@host//"),
+        ("amqp://u:pw@h1//;amqp://u:pw@h2//", "amqp://u:***@h1//;amqp://u:***@h2//"),
+        ("postgresql+psycopg://u:pw@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u:p@ss:w@h:5432/db?sslpassword=x", "postgresql://u:***@h:5432/db?sslpassword=***"),
+        ("sqla+mysql://u:pw@h/db", "sqla+mysql://u:***@h/db"),
+        ("redis://:pw@h", "redis://:***@h"),
+        ("amqp://guest@h//", "amqp://guest@h//"),
+        ("sqlite:////var/a@b.sqlite", "sqlite:////var/a@b.sqlite"),
+    ],
+)
 def test_mask_url_masks_every_password(url, masked):
     assert mask_url(url) == masked
 

@@ -38,6 +38,7 @@ CALLS: list[tuple[str, Any]] = []
 
 # -- job functions and views of the application under test ---------------------------
 
+
 def record(tag: str) -> str:
     from pyramid.threadlocal import get_current_registry
 
@@ -67,8 +68,9 @@ def add_view(request: Any) -> dict[str, str]:
     elif kind == "interval":
         job_id = scheduler.add_interval_job(record, hours=float(params["hours"]), args=[tag], id=tag)
     else:
-        job_id = scheduler.add_cron_job(record, crontab=params["crontab"], args=[tag], id=tag,
-                                        timezone=params.get("tz"))
+        job_id = scheduler.add_cron_job(
+            record, crontab=params["crontab"], args=[tag], id=tag, timezone=params.get("tz")
+        )
     return {"job_id": job_id}
 
 
@@ -84,8 +86,10 @@ def make_app(**settings: str) -> tuple[TestApp, TestingScheduler, dict[str, list
     config.add_view(add_view, route_name="add", renderer="json")
     config.add_route("cancel", "/cancel")
     config.add_view(cancel_view, route_name="cancel", renderer="json")
-    seen = {cls.__name__: config.testing_add_subscriber(cls)
-            for cls in (JobCreated, JobExecuted, JobFailed, JobMissed, JobRemoved, JobCanceled)}
+    seen = {
+        cls.__name__: config.testing_add_subscriber(cls)
+        for cls in (JobCreated, JobExecuted, JobFailed, JobMissed, JobRemoved, JobCanceled)
+    }
     app = TestApp(config.make_wsgi_app())
     scheduler = config.registry.scheduler
     assert isinstance(scheduler, TestingScheduler)
@@ -98,6 +102,7 @@ def types(scheduler: TestingScheduler, job_id: str | None = None) -> list[str]:
 
 # -- tests ----------------------------------------------------------------------------
 
+
 def test_jobs_are_recorded_and_run_on_demand_with_production_events():
     app, scheduler, seen = make_app()
     heard: list[Event] = []
@@ -107,8 +112,13 @@ def test_jobs_are_recorded_and_run_on_demand_with_production_events():
 
     job = scheduler.get_job("a1")
     assert job is not None
-    assert (job["func"], job["args"], job["kwargs"], job["queue"], job["status"]) == \
-        ("test_testing:record", ["a1"], {}, "default", "scheduled")
+    assert (job["func"], job["args"], job["kwargs"], job["queue"], job["status"]) == (
+        "test_testing:record",
+        ["a1"],
+        {},
+        "default",
+        "scheduled",
+    )
     assert job["trigger"]["type"] == "now" and job["options"] == {}
     assert [j["id"] for j in scheduler.get_jobs()] == ["a1"]
 
@@ -124,8 +134,14 @@ def test_jobs_are_recorded_and_run_on_demand_with_production_events():
     assert [e.job_id for e in seen["JobRemoved"]] == ["a1"]
     executed = seen["JobExecuted"][0].event
     assert executed.retval == "a1" and executed.run_key.startswith("a1@")
-    assert executed.job == {"id": "a1", "func": "test_testing:record", "args": ["a1"], "kwargs": {},
-                            "queue": "default", "name": "test_testing:record"}
+    assert executed.job == {
+        "id": "a1",
+        "func": "test_testing:record",
+        "args": ["a1"],
+        "kwargs": {},
+        "queue": "default",
+        "name": "test_testing:record",
+    }
     assert scheduler.run_pending() == []  # nothing more
 
 
@@ -200,9 +216,14 @@ def test_cron_across_the_march_dst_change_in_paris():
     assert local == expected
     # On the change day the run comes one hour after 01:30 local, at 03:30 CEST.
     assert [r["scheduled_run_time"].astimezone(UTC).strftime("%d %H:%M") for r in runs] == [
-        "28 01:30", "29 01:30", "30 00:30", "31 00:30"]
-    assert [datetime.fromtimestamp(r["scheduled_run_time"].timestamp(), PARIS).strftime("%d %H:%M %Z")
-            for r in runs] == ["28 02:30 CET", "29 03:30 CEST", "30 02:30 CEST", "31 02:30 CEST"]
+        "28 01:30",
+        "29 01:30",
+        "30 00:30",
+        "31 00:30",
+    ]
+    assert [
+        datetime.fromtimestamp(r["scheduled_run_time"].timestamp(), PARIS).strftime("%d %H:%M %Z") for r in runs
+    ] == ["28 02:30 CET", "29 03:30 CEST", "30 02:30 CEST", "31 02:30 CEST"]
 
 
 def test_cancel_job_stops_a_job_with_its_event():
@@ -214,8 +235,7 @@ def test_cancel_job_stops_a_job_with_its_event():
     scheduler.clock.advance(hours=5)
     assert [tag for tag, _ in CALLS] == ["tick", "tick"]
     assert scheduler.get_job("tick")["status"] == "canceled"
-    assert types(scheduler, "tick") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_EXECUTED,
-                                        Event.JOB_CANCELED]
+    assert types(scheduler, "tick") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_EXECUTED, Event.JOB_CANCELED]
     assert [e.job_id for e in seen["JobCanceled"]] == ["tick"]
     assert scheduler.get_jobs(status="canceled")[0]["id"] == "tick"
     scheduler.cancel_job("tick")  # again: ignored, as by the daemon
@@ -225,8 +245,9 @@ def test_cancel_job_stops_a_job_with_its_event():
 def test_failures_and_misses_are_reported_like_the_daemon():
     _, scheduler, seen = make_app()
     scheduler.add_async_job(boom, args=["b"], id="b")
-    scheduler.add_date_job(record, scheduler.now() - timedelta(hours=2), args=["late"], id="late",
-                           misfire_grace_time=60)
+    scheduler.add_date_job(
+        record, scheduler.now() - timedelta(hours=2), args=["late"], id="late", misfire_grace_time=60
+    )
     scheduler.run_pending()
     assert scheduler.get_job("b")["status"] == "failed"
     assert "ValueError: b fails" in scheduler.get_job("b")["error"]
@@ -258,8 +279,12 @@ def test_the_real_checks_apply():
 
 
 def test_include_after_the_real_one_keeps_listeners_and_starts_nothing(tmp_path):
-    settings = {"scheduler.combined": "true", "scheduler.broker.url": "redis://127.0.0.1:9/0",
-                "scheduler.events.subscribe": "true", "scheduler.jobstore.url": f"sqlite:///{tmp_path}/j.sqlite"}
+    settings = {
+        "scheduler.combined": "true",
+        "scheduler.broker.url": "redis://127.0.0.1:9/0",
+        "scheduler.events.subscribe": "true",
+        "scheduler.jobstore.url": f"sqlite:///{tmp_path}/j.sqlite",
+    }
     config = Configurator(settings=settings)
     config.include("pyramid_scheduler")
     heard: list[Event] = []
@@ -276,8 +301,7 @@ def test_include_after_the_real_one_keeps_listeners_and_starts_nothing(tmp_path)
 
 
 def test_included_from_settings_before_the_application_includes_the_real_one():
-    config = Configurator(settings={"pyramid.includes": "pyramid_scheduler.testing",
-                                    "scheduler.testing.eager": "true"})
+    config = Configurator(settings={"pyramid.includes": "pyramid_scheduler.testing", "scheduler.testing.eager": "true"})
     config.include("pyramid_scheduler")  # what the application's main() does: a no-op now
     config.add_route("add", "/add")
     config.add_view(add_view, route_name="add", renderer="json")
@@ -352,8 +376,15 @@ def test_retries_back_off_on_the_fake_clock_like_the_daemon():
     assert [run["status"] for run in scheduler.get_runs("r")] == ["failed"] * 3
     errors = [(e.attempt, e.will_retry) for e in scheduler.events if e.type == Event.JOB_ERROR]
     assert errors == [(1, True), (2, True), (3, False)]
-    assert types(scheduler, "r") == [Event.JOB_CREATED, Event.JOB_ERROR, Event.JOB_RETRY, Event.JOB_ERROR,
-                                     Event.JOB_RETRY, Event.JOB_ERROR, Event.JOB_REMOVED]
+    assert types(scheduler, "r") == [
+        Event.JOB_CREATED,
+        Event.JOB_ERROR,
+        Event.JOB_RETRY,
+        Event.JOB_ERROR,
+        Event.JOB_RETRY,
+        Event.JOB_ERROR,
+        Event.JOB_REMOVED,
+    ]
     assert scheduler.wait("r", timeout=0)["status"] == "failed"
 
 
@@ -373,17 +404,23 @@ def test_pause_resume_reschedule_and_run_now_on_the_fake_clock():
     scheduler.run_job_now("hourly")
     assert [r["scheduled_run_time"] for r in scheduler.run_pending()] == [start + timedelta(hours=3)]
     assert [r["scheduled_run_time"] for r in scheduler.clock.advance(hours=4)] == [
-        start + timedelta(hours=6, minutes=30)]
+        start + timedelta(hours=6, minutes=30)
+    ]
     assert types(scheduler, "hourly") == [
-        Event.JOB_CREATED, Event.JOB_PAUSED, Event.JOB_RESUMED, Event.JOB_RESCHEDULED,
-        Event.JOB_EXECUTED, Event.JOB_EXECUTED]
+        Event.JOB_CREATED,
+        Event.JOB_PAUSED,
+        Event.JOB_RESUMED,
+        Event.JOB_RESCHEDULED,
+        Event.JOB_EXECUTED,
+        Event.JOB_EXECUTED,
+    ]
     scheduler.resume_job("hourly")  # not paused: refused with its event, as by the daemon
     refused = scheduler.events[-1]
-    assert (refused.type, refused.op, refused.reason) == (Event.JOB_REQUEST_REFUSED, "resume",
-                                                          "the job is not paused")
+    assert (refused.type, refused.op, refused.reason) == (Event.JOB_REQUEST_REFUSED, "resume", "the job is not paused")
 
 
 # -- a transaction that never commits: the Pyramid starter's fixtures ----------------
+
 
 def note_request(request: Any, tag: str, follow_up: bool = False) -> str:
     CALLS.append((tag, request))
@@ -394,8 +431,7 @@ def note_request(request: Any, tag: str, follow_up: bool = False) -> str:
 
 def request_job_view(request: Any) -> dict[str, str]:
     follow_up = request.params.get("follow_up") == "1"
-    return {"job_id": request.scheduler.add_async_job(note_request, args=["view"],
-                                                      kwargs={"follow_up": follow_up})}
+    return {"job_id": request.scheduler.add_async_job(note_request, args=["view"], kwargs={"follow_up": follow_up})}
 
 
 @pytest.fixture

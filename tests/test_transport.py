@@ -26,8 +26,7 @@ def connect(url, **options):
 
 def put(conn, queue, body):
     with conn.Producer() as producer:
-        producer.publish(body, routing_key=queue, exchange="", declare=[kombu.Queue(queue)],
-                         serializer="json")
+        producer.publish(body, routing_key=queue, exchange="", declare=[kombu.Queue(queue)], serializer="json")
 
 
 def get(conn, queue, timeout=1.0):

@@ -20,8 +20,12 @@ from pyramid_scheduler import InvalidJob
 
 @pytest.fixture
 def settings(tmp_var: Path) -> dict[str, str]:
-    return {**make_settings(tmp_var), "sampleapp.oracle": str(tmp_var / "oracle.sqlite"),
-            "sampleapp.marker": "tx", "tmapp.db": f"sqlite:///{tmp_var}/app.sqlite"}
+    return {
+        **make_settings(tmp_var),
+        "sampleapp.oracle": str(tmp_var / "oracle.sqlite"),
+        "sampleapp.marker": "tx",
+        "tmapp.db": f"sqlite:///{tmp_var}/app.sqlite",
+    }
 
 
 def make_app(settings: dict[str, str], **overrides: str) -> tuple[webtest.TestApp, Any]:
@@ -141,8 +145,9 @@ def test_savepoint_rollback_drops_what_was_held_after_it(app, tmp_var):
 
 
 def test_publish_failure_after_commit_is_logged_with_the_job_id(settings, tmp_var, caplog):
-    app, scheduler = make_app(settings, **{"scheduler.broker.url": "redis://127.0.0.1:1/0",
-                                           "scheduler.broker.timeout": "0.5"})
+    app, scheduler = make_app(
+        settings, **{"scheduler.broker.url": "redis://127.0.0.1:1/0", "scheduler.broker.timeout": "0.5"}
+    )
     try:
         with caplog.at_level(logging.ERROR, logger="pyramid_scheduler.tx"):
             assert app.get("/order", {"tag": "lost-1"}).json == {"job_id": "lost-1"}

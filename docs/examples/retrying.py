@@ -33,12 +33,24 @@ def main():
     scheduler = config.registry.scheduler
     try:
         job_id = scheduler.add_async_job(
-            fetch_rates, args=["EUR"],
-            retries=3, retry_delay=0.5, retry_backoff=2.0,  # after 0.5 s, then 1 s, then 2 s
-            ttl=3600)  # keep the finished record for an hour
+            fetch_rates,
+            args=["EUR"],
+            retries=3,
+            retry_delay=0.5,
+            retry_backoff=2.0,  # after 0.5 s, then 1 s, then 2 s
+            ttl=3600,
+        )  # keep the finished record for an hour
         record = scheduler.wait(job_id, timeout=30)
-        print(record["status"], "after", record["runs"], "runs;",
-              "retries left:", record["retries_left"], "result:", record["result"])
+        print(
+            record["status"],
+            "after",
+            record["runs"],
+            "runs;",
+            "retries left:",
+            record["retries_left"],
+            "result:",
+            record["result"],
+        )
         for run in scheduler.get_runs(job_id):
             print(" ", run["status"], run["run_key"])
     finally:

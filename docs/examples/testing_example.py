@@ -15,6 +15,7 @@ SENT = []
 
 # -- the application ---------------------------------------------------------
 
+
 def send_reminder(user_id):
     SENT.append(user_id)
     return {"reminded": user_id}
@@ -23,8 +24,7 @@ def send_reminder(user_id):
 def remind_view(request):
     """POST /remind/{user}: remind the user in 24 hours."""
     user_id = int(request.matchdict["user"])
-    job_id = request.scheduler.add_date_job(
-        send_reminder, time.time() + 24 * 3600, args=[user_id])
+    job_id = request.scheduler.add_date_job(send_reminder, time.time() + 24 * 3600, args=[user_id])
     return {"job_id": job_id}
 
 
@@ -34,6 +34,7 @@ def includeme(config):
 
 
 # -- its test ----------------------------------------------------------------
+
 
 def test_the_reminder_is_sent_a_day_later():
     SENT.clear()

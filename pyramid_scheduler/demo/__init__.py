@@ -50,7 +50,8 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
     """
     if not settings.get("scheduler.secret"):
         settings["scheduler.secret"] = os.environ.get(SECRET_ENV) or demo_secret(
-            Path(global_config.get("here") or ".") / "var" / "scheduler-secret")
+            Path(global_config.get("here") or ".") / "var" / "scheduler-secret"
+        )
     with Configurator(settings=settings) as config:
         config.include("pyramid_scheduler")
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy(samesite="Strict"))
@@ -151,10 +152,13 @@ def _page(request: Request, notice: str = "", error: str = "", status: int = 200
     daemons = scheduler.get_daemons()
     if all(d["active"] for d in daemons):
         daemon = '<p class="ok" id="daemon">Daemon running: {}</p>'.format(
-            html.escape(", ".join(f"{d['queue']} by {d['owner']}" for d in daemons)))
+            html.escape(", ".join(f"{d['queue']} by {d['owner']}" for d in daemons))
+        )
     else:
-        daemon = ('<p class="warn" id="daemon">No daemon is running the queues yet: jobs wait on the '
-                  "broker until <code>pscheduler development.ini</code> starts.</p>")
+        daemon = (
+            '<p class="warn" id="daemon">No daemon is running the queues yet: jobs wait on the '
+            "broker until <code>pscheduler development.ini</code> starts.</p>"
+        )
     body = PAGE.substitute(
         token=token,
         notice=f'<p class="ok" id="notice">Job {html.escape(notice)} sent.</p>' if notice else "",
@@ -171,11 +175,20 @@ def _row(request: Request, job: dict[str, Any], token: str) -> str:
         action = ""
     else:
         url = html.escape(request.route_url("cancel", job_id=job["id"]))
-        action = (f'<form method="post" action="{url}"><input type="hidden" name="csrf_token" '
-                  f'value="{token}"><button type="submit">Cancel</button></form>')
+        action = (
+            f'<form method="post" action="{url}"><input type="hidden" name="csrf_token" '
+            f'value="{token}"><button type="submit">Cancel</button></form>'
+        )
     outcome = job.get("error") or (json.dumps(job["result"]) if job.get("result") is not None else "")
-    cells = [job["id"], job["func"].rsplit(":", 1)[-1], _describe(trigger), str(job.get("args") or ""),
-             job["status"], str(job["runs"]), outcome]
+    cells = [
+        job["id"],
+        job["func"].rsplit(":", 1)[-1],
+        _describe(trigger),
+        str(job.get("args") or ""),
+        job["status"],
+        str(job["runs"]),
+        outcome,
+    ]
     tds = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells)
     attrs = f'data-job="{html.escape(job["id"])}" data-status="{html.escape(job["status"])}"'
     return f"<tr {attrs}>{tds}<td>{action}</td></tr>"

@@ -18,8 +18,7 @@ def say(message: str) -> dict[str, Any]:
     registry = get_current_registry()
     ran_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     log.info("demo job says %r", message)
-    return {"message": message, "ran_at": ran_at, "pid": os.getpid(),
-            "app": registry.settings.get("demo.title", "")}
+    return {"message": message, "ran_at": ran_at, "pid": os.getpid(), "app": registry.settings.get("demo.title", "")}
 
 
 def slow(message: str, seconds: float = 3.0) -> str:

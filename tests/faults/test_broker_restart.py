@@ -102,8 +102,10 @@ def test_redis_killed_under_load_with_aof_loses_no_accepted_job(make_harness, pr
         redis.start()
         load.wait_accepted(100, "enqueue to work again after the restart")
     runs = load.settle(harness, daemon)
-    print(f"\n[redis AOF restart] accepted={len(runs)} refused while down={len(load.refused)} "
-          f"ran={sum(runs)} lost={runs.count(0)} duplicates={sum(1 for r in runs if r > 1)}")
+    print(
+        f"\n[redis AOF restart] accepted={len(runs)} refused while down={len(load.refused)} "
+        f"ran={sum(runs)} lost={runs.count(0)} duplicates={sum(1 for r in runs if r > 1)}"
+    )
     assert runs == [1] * len(runs)
     assert daemon.alive  # reconnected by itself
     assert daemon.terminate() == 0
@@ -174,9 +176,11 @@ def test_rabbitmq_gone_under_load_loses_no_confirmed_job(amqp_proxy, make_harnes
     runs = load.settle(harness, daemon)
     producer_back = next(at for _, at in load.accepted if at > restored) - restored
     daemon_back = first_consumed_after(daemon.log(), restored_wall) - restored_wall
-    print(f"\n[rabbitmq cut {OUTAGE:g}s] accepted={len(runs)} refused while away={len(load.refused)} "
-          f"ran={sum(runs)} lost={runs.count(0)} duplicates={sum(1 for r in runs if r > 1)} "
-          f"reconnected after the restore: producer {producer_back:.2f}s, daemon {daemon_back:.2f}s")
+    print(
+        f"\n[rabbitmq cut {OUTAGE:g}s] accepted={len(runs)} refused while away={len(load.refused)} "
+        f"ran={sum(runs)} lost={runs.count(0)} duplicates={sum(1 for r in runs if r > 1)} "
+        f"reconnected after the restore: producer {producer_back:.2f}s, daemon {daemon_back:.2f}s"
+    )
     assert runs == [1] * len(runs)
     assert daemon.alive  # reconnected by itself
     assert daemon.terminate() == 0
@@ -202,7 +206,9 @@ def test_daemon_leaves_a_silently_dead_rabbitmq_connection(amqp_proxy, make_harn
     after = f"after-{uuid.uuid4().hex[:6]}"
     direct.add_async_job(jobs.record, args=[harness.oracle, after], id=after)
     harness.wait_job(direct, after, {"done"}, timeout=60, alive=(daemon,))
-    print(f"\n[rabbitmq silent connection] the daemon ran a job published after the freeze "
-          f"{time.monotonic() - frozen:.1f}s later")
+    print(
+        f"\n[rabbitmq silent connection] the daemon ran a job published after the freeze "
+        f"{time.monotonic() - frozen:.1f}s later"
+    )
     assert len(harness.runs(after)) == 1
     assert daemon.terminate() == 0

@@ -34,13 +34,16 @@ OUTCOMES: dict[str, tuple[str, dict[str, tuple[int, str]], tuple[str, ...]]] = {
     "received": ("date", {"record": (1, "done")}, ("sqlite", "redis", "rabbitmq")),
     "persisted": ("date", {"record": (1, "done")}, ("sqlite",)),
     "submitted": ("now", {"record": (1, "done")}, ("sqlite",)),
-    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done"), "retries": (1, "done")},
-                ("sqlite",)),
-    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done"), "retries": (2, "done")},
-                 ("sqlite",)),
+    "started": ("now", {"record": (0, "interrupted"), "rerun": (1, "done"), "retries": (1, "done")}, ("sqlite",)),
+    "finished": ("now", {"record": (1, "interrupted"), "rerun": (2, "done"), "retries": (2, "done")}, ("sqlite",)),
 }
-CASES = [(point, broker, policy, trial) for point, (_, table, brokers) in OUTCOMES.items()
-         for broker in brokers for policy in table for trial in range(TRIALS)]
+CASES = [
+    (point, broker, policy, trial)
+    for point, (_, table, brokers) in OUTCOMES.items()
+    for broker in brokers
+    for policy in table
+    for trial in range(TRIALS)
+]
 
 
 class Scenario:
@@ -68,8 +71,9 @@ class Scenario:
     def ledger_runs(self, job_id: str) -> list[dict[str, Any]]:
         ledger = self.scheduler._ledger()
         with ledger.engine.connect() as conn:
-            rows = conn.execute(sa.select(ledger.runs).where(ledger.runs.c.job_id == job_id)
-                                .order_by(ledger.runs.c.scheduled_at))
+            rows = conn.execute(
+                sa.select(ledger.runs).where(ledger.runs.c.job_id == job_id).order_by(ledger.runs.c.scheduled_at)
+            )
             return [dict(row._mapping) for row in rows]
 
     def close(self) -> None:
@@ -102,18 +106,19 @@ def test_crash_point(scenario_factory: Any, point: str, broker: str, policy: str
     first = scenario.daemon(crash_at=point).wait_consuming()
     if kind == "date":
         when = datetime.now(timezone.utc) + timedelta(seconds=2)
-        job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag,
-                                                 **options)
+        job_id = scenario.scheduler.add_date_job(jobs.record, when, args=[scenario.oracle, tag], id=tag, **options)
     else:
-        job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag,
-                                                  **options)
+        job_id = scenario.scheduler.add_async_job(jobs.record, args=[scenario.oracle, tag], id=tag, **options)
     code = first.wait(60)
     assert code == -9, f"the daemon should have killed itself at {point!r}:\n{first.log()}"
     assert f"crash point {point!r} reached" in first.log()
 
     second = scenario.daemon().wait_consuming()
-    record = wait_until(lambda: (r := scenario.scheduler.get_job(job_id)) and r["status"] not in
-                        ("scheduled", "running") and r, f"job {job_id} to finish", 60)
+    record = wait_until(
+        lambda: (r := scenario.scheduler.get_job(job_id)) and r["status"] not in ("scheduled", "running") and r,
+        f"job {job_id} to finish",
+        60,
+    )
     time.sleep(0.5)  # a duplicate run, if there were one, would show up now
     assert scenario.runs(tag) == expected_runs, second.log()
     assert record["status"] == expected_status, (record, second.log())
@@ -121,6 +126,5 @@ def test_crash_point(scenario_factory: Any, point: str, broker: str, policy: str
     assert len({run["run_key"] for run in runs}) == len(runs)
     if point in ("started", "finished"):
         assert runs[0]["status"] == "interrupted"
-        assert "stopped before the run finished" in (scenario.scheduler.get_job(job_id)["error"] or
-                                                     second.log())
+        assert "stopped before the run finished" in (scenario.scheduler.get_job(job_id)["error"] or second.log())
     assert second.terminate() == 0, second.log()

@@ -99,8 +99,7 @@ class Fault:
 def fault_for(kind: str, tmp_path: Any, private_redis: Any) -> Iterator[Fault]:
     if kind == "redis-closed":
         server = private_redis(port=free_port(), start=False)
-        yield Fault(server.url, lambda: None, server.start, port=server.port, warm=False,
-                    broker_clients=server.clients)
+        yield Fault(server.url, lambda: None, server.start, port=server.port, warm=False, broker_clients=server.clients)
     elif kind == "redis-paused":
         server = private_redis()
         fault = Fault(server.url, server.pause, server.resume, port=server.port, broker_clients=server.clients)
@@ -120,8 +119,12 @@ def fault_for(kind: str, tmp_path: Any, private_redis: Any) -> Iterator[Fault]:
             fault = Fault(f"amqp://guest:guest@127.0.0.1:{port}//", lambda: None, listen, port=port, warm=False)
         else:
             listen()
-            fault = Fault(f"amqp://guest:guest@127.0.0.1:{port}//", lambda: proxies[0].stall(),
-                          lambda: proxies[0].restore(), port=port)
+            fault = Fault(
+                f"amqp://guest:guest@127.0.0.1:{port}//",
+                lambda: proxies[0].stall(),
+                lambda: proxies[0].restore(),
+                port=port,
+            )
         try:
             yield fault
         finally:
@@ -147,14 +150,20 @@ def fault_for(kind: str, tmp_path: Any, private_redis: Any) -> Iterator[Fault]:
         raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["redis-closed", "redis-paused", "rabbitmq-closed", "rabbitmq-stalled",
-                                  "sqlite-locked"])
+@pytest.mark.parametrize(
+    "kind", ["redis-closed", "redis-paused", "rabbitmq-closed", "rabbitmq-stalled", "sqlite-locked"]
+)
 def test_enqueue_raises_within_the_bound_and_recovers(make_harness, private_redis, tmp_path, kind):
     broker = kind.split("-")[0]
     harness = make_harness("rabbitmq" if broker == "rabbitmq" else "sqlite")
     with fault_for(kind, tmp_path, private_redis) as fault:
-        proxy = harness.proxy(**{"scheduler.broker.url": fault.url, "scheduler.broker.timeout": f"{TIMEOUT:g}",
-                                 "scheduler.broker.pool_limit": str(POOL)})
+        proxy = harness.proxy(
+            **{
+                "scheduler.broker.url": fault.url,
+                "scheduler.broker.timeout": f"{TIMEOUT:g}",
+                "scheduler.broker.pool_limit": str(POOL),
+            }
+        )
         threads_before = threads()
 
         def enqueue(results: list[tuple[float, BaseException | None]]) -> None:
@@ -192,11 +201,13 @@ def test_enqueue_raises_within_the_bound_and_recovers(make_harness, private_redi
         errors = [exc for _, exc in results]
         worst = max(elapsed for elapsed, _ in results)
         pool_waits = sum(1 for exc in errors if "no broker connection free" in str(exc))
-        print(f"\n[enqueue {kind}] calls={len(results)} raised={sum(isinstance(e, EnqueueError) for e in errors)} "
-              f"worst={worst:.2f}s bound={TIMEOUT:g}s+{SLACK:g}s pool-exhausted={pool_waits} "
-              f"(threads, fds, broker sockets, peak) per round={counts} first after recovery="
-              f"{'ok' if after[0][1] is None else after[0][1]!r} in {after[0][0]:.2f}s "
-              f"broker clients after={clients}")
+        print(
+            f"\n[enqueue {kind}] calls={len(results)} raised={sum(isinstance(e, EnqueueError) for e in errors)} "
+            f"worst={worst:.2f}s bound={TIMEOUT:g}s+{SLACK:g}s pool-exhausted={pool_waits} "
+            f"(threads, fds, broker sockets, peak) per round={counts} first after recovery="
+            f"{'ok' if after[0][1] is None else after[0][1]!r} in {after[0][0]:.2f}s "
+            f"broker clients after={clients}"
+        )
         assert all(isinstance(exc, EnqueueError) for exc in errors), errors
         assert worst <= BOUND, sorted(elapsed for elapsed, _ in results)
         if not kind.endswith("closed"):  # a hung broker holds every pooled connection

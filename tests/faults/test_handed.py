@@ -33,8 +33,12 @@ def test_killed_before_writing_the_rows_of_jobs_handed_over(tmp_path: Any, drop_
         first = scenario.daemon(crash_at="handed").wait_consuming()
         start = datetime.now(timezone.utc) + timedelta(seconds=3)
         # 2 ms apart, closer than due.FLUSH_GAP: the rows wait until the last is handed over.
-        ids = [scenario.scheduler.add_date_job(jobs.record, start + timedelta(milliseconds=2 * i),
-                                               args=[scenario.oracle, f"h{i}"], id=f"h{i}") for i in range(50)]
+        ids = [
+            scenario.scheduler.add_date_job(
+                jobs.record, start + timedelta(milliseconds=2 * i), args=[scenario.oracle, f"h{i}"], id=f"h{i}"
+            )
+            for i in range(50)
+        ]
         assert first.wait(60) == -9, first.log()
         assert "crash point 'handed' reached" in first.log()
         time.sleep(1.5)  # every job now past its misfire grace

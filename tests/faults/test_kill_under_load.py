@@ -35,11 +35,14 @@ KILLS = int(os.environ.get("FAULT_KILLS", "3"))
 FINAL = {"done", "failed", "missed", "canceled", "interrupted", "parked"}
 
 
-@pytest.mark.parametrize(("broker", "store"), [
-    ("sqlite", "sqlite"),
-    ("redis", "postgresql"),
-    ("rabbitmq", "postgresql"),
-])
+@pytest.mark.parametrize(
+    ("broker", "store"),
+    [
+        ("sqlite", "sqlite"),
+        ("redis", "postgresql"),
+        ("rabbitmq", "postgresql"),
+    ],
+)
 def test_kill_9_under_load_loses_nothing(tmp_path: Path, drop_tables: Any, broker: str, store: str) -> None:
     var = tmp_path / "var"
     var.mkdir()
@@ -64,11 +67,13 @@ def test_kill_9_under_load_loses_nothing(tmp_path: Path, drop_tables: Any, broke
             if kind == "now":
                 scheduler.add_async_job(jobs.record, args=[oracle, tag], id=tag)
             elif kind == "date":
-                scheduler.add_date_job(jobs.record, now + timedelta(seconds=rng.uniform(0, 4)),
-                                       args=[oracle, tag], id=tag)
+                scheduler.add_date_job(
+                    jobs.record, now + timedelta(seconds=rng.uniform(0, 4)), args=[oracle, tag], id=tag
+                )
             else:
-                scheduler.add_interval_job(jobs.record, args=[oracle, tag], id=tag, seconds=1,
-                                           end_date=now + timedelta(seconds=3.5))
+                scheduler.add_interval_job(
+                    jobs.record, args=[oracle, tag], id=tag, seconds=1, end_date=now + timedelta(seconds=3.5)
+                )
             accepted[tag] = kind
             time.sleep(0.01)
 
@@ -87,8 +92,13 @@ def test_kill_9_under_load_loses_nothing(tmp_path: Path, drop_tables: Any, broke
         def settled() -> bool:
             records = {job["id"]: job for job in scheduler.get_jobs(limit=JOBS * 2)}
             unsettled.clear()
-            unsettled.update({tag: records[tag]["status"] if tag in records else "no record"
-                              for tag in accepted if tag not in records or records[tag]["status"] not in FINAL})
+            unsettled.update(
+                {
+                    tag: records[tag]["status"] if tag in records else "no record"
+                    for tag in accepted
+                    if tag not in records or records[tag]["status"] not in FINAL
+                }
+            )
             return not unsettled
 
         try:
@@ -111,9 +121,11 @@ def test_kill_9_under_load_loses_nothing(tmp_path: Path, drop_tables: Any, broke
         ledger = scheduler._ledger()
         with ledger.engine.connect() as conn:
             keys = conn.execute(sa.select(ledger.runs.c.run_key)).scalars().all()
-        print(f"\n[{broker}+{store}] accepted={len(accepted)} kills={KILLS} statuses={dict(statuses)} "
-              f"runs={sum(ran.values())} lost={len(lost)} duplicate_runs={len(duplicates)} "
-              f"elapsed={elapsed:.1f}s")
+        print(
+            f"\n[{broker}+{store}] accepted={len(accepted)} kills={KILLS} statuses={dict(statuses)} "
+            f"runs={sum(ran.values())} lost={len(lost)} duplicate_runs={len(duplicates)} "
+            f"elapsed={elapsed:.1f}s"
+        )
         assert lost == []
         assert duplicates == []
         assert unrun_done == []

@@ -16,8 +16,9 @@ from integration.sampleapp import jobs
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-@pytest.mark.parametrize(("broker", "store"), [("sqlite", "sqlite"), ("redis", "postgresql"),
-                                               ("rabbitmq", "postgresql")])
+@pytest.mark.parametrize(
+    ("broker", "store"), [("sqlite", "sqlite"), ("redis", "postgresql"), ("rabbitmq", "postgresql")]
+)
 def test_sigterm_under_load_loses_and_repeats_nothing(make_harness, broker, store):
     harness = make_harness(broker, store)
     proxy = harness.proxy()
@@ -48,10 +49,11 @@ def test_sigterm_under_load_loses_and_repeats_nothing(make_harness, broker, stor
     second = harness.start()
     for job_id in accepted:
         harness.wait_job(proxy, job_id, {"done"}, timeout=60, alive=(second,))
-    ends = [len([run for run in harness.runs(job_id) if run["phase"] in ("run", "end")])
-            for job_id in accepted]
+    ends = [len([run for run in harness.runs(job_id) if run["phase"] in ("run", "end")]) for job_id in accepted]
     by_first = sum(1 for job_id in accepted for run in harness.runs(job_id) if run["pid"] == first.pid)
-    print(f"\n[{broker}+{store} SIGTERM] accepted={len(accepted)} ran by the first daemon={by_first} "
-          f"lost={ends.count(0)} duplicates={sum(1 for e in ends if e > 1)}")
+    print(
+        f"\n[{broker}+{store} SIGTERM] accepted={len(accepted)} ran by the first daemon={by_first} "
+        f"lost={ends.count(0)} duplicates={sum(1 for e in ends if e > 1)}"
+    )
     assert ends == [1] * len(accepted)
     assert second.terminate() == 0

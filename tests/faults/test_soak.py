@@ -54,8 +54,11 @@ def test_soak_run_now_jobs_rss_stays_flat(tmp_path: Path, drop_tables: Any) -> N
 
     def done() -> int:
         with ledger.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(ledger.runs)
-                                    .where(ledger.runs.c.status == "done")).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(ledger.runs).where(ledger.runs.c.status == "done")
+                ).scalar_one()
+            )
 
     def wait_done(count: int, what: str) -> None:
         wait_until(lambda: done() >= count, what, timeout=600, interval=0.5, alive=(daemon,))
@@ -77,8 +80,10 @@ def test_soak_run_now_jobs_rss_stays_flat(tmp_path: Path, drop_tables: Any) -> N
                 sent += 1
             wait_done(sent - batch, f"{sent - batch} runs done")
             if sent % 5000 < batch:
-                print(f"[soak] sent={sent} RSS={rss_mb(daemon.pid):.1f} MB "
-                      f"after {time.monotonic() - began:.0f}s", flush=True)
+                print(
+                    f"[soak] sent={sent} RSS={rss_mb(daemon.pid):.1f} MB after {time.monotonic() - began:.0f}s",
+                    flush=True,
+                )
             if not warm and sent >= warm_up:
                 wait_done(warm_up, "the warm-up")
                 warm = rss_mb(daemon.pid)
@@ -86,9 +91,11 @@ def test_soak_run_now_jobs_rss_stays_flat(tmp_path: Path, drop_tables: Any) -> N
         elapsed = time.monotonic() - began
         time.sleep(1)
         end = rss_mb(daemon.pid)
-        print(f"\n[soak redis+postgresql] jobs={JOBS} done={done()} in {elapsed:.0f}s "
-              f"({JOBS / elapsed:.0f}/s) RSS start={start:.1f} MB after warm-up={warm:.1f} MB "
-              f"end={end:.1f} MB growth since warm-up={end - warm:.1f} MB (budget {BUDGET_MB:.1f} MB)")
+        print(
+            f"\n[soak redis+postgresql] jobs={JOBS} done={done()} in {elapsed:.0f}s "
+            f"({JOBS / elapsed:.0f}/s) RSS start={start:.1f} MB after warm-up={warm:.1f} MB "
+            f"end={end:.1f} MB growth since warm-up={end - warm:.1f} MB (budget {BUDGET_MB:.1f} MB)"
+        )
         assert done() == JOBS
         assert end - warm < BUDGET_MB
         assert daemon.terminate() == 0, daemon.log()[-3000:]

@@ -32,8 +32,9 @@ def pg_proxy():
 
 def test_daemon_rides_out_a_job_store_outage(make_harness, drop_tables, pg_proxy, tmp_path):
     parts = urlsplit(POSTGRES_URL)
-    url = parts._replace(netloc=parts.netloc.replace(f"{parts.hostname}:{parts.port}",
-                                                     f"127.0.0.1:{pg_proxy.port}")).geturl()
+    url = parts._replace(
+        netloc=parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{pg_proxy.port}")
+    ).geturl()
     assert f":{pg_proxy.port}/" in url
     harness = make_harness(store="postgresql", **{"jobstore.url": url})
     _, prefix = drop_tables[-1]

@@ -26,6 +26,7 @@ from integration.sampleapp import jobs
 
 __all__ = ["DEADLINE", "Daemon", "Harness", "wait_until"]
 
+
 class Harness:
     """One test's daemons, proxies, INI files and oracle."""
 
@@ -55,23 +56,23 @@ class Harness:
         """An INI file for the sample application with *settings* (default: the
         harness's), plus logging sections."""
         self._inis += 1
-        return write_ini(self.tmp_path / f"app{self._inis}.ini",
-                         self.settings if settings is None else settings)
+        return write_ini(self.tmp_path / f"app{self._inis}.ini", self.settings if settings is None else settings)
 
     # -- daemons ----------------------------------------------------------------------
-    def start(self, *args: str, ini: Path | None = None, script: bool = False,
-              env: dict[str, str] | None = None) -> Daemon:
+    def start(
+        self, *args: str, ini: Path | None = None, script: bool = False, env: dict[str, str] | None = None
+    ) -> Daemon:
         """Start ``pscheduler INI *args`` in the background (*env* added to
         its environment, e.g. ``{"TZ": "Asia/Tokyo"}``)."""
         ini = ini or self.write_ini()
         index = len(self.daemons) + 1
-        daemon = Daemon([*pscheduler_argv(script), str(ini), *args],
-                        self.tmp_path / f"pscheduler-{index}.log", self.tmp_path, env)
+        daemon = Daemon(
+            [*pscheduler_argv(script), str(ini), *args], self.tmp_path / f"pscheduler-{index}.log", self.tmp_path, env
+        )
         self.daemons.append(daemon)
         return daemon
 
-    def run(self, *args: str, ini: Path | None = None, script: bool = False,
-            timeout: float = 60) -> tuple[int, str]:
+    def run(self, *args: str, ini: Path | None = None, script: bool = False, timeout: float = 60) -> tuple[int, str]:
         """Run ``pscheduler INI *args`` to its end; (exit code, output)."""
         daemon = self.start(*args, ini=ini, script=script)
         code = daemon.wait(timeout)
@@ -102,13 +103,19 @@ class Harness:
         rows = jobs.events(self.oracle)
         return rows if job_id is None else [row for row in rows if row["job_id"] == job_id]
 
-    def wait_runs(self, tag: str, count: int = 1, timeout: float = DEADLINE,
-                  alive: tuple[Daemon, ...] = ()) -> list[dict[str, Any]]:
-        return wait_until(lambda: (lambda rows: rows if len(rows) >= count else None)(self.runs(tag)),
-                          f"{count} run(s) of {tag} in the oracle", timeout, alive=alive)
+    def wait_runs(
+        self, tag: str, count: int = 1, timeout: float = DEADLINE, alive: tuple[Daemon, ...] = ()
+    ) -> list[dict[str, Any]]:
+        return wait_until(
+            lambda: (lambda rows: rows if len(rows) >= count else None)(self.runs(tag)),
+            f"{count} run(s) of {tag} in the oracle",
+            timeout,
+            alive=alive,
+        )
 
-    def wait_job(self, proxy: Any, job_id: str, statuses: set[str], timeout: float = DEADLINE,
-                 alive: tuple[Daemon, ...] = ()) -> dict[str, Any]:
+    def wait_job(
+        self, proxy: Any, job_id: str, statuses: set[str], timeout: float = DEADLINE, alive: tuple[Daemon, ...] = ()
+    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             record = proxy.get_job(job_id)
             return record if record is not None and record["status"] in statuses else None
@@ -121,10 +128,10 @@ class Harness:
 
     def wait_active(self, proxy: Any, daemon: Daemon, timeout: float = DEADLINE) -> None:
         """Wait until *daemon* holds the lease of all its queues."""
+
         def check() -> bool:
             leases = proxy.get_daemons()
-            return all(d["active"] and d["owner"] and d["owner"].split(":")[1] == str(daemon.pid)
-                       for d in leases)
+            return all(d["active"] and d["owner"] and d["owner"].split(":")[1] == str(daemon.pid) for d in leases)
 
         wait_until(check, f"pscheduler pid {daemon.pid} to hold the lease", timeout, alive=(daemon,))
 

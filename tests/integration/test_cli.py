@@ -52,8 +52,7 @@ def test_bad_command_line_exits_2(harness):
 @pytest.mark.parametrize("uri, args", [("{ini}#other", []), ("{ini}#main", ["--app-name", "other"])])
 def test_app_name_from_the_uri_or_the_option(harness, uri, args):
     ini = write_ini(harness.tmp_path / "named.ini", harness.settings, name="other")
-    daemon = Daemon([*pscheduler_argv(), uri.format(ini=ini), *args], harness.tmp_path / "named.log",
-                    harness.tmp_path)
+    daemon = Daemon([*pscheduler_argv(), uri.format(ini=ini), *args], harness.tmp_path / "named.log", harness.tmp_path)
     harness.daemons.append(daemon)
     daemon.wait_consuming()
     assert daemon.terminate() == 0, daemon.log()
@@ -114,8 +113,10 @@ def test_message_reaches_the_running_daemon(harness):
 def test_an_unknown_message_is_refused_in_one_line(harness):
     code, output = harness.run("--message", "foo")
     assert code == 2, output
-    assert ("--message: unknown command 'foo'; expected one of print-jobs, restore-parked "
-            "(add --listeners to send other text to your MESSAGE listeners)") in output
+    assert (
+        "--message: unknown command 'foo'; expected one of print-jobs, restore-parked "
+        "(add --listeners to send other text to your MESSAGE listeners)"
+    ) in output
     assert "Traceback" not in output
     code, output = harness.run("--listeners")
     assert code == 2 and "--listeners goes with --message" in output, output
@@ -138,8 +139,9 @@ def test_message_goes_only_to_the_queues_given(make_harness):
 @pytest.mark.parametrize("name", ["nosuch.ini", "folder"])
 def test_a_missing_or_unreadable_config_is_one_line(harness, name):
     (harness.tmp_path / "folder").mkdir(exist_ok=True)
-    daemon = Daemon([*pscheduler_argv(), str(harness.tmp_path / name)], harness.tmp_path / "missing.log",
-                    harness.tmp_path)
+    daemon = Daemon(
+        [*pscheduler_argv(), str(harness.tmp_path / name)], harness.tmp_path / "missing.log", harness.tmp_path
+    )
     assert daemon.wait(30) == 2
     output = daemon.log()
     reason = "No such file or directory" if name == "nosuch.ini" else "Is a directory"
@@ -151,8 +153,10 @@ def test_a_bad_setting_is_one_line(harness):
     ini = harness.write_ini(harness.app_settings(**{"scheduler.timezone": "Nowhere/City"}))
     code, output = harness.run(ini=ini)
     assert code == EXIT_STARTUP_FAILED, output
-    assert ("could not load the application from " in output
-            and "Invalid setting scheduler.timezone = 'Nowhere/City'" in output)
+    assert (
+        "could not load the application from " in output
+        and "Invalid setting scheduler.timezone = 'Nowhere/City'" in output
+    )
     assert "Traceback" not in output
 
 
@@ -171,8 +175,11 @@ def test_sigterm_lets_the_running_job_finish_and_exits_0(harness):
     daemon = harness.start(script=True)
     slow_id = tag("slow")
     proxy.add_async_job(jobs.slow, args=[harness.oracle, slow_id, 2], id=slow_id)
-    wait_until(lambda: [run for run in harness.runs(slow_id) if run["phase"] == "start"],
-               "the slow job to start", alive=(daemon,))
+    wait_until(
+        lambda: [run for run in harness.runs(slow_id) if run["phase"] == "start"],
+        "the slow job to start",
+        alive=(daemon,),
+    )
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0, daemon.log()
     assert [run["phase"] for run in harness.runs(slow_id)] == ["start", "end"]
@@ -229,8 +236,9 @@ def test_restart_option_restarts_a_crashed_daemon(harness):
 
     first_child = wait_until(child_pid, "the supervised daemon to take the lease", alive=(supervisor,))
     os.kill(first_child, signal.SIGKILL)
-    second_child = wait_until(lambda: (pid := child_pid()) != first_child and pid,
-                              "a restarted daemon to take the lease", alive=(supervisor,))
+    second_child = wait_until(
+        lambda: (pid := child_pid()) != first_child and pid, "a restarted daemon to take the lease", alive=(supervisor,)
+    )
     assert f"pscheduler exited with code -{signal.SIGKILL.value}; restarting in 0.2s" in supervisor.log()
     job_id = tag("after-restart")
     proxy.add_async_job(jobs.record, args=[harness.oracle, job_id], id=job_id)

@@ -66,8 +66,10 @@ def test_view_enqueues_a_job_that_runs_in_process(harness, combined):
     # Pyramid subscribers get the event too.
     wait_until(lambda: [e for e in subscribed if e.job_id == job_id], "the JobExecuted subscriber")
     # The sample application's own listener (sampleapp.oracle) saw the same order.
-    wait_until(lambda: [row["type"] for row in harness.events(job_id)]
-               == ["job.created", "job.executed", "job.removed"], "the oracle's events")
+    wait_until(
+        lambda: [row["type"] for row in harness.events(job_id)] == ["job.created", "job.executed", "job.removed"],
+        "the oracle's events",
+    )
     assert {row["pid"] for row in harness.events(job_id)} == {os.getpid()}
 
 
@@ -88,8 +90,11 @@ def test_several_web_processes_one_consumes_and_another_takes_over(harness):
         ini = write_ini(harness.tmp_path / f"web{index}.ini", settings)
         with ini.open("a", encoding="utf-8") as f:
             f.write(f"\n[server:main]\nuse = egg:waitress#main\nhost = 127.0.0.1\nport = {port}\n")
-        worker = Daemon([str(Path(sys.executable).parent / "pserve"), str(ini)],
-                        harness.tmp_path / f"web{index}.log", harness.tmp_path)
+        worker = Daemon(
+            [str(Path(sys.executable).parent / "pserve"), str(ini)],
+            harness.tmp_path / f"web{index}.log",
+            harness.tmp_path,
+        )
         harness.daemons.append(worker)
         workers.append((worker, f"http://127.0.0.1:{port}"))
 

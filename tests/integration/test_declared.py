@@ -22,9 +22,11 @@ def test_declarations_are_reconciled_at_daemon_start(make_harness, tmp_path):
 
     def start(variant):
         starts.append(variant)
-        ini = write_ini(tmp_path / f"declared-{len(starts)}.ini",
-                        {**harness.settings, "sampleapp.declarations": variant},
-                        app="call:integration.sampleapp.scheduled:main")
+        ini = write_ini(
+            tmp_path / f"declared-{len(starts)}.ini",
+            {**harness.settings, "sampleapp.declarations": variant},
+            app="call:integration.sampleapp.scheduled:main",
+        )
         return harness.start(ini=ini).wait_consuming()
 
     first = start("v1")
@@ -38,8 +40,11 @@ def test_declarations_are_reconciled_at_daemon_start(make_harness, tmp_path):
     assert proxy.get_job("tick")["args"] == [harness.oracle, "tick-v2"]
     removed = harness.wait_job(proxy, "nightly", {"canceled"}, alive=(second,))
     assert "declaration is gone" in removed["error"]
-    wait_until(lambda: [e for e in harness.events("nightly") if e["type"] == Event.JOB_REMOVED],
-               "JOB_REMOVED for nightly", alive=(second,))
+    wait_until(
+        lambda: [e for e in harness.events("nightly") if e["type"] == Event.JOB_REMOVED],
+        "JOB_REMOVED for nightly",
+        alive=(second,),
+    )
     assert "job tick (queue jobs): declaration changed" in second.log()
     assert second.terminate() == 0
     created = [e for e in harness.events("tick") if e["type"] == Event.JOB_CREATED]
@@ -47,8 +52,7 @@ def test_declarations_are_reconciled_at_daemon_start(make_harness, tmp_path):
 
 
 def test_combined_mode_applies_declarations_in_process(harness):
-    wsgi = main({}, **harness.app_settings(**{"scheduler.combined": "true",
-                                              "sampleapp.declarations": "v2"}))
+    wsgi = main({}, **harness.app_settings(**{"scheduler.combined": "true", "sampleapp.declarations": "v2"}))
     try:
         harness.wait_runs("tick-v2", 2)
         record = wsgi.registry.scheduler.get_job("tick")

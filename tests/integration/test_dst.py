@@ -72,9 +72,11 @@ STEP = 10
 @pytest.fixture(scope="module")
 def preload(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``LD_PRELOAD`` for a daemon with a faked wall clock."""
-    libraries = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-                       + glob.glob("/usr/lib/faketime/libfaketime.so.1")
-                       + glob.glob("/usr/local/lib/faketime/libfaketime.so.1"))
+    libraries = sorted(
+        glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+        + glob.glob("/usr/local/lib/faketime/libfaketime.so.1")
+    )
     compiler = shutil.which("cc") or shutil.which("gcc")
     reason = None
     if not libraries:
@@ -88,26 +90,40 @@ def preload(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("faketime")
     source, shim = folder / "shim.c", folder / "shim.so"
     source.write_text(SHIM, encoding="utf-8")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"], check=True, capture_output=True
+    )
     return f"{shim} {libraries[0]}"
 
 
 def faked(preload: str, offset: int) -> dict[str, str]:
     """The environment of a process whose wall clock is *offset* seconds off."""
-    return {"LD_PRELOAD": preload, "FAKETIME": f"{offset:+d}", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            "FAKETIME_DONT_RESET": "1", "FAKETIME_NO_CACHE": "1"}
+    return {
+        "LD_PRELOAD": preload,
+        "FAKETIME": f"{offset:+d}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_DONT_RESET": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
 
 
 def test_faked_clock_keeps_timed_waits_and_sleeps_real(preload, tmp_path):
     """The tool itself: the wall clock is off, waits and sleeps take real time."""
-    code = ("import datetime, threading, time\n"
-            "t = time.monotonic(); threading.Event().wait(0.2); time.sleep(0.2)\n"
-            "print(datetime.datetime.now(datetime.timezone.utc).year, round(time.monotonic() - t, 1))\n")
+    code = (
+        "import datetime, threading, time\n"
+        "t = time.monotonic(); threading.Event().wait(0.2); time.sleep(0.2)\n"
+        "print(datetime.datetime.now(datetime.timezone.utc).year, round(time.monotonic() - t, 1))\n"
+    )
     offset = int(datetime(2031, 6, 1, tzinfo=UTC).timestamp() - time.time())
     env = {**faked(preload, offset), "PATH": "/usr/bin:/bin"}
-    year, took = subprocess.run([shutil.which("python3") or "python3", "-c", code], env=env, check=True,
-                                capture_output=True, text=True, timeout=20).stdout.split()
+    year, took = subprocess.run(
+        [shutil.which("python3") or "python3", "-c", code],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    ).stdout.split()
     assert year == "2031"
     assert 0.4 <= float(took) < 10  # waited and slept, in real time (a timed wait used to hang)
 
@@ -139,29 +155,44 @@ def test_jobs_run_at_their_times_through_a_dst_change(make_harness, preload, zon
         return datetime.fromtimestamp(time.time() + offset, UTC)
 
     def wait_for(when: datetime, what: str) -> None:
-        wait_until(lambda: fake_now() > when, what, timeout=LEAD + 3 * STEP + 30, interval=0.2,
-                   alive=(daemon,))
+        wait_until(lambda: fake_now() > when, what, timeout=LEAD + 3 * STEP + 30, interval=0.2, alive=(daemon,))
 
     started = fake_now()
     if started > change - timedelta(seconds=7):
-        pytest.skip(f"pscheduler took {LEAD - (change - started).total_seconds():.0f}s to start "
-                    "(a loaded machine): too late for the jobs due before the change")
+        pytest.skip(
+            f"pscheduler took {LEAD - (change - started).total_seconds():.0f}s to start "
+            "(a loaded machine): too late for the jobs due before the change"
+        )
     tag = uuid.uuid4().hex[:6]
     ids = {kind: f"{kind}-{tag}" for kind in ("before", "after", "date", "retry-before", "retry-after", "cron")}
     grid = (change - timedelta(minutes=5)).astimezone(tz)  # every STEP seconds, aligned on the change
-    proxy.add_interval_job(jobs.record, args=[harness.oracle, ids["before"]], id=ids["before"],
-                           seconds=STEP, start_date=grid)
+    proxy.add_interval_job(
+        jobs.record, args=[harness.oracle, ids["before"]], id=ids["before"], seconds=STEP, start_date=grid
+    )
     proxy.add_cron_job(jobs.record, args=[harness.oracle, ids["cron"]], id=ids["cron"], second=f"*/{STEP}")
-    proxy.add_date_job(jobs.fail, change - timedelta(seconds=4), args=[harness.oracle, ids["retry-before"]],
-                       id=ids["retry-before"], retries=1, retry_delay=STEP)
+    proxy.add_date_job(
+        jobs.fail,
+        change - timedelta(seconds=4),
+        args=[harness.oracle, ids["retry-before"]],
+        id=ids["retry-before"],
+        retries=1,
+        retry_delay=STEP,
+    )
     wait_for(change + timedelta(seconds=1), "the faked clock to pass the change")
-    proxy.add_interval_job(jobs.record, args=[harness.oracle, ids["after"]], id=ids["after"],
-                           seconds=STEP, start_date=grid)
+    proxy.add_interval_job(
+        jobs.record, args=[harness.oracle, ids["after"]], id=ids["after"], seconds=STEP, start_date=grid
+    )
     date_at = (change + timedelta(seconds=12.5)).astimezone(tz)
     assert date_at.fold == int(autumn)  # autumn: a wall time of the second pass
     proxy.add_date_job(jobs.record, date_at.isoformat(), args=[harness.oracle, ids["date"]], id=ids["date"])
-    proxy.add_date_job(jobs.fail, change + timedelta(seconds=5), args=[harness.oracle, ids["retry-after"]],
-                       id=ids["retry-after"], retries=1, retry_delay=STEP)
+    proxy.add_date_job(
+        jobs.fail,
+        change + timedelta(seconds=5),
+        args=[harness.oracle, ids["retry-after"]],
+        id=ids["retry-after"],
+        retries=1,
+        retry_delay=STEP,
+    )
     until = change + timedelta(seconds=2 * STEP) + timedelta(seconds=LATE)
     wait_for(until, "the faked clock to pass the runs looked at")
     harness.wait_job(proxy, ids["date"], {"done"}, alive=(daemon,))

@@ -51,8 +51,7 @@ def _add_body(func: str, queue: str = "jobs") -> bytes:
     from datetime import datetime, timezone
 
     trigger = trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))
-    return JobRequest(op="add", id=tag("raw"), queue=queue, func=func, args=["x", "y"],
-                      trigger=trigger).encode()
+    return JobRequest(op="add", id=tag("raw"), queue=queue, func=func, args=["x", "y"], trigger=trigger).encode()
 
 
 @pytest.mark.slow
@@ -67,20 +66,35 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
     # (body, content type, signature or None for a right one, the reason expected)
     bad: list[tuple[bytes, str, str | None, str]] = [
         (b"{this is not json", "application/json", None, "body is not JSON"),
-        (json.dumps({"v": 99, "op": "add"}).encode(), "application/json", None,
-         "unknown wire format version 99"),
-        (json.dumps({"v": 1, "op": "explode", "id": "x", "queue": "jobs", "mid": "m"}).encode(),
-         "application/json", None, "unknown op 'explode'"),
+        (json.dumps({"v": 99, "op": "add"}).encode(), "application/json", None, "unknown wire format version 99"),
+        (
+            json.dumps({"v": 1, "op": "explode", "id": "x", "queue": "jobs", "mid": "m"}).encode(),
+            "application/json",
+            None,
+            "unknown op 'explode'",
+        ),
         (json.dumps([1, 2, 3]).encode(), "application/json", None, "body is a list, expected a JSON object"),
-        (pickle.dumps({"v": 1}), "application/x-python-serialize", None,
-         "content type 'application/x-python-serialize' is not application/json"),
+        (
+            pickle.dumps({"v": 1}),
+            "application/x-python-serialize",
+            None,
+            "content type 'application/x-python-serialize' is not application/json",
+        ),
         (good_body, "application/json", "", "message is not signed"),
         (good_body, "application/json", "0" * 64, "bad message signature"),
         (_add_body("os:getpid"), "application/json", None, "module 'os' is not in scheduler.allowed_modules"),
-        (_add_body("integration.sampleapp.jobs:no_such_job"), "application/json", None,
-         "has no attribute 'no_such_job'"),
-        (_add_body("integration.sampleapp.jobs:record", queue="elsewhere"), "application/json", None,
-         "queue 'elsewhere' is not one this daemon runs"),
+        (
+            _add_body("integration.sampleapp.jobs:no_such_job"),
+            "application/json",
+            None,
+            "has no attribute 'no_such_job'",
+        ),
+        (
+            _add_body("integration.sampleapp.jobs:record", queue="elsewhere"),
+            "application/json",
+            None,
+            "queue 'elsewhere' is not one this daemon runs",
+        ),
     ]
     kqueue = make_queue(settings, "jobs")
     with make_connection(settings) as conn:
@@ -88,9 +102,15 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
         for body, content_type, signature, _ in bad:
             if signature is None:
                 signature = sign_message(body, settings.secret, kqueue.routing_key, content_type)
-            producer.publish(body, exchange="", routing_key=kqueue.routing_key, declare=[kqueue],
-                             content_type=content_type, content_encoding="utf-8",
-                             headers={SIGNATURE_HEADER: signature} if signature else {})
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=kqueue.routing_key,
+                declare=[kqueue],
+                content_type=content_type,
+                content_encoding="utf-8",
+                headers={SIGNATURE_HEADER: signature} if signature else {},
+            )
 
     # A good job sent after them runs: the consumer is alive and past them.
     after_id = tag("after")
@@ -103,8 +123,7 @@ def test_malformed_messages_are_dead_lettered_and_the_daemon_goes_on(harness):
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                f"select queue, reason, body from {prefix}dead_letters order by id")).all()
+            rows = conn.execute(sa.text(f"select queue, reason, body from {prefix}dead_letters order by id")).all()
     finally:
         engine.dispose()
     assert len(rows) == len(bad), rows  # each once: rejected, not requeued
@@ -161,8 +180,7 @@ def test_passwords_and_the_secret_never_reach_the_logs(make_harness):
     password, secret = "pw-s3cret-9f1c", "signing-s3cret-77aa"
     url = POSTGRES_URL.replace("postgres@", f"postgres:{password}@")
     assert password in url
-    harness = make_harness(store="postgresql", secret=secret,
-                           **{"broker.url": url, "jobstore.url": url})
+    harness = make_harness(store="postgresql", secret=secret, **{"broker.url": url, "jobstore.url": url})
     ini = harness.write_ini(harness.app_settings(**{"scheduler.broker.url": url}))
     proxy = harness.proxy()
     daemon = harness.start(ini=ini)

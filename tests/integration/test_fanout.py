@@ -24,8 +24,9 @@ def web_app(harness: Any) -> tuple[TestApp, Any, list[Event], dict[str, list[Any
         config.include("pyramid_scheduler")
         config.add_route("enqueue", "/enqueue")
         config.add_view(enqueue_view, route_name="enqueue", renderer="json")
-        notified = {cls.__name__: config.testing_add_subscriber(cls)
-                    for cls in (JobCreated, JobExecuted, JobFailed, JobRemoved)}
+        notified = {
+            cls.__name__: config.testing_add_subscriber(cls) for cls in (JobCreated, JobExecuted, JobFailed, JobRemoved)
+        }
     app = config.make_wsgi_app()  # ApplicationCreated: the subscriber starts
     scheduler = app.registry.scheduler
     harness.proxies.append(scheduler)
@@ -51,7 +52,10 @@ def test_web_process_receives_daemon_events_in_order(make_harness, broker):
     assert app.get("/enqueue", {"tag": tag}).json == {"job_id": tag}
     wait_until(lambda: len(of(tag)) >= 3, f"the events of {tag} in the web process", alive=(daemon,))
     assert [(e.type, e.seq) for e in of(tag)] == [
-        (Event.JOB_CREATED, 1), (Event.JOB_EXECUTED, 2), (Event.JOB_REMOVED, 3)]
+        (Event.JOB_CREATED, 1),
+        (Event.JOB_EXECUTED, 2),
+        (Event.JOB_REMOVED, 3),
+    ]
     executed = of(tag)[1]
     assert executed.retval == {"tag": tag, "pid": daemon.pid, "marker": harness.marker}
     assert executed.scheduled_run_time.tzinfo is not None
@@ -72,8 +76,9 @@ def test_web_process_receives_daemon_events_in_order(make_harness, broker):
     # An interval job across a daemon restart: the numbers go on from the ledger.
     every = f"every-{uuid.uuid4().hex[:8]}"
     scheduler.add_interval_job(jobs.record, args=[harness.oracle, every], seconds=1, id=every)
-    wait_until(lambda: [e.type for e in of(every)].count(Event.JOB_EXECUTED) >= 2,
-               f"two runs of {every}", alive=(daemon,))
+    wait_until(
+        lambda: [e.type for e in of(every)].count(Event.JOB_EXECUTED) >= 2, f"two runs of {every}", alive=(daemon,)
+    )
     assert daemon.terminate() == 0
     before = len(of(every))
     second = harness.start()
@@ -112,8 +117,9 @@ def test_combined_process_hears_its_own_events_once_and_drops_forged_ones(make_h
     forged = encode_event(Event(Event.JOB_EXECUTED, job_id="forged", retval="pwned"), 1, "elsewhere")
     with make_connection(scheduler.settings) as conn:
         exchange = events_exchange(scheduler.settings)
-        conn.Producer().publish(forged, exchange=exchange, routing_key="", declare=[exchange],
-                                content_type=JSON, content_encoding="utf-8")
+        conn.Producer().publish(
+            forged, exchange=exchange, routing_key="", declare=[exchange], content_type=JSON, content_encoding="utf-8"
+        )
 
     tag = f"web-{uuid.uuid4().hex[:8]}"
     TestApp(wsgi).get("/enqueue", {"tag": tag})

@@ -40,8 +40,11 @@ def test_run_cut_short_by_kill_9_is_reported_interrupted_not_rerun(harness):
     record = harness.wait_job(proxy, slow_id, {"interrupted"}, alive=(second,))
     assert f"the daemon running it ({socket.gethostname()}:{first.pid}:" in record["error"]
     assert "stopped before the run finished" in record["error"]
-    wait_until(lambda: types_of(harness, slow_id)[-2:] == ["job.interrupted", "job.removed"],
-               "the INTERRUPTED then REMOVED events", alive=(second,))
+    wait_until(
+        lambda: types_of(harness, slow_id)[-2:] == ["job.interrupted", "job.removed"],
+        "the INTERRUPTED then REMOVED events",
+        alive=(second,),
+    )
     interrupted = [row for row in harness.events(slow_id) if row["type"] == "job.interrupted"]
     assert [row["pid"] for row in interrupted] == [second.pid]
 
@@ -71,18 +74,29 @@ def test_a_message_delivered_again_is_absorbed(harness):
     daemon = harness.start()
     job_id = tag("twice")
     now = datetime.now(timezone.utc)
-    body = JobRequest(op="add", id=job_id, queue="jobs", func="integration.sampleapp.jobs:record",
-                      args=[harness.oracle, job_id], trigger=trigger_spec("now", timezone.utc, run_date=now)
-                      ).encode()
+    body = JobRequest(
+        op="add",
+        id=job_id,
+        queue="jobs",
+        func="integration.sampleapp.jobs:record",
+        args=[harness.oracle, job_id],
+        trigger=trigger_spec("now", timezone.utc, run_date=now),
+    ).encode()
     kqueue = make_queue(settings, "jobs")
     assert settings.secret is not None
     headers = {SIGNATURE_HEADER: sign_message(body, settings.secret, kqueue.routing_key)}
 
     def publish() -> None:
         with make_connection(settings) as conn:
-            conn.Producer().publish(body, exchange="", routing_key=kqueue.routing_key, declare=[kqueue],
-                                    content_type="application/json", content_encoding="utf-8",
-                                    headers=headers)
+            conn.Producer().publish(
+                body,
+                exchange="",
+                routing_key=kqueue.routing_key,
+                declare=[kqueue],
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers=headers,
+            )
 
     publish()
     publish()  # a duplicate publish

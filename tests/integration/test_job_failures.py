@@ -28,8 +28,7 @@ def types(harness, job_id: str) -> list[str]:
 
 
 def wait_event(harness, job_id: str, event_type: str, alive=()) -> None:
-    wait_until(lambda: event_type in types(harness, job_id), f"{event_type} of {job_id} in the oracle",
-               alive=alive)
+    wait_until(lambda: event_type in types(harness, job_id), f"{event_type} of {job_id} in the oracle", alive=alive)
 
 
 @pytest.mark.slow
@@ -44,10 +43,10 @@ def test_raising_hanging_and_exiting_jobs_do_not_stop_the_others(make_harness):
     proxy.add_async_job(failing.hangs, args=[harness.oracle, hang_id], id=hang_id)
     harness.wait_runs(hang_id, alive=(daemon,))
     proxy.add_async_job(failing.exits, args=[harness.oracle, exit_id], id=exit_id)
-    proxy.add_async_job(jobs.fail, args=[harness.oracle, retry_id], id=retry_id,
-                        retries=2, retry_delay=0.3, retry_backoff=2.0)
-    proxy.add_async_job(failing.flaky, args=[harness.oracle, flaky_id, 1], id=flaky_id,
-                        retries=3, retry_delay=0.2)
+    proxy.add_async_job(
+        jobs.fail, args=[harness.oracle, retry_id], id=retry_id, retries=2, retry_delay=0.3, retry_backoff=2.0
+    )
+    proxy.add_async_job(failing.flaky, args=[harness.oracle, flaky_id, 1], id=flaky_id, retries=3, retry_delay=0.2)
 
     exited = harness.wait_job(proxy, exit_id, {"failed"}, alive=(daemon,))
     assert "SystemExit: 3" in exited["error"] and exited["runs"] == 1
@@ -75,11 +74,17 @@ def test_raising_hanging_and_exiting_jobs_do_not_stop_the_others(make_harness):
 
     # One JOB_ERROR per failed run, with its attempt; a JOB_RETRY per retry.
     wait_event(harness, retry_id, "job.removed", alive=(daemon,))
-    assert types(harness, retry_id) == ["job.created", "job.error", "job.retry", "job.error",
-                                        "job.retry", "job.error", "job.removed"]
+    assert types(harness, retry_id) == [
+        "job.created",
+        "job.error",
+        "job.retry",
+        "job.error",
+        "job.retry",
+        "job.error",
+        "job.removed",
+    ]
     wait_event(harness, flaky_id, "job.removed", alive=(daemon,))
-    assert types(harness, flaky_id) == ["job.created", "job.error", "job.retry", "job.executed",
-                                        "job.removed"]
+    assert types(harness, flaky_id) == ["job.created", "job.error", "job.retry", "job.executed", "job.removed"]
     wait_event(harness, exit_id, "job.removed", alive=(daemon,))
     assert types(harness, exit_id) == ["job.created", "job.error", "job.removed"]
     log = daemon.log()
@@ -98,10 +103,14 @@ def test_a_pending_retry_survives_a_daemon_restart(make_harness, broker, store):
     proxy = harness.proxy()
     first = harness.start()
     job_id = tag("flaky")
-    proxy.add_async_job(failing.flaky, args=[harness.oracle, job_id, 1], id=job_id,
-                        retries=1, retry_delay=6)  # time enough to stop the first daemon
-    pending = wait_until(lambda: (lambda r: r if r and r["retry_at"] else None)(proxy.get_job(job_id)),
-                                 f"job {job_id} to wait for its retry", alive=(first,))
+    proxy.add_async_job(
+        failing.flaky, args=[harness.oracle, job_id, 1], id=job_id, retries=1, retry_delay=6
+    )  # time enough to stop the first daemon
+    pending = wait_until(
+        lambda: (lambda r: r if r and r["retry_at"] else None)(proxy.get_job(job_id)),
+        f"job {job_id} to wait for its retry",
+        alive=(first,),
+    )
     assert (pending["status"], pending["attempt"], pending["runs"]) == ("scheduled", 2, 1)
     assert first.terminate() == 0
     assert len(harness.runs(job_id)) == 1
@@ -117,16 +126,23 @@ def test_a_pending_retry_survives_a_daemon_restart(make_harness, broker, store):
 @pytest.mark.slow
 def test_a_listener_that_raises_or_blocks_does_not_delay_the_jobs(make_harness):
     harness = make_harness()
-    settings = harness.app_settings(**{"sampleapp.listeners": "integration.sampleapp.failing:raising_listener "
-                                                              "integration.sampleapp.failing:blocking_listener"})
+    settings = harness.app_settings(
+        **{
+            "sampleapp.listeners": "integration.sampleapp.failing:raising_listener "
+            "integration.sampleapp.failing:blocking_listener"
+        }
+    )
     proxy = harness.proxy()
     daemon = harness.start(ini=harness.write_ini(settings))
 
     # The first job's CREATED event blocks the dispatcher thread.
     block_id = tag("block")
     proxy.add_async_job(jobs.record, args=[harness.oracle, block_id], id=block_id)
-    wait_until(lambda: [r for r in harness.runs(block_id) if r["phase"] == "listener-blocked"],
-                       "the listener to block", alive=(daemon,))
+    wait_until(
+        lambda: [r for r in harness.runs(block_id) if r["phase"] == "listener-blocked"],
+        "the listener to block",
+        alive=(daemon,),
+    )
 
     # While it blocks: jobs due now, at fixed times, on an interval, and one
     # whose every event makes a listener raise.
@@ -151,8 +167,11 @@ def test_a_listener_that_raises_or_blocks_does_not_delay_the_jobs(make_harness):
     assert types(harness, every_id) == []
 
     failing.release_file(harness.oracle).touch()
-    wait_until(lambda: [r for r in harness.runs(block_id) if r["phase"] == "listener-released"],
-                       "the listener to be released", alive=(daemon,))
+    wait_until(
+        lambda: [r for r in harness.runs(block_id) if r["phase"] == "listener-released"],
+        "the listener to be released",
+        alive=(daemon,),
+    )
     proxy.cancel_job(every_id)
     wait_event(harness, every_id, "job.canceled", alive=(daemon,))
     released = [r for r in harness.runs(block_id) if r["phase"] == "listener-released"][0]["at"]

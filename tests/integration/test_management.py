@@ -21,8 +21,11 @@ def event_types(harness, job_id):
 
 
 def wait_event(harness, job_id, kind, count=1, alive=()):
-    return wait_until(lambda: (lambda t: t if t.count(kind) >= count else None)(event_types(harness, job_id)),
-                      f"{count} {kind} event(s) of {job_id}", alive=alive)
+    return wait_until(
+        lambda: (lambda t: t if t.count(kind) >= count else None)(event_types(harness, job_id)),
+        f"{count} {kind} event(s) of {job_id}",
+        alive=alive,
+    )
 
 
 @pytest.mark.parametrize(("broker", "store"), [("sqlite", "sqlite"), ("redis", "postgresql")])
@@ -77,8 +80,15 @@ def test_pause_resume_run_now_and_reschedule(make_harness, broker, store):
     harness.wait_job(proxy, job_id, {"canceled"}, alive=alive)
     types = wait_event(harness, job_id, "job.canceled", alive=alive)
     assert [t for t in types if t not in ("job.executed", "job.missed")] == [
-        "job.created", "job.paused", "job.request_refused", "job.request_refused",
-        "job.rescheduled", "job.resumed", "job.rescheduled", "job.canceled"]
+        "job.created",
+        "job.paused",
+        "job.request_refused",
+        "job.request_refused",
+        "job.rescheduled",
+        "job.resumed",
+        "job.rescheduled",
+        "job.canceled",
+    ]
 
     # A job the daemon does not have: refused with an event, never silent.
     ghost = f"ghost-{uuid.uuid4().hex[:6]}"
@@ -99,21 +109,33 @@ def test_delays_and_calendars(harness):
     soon, later = f"soon-{uuid.uuid4().hex[:6]}", f"cal-{uuid.uuid4().hex[:6]}"
 
     sent = datetime.now(timezone.utc)
-    proxy.add_date_job(jobs.record, args=[harness.oracle, soon], millis=700, id=soon,
-                       timezone="America/New_York")
-    proxy.add_cron_job(jobs.record, args=[harness.oracle, later], weekdays=[1, 5], time_of_day=(7, 30),
-                       timezone="America/New_York", id=later)
+    proxy.add_date_job(jobs.record, args=[harness.oracle, soon], millis=700, id=soon, timezone="America/New_York")
+    proxy.add_cron_job(
+        jobs.record,
+        args=[harness.oracle, later],
+        weekdays=[1, 5],
+        time_of_day=(7, 30),
+        timezone="America/New_York",
+        id=later,
+    )
 
     record = harness.wait_job(proxy, soon, {"done"}, alive=alive)
     (run,) = harness.runs(soon)
     assert run["at"] >= sent.timestamp() + 0.7 - 0.05
     assert record["trigger"]["timezone"] == "America/New_York"
-    assert datetime.fromisoformat(record["trigger"]["run_date"]).utcoffset() == \
-        datetime.now(ZoneInfo("America/New_York")).utcoffset()
+    assert (
+        datetime.fromisoformat(record["trigger"]["run_date"]).utcoffset()
+        == datetime.now(ZoneInfo("America/New_York")).utcoffset()
+    )
 
     record = harness.wait_job(proxy, later, {"scheduled"}, alive=alive)
     assert {k: record["trigger"][k] for k in ("day_of_week", "hour", "minute", "second", "timezone")} == {
-        "day_of_week": "mon,fri", "hour": 7, "minute": 30, "second": 0, "timezone": "America/New_York"}
+        "day_of_week": "mon,fri",
+        "hour": 7,
+        "minute": 30,
+        "second": 0,
+        "timezone": "America/New_York",
+    }
     times = proxy.preview_job(later, n=6)
     assert {(t.isoweekday(), t.hour, t.minute) for t in times} <= {(1, 7, 30), (5, 7, 30)}
     assert len(times) == 6 and all(t.tzinfo == ZoneInfo("America/New_York") for t in times)

@@ -45,8 +45,11 @@ def test_several_daemons_share_a_postgresql_store(make_harness):
     proxy = harness.proxy()
     assert proxy.get_job("no-such-job") is None  # creates the tables
     daemons = [harness.start() for _ in range(3)]
-    owner = wait_until(lambda: (lease := proxy.get_daemons()[0])["active"] and lease["owner"],
-                       "a daemon to take the lease", alive=tuple(daemons))
+    owner = wait_until(
+        lambda: (lease := proxy.get_daemons()[0])["active"] and lease["owner"],
+        "a daemon to take the lease",
+        alive=tuple(daemons),
+    )
     (leader,) = [daemon for daemon in daemons if f":{daemon.pid}:" in owner]
     for daemon in daemons:
         if daemon is not leader:

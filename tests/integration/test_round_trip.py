@@ -62,8 +62,7 @@ def test_round_trip(make_harness, broker_kind, store_kind):
     assert proxy.cancel_job(every_id) == every_id
     harness.wait_runs(cron_id, 1, alive=alive)
     assert proxy.cancel_job(cron_id, queue="jobs") == cron_id
-    canceled = {job_id: harness.wait_job(proxy, job_id, {"canceled"}, alive=alive)
-                for job_id in (every_id, cron_id)}
+    canceled = {job_id: harness.wait_job(proxy, job_id, {"canceled"}, alive=alive) for job_id in (every_id, cron_id)}
     assert canceled[every_id]["kind"] == "interval" and canceled[every_id]["runs"] >= 2
     assert canceled[cron_id]["kind"] == "cron" and canceled[cron_id]["runs"] >= 1
 
@@ -87,10 +86,14 @@ def test_round_trip(make_harness, broker_kind, store_kind):
 
     # The daemon's listener saw each job's events in order.
     def ordered() -> bool:
-        return (event_types(harness, now_id) == ["job.created", "job.executed", "job.removed"]
-                and event_types(harness, date_id) == ["job.created", "job.executed", "job.removed"]
-                and all((types := event_types(harness, job_id))
-                        and types[-1] == "job.canceled" for job_id in (every_id, cron_id)))
+        return (
+            event_types(harness, now_id) == ["job.created", "job.executed", "job.removed"]
+            and event_types(harness, date_id) == ["job.created", "job.executed", "job.removed"]
+            and all(
+                (types := event_types(harness, job_id)) and types[-1] == "job.canceled"
+                for job_id in (every_id, cron_id)
+            )
+        )
 
     wait_until(ordered, "each job's events", alive=alive)
     for job_id in (every_id, cron_id):
@@ -101,6 +104,9 @@ def test_round_trip(make_harness, broker_kind, store_kind):
     assert {row["pid"] for row in harness.events()} == {daemon.pid}
 
     # The INI file's logging configuration is the one in use.
-    assert re.search(r"SAMPLELOG \S+ \S+ INFO \[pyramid_scheduler\.engine\]\[\w+\] scheduler jobs running "
-                     r"queues jobs", daemon.log())
+    assert re.search(
+        r"SAMPLELOG \S+ \S+ INFO \[pyramid_scheduler\.engine\]\[\w+\] scheduler jobs running "
+        r"queues jobs",
+        daemon.log(),
+    )
     assert daemon.alive

@@ -54,10 +54,12 @@ def test_dates_past_and_future_in_any_host_zone(make_harness, monkeypatch):
         harness.wait_active(proxy, daemon)
         now = datetime.now(UTC)
         within, beyond = tag("within"), tag("beyond")
-        proxy.add_date_job(jobs.record, now - timedelta(seconds=20), args=[harness.oracle, within],
-                           id=within, misfire_grace_time=300)
-        proxy.add_date_job(jobs.record, now - timedelta(seconds=600), args=[harness.oracle, beyond],
-                           id=beyond, misfire_grace_time=300)
+        proxy.add_date_job(
+            jobs.record, now - timedelta(seconds=20), args=[harness.oracle, within], id=within, misfire_grace_time=300
+        )
+        proxy.add_date_job(
+            jobs.record, now - timedelta(seconds=600), args=[harness.oracle, beyond], id=beyond, misfire_grace_time=300
+        )
 
         due = now.replace(microsecond=250000) + timedelta(seconds=3)
         local = due.astimezone(ZoneInfo("America/Sao_Paulo")).replace(tzinfo=None)
@@ -76,8 +78,11 @@ def test_dates_past_and_future_in_any_host_zone(make_harness, monkeypatch):
         assert len(harness.runs(within)) == 1
         record = harness.wait_job(proxy, beyond, {"missed"}, alive=(daemon,))
         assert "past its misfire grace time of 300s" in record["error"]
-        wait_until(lambda: [e["type"] for e in harness.events(beyond)][-2:] == ["job.missed", "job.removed"],
-                   "MISSED then REMOVED", alive=(daemon,))
+        wait_until(
+            lambda: [e["type"] for e in harness.events(beyond)][-2:] == ["job.missed", "job.removed"],
+            "MISSED then REMOVED",
+            alive=(daemon,),
+        )
         assert harness.runs(beyond) == []  # not run, and not silently dropped:
         (run,) = proxy.get_runs(beyond)
         assert run["status"] == "missed" and "misfire grace" in run["error"]
@@ -108,9 +113,14 @@ def set_back(harness, job_id: str, days: int) -> datetime:
             row = conn.execute(sa.select(aps.c.job_state).where(aps.c.id == job_id)).one()
             state = JobUnpickler(io.BytesIO(row.job_state)).load()
             state["next_run_time"] -= timedelta(days=days)
-            conn.execute(aps.update().where(aps.c.id == job_id).values(
-                job_state=pickle.dumps(state, pickle.HIGHEST_PROTOCOL),
-                next_run_time=datetime_to_utc_timestamp(state["next_run_time"])))
+            conn.execute(
+                aps.update()
+                .where(aps.c.id == job_id)
+                .values(
+                    job_state=pickle.dumps(state, pickle.HIGHEST_PROTOCOL),
+                    next_run_time=datetime_to_utc_timestamp(state["next_run_time"]),
+                )
+            )
     finally:
         engine.dispose()
     return state["next_run_time"]
@@ -118,8 +128,9 @@ def set_back(harness, job_id: str, days: int) -> datetime:
 
 # The long variant (about 30 s more) runs with TIME_ALL=1; catch_up="all" on
 # PostgreSQL is also covered in-process by tests/test_catchup.py.
-@pytest.mark.parametrize("store,policy", [("sqlite", "skip")] + (
-    [("postgresql", "all")] if os.environ.get("TIME_ALL") else []))
+@pytest.mark.parametrize(
+    "store,policy", [("sqlite", "skip")] + ([("postgresql", "all")] if os.environ.get("TIME_ALL") else [])
+)
 def test_a_clock_jump_of_30_days_gives_the_catch_up_outcome(make_harness, store, policy):
     """An interval job of 1 s whose next run time is 30 days old: 2.6 million
     fire times are overdue. skip: the latest runs, LIMIT are recorded missed
@@ -129,8 +140,7 @@ def test_a_clock_jump_of_30_days_gives_the_catch_up_outcome(make_harness, store,
     harness = make_harness(store=store, catch_up_limit=LIMIT)
     proxy = harness.proxy()
     job_id = tag(f"jump-{policy}")
-    proxy.add_interval_job(jobs.record, args=[harness.oracle, job_id], seconds=1, id=job_id,
-                           catch_up=policy)
+    proxy.add_interval_job(jobs.record, args=[harness.oracle, job_id], seconds=1, id=job_id, catch_up=policy)
     first = harness.start()
     harness.wait_runs(job_id, 1, alive=(first,))
     assert first.terminate() == 0
@@ -148,15 +158,23 @@ def test_a_clock_jump_of_30_days_gives_the_catch_up_outcome(make_harness, store,
     spans = [run for run in missed if f"scheduler.catch_up_limit ({LIMIT})" in (run["error"] or "")]
     assert len(spans) == 1, [run["error"] for run in missed[:5]]
     count = int(spans[0]["error"].split()[0])
-    old_runs = [run for run in proxy.get_runs(job_id, status="done", limit=10_000)
-                if run["scheduled_at"] < behind.timestamp() + 86400]
-    print(f"\nclock jump of 30 days ({store}, catch_up={policy}): {count + LIMIT + 1} fire times overdue; "
-          f"{len(old_runs)} of them run, {len(missed)} missed record(s) (one for {count}); regular "
-          f"runs again {caught_up:.1f}s after the daemon started")
+    old_runs = [
+        run
+        for run in proxy.get_runs(job_id, status="done", limit=10_000)
+        if run["scheduled_at"] < behind.timestamp() + 86400
+    ]
+    print(
+        f"\nclock jump of 30 days ({store}, catch_up={policy}): {count + LIMIT + 1} fire times overdue; "
+        f"{len(old_runs)} of them run, {len(missed)} missed record(s) (one for {count}); regular "
+        f"runs again {caught_up:.1f}s after the daemon started"
+    )
     assert 30 * 86400 - 300 < count + LIMIT + 1 < 30 * 86400 + 300
     assert spans[0]["scheduled_at"] == pytest.approx(behind.timestamp() + LIMIT, abs=1e-3)
-    wait_until(lambda: len([e for e in harness.events(job_id) if e["type"] == "job.missed"]) == len(missed),
-               "a JOB_MISSED event for every missed record", alive=(second,))
+    wait_until(
+        lambda: len([e for e in harness.events(job_id) if e["type"] == "job.missed"]) == len(missed),
+        "a JOB_MISSED event for every missed record",
+        alive=(second,),
+    )
     if policy == "skip":
         assert old_runs == []
         coalesced = [run for run in missed if (run["error"] or "").startswith("coalesced")]
@@ -164,4 +182,5 @@ def test_a_clock_jump_of_30_days_gives_the_catch_up_outcome(make_harness, store,
     else:
         assert len(old_runs) == LIMIT
         assert sorted(run["scheduled_at"] for run in old_runs)[:2] == pytest.approx(
-            [behind.timestamp(), behind.timestamp() + 1], abs=1e-3)
+            [behind.timestamp(), behind.timestamp() + 1], abs=1e-3
+        )

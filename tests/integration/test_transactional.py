@@ -26,8 +26,9 @@ def tm_harness(make_harness, tmp_path, request):
     return harness, daemon, webtest.TestApp(wsgi)
 
 
-@pytest.mark.parametrize("tm_harness", [("sqlite", "sqlite"), ("redis", "postgresql")],
-                         ids=["sqlite", "redis-postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "tm_harness", [("sqlite", "sqlite"), ("redis", "postgresql")], ids=["sqlite", "redis-postgresql"], indirect=True
+)
 def test_only_committed_requests_run(tm_harness):
     harness, daemon, app = tm_harness
     proxy = app.app.registry.scheduler

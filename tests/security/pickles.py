@@ -62,8 +62,20 @@ def craft(obj: Any) -> bytes:
 
 def _code_args(code: Any) -> tuple[Any, ...]:
     """The positional arguments of ``types.CodeType`` that rebuild *code*."""
-    names = ["co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_nlocals", "co_stacksize",
-             "co_flags", "co_code", "co_consts", "co_names", "co_varnames", "co_filename", "co_name"]
+    names = [
+        "co_argcount",
+        "co_posonlyargcount",
+        "co_kwonlyargcount",
+        "co_nlocals",
+        "co_stacksize",
+        "co_flags",
+        "co_code",
+        "co_consts",
+        "co_names",
+        "co_varnames",
+        "co_filename",
+        "co_name",
+    ]
     if sys.version_info >= (3, 11):
         names += ["co_qualname", "co_firstlineno", "co_linetable", "co_exceptiontable"]
     else:
@@ -84,7 +96,18 @@ def function_payload(marker: str) -> Call:
 def job_state(job_id: str, func: str, args: tuple[Any, ...] = (), **extra: Any) -> dict[str, Any]:
     """An APScheduler job state as our job store writes it (a date job due now)."""
     now = datetime.now(timezone.utc)
-    return {"version": 1, "id": job_id, "func": func, "trigger": DateTrigger(now, timezone.utc),
-            "executor": "default", "args": args, "kwargs": {}, "name": func,
-            "misfire_grace_time": None, "coalesce": True, "max_instances": 1, "next_run_time": now,
-            **extra}
+    return {
+        "version": 1,
+        "id": job_id,
+        "func": func,
+        "trigger": DateTrigger(now, timezone.utc),
+        "executor": "default",
+        "args": args,
+        "kwargs": {},
+        "name": func,
+        "misfire_grace_time": None,
+        "coalesce": True,
+        "max_instances": 1,
+        "next_run_time": now,
+        **extra,
+    }

@@ -88,8 +88,13 @@ class Door:
         self.tmp = tmp
         self.oracle = str(tmp / "oracle.sqlite")
         self.app_settings = make_settings(
-            var, broker, "postgresql", secret=SECRET, allowed_modules="integration.sampleapp",
-            **{"dead_letters.max": str(DEAD_LETTERS_MAX), **extra})
+            var,
+            broker,
+            "postgresql",
+            secret=SECRET,
+            allowed_modules="integration.sampleapp",
+            **{"dead_letters.max": str(DEAD_LETTERS_MAX), **extra},
+        )
         self.app_settings["sampleapp.oracle"] = self.oracle
         self.settings = parse_settings(self.app_settings)
         self.kqueue = make_queue(self.settings, "jobs")
@@ -121,8 +126,11 @@ class Door:
         self._delete_queues()
         with self._store.begin() as conn:
             prefix = self.settings.jobstore_tablename_prefix.lower()
-            for name in conn.execute(sa.text("select tablename from pg_tables where tablename like :p"),
-                                     {"p": f"{prefix}%"}).scalars().all():
+            for name in (
+                conn.execute(sa.text("select tablename from pg_tables where tablename like :p"), {"p": f"{prefix}%"})
+                .scalars()
+                .all()
+            ):
                 conn.execute(sa.text(f'drop table if exists "{name}" cascade'))
         self._store.dispose()
 
@@ -145,16 +153,24 @@ class Door:
     # -- messages ---------------------------------------------------------------------
     def body(self, tag: str, func: str = "integration.sampleapp.jobs:record", **fields: Any) -> bytes:
         """An ``add`` of ``jobs.record(oracle, tag)`` as a producer sends it."""
-        request = JobRequest(op="add", id=tag, queue="jobs", func=func, args=[self.oracle, tag],
-                             trigger=trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc)))
+        request = JobRequest(
+            op="add",
+            id=tag,
+            queue="jobs",
+            func=func,
+            args=[self.oracle, tag],
+            trigger=trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc)),
+        )
         wire = request.to_wire()
         wire.update(fields)
         return json.dumps(wire, separators=(",", ":")).encode()
 
     def signature(self, body: bytes, **properties: str) -> dict[str, str]:
-        return {SIGNATURE_HEADER: sign_message(body, self.settings.secret or b"",
-                                               properties.pop("routing_key", self.kqueue.routing_key),
-                                               **properties)}
+        return {
+            SIGNATURE_HEADER: sign_message(
+                body, self.settings.secret or b"", properties.pop("routing_key", self.kqueue.routing_key), **properties
+            )
+        }
 
     def publish(self, *messages: tuple[bytes, dict[str, Any]], **options: Any) -> None:
         """Publish raw (body, headers) pairs on the queue, as any Kombu producer can."""
@@ -162,8 +178,14 @@ class Door:
         with make_connection(self.settings) as conn:
             producer = conn.Producer()
             for body, headers in messages:
-                producer.publish(body, exchange="", routing_key=self.kqueue.routing_key,
-                                 declare=[self.kqueue], headers=headers, **options)
+                producer.publish(
+                    body,
+                    exchange="",
+                    routing_key=self.kqueue.routing_key,
+                    declare=[self.kqueue],
+                    headers=headers,
+                    **options,
+                )
 
     def legit(self, tag: str | None = None) -> str:
         tag = tag or f"legit-{uuid.uuid4().hex[:8]}"
@@ -172,17 +194,22 @@ class Door:
 
     def wait_ran(self, tag: str, timeout: float = BOUND) -> None:
         assert self.daemon is not None
-        wait_until(lambda: jobs.runs(self.oracle, tag), f"the legitimate job {tag} to run", timeout,
-                   alive=(self.daemon,))
+        wait_until(
+            lambda: jobs.runs(self.oracle, tag), f"the legitimate job {tag} to run", timeout, alive=(self.daemon,)
+        )
 
     def ran(self, tags: list[str]) -> list[str]:
         return [tag for tag in tags if jobs.runs(self.oracle, tag)]
 
     def dead_letters(self, after: int = 0) -> list[Any]:
         with self._store.connect() as conn:
-            return conn.execute(sa.text(
-                f"select id, reason, body, size, sha256 from {self.settings.jobstore_tablename_prefix}"
-                "dead_letters where id > :after order by id"), {"after": after}).all()
+            return conn.execute(
+                sa.text(
+                    f"select id, reason, body, size, sha256 from {self.settings.jobstore_tablename_prefix}"
+                    "dead_letters where id > :after order by id"
+                ),
+                {"after": after},
+            ).all()
 
     def last_dead_letter(self) -> int:
         rows = self.dead_letters()
@@ -190,11 +217,16 @@ class Door:
 
     def wait_dead_letters(self, after: int, count: int, timeout: float = BOUND) -> list[Any]:
         assert self.daemon is not None
-        return wait_until(lambda: (lambda rows: rows if len(rows) >= count else None)(self.dead_letters(after)),
-                          f"{count} dead letter(s)", timeout, alive=(self.daemon,))
+        return wait_until(
+            lambda: (lambda rows: rows if len(rows) >= count else None)(self.dead_letters(after)),
+            f"{count} dead letter(s)",
+            timeout,
+            alive=(self.daemon,),
+        )
 
-    def check_refused(self, sent: list[tuple[bytes, dict[str, Any]]], junk: list[str], expected: list[str],
-                      after: int, **options: Any) -> list[Any]:
+    def check_refused(
+        self, sent: list[tuple[bytes, dict[str, Any]]], junk: list[str], expected: list[str], after: int, **options: Any
+    ) -> list[Any]:
         """Publish *sent*, then a legitimate job: it runs within the bound,
         none of *junk* ran, and each of *expected* is in some dead letter."""
         self.publish(*sent, **options)
@@ -229,6 +261,7 @@ def door(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 # -- item 3: refused before decoding -----------------------------------------------------
+
 
 def test_compression_bombs_are_refused_without_inflating(door):
     before, after = door.peak_kb(), door.last_dead_letter()
@@ -283,10 +316,19 @@ def test_entries_above_the_size_limit_are_refused_before_decoding(door):
 
 def kombu_envelope(body: bytes, queue: str) -> dict[str, Any]:
     """A message as Kombu's Redis transport stores it."""
-    return {"body": base64.b64encode(body).decode("ascii"), "content-type": JSON, "content-encoding": "utf-8",
-            "headers": {}, "properties": {"body_encoding": "base64", "delivery_tag": uuid.uuid4().hex,
-                                          "delivery_info": {"exchange": "", "routing_key": queue},
-                                          "delivery_mode": 2, "priority": 0}}
+    return {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-type": JSON,
+        "content-encoding": "utf-8",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": uuid.uuid4().hex,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
 
 
 HEADER_VALUES = ["é", "v2=é", 12345, ["v2=00"], {"v2": "00"}, "", "0" * 64, None]
@@ -300,9 +342,12 @@ def test_signature_headers_of_any_value_are_refused(door):
         junk.append(name)
         sent.append((door.body(name), {SIGNATURE_HEADER: value}))
     # What held up, kept: unsigned, wrong key, re-cased, a changed body under a good signature.
-    for make in (lambda b: {}, lambda b: {SIGNATURE_HEADER: sign_message(b, b"another-key-0123456789abcdef", "x")},
-                 lambda b: {SIGNATURE_HEADER: door.signature(b)[SIGNATURE_HEADER].upper()},
-                 lambda b: door.signature(b.replace(b'"args":[', b'"args":[ '))):
+    for make in (
+        lambda b: {},
+        lambda b: {SIGNATURE_HEADER: sign_message(b, b"another-key-0123456789abcdef", "x")},
+        lambda b: {SIGNATURE_HEADER: door.signature(b)[SIGNATURE_HEADER].upper()},
+        lambda b: door.signature(b.replace(b'"args":[', b'"args":[ ')),
+    ):
         name = tag()
         junk.append(name)
         body = door.body(name)
@@ -313,14 +358,19 @@ def test_signature_headers_of_any_value_are_refused(door):
 def test_events_and_odd_bodies_do_not_stop_the_daemon(door):
     after = door.last_dead_letter()
     name = tag()
-    sent = [(b"\xff\xfe not utf-8", {}), (b"[" * 100_000, {}), (b"\x00" * 64, {}),
-            (json.dumps({"v": 1, "type": "job.executed", "event": {"type": "x"}}).encode(), {})]
+    sent = [
+        (b"\xff\xfe not utf-8", {}),
+        (b"[" * 100_000, {}),
+        (b"\x00" * 64, {}),
+        (json.dumps({"v": 1, "type": "job.executed", "event": {"type": "x"}}).encode(), {}),
+    ]
     body = door.body(name, func="os:system", args=["touch /tmp/pwned-door"])
     sent.append((body, door.signature(body)))
     door.check_refused(sent, [name], ["not in scheduler.allowed_modules"], after)
 
 
 # -- item 5: replays, nesting, impossible crons --------------------------------------------
+
 
 def test_header_swaps_and_replays_are_refused(door):
     after = door.last_dead_letter()
@@ -336,8 +386,12 @@ def test_header_swaps_and_replays_are_refused(door):
         # The body-only signature of pre-release builds.
         (bodies[3], {SIGNATURE_HEADER: hmac.new(door.settings.secret or b"", bodies[3], hashlib.sha256).hexdigest()}),
     ]
-    door.check_refused(sent, [swapped, typed, replayed, body_only],
-                       ["bad message signature", "possible replay", "version 1 signature"], after)
+    door.check_refused(
+        sent,
+        [swapped, typed, replayed, body_only],
+        ["bad message signature", "possible replay", "version 1 signature"],
+        after,
+    )
 
 
 def test_nesting_beyond_the_producers_limit_and_impossible_crons_are_refused_cheaply(door):
@@ -353,14 +407,14 @@ def test_nesting_beyond_the_producers_limit_and_impossible_crons_are_refused_che
         body = door.body(name, trigger={"type": "cron", "crontab": "0 0 31 2 *", "timezone": "UTC"})
         sent.append((body, door.signature(body)))
     cpu = cpu_seconds(door.pid)
-    letters = door.check_refused(sent, [deep, *crons], ["nested deeper than 32", "never fires"],
-                                 after)
+    letters = door.check_refused(sent, [deep, *crons], ["nested deeper than 32", "never fires"], after)
     assert len(letters) == len(sent)
     # Twenty impossible crons cost ~14 s of CPU before the search was bounded.
     assert cpu_seconds(door.pid) - cpu < 4.0
 
 
 # -- item 4: what the job store cannot store ----------------------------------------------
+
 
 def test_what_postgresql_cannot_store_is_refused_alone(door):
     after = door.last_dead_letter()
@@ -405,6 +459,7 @@ def test_dead_letters_are_capped_and_do_not_hold_jobs_back(door):
 
 # -- start-up: nothing in the broker keeps the daemon down --------------------------------
 
+
 @pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
 def test_junk_waiting_at_start_does_not_keep_the_daemon_down(tmp_path, broker):
     from conftest import require_service
@@ -428,8 +483,11 @@ def test_junk_waiting_at_start_does_not_keep_the_daemon_down(tmp_path, broker):
         elif broker == "sqlite":
             engine = sa.create_engine(door.settings.broker.url)
             with engine.begin() as conn:
-                conn.execute(messages_table.insert().values(queue=door.kqueue.name, delivery_tag="garbage",
-                                                            visible_at=0.0, payload="\x00 not json"))
+                conn.execute(
+                    messages_table.insert().values(
+                        queue=door.kqueue.name, delivery_tag="garbage", visible_at=0.0, payload="\x00 not json"
+                    )
+                )
             engine.dispose()
         door.start()
         door.wait_ran(door.legit())
@@ -446,6 +504,7 @@ def test_junk_waiting_at_start_does_not_keep_the_daemon_down(tmp_path, broker):
 
 
 # -- the web processes' event subscriber ----------------------------------------------------
+
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_bad_events_do_not_stop_the_event_subscriber(tmp_path, broker):
@@ -465,20 +524,40 @@ def test_bad_events_do_not_stop_the_event_subscriber(tmp_path, broker):
         exchange = events_exchange(parsed)
 
         def event(job_id: str, **fields: Any) -> bytes:
-            return json.dumps({"v": 1, "type": "job.executed", "job_id": job_id, "seq": 1, "origin": "elsewhere",
-                               "event": {"job_id": job_id, **fields}}).encode()
+            return json.dumps(
+                {
+                    "v": 1,
+                    "type": "job.executed",
+                    "job_id": job_id,
+                    "seq": 1,
+                    "origin": "elsewhere",
+                    "event": {"job_id": job_id, **fields},
+                }
+            ).encode()
 
         def signed(body: bytes) -> dict[str, str]:
             return {SIGNATURE_HEADER: sign_message(body, parsed.secret or b"", exchange.name)}
 
         odd = event("c", seq="x", scheduled_run_time="never")
-        bad = [(event("a"), {SIGNATURE_HEADER: "é"}), (event("b", type="x"), signed(event("b", type="x"))),
-               (bomb(), {"compression": "application/x-gzip"}), (b"\xff", {}), (odd, signed(odd))]
+        bad = [
+            (event("a"), {SIGNATURE_HEADER: "é"}),
+            (event("b", type="x"), signed(event("b", type="x"))),
+            (bomb(), {"compression": "application/x-gzip"}),
+            (b"\xff", {}),
+            (odd, signed(odd)),
+        ]
         with make_connection(parsed) as conn:
             producer = kombu.Producer(conn)
             for body, headers in [*bad, (event("good"), signed(event("good")))]:
-                producer.publish(body, exchange=exchange, routing_key="", declare=[exchange], headers=headers,
-                                 content_type=JSON, content_encoding="utf-8")
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key="",
+                    declare=[exchange],
+                    headers=headers,
+                    content_type=JSON,
+                    content_encoding="utf-8",
+                )
         wait_until(lambda: any(e.get("job_id") == "good" for e in heard), "the good event")
         assert subscriber._thread is not None and subscriber._thread.is_alive()
         assert {e.get("job_id") for e in heard} <= {"good", "b", "c"}  # refused, or read without its odd fields
@@ -487,4 +566,3 @@ def test_bad_events_do_not_stop_the_event_subscriber(tmp_path, broker):
         sub = getattr(proxy, "_subscriber", None)
         if sub is not None:
             sub.stop()
-

@@ -38,8 +38,14 @@ QUEUE = "pyramid_scheduler.jobs"
 
 
 def body_of(**fields):
-    request = JobRequest(op="add", id="j1", queue="jobs", func="mod:fn", args=[1],
-                         trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()})
+    request = JobRequest(
+        op="add",
+        id="j1",
+        queue="jobs",
+        func="mod:fn",
+        args=[1],
+        trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()},
+    )
     wire = request.to_wire()
     wire.update(fields)
     return json.dumps(wire).encode()
@@ -47,9 +53,26 @@ def body_of(**fields):
 
 # -- the signature ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [
-    "é", "\udcff", "v2=é", "v2=" + "é" * 64, 123, 1.5, True, ["v2=00"], {"v2": "00"}, b"v2=00", "",
-    None, "x" * 10_000, "\x00" * 64])
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "é",
+        "\udcff",
+        "v2=é",
+        "v2=" + "é" * 64,
+        123,
+        1.5,
+        True,
+        ["v2=00"],
+        {"v2": "00"},
+        b"v2=00",
+        "",
+        None,
+        "x" * 10_000,
+        "\x00" * 64,
+    ],
+)
 def test_any_header_value_is_refused_without_an_error(header):
     with pytest.raises(InvalidMessage):
         verify(b"{}", header, SECRET, QUEUE)
@@ -63,8 +86,14 @@ def test_good_signatures_pass_and_recased_or_other_keys_do_not():
     body_only = hmac.new(SECRET, body, hashlib.sha256).hexdigest()  # version 1, pre-release builds
     with pytest.raises(InvalidMessage, match="version 1 signature"):
         verify(body, body_only, SECRET, QUEUE)
-    for bad in (good.upper(), "V2=" + good[3:], good[:-1], sign_message(body, b"another-secret-0123456789", QUEUE),
-                body_only.upper(), "v2=" + body_only):
+    for bad in (
+        good.upper(),
+        "V2=" + good[3:],
+        good[:-1],
+        sign_message(body, b"another-secret-0123456789", QUEUE),
+        body_only.upper(),
+        "v2=" + body_only,
+    ):
         with pytest.raises(InvalidMessage, match="bad message signature"):
             verify(body, bad, SECRET, QUEUE)
 
@@ -72,8 +101,11 @@ def test_good_signatures_pass_and_recased_or_other_keys_do_not():
 def test_the_signature_covers_the_queue_the_content_type_and_encoding_and_the_body():
     body = body_of()
     good = sign_message(body, SECRET, QUEUE)
-    for changed in ({"routing_key": "pyramid_scheduler.reports"}, {"content_type": "text/plain"},
-                    {"content_encoding": "latin-1"}):
+    for changed in (
+        {"routing_key": "pyramid_scheduler.reports"},
+        {"content_type": "text/plain"},
+        {"content_encoding": "latin-1"},
+    ):
         args = {"routing_key": QUEUE, "content_type": "application/json", "content_encoding": "utf-8", **changed}
         with pytest.raises(InvalidMessage, match="bad message signature"):
             verify(body, good, SECRET, **args)
@@ -94,6 +126,7 @@ def test_sent_at_older_than_the_limit_is_refused():
 
 
 # -- the body ---------------------------------------------------------------------------
+
 
 def nested(depth):
     value = 0
@@ -127,19 +160,28 @@ def test_rare_and_far_crons_still_fire():
     now = datetime.now(timezone.utc)
     trigger = build_trigger({"type": "cron", "crontab": "0 0 29 2 mon"}, timezone.utc)
     assert next_fire_time(trigger, now).year == 2044
-    far = build_trigger({"type": "cron", "year": "2300", "month": "1",
-                         "start_date": "2299-06-01T00:00:00+00:00"}, timezone.utc)
+    far = build_trigger(
+        {"type": "cron", "year": "2300", "month": "1", "start_date": "2299-06-01T00:00:00+00:00"}, timezone.utc
+    )
     assert next_fire_time(far, now).year == 2300  # searched from its start
     assert next_fire_time(build_trigger({"type": "cron", "year": "2300"}, timezone.utc), now) is None
 
 
 # -- raw broker entries -----------------------------------------------------------------
 
+
 def kombu_payload(body=b"{}", headers=None, **extra):
-    payload = {"body": base64.b64encode(body).decode(), "content-type": "application/json",
-               "content-encoding": "utf-8", "headers": headers or {},
-               "properties": {"body_encoding": "base64", "delivery_tag": "t1",
-                              "delivery_info": {"exchange": "", "routing_key": QUEUE}}}
+    payload = {
+        "body": base64.b64encode(body).decode(),
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": headers or {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": "t1",
+            "delivery_info": {"exchange": "", "routing_key": QUEUE},
+        },
+    }
     payload.update(extra)
     return payload
 
@@ -154,11 +196,19 @@ def test_an_entry_above_the_limit_is_not_parsed():
     assert len(base64.b64decode(payload["body"])) == 4096  # a prefix, not the entry
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"\x00\xff", b"[]", b"{}", b'{"properties": 1}', b'{"properties": {"delivery_tag": 5}}',
-    json.dumps({**kombu_payload(), "content-type": 7}).encode(),
-    json.dumps(kombu_payload(properties={"delivery_tag": "t", "delivery_info": {}, REFUSAL: "x"})).encode(),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\xff",
+        b"[]",
+        b"{}",
+        b'{"properties": 1}',
+        b'{"properties": {"delivery_tag": 5}}',
+        json.dumps({**kombu_payload(), "content-type": 7}).encode(),
+        json.dumps(kombu_payload(properties={"delivery_tag": "t", "delivery_info": {}, REFUSAL: "x"})).encode(),
+    ],
+)
 def test_an_entry_that_is_not_a_kombu_message_becomes_a_stand_in(raw):
     payload = envelope(raw, QUEUE, entry_limit(1024), delivery_tag="row-7")
     assert payload["content-type"] == NOT_A_MESSAGE
@@ -187,6 +237,7 @@ def test_a_payload_kombu_cannot_read_is_refused_not_raised():
 
 # -- dead letters ------------------------------------------------------------------------
 
+
 def test_dead_letters_keep_a_prefix_size_and_digest_and_are_capped(tmp_path):
     ledger = Ledger(create_db_engine(f"sqlite:///{tmp_path}/jobs.sqlite"), "t_")
     big = b"\x00" + bytes(range(256)) * 100
@@ -206,11 +257,14 @@ def test_dead_letters_keep_a_prefix_size_and_digest_and_are_capped(tmp_path):
 
 # -- events ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields", [
-    {"type": "x"}, {"seq": "x"}, {"scheduled_run_time": "not a time"}, {"job_id": 1, "type": None}])
+
+@pytest.mark.parametrize(
+    "fields", [{"type": "x"}, {"seq": "x"}, {"scheduled_run_time": "not a time"}, {"job_id": 1, "type": None}]
+)
 def test_an_event_with_odd_fields_is_refused_or_read_never_raised(fields):
-    body = json.dumps({"v": 1, "type": "job.executed", "job_id": "j", "seq": 1, "origin": "o",
-                       "event": {"job_id": "j", **fields}}).encode()
+    body = json.dumps(
+        {"v": 1, "type": "job.executed", "job_id": "j", "seq": 1, "origin": "o", "event": {"job_id": "j", **fields}}
+    ).encode()
     try:
         event, _ = decode_event(body)
     except InvalidMessage:

@@ -43,9 +43,11 @@ pytestmark = [pytest.mark.integration]
 
 SECRET = "fuzz-secret-0123456789abcdef0123"
 EXAMPLES = max(10, int(os.environ.get("HYPOTHESIS_EXAMPLES", "150")) // 5)
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 CALLED: list[str] = []
 LOCK = threading.Lock()
 
@@ -95,9 +97,14 @@ class Door:
             return
         with self.sql.begin() as conn:
             for raw in entries:
-                conn.execute(messages_table.insert().values(
-                    queue=self.queue, delivery_tag=uuid.uuid4().hex, visible_at=0.0,
-                    payload=raw.decode("utf-8", "replace")))
+                conn.execute(
+                    messages_table.insert().values(
+                        queue=self.queue,
+                        delivery_tag=uuid.uuid4().hex,
+                        visible_at=0.0,
+                        payload=raw.decode("utf-8", "replace"),
+                    )
+                )
 
     def close(self) -> None:
         self.service.stop()
@@ -128,7 +135,8 @@ def door(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -140,8 +148,14 @@ def bodies(draw: Any) -> tuple[bytes, str, str]:
         return draw(st.binary(max_size=200)), tag, kind
     if kind == "json":
         return json.dumps(draw(json_values)).encode(), tag, kind
-    wire = JobRequest(op="add", id=tag, queue="jobs", func="security.test_fuzz_door:spy", args=[tag],
-                      trigger=trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))).to_wire()
+    wire = JobRequest(
+        op="add",
+        id=tag,
+        queue="jobs",
+        func="security.test_fuzz_door:spy",
+        args=[tag],
+        trigger=trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc)),
+    ).to_wire()
     if kind == "job-field":
         # Not "args": a signed request may pass the spy anything.
         wire[draw(st.sampled_from(sorted(set(wire) - {"args"})))] = draw(json_values)
@@ -168,9 +182,15 @@ def entries(draw: Any, door: Door) -> bytes:
     body_encoding = draw(st.sampled_from(["base64", "base64", None, "bogus"]))
     payload: dict[str, Any] = {
         "body": base64.b64encode(body).decode() if body_encoding == "base64" else body.decode("utf-8", "replace"),
-        "content-type": content_type, "content-encoding": encoding, "headers": headers,
-        "properties": {"body_encoding": body_encoding, "delivery_tag": uuid.uuid4().hex,
-                       "delivery_info": {"exchange": "", "routing_key": door.queue}}}
+        "content-type": content_type,
+        "content-encoding": encoding,
+        "headers": headers,
+        "properties": {
+            "body_encoding": body_encoding,
+            "delivery_tag": uuid.uuid4().hex,
+            "delivery_info": {"exchange": "", "routing_key": door.queue},
+        },
+    }
     for _ in range(draw(st.integers(0, 2))):  # and then break something
         targets = [payload]
         if isinstance(payload.get("properties"), dict):

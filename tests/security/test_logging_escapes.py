@@ -68,7 +68,9 @@ def test_the_filter_escapes_arguments_not_formats(caplog):
         log.info("job %s (queue %s): %d run(s), %r", f"x{FORGED}", "q\x1b[2J", 3, "r\n")
         log.info("a mapping %(id)s", {"id": "m\nn"})
     assert [r.getMessage() for r in caplog.records] == [
-        f"job x{escape(FORGED)} (queue q\\x1b[2J): 3 run(s), 'r\\n'", "a mapping m\\nn"]
+        f"job x{escape(FORGED)} (queue q\\x1b[2J): 3 run(s), 'r\\n'",
+        "a mapping m\\nn",
+    ]
     assert "\n" not in caplog.text.rstrip("\n").replace("\n", "", len(caplog.records) - 1)
     assert escape("é ü \u00a0 ok") == "é ü \u00a0 ok"
 
@@ -90,12 +92,19 @@ def test_a_daemon_log_cannot_be_forged(make_harness):  # noqa: F811
     secret = harness.settings["scheduler.secret"].encode()
     key = make_queue(proxy.settings, "jobs").routing_key
     for index, job_id in enumerate([f"id{FORGED}", "nul\x00id"]):
-        body = JobRequest(op="add", id=job_id, queue="jobs", func="integration.sampleapp.jobs:noop",
-                          args=[index], trigger=trigger_spec("now", proxy.settings.timezone,
-                                                             run_date=proxy.now())).encode()
+        body = JobRequest(
+            op="add",
+            id=job_id,
+            queue="jobs",
+            func="integration.sampleapp.jobs:noop",
+            args=[index],
+            trigger=trigger_spec("now", proxy.settings.timezone, run_date=proxy.now()),
+        ).encode()
         publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, secret, key)})
-    for cancel in (JobRequest(op="cancel", id=f"c{FORGED}", queue="jobs").encode(),
-                   JobRequest(op="cancel", id="c", queue=f"jobs{FORGED}").encode()):
+    for cancel in (
+        JobRequest(op="cancel", id=f"c{FORGED}", queue="jobs").encode(),
+        JobRequest(op="cancel", id="c", queue=f"jobs{FORGED}").encode(),
+    ):
         publish_raw(proxy, cancel, {SIGNATURE_HEADER: sign_message(cancel, secret, key)})
     tag = f"after-{uuid.uuid4().hex[:6]}"
     proxy.add_async_job(jobs.record, args=[harness.oracle, tag])
@@ -110,7 +119,11 @@ def test_a_daemon_log_cannot_be_forged(make_harness):  # noqa: F811
 
 def test_every_module_logs_through_the_escaping_logger():
     package = Path(pyramid_scheduler.__file__).parent
-    plain = [path.relative_to(package).as_posix() for path in package.rglob("*.py")
-             if "logging.getLogger(" in path.read_text(encoding="utf-8")
-             and path.name != "logs.py" and "demo" not in path.parts]
+    plain = [
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if "logging.getLogger(" in path.read_text(encoding="utf-8")
+        and path.name != "logs.py"
+        and "demo" not in path.parts
+    ]
     assert plain == [], "use pyramid_scheduler.logs.get_logger"

@@ -29,16 +29,29 @@ from pyramid_scheduler.scripts import EXIT_INSECURE
 from pyramid_scheduler.settings import parse_settings, posture_problem
 
 LOCAL = [
-    "sqlite:///var/broker.sqlite", "sqlite://", "sqla+sqlite:////srv/broker.sqlite",
-    "kombu.transport.sqlalchemy:Transport+sqlite:///var/b.sqlite", "sqla+postgresql://u:pw@127.0.0.1/db",
-    "redis://127.0.0.1:6379/0", "redis://localhost/0", "redis://:pw@[::1]:6379/0", "redis://127.0.1.1/0",
-    "amqp://guest:guest@localhost:5672//", "amqp://", "memory://", "redis+socket:///run/redis.sock",
+    "sqlite:///var/broker.sqlite",
+    "sqlite://",
+    "sqla+sqlite:////srv/broker.sqlite",
+    "kombu.transport.sqlalchemy:Transport+sqlite:///var/b.sqlite",
+    "sqla+postgresql://u:pw@127.0.0.1/db",
+    "redis://127.0.0.1:6379/0",
+    "redis://localhost/0",
+    "redis://:pw@[::1]:6379/0",
+    "redis://127.0.1.1/0",
+    "amqp://guest:guest@localhost:5672//",
+    "amqp://",
+    "memory://",
+    "redis+socket:///run/redis.sock",
     "sentinel://:pw@127.0.0.1:26379;sentinel://:pw@localhost:26380",
 ]
 REMOTE = [
-    "redis://10.0.0.5:6379/0", "redis://cache.internal/0", "amqp://u:pw@rabbit//",
-    "sqla+postgresql://u:pw@db.internal/app", "postgresql://u@10.1.2.3/app",
-    "sentinel://:pw@127.0.0.1:26379;sentinel://:pw@10.0.0.6:26379", "redis://[2001:db8::1]:6379/0",
+    "redis://10.0.0.5:6379/0",
+    "redis://cache.internal/0",
+    "amqp://u:pw@rabbit//",
+    "sqla+postgresql://u:pw@db.internal/app",
+    "postgresql://u@10.1.2.3/app",
+    "sentinel://:pw@127.0.0.1:26379;sentinel://:pw@10.0.0.6:26379",
+    "redis://[2001:db8::1]:6379/0",
     "redis://0.0.0.0/0",
 ]
 
@@ -53,8 +66,11 @@ def test_a_remote_broker_needs_a_secret_or_an_allowlist_or_insecure(url):
     problem = posture_problem(parse_settings({"scheduler.broker.url": url}))
     assert problem and "scheduler.secret" in problem and "scheduler.insecure = true" in problem
     assert ":pw@" not in problem  # the broker URL is masked
-    for extra in ({"scheduler.secret": "s" * 32}, {"scheduler.allowed_modules": "myapp.jobs"},
-                  {"scheduler.insecure": "true"}):
+    for extra in (
+        {"scheduler.secret": "s" * 32},
+        {"scheduler.allowed_modules": "myapp.jobs"},
+        {"scheduler.insecure": "true"},
+    ):
         assert posture_problem(parse_settings({"scheduler.broker.url": url, **extra})) is None
 
 
@@ -124,6 +140,7 @@ def test_pscheduler_refuses_a_remote_broker_unprotected_and_runs_with_insecure(m
 
 
 # -- the demo's secret ----------------------------------------------------------------
+
 
 def _demo_settings(var: Path) -> dict[str, str]:
     settings = make_settings(var, allowed_modules="pyramid_scheduler.demo")

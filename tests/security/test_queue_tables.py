@@ -55,7 +55,8 @@ def test_each_queue_stores_its_jobs_in_its_own_table(running):  # noqa: F811
 
     wait_for(lambda: all(ids(queue) for queue in ("a.b", "a_b", "a-b")))
     assert {queue: ids(queue) for queue in ("a.b", "a_b", "a-b")} == {
-        queue: [f"job-{queue}"] for queue in ("a.b", "a_b", "a-b")}
+        queue: [f"job-{queue}"] for queue in ("a.b", "a_b", "a-b")
+    }
     for queue in ("a.b", "a_b", "a-b"):
         assert proxy.get_job(f"job-{queue}")["status"] == "scheduled"
         proxy.cancel_job(f"job-{queue}", queue=queue)

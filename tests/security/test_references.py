@@ -43,8 +43,17 @@ def test_attribute_chains_and_borrowed_names_are_refused(ref, why):
         check_ref(ref, (MODULE,))
 
 
-@pytest.mark.parametrize("func", [refjobs.harmless, refjobs.Tasks.klass, refjobs.Tasks.static,
-                                  f"{MODULE}:harmless", f"{MODULE}:Tasks.klass", f"{MODULE}:Tasks.static"])
+@pytest.mark.parametrize(
+    "func",
+    [
+        refjobs.harmless,
+        refjobs.Tasks.klass,
+        refjobs.Tasks.static,
+        f"{MODULE}:harmless",
+        f"{MODULE}:Tasks.klass",
+        f"{MODULE}:Tasks.static",
+    ],
+)
 def test_functions_and_methods_defined_in_the_module_still_work(func):
     ref = callable_ref(func, (MODULE,))
     assert ref.startswith(f"{MODULE}:")
@@ -77,7 +86,8 @@ def test_signed_bypasses_are_refused_at_the_door(running, tmp_path):  # noqa: F8
         marker = tmp_path / f"pwned-{index}"
         markers.append(marker)
         body = request_body(func=ref, job_id=f"bypass-{index}").replace(
-            f'"args":["bypass-{index}"]'.encode(), f'"args":["touch {marker}"]'.encode())
+            f'"args":["bypass-{index}"]'.encode(), f'"args":["touch {marker}"]'.encode()
+        )
         publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, SECRET.encode(), key)})
     body = request_body(func=f"{MODULE}:Tasks.static", job_id="legit")
     publish_raw(proxy, body, {SIGNATURE_HEADER: sign_message(body, SECRET.encode(), key)})

@@ -30,8 +30,7 @@ def enqueue_view(request: Any) -> dict[str, Any]:
     """``/enqueue?tag=T``: run ``jobs.record(oracle, T)`` as soon as possible."""
     settings = request.registry.settings
     tag = request.params["tag"]
-    job_id = request.registry.scheduler.add_async_job(
-        jobs.record, args=[settings["sampleapp.oracle"], tag], id=tag)
+    job_id = request.registry.scheduler.add_async_job(jobs.record, args=[settings["sampleapp.oracle"], tag], id=tag)
     return {"job_id": job_id}
 
 

@@ -58,8 +58,11 @@ def _marker() -> Any:
 
 
 def _log_run(oracle: str, tag: str, phase: str) -> None:
-    _write(oracle, "insert into runs (tag, phase, at, pid, thread, marker) values (?, ?, ?, ?, ?, ?)",
-           (tag, phase, time.time(), os.getpid(), threading.current_thread().name, _marker()))
+    _write(
+        oracle,
+        "insert into runs (tag, phase, at, pid, thread, marker) values (?, ?, ?, ?, ?, ?)",
+        (tag, phase, time.time(), os.getpid(), threading.current_thread().name, _marker()),
+    )
 
 
 def record(oracle: str, tag: str) -> dict[str, Any]:
@@ -89,8 +92,11 @@ def fail(oracle: str, tag: str) -> None:
 
 def record_event(event: Any, oracle: str) -> None:
     """Scheduler listener: one row per event."""
-    _write(oracle, "insert into events (type, job_id, message, at, pid) values (?, ?, ?, ?, ?)",
-           (event.type, event.get("job_id"), event.get("message"), time.time(), os.getpid()))
+    _write(
+        oracle,
+        "insert into events (type, job_id, message, at, pid) values (?, ?, ?, ?, ?)",
+        (event.type, event.get("job_id"), event.get("message"), time.time(), os.getpid()),
+    )
 
 
 def runs(oracle: str, tag: str | None = None) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
         else:
             config.add_scheduled_job(jobs.record, seconds=1, id="tick", args=[oracle, f"tick-{variant}"])
         if variant == "v1":
-            config.add_scheduled_job("integration.sampleapp.jobs.record", trigger="cron", id="nightly",
-                                     hour=3, args=[oracle, "nightly"])
+            config.add_scheduled_job(
+                "integration.sampleapp.jobs.record", trigger="cron", id="nightly", hour=3, args=[oracle, "nightly"]
+            )
     return config.make_wsgi_app()

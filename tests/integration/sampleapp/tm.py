@@ -30,8 +30,12 @@ from sqlalchemy.orm import sessionmaker
 from . import jobs
 
 metadata = sa.MetaData()
-orders = sa.Table("orders", metadata, sa.Column("tag", sa.String(200), primary_key=True),
-                  sa.Column("source", sa.String(50), nullable=False))
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("tag", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(50), nullable=False),
+)
 
 
 def dbsession(request: Any) -> Any:
@@ -56,7 +60,8 @@ def order_view(request: Any) -> dict[str, Any]:
     add_order(request, tag, "web")
     options = {"immediate": True} if request.params.get("immediate") else {}
     job_id = request.scheduler.add_async_job(
-        jobs.record, args=[request.registry.settings["sampleapp.oracle"], tag], id=tag, **options)
+        jobs.record, args=[request.registry.settings["sampleapp.oracle"], tag], id=tag, **options
+    )
     if request.params.get("doom"):
         request.tm.doom()
     if request.params.get("fail"):
@@ -78,8 +83,7 @@ def report(request: Any, oracle: str, tag: str) -> dict[str, Any]:
     jobs.record(oracle, tag)
     # Runs when the runner closes the request, after the run.
     request.add_finished_callback(lambda request: jobs.record(oracle, f"{tag}-closed"))
-    return {"shop": request.shop_name, "tm_active": pyramid_tm.is_tm_active(request),
-            "status": request.tm.get().status}
+    return {"shop": request.shop_name, "tm_active": pyramid_tm.is_tm_active(request), "status": request.tm.get().status}
 
 
 def chain(request: Any, oracle: str, tag: str, fail: bool) -> str:
@@ -94,16 +98,15 @@ def chain(request: Any, oracle: str, tag: str, fail: bool) -> str:
 
 def report_view(request: Any) -> dict[str, Any]:
     tag = request.params["tag"]
-    job_id = request.scheduler.add_async_job(
-        report, args=[request.registry.settings["sampleapp.oracle"], tag], id=tag)
+    job_id = request.scheduler.add_async_job(report, args=[request.registry.settings["sampleapp.oracle"], tag], id=tag)
     return {"job_id": job_id}
 
 
 def chain_view(request: Any) -> dict[str, Any]:
     tag = request.params["tag"]
     job_id = request.scheduler.add_async_job(
-        chain, args=[request.registry.settings["sampleapp.oracle"], tag, bool(request.params.get("fail"))],
-        id=tag)
+        chain, args=[request.registry.settings["sampleapp.oracle"], tag, bool(request.params.get("fail"))], id=tag
+    )
     return {"job_id": job_id}
 
 
@@ -132,8 +135,12 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
         config.registry["tmapp.session_factory"] = sessionmaker(bind=engine)
         config.add_request_method(dbsession, "dbsession", reify=True)
         config.add_request_method(shop_name, "shop_name", reify=True)
-        for name, view in (("order", order_view), ("cancel", cancel_view), ("report", report_view),
-                           ("chain", chain_view)):
+        for name, view in (
+            ("order", order_view),
+            ("cancel", cancel_view),
+            ("report", report_view),
+            ("chain", chain_view),
+        ):
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name, renderer="json")
     return config.make_wsgi_app()

@@ -18,8 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pyramid_scheduler.db import create_db_engine
-from pyramid_scheduler.store import Ledger
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import Ledger
 
 URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

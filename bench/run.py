@@ -265,7 +265,7 @@ class Ours(System):
         return all(d["active"] for d in self.proxy.get_daemons())
 
     def close(self) -> None:
-        from pyramid_scheduler.broker import make_connection, make_queue
+        from pyramid_scheduler.brokers.connection import make_connection, make_queue
 
         settings = self.proxy.settings
         self.proxy.close()
@@ -301,7 +301,7 @@ def drop_tables(url: str, prefix: str) -> None:
 
 def sample_body(path: str, tag: str, sent: float) -> bytes:
     """The message pyramid_scheduler would send for this run-now job."""
-    from pyramid_scheduler.messages import JobRequest, new_id, trigger_spec
+    from pyramid_scheduler.wire.messages import JobRequest, new_id, trigger_spec
 
     spec = trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))
     return JobRequest(
@@ -549,7 +549,7 @@ def client_fix_figures(tmp: Path, count: int) -> dict[str, Any]:
     alternate call by call, so both see the same machine."""
     from kombu.transport import redis as kombu_redis
 
-    from pyramid_scheduler.redis_transport import Channel
+    from pyramid_scheduler.brokers.redis import Channel
 
     system = Ours("redis", tmp)
     path = str(tmp / "fix.txt")
@@ -581,7 +581,7 @@ def bulk_load(system: Ours, template_id: str, count: int) -> float:
 
     import psycopg
 
-    from pyramid_scheduler.store import aps_tablename
+    from pyramid_scheduler.store.ledger import aps_tablename
 
     started = time.monotonic()
     prefix = system.settings["scheduler.jobstore.tablename_prefix"]

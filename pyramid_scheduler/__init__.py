@@ -20,14 +20,14 @@ from typing import Any
 from pyramid.events import ApplicationCreated
 from zope.interface import Interface
 
-from .api import Event
-from .consumer import start_combined
-from .declare import add_scheduled_job, scheduled_job
-from .exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
-from .fanout import start_subscriber
-from .logs import get_logger
-from .proxy import SchedulerProxy
-from .settings import SchedulerSettings, parse_settings
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.brokers.fanout import start_subscriber
+from pyramid_scheduler.daemon.service import start_combined
+from pyramid_scheduler.exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings, parse_settings
+from pyramid_scheduler.web.declare import add_scheduled_job, scheduled_job
+from pyramid_scheduler.web.proxy import SchedulerProxy
 
 __all__ = [
     "Event",

@@ -13,7 +13,7 @@ from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
-from .exceptions import InvalidJob, InvalidMessage, InvalidQueue
+from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, InvalidQueue
 
 __all__ = [
     "Event",

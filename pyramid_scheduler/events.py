@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .api import PYRAMID_EVENTS, Event
-from .logs import get_logger
+from pyramid_scheduler.api import PYRAMID_EVENTS, Event
+from pyramid_scheduler.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -71,7 +71,7 @@ class EventDispatcher:
         self.listeners = listeners
         self.registry = registry
         #: Called with each event before the local listeners and subscribers
-        #: (the fan-out to other processes, :mod:`pyramid_scheduler.fanout`,
+        #: (the fan-out to other processes, :mod:`pyramid_scheduler.brokers.fanout`,
         #: which also numbers it: local listeners see ``seq`` too).
         self.forward: Callable[[Event], None] | None = None
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()

@@ -60,7 +60,7 @@ class EnqueueError(SchedulerError, ConnectionError):
 
 
 class JobTimeout(SchedulerError, TimeoutError):
-    """:meth:`~pyramid_scheduler.proxy.SchedulerProxy.wait` gave up: the job
+    """:meth:`~pyramid_scheduler.web.proxy.SchedulerProxy.wait` gave up: the job
     did not finish in time (it may still run; it was not canceled).
 
     ``job_id`` names the job and ``record`` is its last record read (``None``

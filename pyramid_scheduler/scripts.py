@@ -23,9 +23,9 @@ import hupper
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, setup_logging
 
-from .consumer import SchedulerService, combined_suppressed
-from .exceptions import InvalidQueue, SchedulerError, SchemaError
-from .logs import get_logger
+from pyramid_scheduler.daemon.service import SchedulerService, combined_suppressed
+from pyramid_scheduler.exceptions import InvalidQueue, SchedulerError, SchemaError
+from pyramid_scheduler.logs import get_logger
 
 log = get_logger("pyramid_scheduler.pscheduler")
 

@@ -25,9 +25,9 @@ from pyramid.path import DottedNameResolver
 from pyramid.settings import asbool, aslist
 from sqlalchemy.engine import make_url
 
-from .catchup import POLICIES as CATCH_UP_POLICIES
-from .logs import get_logger
-from .store import table_clash
+from pyramid_scheduler.daemon.catchup import POLICIES as CATCH_UP_POLICIES
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.ledger import table_clash
 
 log = get_logger(__name__)
 
@@ -190,7 +190,7 @@ class SchedulerSettings:
     misfire_grace_time: int = 3600
     coalesce: bool = True
     #: What becomes of a recurring job's overdue runs: ``skip``, ``once`` or
-    #: ``all`` (see :mod:`pyramid_scheduler.catchup`).
+    #: ``all`` (see :mod:`pyramid_scheduler.daemon.catchup`).
     catch_up: str = "skip"
     #: Overdue runs of one job enumerated (recorded or run) one by one; the
     #: rest are recorded missed in one record.

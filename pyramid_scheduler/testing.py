@@ -3,10 +3,10 @@
 ``config.include("pyramid_scheduler.testing")`` (or ``pyramid.includes =
 pyramid_scheduler.testing`` in a test INI) puts a :class:`TestingScheduler`
 at ``registry.scheduler`` and ``request.scheduler``. It *is* a
-:class:`~pyramid_scheduler.proxy.SchedulerProxy` with only the publish step
+:class:`~pyramid_scheduler.web.proxy.SchedulerProxy` with only the publish step
 replaced: every ``add_*_job`` and ``cancel_job`` call runs the real checks
 and builds the real version 1 message, which is then decoded by the daemon's
-own :func:`~pyramid_scheduler.messages.decode` and kept here instead of
+own :func:`~pyramid_scheduler.wire.messages.decode` and kept here instead of
 going to a broker. Jobs run in the calling thread, on a fake clock
 (:class:`FakeClock`), with APScheduler's own triggers deciding every fire
 time (so DST gaps and folds behave as in the daemon), and the same events as
@@ -36,11 +36,17 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 from pyramid.threadlocal import manager as threadlocal_manager
 
-from .api import Event
-from .events import EventDispatcher
-from .exceptions import InvalidJob
-from .logs import get_logger
-from .messages import (
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.execution import job_context, request_context, request_info, run_key
+from pyramid_scheduler.daemon.retries import retry_delay
+from pyramid_scheduler.events import EventDispatcher
+from pyramid_scheduler.exceptions import InvalidJob
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.store.ledger import LIVE, _json_or_repr
+from pyramid_scheduler.web.proxy import SchedulerProxy
+from pyramid_scheduler.web.tx import Pending, current_transaction
+from pyramid_scheduler.wire.messages import (
     JobRequest,
     admit,
     build_trigger,
@@ -50,12 +56,6 @@ from .messages import (
     to_datetime,
     with_request,
 )
-from .proxy import SchedulerProxy
-from .retries import retry_delay
-from .runner import job_context, request_context, request_info, run_key
-from .settings import SchedulerSettings
-from .store import LIVE, _json_or_repr
-from .tx import Pending, current_transaction
 
 try:
     import transaction
@@ -81,7 +81,7 @@ def includeme(config: Any) -> None:
     usual; ``scheduler.testing.eager = true`` runs due jobs as soon as they
     are added. Listeners already added to the real scheduler are kept.
     """
-    from . import IScheduler
+    from pyramid_scheduler import IScheduler
 
     config.include("pyramid_scheduler")
     real = config.registry.scheduler
@@ -200,7 +200,7 @@ class TestingJob:
 
 
 class _Ledger:
-    """The part of :class:`~pyramid_scheduler.store.Ledger` the proxy reads,
+    """The part of :class:`~pyramid_scheduler.store.ledger.Ledger` the proxy reads,
     kept in memory, so ``get_job``/``get_jobs``/``get_daemons`` are the
     proxy's own."""
 
@@ -241,7 +241,7 @@ class _Ledger:
 
 
 class _InProcessPublisher:
-    """Stands in for :class:`~pyramid_scheduler.broker.Publisher`: the
+    """Stands in for :class:`~pyramid_scheduler.brokers.connection.Publisher`: the
     message is decoded at the daemon's door and handed to the scheduler."""
 
     def __init__(self, scheduler: TestingScheduler) -> None:
@@ -259,7 +259,7 @@ class _InProcessPublisher:
 
 
 class TestingScheduler(SchedulerProxy):
-    """A :class:`~pyramid_scheduler.proxy.SchedulerProxy` that keeps and runs
+    """A :class:`~pyramid_scheduler.web.proxy.SchedulerProxy` that keeps and runs
     its jobs in the calling thread.
 
     :param eager: run due jobs as soon as they are added (default:
@@ -496,7 +496,7 @@ class TestingScheduler(SchedulerProxy):
         :param request: or a request: its ``request.tm``'s transaction
             (default: the current request's, else the thread's
             ``transaction.manager``'s).
-        :returns: :class:`~pyramid_scheduler.messages.JobRequest` objects
+        :returns: :class:`~pyramid_scheduler.wire.messages.JobRequest` objects
             (``op``, ``id``, ``queue``, ``func``, ``args``, ``kwargs``,
             ``trigger``, ``options``); ``[]`` outside a transaction.
 

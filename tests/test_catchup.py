@@ -1,4 +1,4 @@
-"""Catch-up of overdue runs (:mod:`pyramid_scheduler.catchup`): the planner the
+"""Catch-up of overdue runs (:mod:`pyramid_scheduler.daemon.catchup`): the planner the
 daemon's jobs use, on the triggers the daemon builds from wire specs; the
 policies through a real engine; and their checks at add time, at the door and
 in the settings.
@@ -31,11 +31,11 @@ from test_engine import (  # noqa: F401 - fixtures
 )
 
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.catchup import CatchUpJob, ScheduledRun, job_options, plan_run_times
+from pyramid_scheduler.daemon.catchup import CatchUpJob, ScheduledRun, job_options, plan_run_times
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
-from pyramid_scheduler.messages import JobRequest, build_trigger, decode, trigger_spec
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.store import JobUnpickler
+from pyramid_scheduler.store.ledger import JobUnpickler
+from pyramid_scheduler.wire.messages import JobRequest, build_trigger, decode, trigger_spec
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

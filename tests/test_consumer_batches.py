@@ -1,7 +1,7 @@
 """The messages a broker has already delivered are stored as one batch, on
 every broker: one ``INSERT`` of job records for many messages, then each
 message acked. Through a real consumer (an in-process
-:class:`~pyramid_scheduler.consumer.SchedulerService`) on SQLite, Redis and
+:class:`~pyramid_scheduler.daemon.service.SchedulerService`) on SQLite, Redis and
 RabbitMQ."""
 
 import threading
@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from pyramid.config import Configurator
 
 from conftest import make_settings, wait_for
-from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.consumer import SchedulerService
-from pyramid_scheduler.redis_transport import Channel, processing_key
+from pyramid_scheduler.brokers.connection import make_connection, make_queue
+from pyramid_scheduler.brokers.redis import Channel, processing_key
+from pyramid_scheduler.daemon.service import SchedulerService
 
 RAN = []
 LOCK = threading.Lock()

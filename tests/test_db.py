@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy.pool import StaticPool
 
 from conftest import POSTGRES_URL, require_service, unique
-from pyramid_scheduler.db import create_db_engine
-from pyramid_scheduler.store import Ledger
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import Ledger
 
 
 @pytest.fixture

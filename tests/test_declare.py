@@ -15,7 +15,7 @@ from test_proxy import published
 from conftest import make_settings
 from integration.sampleapp import jobs
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.engine import Engine
+from pyramid_scheduler.daemon.engine import Engine
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_a_declaration_moved_to_another_queue_moves(tmp_var, caplog):
 
 
 def test_an_unchanged_declaration_is_left_alone_a_changed_one_updated(tmp_var, caplog):
-    caplog.set_level(logging.INFO, logger="pyramid_scheduler.declare")
+    caplog.set_level(logging.INFO, logger="pyramid_scheduler.web.declare")
     settings = make_settings(tmp_var)
 
     def start(minutes):

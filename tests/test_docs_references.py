@@ -19,7 +19,7 @@ DOCS = ROOT / "docs"
 #: ``:doc:`name``` or ``:doc:`title <name>```.
 DOC_ROLE = re.compile(r":doc:`(?:[^`<]*<)?([^`>]+)>?`")
 #: A path into the repository written out in text: under one of its folders,
-#: with a file extension (``docs/settings.rst``, ``pyramid_scheduler/due.py``).
+#: with a file extension (``docs/settings.rst``, ``pyramid_scheduler/daemon/scheduling.py``).
 REPO_PATH = re.compile(
     r"(?<![\w/.-])((?:docs|pyramid_scheduler|tests|bench|constraints)/[\w./-]*\.(?:rst|py|ini|txt|json))"
 )

@@ -20,12 +20,12 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from pyramid.config import Configurator
 
-from pyramid_scheduler import due
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.catchup import count_between, plan_run_times
-from pyramid_scheduler.messages import build_trigger
-from pyramid_scheduler.retries import plan_retry
-from pyramid_scheduler.schedules import fire_times
+from pyramid_scheduler.daemon import scheduling as due
+from pyramid_scheduler.daemon.catchup import count_between, plan_run_times
+from pyramid_scheduler.daemon.retries import plan_retry
+from pyramid_scheduler.triggers.forms import fire_times
+from pyramid_scheduler.wire.messages import build_trigger
 
 UTC = timezone.utc
 PARIS = ZoneInfo("Europe/Paris")

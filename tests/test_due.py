@@ -1,4 +1,4 @@
-"""The scheduler thread (:mod:`pyramid_scheduler.due`) in-process: jobs loaded
+"""The scheduler thread (:mod:`pyramid_scheduler.daemon.scheduling`) in-process: jobs loaded
 ahead of their due time, handed over from memory, their rows written later.
 
 A real engine on a real job store (SQLite file or PostgreSQL), as in
@@ -14,10 +14,10 @@ import sqlalchemy as sa
 import test_engine
 from test_engine import RUNS, add, record, types_for, wait_for
 
-from pyramid_scheduler import due
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.messages import JobRequest
-from pyramid_scheduler.runner import run_key
+from pyramid_scheduler.daemon import scheduling as due
+from pyramid_scheduler.daemon.execution import run_key
+from pyramid_scheduler.wire.messages import JobRequest
 
 UTC = timezone.utc
 proxy_factory = test_engine.proxy_factory

@@ -16,11 +16,11 @@ from pyramid.threadlocal import get_current_registry
 
 from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.engine import Engine
-from pyramid_scheduler.groupcommit import RunWriter
-from pyramid_scheduler.messages import JobRequest, trigger_spec
-from pyramid_scheduler.runner import run_key
-from pyramid_scheduler.store import Lease
+from pyramid_scheduler.daemon.engine import Engine
+from pyramid_scheduler.daemon.execution import run_key
+from pyramid_scheduler.store.ledger import Lease
+from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.wire.messages import JobRequest, trigger_spec
 
 UTC = timezone.utc
 RUNS: list = []
@@ -265,7 +265,7 @@ def test_run_now_job_waiting_for_a_worker_runs_after_a_restart(engine_factory, p
 
 
 def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory, monkeypatch):
-    monkeypatch.setattr("pyramid_scheduler.engine.DIRECT_BACKLOG", 0)
+    monkeypatch.setattr("pyramid_scheduler.daemon.engine.DIRECT_BACKLOG", 0)
     engine, events = engine_factory()
     engine.aps.pause()
     engine.submit(add(record, job_id="stored"))

@@ -9,10 +9,10 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.db import create_db_engine
+from pyramid_scheduler.brokers.fanout import decode_event, encode_event
 from pyramid_scheduler.exceptions import InvalidMessage
-from pyramid_scheduler.fanout import decode_event, encode_event
-from pyramid_scheduler.store import Ledger
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import Ledger
 
 
 def test_event_message_round_trip_with_exception_as_text():
@@ -83,7 +83,7 @@ def test_daemons_publish_only_when_asked():
 
 
 def test_an_unreachable_broker_costs_one_timeout_and_keeps_the_numbering(tmp_path, caplog):
-    from pyramid_scheduler.fanout import EventPublisher
+    from pyramid_scheduler.brokers.fanout import EventPublisher
     from pyramid_scheduler.settings import parse_settings
 
     # Port 9 (discard) on localhost: nothing listens, the connection is refused.
@@ -91,7 +91,7 @@ def test_an_unreachable_broker_costs_one_timeout_and_keeps_the_numbering(tmp_pat
     ledger = Ledger(create_db_engine(f"sqlite:///{tmp_path}/jobs.sqlite"), "t_")
     publisher = EventPublisher(settings, ledger, "me")
     events = [Event(Event.JOB_EXECUTED, job_id="j") for _ in range(10)]
-    with caplog.at_level("WARNING", logger="pyramid_scheduler.fanout"):
+    with caplog.at_level("WARNING", logger="pyramid_scheduler.brokers.fanout"):
         for event in events:
             publisher(event)
     assert [event.seq for event in events] == list(range(1, 11))

@@ -25,10 +25,10 @@ from pyramid.config import Configurator
 
 from conftest import make_settings
 from pyramid_scheduler import InvalidJob
-from pyramid_scheduler.engine import Engine
+from pyramid_scheduler.brokers.sql import messages as messages_table
+from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.exceptions import InvalidMessage
-from pyramid_scheduler.messages import JobRequest, decode
-from pyramid_scheduler.transport import messages as messages_table
+from pyramid_scheduler.wire.messages import JobRequest, decode
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))
 FUZZ = settings(

@@ -9,7 +9,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
-from pyramid_scheduler.messages import (
+from pyramid_scheduler.wire.messages import (
     JobRequest,
     build_trigger,
     callable_ref,

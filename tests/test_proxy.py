@@ -13,8 +13,8 @@ from pyramid.config import Configurator
 from webtest import TestApp
 
 from pyramid_scheduler import EnqueueError, InvalidJob, InvalidQueue
-from pyramid_scheduler.messages import decode
-from pyramid_scheduler.transport import messages as messages_table
+from pyramid_scheduler.brokers.sql import messages as messages_table
+from pyramid_scheduler.wire.messages import decode
 
 
 def job(*args, **kwargs):

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from conftest import REDIS_URL, make_settings, unique
-from pyramid_scheduler.broker import Publisher, make_connection, make_queue
-from pyramid_scheduler.redis_transport import NOT_A_MESSAGE, Channel, processing_key, release_claims
+from pyramid_scheduler.brokers.connection import Publisher, make_connection, make_queue
+from pyramid_scheduler.brokers.redis import NOT_A_MESSAGE, Channel, processing_key, release_claims
 from pyramid_scheduler.settings import parse_settings
 
 

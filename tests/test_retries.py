@@ -14,12 +14,12 @@ from test_engine import RUNS, add, fail, record, types_for, wait_for
 
 from conftest import jobstore_url, make_settings, unique
 from pyramid_scheduler.api import PYRAMID_EVENTS, Event, JobRetry
-from pyramid_scheduler.db import create_db_engine
+from pyramid_scheduler.daemon.execution import run_key
+from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
-from pyramid_scheduler.messages import JobRequest, decode, trigger_spec
-from pyramid_scheduler.retries import retry_delay
-from pyramid_scheduler.runner import run_key
-from pyramid_scheduler.store import Ledger
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.wire.messages import JobRequest, decode, trigger_spec
 
 UTC = timezone.utc
 #: For tests whose logic is the same on every job store (the ledger's SQL is

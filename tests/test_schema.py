@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from conftest import jobstore_url, make_settings, run_combined, unique
 from daemons import Daemon, pscheduler_argv, write_ini
-from pyramid_scheduler.db import create_db_engine
 from pyramid_scheduler.exceptions import SchemaError
-from pyramid_scheduler.schema import SCHEMA_VERSION
-from pyramid_scheduler.store import Ledger
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.schema import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def version(engine: sa.Engine, prefix: str) -> int:
 
 def test_new_tables_are_stamped_with_this_version(store, caplog):
     engine, prefix = store
-    with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
         Ledger(engine, prefix)
         Ledger(engine, prefix)  # a second process: nothing to do
     assert version(engine, prefix) == SCHEMA_VERSION
@@ -67,7 +67,7 @@ def test_tables_from_before_the_version_are_upgraded_with_their_rows(store, capl
             1.0, 2.0, 1, 2.0, '"kept"', NULL)"""
             )
         )
-    with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
         ledger = Ledger(engine, prefix)
     assert version(engine, prefix) == SCHEMA_VERSION
     columns = {c["name"] for c in sa.inspect(engine).get_columns(f"{prefix}jobs")}
@@ -94,7 +94,7 @@ def test_version_1_dead_letters_gain_size_and_digest(store, caplog):
                                  VALUES ('jobs', 1.0, 'old', 'x')""")
         )
         conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 1'))
-    with caplog.at_level(logging.WARNING, "pyramid_scheduler.schema"):
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
         ledger = Ledger(engine, prefix)
     assert version(engine, prefix) == SCHEMA_VERSION >= 2
     ledger.dead_letter_many([("jobs", "new", b"body")])

@@ -14,9 +14,9 @@ from pyramid.exceptions import ConfigurationError
 
 from conftest import make_settings, wait_for
 from pyramid_scheduler import InvalidJob
-from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.consumer import SchedulerService
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.brokers.connection import make_connection, make_queue
+from pyramid_scheduler.daemon.service import SchedulerService
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 
 SECRET = "0123456789abcdef0123456789abcdef"
 RAN = []

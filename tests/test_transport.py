@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import jobstore_url
-from pyramid_scheduler.transport import Transport, engine_for, messages
+from pyramid_scheduler.brokers.sql import Transport, engine_for, messages
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

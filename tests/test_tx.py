@@ -149,11 +149,11 @@ def test_publish_failure_after_commit_is_logged_with_the_job_id(settings, tmp_va
         settings, **{"scheduler.broker.url": "redis://127.0.0.1:1/0", "scheduler.broker.timeout": "0.5"}
     )
     try:
-        with caplog.at_level(logging.ERROR, logger="pyramid_scheduler.tx"):
+        with caplog.at_level(logging.ERROR, logger="pyramid_scheduler.web.tx"):
             assert app.get("/order", {"tag": "lost-1"}).json == {"job_id": "lost-1"}
     finally:
         scheduler.close()
-    (record,) = [r for r in caplog.records if r.name == "pyramid_scheduler.tx"]
+    (record,) = [r for r in caplog.records if r.name == "pyramid_scheduler.web.tx"]
     assert "job lost-1" in record.getMessage() and "NOT PUBLISHED" in record.getMessage()
     assert "lost-1" in record.getMessage().split("Message:")[1]
 

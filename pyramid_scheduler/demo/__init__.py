@@ -23,8 +23,8 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from ..exceptions import SchedulerError
-from . import jobs
+from pyramid_scheduler.demo import jobs
+from pyramid_scheduler.exceptions import SchedulerError
 
 PAGE = Template((Path(__file__).parent / "index.html").read_text(encoding="utf-8"))
 

@@ -1,6 +1,6 @@
 """The broker unreachable or hung at enqueue time: ``add_*_job`` raises
 ``EnqueueError`` within ``scheduler.broker.timeout`` (plus
-:data:`pyramid_scheduler.broker.SLACK`) every time, threads and connections
+:data:`pyramid_scheduler.brokers.connection.SLACK`) every time, threads and connections
 do not pile up, and the first enqueue once the broker is back succeeds.
 
 Faults: nothing listening on the port (Redis, RabbitMQ); a Redis paused with
@@ -32,7 +32,7 @@ from conftest import require_service
 from faults.conftest import free_port
 from integration.sampleapp import jobs
 from pyramid_scheduler import EnqueueError
-from pyramid_scheduler.broker import SLACK
+from pyramid_scheduler.brokers.connection import SLACK
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

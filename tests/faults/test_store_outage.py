@@ -15,7 +15,7 @@ from tcpproxy import TCPProxy
 from conftest import POSTGRES_URL
 from integration.conftest import wait_until
 from integration.sampleapp import jobs
-from pyramid_scheduler.transport import messages as broker_messages
+from pyramid_scheduler.brokers.sql import messages as broker_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -150,7 +150,7 @@ class Harness:
         self._delete_broker_queues()
 
     def _delete_broker_queues(self) -> None:
-        from pyramid_scheduler.broker import make_connection, make_queue
+        from pyramid_scheduler.brokers.connection import make_connection, make_queue
         from pyramid_scheduler.settings import parse_settings
 
         settings = parse_settings(self.settings)

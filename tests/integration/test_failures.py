@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from integration.sampleapp import jobs
 from pyramid_scheduler import EnqueueError
-from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.brokers.connection import make_connection, make_queue
 from pyramid_scheduler.settings import parse_settings
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 
 pytestmark = [pytest.mark.integration]
 

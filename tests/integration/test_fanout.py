@@ -111,8 +111,8 @@ def test_combined_process_hears_its_own_events_once_and_drops_forged_ones(make_h
     assert scheduler._subscriber.ready.wait(30)
 
     # An event published by someone without scheduler.secret: refused.
-    from pyramid_scheduler.broker import JSON, make_connection
-    from pyramid_scheduler.fanout import encode_event, events_exchange
+    from pyramid_scheduler.brokers.connection import JSON, make_connection
+    from pyramid_scheduler.brokers.fanout import encode_event, events_exchange
 
     forged = encode_event(Event(Event.JOB_EXECUTED, job_id="forged", retval="pwned"), 1, "elsewhere")
     with make_connection(scheduler.settings) as conn:

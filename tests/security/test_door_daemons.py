@@ -35,11 +35,11 @@ from pyramid.config import Configurator
 from conftest import REDIS_URL, make_settings
 from daemons import Daemon, wait_until, write_ini
 from integration.sampleapp import jobs
-from pyramid_scheduler.broker import make_connection, make_queue
-from pyramid_scheduler.fanout import events_exchange
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.brokers.connection import make_connection, make_queue
+from pyramid_scheduler.brokers.fanout import events_exchange
+from pyramid_scheduler.brokers.sql import messages as messages_table
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.transport import messages as messages_table
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,11 +16,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from pyramid_scheduler.db import create_db_engine
-from pyramid_scheduler.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
+from pyramid_scheduler.brokers.fanout import decode_event
 from pyramid_scheduler.exceptions import InvalidMessage, SerializationError
-from pyramid_scheduler.fanout import decode_event
-from pyramid_scheduler.messages import (
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import DEAD_LETTER_PREFIX, Ledger
+from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
+from pyramid_scheduler.wire.messages import (
     MAX_DEPTH,
     JobRequest,
     build_trigger,
@@ -31,7 +32,6 @@ from pyramid_scheduler.messages import (
     sign_message,
     verify,
 )
-from pyramid_scheduler.store import DEAD_LETTER_PREFIX, Ledger
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 QUEUE = "pyramid_scheduler.jobs"

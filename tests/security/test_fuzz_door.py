@@ -1,6 +1,6 @@
 """A hypothesis fuzzer of raw broker entries against the door.
 
-An in-process consumer (:class:`~pyramid_scheduler.consumer.SchedulerService`,
+An in-process consumer (:class:`~pyramid_scheduler.daemon.service.SchedulerService`,
 with a secret and an allowlist) runs on the real transport: our SQL transport
 on SQLite, and Redis. Each example writes raw entries straight into the
 broker's storage (rows of the messages table, items of the Redis list):
@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from pyramid.config import Configurator
 
 from conftest import REDIS_URL, make_settings, require_service, wait_for
-from pyramid_scheduler.broker import make_queue
-from pyramid_scheduler.consumer import SchedulerService
-from pyramid_scheduler.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
-from pyramid_scheduler.transport import engine_for
-from pyramid_scheduler.transport import messages as messages_table
+from pyramid_scheduler.brokers.connection import make_queue
+from pyramid_scheduler.brokers.sql import engine_for
+from pyramid_scheduler.brokers.sql import messages as messages_table
+from pyramid_scheduler.daemon.service import SchedulerService
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
 
 pytestmark = [pytest.mark.integration]
 

@@ -34,9 +34,9 @@ from hypothesis import strategies as st
 from conftest import make_settings
 from integration.conftest import make_harness, wait_until  # noqa: F401 - the fixture
 from integration.sampleapp import jobs
-from pyramid_scheduler.db import create_db_engine
-from pyramid_scheduler.messages import build_trigger, check_ref
-from pyramid_scheduler.store import JobUnpickler, Ledger, QueueJobStore, aps_tablename
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import JobUnpickler, Ledger, QueueJobStore, aps_tablename
+from pyramid_scheduler.wire.messages import build_trigger, check_ref
 from security.pickles import TRIGGERS, Call, G, craft, function_payload, job_state
 
 
@@ -72,7 +72,7 @@ def test_the_issue_payload_is_live_and_the_unpickler_refuses_it(tmp_path):
         ("os", "system"),
         ("posix", "system"),
         ("subprocess", "Popen"),
-        ("pyramid_scheduler.messages", "resolve_ref"),
+        ("pyramid_scheduler.wire.messages", "resolve_ref"),
         ("datetime", "datetime.__class__"),
     ],
 )
@@ -122,6 +122,22 @@ def test_every_trigger_we_store_loads(spec):
         loaded = unpickle(pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
         assert loaded["trigger"].__getstate__() == trigger.__getstate__()
         assert loaded["next_run_time"] == state["next_run_time"]
+
+
+def test_a_cron_trigger_pickled_under_its_old_module_still_loads():
+    """Rows written before the subpackages name ``pyramid_scheduler.catchup``."""
+    trigger = build_trigger({"type": "cron", "hour": "3", "timezone": "Europe/Paris"}, ZoneInfo("UTC"))
+    state = job_state(
+        "j", "integration.sampleapp.jobs:record", next_run_time=datetime.now(timezone.utc), trigger=trigger
+    )
+    data = pickle.dumps(state, 3, fix_imports=False)  # protocol 3 names a global as text, unframed
+    new, old = b"pyramid_scheduler.daemon.catchup\n", b"pyramid_scheduler.catchup\n"
+    assert new in data
+    old_data = data.replace(new, old)
+    assert old_data != data
+    loaded = unpickle(old_data)
+    assert type(loaded["trigger"]) is type(trigger)
+    assert loaded["trigger"].__getstate__() == trigger.__getstate__()
 
 
 # -- a real pscheduler loading crafted rows -------------------------------------------
@@ -248,7 +264,7 @@ SUSPECTS = [
     ("zoneinfo", "ZoneInfo"),
     ("apscheduler.triggers.interval", "IntervalTrigger.__init__"),
     ("copyreg", "_reconstructor"),
-    ("pyramid_scheduler.catchup", "WallClockCronTrigger"),
+    ("pyramid_scheduler.daemon.catchup", "WallClockCronTrigger"),
     ("types", "FunctionType"),
 ]
 FUNCS = [

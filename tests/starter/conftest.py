@@ -5,7 +5,6 @@ Adapted to live inside this test suite: the INI files are copied into a
 temporary project folder (so the SQLite files are written there, not here),
 and there is no ``--ini`` option (a nested conftest cannot add one).
 """
-
 import os
 import shutil
 
@@ -30,34 +29,29 @@ def make_project(path):
     """A project folder as the starter renders one, in *path*: its INI
     files, and its migrations in ``starterapp/alembic`` (copied: Alembic
     writes new revisions there). The package itself is imported from here."""
-    for name in ("development.ini", "testing.ini"):
+    for name in ('development.ini', 'testing.ini'):
         shutil.copy(os.path.join(HERE, name), path / name)
-    shutil.copytree(
-        os.path.join(HERE, "starterapp", "alembic"),
-        path / "starterapp" / "alembic",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    shutil.copytree(os.path.join(HERE, 'starterapp', 'alembic'), path / 'starterapp' / 'alembic',
+                    ignore=shutil.ignore_patterns('__pycache__'))
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def ini_file(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("starter"))
-    return str(project / "testing.ini")
+    project = make_project(tmp_path_factory.mktemp('starter'))
+    return str(project / 'testing.ini')
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def app_settings(ini_file):
     return get_appsettings(ini_file)
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def dbengine(app_settings, ini_file):
     engine = models.get_engine(app_settings)
 
     alembic_cfg = alembic.config.Config(ini_file)
     Base.metadata.drop_all(bind=engine)
-    alembic.command.stamp(alembic_cfg, "base", purge=True)
+    alembic.command.stamp(alembic_cfg, 'base', purge=True)
 
     # run migrations to initialize the database
     # depending on how we want to initialize the database from scratch
@@ -69,14 +63,12 @@ def dbengine(app_settings, ini_file):
     yield engine
 
     Base.metadata.drop_all(bind=engine)
-    alembic.command.stamp(alembic_cfg, "base", purge=True)
+    alembic.command.stamp(alembic_cfg, 'base', purge=True)
     engine.dispose()
 
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def app(app_settings, dbengine):
     return main({}, dbengine=dbengine, **app_settings)
-
 
 @pytest.fixture
 def tm():
@@ -88,30 +80,24 @@ def tm():
 
     tm.abort()
 
-
 @pytest.fixture
 def dbsession(app, tm):
-    session_factory = app.registry["dbsession_factory"]
+    session_factory = app.registry['dbsession_factory']
     return models.get_tm_session(session_factory, tm)
-
 
 @pytest.fixture
 def testapp(app, tm, dbsession):
     # override request.dbsession and request.tm with our own
     # externally-controlled values that are shared across requests but aborted
     # at the end
-    testapp = webtest.TestApp(
-        app,
-        extra_environ={
-            "HTTP_HOST": "example.com",
-            "tm.active": True,
-            "tm.manager": tm,
-            "app.dbsession": dbsession,
-        },
-    )
+    testapp = webtest.TestApp(app, extra_environ={
+        'HTTP_HOST': 'example.com',
+        'tm.active': True,
+        'tm.manager': tm,
+        'app.dbsession': dbsession,
+    })
 
     return testapp
-
 
 @pytest.fixture
 def app_request(app, tm, dbsession):
@@ -123,8 +109,8 @@ def app_request(app, tm, dbsession):
 
     """
     with prepare(registry=app.registry) as env:
-        request = env["request"]
-        request.host = "example.com"
+        request = env['request']
+        request.host = 'example.com'
 
         # without this, request.dbsession will be joined to the same transaction
         # manager but it will be using a different sqlalchemy.orm.Session using
@@ -133,7 +119,6 @@ def app_request(app, tm, dbsession):
         request.tm = tm
 
         yield request
-
 
 @pytest.fixture
 def dummy_request(tm, dbsession):
@@ -149,12 +134,11 @@ def dummy_request(tm, dbsession):
 
     """
     request = DummyRequest()
-    request.host = "example.com"
+    request.host = 'example.com'
     request.dbsession = dbsession
     request.tm = tm
 
     return request
-
 
 @pytest.fixture
 def dummy_config(dummy_request):
@@ -166,7 +150,6 @@ def dummy_config(dummy_request):
     """
     with testConfig(request=dummy_request) as config:
         yield config
-
 
 @pytest.fixture
 def scheduler(app):

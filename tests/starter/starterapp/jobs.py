@@ -6,6 +6,6 @@ def bump(request, model_id):
     inside ``request.tm``, with the application's ``request.dbsession``."""
     model = request.dbsession.get(MyModel, model_id)
     if model is None:
-        raise LookupError(f"MyModel {model_id} does not exist")
+        raise LookupError(f'MyModel {model_id} does not exist')
     model.value += 1
     return model.value

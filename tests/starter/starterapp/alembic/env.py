@@ -1,5 +1,4 @@
-"""Pyramid bootstrap environment."""
-
+"""Pyramid bootstrap environment. """
 from alembic import context
 from pyramid.paster import get_appsettings, setup_logging
 from sqlalchemy import engine_from_config
@@ -28,7 +27,7 @@ def run_migrations_offline():
     script output.
 
     """
-    context.configure(url=settings["sqlalchemy.url"])
+    context.configure(url=settings['sqlalchemy.url'])
     with context.begin_transaction():
         context.run_migrations()
 
@@ -40,7 +39,7 @@ def run_migrations_online():
     and associate a connection with the context.
 
     """
-    engine = engine_from_config(settings, prefix="sqlalchemy.")
+    engine = engine_from_config(settings, prefix='sqlalchemy.')
 
     connection = engine.connect()
     context.configure(

@@ -12,7 +12,7 @@ from .mymodel import MyModel  # noqa: F401 (the starter says: flake8: noqa)
 configure_mappers()
 
 
-def get_engine(settings, prefix="sqlalchemy."):
+def get_engine(settings, prefix='sqlalchemy.'):
     return engine_from_config(settings, prefix)
 
 
@@ -78,7 +78,9 @@ def get_tm_session(session_factory, transaction_manager, request=None):
           request = dbsession.info["request"]
     """
     dbsession = session_factory(info={"request": request})
-    zope.sqlalchemy.register(dbsession, transaction_manager=transaction_manager)
+    zope.sqlalchemy.register(
+        dbsession, transaction_manager=transaction_manager
+    )
     return dbsession
 
 
@@ -90,7 +92,7 @@ def includeme(config):
 
     """
     settings = config.get_settings()
-    settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
+    settings['tm.manager_hook'] = 'pyramid_tm.explicit_manager'
 
     # Use ``pyramid_tm`` to hook the transaction lifecycle to the request.
     # Note: the packages ``pyramid_tm`` and ``transaction`` work together to
@@ -98,26 +100,28 @@ def includeme(config):
     # If your project migrates away from ``pyramid_tm``, you may need to use a
     # Pyramid callback function to close the database session after each
     # request.
-    config.include("pyramid_tm")
+    config.include('pyramid_tm')
 
     # use pyramid_retry to retry a request when transient exceptions occur
-    config.include("pyramid_retry")
+    config.include('pyramid_retry')
 
     # hook to share the dbengine fixture in testing
-    dbengine = settings.get("dbengine")
+    dbengine = settings.get('dbengine')
     if not dbengine:
         dbengine = get_engine(settings)
 
     session_factory = get_session_factory(dbengine)
-    config.registry["dbsession_factory"] = session_factory
+    config.registry['dbsession_factory'] = session_factory
 
     # make request.dbsession available for use in Pyramid
     def dbsession(request):
         # hook to share the dbsession fixture in testing
-        dbsession = request.environ.get("app.dbsession")
+        dbsession = request.environ.get('app.dbsession')
         if dbsession is None:
             # request.tm is the transaction manager used by pyramid_tm
-            dbsession = get_tm_session(session_factory, request.tm, request=request)
+            dbsession = get_tm_session(
+                session_factory, request.tm, request=request
+            )
         return dbsession
 
     config.add_request_method(dbsession, reify=True)

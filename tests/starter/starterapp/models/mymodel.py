@@ -6,13 +6,13 @@ from .meta import Base
 
 
 class MyModel(Base):
-    __tablename__ = "models"
+    __tablename__ = 'models'
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[Optional[str]]
     value: Mapped[Optional[int]]
 
     def __json__(self, request):
-        return {"id": self.id, "name": self.name, "value": self.value}
+        return {'id': self.id, 'name': self.name, 'value': self.value}
 
 
-Index("my_index", MyModel.name, unique=True, mysql_length=255)
+Index('my_index', MyModel.name, unique=True, mysql_length=255)

@@ -13,7 +13,7 @@ def setup_models(dbsession):
     Add or update models / fixtures in the database.
 
     """
-    model = models.mymodel.MyModel(name="one", value=1)
+    model = models.mymodel.MyModel(name='one', value=1)
     dbsession.add(model)
     return model
 
@@ -21,8 +21,8 @@ def setup_models(dbsession):
 def parse_args(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "config_uri",
-        help="Configuration file, e.g., development.ini",
+        'config_uri',
+        help='Configuration file, e.g., development.ini',
     )
     return parser.parse_args(argv[1:])
 
@@ -33,14 +33,14 @@ def main(argv=sys.argv):
     env = bootstrap(args.config_uri)
 
     try:
-        with env["request"].tm:
-            dbsession = env["request"].dbsession
+        with env['request'].tm:
+            dbsession = env['request'].dbsession
             model = setup_models(dbsession)
             dbsession.flush()
             # Sent when the with block commits; never if it raises.
-            env["request"].scheduler.add_async_job(jobs.bump, args=[model.id])
+            env['request'].scheduler.add_async_job(jobs.bump, args=[model.id])
     except OperationalError:
-        print("""
+        print('''
 Pyramid is having a problem using your SQL database.  The problem
 might be caused by one of the following things:
 
@@ -50,4 +50,4 @@ might be caused by one of the following things:
 2.  Your database server may not be running.  Check that the
     database server referred to by the "sqlalchemy.url" setting in
     your "development.ini" file is running.
-            """)
+            ''')

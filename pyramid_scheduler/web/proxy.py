@@ -5,10 +5,10 @@ process: the callable must be importable by ``module:qualname``, the arguments
 must be JSON, the trigger is built with APScheduler (so a bad cron field or
 date raises in the view), the queue must be configured and the message must
 fit ``scheduler.max_message_size``. Only then is one version 1 JSON message
-published (:mod:`pyramid_scheduler.broker`). The call returns the job id once
+published (:mod:`pyramid_scheduler.brokers.connection`). The call returns the job id once
 the broker holds the message, or raises :class:`~.exceptions.EnqueueError`
 within ``scheduler.broker.timeout``. Inside a transaction (pyramid_tm) the
-checked message waits for the commit instead (:mod:`pyramid_scheduler.tx`).
+checked message waits for the commit instead (:mod:`pyramid_scheduler.web.tx`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,23 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from .broker import Publisher
-from .events import Listener, Listeners
-from .exceptions import InvalidJob, InvalidQueue, JobTimeout
-from .logs import get_logger
-from .messages import (
+from pyramid_scheduler.brokers.connection import Publisher
+from pyramid_scheduler.events import Listener, Listeners
+from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, JobTimeout
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.triggers.forms import (
+    cron_args,
+    date_args,
+    interval_args,
+    job_zone,
+    no_other_arguments,
+    schedule_args,
+    schedule_spec,
+    spec_fire_times,
+)
+from pyramid_scheduler.web.tx import current_transaction, hold
+from pyramid_scheduler.wire.messages import (
     OPTION_TYPES,
     POSITIVE_OPTIONS,
     JobRequest,
@@ -37,18 +49,6 @@ from .messages import (
     option_problem,
     resolve_ref,
 )
-from .schedules import (
-    cron_args,
-    date_args,
-    interval_args,
-    job_zone,
-    no_other_arguments,
-    schedule_args,
-    schedule_spec,
-    spec_fire_times,
-)
-from .settings import SchedulerSettings
-from .tx import current_transaction, hold
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ class SchedulerProxy:
         self._service: Any = None
         self._subscriber: Any = None
         self._ledger_obj: Any = None
-        #: Config-time schedules by job id (:mod:`pyramid_scheduler.declare`).
+        #: Config-time schedules by job id (:mod:`pyramid_scheduler.web.declare`).
         self.declared: dict[str, JobRequest] = {}
         self._captured = threading.local()
 
@@ -306,7 +306,7 @@ class SchedulerProxy:
 
         .. versionadded:: 1.0
         """
-        from .store import LIVE
+        from pyramid_scheduler.store.ledger import LIVE
 
         row = self._ledger().get_job(job_id)
         if row is None:
@@ -391,7 +391,7 @@ class SchedulerProxy:
         """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise InvalidJob(f"timeout: expected seconds of zero or more or None, got {timeout!r}")
-        from .store import FINAL
+        from pyramid_scheduler.store.ledger import FINAL
 
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.05
@@ -437,8 +437,8 @@ class SchedulerProxy:
         if self._ledger_obj is None:
             if self.settings.memory_store:
                 raise InvalidJob("job records need a SQL job store; scheduler.jobstore.url is 'memory'")
-            from .db import create_db_engine
-            from .store import Ledger
+            from pyramid_scheduler.store.db import create_db_engine
+            from pyramid_scheduler.store.ledger import Ledger
 
             self._ledger_obj = Ledger(
                 create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
@@ -504,7 +504,7 @@ class SchedulerProxy:
     def _job_queue(self, job_id: str, queue: str | None) -> str:
         """The queue of a job to manage: checked against its record when the
         job store has one (a finished job is refused at once)."""
-        from .store import LIVE
+        from pyramid_scheduler.store.ledger import LIVE
 
         check_name(job_id, "job_id")
         if queue is not None and queue not in self.settings.queues:

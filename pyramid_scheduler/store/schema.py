@@ -34,9 +34,9 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import add_missing_columns, under_ddl_lock
-from .exceptions import SchemaError
-from .logs import get_logger
+from pyramid_scheduler.exceptions import SchemaError
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.db import add_missing_columns, under_ddl_lock
 
 log = get_logger(__name__)
 

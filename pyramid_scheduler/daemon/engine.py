@@ -1,6 +1,6 @@
 """Engine: APScheduler 3 with the persistent job store, in a consuming process.
 
-The consumer (:mod:`pyramid_scheduler.consumer`) hands each decoded request to
+The consumer (:mod:`pyramid_scheduler.daemon.service`) hands each decoded request to
 :meth:`Engine.submit`. An ``add`` becomes an APScheduler job in its queue's
 SQL job store, written in one transaction with its ledger row (so a
 redelivered message is absorbed by job id) before the message is acked; a
@@ -37,17 +37,21 @@ from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from pyramid.exceptions import ConfigurationError
 from pyramid.threadlocal import manager as threadlocal_manager
 
-from .api import Event
-from .catchup import Missed
-from .catchup import job_options as catch_up_options
-from .db import create_db_engine
-from .declare import reconcile
-from .due import DueScheduler
-from .events import EventDispatcher
-from .exceptions import InvalidJob
-from .groupcommit import RunWriter
-from .logs import get_logger
-from .messages import (
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.catchup import Missed
+from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
+from pyramid_scheduler.daemon.execution import JobExecutor, Runner, job_info, request_info, run_key
+from pyramid_scheduler.daemon.retries import plan_retry
+from pyramid_scheduler.daemon.scheduling import DueScheduler
+from pyramid_scheduler.events import EventDispatcher
+from pyramid_scheduler.exceptions import InvalidJob
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import mask_url, posture_problem
+from pyramid_scheduler.store.db import create_db_engine
+from pyramid_scheduler.store.ledger import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
+from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.web.declare import reconcile
+from pyramid_scheduler.wire.messages import (
     MANAGEMENT_OPS,
     JobRequest,
     admit,
@@ -56,10 +60,6 @@ from .messages import (
     next_fire_time,
     with_request,
 )
-from .retries import plan_retry
-from .runner import JobExecutor, Runner, job_info, request_info, run_key
-from .settings import mask_url, posture_problem
-from .store import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 
 log = get_logger(__name__)
 
@@ -801,7 +801,7 @@ class Engine:
 
     def _settle(self, queue: str, store: QueueJobStore) -> None:
         """Write what a previous daemon left of the scheduler thread's deferred
-        rows (:mod:`pyramid_scheduler.due`): a job stored due at a run the
+        rows (:mod:`pyramid_scheduler.daemon.scheduling`): a job stored due at a run the
         ledger already has is moved past it, or removed if that was its last,
         so the run is neither run nor recorded missed again."""
         for _ in range(100):  # each round moves every such job one run on

@@ -1,7 +1,7 @@
 """Due: the scheduler thread, which hands each stored job to the worker pool when it is due.
 
-Between the job stores (:mod:`pyramid_scheduler.store`) and the worker pool
-(:mod:`pyramid_scheduler.runner`). APScheduler 3's scheduler thread, when it
+Between the job stores (:mod:`pyramid_scheduler.store.ledger`) and the worker pool
+(:mod:`pyramid_scheduler.daemon.execution`). APScheduler 3's scheduler thread, when it
 wakes for a due job, makes three round trips to the SQL job store under its
 job-store lock before the next one: the due-jobs query, then (after handing
 the job to the pool) the ``DELETE`` of a date job's row or the ``UPDATE`` of a
@@ -49,9 +49,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING, TIMEOUT_MAX
 
-from .faults import crash_point
-from .logs import get_logger
-from .store import QueueJobStore
+from pyramid_scheduler.faults import crash_point
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.ledger import QueueJobStore
 
 log = get_logger(__name__)
 

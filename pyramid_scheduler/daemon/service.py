@@ -28,15 +28,15 @@ from typing import Any
 import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
-from .broker import JSON, make_connection, make_queue
-from .door import DoorConsumer, refusal_of
-from .engine import DIRECT_BACKLOG, Engine
-from .exceptions import InvalidJob, InvalidMessage
-from .fanout import EventPublisher, origin_of
-from .faults import crash_point
-from .logs import get_logger
-from .messages import SIGNATURE_HEADER, JobRequest, decode, sent_too_long_ago, verify
-from .transport import release_claims
+from pyramid_scheduler.brokers.connection import JSON, make_connection, make_queue
+from pyramid_scheduler.brokers.fanout import EventPublisher, origin_of
+from pyramid_scheduler.brokers.sql import release_claims
+from pyramid_scheduler.daemon.engine import DIRECT_BACKLOG, Engine
+from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
+from pyramid_scheduler.faults import crash_point
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, decode, sent_too_long_ago, verify
 
 log = get_logger(__name__)
 
@@ -67,7 +67,7 @@ def redis_channel(channel: Any) -> Any:
     needs the redis extra, and a channel of it exists only once
     :func:`.broker.make_connection` imported it for a Redis URL.
     """
-    module = sys.modules.get("pyramid_scheduler.redis_transport")
+    module = sys.modules.get("pyramid_scheduler.brokers.redis")
     return module if module is not None and isinstance(channel, module.Channel) else None
 
 
@@ -269,7 +269,7 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
 
         Cheapest first, and nothing decoded before it is known to be small
         enough and signed: what the door already refused
-        (:mod:`~pyramid_scheduler.door`), the content type, the size, the
+        (:mod:`~pyramid_scheduler.wire.door`), the content type, the size, the
         signature (when ``scheduler.secret`` is set), then the body and its
         age. Whatever goes wrong refuses this message only.
         """

@@ -46,9 +46,9 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 
-from .door import NOT_A_MESSAGE, DoorMessage, entry_limit, envelope, stand_in
-from .faults import crash_point
-from .logs import get_logger
+from pyramid_scheduler.faults import crash_point
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.wire.door import NOT_A_MESSAGE, DoorMessage, entry_limit, envelope, stand_in
 
 log = get_logger(__name__)
 

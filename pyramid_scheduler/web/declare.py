@@ -3,7 +3,7 @@
 ``config.add_scheduled_job(func, ...)`` and the ``@scheduled_job(...)``
 decorator (picked up by ``config.scan()``) check a periodic job at
 configuration time, through the very ``add_*_job`` front-ends of
-:mod:`pyramid_scheduler.proxy` (nothing is published), and record it in
+:mod:`pyramid_scheduler.web.proxy` (nothing is published), and record it in
 ``registry.scheduler.declared`` by its stable id (default: the function's
 ``module:qualname``). Each is a ``config.action`` with an introspectable, so
 two declarations of one id conflict.
@@ -31,12 +31,12 @@ import venusian
 from apscheduler.jobstores.base import JobLookupError
 from pyramid.exceptions import ConfigurationError
 
-from .api import Event
-from .exceptions import SchedulerError
-from .logs import get_logger
-from .messages import JobRequest, callable_ref
-from .runner import request_info
-from .store import LIVE, now
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.execution import request_info
+from pyramid_scheduler.exceptions import SchedulerError
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.ledger import LIVE, now
+from pyramid_scheduler.wire.messages import JobRequest, callable_ref
 
 log = get_logger(__name__)
 

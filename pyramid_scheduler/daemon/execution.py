@@ -31,12 +31,12 @@ from apscheduler.job import Job
 from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
 
-from .api import Event
-from .catchup import Missed, plain
-from .faults import crash_point
-from .logs import get_logger
-from .messages import takes_request, with_request, without_request
-from .retries import RetryPlan, plan_retry, schedule_retry
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.catchup import Missed, plain
+from pyramid_scheduler.daemon.retries import RetryPlan, plan_retry, schedule_retry
+from pyramid_scheduler.faults import crash_point
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.wire.messages import takes_request, with_request, without_request
 
 try:
     import transaction
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - transaction is optional
     transaction = None
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from pyramid_scheduler.daemon.engine import Engine
 
 log = get_logger(__name__)
 
@@ -280,7 +280,7 @@ class Runner:
 
     def record_skipped(self, job: Job, run_time: datetime) -> None:
         """Record the runs the catch-up plan skipped before *run_time* (see
-        :mod:`pyramid_scheduler.catchup`) as missed, each with its event."""
+        :mod:`pyramid_scheduler.daemon.catchup`) as missed, each with its event."""
         skipped = getattr(run_time, "skipped", ())
         if skipped and not self.engine.lease_valid():
             log.error(

@@ -32,14 +32,14 @@ import kombu
 import sqlalchemy as sa
 from kombu.mixins import ConsumerMixin
 
-from .api import Event
-from .broker import JSON, make_connection
-from .door import DoorConsumer, refusal_of
-from .events import EventDispatcher
-from .exceptions import InvalidMessage
-from .logs import get_logger
-from .messages import SIGNATURE_HEADER, sign_message, verify
-from .settings import SchedulerSettings
+from pyramid_scheduler.api import Event
+from pyramid_scheduler.brokers.connection import JSON, make_connection
+from pyramid_scheduler.events import EventDispatcher
+from pyramid_scheduler.exceptions import InvalidMessage
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message, verify
 
 log = get_logger(__name__)
 

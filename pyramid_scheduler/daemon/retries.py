@@ -3,7 +3,7 @@
 A job added with ``retries=N`` (``add_async_job``, ``add_date_job``) whose
 run raises is run again after ``retry_delay * retry_backoff ** (attempt - 1)``
 seconds, at most ``retry_max_delay``, up to *N* times. The runner
-(:mod:`pyramid_scheduler.runner`) asks :func:`plan_retry` when a run fails;
+(:mod:`pyramid_scheduler.daemon.execution`) asks :func:`plan_retry` when a run fails;
 the ledger records the failed run and the retry's due time in one write
 (the job stays ``scheduled``); once the run has left the worker pool,
 :func:`schedule_retry` stores the retry in APScheduler's job store as a date
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.job import Job
 from apscheduler.triggers.date import DateTrigger
 
-from .logs import get_logger
+from pyramid_scheduler.logs import get_logger
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from pyramid_scheduler.daemon.engine import Engine
 
 log = get_logger(__name__)
 

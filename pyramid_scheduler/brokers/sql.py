@@ -16,7 +16,7 @@ loses them) and never deletes consumed rows. This one:
 
 Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 60),
 ``polling_interval`` (seconds between empty polls, default 0.02), ``max_entry_size`` (bytes: a
-larger row is refused unread, see :mod:`pyramid_scheduler.door`).
+larger row is refused unread, see :mod:`pyramid_scheduler.wire.door`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from kombu.transport import virtual
 from sqlalchemy.engine import Engine
 
-from .db import SQLITE_BUSY_TIMEOUT, create_db_engine, create_tables
-from .door import DoorMessage, entry_limit, envelope
+from pyramid_scheduler.store.db import SQLITE_BUSY_TIMEOUT, create_db_engine, create_tables
+from pyramid_scheduler.wire.door import DoorMessage, entry_limit, envelope
 
 metadata = sa.MetaData()
 messages = sa.Table(

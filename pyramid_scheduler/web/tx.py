@@ -1,6 +1,6 @@
 """Transaction-aware enqueue: hold a checked message until its transaction commits.
 
-:mod:`pyramid_scheduler.proxy` checks and encodes every request at call
+:mod:`pyramid_scheduler.web.proxy` checks and encodes every request at call
 time, then asks :func:`current_transaction` whether a transaction of the
 ``transaction`` package is in progress. If one is, :func:`hold` keeps the
 encoded message in a :class:`Pending` data manager joined to it: the
@@ -39,7 +39,7 @@ from transaction._transaction import Status
 from transaction.interfaces import IDataManager, IDataManagerSavepoint, NoTransaction
 from zope.interface import implementer
 
-from .logs import get_logger
+from pyramid_scheduler.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -79,7 +79,7 @@ class Pending:
     commit = tpc_vote = tpc_finish = tpc_begin
 
     def sortKey(self) -> str:  # noqa: N802 - the IDataManager name
-        return f"~pyramid_scheduler.tx:{id(self)}"
+        return f"~pyramid_scheduler.web.tx:{id(self)}"
 
     def savepoint(self) -> _Savepoint:
         return _Savepoint(self, len(self.messages))

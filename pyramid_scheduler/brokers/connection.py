@@ -22,12 +22,12 @@ from typing import Any
 import kombu
 from kombu.pools import ProducerPool
 
-from .door import entry_limit
-from .exceptions import EnqueueError
-from .logs import get_logger
-from .messages import SIGNATURE_HEADER, sign_message
-from .settings import SchedulerSettings
-from .transport import Transport as SQLTransport
+from pyramid_scheduler.brokers.sql import Transport as SQLTransport
+from pyramid_scheduler.exceptions import EnqueueError
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.wire.door import entry_limit
+from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message
 
 log = get_logger(__name__)
 
@@ -89,7 +89,7 @@ def make_connection(
         if scheme == "rediss":  # Kombu reads TLS options from the scheme it is given
             kwargs["ssl"] = kombu.Connection(url).ssl
         # Imported here: Kombu's Redis transport needs the redis extra.
-        from .redis_transport import Transport as RedisTransport
+        from pyramid_scheduler.brokers.redis import Transport as RedisTransport
 
         kwargs["transport"] = RedisTransport
     return kombu.Connection(url, **kwargs)

@@ -1,6 +1,6 @@
 """Messages: job requests <-> version 1 JSON, and the checks both ends share.
 
-The producer (:mod:`pyramid_scheduler.proxy`) builds a :class:`JobRequest`
+The producer (:mod:`pyramid_scheduler.web.proxy`) builds a :class:`JobRequest`
 with :func:`callable_ref`, :func:`check_json` and :func:`trigger_spec`, and
 sends :meth:`JobRequest.to_wire`. The consumer decodes the body with
 :func:`decode`, which checks every field, so a malformed message is refused at
@@ -33,9 +33,9 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import check_callable_args
 
-from .catchup import WallClockCronTrigger
-from .catchup import check_options as check_catch_up
-from .exceptions import InvalidJob, InvalidMessage, SerializationError
+from pyramid_scheduler.daemon.catchup import WallClockCronTrigger
+from pyramid_scheduler.daemon.catchup import check_options as check_catch_up
+from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
 
 VERSION = 1
 OPS = ("add", "cancel", "message", "reschedule", "pause", "resume", "run_now")

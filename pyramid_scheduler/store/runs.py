@@ -36,8 +36,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .logs import get_logger
-from .store import Ledger, Unusual, now
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.ledger import Ledger, Unusual, now
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .logs import get_logger
+from pyramid_scheduler.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")

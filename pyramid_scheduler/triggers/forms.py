@@ -1,8 +1,8 @@
 """Schedules: the calendar and delay forms of ``add_*_job``, and the preview.
 
-The producer (:mod:`pyramid_scheduler.proxy`) turns the forms users know from
+The producer (:mod:`pyramid_scheduler.web.proxy`) turns the forms users know from
 other schedulers into the APScheduler 3 trigger fields of the wire format
-(:mod:`pyramid_scheduler.messages`): ``weekdays``/``monthdays`` with a
+(:mod:`pyramid_scheduler.wire.messages`): ``weekdays``/``monthdays`` with a
 ``time_of_day`` become cron fields, a ``delay`` becomes a date. Nothing new
 travels on the wire, so the daemon builds the same trigger the producer
 checked. :func:`fire_times` lists a trigger's next runs, which
@@ -18,8 +18,8 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from .exceptions import InvalidJob
-from .messages import (
+from pyramid_scheduler.exceptions import InvalidJob
+from pyramid_scheduler.wire.messages import (
     CRON_FIELDS,
     INTERVAL_FIELDS,
     build_trigger,

@@ -1,8 +1,8 @@
 """The door: what the daemon refuses before Kombu or the decoder reads it.
 
-Between the broker and :meth:`pyramid_scheduler.consumer.JobConsumer.check`.
-Our transports (:mod:`pyramid_scheduler.transport`,
-:mod:`pyramid_scheduler.redis_transport`) read each raw broker entry through
+Between the broker and :meth:`pyramid_scheduler.daemon.service.JobConsumer.check`.
+Our transports (:mod:`pyramid_scheduler.brokers.sql`,
+:mod:`pyramid_scheduler.brokers.redis`) read each raw broker entry through
 :func:`envelope`: an entry above :func:`entry_limit` is not parsed at all, and
 one that is not a Kombu message is kept whole; either becomes a small
 stand-in message (:func:`stand_in`) that the consumer dead-letters with the
@@ -29,7 +29,7 @@ import kombu
 import kombu.message
 from kombu.transport import virtual
 
-from .logs import get_logger
+from pyramid_scheduler.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -42,10 +42,10 @@ from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetim
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
-from .catchup import CatchUpJob, WallClockCronTrigger
-from .logs import get_logger
-from .messages import check_ref
-from .schema import upgrade
+from pyramid_scheduler.daemon.catchup import CatchUpJob, WallClockCronTrigger
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.schema import upgrade
+from pyramid_scheduler.wire.messages import check_ref
 
 log = get_logger(__name__)
 
@@ -957,6 +957,8 @@ def _loadable_globals() -> dict[tuple[str, str], Any]:
         expressions.LastDayOfMonthExpression,
     ]
     loadable: dict[tuple[str, str], Any] = {(cls.__module__, cls.__qualname__): cls for cls in classes}
+    # Where releases before the package's subpackages pickled it from.
+    loadable[("pyramid_scheduler.catchup", "WallClockCronTrigger")] = WallClockCronTrigger
     # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle"), and only that getattr is served.
     loadable[("builtins", "getattr")] = _zoneinfo_getattr
     return loadable
@@ -978,7 +980,7 @@ class JobUnpickler(pickle.Unpickler):
     the (module, name) pairs of :func:`_loadable_globals` are accepted, never
     a dotted or ``_``-prefixed name, and every other value is plain data. Job
     functions are stored as ``module:qualname`` strings, checked by
-    :func:`pyramid_scheduler.messages.check_ref` as the job loads.
+    :func:`pyramid_scheduler.wire.messages.check_ref` as the job loads.
     """
 
     _loadable: dict[tuple[str, str], Any] | None = None
@@ -1105,7 +1107,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         self._pending: dict[str, Job | None] = {}
         self._pending_lock = threading.RLock()
         #: Bumped by every change of the table that the scheduler thread did
-        #: not make itself (see :mod:`pyramid_scheduler.due`).
+        #: not make itself (see :mod:`pyramid_scheduler.daemon.scheduling`).
         self.changes = 0
 
     def fenced(self) -> bool:

@@ -1,0 +1,1 @@
+"""The brokers: connections and publishing, the SQL and Redis transports, event fan-out."""

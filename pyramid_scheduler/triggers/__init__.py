@@ -1,0 +1,1 @@
+"""Triggers: the schedule forms of add_*_job, building, previews."""

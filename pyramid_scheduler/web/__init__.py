@@ -1,0 +1,1 @@
+"""The web side: the scheduler proxy, transactional enqueue, declared jobs."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +63,13 @@ def write_ini(
     lines += [f"{key} = {str(value).replace('%', '%%')}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n" + LOGGING, encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (until someone binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def pscheduler_argv(script: bool = False) -> list[str]:

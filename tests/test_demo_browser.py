@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI
+from daemons import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -36,12 +37,6 @@ def need_browser() -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: the browser test must run)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

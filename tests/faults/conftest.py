@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,14 +14,8 @@ import pytest
 import redis
 
 from conftest import IN_CI
+from daemons import free_port
 from integration.conftest import harness, make_harness, wait_until  # noqa: F401 - fixtures
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (until someone binds it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:

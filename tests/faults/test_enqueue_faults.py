@@ -29,7 +29,7 @@ import pytest
 from tcpproxy import TCPProxy
 
 from conftest import require_service
-from faults.conftest import free_port
+from daemons import free_port
 from integration.sampleapp import jobs
 from pyramid_scheduler import EnqueueError
 from pyramid_scheduler.brokers.connection import SLACK

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import webtest
 
-from daemons import Daemon, write_ini
+from daemons import Daemon, free_port, write_ini
 from integration.conftest import wait_until
 from integration.sampleapp import main
 from pyramid_scheduler.api import Event, JobExecuted
@@ -71,12 +70,6 @@ def test_view_enqueues_a_job_that_runs_in_process(harness, combined):
         "the oracle's events",
     )
     assert {row["pid"] for row in harness.events(job_id)} == {os.getpid()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_several_web_processes_one_consumes_and_another_takes_over(harness):

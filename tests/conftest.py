@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from daemons import wait_until
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -81,14 +82,9 @@ def jobstore_url(kind: str, var: Path) -> str:
     raise ValueError(kind)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> bool:
-    """Poll *predicate* until it is true; fail the test after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll *predicate* every 10 ms until it is true (:func:`daemons.wait_until`)."""
+    return wait_until(predicate, timeout=timeout, interval=0.01)
 
 
 def run_combined(settings: dict[str, str], then: Callable[[Any], Any] | None = None) -> None:

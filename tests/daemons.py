@@ -84,7 +84,7 @@ def pscheduler_argv(script: bool = False) -> list[str]:
 
 def wait_until(
     predicate: Callable[[], T],
-    what: str,
+    what: str = "the condition",
     timeout: float = DEADLINE,
     interval: float = 0.05,
     alive: Iterable[Daemon] = (),

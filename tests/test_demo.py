@@ -13,6 +13,7 @@ import pytest
 import webtest
 
 from conftest import make_settings
+from daemons import wait_until
 from pyramid_scheduler.demo import main
 
 
@@ -46,14 +47,11 @@ def record(app: webtest.TestApp, job_id: str) -> dict[str, Any] | None:
 def wait_for(
     app: webtest.TestApp, job_id: str, statuses: set[str], min_runs: int = 0, timeout: float = 20
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached() -> dict[str, Any] | None:
         job = record(app, job_id)
-        if job is not None and job["status"] in statuses and job["runs"] >= min_runs:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} did not reach {statuses} with {min_runs}+ runs: {job}")
-        time.sleep(0.05)
+        return job if job is not None and job["status"] in statuses and job["runs"] >= min_runs else None
+
+    return wait_until(reached, f"job {job_id} to reach {statuses} with {min_runs}+ runs", timeout)
 
 
 def added_id(response: webtest.TestResponse) -> str:
@@ -109,8 +107,7 @@ def test_forms_need_the_csrf_token(app: webtest.TestApp) -> None:
 
 
 def test_daemon_status_is_shown(app: webtest.TestApp) -> None:
-    deadline = time.monotonic() + 20
-    while not all(d["active"] for d in app.get("/jobs.json").json["daemons"]):
-        assert time.monotonic() < deadline, "the in-process scheduler never took its lease"
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(d["active"] for d in app.get("/jobs.json").json["daemons"]), "the in-process scheduler's lease", 20
+    )
     assert "Daemon running" in app.get("/").html.find(id="daemon").text

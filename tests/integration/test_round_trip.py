@@ -105,7 +105,7 @@ def test_round_trip(make_harness, broker_kind, store_kind):
 
     # The INI file's logging configuration is the one in use.
     assert re.search(
-        r"SAMPLELOG \S+ \S+ INFO \[pyramid_scheduler\.engine\]\[\w+\] scheduler jobs running "
+        r"SAMPLELOG \S+ \S+ INFO \[pyramid_scheduler\.daemon\.engine\]\[\w+\] scheduler jobs running "
         r"queues jobs",
         daemon.log(),
     )

@@ -9,16 +9,9 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
-from pyramid_scheduler.wire.messages import (
-    JobRequest,
-    build_trigger,
-    callable_ref,
-    check_json,
-    decode,
-    resolve_ref,
-    to_datetime,
-    trigger_spec,
-)
+from pyramid_scheduler.triggers.build import build_trigger, to_datetime, trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest, check_json, decode
+from pyramid_scheduler.wire.refs import callable_ref, resolve_ref
 
 UTC = timezone.utc
 
@@ -171,8 +164,8 @@ def test_decode_accepts_what_the_producer_sends():
         (_add_body(args="x"), "'args' has type str"),
         (_add_body(func="os.system"), "module:qualname"),
         (_add_body(trigger={"type": "sometimes"}), "unknown trigger type"),
-        (_add_body(options={"priority": 1}), "unknown option"),
-        (_add_body(options={"max_instances": "3"}), "option 'max_instances'"),
+        (_add_body(options={"priority": 1}), "priority: unknown option"),
+        (_add_body(options={"max_instances": "3"}), "max_instances: expected int, got '3'"),
         (_add_body(id=""), "'id' must be"),
         (_add_body(id="x" * 201), "'id' must be 1 to 200"),
         (_add_body(mid="m" * 65), "'mid' must be 1 to 64"),
@@ -182,9 +175,9 @@ def test_decode_accepts_what_the_producer_sends():
         (_add_body(queue="jobs\r"), "field 'queue'.*control character"),
         ({"v": 1, "op": "cancel", "mid": "m", "id": "x\u2028y", "queue": "jobs"}, "field 'id'.*control"),
         (_add_body(func="a:" + "b" * 500), "'func' must be at most 500"),
-        (_add_body(options={"misfire_grace_time": 0.5}), "option 'misfire_grace_time' has type float"),
-        (_add_body(options={"misfire_grace_time": 0}), "'misfire_grace_time' must be 1 or more"),
-        (_add_body(options={"max_instances": 0}), "'max_instances' must be 1 or more"),
+        (_add_body(options={"misfire_grace_time": 0.5}), "misfire_grace_time: expected int or None, got 0.5"),
+        (_add_body(options={"misfire_grace_time": 0}), "misfire_grace_time: expected 1 or more, got 0"),
+        (_add_body(options={"max_instances": 0}), "max_instances: expected 1 or more, got 0"),
         (b"[" * 100000 + b"]" * 100000, "not JSON"),
     ],
 )

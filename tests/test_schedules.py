@@ -16,7 +16,8 @@ from pyramid.config import Configurator
 from test_proxy import published
 
 from pyramid_scheduler import InvalidJob
-from pyramid_scheduler.wire.messages import InvalidMessage, JobRequest, decode
+from pyramid_scheduler.exceptions import InvalidMessage
+from pyramid_scheduler.wire.messages import JobRequest, decode
 
 # The producer of test_proxy: queues "jobs reports" on SQLite files in tmp_path.
 app_settings = test_proxy.app_settings

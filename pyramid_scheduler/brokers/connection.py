@@ -27,7 +27,7 @@ from pyramid_scheduler.exceptions import EnqueueError
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.wire.door import entry_limit
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 log = get_logger(__name__)
 

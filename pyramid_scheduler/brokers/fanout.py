@@ -39,7 +39,7 @@ from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message, verify
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message, verify
 
 log = get_logger(__name__)
 

@@ -36,7 +36,8 @@ from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, decode, sent_too_long_ago, verify
+from pyramid_scheduler.wire.messages import JobRequest, decode
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sent_too_long_ago, verify
 
 log = get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 The producer (:mod:`pyramid_scheduler.web.proxy`) turns the forms users know from
 other schedulers into the APScheduler 3 trigger fields of the wire format
-(:mod:`pyramid_scheduler.wire.messages`): ``weekdays``/``monthdays`` with a
+(:mod:`pyramid_scheduler.triggers.build`): ``weekdays``/``monthdays`` with a
 ``time_of_day`` become cron fields, a ``delay`` becomes a date. Nothing new
 travels on the wire, so the daemon builds the same trigger the producer
 checked. :func:`fire_times` lists a trigger's next runs, which
@@ -19,7 +19,7 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 
 from pyramid_scheduler.exceptions import InvalidJob
-from pyramid_scheduler.wire.messages import (
+from pyramid_scheduler.triggers.build import (
     CRON_FIELDS,
     INTERVAL_FIELDS,
     build_trigger,

@@ -36,7 +36,8 @@ from pyramid_scheduler.daemon.execution import request_info
 from pyramid_scheduler.exceptions import SchedulerError
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import LIVE, now
-from pyramid_scheduler.wire.messages import JobRequest, callable_ref
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.refs import callable_ref
 
 log = get_logger(__name__)
 

@@ -37,23 +37,11 @@ from pyramid_scheduler.triggers.forms import (
     spec_fire_times,
 )
 from pyramid_scheduler.web.tx import current_transaction, hold
-from pyramid_scheduler.wire.messages import (
-    OPTION_TYPES,
-    POSITIVE_OPTIONS,
-    JobRequest,
-    callable_ref,
-    check_arguments,
-    check_json,
-    check_name,
-    new_id,
-    option_problem,
-    resolve_ref,
-)
+from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
+from pyramid_scheduler.wire.options import option_problem
+from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
 
 log = get_logger(__name__)
-
-#: Options that shape the trigger rather than the job.
-TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
 
 
 class SchedulerProxy:
@@ -556,20 +544,7 @@ class SchedulerProxy:
         immediate = options.pop("immediate", False)
         manager = options.pop("tm", None)
         check_delivery(immediate, manager)
-        job_options: dict[str, Any] = {}
-        for key, value in options.items():
-            kinds = OPTION_TYPES.get(key)
-            if kinds is None:
-                raise InvalidJob(
-                    f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
-                    f"{', '.join(TRIGGER_OPTIONS)}"
-                )
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
-                raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
-            if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
-                raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
-            job_options[key] = value
+        job_options = dict(options)
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)

@@ -20,18 +20,10 @@ from pyramid_scheduler.brokers.fanout import decode_event
 from pyramid_scheduler.exceptions import InvalidMessage, SerializationError
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import DEAD_LETTER_PREFIX, Ledger
+from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
 from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
-from pyramid_scheduler.wire.messages import (
-    MAX_DEPTH,
-    JobRequest,
-    build_trigger,
-    check_json,
-    decode,
-    next_fire_time,
-    sent_too_long_ago,
-    sign_message,
-    verify,
-)
+from pyramid_scheduler.wire.messages import MAX_DEPTH, JobRequest, check_json, decode
+from pyramid_scheduler.wire.signing import sent_too_long_ago, sign_message, verify
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 QUEUE = "pyramid_scheduler.jobs"

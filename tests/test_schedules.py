@@ -375,3 +375,38 @@ def test_the_schedules_page_examples_run_and_print_what_it_shows(scheduler, caps
             ), printed
             checked += 1
     assert checked == 2
+
+
+# -- which kind of schedule -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "as_schedule", "as_declaration"),
+    [
+        ({"cron": "0 3 * * *"}, "cron", "cron"),
+        ({"crontab": "0 3 * * *", "timezone": "Europe/Paris"}, "cron", "cron"),
+        ({"minute": 5, "start_date": "2099-01-01"}, "cron", "cron"),
+        ({"weekdays": [1, 5], "time_of_day": (7, 30)}, "cron", "cron"),
+        ({"weeks": 2}, "interval", "interval"),
+        ({"minutes": 10}, None, "interval"),  # a delay or an interval: say which
+        ({"hours": 1, "minutes": 30}, None, "interval"),
+        ({"delay": 60}, "date", None),
+        ({"millis": 500}, "date", None),
+        ({"date": "2099-01-01", "hours": 1}, "date", None),  # refused later: a date or a delay
+        ({"date": "2099-01-01"}, "date", "date"),
+        ({"minute": 5, "minutes": 10}, None, None),
+        ({"args": ["x"], "hour": None}, None, None),
+    ],
+)
+def test_one_kind_inference_for_schedules_and_declarations(params, as_schedule, as_declaration):
+    from pyramid_scheduler.triggers.forms import schedule_kind
+
+    for delays, expected in ((True, as_schedule), (False, as_declaration)):
+        if expected is None:
+            with pytest.raises(InvalidJob, match="trigger: say which schedule.*exactly one"):
+                schedule_kind(None, params, delays=delays)
+        else:
+            assert schedule_kind(None, params, delays=delays) == expected
+    assert schedule_kind("interval", params) == "interval"
+    with pytest.raises(InvalidJob, match="trigger: expected 'date', 'interval' or 'cron', got 'weekly'"):
+        schedule_kind("weekly", params)

@@ -12,7 +12,7 @@ checked. :func:`fire_times` lists a trigger's next runs, which
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -238,30 +238,57 @@ def schedule_args(
             raise InvalidJob("cron: a crontab string, for a cron schedule; give cron= or crontab=")
         options["crontab"] = options.pop("cron")
         trigger = "cron"
-    if trigger is None:
-        trigger = _infer_kind(options)
+    trigger = schedule_kind(trigger, options)
     if trigger == "date":
         return trigger, date_args(options, options.pop("date", None), default_tz, now)
     if trigger == "interval":
         fields = {name: options.pop(name, 0) for name in INTERVAL_FIELDS}
         return trigger, interval_args(options, options.pop("start_date", None), fields, default_tz, now)
-    if trigger == "cron":
-        fields = {name: options.pop(name, None) for name in CRON_FIELDS}
-        return trigger, cron_args(options, options.pop("start_date", None), fields, default_tz)
-    raise InvalidJob(f"trigger: expected 'date', 'interval' or 'cron', got {trigger!r}")
+    fields = {name: options.pop(name, None) for name in CRON_FIELDS}
+    return trigger, cron_args(options, options.pop("start_date", None), fields, default_tz)
 
 
-def _infer_kind(options: dict[str, Any]) -> str:
-    given = {key for key, value in options.items() if value is not None}
-    if given & {"crontab", *CALENDAR_ARGS, *CRON_FIELDS}:
-        return "cron"
-    if given & {"date", "delay", "millis"}:
-        return "date"
-    if "weeks" in given:
-        return "interval"
+#: The schedule kinds ``add_*_job`` offers, as ``trigger=`` names them.
+KINDS = ("date", "interval", "cron")
+#: The arguments that describe a schedule of each kind (besides the ones all
+#: kinds take: ``start_date``, ``end_date``, ``timezone``, ``jitter``).
+KIND_ARGS = {
+    "cron": frozenset({"cron", "crontab", *CALENDAR_ARGS, *CRON_FIELDS}),
+    "interval": frozenset(INTERVAL_FIELDS),
+    "date": frozenset({"date"}),
+}
+
+
+def schedule_kind(trigger: str | None, params: Mapping[str, Any], delays: bool = True) -> str:
+    """The kind of schedule: *trigger* if given, else the one kind that
+    takes every schedule argument given in *params* (those not ``None``).
+
+    The one rule of ``reschedule_job``, ``preview`` and the declared jobs of
+    :mod:`pyramid_scheduler.web.declare`. With *delays* a delay (``delay``,
+    ``millis``, ``days`` ... ``seconds``) describes a date, so ``hours=2``
+    alone could be a delay or an interval and is refused, and ``weeks=2``
+    is an interval; a declaration (no *delays*: a delay from the moment the
+    application starts means nothing) reads ``minutes=10`` as an interval.
+
+    :raises InvalidJob: *trigger* is not a kind, or the arguments name no
+        kind or more than one.
+    """
+    if trigger is not None:
+        if trigger not in KINDS:
+            raise InvalidJob(f"trigger: expected 'date', 'interval' or 'cron', got {trigger!r}")
+        return trigger
+    takes = dict(KIND_ARGS, date=KIND_ARGS["date"] | set(DELAY_UNITS)) if delays else KIND_ARGS
+    words = frozenset().union(*takes.values())
+    given = {name for name, value in params.items() if value is not None and name in words}
+    kinds = [kind for kind in KINDS if given and given <= takes[kind]]
+    if len(kinds) == 1:
+        return kinds[0]
+    delay = " or a delay (delay=, millis=, days=, ...)" if delays else ""
     raise InvalidJob(
-        "trigger: say which schedule these arguments describe: 'date' (a delay), "
-        "'interval' or 'cron', e.g. preview('interval', hours=2)"
+        "trigger: say which schedule these arguments describe: give trigger='date', 'interval' or 'cron', "
+        "or the arguments of exactly one: cron= or crontab=, the cron fields (minute=, hour=, ...) or "
+        f"weekdays=/monthdays=/time_of_day=; weeks=/days=/hours=/minutes=/seconds=; or date={delay} "
+        f"(got {', '.join(sorted(given)) or 'none'}), e.g. preview('interval', hours=2)"
     )
 
 

@@ -72,6 +72,12 @@ def sign_message(
     return f"{SIGNATURE_SCHEME}={mac.hexdigest()}"
 
 
+def signature_headers(body: bytes, secret: bytes | None, routing_key: str) -> dict[str, str] | None:
+    """The headers that sign *body* for *routing_key* (the broker queue or
+    exchange it is sent to), or None without a *secret*."""
+    return {SIGNATURE_HEADER: sign_message(body, secret, routing_key)} if secret else None
+
+
 def verify(
     body: bytes,
     signature: Any,

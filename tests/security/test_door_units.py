@@ -13,6 +13,7 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 
+import kombu
 import pytest
 import sqlalchemy as sa
 
@@ -21,9 +22,9 @@ from pyramid_scheduler.exceptions import InvalidMessage, SerializationError
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import DEAD_LETTER_PREFIX, Ledger
 from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
-from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
+from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, checked_body, entry_limit, envelope
 from pyramid_scheduler.wire.messages import MAX_DEPTH, JobRequest, check_json, decode
-from pyramid_scheduler.wire.signing import sent_too_long_ago, sign_message, verify
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sent_too_long_ago, sign_message, verify
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 QUEUE = "pyramid_scheduler.jobs"
@@ -262,3 +263,38 @@ def test_an_event_with_odd_fields_is_refused_or_read_never_raised(fields):
     except InvalidMessage:
         return
     assert event.type == "job.executed"
+
+
+# -- the checks before decoding, shared by the daemon and the event subscriber ----------
+
+
+def kombu_message(body=b"{}", content_type="application/json", headers=None, routing_key=QUEUE):
+    return kombu.Message(
+        body=body,
+        content_type=content_type,
+        content_encoding="utf-8",
+        headers=headers or {},
+        delivery_info={"exchange": "", "routing_key": routing_key},
+    )
+
+
+def test_checked_body_refuses_before_anything_is_decoded():
+    body = body_of()
+    signed = {SIGNATURE_HEADER: sign_message(body, SECRET, QUEUE)}
+    assert checked_body(kombu_message(body, headers=signed), 10_000, SECRET) == body
+    assert checked_body(kombu_message(body.decode()), 10_000, None) == body  # py-amqp's decoded str
+    exchange = {SIGNATURE_HEADER: sign_message(body, SECRET, "pyramid_scheduler.events")}
+    assert checked_body(kombu_message(body, headers=exchange), 10_000, SECRET, "pyramid_scheduler.events") == body
+    refused = kombu_message(body, headers=signed)
+    setattr(refused, REFUSAL, "compressed message")
+    for message, size, fragment in (
+        (refused, 10_000, "compressed message"),
+        (kombu_message(body, "application/x-python-serialize", signed), 10_000, "content type"),
+        (kombu_message(body, headers=signed), 10, f"body of {len(body)} bytes is above"),
+        (kombu_message("é" * 20, headers=signed), 10, "body of 20 characters is above"),
+        (kombu_message(body), 10_000, "not signed"),
+        (kombu_message(body, headers=signed, routing_key="pyramid_scheduler.reports"), 10_000, "bad message signature"),
+        (kombu_message(body, headers=exchange), 10_000, "bad message signature"),
+    ):
+        with pytest.raises(InvalidMessage, match=fragment):
+            checked_body(message, size, SECRET)

@@ -5,8 +5,7 @@ other schedulers into the APScheduler 3 trigger fields of the wire format
 (:mod:`pyramid_scheduler.triggers.build`): ``weekdays``/``monthdays`` with a
 ``time_of_day`` become cron fields, a ``delay`` becomes a date. Nothing new
 travels on the wire, so the daemon builds the same trigger the producer
-checked. :func:`fire_times` lists a trigger's next runs, which
-``scheduler.preview`` and ``scheduler.preview_job`` return.
+checked (:mod:`pyramid_scheduler.triggers.preview` lists its next runs).
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
-
-from apscheduler.triggers.base import BaseTrigger
 
 from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.triggers.build import (
@@ -37,8 +34,6 @@ DELAY_UNITS = {"delay": 1.0, "days": 86400.0, "hours": 3600.0, "minutes": 60.0, 
 CALENDAR_ARGS = ("weekdays", "monthdays", "time_of_day")
 #: Cron fields each calendar keyword replaces.
 _REPLACES = {"weekdays": ("day_of_week",), "monthdays": ("day",), "time_of_day": ("hour", "minute", "second")}
-#: Most fire times a preview lists.
-MAX_PREVIEW = 1000
 
 
 def _listed(value: Any, where: str) -> list[Any]:
@@ -149,30 +144,6 @@ def pop_delay(options: dict[str, Any]) -> tuple[list[str], timedelta | None]:
         except OverflowError as exc:
             raise InvalidJob(f"{name}: {value!r} is too long a delay") from exc
     return names, (total if names else None)
-
-
-def fire_times(trigger: BaseTrigger, after: datetime, n: int, tz: tzinfo) -> list[datetime]:
-    """The next *n* fire times of *trigger* from *after*, in *tz*.
-
-    Jitter is not applied (build the trigger without it).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PREVIEW:
-        raise InvalidJob(f"n: expected a number of fire times from 1 to {MAX_PREVIEW}, got {n!r}")
-    times: list[datetime] = []
-    previous: datetime | None = None
-    now = after
-    while len(times) < n:
-        try:
-            nxt = trigger.get_next_fire_time(previous, now)
-        except (ValueError, OverflowError):  # past the year 9999
-            break
-        if nxt is None:
-            break
-        # Through UTC: APScheduler may return a wall time that does not exist
-        # (02:30 on the night clocks go forward) with the offset before the change.
-        times.append(nxt.astimezone(timezone.utc).astimezone(tz))
-        previous, now = nxt, nxt.astimezone(timezone.utc)
-    return times
 
 
 # -- add_*_job arguments -> wire trigger spec -----------------------------------------
@@ -335,15 +306,6 @@ def _never_fires(spec: dict[str, Any], tz: tzinfo, now: datetime) -> str:
     ]
     shown = ", ".join(f"{key}={spec[key]!r}" for key in named)
     return f"{', '.join(named) or spec['type']}: this {spec['type']} schedule never fires ({shown})"
-
-
-def spec_fire_times(
-    spec: dict[str, Any], n: int, default_tz: tzinfo, anchor: datetime | None = None, now: datetime | None = None
-) -> list[datetime]:
-    """:func:`fire_times` of a wire trigger spec, from now, in its zone."""
-    tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
-    trigger = build_trigger({k: v for k, v in spec.items() if k != "jitter"}, tz, anchor=anchor)
-    return fire_times(trigger, _now(now), n, tz)
 
 
 def _now(now: datetime | None) -> datetime:

@@ -301,7 +301,8 @@ def drop_tables(url: str, prefix: str) -> None:
 
 def sample_body(path: str, tag: str, sent: float) -> bytes:
     """The message pyramid_scheduler would send for this run-now job."""
-    from pyramid_scheduler.wire.messages import JobRequest, new_id, trigger_spec
+    from pyramid_scheduler.triggers.build import trigger_spec
+    from pyramid_scheduler.wire.messages import JobRequest, new_id
 
     spec = trigger_spec("now", timezone.utc, run_date=datetime.now(timezone.utc))
     return JobRequest(

@@ -44,18 +44,11 @@ from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.ledger import LIVE, _json_or_repr
+from pyramid_scheduler.triggers.build import build_trigger, next_fire_time, to_datetime
 from pyramid_scheduler.web.proxy import SchedulerProxy
 from pyramid_scheduler.web.tx import Pending, current_transaction
-from pyramid_scheduler.wire.messages import (
-    JobRequest,
-    admit,
-    build_trigger,
-    decode,
-    next_fire_time,
-    takes_request,
-    to_datetime,
-    with_request,
-)
+from pyramid_scheduler.wire.messages import JobRequest, admit, decode
+from pyramid_scheduler.wire.refs import takes_request, with_request
 
 try:
     import transaction

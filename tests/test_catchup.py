@@ -1,12 +1,11 @@
 """Catch-up of overdue runs (:mod:`pyramid_scheduler.daemon.catchup`): the planner the
 daemon's jobs use, on the triggers the daemon builds from wire specs; the
-policies through a real engine; and their checks at add time, at the door and
-in the settings.
+policies through a real engine; and the catch-up settings (the ``catch_up``
+option's checks are in :mod:`wire.test_options`, the cron trigger across DST
+changes in :mod:`triggers.test_cron`).
 
 The system clock cannot be changed in a test, so a clock jump is a job whose
-next run time is far in the past, and DST is the daemon's own loop (plan the
-due runs, then move the job as APScheduler's ``_process_jobs`` does) driven by
-a simulated clock across both changes of a year.
+next run time is far in the past.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import io
 import pickle
 import time
 import tracemalloc
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from test_engine import (  # noqa: F401 - fixtures
     RUNS,
@@ -32,10 +30,10 @@ from test_engine import (  # noqa: F401 - fixtures
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.catchup import CatchUpJob, ScheduledRun, job_options, plan_run_times
-from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.settings import parse_settings
 from pyramid_scheduler.store.ledger import JobUnpickler
-from pyramid_scheduler.wire.messages import JobRequest, build_trigger, decode, trigger_spec
+from pyramid_scheduler.triggers.build import build_trigger, trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -113,88 +111,6 @@ def test_a_clock_jump_on_a_cron_job_is_bounded_too():
     assert runs[0] <= now < runs[0] + timedelta(minutes=1)
     assert runs[0].skipped[-1].count is None  # not counted for cron: "runs due from ... up to ..."
     assert trigger.get_next_fire_time(runs[0], now) > now
-
-
-def run_daemon_loop(trigger, start, end, step, coalesce=True):
-    """The daemon's loop on a simulated clock: each tick, plan the due runs
-    (CatchUpJob._get_run_times), then store the next run time as
-    APScheduler's _process_jobs does. Returns every planned run time."""
-    fired = []
-    next_run = trigger.get_next_fire_time(None, start)
-    clock = start
-    while clock < end:
-        if next_run is not None and next_run.astimezone(UTC) <= clock.astimezone(UTC):
-            runs = plan_run_times(trigger, next_run, clock, coalesce)
-            assert runs, f"due at {next_run} but nothing planned at {clock}"
-            assert not [m for run in runs for m in run.skipped], "a run was skipped on a ticking clock"
-            assert not fired or runs[0].astimezone(UTC) > fired[-1].astimezone(UTC), (runs, fired[-1])
-            fired.extend(run.plain() for run in runs)
-            following = trigger.get_next_fire_time(runs[-1], clock)
-            assert following is None or following.astimezone(UTC) > clock.astimezone(UTC), (
-                f"spins at {clock}: next {following}"
-            )
-            next_run = following
-        clock = (clock.astimezone(UTC) + step).astimezone(BERLIN)  # real time, not wall time
-    return fired
-
-
-@pytest.mark.parametrize("day", [date(2026, 3, 29), date(2026, 10, 25)], ids=["spring", "autumn"])
-@pytest.mark.parametrize("hour,minute", [(2, 30), (1, 30), (3, 0), (0, 0)])
-def test_a_daily_cron_fires_once_a_day_across_dst_changes(day, hour, minute):
-    """Europe/Berlin: 02:00 -> 03:00 on 2026-03-29 (02:30 does not exist),
-    03:00 -> 02:00 on 2026-10-25 (02:30 happens twice). A daily cron job
-    fires exactly once on each day around the change, never twice, never
-    spinning, whatever its time of day."""
-    spec = {"type": "cron", "timezone": "Europe/Berlin", "hour": hour, "minute": minute}
-    trigger = build_trigger(spec, UTC)
-    start = datetime.combine(day - timedelta(days=2), datetime.min.time(), BERLIN)
-    end = datetime.combine(day + timedelta(days=3), datetime.min.time(), BERLIN)
-    fired = run_daemon_loop(trigger, start, end, timedelta(minutes=1))
-    days = [when.astimezone(BERLIN).date() for when in fired]
-    assert days == [day + timedelta(days=d) for d in range(-2, 3)], fired
-    assert len({when.astimezone(UTC) for when in fired}) == len(fired)
-    for when in fired:
-        local = when.astimezone(BERLIN)
-        if (local.hour, local.minute) != (hour, minute):
-            # Only the missing 02:30 of the spring change may move, and only forward.
-            assert day.month == 3 and local.date() == day and (hour, minute) == (2, 30), local
-            assert local.hour == 3
-
-
-@pytest.mark.parametrize("day", [date(2026, 3, 29), date(2026, 10, 25)], ids=["spring", "autumn"])
-@pytest.mark.parametrize("minute,every", [("15", timedelta(hours=1)), ("*/10", timedelta(minutes=10))])
-def test_hourly_and_minutely_crons_never_repeat_or_spin_across_dst_changes(day, minute, every):
-    """Every fire time comes after the one before, at its minute; the only
-    gaps are the repeated wall-clock hour of autumn (fired once)."""
-    trigger = build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": minute}, UTC)
-    start = datetime.combine(day, datetime.min.time(), BERLIN) - timedelta(hours=3)
-    end = start + timedelta(hours=9)
-    fired = run_daemon_loop(trigger, start, end, timedelta(seconds=30))
-    utc = [when.astimezone(UTC) for when in fired]
-    assert utc == sorted(set(utc))
-    assert all(str(when.astimezone(BERLIN).minute) == minute or when.minute % 10 == 0 for when in fired)
-    gaps = {b - a for a, b in zip(utc, utc[1:], strict=False)}
-    assert gaps <= {every, every + timedelta(hours=1)}, sorted(gaps)
-    if day.month == 3:
-        assert gaps == {every}  # the hour that does not exist has no fire time to skip
-    wall = [when.astimezone(BERLIN).replace(tzinfo=None) for when in fired]
-    assert len(wall) == len(set(wall))  # once per wall-clock time
-
-
-@pytest.mark.parametrize("minute", ["*", "*/10", "15"])
-def test_a_cron_started_during_the_repeated_hour_never_fires_in_the_past(minute):
-    """A daemon (re)started while the clocks show the repeated hour the
-    second time (CET): the first fire time is never before now, and the
-    loop goes on without repeats."""
-    trigger = build_trigger({"type": "cron", "timezone": "Europe/Berlin", "minute": minute}, UTC)
-    instant = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST; 01:00 UTC is 02:00 CET
-    while instant < datetime(2026, 10, 25, 2, 30, tzinfo=UTC):
-        fire = trigger.get_next_fire_time(None, instant.astimezone(BERLIN))
-        assert fire.astimezone(UTC) >= instant, (instant.astimezone(BERLIN), fire)
-        instant += timedelta(minutes=7, seconds=13)
-    start = datetime(2026, 10, 25, 1, 20, tzinfo=UTC).astimezone(BERLIN)  # 02:20 CET, fold=1
-    fired = run_daemon_loop(trigger, start, start + timedelta(hours=2), timedelta(seconds=30))
-    assert fired and all(when.astimezone(UTC) >= start.astimezone(UTC) for when in fired)
 
 
 def test_a_job_that_coalesces_across_a_dst_change_after_downtime_runs_once():
@@ -320,64 +236,6 @@ def test_catch_up_with_the_memory_job_store(engine_factory):  # noqa: F811 - the
 
 
 # -- refused early, with the name --------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(tmp_path):
-    from conftest import make_settings
-
-    with Configurator(settings=make_settings(tmp_path)) as config:
-        config.include("pyramid_scheduler")
-    yield config.registry.scheduler
-    config.registry.scheduler.close()
-
-
-@pytest.mark.parametrize(
-    "call,message",
-    [
-        (
-            lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up="sometimes"),
-            "catch_up: expected one of",
-        ),
-        (lambda p: p.add_interval_job(record, args=["x"], seconds=5, catch_up=True), "catch_up: expected str"),
-        (
-            lambda p: p.add_date_job(record, args=["x"], date=time.time() + 60, catch_up="once"),
-            "catch_up: not an option of date",
-        ),
-        (lambda p: p.add_async_job(record, args=["x"], catch_up="all"), "catch_up: not an option of now"),
-        (
-            lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="all", misfire_grace_time=30),
-            "misfire_grace_time: has no effect with catch_up='all'",
-        ),
-        (
-            lambda p: p.add_cron_job(record, args=["x"], minute=5, catch_up="once", coalesce=False),
-            "coalesce: has no effect with catch_up='once'",
-        ),
-    ],
-)
-def test_bad_catch_up_is_refused_at_add_time(proxy, call, message):
-    with pytest.raises(InvalidJob, match=message):
-        call(proxy)
-
-
-def test_catch_up_travels_on_the_wire(proxy):
-    with proxy.capturing() as sent:
-        proxy.add_cron_job(record, args=["x"], minute=5, catch_up="all")
-    assert sent[0].options == {"catch_up": "all"}
-    assert decode(sent[0].to_wire()).options == {"catch_up": "all"}
-
-
-def test_bad_catch_up_is_refused_at_the_door():
-    request = overdue_interval("x", 10, 3).to_wire()
-    for options, message in (
-        ({"catch_up": "never"}, "catch_up: expected one of"),
-        ({"catch_up": 1}, "option 'catch_up' has type int"),
-    ):
-        with pytest.raises(InvalidMessage, match=message):
-            decode({**request, "options": options})
-    date_request = {**request, "trigger": trigger_spec("date", UTC, run_date=datetime.now(UTC))}
-    with pytest.raises(InvalidMessage, match="not an option of date jobs"):
-        decode({**date_request, "options": {"catch_up": "once"}})
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def test_duplicate_ids_conflict(config):
         ({"minutes": 1, "args": ["only-one"], "id": "bad-args"}, "scheduled job bad-args: func .*tag"),
         ({"minutes": 1, "cron": "* * * * *"}, "exactly one"),
         ({"args": ["o", "t"]}, "give trigger="),
-        ({"trigger": "weekly", "minutes": 1}, "trigger: expected one of cron, interval, date"),
+        ({"trigger": "weekly", "minutes": 1}, "trigger: expected .date., .interval. or .cron., got .weekly."),
         ({"minutes": 1, "args": ["o", "t"], "immediate": True, "id": "imm"}, "never published"),
         ({"minutes": 1, "args": ["o", "t"], "queue": "nope", "id": "q"}, "scheduled job q: .*nope"),
     ],
@@ -159,3 +159,10 @@ def test_an_unchanged_declaration_is_left_alone_a_changed_one_updated(tmp_var, c
     assert events == [] and changed["trigger"]["minutes"] == 20 and changed_run > first_run
     assert changed["created_at"] == first["created_at"] and changed["status"] == "scheduled"
     assert "job sync (queue jobs): declaration changed; stored job updated" in caplog.text
+
+
+def test_calendar_keywords_declare_a_cron_job(config):
+    config.add_scheduled_job(jobs.record, weekdays=[1, 5], time_of_day="07:30", id="cal", args=["o", "c"])
+    config.commit()
+    trigger = config.registry.scheduler.declared["cal"].trigger
+    assert (trigger["type"], trigger["day_of_week"], trigger["hour"], trigger["minute"]) == ("cron", "mon,fri", 7, 30)

@@ -24,8 +24,8 @@ from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon import scheduling as due
 from pyramid_scheduler.daemon.catchup import count_between, plan_run_times
 from pyramid_scheduler.daemon.retries import plan_retry
-from pyramid_scheduler.triggers.forms import fire_times
-from pyramid_scheduler.wire.messages import build_trigger
+from pyramid_scheduler.triggers.build import build_trigger
+from pyramid_scheduler.triggers.preview import fire_times
 
 UTC = timezone.utc
 PARIS = ZoneInfo("Europe/Paris")

@@ -20,7 +20,8 @@ from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import run_key
 from pyramid_scheduler.store.ledger import Lease
 from pyramid_scheduler.store.runs import RunWriter
-from pyramid_scheduler.wire.messages import JobRequest, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
 
 UTC = timezone.utc
 RUNS: list = []

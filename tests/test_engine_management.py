@@ -9,7 +9,8 @@ import test_engine
 from test_engine import GATE, RUNS, add, record, types_for, wait_for, wait_gate
 
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.wire.messages import JobRequest, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
 
 UTC = timezone.utc
 proxy_factory = test_engine.proxy_factory

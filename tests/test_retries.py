@@ -19,7 +19,8 @@ from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import Ledger
-from pyramid_scheduler.wire.messages import JobRequest, decode, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest, decode
 
 UTC = timezone.utc
 #: For tests whose logic is the same on every job store (the ledger's SQL is

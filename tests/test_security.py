@@ -16,7 +16,9 @@ from conftest import make_settings, wait_for
 from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.brokers.connection import make_connection, make_queue
 from pyramid_scheduler.daemon.service import SchedulerService
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 SECRET = "0123456789abcdef0123456789abcdef"
 RAN = []

@@ -17,21 +17,22 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kombu
+from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
 from pyramid_scheduler.brokers.sql import Transport as SQLTransport
 from pyramid_scheduler.exceptions import EnqueueError
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.wire.door import entry_limit
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message
+from pyramid_scheduler.wire.door import JSON, entry_limit
+from pyramid_scheduler.wire.signing import signature_headers
 
 log = get_logger(__name__)
 
-JSON = "application/json"
 #: Seconds an unacked message stays claimed before another consumer may take
 #: it (Redis and the SQL transport). Messages are acked as soon as the job is
 #: stored, so only a crashed daemon's prefetched messages ever wait this long.
@@ -124,6 +125,46 @@ def _bound(producer: Any, kqueue: kombu.Queue) -> kombu.Queue:
 SLACK = 0.5
 
 
+def retry_until(
+    deadline: float,
+    reserve: float = 0.0,
+    give_up: Callable[[BaseException], BaseException] | None = None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> dict[str, Any]:
+    """Kombu's ``retry_policy`` for a publish that must be over by
+    *deadline* (:func:`time.monotonic`): retry at once, then up to every
+    half second, while one more attempt of *reserve* seconds would still end
+    in time; then raise ``give_up(error)`` (default: the error itself).
+    *on_retry* is told of each retry."""
+
+    def errback(exc: BaseException, interval: float) -> None:
+        if time.monotonic() + interval + reserve > deadline:  # no time for another try
+            if give_up is None:
+                raise exc
+            raise give_up(exc) from exc
+        if on_retry is not None:
+            on_retry(exc, interval)
+
+    return {"max_retries": 100, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.5, "errback": errback}
+
+
+class StoppableConsumer(ConsumerMixin):  # type: ignore[misc]
+    """Kombu's ``ConsumerMixin`` that stops once any of :attr:`stop_events`
+    is set, so that another thread (a signal, a lost lease) can stop it;
+    setting ``should_stop`` sets the first."""
+
+    stop_events: tuple[threading.Event, ...]
+
+    @property  # type: ignore[override]
+    def should_stop(self) -> bool:
+        return any(event.is_set() for event in self.stop_events)
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        if value:
+            self.stop_events[0].set()
+
+
 class Publisher:
     """Publishes encoded job requests; thread-safe; every wait bounded.
 
@@ -166,24 +207,18 @@ class Publisher:
         attempt = self.attempt_timeout
         deadline = time.monotonic() + timeout
         kqueue = self.queues[queue]
-        secret = self.settings.secret
-        headers = {SIGNATURE_HEADER: sign_message(body, secret, kqueue.routing_key)} if secret else None
+        headers = signature_headers(body, self.settings.secret, kqueue.routing_key)
 
-        def errback(exc: BaseException, interval: float) -> None:
-            if time.monotonic() + interval + attempt > deadline:  # no time for another try
-                raise EnqueueError(
-                    f"job {job_id}: broker {self.settings.broker.masked()} did not accept the "
-                    f"message within {timeout:g}s (scheduler.broker.timeout): {exc}"
-                ) from exc
+        def give_up(exc: BaseException) -> EnqueueError:
+            return EnqueueError(
+                f"job {job_id}: broker {self.settings.broker.masked()} did not accept the "
+                f"message within {timeout:g}s (scheduler.broker.timeout): {exc}"
+            )
+
+        def on_retry(exc: BaseException, interval: float) -> None:
             log.warning("job %s: publish to queue %s failed (%s); retrying in %.2fs", job_id, queue, exc, interval)
 
-        policy = {
-            "max_retries": 100,
-            "interval_start": 0,
-            "interval_step": 0.1,
-            "interval_max": 0.5,
-            "errback": errback,
-        }
+        policy = retry_until(deadline, attempt, give_up, on_retry)
         try:
             with self._pool().acquire(block=True, timeout=attempt) as producer:
                 producer.publish(

@@ -30,16 +30,15 @@ from typing import Any
 
 import kombu
 import sqlalchemy as sa
-from kombu.mixins import ConsumerMixin
 
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.brokers.connection import JSON, make_connection
+from pyramid_scheduler.brokers.connection import JSON, StoppableConsumer, make_connection, retry_until
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, sign_message, verify
+from pyramid_scheduler.wire.door import DoorConsumer, checked_body
+from pyramid_scheduler.wire.signing import signature_headers
 
 log = get_logger(__name__)
 
@@ -169,15 +168,8 @@ class EventPublisher:
             self._dropped += 1
             return
         body = encode_event(event, seq, self.origin)
-        secret = self.settings.secret
-        headers = {SIGNATURE_HEADER: sign_message(body, secret, self.exchange.name)} if secret else None
         timeout = self.settings.broker_timeout
         deadline = time.monotonic() + timeout
-
-        def errback(exc: BaseException, interval: float) -> None:
-            if time.monotonic() + interval > deadline:
-                raise exc
-
         try:
             if self._producer is None:
                 self._connection = make_connection(self.settings)
@@ -189,15 +181,9 @@ class EventPublisher:
                 declare=[self.exchange],
                 content_type=JSON,
                 content_encoding="utf-8",
-                headers=headers,
+                headers=signature_headers(body, self.settings.secret, self.exchange.name),
                 retry=True,
-                retry_policy={
-                    "max_retries": 20,
-                    "interval_start": 0,
-                    "interval_step": 0.2,
-                    "interval_max": 1.0,
-                    "errback": errback,
-                },
+                retry_policy=retry_until(deadline),
                 timeout=timeout,
             )
         except Exception as exc:  # noqa: BLE001 - the fan-out must not stop the dispatcher
@@ -254,7 +240,7 @@ class EventPublisher:
 # -- a subscribing process ------------------------------------------------------------
 
 
-class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
+class EventSubscriber(StoppableConsumer):
     """Receives the daemons' job events in this process, on its own thread.
 
     :attr:`ready` is set once this process's queue is bound and listening:
@@ -277,18 +263,10 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
         self.dispatcher = EventDispatcher(proxy.listeners, proxy.registry)
         self.ready = threading.Event()
         self._stop = threading.Event()
+        self.stop_events = (self._stop,)
         self._iterations = 0
         self._last: dict[str, int] = {}
         self._thread: threading.Thread | None = None
-
-    @property  # type: ignore[override]
-    def should_stop(self) -> bool:
-        return self._stop.is_set()
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        if value:
-            self._stop.set()
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
         return [DoorConsumer(channel, queues=[self.queue], on_message=self.on_message, accept=[JSON])]
@@ -344,26 +322,8 @@ class EventSubscriber(ConsumerMixin):  # type: ignore[misc]
 
         :raises InvalidMessage: (or any error) the message is refused.
         """
-        refusal = refusal_of(message)
-        if refusal is not None:
-            raise InvalidMessage(refusal)
-        if message.content_type != JSON:
-            raise InvalidMessage(f"content type {str(message.content_type)[:80]!r} is not {JSON}")
-        body = message.body
-        if isinstance(body, str):
-            body = body.encode("utf-8", "surrogateescape")
-        if not isinstance(body, bytes) or len(body) > self.settings.max_message_size:
-            raise InvalidMessage("event body above scheduler.max_message_size")
-        if self.settings.secret is not None:
-            verify(
-                body,
-                (message.headers or {}).get(SIGNATURE_HEADER),
-                self.settings.secret,
-                self.queue.exchange.name,
-                message.content_type,
-                message.content_encoding,
-            )
-        return decode_event(body)
+        settings = self.settings
+        return decode_event(checked_body(message, settings.max_message_size, settings.secret, self.queue.exchange.name))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pscheduler-event-subscriber", daemon=True)

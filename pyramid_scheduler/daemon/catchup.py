@@ -30,18 +30,16 @@ all       None                    False
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.job import Job
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-#: The catch-up policies of recurring jobs.
-POLICIES = ("skip", "once", "all")
+from pyramid_scheduler.triggers.cron import as_utc
+
 #: Overdue fire times enumerated one by one, when the scheduler has no setting.
 DEFAULT_LIMIT = 100
 
@@ -54,31 +52,6 @@ def job_options(policy: str, options: dict[str, Any]) -> dict[str, Any]:
     if policy == "all":
         return {**options, "misfire_grace_time": None, "coalesce": False}
     return options
-
-
-def check_options(options: Mapping[str, Any], kind: str | None) -> str | None:
-    """Check ``catch_up`` against the job's kind and other options.
-
-    :returns: an error message naming the option, or None when they agree.
-    """
-    policy = options.get("catch_up")
-    if policy is None:
-        return None
-    if policy not in POLICIES:
-        return f"catch_up: expected one of {', '.join(map(repr, POLICIES))}, got {policy!r}"
-    if kind in ("now", "date"):
-        return (
-            f"catch_up: not an option of {kind} jobs (a late {kind} job runs if it is within "
-            "misfire_grace_time, else it is reported missed)"
-        )
-    if policy != "skip":
-        for key in ("misfire_grace_time", "coalesce"):
-            if key in options:
-                return (
-                    f"{key}: has no effect with catch_up={policy!r} (late runs are run whatever "
-                    "their lateness); use it with catch_up='skip'"
-                )
-    return None
 
 
 @dataclass(frozen=True)
@@ -152,11 +125,6 @@ def plain(when: datetime) -> datetime:
     return when.plain() if isinstance(when, ScheduledRun) else when
 
 
-def _utc(when: datetime) -> datetime:
-    # Aware datetimes in one zone compare by wall time, which repeats in a DST change.
-    return when.astimezone(timezone.utc)
-
-
 def latest_fire_time(trigger: BaseTrigger, now: datetime, after: datetime) -> datetime:
     """The trigger's last fire time at or before *now*, given *after*, a fire
     time at or before *now*.
@@ -169,17 +137,17 @@ def latest_fire_time(trigger: BaseTrigger, now: datetime, after: datetime) -> da
     window = timedelta(seconds=1)
     found = after
     while True:
-        probe = max(_utc(now) - window, _utc(after))
+        probe = max(as_utc(now) - window, as_utc(after))
         fire = trigger.get_next_fire_time(None, probe)
-        if fire is not None and _utc(after) <= _utc(fire) <= _utc(now):
+        if fire is not None and as_utc(after) <= as_utc(fire) <= as_utc(now):
             found = fire
             break
-        if probe == _utc(after):
+        if probe == as_utc(after):
             break
         window *= 2
     for _ in range(10_000):  # the window holds few fire times; never loop forever
         following = trigger.get_next_fire_time(found, now)
-        if following is None or _utc(following) > _utc(now) or _utc(following) <= _utc(found):
+        if following is None or as_utc(following) > as_utc(now) or as_utc(following) <= as_utc(found):
             break
         found = following
     return found
@@ -190,7 +158,7 @@ def count_between(trigger: BaseTrigger, first: datetime, last: datetime) -> int 
     cheap to know (interval triggers); None otherwise."""
     if isinstance(trigger, IntervalTrigger) and not trigger.jitter:
         # In UTC: between two times of one zone, "-" gives the wall-clock difference.
-        return int((_utc(last) - _utc(first)) / trigger.interval) + 1
+        return int((as_utc(last) - as_utc(first)) / trigger.interval) + 1
     return None
 
 
@@ -210,23 +178,23 @@ def plan_run_times(
     """
     times: list[datetime] = []
     upcoming = next_run_time
-    while upcoming is not None and _utc(upcoming) <= _utc(now) and len(times) <= limit:
+    while upcoming is not None and as_utc(upcoming) <= as_utc(now) and len(times) <= limit:
         times.append(upcoming)
         following = trigger.get_next_fire_time(upcoming, now)
         # Same-zone datetimes compare by wall time: a DST repeat would look equal.
-        upcoming = following if following is None or _utc(following) > _utc(upcoming) else None
+        upcoming = following if following is None or as_utc(following) > as_utc(upcoming) else None
     if not times:
         return []
     span: Missed | None = None
     if len(times) > limit:
         first_over = times.pop()
-        more = upcoming is not None and _utc(upcoming) <= _utc(now)
+        more = upcoming is not None and as_utc(upcoming) <= as_utc(now)
         latest = latest_fire_time(trigger, now, upcoming) if more and upcoming is not None else first_over
-        if _utc(latest) > _utc(first_over):
+        if as_utc(latest) > as_utc(first_over):
             # Every fire time from first_over up to (not including) latest.
             count = count_between(trigger, first_over, latest)
             last_over = (
-                (_utc(latest) - trigger.interval).astimezone(latest.tzinfo)
+                (as_utc(latest) - trigger.interval).astimezone(latest.tzinfo)
                 if isinstance(trigger, IntervalTrigger)
                 else None
             )
@@ -257,72 +225,6 @@ def plan_run_times(
     runs = [ScheduledRun.of(when) for when in times[:-1]]
     runs.append(ScheduledRun.of(latest, [span] if span is not None else []))
     return runs
-
-
-class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]
-    """APScheduler's cron trigger, firing once per wall-clock time, every day.
-
-    When the clocks go back (Europe/Berlin, last Sunday of October: 03:00
-    CEST -> 02:00 CET), APScheduler 3's cron trigger fires at a wall-clock
-    time of the repeated hour twice (02:30 CEST, then 02:30 CET): a daily
-    job would run twice that day. Here the second occurrence is skipped, as
-    cron does. A wall time in the skipped hour of spring (02:00 -> 03:00)
-    fires once, as far after the change as it was written after the hour's
-    start (02:30 at 03:30), and is returned as that wall time (APScheduler
-    returns a 02:30 that does not exist); the day after a change is not
-    skipped (see :meth:`_increment_field_value`).
-    """
-
-    __slots__ = ()
-
-    def _increment_field_value(self, dateval: datetime, fieldnum: int) -> tuple[datetime, int]:
-        # APScheduler adds the wall-clock difference to the *UTC* time: across
-        # a change of offset that lands an hour off (from 00:00:01 CET on the
-        # spring day, "next day 00:00" becomes 01:00 CEST and a daily 00:00
-        # job skips a day; agronholm/apscheduler#529 and #606, still in
-        # 3.11.3). Add it to the wall-clock time instead.
-        moved, fieldnum = super()._increment_field_value(dateval, fieldnum)
-        wall = dateval.replace(tzinfo=None) + (_utc(moved) - _utc(dateval))
-        # Keep the occurrence (fold) of a repeated wall time, so time never
-        # goes back; a wall time that does not exist (spring gap) moves
-        # forward, as cron does.
-        local = wall.replace(tzinfo=self.timezone, fold=dateval.fold)
-        return _utc(local).astimezone(self.timezone), fieldnum
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        fire = super().get_next_fire_time(previous_fire_time, now)
-        for _ in range(3):  # a repeat is skipped past its overlap; never loop
-            if fire is None or not self._repeats(fire):
-                break
-            fire = super().get_next_fire_time(None, self._after_overlap(fire))
-        # Through UTC: in the skipped hour APScheduler returns a wall time that
-        # does not exist (02:30 with the offset before the change, the instant
-        # 03:30 after it); the run time, its events and logs show 03:30.
-        return None if fire is None else _utc(fire).astimezone(self.timezone)
-
-    def _after_overlap(self, fire: datetime) -> datetime:
-        """The first instant after the repeated wall-clock hour *fire* is in."""
-        low = _utc(fire)
-        high = low + (fire.replace(fold=0).utcoffset() - fire.utcoffset())  # type: ignore[operator]
-        while high - low > timedelta(microseconds=1):
-            middle = low + (high - low) / 2
-            local = middle.astimezone(self.timezone)
-            if local.fold and local.replace(fold=0).utcoffset() != local.utcoffset():
-                low = middle
-            else:
-                high = middle
-        return high.astimezone(self.timezone)
-
-    def _repeats(self, fire: datetime) -> bool:
-        """True if *fire* is the second occurrence of a wall-clock time that
-        already fired (fold=1 in a DST overlap)."""
-        if not fire.fold:
-            return False
-        first = fire.replace(fold=0)
-        if first.utcoffset() == fire.utcoffset():
-            return False
-        twin = super().get_next_fire_time(None, first)
-        return twin is not None and _utc(twin) == _utc(first)
 
 
 class CatchUpJob(Job):  # type: ignore[misc]

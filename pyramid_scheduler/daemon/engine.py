@@ -50,16 +50,10 @@ from pyramid_scheduler.settings import mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
 from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
 from pyramid_scheduler.web.declare import reconcile
-from pyramid_scheduler.wire.messages import (
-    MANAGEMENT_OPS,
-    JobRequest,
-    admit,
-    build_trigger,
-    decode,
-    next_fire_time,
-    with_request,
-)
+from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest, admit, decode
+from pyramid_scheduler.wire.refs import with_request
 
 log = get_logger(__name__)
 

@@ -36,7 +36,7 @@ from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.retries import RetryPlan, plan_retry, schedule_retry
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.wire.messages import takes_request, with_request, without_request
+from pyramid_scheduler.wire.refs import takes_request, with_request, without_request
 
 try:
     import transaction

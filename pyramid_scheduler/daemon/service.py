@@ -26,17 +26,17 @@ from itertools import count
 from typing import Any
 
 import sqlalchemy as sa
-from kombu.mixins import ConsumerMixin
 
-from pyramid_scheduler.brokers.connection import JSON, make_connection, make_queue
+from pyramid_scheduler.brokers.connection import JSON, StoppableConsumer, make_connection, make_queue
 from pyramid_scheduler.brokers.fanout import EventPublisher, origin_of
 from pyramid_scheduler.brokers.sql import release_claims
 from pyramid_scheduler.daemon.engine import DIRECT_BACKLOG, Engine
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.wire.door import DoorConsumer, refusal_of
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, decode, sent_too_long_ago, verify
+from pyramid_scheduler.wire.door import DoorConsumer, checked_body
+from pyramid_scheduler.wire.messages import JobRequest, decode
+from pyramid_scheduler.wire.signing import sent_too_long_ago
 
 log = get_logger(__name__)
 
@@ -79,25 +79,17 @@ class _Stopping(Exception):
 RECONNECT_INTERVAL = 1.0
 
 
-class JobConsumer(ConsumerMixin):  # type: ignore[misc]
+class JobConsumer(StoppableConsumer):
     def __init__(self, engine: Engine, connection: Any, stop: threading.Event) -> None:
         self.engine = engine
         self.connection = connection
         self.stop_event = stop
+        self.stop_events = (stop, engine.lease_lost)
         self.queues = {make_queue(engine.settings, name).name: name for name in engine.queues}
         self._backoff = STORE_BACKOFF[0]
         self._channels: list[Any] = []
         self._batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] | None = None
         self._redis = False  # consuming through our Redis channel
-
-    @property  # type: ignore[override]
-    def should_stop(self) -> bool:
-        return self.stop_event.is_set() or self.engine.lease_lost.is_set()
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        if value:
-            self.stop_event.set()
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
         settings = self.engine.settings
@@ -282,32 +274,9 @@ class JobConsumer(ConsumerMixin):  # type: ignore[misc]
             return InvalidMessage(f"unexpected error checking the message: {type(exc).__name__}: {exc}"[:500])
 
     def _check(self, message: Any) -> JobRequest:
-        refusal = refusal_of(message)
-        if refusal is not None:
-            raise InvalidMessage(refusal)
-        if message.content_type != JSON:
-            raise InvalidMessage(f"content type {str(message.content_type)[:80]!r} is not {JSON}")
         settings = self.engine.settings
-        body = message.body
-        if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
-            if len(body) > settings.max_message_size:  # characters: no more than bytes
-                raise InvalidMessage(f"body of {len(body)} characters is above scheduler.max_message_size")
-            body = body.encode("utf-8", "surrogateescape")
-        if not isinstance(body, bytes):
-            raise InvalidMessage(f"body is a {type(body).__name__}")
-        if len(body) > settings.max_message_size:
-            raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
         secret = settings.secret
-        if secret is not None:
-            verify(
-                body,
-                (message.headers or {}).get(SIGNATURE_HEADER),
-                secret,
-                message.delivery_info.get("routing_key") or "",
-                message.content_type,
-                message.content_encoding,
-            )
-        request = decode(body)
+        request = decode(checked_body(message, settings.max_message_size, secret))
         if request.queue not in self.engine.queues:
             raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
         if secret is not None:

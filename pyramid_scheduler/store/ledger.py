@@ -42,10 +42,11 @@ from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetim
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
-from pyramid_scheduler.daemon.catchup import CatchUpJob, WallClockCronTrigger
+from pyramid_scheduler.daemon.catchup import CatchUpJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.schema import upgrade
-from pyramid_scheduler.wire.messages import check_ref
+from pyramid_scheduler.triggers.cron import WallClockCronTrigger
+from pyramid_scheduler.wire.refs import check_ref
 
 log = get_logger(__name__)
 
@@ -980,7 +981,7 @@ class JobUnpickler(pickle.Unpickler):
     the (module, name) pairs of :func:`_loadable_globals` are accepted, never
     a dotted or ``_``-prefixed name, and every other value is plain data. Job
     functions are stored as ``module:qualname`` strings, checked by
-    :func:`pyramid_scheduler.wire.messages.check_ref` as the job loads.
+    :func:`pyramid_scheduler.wire.refs.check_ref` as the job loads.
     """
 
     _loadable: dict[tuple[str, str], Any] | None = None

@@ -2,24 +2,21 @@
 
 The producer (:mod:`pyramid_scheduler.web.proxy`) turns the forms users know from
 other schedulers into the APScheduler 3 trigger fields of the wire format
-(:mod:`pyramid_scheduler.wire.messages`): ``weekdays``/``monthdays`` with a
+(:mod:`pyramid_scheduler.triggers.build`): ``weekdays``/``monthdays`` with a
 ``time_of_day`` become cron fields, a ``delay`` becomes a date. Nothing new
 travels on the wire, so the daemon builds the same trigger the producer
-checked. :func:`fire_times` lists a trigger's next runs, which
-``scheduler.preview`` and ``scheduler.preview_job`` return.
+checked (:mod:`pyramid_scheduler.triggers.preview` lists its next runs).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from apscheduler.triggers.base import BaseTrigger
-
 from pyramid_scheduler.exceptions import InvalidJob
-from pyramid_scheduler.wire.messages import (
+from pyramid_scheduler.triggers.build import (
     CRON_FIELDS,
     INTERVAL_FIELDS,
     build_trigger,
@@ -37,8 +34,6 @@ DELAY_UNITS = {"delay": 1.0, "days": 86400.0, "hours": 3600.0, "minutes": 60.0, 
 CALENDAR_ARGS = ("weekdays", "monthdays", "time_of_day")
 #: Cron fields each calendar keyword replaces.
 _REPLACES = {"weekdays": ("day_of_week",), "monthdays": ("day",), "time_of_day": ("hour", "minute", "second")}
-#: Most fire times a preview lists.
-MAX_PREVIEW = 1000
 
 
 def _listed(value: Any, where: str) -> list[Any]:
@@ -151,30 +146,6 @@ def pop_delay(options: dict[str, Any]) -> tuple[list[str], timedelta | None]:
     return names, (total if names else None)
 
 
-def fire_times(trigger: BaseTrigger, after: datetime, n: int, tz: tzinfo) -> list[datetime]:
-    """The next *n* fire times of *trigger* from *after*, in *tz*.
-
-    Jitter is not applied (build the trigger without it).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PREVIEW:
-        raise InvalidJob(f"n: expected a number of fire times from 1 to {MAX_PREVIEW}, got {n!r}")
-    times: list[datetime] = []
-    previous: datetime | None = None
-    now = after
-    while len(times) < n:
-        try:
-            nxt = trigger.get_next_fire_time(previous, now)
-        except (ValueError, OverflowError):  # past the year 9999
-            break
-        if nxt is None:
-            break
-        # Through UTC: APScheduler may return a wall time that does not exist
-        # (02:30 on the night clocks go forward) with the offset before the change.
-        times.append(nxt.astimezone(timezone.utc).astimezone(tz))
-        previous, now = nxt, nxt.astimezone(timezone.utc)
-    return times
-
-
 # -- add_*_job arguments -> wire trigger spec -----------------------------------------
 
 
@@ -238,30 +209,57 @@ def schedule_args(
             raise InvalidJob("cron: a crontab string, for a cron schedule; give cron= or crontab=")
         options["crontab"] = options.pop("cron")
         trigger = "cron"
-    if trigger is None:
-        trigger = _infer_kind(options)
+    trigger = schedule_kind(trigger, options)
     if trigger == "date":
         return trigger, date_args(options, options.pop("date", None), default_tz, now)
     if trigger == "interval":
         fields = {name: options.pop(name, 0) for name in INTERVAL_FIELDS}
         return trigger, interval_args(options, options.pop("start_date", None), fields, default_tz, now)
-    if trigger == "cron":
-        fields = {name: options.pop(name, None) for name in CRON_FIELDS}
-        return trigger, cron_args(options, options.pop("start_date", None), fields, default_tz)
-    raise InvalidJob(f"trigger: expected 'date', 'interval' or 'cron', got {trigger!r}")
+    fields = {name: options.pop(name, None) for name in CRON_FIELDS}
+    return trigger, cron_args(options, options.pop("start_date", None), fields, default_tz)
 
 
-def _infer_kind(options: dict[str, Any]) -> str:
-    given = {key for key, value in options.items() if value is not None}
-    if given & {"crontab", *CALENDAR_ARGS, *CRON_FIELDS}:
-        return "cron"
-    if given & {"date", "delay", "millis"}:
-        return "date"
-    if "weeks" in given:
-        return "interval"
+#: The schedule kinds ``add_*_job`` offers, as ``trigger=`` names them.
+KINDS = ("date", "interval", "cron")
+#: The arguments that describe a schedule of each kind (besides the ones all
+#: kinds take: ``start_date``, ``end_date``, ``timezone``, ``jitter``).
+KIND_ARGS = {
+    "cron": frozenset({"cron", "crontab", *CALENDAR_ARGS, *CRON_FIELDS}),
+    "interval": frozenset(INTERVAL_FIELDS),
+    "date": frozenset({"date"}),
+}
+
+
+def schedule_kind(trigger: str | None, params: Mapping[str, Any], delays: bool = True) -> str:
+    """The kind of schedule: *trigger* if given, else the one kind that
+    takes every schedule argument given in *params* (those not ``None``).
+
+    The one rule of ``reschedule_job``, ``preview`` and the declared jobs of
+    :mod:`pyramid_scheduler.web.declare`. With *delays* a delay (``delay``,
+    ``millis``, ``days`` ... ``seconds``) describes a date, so ``hours=2``
+    alone could be a delay or an interval and is refused, and ``weeks=2``
+    is an interval; a declaration (no *delays*: a delay from the moment the
+    application starts means nothing) reads ``minutes=10`` as an interval.
+
+    :raises InvalidJob: *trigger* is not a kind, or the arguments name no
+        kind or more than one.
+    """
+    if trigger is not None:
+        if trigger not in KINDS:
+            raise InvalidJob(f"trigger: expected 'date', 'interval' or 'cron', got {trigger!r}")
+        return trigger
+    takes = dict(KIND_ARGS, date=KIND_ARGS["date"] | set(DELAY_UNITS)) if delays else KIND_ARGS
+    words = frozenset().union(*takes.values())
+    given = {name for name, value in params.items() if value is not None and name in words}
+    kinds = [kind for kind in KINDS if given and given <= takes[kind]]
+    if len(kinds) == 1:
+        return kinds[0]
+    delay = " or a delay (delay=, millis=, days=, ...)" if delays else ""
     raise InvalidJob(
-        "trigger: say which schedule these arguments describe: 'date' (a delay), "
-        "'interval' or 'cron', e.g. preview('interval', hours=2)"
+        "trigger: say which schedule these arguments describe: give trigger='date', 'interval' or 'cron', "
+        "or the arguments of exactly one: cron= or crontab=, the cron fields (minute=, hour=, ...) or "
+        f"weekdays=/monthdays=/time_of_day=; weeks=/days=/hours=/minutes=/seconds=; or date={delay} "
+        f"(got {', '.join(sorted(given)) or 'none'}), e.g. preview('interval', hours=2)"
     )
 
 
@@ -308,15 +306,6 @@ def _never_fires(spec: dict[str, Any], tz: tzinfo, now: datetime) -> str:
     ]
     shown = ", ".join(f"{key}={spec[key]!r}" for key in named)
     return f"{', '.join(named) or spec['type']}: this {spec['type']} schedule never fires ({shown})"
-
-
-def spec_fire_times(
-    spec: dict[str, Any], n: int, default_tz: tzinfo, anchor: datetime | None = None, now: datetime | None = None
-) -> list[datetime]:
-    """:func:`fire_times` of a wire trigger spec, from now, in its zone."""
-    tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
-    trigger = build_trigger({k: v for k, v in spec.items() if k != "jitter"}, tz, anchor=anchor)
-    return fire_times(trigger, _now(now), n, tz)
 
 
 def _now(now: datetime | None) -> datetime:

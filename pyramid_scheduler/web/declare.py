@@ -33,38 +33,17 @@ from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.execution import request_info
-from pyramid_scheduler.exceptions import SchedulerError
+from pyramid_scheduler.exceptions import InvalidJob, SchedulerError
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import LIVE, now
-from pyramid_scheduler.wire.messages import JobRequest, callable_ref
+from pyramid_scheduler.triggers.forms import schedule_kind
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.refs import callable_ref
 
 log = get_logger(__name__)
 
 #: The prefix of a declared job's message id.
 DECLARED = "declared:"
-CRON_FIELDS = ("crontab", "cron", "year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
-INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
-TRIGGERS = ("cron", "interval", "date")
-
-
-def trigger_kind(trigger: str | None, params: dict[str, Any]) -> str:
-    """The trigger of a declaration: *trigger*, or read from its parameters."""
-    if trigger is not None:
-        if trigger not in TRIGGERS:
-            raise ConfigurationError(f"trigger: expected one of {', '.join(TRIGGERS)}, got {trigger!r}")
-        return trigger
-    found = [
-        kind
-        for kind, fields in (("cron", CRON_FIELDS), ("interval", INTERVAL_FIELDS), ("date", ("date",)))
-        if any(params.get(name) is not None for name in fields)
-    ]
-    if len(found) != 1:
-        raise ConfigurationError(
-            "give trigger='cron', 'interval' or 'date', or the parameters of exactly one: cron= or "
-            "crontab= or cron fields (minute=, hour=...); weeks=/days=/hours=/minutes=/seconds=; or date="
-            f" (got {', '.join(sorted(params)) or 'none'})"
-        )
-    return found[0]
 
 
 def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) -> JobRequest:
@@ -73,7 +52,10 @@ def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) ->
     :raises ConfigurationError: naming the job, if ``add_<trigger>_job``
         would refuse it.
     """
-    kind = trigger_kind(trigger, params)
+    try:
+        kind = schedule_kind(trigger, params, delays=False)
+    except InvalidJob as exc:
+        raise ConfigurationError(str(exc)) from exc
     job_id = params.pop("id", None)
     if job_id is None:
         job_id = callable_ref(func)
@@ -104,8 +86,9 @@ def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **para
         ``module:qualname``.
     :param trigger: ``"cron"``, ``"interval"`` or ``"date"``; by default read
         from the other parameters (``cron="*/5 * * * *"`` or ``crontab=``,
-        the cron fields, ``minutes=10`` and the other interval units,
-        ``date=``).
+        the cron fields or the calendar keywords, ``minutes=10`` and the
+        other interval units, ``date=``), by
+        :func:`~pyramid_scheduler.triggers.forms.schedule_kind`.
     :param params: ``id``, the job's stable id (default: ``module:qualname``
         of *func*), and what ``add_cron_job``, ``add_interval_job`` or
         ``add_date_job`` take: the trigger's parameters, ``args``,

@@ -9,6 +9,8 @@ published (:mod:`pyramid_scheduler.brokers.connection`). The call returns the jo
 the broker holds the message, or raises :class:`~.exceptions.EnqueueError`
 within ``scheduler.broker.timeout``. Inside a transaction (pyramid_tm) the
 checked message waits for the commit instead (:mod:`pyramid_scheduler.web.tx`).
+The methods that read job records back come from
+:class:`~pyramid_scheduler.web.records.JobRecords`.
 """
 
 from __future__ import annotations
@@ -16,47 +18,34 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from pyramid_scheduler.brokers.connection import Publisher
 from pyramid_scheduler.events import Listener, Listeners
-from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, JobTimeout
+from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.triggers.forms import (
     cron_args,
     date_args,
     interval_args,
-    job_zone,
     no_other_arguments,
     schedule_args,
     schedule_spec,
-    spec_fire_times,
 )
+from pyramid_scheduler.triggers.preview import spec_fire_times
+from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
-from pyramid_scheduler.wire.messages import (
-    OPTION_TYPES,
-    POSITIVE_OPTIONS,
-    JobRequest,
-    callable_ref,
-    check_arguments,
-    check_json,
-    check_name,
-    new_id,
-    option_problem,
-    resolve_ref,
-)
+from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
+from pyramid_scheduler.wire.options import option_problem
+from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
 
 log = get_logger(__name__)
 
-#: Options that shape the trigger rather than the job.
-TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
 
-
-class SchedulerProxy:
+class SchedulerProxy(JobRecords):
     """The object at ``registry.scheduler``.
 
     :param settings: the parsed ``scheduler.*`` settings.
@@ -73,7 +62,6 @@ class SchedulerProxy:
         self.runtime: Any = None
         self._service: Any = None
         self._subscriber: Any = None
-        self._ledger_obj: Any = None
         #: Config-time schedules by job id (:mod:`pyramid_scheduler.web.declare`).
         self.declared: dict[str, JobRequest] = {}
         self._captured = threading.local()
@@ -317,135 +305,6 @@ class SchedulerProxy:
         created = datetime.fromtimestamp(row["created_at"], timezone.utc)
         return spec_fire_times(spec, n, self.settings.timezone, anchor=created, now=self.now())
 
-    # -- reading job records ----------------------------------------------------------
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
-        """The job's record from the job store's database, or ``None``.
-
-        Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
-        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
-        ``interrupted`` or ``parked``), ``runs``, ``created_at``,
-        ``updated_at``, ``last_run_at``, ``next_run_time`` (epoch seconds;
-        the latter from the job store, ``None`` when there is none), ``result`` (the
-        last run's return value, decoded from JSON) and ``error``. Works from any
-        process that shares ``scheduler.jobstore.url`` (not with the memory store).
-        """
-        row = self._ledger().get_job(job_id)
-        return None if row is None else self._records([row])[0]
-
-    def get_jobs(self, queue: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The most recently changed job records, newest first."""
-        if queue is not None and queue not in self.settings.queues:
-            raise InvalidQueue(queue, self.settings.queues)
-        return self._records(self._ledger().list_jobs(queue, status, limit))
-
-    def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Job records from ledger rows, with ``next_run_time`` (epoch
-        seconds, or ``None``) from the job store where a row lacks it."""
-        missing = [row for row in rows if "next_run_time" not in row]
-        lacking = {row["id"] for row in missing}
-        times = self._ledger().next_run_times(missing) if missing else {}
-        records = []
-        for row in rows:
-            record = _record(row)
-            if row["id"] in lacking:
-                record["next_run_time"] = times.get(row["id"])
-            records.append(record)
-        return records
-
-    def get_runs(self, job_id: str, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The job's recorded runs, oldest first: the latest *limit* of them
-        (with *status*: only those). A retry is a run of its own.
-
-        Keys: ``run_key`` (``job_id@scheduled time``), ``queue``,
-        ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
-        ``status`` (``started``, ``done``, ``failed``, ``missed`` or
-        ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
-        missed, failed or interrupted). A run that the catch-up policy did not
-        run is here as ``missed``; many at once beyond
-        ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``
-        gives their number and span.
-
-        .. versionadded:: 1.0
-        """
-        return [
-            {k: v for k, v in run.items() if k != "job_id"} for run in self._ledger().list_runs(job_id, status, limit)
-        ]
-
-    def wait(self, job_id: str, timeout: float | None = 30.0, interval: float = 1.0) -> dict[str, Any]:
-        """Wait until the job has finished and return its record (see
-        :meth:`get_job`).
-
-        Finished means a final status: ``done``, ``failed`` (after its last
-        retry), ``missed``, ``canceled``, ``interrupted`` or ``parked``. The
-        job store's database is polled, first every 50 ms, then less often,
-        up to every *interval* seconds. A job that has not been stored yet
-        (its message is still on its way) is waited for too. Mind that a
-        finished record is removed after its ``ttl``, and that a job id used
-        again finds the earlier job's record until the new one is stored.
-
-        :param timeout: seconds to wait at most; ``None``: no limit.
-        :raises JobTimeout: the job did not finish in time (it is not
-            canceled; its last record is on the exception).
-
-        .. versionadded:: 1.0
-        """
-        if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
-            raise InvalidJob(f"timeout: expected seconds of zero or more or None, got {timeout!r}")
-        from pyramid_scheduler.store.ledger import FINAL
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.05
-        while True:
-            record = self.get_job(job_id)
-            if record is not None and record["status"] in FINAL:
-                return record
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise JobTimeout(job_id, float(timeout or 0), record)
-                pause = min(pause, left)
-            time.sleep(pause)
-            pause = min(pause * 1.5, interval)
-
-    def get_daemons(self) -> list[dict[str, Any]]:
-        """Which daemon runs each configured queue, from the job store's leases.
-
-        One dict per queue in ``scheduler.queues``: ``queue``, ``owner``
-        (``host:pid:token`` of the daemon, or ``None`` if none ever ran it),
-        ``expires_at`` (epoch seconds) and ``active`` (the lease is current, so
-        a daemon is consuming the queue now).
-        """
-        leases = {row["queue"]: row for row in self._ledger().list_leases()}
-        stamp = time.time()
-        daemons = []
-        for queue in self.settings.queues:
-            row = leases.get(queue)
-            if row is None:
-                daemons.append({"queue": queue, "owner": None, "expires_at": None, "active": False})
-            else:
-                daemons.append(
-                    {
-                        "queue": queue,
-                        "owner": row["owner"],
-                        "expires_at": row["expires_at"],
-                        "active": row["expires_at"] > stamp,
-                    }
-                )
-        return daemons
-
-    def _ledger(self) -> Any:
-        if self._ledger_obj is None:
-            if self.settings.memory_store:
-                raise InvalidJob("job records need a SQL job store; scheduler.jobstore.url is 'memory'")
-            from pyramid_scheduler.store.db import create_db_engine
-            from pyramid_scheduler.store.ledger import Ledger
-
-            self._ledger_obj = Ledger(
-                create_db_engine(self.settings.jobstore_url or "", wal=self.settings.sqlite_wal),
-                self.settings.jobstore_tablename_prefix,
-            )
-        return self._ledger_obj
-
     # -- listeners --------------------------------------------------------------------
     def add_listener(
         self,
@@ -479,9 +338,7 @@ class SchedulerProxy:
             self._subscriber.stop()
             self._subscriber = None
         self.publisher.close()
-        if self._ledger_obj is not None:
-            self._ledger_obj.engine.dispose()
-            self._ledger_obj = None
+        self._close_ledger()
 
     close = shutdown
 
@@ -490,9 +347,6 @@ class SchedulerProxy:
         """The current time (aware, UTC); :mod:`pyramid_scheduler.testing`
         replaces it with its fake clock."""
         return datetime.now(timezone.utc)
-
-    def _zone(self, options: dict[str, Any]) -> Any:
-        return job_zone(options, self.settings.timezone)
 
     def _queues_for(self, queue: str | None) -> tuple[str, ...]:
         if queue is None:
@@ -556,20 +410,7 @@ class SchedulerProxy:
         immediate = options.pop("immediate", False)
         manager = options.pop("tm", None)
         check_delivery(immediate, manager)
-        job_options: dict[str, Any] = {}
-        for key, value in options.items():
-            kinds = OPTION_TYPES.get(key)
-            if kinds is None:
-                raise InvalidJob(
-                    f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
-                    f"{', '.join(TRIGGER_OPTIONS)}"
-                )
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
-                raise InvalidJob(f"{key}: expected {expected}, got {value!r}")
-            if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
-                raise InvalidJob(f"{key}: expected 1 or more, got {value!r}")
-            job_options[key] = value
+        job_options = dict(options)
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)
@@ -641,20 +482,3 @@ def check_delivery(immediate: Any, manager: Any) -> None:
             f"tm: expected a transaction manager (such as request.tm or "
             f"transaction.TransactionManager()), got {manager!r:.80}"
         )
-
-
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    record = {k: v for k, v in row.items() if k not in ("request", "mid")}
-    if record.get("result") is not None:
-        record["result"] = json.loads(record["result"])
-    request = json.loads(row["request"])
-    record.update(args=request.get("args"), kwargs=request.get("kwargs"), trigger=request.get("trigger"))
-    _retry_fields(record, request)
-    return record
-
-
-def _retry_fields(record: dict[str, Any], request: dict[str, Any]) -> None:
-    """``retries`` (asked), ``retries_left``, ``attempt`` and ``retry_at``."""
-    retries = int((request.get("options") or {}).get("retries") or 0)
-    attempt = int(record.get("attempt") or 1)
-    record.update(retries=retries, attempt=attempt, retries_left=max(retries - attempt + 1, 0))

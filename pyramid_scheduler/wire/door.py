@@ -15,6 +15,7 @@ the message is refused; so is one Kombu cannot build. A
 refused message carries its reason in :attr:`REFUSAL` (an attribute, not a
 header, so a sender cannot set it) and reaches the consumer's callback like
 any other, which dead-letters it: nothing raised here stops a consumer.
+:func:`checked_body` is what both consumers check next, before decoding.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ import kombu
 import kombu.message
 from kombu.transport import virtual
 
+from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, verify
 
 log = get_logger(__name__)
 
+#: The only content type the daemon and the event subscriber read.
+JSON = "application/json"
 #: Content type given to a broker entry that is not a Kombu message (or is
 #: not read at all), so that the consumer refuses it like any bad message.
 NOT_A_MESSAGE = "application/x-not-a-kombu-message"
@@ -209,3 +214,35 @@ class DoorConsumer(kombu.Consumer):  # type: ignore[misc]
 def refusal_of(message: Any) -> str | None:
     """Why the door refused *message* (see :class:`DoorConsumer`), or None."""
     return getattr(message, REFUSAL, None)
+
+
+def checked_body(message: Any, max_size: int, secret: bytes | None, signed_to: str | None = None) -> bytes:
+    """The body of *message* once it passed the checks both the daemon and
+    the event subscriber make before decoding anything, cheapest first: not
+    refused by the door (:func:`refusal_of`), of content type :data:`JSON`,
+    at most *max_size* bytes (``scheduler.max_message_size``), and, with a
+    *secret*, signed for *signed_to* (the exchange; default: the message's
+    routing key, the broker queue).
+
+    :raises InvalidMessage: naming the first check it fails.
+    """
+    refusal = refusal_of(message)
+    if refusal is not None:
+        raise InvalidMessage(refusal)
+    if message.content_type != JSON:
+        raise InvalidMessage(f"content type {str(message.content_type)[:80]!r} is not {JSON}")
+    body = message.body
+    if isinstance(body, str):  # py-amqp decodes bodies that declare an encoding
+        if len(body) > max_size:  # characters: no more than bytes
+            raise InvalidMessage(f"body of {len(body)} characters is above scheduler.max_message_size")
+        body = body.encode("utf-8", "surrogateescape")
+    if not isinstance(body, bytes):
+        raise InvalidMessage(f"body is a {type(body).__name__}")
+    if len(body) > max_size:
+        raise InvalidMessage(f"body of {len(body)} bytes is above scheduler.max_message_size")
+    if secret is not None:
+        if signed_to is None:
+            signed_to = message.delivery_info.get("routing_key") or ""
+        headers = message.headers or {}
+        verify(body, headers.get(SIGNATURE_HEADER), secret, signed_to, message.content_type, message.content_encoding)
+    return body

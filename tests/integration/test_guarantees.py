@@ -16,7 +16,9 @@ from integration.conftest import wait_until
 from integration.sampleapp import jobs
 from pyramid_scheduler.brokers.connection import make_connection, make_queue
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

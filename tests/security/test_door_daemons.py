@@ -39,7 +39,9 @@ from pyramid_scheduler.brokers.connection import make_connection, make_queue
 from pyramid_scheduler.brokers.fanout import events_exchange
 from pyramid_scheduler.brokers.sql import messages as messages_table
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

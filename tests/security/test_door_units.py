@@ -1,6 +1,7 @@
-"""The door's parts, in process and fast: signatures that take any header
-value, what the version 2 signature covers, ``sent_at``, the nesting limit,
-the bounded cron search, raw broker entries, dead letters, and events.
+"""The door's parts, in process and fast: raw broker entries, the checks
+before decoding, dead letters, and events. The signature's own tests are in
+:mod:`wire.test_signing`, the nesting limit in :mod:`wire.test_messages`, the
+bounded cron search in :mod:`triggers.test_build`.
 
 The same attacks against a real daemon on every broker are in
 :mod:`security.test_door_daemons`."""
@@ -8,163 +9,28 @@ The same attacks against a real daemon on every broker are in
 import base64
 import gzip
 import hashlib
-import hmac
 import json
-import time
-from datetime import datetime, timedelta, timezone
 
+import kombu
 import pytest
 import sqlalchemy as sa
+from wire.test_messages import body_of
 
 from pyramid_scheduler.brokers.fanout import decode_event
-from pyramid_scheduler.exceptions import InvalidMessage, SerializationError
+from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import DEAD_LETTER_PREFIX, Ledger
-from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, entry_limit, envelope
-from pyramid_scheduler.wire.messages import (
-    MAX_DEPTH,
-    JobRequest,
-    build_trigger,
-    check_json,
-    decode,
-    next_fire_time,
-    sent_too_long_ago,
-    sign_message,
-    verify,
-)
+from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, checked_body, entry_limit, envelope
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 QUEUE = "pyramid_scheduler.jobs"
 
 
-def body_of(**fields):
-    request = JobRequest(
-        op="add",
-        id="j1",
-        queue="jobs",
-        func="mod:fn",
-        args=[1],
-        trigger={"type": "now", "run_date": datetime.now(timezone.utc).isoformat()},
-    )
-    wire = request.to_wire()
-    wire.update(fields)
-    return json.dumps(wire).encode()
-
-
 # -- the signature ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "header",
-    [
-        "é",
-        "\udcff",
-        "v2=é",
-        "v2=" + "é" * 64,
-        123,
-        1.5,
-        True,
-        ["v2=00"],
-        {"v2": "00"},
-        b"v2=00",
-        "",
-        None,
-        "x" * 10_000,
-        "\x00" * 64,
-    ],
-)
-def test_any_header_value_is_refused_without_an_error(header):
-    with pytest.raises(InvalidMessage):
-        verify(b"{}", header, SECRET, QUEUE)
-
-
-def test_good_signatures_pass_and_recased_or_other_keys_do_not():
-    body = body_of()
-    good = sign_message(body, SECRET, QUEUE)
-    assert good.startswith("v2=")
-    verify(body, good, SECRET, QUEUE)
-    body_only = hmac.new(SECRET, body, hashlib.sha256).hexdigest()  # version 1, pre-release builds
-    with pytest.raises(InvalidMessage, match="version 1 signature"):
-        verify(body, body_only, SECRET, QUEUE)
-    for bad in (
-        good.upper(),
-        "V2=" + good[3:],
-        good[:-1],
-        sign_message(body, b"another-secret-0123456789", QUEUE),
-        body_only.upper(),
-        "v2=" + body_only,
-    ):
-        with pytest.raises(InvalidMessage, match="bad message signature"):
-            verify(body, bad, SECRET, QUEUE)
-
-
-def test_the_signature_covers_the_queue_the_content_type_and_encoding_and_the_body():
-    body = body_of()
-    good = sign_message(body, SECRET, QUEUE)
-    for changed in (
-        {"routing_key": "pyramid_scheduler.reports"},
-        {"content_type": "text/plain"},
-        {"content_encoding": "latin-1"},
-    ):
-        args = {"routing_key": QUEUE, "content_type": "application/json", "content_encoding": "utf-8", **changed}
-        with pytest.raises(InvalidMessage, match="bad message signature"):
-            verify(body, good, SECRET, **args)
-    with pytest.raises(InvalidMessage, match="bad message signature"):
-        verify(body.replace(b'"j1"', b'"j2"'), good, SECRET, QUEUE)
-    # A newline in a property cannot move bytes between the properties and the body.
-    assert sign_message(b"x", SECRET, "a\nb") != sign_message(b"b\nx", SECRET, "a")
-
-
-def test_sent_at_older_than_the_limit_is_refused():
-    now = datetime.now(timezone.utc)
-    assert sent_too_long_ago(now.isoformat(), 3600) is None
-    assert "max_message_age" in sent_too_long_ago((now - timedelta(hours=2)).isoformat(), 3600)
-    assert sent_too_long_ago((now - timedelta(days=400)).isoformat(), 0) is None  # no limit
-    assert "not an ISO 8601" in sent_too_long_ago("", 3600)
-    assert "not an ISO 8601" in sent_too_long_ago("yesterday", 0)
-    assert sent_too_long_ago("2026-01-01T00:00:00", 3600, now=datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc)) is None
-
-
 # -- the body ---------------------------------------------------------------------------
-
-
-def nested(depth):
-    value = 0
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def test_the_producers_nesting_limit_is_enforced_at_the_door():
-    decode(body_of(args=[nested(MAX_DEPTH - 1)]))  # what the producer sends at most
-    check_json([nested(MAX_DEPTH - 1)], "args")
-    with pytest.raises(SerializationError):
-        check_json([nested(MAX_DEPTH)], "args")
-    with pytest.raises(InvalidMessage, match="nested deeper"):
-        decode(body_of(args=[nested(MAX_DEPTH)]))
-    with pytest.raises(InvalidMessage, match="nested deeper"):
-        decode(body_of(kwargs={"a": json.loads('{"b":' * 40 + "1" + "}" * 40)}))
-    with pytest.raises(InvalidMessage):
-        decode(b'{"v":1,"args":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
-
-
-@pytest.mark.parametrize("crontab", ["0 0 31 2 *", "0 0 30 2 *", "* * 31 4 *", "0 0 31 11 *"])
-def test_an_impossible_cron_is_found_never_to_fire_quickly(crontab):
-    trigger = build_trigger({"type": "cron", "crontab": crontab}, timezone.utc)
-    started = time.process_time()
-    assert next_fire_time(trigger, datetime.now(timezone.utc)) is None
-    assert time.process_time() - started < 0.15
-
-
-def test_rare_and_far_crons_still_fire():
-    now = datetime.now(timezone.utc)
-    trigger = build_trigger({"type": "cron", "crontab": "0 0 29 2 mon"}, timezone.utc)
-    assert next_fire_time(trigger, now).year == 2044
-    far = build_trigger(
-        {"type": "cron", "year": "2300", "month": "1", "start_date": "2299-06-01T00:00:00+00:00"}, timezone.utc
-    )
-    assert next_fire_time(far, now).year == 2300  # searched from its start
-    assert next_fire_time(build_trigger({"type": "cron", "year": "2300"}, timezone.utc), now) is None
 
 
 # -- raw broker entries -----------------------------------------------------------------
@@ -270,3 +136,38 @@ def test_an_event_with_odd_fields_is_refused_or_read_never_raised(fields):
     except InvalidMessage:
         return
     assert event.type == "job.executed"
+
+
+# -- the checks before decoding, shared by the daemon and the event subscriber ----------
+
+
+def kombu_message(body=b"{}", content_type="application/json", headers=None, routing_key=QUEUE):
+    return kombu.Message(
+        body=body,
+        content_type=content_type,
+        content_encoding="utf-8",
+        headers=headers or {},
+        delivery_info={"exchange": "", "routing_key": routing_key},
+    )
+
+
+def test_checked_body_refuses_before_anything_is_decoded():
+    body = body_of()
+    signed = {SIGNATURE_HEADER: sign_message(body, SECRET, QUEUE)}
+    assert checked_body(kombu_message(body, headers=signed), 10_000, SECRET) == body
+    assert checked_body(kombu_message(body.decode()), 10_000, None) == body  # py-amqp's decoded str
+    exchange = {SIGNATURE_HEADER: sign_message(body, SECRET, "pyramid_scheduler.events")}
+    assert checked_body(kombu_message(body, headers=exchange), 10_000, SECRET, "pyramid_scheduler.events") == body
+    refused = kombu_message(body, headers=signed)
+    setattr(refused, REFUSAL, "compressed message")
+    for message, size, fragment in (
+        (refused, 10_000, "compressed message"),
+        (kombu_message(body, "application/x-python-serialize", signed), 10_000, "content type"),
+        (kombu_message(body, headers=signed), 10, f"body of {len(body)} bytes is above"),
+        (kombu_message("é" * 20, headers=signed), 10, "body of 20 characters is above"),
+        (kombu_message(body), 10_000, "not signed"),
+        (kombu_message(body, headers=signed, routing_key="pyramid_scheduler.reports"), 10_000, "bad message signature"),
+        (kombu_message(body, headers=exchange), 10_000, "bad message signature"),
+    ):
+        with pytest.raises(InvalidMessage, match=fragment):
+            checked_body(message, size, SECRET)

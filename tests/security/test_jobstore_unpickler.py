@@ -36,7 +36,8 @@ from integration.conftest import make_harness, wait_until  # noqa: F401 - the fi
 from integration.sampleapp import jobs
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import JobUnpickler, Ledger, QueueJobStore, aps_tablename
-from pyramid_scheduler.wire.messages import build_trigger, check_ref
+from pyramid_scheduler.triggers.build import build_trigger
+from pyramid_scheduler.wire.refs import check_ref
 from security.pickles import TRIGGERS, Call, G, craft, function_payload, job_state
 
 
@@ -72,7 +73,7 @@ def test_the_issue_payload_is_live_and_the_unpickler_refuses_it(tmp_path):
         ("os", "system"),
         ("posix", "system"),
         ("subprocess", "Popen"),
-        ("pyramid_scheduler.wire.messages", "resolve_ref"),
+        ("pyramid_scheduler.wire.refs", "resolve_ref"),
         ("datetime", "datetime.__class__"),
     ],
 )
@@ -131,7 +132,7 @@ def test_a_cron_trigger_pickled_under_its_old_module_still_loads():
         "j", "integration.sampleapp.jobs:record", next_run_time=datetime.now(timezone.utc), trigger=trigger
     )
     data = pickle.dumps(state, 3, fix_imports=False)  # protocol 3 names a global as text, unframed
-    new, old = b"pyramid_scheduler.daemon.catchup\n", b"pyramid_scheduler.catchup\n"
+    new, old = b"pyramid_scheduler.triggers.cron\n", b"pyramid_scheduler.catchup\n"
     assert new in data
     old_data = data.replace(new, old)
     assert old_data != data
@@ -264,7 +265,7 @@ SUSPECTS = [
     ("zoneinfo", "ZoneInfo"),
     ("apscheduler.triggers.interval", "IntervalTrigger.__init__"),
     ("copyreg", "_reconstructor"),
-    ("pyramid_scheduler.daemon.catchup", "WallClockCronTrigger"),
+    ("pyramid_scheduler.triggers.cron", "WallClockCronTrigger"),
     ("types", "FunctionType"),
 ]
 FUNCS = [

@@ -26,8 +26,10 @@ from pyramid_scheduler import InvalidJob, InvalidQueue
 from pyramid_scheduler.brokers.connection import make_queue
 from pyramid_scheduler.logs import escape, get_logger
 from pyramid_scheduler.settings import parse_settings
+from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.web.proxy import SchedulerProxy
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, JobRequest, sign_message, trigger_spec
+from pyramid_scheduler.wire.messages import JobRequest
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 
 FORGED = "\n2026-12-03 09:00:00,000 ERROR [pyramid_scheduler.daemon.engine] forged"
 BAD_NAMES = ["a\nb", "a\rb", "nul\x00", "esc\x1b[31m", "tab\t", "del\x7f", "c1\x85", "ls\u2028"]

@@ -18,7 +18,8 @@ from test_security import SECRET, dead_letters, publish_raw, request_body, runni
 from conftest import wait_for
 from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.brokers.connection import make_queue
-from pyramid_scheduler.wire.messages import SIGNATURE_HEADER, callable_ref, check_ref, resolve_ref, sign_message
+from pyramid_scheduler.wire.refs import callable_ref, check_ref, resolve_ref
+from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 from security import refjobs
 
 MODULE = "security.refjobs"

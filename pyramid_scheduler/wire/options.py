@@ -1,0 +1,120 @@
+"""Job options: the one check of what travels in a request's ``"options"``.
+
+The producer (:meth:`~pyramid_scheduler.web.proxy.SchedulerProxy.add_async_job`
+and the others) and the daemon's door (:func:`pyramid_scheduler.wire.messages.decode`)
+both ask :func:`option_problem`, so what one refuses the other refuses, with
+the same message naming the option: its type (:data:`OPTION_TYPES`), its
+range, and how it goes with the job's trigger and its other options (retries
+only for one-off jobs; ``catch_up`` only for recurring ones, and not with the
+APScheduler options it sets itself). The producer raises
+:class:`~pyramid_scheduler.exceptions.InvalidJob` with it in the caller, the
+door :class:`~pyramid_scheduler.exceptions.InvalidMessage`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: Per-job options that travel in ``"options"`` and their checks.
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "misfire_grace_time": (int, type(None)),
+    "coalesce": (bool,),
+    "max_instances": (int,),
+    "name": (str,),
+    "retries": (int,),
+    "retry_delay": (int, float),
+    "retry_backoff": (int, float),
+    "retry_max_delay": (int, float),
+    "ttl": (int, float, type(None)),
+    "catch_up": (str,),
+}
+#: Options that APScheduler takes as integers of 1 or more (or None).
+POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
+#: Numeric options beside those and the least value each takes.
+OPTION_MINIMUMS: dict[str, float] = {
+    "retries": 0,
+    "retry_delay": 0,
+    "retry_backoff": 1,
+    "retry_max_delay": 0,
+    "ttl": 0,
+}
+#: The longest wait before a retry, in seconds.
+MAX_RETRY_DELAY = 366 * 86400.0
+#: Trigger types whose jobs may ask for retries (one-off runs).
+RETRY_TRIGGERS = ("now", "date")
+#: Options of ``add_*_job`` that shape the trigger rather than the job (they
+#: travel in the trigger spec, not here).
+TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
+#: The catch-up policies of recurring jobs (``catch_up``, ``scheduler.catch_up``;
+#: see :mod:`pyramid_scheduler.daemon.catchup`).
+CATCH_UP_POLICIES = ("skip", "once", "all")
+
+
+def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
+    """What is wrong with a job's *options*, or None.
+
+    Each option is checked against :data:`OPTION_TYPES` and its range, then
+    the retry and ``catch_up`` options against *kind* (the trigger type).
+
+    :returns: a message naming the first option at fault.
+    """
+    for key, value in options.items():
+        problem = _type_problem(key, value)
+        if problem:
+            return problem
+    for key, least in OPTION_MINIMUMS.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < least:
+            return f"{key}: expected a number of {least:g} or more, got {value!r}"
+        if key in ("retry_delay", "retry_max_delay") and value > MAX_RETRY_DELAY:
+            return f"{key}: at most {MAX_RETRY_DELAY:g} seconds (a year), got {value!r}"
+    if options.get("retries") and kind not in RETRY_TRIGGERS:
+        return (
+            f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
+            "jobs, whose next run comes anyway"
+        )
+    return catch_up_problem(options, kind)
+
+
+def _type_problem(key: str, value: Any) -> str | None:
+    kinds = OPTION_TYPES.get(key)
+    if kinds is None:
+        return (
+            f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
+            f"{', '.join(TRIGGER_OPTIONS)}"
+        )
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)
+        return f"{key}: expected {expected}, got {value!r:.80}"
+    if key in POSITIVE_OPTIONS and value is not None and value < 1:  # type: ignore[operator]
+        return f"{key}: expected 1 or more, got {value!r}"
+    return None
+
+
+def catch_up_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
+    """Check ``catch_up`` against the job's kind and other options.
+
+    :returns: an error message naming the option, or None when they agree.
+    """
+    policy = options.get("catch_up")
+    if policy is None:
+        return None
+    if policy not in CATCH_UP_POLICIES:
+        return f"catch_up: expected one of {', '.join(map(repr, CATCH_UP_POLICIES))}, got {policy!r}"
+    if kind in ("now", "date"):
+        return (
+            f"catch_up: not an option of {kind} jobs (a late {kind} job runs if it is within "
+            "misfire_grace_time, else it is reported missed)"
+        )
+    if policy != "skip":
+        for key in ("misfire_grace_time", "coalesce"):
+            if key in options:
+                return (
+                    f"{key}: has no effect with catch_up={policy!r} (late runs are run whatever "
+                    "their lateness); use it with catch_up='skip'"
+                )
+    return None

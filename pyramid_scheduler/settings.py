@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from pyramid_scheduler.daemon.catchup import POLICIES as CATCH_UP_POLICIES
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import table_clash
+from pyramid_scheduler.store.tables import table_clash
 
 log = get_logger(__name__)
 

@@ -34,7 +34,7 @@ from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.catchup import CatchUpJob, ScheduledRun, job_options, plan_run_times
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.store.ledger import JobUnpickler
+from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.wire.messages import JobRequest, build_trigger, decode, trigger_spec
 
 UTC = timezone.utc

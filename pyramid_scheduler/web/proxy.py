@@ -306,7 +306,7 @@ class SchedulerProxy:
 
         .. versionadded:: 1.0
         """
-        from pyramid_scheduler.store.ledger import LIVE
+        from pyramid_scheduler.store.tables import LIVE
 
         row = self._ledger().get_job(job_id)
         if row is None:
@@ -391,7 +391,7 @@ class SchedulerProxy:
         """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise InvalidJob(f"timeout: expected seconds of zero or more or None, got {timeout!r}")
-        from pyramid_scheduler.store.ledger import FINAL
+        from pyramid_scheduler.store.tables import FINAL
 
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.05
@@ -504,7 +504,7 @@ class SchedulerProxy:
     def _job_queue(self, job_id: str, queue: str | None) -> str:
         """The queue of a job to manage: checked against its record when the
         job store has one (a finished job is refused at once)."""
-        from pyramid_scheduler.store.ledger import LIVE
+        from pyramid_scheduler.store.tables import LIVE
 
         check_name(job_id, "job_id")
         if queue is not None and queue not in self.settings.queues:

@@ -4,7 +4,7 @@ PostgreSQL's default plan cache: ``python -m bench.plans``.
 
 Each round stores run-now job records (one multi-row ``INSERT`` of 64, as
 the consumer does), then writes their run starts and the previous batch's
-run ends through :meth:`.store.Ledger.write_runs`, a few at a time, as the
+run ends through :meth:`pyramid_scheduler.store.ledger.Ledger.write_runs`, a few at a time, as the
 run writer does with ten workers busy; it prints the wall time per job of
 those writes for each slice of ``--step`` jobs.
 """
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.records import RunEnd, RunStart
 
 URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -57,12 +58,9 @@ def grow(plan_cache_mode: str, jobs: int, step: int, batch: int) -> list[tuple[i
             ledger.add_jobs([request(job) for job in ids])
             for start in range(0, len(ids), batch):
                 starts = ids[start : start + batch]
-                stamp = time.time()
-                ends = [
-                    ledger.finish_params(job, f"{job}@1", "done", True, None, None, None, stamp) for job in previous
-                ]
+                ends = [RunEnd(job, f"{job}@1", "done", True) for job in previous]
                 began = time.perf_counter()
-                ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "bench") for job in starts], ends)
+                ledger.write_runs([RunStart(job, "jobs", f"{job}@1", 1.0, "bench") for job in starts], ends)
                 spent += time.perf_counter() - began
                 previous = starts
             if (first + 64) % step == 0:

@@ -582,7 +582,7 @@ def bulk_load(system: Ours, template_id: str, count: int) -> float:
 
     import psycopg
 
-    from pyramid_scheduler.store.ledger import aps_tablename
+    from pyramid_scheduler.store.tables import aps_tablename
 
     started = time.monotonic()
     prefix = system.settings["scheduler.jobstore.tablename_prefix"]

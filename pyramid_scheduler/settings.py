@@ -26,7 +26,7 @@ from pyramid.settings import asbool, aslist
 from sqlalchemy.engine import make_url
 
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import table_clash
+from pyramid_scheduler.store.tables import table_clash
 from pyramid_scheduler.wire.options import CATCH_UP_POLICIES
 
 log = get_logger(__name__)

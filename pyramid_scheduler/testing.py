@@ -43,7 +43,8 @@ from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.store.ledger import LIVE, _json_or_repr
+from pyramid_scheduler.store.records import json_or_repr
+from pyramid_scheduler.store.tables import LIVE
 from pyramid_scheduler.triggers.build import build_trigger, next_fire_time, to_datetime
 from pyramid_scheduler.web.proxy import SchedulerProxy
 from pyramid_scheduler.web.tx import Pending, current_transaction
@@ -621,7 +622,7 @@ class TestingScheduler(SchedulerProxy):
             else:
                 log.info("job %s (queue %s): run %s done", job.id, job.queue, key)
                 record.update(status="done", result=retval)
-                job.result, job.error = _json_or_repr(retval), None
+                job.result, job.error = json_or_repr(retval), None
                 event = Event(Event.JOB_EXECUTED, retval=retval, **base)
             finally:
                 self._running = None

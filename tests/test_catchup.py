@@ -31,7 +31,7 @@ from test_engine import (  # noqa: F401 - fixtures
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.catchup import CatchUpJob, ScheduledRun, job_options, plan_run_times
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.store.ledger import JobUnpickler
+from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.triggers.build import build_trigger, trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest
 

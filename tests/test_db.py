@@ -1,13 +1,12 @@
 """The job store's PostgreSQL sessions plan each statement for the tables as they are."""
 
-import time
-
 import pytest
 from sqlalchemy.pool import StaticPool
 
 from conftest import POSTGRES_URL, require_service, unique
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.records import RunEnd, RunStart
 
 
 @pytest.fixture
@@ -42,14 +41,13 @@ def test_run_writes_are_planned_each_time_not_by_a_plan_made_when_the_tables_wer
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
     jobs = [f"p{i}" for i in range(60)]
     ledger.add_jobs([request(job) for job in jobs])
-    stamp = time.time()
     previous: list[str] = []
     # The driver prepares a statement run five times; PostgreSQL would then
     # keep a generic plan made for these few rows.
     for first in range(0, len(jobs), 3):
         batch = jobs[first : first + 3]
-        ends = [ledger.finish_params(job, f"{job}@1", "done", True, None, None, None, stamp) for job in previous]
-        written = ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in batch], ends)
+        ends = [RunEnd(job, f"{job}@1", "done", True) for job in previous]
+        written = ledger.write_runs([RunStart(job, "jobs", f"{job}@1", 1.0, "me") for job in batch], ends)
         assert written == {f"{job}@1" for job in batch + previous}
         previous = batch
     with ledger.engine.connect() as conn:

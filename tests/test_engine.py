@@ -18,8 +18,8 @@ from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import run_key
-from pyramid_scheduler.store.ledger import Lease
-from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.store.lease import Lease
+from pyramid_scheduler.store.records import RunEnd, RunStart
 from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest
 
@@ -216,7 +216,7 @@ def test_interrupted_run_is_reported_not_rerun(engine_factory, proxy_factory):
     crashed.aps.pause()
     crashed.aps.remove_job("i1", jobstore="jobs")
     key = run_key("i1", when)
-    assert crashed.ledger.start_run("i1", "jobs", key, when.timestamp(), "dead-daemon") == "start"
+    assert crashed.ledger.start_run(RunStart("i1", "jobs", key, when.timestamp(), "dead-daemon")) == "start"
     crashed.stop(timeout=1)
 
     engine, events = engine_factory(proxy=proxy)
@@ -444,25 +444,6 @@ def test_async_job_has_no_deadline(engine_factory):
     assert types_for(events, "slow-daemon") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
-def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(engine_factory, proxy_factory):
-    import socket
-    import subprocess
-    import sys
-
-    proxy = proxy_factory()
-    engine, _ = engine_factory(proxy=proxy, start=False)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    )
-    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:gone"
-    assert Lease(engine.ledger, ("jobs",), owner, ttl=60).try_acquire()
-    assert engine.try_acquire()  # no 60 s wait: the holder's process is gone
-    alive = Lease(engine.ledger, ("jobs",), f"{socket.gethostname()}:1:init", ttl=60)
-    engine.lease.release()
-    assert alive.try_acquire()
-    assert not engine.try_acquire()  # pid 1 is alive: wait for expiry
-
-
 def late_interval(job_id, sent_ago, end_ago, seconds=1):
     """An interval job accepted *sent_ago* seconds ago whose schedule ended
     *end_ago* seconds ago: the daemon reads it only now."""
@@ -558,14 +539,16 @@ def test_a_last_run_already_recorded_closes_the_job_without_running(engine_facto
     when = datetime.now(UTC) + timedelta(seconds=1)
     engine.submit(add(record, kind="date", job_id="closed", when=when))
     engine.ledger.finish_run(
-        "closed",
-        run_key("closed", when),
-        "missed",
-        False,
-        error="earlier daemon",
-        scheduled_at=when.timestamp(),
-        queue="jobs",
-        owner="earlier",
+        RunEnd(
+            "closed",
+            run_key("closed", when),
+            "missed",
+            False,
+            error="earlier daemon",
+            scheduled_at=when.timestamp(),
+            queue="jobs",
+            owner="earlier",
+        )
     )
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "closed"))
     assert types_for(events, "closed") == [Event.JOB_CREATED, Event.JOB_REMOVED]
@@ -617,246 +600,3 @@ def test_many_runs_recorded_through_the_group_commit_are_each_recorded_once(engi
         record_ = engine.ledger.get_job(job)
         assert (record_["status"], record_["runs"]) == ("done", 1)
         assert [run["status"] for run in engine.ledger.list_runs(job)] == ["done"]
-
-
-def test_ledger_writes_several_run_starts_and_ends_together_or_none(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    for job in ("w1", "w2", "w3"):
-        ledger.add_job(add(record, job_id=job).to_wire())
-
-    stamp = time.time()
-
-    def start(job):
-        return (job, "jobs", f"{job}@1", 1.0, "me")  # start_run's arguments
-
-    def done(job):  # the ends of one batch share their stamp
-        return ledger.finish_params(job, f"{job}@1", "done", True, {"ok": 1}, None, None, stamp)
-
-    assert ledger.write_runs([start("w1"), start("w2")], []) == {"w1@1", "w2@1"}
-    statements = statement_threads(ledger.engine)
-    assert ledger.write_runs([start("w3")], [done("w1"), done("w2")]) == {"w1@1", "w2@1", "w3@1"}
-    # PostgreSQL: one statement; else a transaction (mark, insert, a runs and a jobs UPDATE).
-    assert len(statements) == (1 if ledger.engine.dialect.name == "postgresql" else 4)
-    assert [ledger.get_job(job)["status"] for job in ("w1", "w2", "w3")] == ["done", "done", "running"]
-    assert [(r["runs"], r["result"]) for r in map(ledger.get_job, ("w1", "w2"))] == [(1, '{"ok": 1}')] * 2
-    # w3's run is known: nothing of the batch is written, and one by one says why.
-    ledger.add_job(add(record, job_id="w4").to_wire())
-    with pytest.raises(sa.exc.IntegrityError):
-        ledger.write_runs([start("w4"), start("w3")], [])
-    assert ledger.get_job("w4")["status"] == "scheduled" and ledger.list_runs("w4") == []
-    assert ledger.start_run("w3", "jobs", "w3@1", 1.0, "me") == "started"
-    # w3 canceled while it ran, w5 canceled before its start: not the common
-    # case. Each run is written with its job or not at all; theirs are not.
-    ledger.add_job(add(record, job_id="w5").to_wire())
-    ledger.set_status("w3", "jobs", "canceled")
-    ledger.set_status("w5", "jobs", "canceled")
-    written = ledger.write_runs([start("w4"), start("w5")], [done("w3")])
-    # PostgreSQL writes what it can (one statement, run by run); else nothing (one transaction).
-    postgresql = ledger.engine.dialect.name == "postgresql"
-    assert written == ({"w4@1"} if postgresql else set())
-    assert ledger.list_runs("w3")[0]["status"] == "started" and ledger.list_runs("w5") == []
-    assert (ledger.get_job("w4")["status"], [r["run_key"] for r in ledger.list_runs("w4")]) == (
-        ("running", ["w4@1"]) if postgresql else ("scheduled", [])
-    )
-    assert ledger.write_runs([], []) == set()
-    assert ledger.finish_run("w3", "w3@1", "done", True, result=None) is False
-    assert ledger.get_job("w3")["status"] == "canceled"
-    assert ledger.start_run("w5", "jobs", "w5@1", 1.0, "me") == "canceled"
-
-
-def test_ledger_start_run_starts_a_new_run_once_and_never_for_a_canceled_job(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    for job in ("s1", "s2"):
-        ledger.add_job(add(record, job_id=job).to_wire())
-    assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "me") == "start"
-    assert ledger.get_job("s1")["status"] == "running"
-    assert [(run["run_key"], run["status"], run["owner"]) for run in ledger.list_runs("s1")] == [
-        ("s1@1", "started", "me")
-    ]
-    assert ledger.start_run("s1", "jobs", "s1@1", 1.0, "other") == "started"  # known: not started again
-    ledger.set_status("s2", "jobs", "canceled")
-    assert ledger.start_run("s2", "jobs", "s2@1", 1.0, "me") == "canceled"
-    assert ledger.list_runs("s2") == [] and ledger.get_job("s2")["status"] == "canceled"
-
-
-def test_ledger_finish_run_records_the_run_of_a_job_canceled_while_it_ran(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    for job in ("f1", "f2"):
-        ledger.add_job(add(record, job_id=job).to_wire())
-        assert ledger.start_run(job, "jobs", f"{job}@1", 1.0, "me") == "start"
-    ledger.set_status("f2", "jobs", "canceled")
-    assert ledger.finish_run("f1", "f1@1", "done", True, result=[1]) is True
-    assert ledger.finish_run("f2", "f2@1", "done", True, result=[2]) is False
-    f1, f2 = ledger.get_job("f1"), ledger.get_job("f2")
-    assert (f1["status"], f1["runs"], f1["result"]) == ("done", 1, "[1]")
-    assert (f2["status"], f2["runs"], f2["result"]) == ("canceled", 1, "[2]")
-    assert [run["status"] for run in ledger.list_runs("f2")] == ["done"]
-    # A run never started (missed): its row is made by the end.
-    assert (
-        ledger.finish_run("f1", "f1@2", "missed", True, error="late", scheduled_at=2.0, queue="jobs", owner="me")
-        is False
-    )
-    assert [(run["run_key"], run["status"]) for run in ledger.list_runs("f1")] == [("f1@1", "done"), ("f1@2", "missed")]
-
-
-def test_ledger_writes_run_ends_alike_with_one_statement_and_the_rest_each_their_own(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    jobs = ["e1", "e2", "e3", "e4", "e5"]
-    for job in jobs:
-        ledger.add_job(add(record, job_id=job).to_wire())
-    ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in jobs], [])
-    stamp = time.time()
-
-    def end(job, status="done", result=None, error=None):
-        return ledger.finish_params(job, f"{job}@1", status, True, result, error, None, stamp)
-
-    threads = statement_threads(ledger.engine)
-    ledger.write_runs([], [end("e1"), end("e2"), end("e3"), end("e4", result=[4]), end("e5", "failed", error="boom")])
-    assert len(threads) == 6  # e1-e3 alike; e4; e5: a runs and a jobs UPDATE each
-    records = {job: ledger.get_job(job) for job in jobs}
-    assert {job: (r["status"], r["runs"], r["result"], r["error"]) for job, r in records.items()} == {
-        "e1": ("done", 1, "null", None),
-        "e2": ("done", 1, "null", None),
-        "e3": ("done", 1, "null", None),
-        "e4": ("done", 1, "[4]", None),
-        "e5": ("failed", 1, None, "boom"),
-    }
-    assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 4 + ["failed"]
-    assert ledger.list_runs("e5")[0]["error"] == "boom"
-
-
-def test_ledger_writes_ends_with_their_own_results_with_one_statement_on_postgresql(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    jobs = ["d1", "d2", "d3", "d4"]
-    for job in jobs:
-        ledger.add_job(add(record, job_id=job).to_wire())
-    ledger.write_runs([(job, "jobs", f"{job}@1", 1.0, "me") for job in jobs], [])
-    ledger.set_status("d4", "jobs", "canceled")  # canceled while it ran: written by its own end
-    stamp = time.time()
-    results = {"d1": {"n": 1}, "d2": [2, "two"], "d3": None, "d4": 4}
-    ends = [ledger.finish_params(job, f"{job}@1", "done", True, results[job], None, None, stamp) for job in jobs]
-    statements = statement_threads(ledger.engine)
-    written = ledger.write_runs([], ends)
-    postgresql = ledger.engine.dialect.name == "postgresql"
-    # PostgreSQL: one statement for all, but the canceled job's; else a transaction per result, all or none.
-    assert written == ({"d1@1", "d2@1", "d3@1"} if postgresql else set())
-    if postgresql:
-        assert len(statements) == 1
-        records = {job: ledger.get_job(job) for job in jobs}
-        assert {job: (r["status"], r["runs"], r["result"]) for job, r in records.items()} == {
-            "d1": ("done", 1, '{"n": 1}'),
-            "d2": ("done", 1, '[2, "two"]'),
-            "d3": ("done", 1, "null"),
-            "d4": ("canceled", 0, None),
-        }
-        assert [ledger.list_runs(job)[0]["status"] for job in jobs] == ["done"] * 3 + ["started"]
-
-
-def statement_threads(engine):
-    """The name of the thread that ran each ``INSERT`` or ``UPDATE`` (maybe in a ``WITH``) on
-    *engine*'s database, in order."""
-    names = []
-
-    def seen(conn, cursor, statement, *_):
-        if statement.startswith(("INSERT", "UPDATE", "WITH")):
-            names.append(threading.current_thread().name)
-
-    sa.event.listen(engine, "before_cursor_execute", seen)
-    return names
-
-
-def test_run_writer_idle_lets_the_worker_write_its_own_start_and_end(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    ledger.add_job(add(record, job_id="i1").to_wire())
-    writer = RunWriter(ledger)
-    writer.start()
-    try:
-        threads = statement_threads(ledger.engine)
-        assert writer.start_run("i1", "jobs", "i1@1", 1.0, "me") == "start"
-        assert writer.finish_run("i1", "i1@1", "done", True, result=7) is True
-        assert threads and set(threads) == {threading.current_thread().name}
-    finally:
-        writer.stop()
-    assert (ledger.get_job("i1")["status"], ledger.get_job("i1")["result"]) == ("done", "7")
-
-
-def starts_behind_a_held_write(ledger, jobs):
-    """Start *jobs* through a run writer: the first written by its own thread
-    and held there until the others are queued behind it; return each job's
-    answer and the thread of each statement written."""
-    writer = RunWriter(ledger)
-    writer.start()
-    gate, held = threading.Event(), threading.Event()
-
-    def hold(*_):
-        if threading.current_thread().name == "holder" and not gate.is_set():
-            held.set()
-            gate.wait(10)
-
-    threads = statement_threads(ledger.engine)
-    sa.event.listen(ledger.engine, "before_cursor_execute", hold)
-    answers = {}
-
-    def start(job):
-        answers[job] = writer.start_run(job, "jobs", f"{job}@1", 1.0, "me")
-
-    try:
-        holder = threading.Thread(target=start, args=(jobs[0],), name="holder")
-        holder.start()
-        assert held.wait(10)  # the holder writes its own start, and is held in it
-        others = [threading.Thread(target=start, args=(job,), name=f"w-{job}") for job in jobs[1:]]
-        for thread in others:
-            thread.start()
-        wait_for(lambda: writer._pending == len(others))  # all queued behind the holder
-        gate.set()
-        for thread in (holder, *others):
-            thread.join(10)
-            assert not thread.is_alive()
-    finally:
-        sa.event.remove(ledger.engine, "before_cursor_execute", hold)
-        writer.stop()
-    assert "pscheduler-runs" in threads and not any(name.startswith("w-") for name in threads)
-    return answers, threads
-
-
-def test_run_writer_busy_takes_the_writes_waiting_behind_it_together(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    jobs = [f"q{i}" for i in range(6)]
-    for job in jobs:
-        ledger.add_job(add(record, job_id=job).to_wire())
-    answers, threads = starts_behind_a_held_write(ledger, jobs)
-    assert answers == {job: "start" for job in jobs}
-    # One batch for all five: one statement on PostgreSQL, else an UPDATE and an INSERT.
-    assert threads.count("pscheduler-runs") == (1 if ledger.engine.dialect.name == "postgresql" else 2)
-    assert [ledger.get_job(job)["status"] for job in jobs] == ["running"] * len(jobs)
-
-
-def test_run_writer_writes_what_its_batch_left_one_by_one_with_the_ledgers_answer(engine_factory):
-    engine, _ = engine_factory(start=False)
-    ledger = engine.ledger
-    jobs = ["k0", "k1", "x1", "k2", "x2", "k3"]
-    for job in jobs:
-        ledger.add_job(add(record, job_id=job).to_wire())
-    for job in ("x1", "x2"):
-        ledger.set_status(job, "jobs", "canceled")
-    answers, threads = starts_behind_a_held_write(ledger, jobs)
-    assert answers == {"k0": "start", "k1": "start", "x1": "canceled", "k2": "start", "x2": "canceled", "k3": "start"}
-    if ledger.engine.dialect.name == "postgresql":
-        # The batch's statement, then each canceled job's own start (which writes nothing).
-        assert threads.count("pscheduler-runs") == 3
-    assert [ledger.get_job(job)["status"] for job in jobs] == [
-        "running",
-        "running",
-        "canceled",
-        "running",
-        "canceled",
-        "running",
-    ]
-    assert [len(ledger.list_runs(job)) for job in jobs] == [1, 1, 0, 1, 0, 1]

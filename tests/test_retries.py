@@ -19,6 +19,7 @@ from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.records import RunStart
 from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest, decode
 
@@ -319,7 +320,7 @@ def test_runs_of_a_canceled_job_are_not_started(engine_factory):
     engine, _ = engine_factory()
     engine.submit(add(record, kind="date", when=datetime.now(UTC) + timedelta(hours=1), job_id="c9"))
     engine.submit(JobRequest(op="cancel", id="c9", queue="jobs"))
-    assert engine.ledger.start_run("c9", "jobs", "c9@x", time.time(), "me") == "canceled"
+    assert engine.ledger.start_run(RunStart("c9", "jobs", "c9@x", time.time(), "me")) == "canceled"
     with engine.db.connect() as conn:
         assert conn.execute(sa.select(engine.ledger.runs).where(engine.ledger.runs.c.job_id == "c9")).all() == []
 
@@ -375,7 +376,7 @@ def test_a_run_cut_by_a_crash_spends_a_retry(engine_factory, proxy_factory):
     # the ledger has the run "started" by the dead daemon.
     crashed.aps.pause()
     crashed.aps.remove_job("i2", jobstore="jobs")
-    assert crashed.ledger.start_run("i2", "jobs", run_key("i2", when), when.timestamp(), "dead") == "start"
+    assert crashed.ledger.start_run(RunStart("i2", "jobs", run_key("i2", when), when.timestamp(), "dead")) == "start"
     crashed.stop(timeout=1)
 
     engine, events = engine_factory(proxy=proxy)

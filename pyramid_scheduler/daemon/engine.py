@@ -48,8 +48,12 @@ from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
-from pyramid_scheduler.store.ledger import LIVE, Lease, Ledger, MemoryQueueStore, QueueJobStore, aps_tablename, now
+from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.lease import Lease
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.records import RunEnd
 from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.store.tables import LIVE, aps_tablename, now
 from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
 from pyramid_scheduler.web.declare import reconcile
 from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest, admit, decode
@@ -754,12 +758,14 @@ class Engine:
             if plan is not None:
                 reason += f"; retrying it in {plan.delay:g}s (attempt {plan.attempt + 1} of {plan.retries + 1})"
             self.ledger.finish_run(
-                job_id,
-                run["run_key"],
-                "interrupted",
-                final and not rerun,
-                error=reason,
-                retry_at=plan.at.timestamp() if plan else None,
+                RunEnd(
+                    job_id,
+                    run["run_key"],
+                    "interrupted",
+                    final and not rerun,
+                    error=reason,
+                    retry_at=plan.at.timestamp() if plan else None,
+                )
             )
             info = request_info(request)
             base = {

@@ -36,6 +36,7 @@ from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.retries import RetryPlan, plan_retry, schedule_retry
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.records import RunEnd, RunStart
 from pyramid_scheduler.wire.refs import takes_request, with_request, without_request
 
 try:
@@ -181,11 +182,7 @@ class Runner:
             state = engine.persist(
                 f"job {job.id}: recording the start of run {key}",
                 engine.runs.start_run,
-                job.id,
-                queue,
-                key,
-                run_time.timestamp(),
-                engine.owner,
+                RunStart(job.id, queue, key, run_time.timestamp(), engine.owner),
             )
         except BaseException:
             engine.emit_run_events(job.id, [], False, finished_run=True)
@@ -232,11 +229,7 @@ class Runner:
                 engine.persist(
                     f"job {job.id}: recording run {key}",
                     engine.runs.finish_run,
-                    job.id,
-                    key,
-                    "done",
-                    final,
-                    result=retval,
+                    RunEnd(job.id, key, "done", final, result=retval),
                 )
         finally:
             engine.emit_run_events(job.id, events, final and plan is None, finished_run=True)
@@ -254,12 +247,7 @@ class Runner:
         live = engine.persist(
             f"job {job.id}: recording failed run {key}",
             engine.runs.finish_run,
-            job.id,
-            key,
-            "failed",
-            final,
-            error=text,
-            retry_at=plan.at.timestamp() if plan else None,
+            RunEnd(job.id, key, "failed", final, error=text, retry_at=plan.at.timestamp() if plan else None),
         )
         if plan is not None and not live:
             plan = None  # canceled while it ran: no retry
@@ -312,14 +300,16 @@ class Runner:
         engine.persist(
             f"job {job_id}: recording missed run {key}",
             self.ledger.finish_run,
-            job_id,
-            key,
-            "missed",
-            final,
-            error=missed.reason,
-            scheduled_at=missed.first.timestamp(),
-            queue=queue,
-            owner=engine.owner,
+            RunEnd(
+                job_id,
+                key,
+                "missed",
+                final,
+                error=missed.reason,
+                scheduled_at=missed.first.timestamp(),
+                queue=queue,
+                owner=engine.owner,
+            ),
         )
         engine.emit_run_events(
             job_id,

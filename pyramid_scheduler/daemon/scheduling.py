@@ -1,6 +1,6 @@
 """Due: the scheduler thread, which hands each stored job to the worker pool when it is due.
 
-Between the job stores (:mod:`pyramid_scheduler.store.ledger`) and the worker pool
+Between the job stores (:mod:`pyramid_scheduler.store.jobstores`) and the worker pool
 (:mod:`pyramid_scheduler.daemon.execution`). APScheduler 3's scheduler thread, when it
 wakes for a due job, makes three round trips to the SQL job store under its
 job-store lock before the next one: the due-jobs query, then (after handing
@@ -51,7 +51,7 @@ from apscheduler.schedulers.base import STATE_RUNNING, TIMEOUT_MAX
 
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import QueueJobStore
+from pyramid_scheduler.store.jobstores import QueueJobStore
 
 log = get_logger(__name__)
 

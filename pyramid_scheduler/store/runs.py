@@ -10,13 +10,19 @@ second the worker threads spent nearly all their time waiting for those.
 hands it a start or an end and waits for it to be committed, exactly as if it
 had written it itself; meanwhile the writer takes every start and end that
 is waiting (up to :data:`MAX_BATCH`, never two of one job, so their order
-per job holds) and writes them at once (:meth:`.store.Ledger.write_runs`:
-one statement on PostgreSQL, one transaction of a few statements
-elsewhere). What a batch leaves unwritten because it is not the common case
-(a run already recorded, a job canceled meanwhile), and all of a batch the
-database failed, is written one by one with the ledger's own
-:meth:`~.store.Ledger.start_run` and :meth:`~.store.Ledger.finish_run`, so each
-worker gets exactly the answer or the error those give.
+per job holds) and writes them at once
+(:meth:`~pyramid_scheduler.store.ledger.Ledger.write_runs`, whose statements
+are in :mod:`pyramid_scheduler.store.runwrites`: one statement on
+PostgreSQL, one transaction of a few statements elsewhere). What a batch
+leaves unwritten because it is not the common case (a run already
+recorded, a job canceled meanwhile, a missed run never started), and all of
+a batch the database failed, is written one by one with the ledger's own
+:meth:`~pyramid_scheduler.store.ledger.Ledger.start_run` and
+:meth:`~pyramid_scheduler.store.ledger.Ledger.finish_run`, so each worker
+gets exactly the answer or the error those give.
+
+A start and an end travel as :class:`~pyramid_scheduler.store.records.RunStart`
+and :class:`~pyramid_scheduler.store.records.RunEnd`.
 
 A start or end handed in while the writer is idle (nothing waiting, no batch
 being written) is written by the worker's own thread, holding the writer's
@@ -32,12 +38,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
 
 import sqlalchemy as sa
 
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import Ledger, Unusual, now
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.records import RunEnd, RunStart
 
 log = get_logger(__name__)
 
@@ -46,16 +52,20 @@ MAX_BATCH = 200
 
 
 class _Write:
-    __slots__ = ("kind", "job_id", "args", "kwargs", "done", "result", "error")
+    """A start or an end handed in, and its answer (or error) once written."""
 
-    def __init__(self, kind: str, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.kind = kind
-        self.job_id = job_id
-        self.args = args
-        self.kwargs = kwargs
+    __slots__ = ("record", "done", "result", "error")
+
+    def __init__(self, record: RunStart | RunEnd) -> None:
+        self.record = record
         self.done = threading.Event()
-        self.result: Any = None
+        #: start_run's answer (str) or finish_run's (bool); None until written.
+        self.result: str | bool | None = None
         self.error: BaseException | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
 
 
 class RunWriter:
@@ -90,14 +100,14 @@ class RunWriter:
             self._queue.put(None)
         thread.join()
 
-    def start_run(self, job_id: str, queue: str, run_key: str, scheduled_at: float, owner: str) -> str:
-        return self._call("start", job_id, (job_id, queue, run_key, scheduled_at, owner), {})  # type: ignore[no-any-return]
+    def start_run(self, start: RunStart) -> str:
+        return str(self._call(start))
 
-    def finish_run(self, job_id: str, run_key: str, status: str, final: bool, **kwargs: Any) -> bool:
-        return self._call("finish", job_id, (job_id, run_key, status, final), kwargs)  # type: ignore[no-any-return]
+    def finish_run(self, end: RunEnd) -> bool:
+        return bool(self._call(end))
 
-    def _call(self, kind: str, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        write = _Write(kind, job_id, args, kwargs)
+    def _call(self, record: RunStart | RunEnd) -> str | bool:
+        write = _Write(record)
         with self._lock:  # nothing is queued after the stop's end marker
             running = self._thread is not None
             # Idle: nothing queued before this write, no batch being written.
@@ -119,10 +129,10 @@ class RunWriter:
             raise RuntimeError("the run writer gave no answer")  # cannot happen: _write sets one
         return write.result
 
-    def _alone(self, write: _Write) -> Any:
-        if write.kind == "start":
-            return self.ledger.start_run(*write.args)
-        return self.ledger.finish_run(*write.args, **write.kwargs)
+    def _alone(self, write: _Write) -> str | bool:
+        if isinstance(write.record, RunStart):
+            return self.ledger.start_run(write.record)
+        return self.ledger.finish_run(write.record)
 
     def _run(self) -> None:
         carried: _Write | None = None
@@ -173,8 +183,8 @@ class RunWriter:
         if len(batch) > 1:
             try:
                 rest = self._together(batch)
-            except (sa.exc.IntegrityError, Unusual):
-                pass  # not the common case: one by one below
+            except sa.exc.IntegrityError:
+                pass  # a start's run is known, and nothing written: one by one below
             except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
                 log.debug("writing %d run starts and ends together failed (%s); one by one", len(batch), exc)
         for write in rest:
@@ -184,37 +194,18 @@ class RunWriter:
                 write.error = exc
 
     def _together(self, batch: list[_Write]) -> list[_Write]:
-        """Write *batch* with :meth:`.store.Ledger.write_runs`; return the
-        writes it left to write one by one."""
-        starts, finishes = [], []
-        stamp = now()
-        for write in batch:
-            if write.kind == "start":
-                starts.append(write.args)  # start_run's arguments
-            else:
-                job_id, run_key, status, final = write.args
-                extra = write.kwargs
-                if set(extra) - {"result", "error", "retry_at"}:
-                    raise Unusual()  # a missed run's own row: the ledger's path
-                finishes.append(
-                    self.ledger.finish_params(
-                        job_id,
-                        run_key,
-                        status,
-                        final,
-                        extra.get("result"),
-                        extra.get("error"),
-                        extra.get("retry_at"),
-                        stamp,
-                    )
-                )
-        written = self.ledger.write_runs(starts, finishes)
+        """Write *batch* with :meth:`~pyramid_scheduler.store.ledger.Ledger.write_runs`;
+        return the writes it left to write one by one (and the ends of runs
+        never started, which only the ledger's own path records)."""
+        starts = [write.record for write in batch if isinstance(write.record, RunStart)]
+        ends = [write.record for write in batch if isinstance(write.record, RunEnd) and not write.record.unstarted]
+        written = self.ledger.write_runs(starts, ends)
         rest = []
         for write in batch:
-            if write.kind == "start" and write.args[2] in written:
-                write.result = "start"
-            elif write.kind == "finish" and write.args[1] in written:
-                write.result = True
-            else:
+            if write.record.run_key not in written:
                 rest.append(write)
+            elif isinstance(write.record, RunStart):
+                write.result = "start"
+            else:
+                write.result = True
         return rest

@@ -26,7 +26,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import sqlalchemy as sa
 import venusian
 from apscheduler.jobstores.base import JobLookupError
 from pyramid.exceptions import ConfigurationError
@@ -35,7 +34,8 @@ from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.execution import request_info
 from pyramid_scheduler.exceptions import InvalidJob, SchedulerError
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import LIVE, now
+from pyramid_scheduler.store.ledger import JobRow
+from pyramid_scheduler.store.tables import LIVE
 from pyramid_scheduler.triggers.forms import schedule_kind
 from pyramid_scheduler.wire.messages import JobRequest
 from pyramid_scheduler.wire.refs import callable_ref
@@ -158,19 +158,7 @@ def reconcile(engine: Any) -> None:
         for request in declared.values():
             engine._add(request)
         return
-    jobs = engine.ledger.jobs
-    with engine.db.connect() as conn:
-        rows = {
-            row.id: row
-            for row in conn.execute(
-                sa.select(jobs.c.id, jobs.c.queue, jobs.c.mid, jobs.c.status, jobs.c.request).where(
-                    sa.or_(
-                        jobs.c.id.in_(list(declared)),
-                        sa.and_(jobs.c.mid.like(DECLARED + "%"), jobs.c.queue.in_(engine.queues)),
-                    )
-                )
-            )
-        }
+    rows = {row.id: row for row in engine.ledger.declared(list(declared), DECLARED, engine.queues)}
     for job_id, request in declared.items():
         try:
             _apply(engine, request, rows.get(job_id))
@@ -183,28 +171,14 @@ def reconcile(engine: Any) -> None:
             _remove(engine, row, "its declaration is gone from the application's code")
 
 
-def _apply(engine: Any, request: JobRequest, row: Any) -> None:
+def _apply(engine: Any, request: JobRequest, row: JobRow | None) -> None:
     job_id = request.id
     if row is not None and row.mid == request.mid:
         return  # the same declaration: leave the job (and its schedule) alone
     if row is not None and (row.status in LIVE or row.status == "parked"):
         if row.queue == request.queue:
             engine._add(request, recovering=True)
-            with engine.db.begin() as conn:
-                jobs = engine.ledger.jobs
-                conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id)
-                    .values(
-                        mid=request.mid,
-                        func=request.func,
-                        kind=(request.trigger or {}).get("type"),
-                        request=json.dumps(request.to_wire()),
-                        status="scheduled",
-                        error=None,
-                        updated_at=now(),
-                    )
-                )
+            engine.ledger.redeclare(request.to_wire())
             log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
             return
         if row.queue not in engine.queues:
@@ -223,7 +197,7 @@ def _apply(engine: Any, request: JobRequest, row: Any) -> None:
     engine._add(request)
 
 
-def _remove(engine: Any, row: Any, reason: str) -> None:
+def _remove(engine: Any, row: JobRow, reason: str) -> None:
     try:
         engine.aps.remove_job(row.id, jobstore=row.queue)
     except JobLookupError:

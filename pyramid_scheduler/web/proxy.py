@@ -294,7 +294,7 @@ class SchedulerProxy(JobRecords):
 
         .. versionadded:: 1.0
         """
-        from pyramid_scheduler.store.ledger import LIVE
+        from pyramid_scheduler.store.tables import LIVE
 
         row = self._ledger().get_job(job_id)
         if row is None:
@@ -358,7 +358,7 @@ class SchedulerProxy(JobRecords):
     def _job_queue(self, job_id: str, queue: str | None) -> str:
         """The queue of a job to manage: checked against its record when the
         job store has one (a finished job is refused at once)."""
-        from pyramid_scheduler.store.ledger import LIVE
+        from pyramid_scheduler.store.tables import LIVE
 
         check_name(job_id, "job_id")
         if queue is not None and queue not in self.settings.queues:

@@ -107,7 +107,7 @@ class JobRecords:
         """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise InvalidJob(f"timeout: expected seconds of zero or more or None, got {timeout!r}")
-        from pyramid_scheduler.store.ledger import FINAL
+        from pyramid_scheduler.store.tables import FINAL
 
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.05

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from daemons import wait_until
 from faults.test_crash_points import Scenario
 from integration.sampleapp import jobs
-from pyramid_scheduler.store.ledger import aps_tablename
+from pyramid_scheduler.store.tables import aps_tablename
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,7 +25,8 @@ from apscheduler.util import datetime_to_utc_timestamp
 
 from integration.conftest import wait_until
 from integration.sampleapp import jobs
-from pyramid_scheduler.store.ledger import JobUnpickler, aps_tablename
+from pyramid_scheduler.store.tables import aps_tablename
+from pyramid_scheduler.store.unpickle import JobUnpickler
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

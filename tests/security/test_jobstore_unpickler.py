@@ -35,7 +35,10 @@ from conftest import make_settings
 from integration.conftest import make_harness, wait_until  # noqa: F401 - the fixture
 from integration.sampleapp import jobs
 from pyramid_scheduler.store.db import create_db_engine
-from pyramid_scheduler.store.ledger import JobUnpickler, Ledger, QueueJobStore, aps_tablename
+from pyramid_scheduler.store.jobstores import QueueJobStore
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.tables import aps_tablename
+from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.triggers.build import build_trigger
 from pyramid_scheduler.wire.refs import check_ref
 from security.pickles import TRIGGERS, Call, G, craft, function_payload, job_state

@@ -17,7 +17,7 @@ from test_security import harmless, running  # noqa: F401
 
 from conftest import wait_for
 from pyramid_scheduler.settings import parse_settings
-from pyramid_scheduler.store.ledger import MAX_TABLENAME, aps_tablename
+from pyramid_scheduler.store.tables import MAX_TABLENAME, aps_tablename
 
 
 @pytest.mark.parametrize("queue", ["jobs", "default", "reports_2", "Reports", "x" * 100])

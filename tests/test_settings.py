@@ -4,7 +4,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.settings import (
@@ -126,12 +125,6 @@ def test_func_aliases():
     )
     assert settings.func_aliases == {"app.jobs:old": "app.tasks:new", "app.jobs:Cls.meth": "app.jobs:other"}
     assert parse_settings({}).func_aliases == {}
-
-
-def test_bad_setting_fails_at_include():
-    config = Configurator(settings={"scheduler.lease.ttl": "abc"})
-    with pytest.raises(ConfigurationError, match="scheduler.lease.ttl"):
-        config.include("pyramid_scheduler")
 
 
 def test_passthrough_families():

@@ -60,7 +60,7 @@ KOMBU_SCHEMES = (
 )
 #: What a Kombu URL scheme needs installed: the modules imported, and the
 #: extra of this package that installs them. Checked when the setting is read,
-#: so that a missing client fails at ``config.include`` with the extra to
+#: so that a missing client fails at the configuration's commit with the extra to
 #: install, not in the first publish or at the daemon's start.
 TRANSPORT_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     **dict.fromkeys(("redis", "rediss", "sentinel"), (("redis", "kombu.transport.redis"), "redis")),

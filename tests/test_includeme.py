@@ -82,6 +82,7 @@ def test_before_the_commit_registry_scheduler_takes_listeners_only(settings):
     try:
         assert isinstance(scheduler, SchedulerProxy)
         assert scheduler.listeners is pending.listeners
+        assert pending.queues == ("jobs",)  # a reference taken before the commit stands for the scheduler
         # The listener was removed by the 0.3.4 name; add it again on the real one.
         scheduler.add_listener(heard.append)
         assert [listener for listener, *_ in scheduler.listeners._items] == [heard.append]

@@ -45,11 +45,13 @@ class PendingScheduler:
     settings as they are then. Before that, listeners may already be added
     (``config.registry.scheduler.add_listener(...)`` right after the
     include, as in 0.3.4); the scheduler gets them. Anything else needs the
-    scheduler: commit first.
+    scheduler: before the commit it raises AttributeError saying so; after
+    it, a reference taken before the commit stands for the scheduler.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Any) -> None:
         self.listeners = Listeners()
+        self._registry = registry
 
     def add_listener(
         self, listener: Listener, events: Any = None, args: Any = None, kwargs: dict[str, Any] | None = None
@@ -65,6 +67,9 @@ class PendingScheduler:
     removeListener = remove_listener  # noqa: N815 - the 0.3.4 name
 
     def __getattr__(self, name: str) -> Any:
+        made = getattr(self.__dict__.get("_registry"), "scheduler", self)
+        if made is not self:
+            return getattr(made, name)
         raise AttributeError(
             f"registry.scheduler.{name}: the scheduler is made when the configuration is committed "
             "(config.commit(), config.make_wsgi_app() or the end of 'with Configurator() as config:'); "
@@ -77,7 +82,7 @@ def register_scheduler(config: Configurator) -> None:
     ``PHASE1_CONFIG``, before the declared jobs that use it)."""
     registry = config.registry
     if getattr(registry, "scheduler", None) is None:
-        registry.scheduler = PendingScheduler()
+        registry.scheduler = PendingScheduler(registry)
     intr = config.introspectable(CATEGORY, IScheduler, "pyramid_scheduler", "scheduler")
 
     def register() -> None:

@@ -11,6 +11,11 @@ import os
 import sys
 from importlib import metadata
 
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+from sphinx.util.nodes import nested_parse_with_titles
+
 # Document the checkout this file belongs to, installed or not.
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
@@ -46,22 +51,22 @@ html_theme_options = {
 }
 
 
-def _check_settings_reference(app):  # pragma: no cover - runs in the docs build
-    """Warn (an error under ``-W``) when a setting the code accepts is missing
-    from docs/settings.rst, so the reference cannot drift from settings.py."""
-    from sphinx.util import logging
+class SettingsReference(Directive):  # pragma: no cover - runs in the docs build
+    """``.. scheduler-settings::``: the settings reference, a table generated
+    from :data:`pyramid_scheduler.settings.spec.SETTINGS`."""
 
-    from pyramid_scheduler.settings import KNOWN_KEYS, PREFIX
+    has_content = False
 
-    path = os.path.join(app.srcdir, "settings.rst")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    wanted = sorted(KNOWN_KEYS) + ["broker.transport_options.*", "apscheduler.*"]
-    for key in wanted:
-        if f"``{PREFIX}{key}``" not in text:
-            logging.getLogger(__name__).warning("settings.rst does not document %s%s", PREFIX, key, location="settings")
+    def run(self):
+        from pyramid_scheduler.settings.spec import reference_rst
+
+        container = nodes.section()
+        container.document = self.state.document
+        lines = StringList(reference_rst().splitlines(), source="pyramid_scheduler/settings/spec.py")
+        nested_parse_with_titles(self.state, lines, container)
+        return container.children
 
 
 def setup(app):
-    app.connect("builder-inited", _check_settings_reference)
+    app.add_directive("scheduler-settings", SettingsReference)
     return {"parallel_read_safe": True}

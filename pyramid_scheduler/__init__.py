@@ -15,19 +15,15 @@ with ``scheduler.combined = true``.
 
 from __future__ import annotations
 
-from typing import Any
-
+from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
-from zope.interface import Interface
 
-from pyramid_scheduler.api import Event
-from pyramid_scheduler.brokers.fanout import start_subscriber
-from pyramid_scheduler.daemon.service import start_combined
+from pyramid_scheduler.api import Event, IScheduler
 from pyramid_scheduler.exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
-from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.settings import SchedulerSettings, parse_settings
+from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.web.declare import add_scheduled_job, scheduled_job
 from pyramid_scheduler.web.proxy import SchedulerProxy
+from pyramid_scheduler.web.registration import register_scheduler, request_scheduler, start_in_process
 
 __all__ = [
     "Event",
@@ -43,33 +39,19 @@ __all__ = [
     "scheduled_job",
 ]
 
-log = get_logger(__name__)
 
+def includeme(config: Configurator) -> None:
+    """Set up pyramid_scheduler.
 
-class IScheduler(Interface):
-    """The registry utility: the application's :class:`SchedulerProxy`."""
+    The ``scheduler.*`` settings are read when the configuration is committed
+    (``config.commit()``, ``config.make_wsgi_app()``), so settings changed
+    after the include count; ``registry.scheduler`` is made then. Until then
+    it takes only ``add_listener``.
 
-
-def _request_scheduler(request: Any) -> SchedulerProxy:
-    return request.registry.scheduler  # type: ignore[no-any-return]
-
-
-def includeme(config: Any) -> None:
-    """Set up pyramid_scheduler; the settings are checked here, at include time.
-
-    :raises pyramid.exceptions.ConfigurationError: a ``scheduler.*`` setting
-        is wrong (the message names it).
+    :raises pyramid.exceptions.ConfigurationError: at commit, a
+        ``scheduler.*`` setting is wrong (the message names it).
     """
-    raw = config.get_settings()
-    settings = parse_settings(raw)
-    if "scheduler.combined" not in raw:
-        log.info("scheduler.combined is not set: jobs run in pscheduler, not in this process (0.3.4 defaulted to true)")
-    scheduler = SchedulerProxy(settings, config.registry)
-    config.registry.scheduler = scheduler
-    config.registry.registerUtility(scheduler, IScheduler)
-    config.add_request_method(_request_scheduler, "scheduler", reify=True)
+    register_scheduler(config)
+    config.add_request_method(request_scheduler, "scheduler", reify=True)
     config.add_directive("add_scheduled_job", add_scheduled_job)
-    if settings.combined:
-        config.add_subscriber(start_combined, ApplicationCreated)
-    if settings.events_subscribe:
-        config.add_subscriber(start_subscriber, ApplicationCreated)
+    config.add_subscriber(start_in_process, ApplicationCreated)

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidMessage",
     "InvalidQueue",
     "IJobEvent",
+    "IScheduler",
     "JobEvent",
     "JobCreated",
     "JobExecuted",
@@ -116,6 +117,12 @@ class Event(dict[str, Any]):
     def __repr__(self) -> str:
         rest = {k: v for k, v in self.items() if k not in {"type", "job"}}
         return f"<pyramid_scheduler.api.Event {self['type']} {rest!r}>"
+
+
+class IScheduler(Interface):
+    """The registry utility: the application's scheduler
+    (:class:`~pyramid_scheduler.web.proxy.SchedulerProxy`), also
+    ``registry.scheduler``. Its introspectable's discriminator."""
 
 
 class IJobEvent(Interface):

@@ -23,6 +23,7 @@ with :meth:`TestingScheduler.reset`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -34,9 +35,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
+from pyramid.config import PHASE2_CONFIG
 from pyramid.threadlocal import manager as threadlocal_manager
 
-from pyramid_scheduler.api import Event
+from pyramid_scheduler.api import Event, IScheduler
 from pyramid_scheduler.daemon.execution import job_context, request_context, request_info, run_key
 from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.events import EventDispatcher
@@ -72,21 +74,26 @@ def includeme(config: Any) -> None:
 
     Works before or after ``config.include("pyramid_scheduler")`` (Pyramid
     includes a package once). The ``scheduler.*`` settings are checked as
-    usual; ``scheduler.testing.eager = true`` runs due jobs as soon as they
-    are added. Listeners already added to the real scheduler are kept.
+    usual, when the configuration is committed; ``scheduler.testing.eager =
+    true`` runs due jobs as soon as they are added. Listeners added to the
+    real scheduler are kept.
     """
-    from pyramid_scheduler import IScheduler
-
     config.include("pyramid_scheduler")
-    real = config.registry.scheduler
+    config.action((IScheduler, "testing"), functools.partial(_swap, config.registry), order=PHASE2_CONFIG)
+
+
+def _swap(registry: Any) -> None:
+    """Put a TestingScheduler in place of the scheduler the include made (at
+    ``PHASE2_CONFIG``: after it, before the declared jobs)."""
+    real = registry.scheduler
     if isinstance(real, TestingScheduler):
         return
-    scheduler = TestingScheduler(real.settings, config.registry)
+    scheduler = TestingScheduler(real.settings, registry)
     scheduler.listeners = real.listeners
     scheduler.dispatcher.listeners = real.listeners
     real.shutdown(wait=False)
-    config.registry.scheduler = scheduler
-    config.registry.registerUtility(scheduler, IScheduler)
+    registry.scheduler = scheduler
+    registry.registerUtility(scheduler, IScheduler)
 
 
 class FakeClock:

@@ -23,7 +23,9 @@ def config(tmp_var: Path):
     config = Configurator(settings={**make_settings(tmp_var), "sampleapp.marker": "m"})
     config.include("pyramid_scheduler")
     yield config
-    config.registry.scheduler.close()
+    close = getattr(config.registry.scheduler, "close", None)  # none until a commit made the scheduler
+    if close is not None:
+        close()
 
 
 def test_directive_declares_with_a_stable_id(config, tmp_var):
@@ -64,18 +66,32 @@ def test_duplicate_ids_conflict(config):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"cron": "61 * * * *", "id": "bad-cron"}, "scheduled job bad-cron: .*"),
-        ({"minutes": 1, "args": ["only-one"], "id": "bad-args"}, "scheduled job bad-args: func .*tag"),
         ({"minutes": 1, "cron": "* * * * *"}, "exactly one"),
         ({"args": ["o", "t"]}, "give trigger="),
         ({"trigger": "weekly", "minutes": 1}, "trigger: expected .date., .interval. or .cron., got .weekly."),
         ({"minutes": 1, "args": ["o", "t"], "immediate": True, "id": "imm"}, "never published"),
+        ({"minutes": 1, "cron": "* * * * *", "crontab": "* * * * *", "trigger": "cron"}, "not both"),
+    ],
+)
+def test_what_needs_no_scheduler_fails_at_the_directive(config, params, message):
+    with pytest.raises(ConfigurationError, match=message):
+        config.add_scheduled_job(jobs.record, **params)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"cron": "61 * * * *", "id": "bad-cron"}, "scheduled job bad-cron: .*"),
+        ({"minutes": 1, "args": ["only-one"], "id": "bad-args"}, "scheduled job bad-args: func .*tag"),
         ({"minutes": 1, "args": ["o", "t"], "queue": "nope", "id": "q"}, "scheduled job q: .*nope"),
     ],
 )
-def test_bad_declarations_fail_at_the_directive(config, params, message):
+def test_what_add_job_checks_fails_at_commit(config, params, message):
+    """The queue is known once the settings are read (at commit), so the
+    checks of ``add_*_job`` run then: still before the application serves."""
+    config.add_scheduled_job(jobs.record, **params)
     with pytest.raises(ConfigurationError, match=message):
-        config.add_scheduled_job(jobs.record, **params)
+        config.commit()
 
 
 def test_scan_finds_decorated_jobs(config):

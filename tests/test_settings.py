@@ -1,17 +1,23 @@
+import dataclasses
 import gc
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.settings import (
     DEFAULT_QUEUE,
+    KNOWN_KEYS,
+    PREFIX,
+    SETTINGS,
     SchedulerSettings,
     mask_url,
     parse_duration,
     parse_settings,
 )
+from pyramid_scheduler.settings.spec import reference_rst
+from pyramid_scheduler.settings.values import Choice, Duration, Whole
 
 
 def test_defaults():
@@ -121,12 +127,6 @@ def test_func_aliases():
     assert parse_settings({}).func_aliases == {}
 
 
-def test_bad_setting_fails_at_include():
-    config = Configurator(settings={"scheduler.lease.ttl": "abc"})
-    with pytest.raises(ConfigurationError, match="scheduler.lease.ttl"):
-        config.include("pyramid_scheduler")
-
-
 def test_passthrough_families():
     settings = parse_settings(
         {
@@ -201,3 +201,52 @@ def test_postgres_scheme_is_read_as_postgresql(key):
 def test_sql_url_without_its_driver_fails_at_include():
     with pytest.raises(ConfigurationError, match=r"scheduler.jobstore.url.*driver is installed"):
         parse_settings({"scheduler.jobstore.url": "mysql+mysqldb://u@h/db"})
+
+
+# -- the one description: parser, known keys and reference from SETTINGS ----------------------------------
+
+
+def test_each_documented_default_is_the_default():
+    """The default the reference shows parses to the field's default."""
+    defaults = SchedulerSettings()
+    checked = 0
+    for setting in SETTINGS:
+        if setting.default is None:
+            continue
+        parsed = parse_settings({PREFIX + setting.key: setting.default})
+        assert getattr(parsed, setting.attr) == getattr(defaults, setting.attr), setting.key
+        checked += 1
+    assert checked > 25
+
+
+def test_every_field_is_set_by_a_setting():
+    set_by_table = {setting.attr for setting in SETTINGS if setting.attr}
+    assert {f.name for f in dataclasses.fields(SchedulerSettings)} == set_by_table
+    assert KNOWN_KEYS == {setting.key for setting in SETTINGS} - {"broker.transport_options.*", "apscheduler.*"}
+
+
+def test_the_reference_is_generated_from_the_table():
+    """docs/settings.rst holds no hand-kept rows: the docs build renders
+    ``reference_rst()`` in place of the directive, one row per setting."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "settings.rst").read_text(encoding="utf-8")
+    assert text.count(".. scheduler-settings::") == 1
+    assert "* - ``scheduler." not in text
+    table = reference_rst()
+    rows = [line for line in table.splitlines() if line.startswith("   * - ``scheduler.")]
+    assert rows == [f"   * - ``scheduler.{setting.key}``" for setting in SETTINGS]
+    assert "     - Whole number, at least 1" in table  # the kind says what its check takes
+
+
+@pytest.mark.parametrize(
+    "kind, value, expected",
+    [
+        (Whole(1), "0", "a whole number of at least 1"),
+        (Duration(minimum=1), "0.5", "a duration of at least 1s"),
+        (Duration(above_zero=True), "0", "a duration above zero"),
+        (Choice(("a", "b"), "'a' or 'b'"), "c", "'a' or 'b'"),
+    ],
+)
+def test_a_kind_refuses_what_it_does_not_describe(kind, value, expected):
+    with pytest.raises(ConfigurationError, match=expected):
+        kind.parse("x", value)
+    assert kind.describe()

@@ -5,8 +5,10 @@ decorator (picked up by ``config.scan()``) check a periodic job at
 configuration time, through the very ``add_*_job`` front-ends of
 :mod:`pyramid_scheduler.web.proxy` (nothing is published), and record it in
 ``registry.scheduler.declared`` by its stable id (default: the function's
-``module:qualname``). Each is a ``config.action`` with an introspectable, so
-two declarations of one id conflict.
+``module:qualname``). Each is a ``config.action`` with an introspectable
+(category ``scheduled jobs``, related to the ``scheduler`` one), so two
+declarations of one id conflict; the declaration is checked when the
+configuration is committed, once ``registry.scheduler`` is made.
 
 Web processes only record declarations. The process that runs the jobs
 (``pscheduler``, or the web process in combined mode) loads the same
@@ -30,7 +32,7 @@ import venusian
 from apscheduler.jobstores.base import JobLookupError
 from pyramid.exceptions import ConfigurationError
 
-from pyramid_scheduler.api import Event
+from pyramid_scheduler.api import Event, IScheduler
 from pyramid_scheduler.daemon.execution import request_info
 from pyramid_scheduler.exceptions import InvalidJob, SchedulerError
 from pyramid_scheduler.logs import get_logger
@@ -46,12 +48,14 @@ log = get_logger(__name__)
 DECLARED = "declared:"
 
 
-def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) -> JobRequest:
-    """Check one declaration and return the request the daemon will apply.
+def read_declaration(func: Any, trigger: str | None, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """What a declaration says without the scheduler: its trigger kind, its
+    id and the parameters of ``add_<kind>_job``.
 
-    :raises ConfigurationError: naming the job, if ``add_<trigger>_job``
-        would refuse it.
+    :raises ConfigurationError: the trigger cannot be told, or the
+        parameters are not those of a declaration.
     """
+    params = dict(params)
     try:
         kind = schedule_kind(trigger, params, delays=False)
     except InvalidJob as exc:
@@ -65,6 +69,16 @@ def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) ->
         params["crontab"] = params.pop("cron")
     if "immediate" in params:
         raise ConfigurationError(f"scheduled job {job_id}: immediate: declarations are never published")
+    return kind, job_id, params
+
+
+def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) -> JobRequest:
+    """Check one declaration and return the request the daemon will apply.
+
+    :raises ConfigurationError: naming the job, if ``add_<trigger>_job``
+        would refuse it.
+    """
+    kind, job_id, params = read_declaration(func, trigger, params)
     digest = hashlib.sha256(
         json.dumps(
             {"func": callable_ref(func), "trigger": kind, "id": job_id, "params": params}, sort_keys=True, default=repr
@@ -93,29 +107,29 @@ def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **para
         of *func*), and what ``add_cron_job``, ``add_interval_job`` or
         ``add_date_job`` take: the trigger's parameters, ``args``,
         ``kwargs``, ``queue`` and the job options.
-    :raises ConfigurationError: the declaration is refused (at this call), or
-        two declarations share an id (at commit).
+    :raises ConfigurationError: the declaration is refused (what needs no
+        scheduler, such as the trigger, at this call; what ``add_*_job``
+        checks, such as the queue or a cron field, when the configuration is
+        committed), or two declarations share an id (at commit).
 
     .. versionadded:: 1.0
     """
     func = config.maybe_dotted(func)
-    proxy = config.registry.scheduler
-    request = declare(proxy, func, trigger, **params)
+    kind, job_id, read = read_declaration(func, trigger, params)
+    intr = config.introspectable("scheduled jobs", job_id, f"{job_id}: {kind} {callable_ref(func)}", "scheduled job")
+    intr["id"] = job_id
+    intr["func"] = func
+    intr["params"] = read
+    intr.relate("scheduler", IScheduler)
 
     def register() -> None:
+        proxy = config.registry.scheduler
+        request = declare(proxy, func, trigger, **params)
         proxy.declared[request.id] = request
+        intr["queue"] = request.queue
+        intr["trigger"] = dict(request.trigger or {})
 
-    intr = config.introspectable(
-        "scheduled jobs",
-        request.id,
-        f"{request.id}: {(request.trigger or {}).get('type')} {request.func}",
-        "scheduled job",
-    )
-    intr["func"] = func
-    intr["queue"] = request.queue
-    intr["trigger"] = dict(request.trigger or {})
-    intr["params"] = dict(params)
-    config.action(("pyramid_scheduler.scheduled_job", request.id), register, introspectables=(intr,))
+    config.action(("pyramid_scheduler.scheduled_job", job_id), register, introspectables=(intr,))
 
 
 class scheduled_job:  # noqa: N801 - a decorator, named like Pyramid's view_config

@@ -56,6 +56,7 @@ class Scenario:
         self.ini = write_ini(tmp_path / "daemon.ini", self.settings)
         config = Configurator(settings=self.settings)
         config.include("pyramid_scheduler")
+        config.commit()
         self.scheduler = config.registry.scheduler
         self.daemons: list[Daemon] = []
 

@@ -53,6 +53,7 @@ def test_kill_9_under_load_loses_nothing(tmp_path: Path, drop_tables: Any, broke
     ini = write_ini(tmp_path / "daemon.ini", settings)
     config = Configurator(settings=settings)
     config.include("pyramid_scheduler")
+    config.commit()
     scheduler = config.registry.scheduler
     rng = random.Random(JOBS)
     accepted: dict[str, str] = {}

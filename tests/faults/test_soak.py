@@ -49,6 +49,7 @@ def test_soak_run_now_jobs_rss_stays_flat(tmp_path: Path, drop_tables: Any) -> N
     ini = write_ini(tmp_path / "daemon.ini", settings)
     config = Configurator(settings=settings)
     config.include("pyramid_scheduler")
+    config.commit()
     scheduler = config.registry.scheduler
     ledger = scheduler._ledger()
 

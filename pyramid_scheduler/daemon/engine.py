@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -214,9 +215,9 @@ class Engine:
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         if self.aps.running:
             self.aps.pause()
-            deadline = now() + timeout
+            deadline = time.monotonic() + timeout
             # Runs handed to the pool before the pause start after it: wait for those too.
-            while (self.running_count() or self.runner.pending) and now() < deadline:
+            while (self.running_count() or self.runner.pending) and time.monotonic() < deadline:
                 self._stopped.wait(0.05)
             if self.running_count():
                 log.warning(

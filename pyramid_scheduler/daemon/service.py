@@ -40,6 +40,10 @@ from pyramid_scheduler.wire.signing import sent_too_long_ago
 
 log = get_logger(__name__)
 
+#: The exit code of a daemon that lost its queues' lease to another one
+#: (``pscheduler`` exits with it; its supervisor starts the daemon again).
+EXIT_LEASE_LOST = 3
+
 #: Seconds to wait before requeueing a message the job store could not take.
 STORE_BACKOFF = (0.5, 30.0)
 
@@ -417,7 +421,7 @@ class SchedulerService:
         self._thread: threading.Thread | None = None
 
     def run(self) -> int:
-        """Run until :meth:`stop`; returns an exit code (3 if the lease was lost)."""
+        """Run until :meth:`stop`; returns an exit code (:data:`EXIT_LEASE_LOST` if the lease was lost)."""
         engine = self.engine
         if not self._wait_for_lease():
             return 0
@@ -435,7 +439,7 @@ class SchedulerService:
             engine.stop()
             if self.events_out is not None:
                 self.events_out.close()
-        return 3 if engine.lease_lost.is_set() else 0
+        return EXIT_LEASE_LOST if engine.lease_lost.is_set() else 0
 
     def _wait_for_lease(self) -> bool:
         settings = self.engine.settings

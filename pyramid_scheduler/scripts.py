@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The ``--message`` texts the daemon acts on (see ``Engine._message``).
+#: The ``--message`` texts the daemon acts on (see :meth:`.Management.message`).
 DAEMON_COMMANDS = ("print-jobs", "restore-parked")
 
 

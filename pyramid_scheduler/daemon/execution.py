@@ -20,8 +20,11 @@ is due*. The interface between them is small, and typed:
   :class:`.scheduling.StoreBack`), which stores the job due again.
 
 Nothing else passes between them: the runner reads no scheduler state, and
-the scheduler no run state. Several processes executing one queue would put
-a transport behind ``submit_job`` and ``StoreBack``, not change either side.
+the scheduler no run state; both write to the ledger, and both hand their
+events to :mod:`.job_events`, which keeps each job's events in order within
+the process. Several processes executing one queue would put a transport
+behind ``submit_job`` and ``StoreBack`` (a job pickles, as the job store
+keeps it) and carry the job events across too; neither side's code changes.
 
 Per run, :meth:`Runner.run_one`:
 

@@ -1,7 +1,14 @@
-"""Due: the scheduler thread, which hands each stored job to the worker pool when it is due.
+"""Scheduling: the scheduler thread, which hands each stored job to execution when it is due.
 
-Between the job stores (:mod:`pyramid_scheduler.store.jobstores`) and the worker pool
-(:mod:`pyramid_scheduler.daemon.execution`). APScheduler 3's scheduler thread, when it
+Between the job stores (:mod:`pyramid_scheduler.store.jobstores`) and execution
+(:mod:`pyramid_scheduler.daemon.execution`). What passes between scheduling
+and execution is small and typed (documented in :mod:`.execution`): a due job
+and its run times go in through the executor's ``submit_job``; what execution
+cannot run here comes back through :class:`StoreBack`, which stores the job
+due again. Besides the ledger, the only other thing they share is the order
+of each job's events (:mod:`.job_events`).
+
+APScheduler 3's scheduler thread, when it
 wakes for a due job, makes three round trips to the SQL job store under its
 job-store lock before the next one: the due-jobs query, then (after handing
 the job to the pool) the ``DELETE`` of a date job's row or the ``UPDATE`` of a

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from pyramid.registry import Registry
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from pyramid_scheduler.logs import get_logger
@@ -30,7 +30,7 @@ class Housekeeping:
 
     settings: SchedulerSettings
     ledger: Ledger
-    registry: Any
+    registry: Registry | None
     restore_parked: Callable[[], int]
 
     def run(self) -> None:

@@ -10,7 +10,7 @@ with open(os.path.join(here, "CHANGES.rst"), encoding="utf-8") as f:
 
 requires = [
     "pyramid>=2.0,<3",
-    "APScheduler>=3.11.2,<4",
+    "APScheduler>=3.11.2,<3.12",  # the minor versions tested: daemon/aps.py uses 3.11 internals
     "kombu>=5.3,<6",
     "SQLAlchemy>=2.0,<3",
     "transaction>=3.0",

@@ -23,6 +23,7 @@ import hupper
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, setup_logging
 
+from pyramid_scheduler.daemon.service import EXIT_LEASE_LOST as EXIT_LEASE_LOST  # the service's: 3
 from pyramid_scheduler.daemon.service import SchedulerService, combined_suppressed
 from pyramid_scheduler.exceptions import InvalidQueue, SchedulerError, SchemaError
 from pyramid_scheduler.logs import get_logger
@@ -36,7 +37,6 @@ EXIT_BAD_QUEUE = 12
 #: The settings would run jobs from a broker other machines reach, unprotected.
 EXIT_INSECURE = 13
 EXIT_STARTUP_FAILED = 20
-EXIT_LEASE_LOST = 3
 
 _CHILD_ENV = "PSCHEDULER_SUPERVISED"
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The ``--message`` texts the daemon acts on (see ``Engine._message``).
+#: The ``--message`` texts the daemon acts on (see :meth:`.Management.message`).
 DAEMON_COMMANDS = ("print-jobs", "restore-parked")
 
 

@@ -39,7 +39,8 @@ from pyramid.config import PHASE2_CONFIG
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from pyramid_scheduler.api import Event, IScheduler
-from pyramid_scheduler.daemon.execution import job_context, request_context, request_info, run_key
+from pyramid_scheduler.daemon.execution import job_context, request_context, run_key
+from pyramid_scheduler.daemon.job_events import request_info
 from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.exceptions import InvalidJob

@@ -146,7 +146,7 @@ def test_a_declaration_moved_to_another_queue_moves(tmp_var, caplog):
 
 
 def test_an_unchanged_declaration_is_left_alone_a_changed_one_updated(tmp_var, caplog):
-    caplog.set_level(logging.INFO, logger="pyramid_scheduler.web.declare")
+    caplog.set_level(logging.INFO, logger="pyramid_scheduler.daemon.reconcile")
     settings = make_settings(tmp_var)
 
     def start(minutes):

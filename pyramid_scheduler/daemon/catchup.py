@@ -38,6 +38,7 @@ from apscheduler.job import Job
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from pyramid_scheduler.daemon.aps import scheduler_of
 from pyramid_scheduler.triggers.cron import as_utc
 
 #: Overdue fire times enumerated one by one, when the scheduler has no setting.
@@ -236,5 +237,5 @@ class CatchUpJob(Job):  # type: ignore[misc]
     __slots__ = ()
 
     def _get_run_times(self, now: datetime) -> list[datetime]:
-        limit = getattr(self._scheduler, "catch_up_limit", DEFAULT_LIMIT)
+        limit = getattr(scheduler_of(self), "catch_up_limit", DEFAULT_LIMIT)
         return plan_run_times(self.trigger, self.next_run_time, now, self.coalesce, limit)  # type: ignore[return-value]

@@ -1,8 +1,32 @@
-"""Runner: how one scheduled run of a job is carried out.
+"""Execution: how the due runs of a job are carried out, one by one.
 
-APScheduler decides *when*; :class:`JobExecutor` (its thread pool executor,
-with the submit step replaced) hands each due run to :meth:`Runner.run`,
-which, per run:
+Scheduling (:mod:`.scheduling`) decides *when*; execution carries out *what
+is due*. The interface between them is small, and typed:
+
+* **in**: a due job and its run times -- ``executor.submit_job(job,
+  run_times)`` on :class:`JobExecutor` (APScheduler's executor interface:
+  :exc:`~apscheduler.executors.base.MaxInstancesReachedError` if a batch of
+  the job is still in the pool), which calls :meth:`Runner.run` on a worker
+  thread. *job* is the job as the job store loaded it (id, function,
+  arguments, trigger, options, queue); each run time is a
+  :class:`~.catchup.ScheduledRun` carrying the runs its catch-up plan
+  skipped.
+* **out**: one :class:`RunRecord` per run time (and per skipped run), each
+  also written to the run ledger (``runs`` table) and told as events; a
+  failed run with retries left carries its :class:`~.retries.RetryPlan`.
+* **back**: a run that is not carried out here (this daemon's lease lapsed)
+  and each retry go back to scheduling through one callable,
+  :class:`~.retries.StoreBack` (the daemon's is
+  :class:`.scheduling.StoreBack`), which stores the job due again.
+
+Nothing else passes between them: the runner reads no scheduler state, and
+the scheduler no run state; both write to the ledger, and both hand their
+events to :mod:`.job_events`, which keeps each job's events in order within
+the process. Several processes executing one queue would put a transport
+behind ``submit_job`` and ``StoreBack`` (a job pickles, as the job store
+keeps it) and carry the job events across too; neither side's code changes.
+
+Per run, :meth:`Runner.run_one`:
 
 1. refuses to run if this daemon's lease is no longer valid (fencing);
 2. reports the run missed if it is later than the job's misfire grace;
@@ -22,30 +46,34 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from pyramid.registry import Registry
 from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
-from pyramid_scheduler.daemon.retries import RetryPlan, plan_retry, schedule_retry
+from pyramid_scheduler.daemon.job_events import JobEvents, job_info
+from pyramid_scheduler.daemon.persist import Persist
+from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.records import RunEnd, RunStart
-from pyramid_scheduler.wire.refs import takes_request, with_request, without_request
+from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.wire.refs import takes_request, with_request
 
 try:
     import transaction
 except ImportError:  # pragma: no cover - transaction is optional
     transaction = None
-
-if TYPE_CHECKING:
-    from pyramid_scheduler.daemon.engine import Engine
 
 log = get_logger(__name__)
 
@@ -55,34 +83,22 @@ def run_key(job_id: str, run_time: datetime) -> str:
     return f"{job_id}@{run_time.astimezone(timezone.utc).isoformat()}"
 
 
-def job_info(job: Job) -> dict[str, Any]:
-    """The ``job`` dict events carry, from a loaded job."""
-    args, kwargs = without_request(job.func, list(job.args), dict(job.kwargs))
-    return {
-        "id": job.id,
-        "func": job.func_ref,
-        "args": args,
-        "kwargs": kwargs,
-        "queue": job._jobstore_alias,
-        "name": job.name,
-    }
+@dataclass(frozen=True)
+class RunRecord:
+    """What became of one due run: the run record out of execution."""
 
-
-def request_info(request: dict[str, Any]) -> dict[str, Any]:
-    """The ``job`` dict events carry, from a job's wire request (for a job
-    that cannot be loaded)."""
-    return {
-        "id": request["id"],
-        "func": request["func"],
-        "args": request["args"],
-        "kwargs": request["kwargs"],
-        "queue": request["queue"],
-        "name": (request.get("options") or {}).get("name") or request["func"],
-    }
+    job_id: str
+    queue: str
+    run_key: str
+    #: ``done``, ``failed``, ``missed``, or ``not-run``: not carried out here
+    #: (the lease lapsed, the run was already recorded, the daemon is stopping).
+    outcome: str
+    #: The retry of a failed run, stored once the batch has left the pool.
+    retry: RetryPlan | None = None
 
 
 class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
-    """APScheduler's thread pool, running each job through :class:`Runner`."""
+    """APScheduler's thread pool, running each batch of due runs through :class:`Runner`."""
 
     def __init__(self, runner: Runner, max_workers: int) -> None:
         super().__init__(max_workers)
@@ -92,53 +108,67 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
         def done(future: Any) -> None:
             exc = future.exception()
             if exc is not None:
-                self._run_job_error(job.id, exc, exc.__traceback__)
+                run_ended(self, job.id, exc)
             else:
-                self._run_job_success(job.id, [])
-                for plan in future.result() or ():
-                    schedule_retry(self.runner.engine, job, plan)
+                run_ended(self, job.id)
+                for record in future.result() or ():
+                    if record.retry is not None:
+                        schedule_retry(self.runner.store_back, job, record.retry)
 
         self.runner.submitted()
-        self._pool.submit(self.runner.run, job, run_times).add_done_callback(done)
+        pool_of(self).submit(self.runner.run, job, run_times).add_done_callback(done)
 
 
 #: Recorded run outcomes that can also be a job's final status.
 RUN_OUTCOMES = ("done", "failed", "missed", "interrupted")
 
 
+@dataclass(kw_only=True, eq=False)
 class Runner:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.ledger = engine.ledger
-        self.delegator = engine.settings.delegator
-        #: Batches handed to the pool and not finished (started or not yet).
-        self.pending = 0
-        self._lock = threading.Condition()
+    """Carries out due runs, records them and tells their events.
+
+    Its collaborators, each typed: the *ledger* and the run writer *runs*
+    (group commit) where runs are recorded, *events* (each job's events in
+    order), *persist* (writes retried while the job store is down), the
+    application's *registry*, this daemon's *owner* name, the
+    ``scheduler.delegator``, *lease_valid* (may this daemon run its queues
+    now?) and *store_back* (a job given back to scheduling).
+    """
+
+    ledger: Ledger
+    runs: RunWriter
+    events: JobEvents
+    persist: Persist
+    registry: Registry | None
+    owner: str
+    delegator: Callable[..., Any] | None
+    lease_valid: Callable[[], bool]
+    store_back: StoreBack
+    #: Batches handed to the pool and not finished (started or not yet).
+    pending: int = field(default=0, init=False)
+    _lock: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
 
     def submitted(self) -> None:
         """A batch of runs was handed to the thread pool (see :attr:`pending`)."""
         with self._lock:
             self.pending += 1
 
-    def run(self, job: Job, run_times: list[datetime]) -> list[RetryPlan]:
-        """Carry out a batch of runs; return the retries to store once the
-        batch has left the pool."""
-        retries: list[RetryPlan] = []
+    def run(self, job: Job, run_times: list[datetime]) -> list[RunRecord]:
+        """Carry out a batch of due runs of *job*; return a record of each
+        (and of each run skipped before them)."""
+        records: list[RunRecord] = []
         try:
             for index, run_time in enumerate(run_times):
                 try:
-                    self.record_skipped(job, run_time)
-                    plan = self.run_one(job, plain(run_time), last_of_batch=index == len(run_times) - 1)
+                    records.extend(self.record_skipped(job, run_time))
+                    records.append(self.run_one(job, plain(run_time), last_of_batch=index == len(run_times) - 1))
                 except Exception:
                     log.exception("job %s: the runner failed around the run at %s", job.id, run_time)
-                else:
-                    if plan is not None:
-                        retries.append(plan)
         finally:
             with self._lock:
                 self.pending -= 1
                 self._lock.notify_all()
-        return retries
+        return records
 
     def wait_below(self, limit: int, timeout: float) -> bool:
         """Wait up to *timeout* seconds for fewer than *limit* batches to be
@@ -146,16 +176,18 @@ class Runner:
         with self._lock:
             return self._lock.wait_for(lambda: self.pending < limit, timeout)
 
-    def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RetryPlan | None:
-        engine = self.engine
-        queue = job._jobstore_alias
+    def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RunRecord:
+        """Carry out the run of *job* due at *run_time* (see the module)."""
+        events = self.events
+        queue = queue_of(job)
         key = run_key(job.id, run_time)
         now = datetime.now(timezone.utc)
         final = last_of_batch and job.trigger.get_next_fire_time(run_time, now) is None
         info = job_info(job)
         base = {"job_id": job.id, "queue": queue, "job": info, "run_key": key, "scheduled_run_time": run_time}
+        not_run = RunRecord(job.id, queue, key, "not-run")
 
-        if not engine.lease_valid():
+        if not self.lease_valid():
             log.error(
                 "job %s: run %s not started: this daemon's lease on queue %s has "
                 "lapsed; the daemon holding it will run it",
@@ -164,31 +196,30 @@ class Runner:
                 queue,
             )
             if final:  # nothing holds a one-off job now: put it back where that daemon looks
-                engine.store_back(job, run_time)
-            return None
+                self.store_back(job, run_time)
+            return not_run
 
         grace = job.misfire_grace_time
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:
             reason = f"{late:.3f}s late, past its misfire grace time of {grace}s"
-            self.record_missed(job.id, queue, info, Missed(run_time, reason), final)
-            return None
+            return self.record_missed(job.id, queue, info, Missed(run_time, reason), final)
 
         crash_point("submitted")
         # Counted as running before its start is recorded: a cancel arriving
         # meanwhile then waits for this run's own event.
-        engine.run_started(job.id)
+        events.run_started(job.id)
         try:
-            state = engine.persist(
+            state = self.persist(
                 f"job {job.id}: recording the start of run {key}",
-                engine.runs.start_run,
-                RunStart(job.id, queue, key, run_time.timestamp(), engine.owner),
+                self.runs.start_run,
+                RunStart(job.id, queue, key, run_time.timestamp(), self.owner),
             )
         except BaseException:
-            engine.emit_run_events(job.id, [], False, finished_run=True)
+            events.emit_run_events(job.id, [], False, finished_run=True)
             raise
         if state != "start":
-            engine.emit_run_events(job.id, [], False, finished_run=True)  # not run after all
+            events.emit_run_events(job.id, [], False, finished_run=True)  # not run after all
             if state is None:
                 log.error(
                     "job %s: run %s not started: the daemon is stopping and the job store is "
@@ -196,22 +227,23 @@ class Runner:
                     job.id,
                     key,
                 )
-                return None
+                return not_run
             log.info("job %s: run %s is already %s; not running it again", job.id, key, state)
             # A crash after the last run was recorded and before the job was
             # closed: close it now, with that run's outcome.
             if (
                 final
                 and state in RUN_OUTCOMES
-                and engine.persist(
+                and self.persist(
                     f"job {job.id}: closing it after run {key}", self.ledger.set_status, job.id, queue, state
                 )
             ):
-                engine.job_ended(job.id, queue, info)
-            return None
+                events.job_ended(job.id, queue, info)
+            return not_run
 
-        events: list[Event] = []
+        made: list[Event] = []
         plan = None
+        outcome = "done"
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
             try:
@@ -220,33 +252,33 @@ class Runner:
                     retval = self.call(job, request)
                 crash_point("finished")
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
+                outcome = "failed"
                 text = "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
-                plan = self.failed(job, key, final, text, exc, base, events)
+                plan = self.failed(job, key, final, text, exc, base, made)
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
-                events.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
-                engine.persist(
+                made.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
+                self.persist(
                     f"job {job.id}: recording run {key}",
-                    engine.runs.finish_run,
+                    self.runs.finish_run,
                     RunEnd(job.id, key, "done", final, result=retval),
                 )
         finally:
-            engine.emit_run_events(job.id, events, final and plan is None, finished_run=True)
-        return plan
+            events.emit_run_events(job.id, made, final and plan is None, finished_run=True)
+        return RunRecord(job.id, queue, key, outcome, plan)
 
     def failed(
         self, job: Job, key: str, final: bool, text: str, exc: BaseException, base: dict[str, Any], events: list[Event]
     ) -> RetryPlan | None:
         """Record a failed run, and its retry if the job has one left (the
         retry is stored by the executor once the run has left the pool)."""
-        engine = self.engine
-        record = engine.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
+        record = self.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
         attempt = int(record.get("attempt") or 1) if record else 1
         plan = plan_retry(record, datetime.now(timezone.utc)) if final else None
-        live = engine.persist(
+        live = self.persist(
             f"job {job.id}: recording failed run {key}",
-            engine.runs.finish_run,
+            self.runs.finish_run,
             RunEnd(job.id, key, "failed", final, error=text, retry_at=plan.at.timestamp() if plan else None),
         )
         if plan is not None and not live:
@@ -258,7 +290,7 @@ class Runner:
             log.warning(
                 "job %s (queue %s): attempt %d of %d failed; retrying in %gs",
                 job.id,
-                job._jobstore_alias,
+                queue_of(job),
                 attempt,
                 plan.retries + 1,
                 plan.delay,
@@ -266,38 +298,50 @@ class Runner:
             events.append(Event(Event.JOB_RETRY, attempt=attempt + 1, retry_at=plan.at, delay=plan.delay, **base))
         return plan
 
-    def record_skipped(self, job: Job, run_time: datetime) -> None:
+    def record_skipped(self, job: Job, run_time: datetime) -> list[RunRecord]:
         """Record the runs the catch-up plan skipped before *run_time* (see
         :mod:`pyramid_scheduler.daemon.catchup`) as missed, each with its event."""
         skipped = getattr(run_time, "skipped", ())
-        if skipped and not self.engine.lease_valid():
+        if skipped and not self.lease_valid():
             log.error(
                 "job %s: %d skipped run(s) before %s not recorded: this daemon's lease on queue %s has lapsed",
                 job.id,
                 len(skipped),
                 run_time,
-                job._jobstore_alias,
+                queue_of(job),
             )
-            return
-        for missed in skipped:
-            self.record_missed(job.id, job._jobstore_alias, job_info(job), missed, final=False)
+            return []
+        return [self.record_missed(job.id, queue_of(job), job_info(job), missed, final=False) for missed in skipped]
+
+    def max_instances_reached(self, job_id: str, queue: str, job: Job | None, run_times: list[datetime]) -> None:
+        """Record as missed the runs of a job not submitted because a batch of
+        it was still in the pool (APScheduler's MAX_INSTANCES event); *job*
+        is the job as stored after them, None if these were its last runs."""
+        info = job_info(job) if job else None
+        for index, run_time in enumerate(run_times):
+            final = job is None and index == len(run_times) - 1
+            for missed in getattr(run_time, "skipped", ()):
+                self.record_missed(job_id, queue, info, missed, final=False)
+            reason = "the previous run was still running (max_instances reached)"
+            self.record_missed(job_id, queue, info, Missed(run_time, reason), final, removed=False)
+            if final:
+                self.events.job_ended(job_id, queue, info)
 
     def record_missed(
         self, job_id: str, queue: str, info: dict[str, Any] | None, missed: Missed, final: bool, removed: bool = True
-    ) -> None:
+    ) -> RunRecord:
         """A JOB_MISSED event, a log line and a ``missed`` runs row (keyed by
         the first fire time it stands for) for fire times that were not run.
 
         *final*: the job has no run after these (its status becomes
         ``missed``); then REMOVED follows unless *removed* is false (the
         caller emits it after a run still going)."""
-        engine = self.engine
         key = run_key(job_id, missed.first)
         extra: dict[str, Any] = {}
         if missed.count != 1:
             extra = {"missed_count": missed.count, "missed_until": missed.last}
         log.warning("job %s (queue %s): run %s missed: %s", job_id, queue, key, missed.reason)
-        engine.persist(
+        self.persist(
             f"job {job_id}: recording missed run {key}",
             self.ledger.finish_run,
             RunEnd(
@@ -308,10 +352,10 @@ class Runner:
                 error=missed.reason,
                 scheduled_at=missed.first.timestamp(),
                 queue=queue,
-                owner=engine.owner,
+                owner=self.owner,
             ),
         )
-        engine.emit_run_events(
+        self.events.emit_run_events(
             job_id,
             [
                 Event(
@@ -327,6 +371,7 @@ class Runner:
             ],
             final and removed,
         )
+        return RunRecord(job_id, queue, key, "missed")
 
     def call(self, job: Job, request: Any = None) -> Any:
         args, kwargs = list(job.args), dict(job.kwargs)
@@ -342,10 +387,10 @@ class Runner:
         available; yields the request built for a function that takes one
         (else ``None``)."""
         if job is not None and takes_request(job.func):
-            with request_context(self.engine.registry) as request:
+            with request_context(self.registry) as request:
                 yield request
             return
-        with job_context(self.engine.registry):
+        with job_context(self.registry):
             yield None
 
 

@@ -11,7 +11,7 @@ job with the same id. So a retry lives where every job lives and survives a
 restart, and a daemon that stopped between the two writes finds the due time
 in the ledger and schedules the retry at start (:meth:`.store.Ledger.orphans`).
 Each retry is a run of its own, with its own ``run_key``. A run that a crash
-cut spends a retry too: the engine's recovery asks :func:`plan_retry` when it
+cut spends a retry too: the daemon's recovery (:mod:`.recovery`) asks :func:`plan_retry` when it
 records the run ``interrupted``.
 """
 
@@ -20,15 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from apscheduler.job import Job
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 
+from pyramid_scheduler.daemon.aps import queue_of
 from pyramid_scheduler.logs import get_logger
-
-if TYPE_CHECKING:
-    from pyramid_scheduler.daemon.engine import Engine
 
 log = get_logger(__name__)
 
@@ -36,6 +35,14 @@ log = get_logger(__name__)
 DEFAULT_DELAY = 1.0
 DEFAULT_BACKOFF = 2.0
 DEFAULT_MAX_DELAY = 3600.0
+
+
+class StoreBack(Protocol):
+    """Puts a one-off job back in its queue's job store, due at *run_time*
+    (with *trigger*, else its own); False if the daemon stopped first.
+    :class:`pyramid_scheduler.daemon.scheduling.StoreBack` is the daemon's."""
+
+    def __call__(self, job: Job, run_time: datetime, trigger: BaseTrigger | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def plan_retry(record: dict[str, Any] | None, failed_at: datetime) -> RetryPlan 
     )
 
 
-def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
+def schedule_retry(store_back: StoreBack, job: Job, plan: RetryPlan) -> None:
     """Store the retry of *job* in its queue's job store, due at ``plan.at``.
 
     Called once the failed run has left the worker pool: APScheduler counts a
@@ -85,7 +92,7 @@ def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
     retry from the job record.
     """
     try:
-        if not engine.store_back(job, plan.at, DateTrigger(plan.at, timezone=timezone.utc)):
+        if not store_back(job, plan.at, DateTrigger(plan.at, timezone=timezone.utc)):
             return
     except Exception:
         log.exception(
@@ -95,7 +102,7 @@ def schedule_retry(engine: Engine, job: Job, plan: RetryPlan) -> None:
     log.info(
         "job %s (queue %s): attempt %d of %d stored, due at %s",
         job.id,
-        job._jobstore_alias,
+        queue_of(job),
         plan.attempt + 1,
         plan.retries + 1,
         plan.at.isoformat(),

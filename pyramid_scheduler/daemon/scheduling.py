@@ -1,7 +1,14 @@
-"""Due: the scheduler thread, which hands each stored job to the worker pool when it is due.
+"""Scheduling: the scheduler thread, which hands each stored job to execution when it is due.
 
-Between the job stores (:mod:`pyramid_scheduler.store.jobstores`) and the worker pool
-(:mod:`pyramid_scheduler.daemon.execution`). APScheduler 3's scheduler thread, when it
+Between the job stores (:mod:`pyramid_scheduler.store.jobstores`) and execution
+(:mod:`pyramid_scheduler.daemon.execution`). What passes between scheduling
+and execution is small and typed (documented in :mod:`.execution`): a due job
+and its run times go in through the executor's ``submit_job``; what execution
+cannot run here comes back through :class:`StoreBack`, which stores the job
+due again. Besides the ledger, the only other thing they share is the order
+of each job's events (:mod:`.job_events`).
+
+APScheduler 3's scheduler thread, when it
 wakes for a due job, makes three round trips to the SQL job store under its
 job-store lock before the next one: the due-jobs query, then (after handing
 the job to the pool) the ``DELETE`` of a date job's row or the ``UPDATE`` of a
@@ -30,7 +37,7 @@ and makes the scheduler thread load its window again (so does every
 ``wakeup()``), and nothing is loaded or handed over while the lease may have
 lapsed. A row written late is never run twice: the run ledger records each
 run key once, and a daemon that died before writing them settles them at
-its next start (``Engine._settle``) before it runs anything.
+its next start (``Recovery.settle``, :mod:`.recovery`) before it runs anything.
 """
 
 from __future__ import annotations
@@ -47,8 +54,11 @@ from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_RUNNING, TIMEOUT_MAX
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, TIMEOUT_MAX
+from apscheduler.triggers.base import BaseTrigger
 
+from pyramid_scheduler.daemon.aps import dispatch, executor_of, job_stores, move_job, queue_of, run_times
+from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.jobstores import QueueJobStore
@@ -191,11 +201,11 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         now = datetime.now(timezone.utc)
         wakeups: list[datetime] = []
         events: list[JobSubmissionEvent] = []
-        with self._jobstores_lock:
+        with job_stores(self) as stores:
             if self._reload:
                 self._reload = False
                 self._windows.clear()
-            for alias, store in self._jobstores.items():
+            for alias, store in stores.items():
                 if isinstance(store, QueueJobStore):
                     wakeup = self._process_window(alias, store, now, events)
                 else:
@@ -203,7 +213,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
                 if wakeup is not None:
                     wakeups.append(_utc(wakeup))
         for event in events:
-            self._dispatch_event(event)
+            dispatch(self, event)
         if self.state != STATE_RUNNING or not wakeups:
             return None
         wait = min(wakeups).timestamp() - time.time()
@@ -288,22 +298,22 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         """APScheduler's steps for one due job; with *store*, its row is
         written later (and a recurring job held again in *window*)."""
         try:
-            executor = self._lookup_executor(job.executor)
+            executor = executor_of(self, job.executor)
         except BaseException:  # noqa: BLE001 - as APScheduler
             log.error('executor lookup ("%s") failed for job "%s": removing it from the job store', job.executor, job)
             self.remove_job(job.id, alias)
             return
-        run_times = job._get_run_times(now)
-        run_times = run_times[-1:] if run_times and job.coalesce else run_times
-        if not run_times:
+        due = run_times(job, now)
+        due = due[-1:] if due and job.coalesce else due
+        if not due:
             return
         # The job moves on before it is submitted (APScheduler: after). A run
         # that ends at once calls back on this thread (a future done before its
         # callback is added runs it here) and may store a retry under the same
         # id, which must come after the job's row is deleted or moved on.
-        following = job.trigger.get_next_fire_time(run_times[-1], now)
+        following = job.trigger.get_next_fire_time(due[-1], now)
         if following:
-            job._modify(next_run_time=following)
+            move_job(job, following)
             if store is None:
                 update(job)
             else:
@@ -315,15 +325,57 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         else:
             store.defer_remove(job.id)
         try:
-            executor.submit_job(job, run_times)
+            executor.submit_job(job, due)
         except MaxInstancesReachedError:
             log.warning(
                 'execution of job "%s" skipped: maximum number of running instances reached (%d)',
                 job,
                 job.max_instances,
             )
-            events.append(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, job.id, alias, run_times))
+            events.append(JobSubmissionEvent(EVENT_JOB_MAX_INSTANCES, job.id, alias, due))
         except BaseException:  # noqa: BLE001 - as APScheduler: log, and move the job on
             log.exception('error submitting job "%s" to executor "%s"', job, job.executor)
         else:
-            events.append(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job.id, alias, run_times))
+            events.append(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job.id, alias, due))
+
+
+class StoreBack:
+    """Puts a one-off job whose run was not started back in its queue's job
+    store: execution's way back to scheduling (:mod:`.execution`).
+
+    A run refused by the lease check, a run-now job not handed to the pool, or
+    a retry (then with its own trigger): the job is stored due at the run
+    time, and the daemon holding the lease runs it. Its record is already
+    stored.
+    """
+
+    def __init__(self, scheduler: DueScheduler, persist: Persist) -> None:
+        self.scheduler = scheduler
+        self.persist = persist
+
+    def __call__(self, job: Job, run_time: datetime, trigger: BaseTrigger | None = None) -> bool:
+        """Store *job* due at *run_time*; False if the daemon stopped first
+        (the next one runs it from its record)."""
+        if self.scheduler.state == STATE_STOPPED:
+            log.info("job %s: the daemon has stopped; the next one runs it from its record", job.id)
+            return False
+        return (
+            self.persist(
+                f"job {job.id}: storing it in the job store, due at {run_time.isoformat()}",
+                self.scheduler.add_job,
+                job.func,
+                trigger=trigger or job.trigger,
+                args=job.args,
+                kwargs=job.kwargs,
+                id=job.id,
+                name=job.name,
+                jobstore=queue_of(job),
+                executor=job.executor,
+                misfire_grace_time=job.misfire_grace_time,
+                coalesce=job.coalesce,
+                max_instances=job.max_instances,
+                replace_existing=True,
+                next_run_time=run_time,
+            )
+            is not None
+        )

@@ -27,6 +27,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy.engine import Connection
 
+from pyramid_scheduler.daemon.aps import job_state, load_job
 from pyramid_scheduler.daemon.catchup import CatchUpJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
@@ -226,7 +227,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                 {
                     "p_id": job.id,
                     "p_next": datetime_to_utc_timestamp(job.next_run_time),
-                    "p_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+                    "p_state": pickle.dumps(job_state(job), self.pickle_protocol),
                 }
                 for job in self._pending.values()
                 if job is not None
@@ -267,7 +268,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
 
     def add_job(self, job: Job) -> None:
         request = getattr(self._local, "request", None)
-        state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        state = pickle.dumps(job_state(job), self.pickle_protocol)
         try:
             with self._changing(), self.engine.begin() as conn:
                 if request is not None:
@@ -283,7 +284,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             self.on_added(job, request)
 
     def update_job(self, job: Job) -> None:
-        state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        state = pickle.dumps(job_state(job), self.pickle_protocol)
         with self._changing(), self.engine.begin() as conn:
             if not conn.execute(
                 self._update, {"p_id": job.id, "p_state": state, "p_next": datetime_to_utc_timestamp(job.next_run_time)}
@@ -304,11 +305,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         # The door's rule (APScheduler's __setstate__ would import any reference).
         check_ref(state.get("func"), self.allowed)
         state["jobstore"] = self
-        job = CatchUpJob.__new__(CatchUpJob)
-        job.__setstate__(state)
-        job._scheduler = self._scheduler
-        job._jobstore_alias = self._alias
-        return job
+        return load_job(self, state, CatchUpJob)
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
         selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(self.jobs_t.c.next_run_time)
@@ -388,7 +385,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                 continue
             if job.next_run_time is None:
                 job.next_run_time = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
-            state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+            state = pickle.dumps(job_state(job), self.pickle_protocol)
             with self.engine.begin() as conn:
                 conn.execute(
                     self.jobs_t.update()

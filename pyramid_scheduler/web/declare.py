@@ -12,7 +12,8 @@ configuration is committed, once ``registry.scheduler`` is made.
 
 Web processes only record declarations. The process that runs the jobs
 (``pscheduler``, or the web process in combined mode) loads the same
-application, so it has the same declarations, and :func:`reconcile` applies
+application, so it has the same declarations, and
+:class:`pyramid_scheduler.daemon.reconcile.Reconcile` applies
 them when its engine starts, before anything runs: a new declaration is
 stored (JOB_CREATED), an unchanged one is left alone, a changed one replaces
 the stored job in place, and a stored declared job whose declaration is gone
@@ -29,15 +30,11 @@ from dataclasses import replace
 from typing import Any
 
 import venusian
-from apscheduler.jobstores.base import JobLookupError
 from pyramid.exceptions import ConfigurationError
 
-from pyramid_scheduler.api import Event, IScheduler
-from pyramid_scheduler.daemon.execution import request_info
+from pyramid_scheduler.api import IScheduler
 from pyramid_scheduler.exceptions import InvalidJob, SchedulerError
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.store.ledger import JobRow
-from pyramid_scheduler.store.tables import LIVE
 from pyramid_scheduler.triggers.forms import schedule_kind
 from pyramid_scheduler.wire.messages import JobRequest
 from pyramid_scheduler.wire.refs import callable_ref
@@ -158,72 +155,3 @@ class scheduled_job:  # noqa: N801 - a decorator, named like Pyramid's view_conf
 
         info = self.venusian.attach(wrapped, callback, category="pyramid")
         return wrapped
-
-
-def reconcile(engine: Any) -> None:
-    """Apply the application's declarations to the queues *engine* runs (at
-    its start, before anything runs)."""
-    declared = {
-        job_id: request
-        for job_id, request in getattr(engine.proxy, "declared", {}).items()
-        if request.queue in engine.queues
-    }
-    if engine.settings.memory_store:
-        for request in declared.values():
-            engine._add(request)
-        return
-    rows = {row.id: row for row in engine.ledger.declared(list(declared), DECLARED, engine.queues)}
-    for job_id, request in declared.items():
-        try:
-            _apply(engine, request, rows.get(job_id))
-        except Exception:  # noqa: BLE001 - one bad declaration must not stop the daemon
-            log.exception("job %s (queue %s): declared, but could not be stored", job_id, request.queue)
-    for job_id, row in rows.items():
-        if job_id in declared or not row.mid.startswith(DECLARED):
-            continue
-        if row.status in LIVE or row.status == "parked":
-            _remove(engine, row, "its declaration is gone from the application's code")
-
-
-def _apply(engine: Any, request: JobRequest, row: JobRow | None) -> None:
-    job_id = request.id
-    if row is not None and row.mid == request.mid:
-        return  # the same declaration: leave the job (and its schedule) alone
-    if row is not None and (row.status in LIVE or row.status == "parked"):
-        if row.queue == request.queue:
-            engine._add(request, recovering=True)
-            engine.ledger.redeclare(request.to_wire())
-            log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
-            return
-        if row.queue not in engine.queues:
-            log.warning(
-                "job %s: declared on queue %s but still stored on queue %s, which this daemon "
-                "does not run; it moves once queue %s's daemon has started (and removed it) "
-                "and this one starts again",
-                job_id,
-                request.queue,
-                row.queue,
-                row.queue,
-            )
-            return
-        _remove(engine, row, f"it is now declared on queue {request.queue}")
-    log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
-    engine._add(request)
-
-
-def _remove(engine: Any, row: JobRow, reason: str) -> None:
-    try:
-        engine.aps.remove_job(row.id, jobstore=row.queue)
-    except JobLookupError:
-        pass
-    if engine.ledger.set_status(row.id, row.queue, "canceled", only_from=(*LIVE, "parked"), error=reason):
-        log.info("job %s (queue %s): removed: %s", row.id, row.queue, reason)
-        engine._emit(
-            Event(
-                Event.JOB_REMOVED,
-                job_id=row.id,
-                queue=row.queue,
-                reason=reason,
-                job=request_info(json.loads(row.request)),
-            )
-        )

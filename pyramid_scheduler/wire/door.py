@@ -1,6 +1,6 @@
 """The door: what the daemon refuses before Kombu or the decoder reads it.
 
-Between the broker and :meth:`pyramid_scheduler.daemon.service.JobConsumer.check`.
+Between the broker and :meth:`pyramid_scheduler.daemon.consumer.JobConsumer.check`.
 Our transports (:mod:`pyramid_scheduler.brokers.sql`,
 :mod:`pyramid_scheduler.brokers.redis`) read each raw broker entry through
 :func:`envelope`: an entry above :func:`entry_limit` is not parsed at all, and

@@ -6,7 +6,7 @@ without enumerating every missed fire time.
 
 DST changes are in ``tests/integration/test_dst.py`` (a daemon whose wall
 clock is faked) and, on the trigger and planning path, ``tests/test_dst.py``
-and ``tests/test_catchup.py``.
+and ``tests/daemon/test_catchup.py``.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def set_back(harness, job_id: str, days: int) -> datetime:
 
 
 # The long variant (about 30 s more) runs with TIME_ALL=1; catch_up="all" on
-# PostgreSQL is also covered in-process by tests/test_catchup.py.
+# PostgreSQL is also covered in-process by tests/daemon/test_catchup.py.
 @pytest.mark.parametrize(
     "store,policy", [("sqlite", "skip")] + ([("postgresql", "all")] if os.environ.get("TIME_ALL") else [])
 )

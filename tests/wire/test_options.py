@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from pyramid.config import Configurator
-from test_engine import record
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.triggers.build import trigger_spec
@@ -18,9 +17,13 @@ from pyramid_scheduler.wire.messages import JobRequest, decode
 UTC = timezone.utc
 
 
+def record(tag):
+    return tag
+
+
 def add_request(trigger, **options):
     return JobRequest(
-        op="add", id="j1", queue="jobs", func="test_engine:record", args=["x"], trigger=trigger, options=options
+        op="add", id="j1", queue="jobs", func=f"{__name__}:record", args=["x"], trigger=trigger, options=options
     ).to_wire()
 
 

@@ -1,6 +1,7 @@
-"""The engine carrying out reschedule, pause, resume and run-now requests:
-APScheduler's job, the job record and the events (the requests handed to
-:meth:`Engine.submit` as the consumer would; SQLite and PostgreSQL)."""
+"""Management (:mod:`pyramid_scheduler.daemon.management`) carrying out reschedule,
+pause, resume and run-now requests: APScheduler's job, the job record and the
+events (the requests handed to :meth:`Engine.submit` as the consumer would;
+SQLite and PostgreSQL)."""
 
 import json
 from datetime import datetime, timedelta, timezone

@@ -266,7 +266,7 @@ def test_run_now_job_waiting_for_a_worker_runs_after_a_restart(engine_factory, p
 
 
 def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory, monkeypatch):
-    monkeypatch.setattr("pyramid_scheduler.daemon.engine.DIRECT_BACKLOG", 0)
+    monkeypatch.setattr("pyramid_scheduler.daemon.intake.DIRECT_BACKLOG", 0)
     engine, events = engine_factory()
     engine.aps.pause()
     engine.submit(add(record, job_id="stored"))
@@ -301,7 +301,7 @@ def test_run_now_job_refused_by_the_lease_check_is_stored_back(engine_factory, p
     engine.submit(add(record, job_id="later"))
     # The lease lapses while "later" waits for the worker: its run is refused
     # and the job goes back to the job store instead of being dropped.
-    monkeypatch.setattr(engine, "lease_valid", lambda: False)
+    monkeypatch.setattr(engine.lease, "valid", lambda: False)
     GATE.set()
     wait_for(lambda: engine.aps.get_job("later", jobstore="jobs") is not None)
     assert ("later", "M") not in RUNS

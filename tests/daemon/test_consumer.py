@@ -1,4 +1,5 @@
-"""The messages a broker has already delivered are stored as one batch, on
+"""The consumer (:mod:`pyramid_scheduler.daemon.consumer`): the messages a broker has
+already delivered are stored as one batch, on
 every broker: one ``INSERT`` of job records for many messages, then each
 message acked. Through a real consumer (an in-process
 :class:`~pyramid_scheduler.daemon.service.SchedulerService`) on SQLite, Redis and

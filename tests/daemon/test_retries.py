@@ -14,6 +14,7 @@ from test_engine import RUNS, add, fail, record, types_for, wait_for
 
 from conftest import jobstore_url, make_settings, unique
 from pyramid_scheduler.api import PYRAMID_EVENTS, Event, JobRetry
+from pyramid_scheduler.daemon.aps import set_pool
 from pyramid_scheduler.daemon.execution import run_key
 from pyramid_scheduler.daemon.retries import retry_delay
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, JobTimeout
@@ -152,7 +153,7 @@ class DoneBeforeReturning(concurrent.futures.ThreadPoolExecutor):
 
 def test_a_retry_stored_by_a_run_that_ended_before_its_submission_returned_is_kept(engine_factory):
     engine, events = engine_factory()
-    engine._executor._pool = DoneBeforeReturning(max_workers=2)
+    set_pool(engine.executor, DoneBeforeReturning(max_workers=2))
     job_id = "r6"
     FAILURES[job_id] = 1
     engine.submit(

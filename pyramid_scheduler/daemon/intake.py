@@ -1,0 +1,290 @@
+"""Intake: an ``add`` request from the consumer becomes a stored job.
+
+Between the consumer (:mod:`.consumer`), which hands over each decoded
+request, and scheduling (:mod:`.scheduling`), which runs stored jobs when
+they are due. An ``add`` is checked again (:func:`~.messages.admit`), its
+trigger built, and the job written to its queue's SQL job store in one
+transaction with its ledger row, so a redelivered message is absorbed by job
+id, before the message is acked. A run-now job goes straight to the worker
+pool (:mod:`.execution`) when the pool has room, stored with one ``INSERT``
+of its ledger row only; several of them among the requests of one batch
+share that ``INSERT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from apscheduler.executors.base import MaxInstancesReachedError
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.schedulers.base import STATE_RUNNING
+
+from pyramid_scheduler.daemon.aps import build_job, job_defaults, runs_in_pool
+from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
+from pyramid_scheduler.daemon.execution import JobExecutor
+from pyramid_scheduler.daemon.job_events import JobEvents
+from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
+from pyramid_scheduler.exceptions import InvalidJob
+from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.lease import Lease
+from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
+from pyramid_scheduler.wire.messages import JobRequest, admit
+from pyramid_scheduler.wire.refs import with_request
+
+log = get_logger(__name__)
+
+#: Run-now jobs go straight to the worker pool while fewer than this many
+#: batches wait in it or run; past it they are stored in APScheduler's table
+#: like the other jobs (which APScheduler hands to the pool once due).
+DIRECT_BACKLOG = 1000
+
+
+class _RunNow(NamedTuple):
+    """A checked run-now job that goes straight to the worker pool."""
+
+    request: JobRequest
+    job: Job
+    first: datetime
+    wire: dict[str, Any]
+
+
+def _duplicate(request: JobRequest) -> str:
+    """A redelivered (or repeated) ``add`` of a stored job: absorbed by its id."""
+    log.info("job %s (queue %s): already stored; duplicate message %s absorbed", request.id, request.queue, request.mid)
+    return "duplicate"
+
+
+@dataclass(kw_only=True, eq=False)
+class Intake:
+    """Stores the jobs of ``add`` requests in the queues' job stores.
+
+    :param stores: each queue's job store, by queue name.
+    :param executor: the worker pool run-now jobs are handed to.
+    :param lease: the queues' lease (None: the memory store, no lease).
+    :param store_back: puts a job that could not be handed to the pool in
+        its job store.
+    """
+
+    settings: SchedulerSettings
+    scheduler: DueScheduler
+    stores: Mapping[str, QueueJobStore | MemoryQueueStore]
+    ledger: Ledger
+    executor: JobExecutor
+    lease: Lease | None
+    events: JobEvents
+    store_back: StoreBack
+
+    def submit_many(self, requests: list[JobRequest], carry_out: Callable[[JobRequest], str]) -> list[str | Exception]:
+        """Carry out *requests* in order, each as *carry_out* would one by
+        one, storing the run-now jobs that go straight to the pool among them
+        together (one INSERT, one commit); return each one's outcome, or the
+        exception that stopped it: :class:`InvalidJob` (dead-letter it), any
+        other error, or a :class:`sqlalchemy.exc.SQLAlchemyError` for it and
+        every request after it (retry them later)."""
+        results: list[Any] = [None] * len(requests)
+        group: list[tuple[int, _RunNow]] = []
+
+        def store_group() -> None:
+            try:
+                self._store_now(group, results)
+            except sa.exc.SQLAlchemyError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug: these requests only
+                for index, _ in group:
+                    results[index] = results[index] or exc
+            group.clear()
+
+        try:
+            for index, request in enumerate(requests):
+                try:
+                    planned = self.plan(request) if request.op == "add" else None
+                    if isinstance(planned, _RunNow):
+                        group.append((index, planned))
+                        continue
+                    store_group()
+                    results[index] = carry_out(request) if planned is None else planned()
+                except sa.exc.SQLAlchemyError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - InvalidJob, or a bug: this request only
+                    results[index] = exc
+            store_group()
+        except sa.exc.SQLAlchemyError as exc:
+            results = [exc if outcome is None else outcome for outcome in results]
+        return results
+
+    def add(self, request: JobRequest, recovering: bool = False) -> str:
+        """Store the job of an ``add`` request (*recovering*: again, replacing
+        what is stored under its id, without a new ledger row or CREATED).
+
+        :raises InvalidJob: it cannot be scheduled.
+        """
+        planned = self.plan(request, recovering)
+        if isinstance(planned, _RunNow):
+            return self._add_now(planned)
+        return planned()
+
+    def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | Callable[[], str]:
+        """Check an ``add`` request and build its job: a :class:`_RunNow` if
+        it goes straight to the worker pool (:meth:`_add_now`), else a
+        callable that stores it in its queue's job store.
+
+        :raises InvalidJob: it cannot be scheduled.
+        """
+        request, func = admit(request, self.settings.func_aliases, self.settings.allowed_modules)
+        assert request.trigger is not None and request.func is not None
+        accepted = request.accepted_at()
+        trigger = build_trigger(request.trigger, self.settings.timezone, anchor=accepted)
+        # The first fire time from now; if the schedule ended while the message
+        # waited (the daemon was down), its first fire time after acceptance:
+        # a late run, which runs or is recorded missed like any other.
+        first = next_fire_time(trigger, datetime.now(timezone.utc)) or next_fire_time(trigger, accepted)
+        if first is None:
+            raise InvalidJob(
+                f"{request.trigger['type']} trigger: never fires after the job was accepted at {accepted.isoformat()}"
+            )
+        # A job that takes a request is stored with a placeholder the runner fills.
+        args, kwargs = with_request(func, request.args, request.kwargs, None)
+        options = {k: v for k, v in request.options.items() if k in ("misfire_grace_time", "coalesce", "max_instances")}
+        if request.trigger["type"] == "now":
+            # "As soon as possible" has no deadline: after an outage it still runs.
+            options.setdefault("misfire_grace_time", None)
+        elif request.trigger["type"] != "date":
+            options = catch_up_options(self._catch_up(request.options), options)
+        if request.trigger["type"] == "now" and not recovering and self._direct_open(request.id):
+            # Built as the job store loads a job: admit() made APScheduler's checks.
+            state = {
+                "version": 1,
+                "id": request.id,
+                "func": request.func,
+                "trigger": trigger,
+                "executor": "default",
+                "args": tuple(args),
+                "kwargs": kwargs,
+                "name": request.options.get("name") or request.func,
+                "next_run_time": first,
+                **job_defaults(self.scheduler),
+                **options,
+            }
+            job = build_job(self.scheduler, request.queue, state)
+            return _RunNow(request, job, first, request.to_wire())
+
+        def store() -> str:
+            with self.stores[request.queue].adding(None if recovering else request.to_wire()):
+                try:
+                    self.scheduler.add_job(
+                        func,
+                        trigger=trigger,
+                        args=args,
+                        kwargs=kwargs,
+                        id=request.id,
+                        name=request.options.get("name") or request.func,
+                        jobstore=request.queue,
+                        replace_existing=recovering,
+                        next_run_time=first,
+                        **options,
+                    )
+                except ConflictingIdError:
+                    return _duplicate(request)
+            return "stored"
+
+        return store
+
+    def _direct_open(self, job_id: str) -> bool:
+        """True when a run-now job may go straight to the worker pool: the
+        SQL job store is on, the scheduler runs, this daemon's lease is fresh
+        (else the job waits, fenced, in the job store: see
+        :meth:`.store.QueueJobStore.get_due_jobs`), no run of a job with this
+        id is in the pool, and the pool's backlog is below
+        :data:`DIRECT_BACKLOG`."""
+        return (
+            not self.settings.memory_store
+            and self.scheduler.state == STATE_RUNNING
+            and (self.lease is None or self.lease.fresh())
+            and not runs_in_pool(self.executor, job_id)
+            and self.executor.runner.pending < DIRECT_BACKLOG
+        )
+
+    def _store_now(self, group: list[tuple[int, _RunNow]], results: list[Any]) -> None:
+        """Store the run-now jobs of *group* with one INSERT, then hand each
+        to the pool; one by one (:meth:`_add_now`) if an id is already known."""
+        if not group:
+            return
+        try:
+            self.ledger.add_jobs([planned.wire for _, planned in group])
+        except sa.exc.IntegrityError:
+            for index, planned in group:
+                results[index] = self._add_now(planned)
+        else:
+            for index, planned in group:
+                try:
+                    results[index] = self._hand(planned)
+                except Exception:  # noqa: BLE001 - a bug: its record is stored, the next start runs it
+                    log.exception(
+                        "job %s (queue %s): stored, but not handed to the worker pool; the next daemon start runs it",
+                        planned.request.id,
+                        planned.request.queue,
+                    )
+                    results[index] = "stored"
+
+    def _add_now(self, planned: _RunNow) -> str:
+        """Store a run-now job's record, then hand its run to the worker pool.
+
+        APScheduler's table is skipped: it would hold the job only until its
+        one run is submitted (and delete it then). The record alone is the
+        persisted job. A daemon that stops before the run starts leaves a live
+        record that APScheduler does not hold: the next one's recovery
+        schedules it again (:meth:`.store.Ledger.orphans`), exactly as for a
+        job APScheduler had submitted, with the same run key; a run the lease
+        check refuses is stored back in the job store (:meth:`.Runner.run_one`).
+        """
+        request = planned.request
+        try:
+            self.ledger.add_job(planned.wire)
+        except ConflictingIdError:
+            if not self._stored_not_handed(request):
+                return _duplicate(request)
+            # This very message was stored, but its commit's reply was lost
+            # (so it came back): nothing holds the job yet.
+            log.info(
+                "job %s (queue %s): already stored by message %s; running it", request.id, request.queue, request.mid
+            )
+        return self._hand(planned)
+
+    def _hand(self, planned: _RunNow) -> str:
+        """CREATED for a stored run-now job, then its run to the pool."""
+        self.events.created(planned.job, planned.wire)
+        try:
+            self.executor.submit_job(planned.job, [planned.first])
+        except MaxInstancesReachedError:  # a run of an earlier job with this id is still in the pool
+            self.store_back(planned.job, planned.first)
+        return "stored"
+
+    def _stored_not_handed(self, request: JobRequest) -> bool:
+        """True if *request*'s own record is stored and still ``scheduled``,
+        yet neither the worker pool nor APScheduler's table holds its job."""
+        row = self.ledger.get_job(request.id)
+        return (
+            row is not None
+            and row["mid"] == request.mid
+            and row["status"] == "scheduled"
+            and not runs_in_pool(self.executor, request.id)
+            and self.scheduler.get_job(request.id, jobstore=request.queue) is None
+        )
+
+    def _catch_up(self, options: dict[str, Any]) -> str:
+        """A recurring job's catch-up policy: its own, else ``skip`` if it set
+        its misfire grace time or coalescing (which only ``skip`` uses), else
+        ``scheduler.catch_up``."""
+        if options.get("catch_up"):
+            return str(options["catch_up"])
+        if "misfire_grace_time" in options or "coalesce" in options:
+            return "skip"
+        return str(self.settings.catch_up)

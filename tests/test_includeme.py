@@ -23,7 +23,6 @@ from integration.sampleapp import jobs
 from pyramid_scheduler import IScheduler, SchedulerProxy
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.testing import TestingScheduler
-from pyramid_scheduler.web import declare
 from pyramid_scheduler.web.registration import PendingScheduler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,12 +207,6 @@ def daemon_side(modules: set[str]) -> set[str]:
     }
 
 
-@pytest.mark.xfail(
-    hasattr(declare, "reconcile"),
-    strict=True,
-    reason="web/declare.py still holds reconcile, the daemon's, and imports daemon.execution for it "
-    "(the daemon branch moves it to daemon/reconcile.py; this mark then lapses and can go)",
-)
 def test_a_web_process_imports_nothing_of_the_daemon(settings):
     modules = modules_after_include(settings)
     assert "pyramid_scheduler.web.proxy" in modules

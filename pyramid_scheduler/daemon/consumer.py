@@ -46,6 +46,11 @@ STORE_BACKOFF = (0.5, 30.0)
 #: when it takes the messages already delivered (AMQP).
 RECEIVED_WAIT = 0.001
 
+#: Seconds an idle consumer waits for a message before it looks at its stop
+#: flag again (SQL and AMQP; the Redis channel waits a second per BRPOP):
+#: how soon SIGTERM stops the consuming.
+IDLE_WAIT = 0.2
+
 
 def _readable(transport: Any, sock: Any) -> bool:
     """True if py-amqp's *transport* has bytes to read without waiting: in
@@ -139,12 +144,14 @@ class JobConsumer(StoppableConsumer):
                 self.on_iteration()
                 try:
                     if self._redis:
-                        conn.drain_events(timeout=safety_interval)
+                        wait = safety_interval
+                        conn.drain_events(timeout=wait)
                     else:
-                        self._drain_batch(conn, safety_interval)
+                        wait = min(safety_interval, IDLE_WAIT)
+                        self._drain_batch(conn, wait)
                 except TimeoutError:
                     conn.heartbeat_check()
-                    elapsed += safety_interval
+                    elapsed += wait
                     if timeout and elapsed >= timeout:
                         raise
                 except OSError:

@@ -28,6 +28,7 @@ extras = {
     "testing": [
         "pytest>=8",
         "pytest-timeout>=2.2",
+        "pytest-xdist>=3.5",  # README: the fast tier on every core (-n 2)
         "WebTest>=3.0",
         "waitress>=3.0",
         "pyramid_tm>=2.5",

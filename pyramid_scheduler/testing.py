@@ -26,10 +26,11 @@ with :meth:`TestingScheduler.reset`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -138,6 +139,15 @@ class FakeClock:
                 f"{self._now.isoformat()}; the clock only moves forward"
             )
         return self._scheduler._run_until(target)
+
+    @contextlib.contextmanager
+    def _later(self) -> Iterator[None]:
+        """The clock a :data:`MOMENT` on, for the block."""
+        self._now += MOMENT
+        try:
+            yield
+        finally:
+            self._now -= MOMENT
 
     def _reach(self, when: datetime) -> None:
         self._now = max(self._now, when.astimezone(timezone.utc))
@@ -250,7 +260,8 @@ class TestingScheduler(SchedulerProxy):
             engine = SteppedEngine(self, self.clock, OWNER)
             engine.inline_dispatcher.record = self._record
             self._engine = engine
-            engine.start()
+            with self.clock._later():  # the daemon starts a moment after the application was configured
+                engine.start()
         return self._engine
 
     def now(self) -> datetime:
@@ -306,11 +317,8 @@ class TestingScheduler(SchedulerProxy):
             return
         # The daemon reads an add a moment after it was sent: a fire time at
         # the sending time (an interval's start) has passed by then.
-        self.clock._now += MOMENT
-        try:
+        with self.clock._later():
             engine.submit(request)
-        finally:
-            self.clock._now -= MOMENT
 
     def _record(self, event: Event) -> None:
         self.events.append(event)

@@ -546,3 +546,10 @@ def test_declared_jobs_are_stored_as_the_daemon_stores_them():
     assert types(scheduler, "every30") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_EXECUTED]
     scheduler.reset()  # a new daemon: the declaration is stored again
     assert scheduler.get_job("every30")["runs"] == 0
+
+
+def test_a_production_broker_in_the_settings_is_not_reached_nor_refused():
+    """The daemon refuses an open broker without a secret; the kit reaches no broker."""
+    _, scheduler, _ = make_app(**{"scheduler.broker.url": "redis://192.0.2.1:6379/0"})
+    scheduler.add_async_job(record, args=["local"], id="local")
+    assert [run["status"] for run in scheduler.run_pending()] == ["done"]

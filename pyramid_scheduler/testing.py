@@ -40,7 +40,6 @@ from pyramid.config import PHASE2_CONFIG
 
 from pyramid_scheduler.api import Event, IScheduler
 from pyramid_scheduler.daemon.stepped import SteppedEngine
-from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.triggers.build import build_trigger, to_datetime
@@ -50,8 +49,6 @@ from pyramid_scheduler.wire.messages import JobRequest, decode
 from pyramid_scheduler.wire.refs import resolve_ref
 
 __all__ = ["FakeClock", "TestingJob", "TestingScheduler", "includeme"]
-
-log = get_logger(__name__)
 
 #: What ``get_daemons()`` names as the owner of every queue.
 OWNER = "pyramid_scheduler.testing"

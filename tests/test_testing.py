@@ -503,3 +503,53 @@ def test_reset_forgets_jobs_runs_and_events_and_keeps_listeners():
     scheduler.add_async_job(record, args=["after"], id="after")
     assert [run["job_id"] for run in scheduler.run_pending()] == ["after"]
     assert heard == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+
+
+# -- what the daemon's engine brings: catch-up, JOB_MISSED per skipped run, declarations -
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "ran", "missed"),
+    [
+        ("skip", ["05:00"], ["01:00", "02:00", "03:00", "04:00"]),
+        ("all", ["01:00", "02:00", "03:00", "04:00", "05:00"], []),
+    ],
+)
+def test_runs_due_while_the_clock_was_set_forward_follow_the_catch_up_policy(catch_up, ran, missed):
+    """clock.set() forward is an outage: what fell due meanwhile is caught up
+    as the daemon does, each run not made reported with JOB_MISSED."""
+    _, scheduler, seen = make_app()
+    scheduler.clock.set(datetime(2026, 2, 2, 0, 30, tzinfo=UTC))
+    scheduler.add_cron_job(record, crontab="0 * * * *", args=["hourly"], id="hourly", catch_up=catch_up)
+    scheduler.clock.set(datetime(2026, 2, 2, 5, 30, tzinfo=UTC))  # nothing ran from 00:30 to 05:30
+    runs = scheduler.run_pending()
+
+    def hours(status: str) -> list[str]:
+        return [r["scheduled_run_time"].astimezone(UTC).strftime("%H:%M") for r in runs if r["status"] == status]
+
+    assert (hours("done"), hours("missed")) == (ran, missed)
+    assert [e.job_id for e in seen["JobMissed"]] == ["hourly"] * len(missed)
+    assert [run["status"] for run in scheduler.get_runs("hourly")] == [r["status"] for r in runs]
+    assert types(scheduler, "hourly")[-1] == Event.JOB_EXECUTED
+
+
+def test_declared_jobs_are_stored_as_the_daemon_stores_them():
+    config = Configurator(settings={})
+    config.include("pyramid_scheduler.testing")
+    config.add_scheduled_job(record, minutes=30, args=["declared"], id="every30")
+    app = config.make_wsgi_app()
+    scheduler = app.registry.scheduler
+    CALLS.clear()
+    assert scheduler.get_job("every30")["status"] == "scheduled"
+    assert [r["job_id"] for r in scheduler.clock.advance(hours=1)] == ["every30", "every30"]
+    assert CALLS == [("declared", None), ("declared", None)]
+    assert types(scheduler, "every30") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_EXECUTED]
+    scheduler.reset()  # a new daemon: the declaration is stored again
+    assert scheduler.get_job("every30")["runs"] == 0
+
+
+def test_a_production_broker_in_the_settings_is_not_reached_nor_refused():
+    """The daemon refuses an open broker without a secret; the kit reaches no broker."""
+    _, scheduler, _ = make_app(**{"scheduler.broker.url": "redis://192.0.2.1:6379/0"})
+    scheduler.add_async_job(record, args=["local"], id="local")
+    assert [run["status"] for run in scheduler.run_pending()] == ["done"]

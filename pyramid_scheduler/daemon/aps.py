@@ -18,7 +18,12 @@ whose names are private; they live with their classes and rely on 3.11 too:
 * :meth:`.scheduling.DueScheduler._process_jobs` (the scheduler thread's
   round; it also uses ``BaseScheduler.jobstore_retry_interval`` and
   ``TIMEOUT_MAX``);
-* :meth:`.execution.JobExecutor._do_submit_job` (the pool's submit step);
+* :meth:`.execution.JobExecutor._do_submit_job` (the pool's submit step),
+  and the same step of :class:`.stepped.InlineExecutor` (the testing kit's
+  pool, which runs a batch in the caller's thread);
+* :class:`.stepped.SteppedScheduler` calls ``_process_jobs`` (above) for one
+  round, and starts and shuts down as ``BaseScheduler`` does, without
+  ``BackgroundScheduler``'s thread;
 * :meth:`.catchup.CatchUpJob._get_run_times` (the run times of a due job);
 * ``QueueJobStore._reconstitute_job`` and ``QueueJobStore._get_jobs``
   (:mod:`pyramid_scheduler.store`: loading a stored job with the restricted

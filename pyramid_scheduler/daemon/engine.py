@@ -33,6 +33,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.daemon.aps import executor_of
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner
 from pyramid_scheduler.daemon.housekeeping import Housekeeping
 from pyramid_scheduler.daemon.intake import Intake
@@ -67,10 +68,24 @@ class Engine:
 
     :param proxy: the application's :class:`~pyramid_scheduler.web.proxy.SchedulerProxy`.
     :param queues: the queues to run (default: all of ``scheduler.queues``).
+    :param clock: where the parts read "now" (:mod:`pyramid_scheduler.testing`
+        passes its fake clock).
     """
 
-    def __init__(self, proxy: SchedulerProxy, queues: tuple[str, ...] | None = None) -> None:
+    #: The parts :mod:`pyramid_scheduler.daemon.stepped` swaps to run the
+    #: engine step by step in the caller's thread: the event dispatcher, the
+    #: scheduler, its worker pool and the runner; and whether the queues are leased.
+    dispatcher_class: type[EventDispatcher] = EventDispatcher
+    scheduler_class: type[DueScheduler] = DueScheduler
+    executor_class: type[JobExecutor] = JobExecutor
+    runner_class: type[Runner] = Runner
+    leased = True
+
+    def __init__(
+        self, proxy: SchedulerProxy, queues: tuple[str, ...] | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.proxy = proxy
+        self.clock = clock
         self.settings = settings = proxy.settings
         problem = posture_problem(settings)
         if problem:  # before anything connects or runs
@@ -78,7 +93,7 @@ class Engine:
         self.registry = proxy.registry
         self.queues = tuple(queues or settings.queues)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.dispatcher = EventDispatcher(proxy.listeners, proxy.registry)
+        self.dispatcher = self.dispatcher_class(proxy.listeners, proxy.registry)
 
         url = settings.jobstore_url or "sqlite://"
         # No ping before each use of a pooled connection (a round trip per
@@ -91,7 +106,7 @@ class Engine:
         self.db = create_db_engine(url, wal=settings.sqlite_wal, pool_pre_ping=False, **pool)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
-        if not settings.memory_store:
+        if self.leased and not settings.memory_store:
             self.lease = Lease(self.ledger, self.queues, self.owner, settings.lease_ttl)
         #: Set once another daemon took the lease: the service stops then.
         self.lease_lost = threading.Event()
@@ -119,10 +134,10 @@ class Engine:
                 )
 
         # Scheduling and execution, and the one way back from the second to the first.
-        self.aps = DueScheduler()
+        self.aps = self.scheduler_class(clock=clock)
         self.aps.catch_up_limit = settings.catch_up_limit
         self.store_back = StoreBack(self.aps, self.persist)
-        self.runner = Runner(
+        self.runner = self.runner_class(
             ledger=self.ledger,
             runs=self.runs,
             events=self.events,
@@ -132,12 +147,16 @@ class Engine:
             delegator=settings.delegator,
             lease_valid=self.lease_valid,
             store_back=self.store_back,
+            clock=clock,
         )
         self.aps.configure(
             gconfig=dict(settings.apscheduler),
             prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},
-            executors={"default": JobExecutor(self.runner, settings.max_workers), INTERNAL: ThreadPoolExecutor(1)},
+            executors={
+                "default": self.executor_class(self.runner, settings.max_workers),
+                INTERNAL: ThreadPoolExecutor(1),
+            },
             job_defaults={
                 "misfire_grace_time": settings.misfire_grace_time,
                 "coalesce": settings.coalesce,
@@ -163,6 +182,7 @@ class Engine:
             lease=self.lease,
             events=self.events,
             store_back=self.store_back,
+            clock=clock,
         )
         self.recovery = Recovery(
             settings=settings,
@@ -173,6 +193,7 @@ class Engine:
             queues=self.queues,
             intake=self.intake,
             events=self.events,
+            clock=clock,
         )
         self.management = Management(
             settings=settings,
@@ -181,6 +202,7 @@ class Engine:
             events=self.events,
             persist=self.persist,
             restore_parked=self.recovery.restore_parked,
+            clock=clock,
         )
         self.reconcile = Reconcile(
             settings=settings,

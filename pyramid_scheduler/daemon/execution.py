@@ -47,8 +47,10 @@ import contextlib
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -60,6 +62,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
@@ -105,18 +108,20 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
         self.runner = runner
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        def done(future: Any) -> None:
-            exc = future.exception()
-            if exc is not None:
-                run_ended(self, job.id, exc)
-            else:
-                run_ended(self, job.id)
-                for record in future.result() or ():
-                    if record.retry is not None:
-                        schedule_retry(self.runner.store_back, job, record.retry)
-
         self.runner.submitted()
-        pool_of(self).submit(self.runner.run, job, run_times).add_done_callback(done)
+        pool_of(self).submit(self.runner.run, job, run_times).add_done_callback(partial(self.batch_done, job))
+
+    def batch_done(self, job: Job, future: Future[list[RunRecord]]) -> None:
+        """A batch of *job* has left the pool: APScheduler's count of its runs
+        goes down, then its retries are stored."""
+        exc = future.exception()
+        if exc is not None:
+            run_ended(self, job.id, exc)
+        else:
+            run_ended(self, job.id)
+            for record in future.result() or ():
+                if record.retry is not None:
+                    schedule_retry(self.runner.store_back, job, record.retry)
 
 
 #: Recorded run outcomes that can also be a job's final status.
@@ -144,6 +149,8 @@ class Runner:
     delegator: Callable[..., Any] | None
     lease_valid: Callable[[], bool]
     store_back: StoreBack
+    #: Where "now" is read (a run's lateness, a retry's due time).
+    clock: Clock = SYSTEM_CLOCK
     #: Batches handed to the pool and not finished (started or not yet).
     pending: int = field(default=0, init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
@@ -181,7 +188,7 @@ class Runner:
         events = self.events
         queue = queue_of(job)
         key = run_key(job.id, run_time)
-        now = datetime.now(timezone.utc)
+        now = self.clock.now()
         final = last_of_batch and job.trigger.get_next_fire_time(run_time, now) is None
         info = job_info(job)
         base = {"job_id": job.id, "queue": queue, "job": info, "run_key": key, "scheduled_run_time": run_time}
@@ -275,7 +282,7 @@ class Runner:
         retry is stored by the executor once the run has left the pool)."""
         record = self.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
         attempt = int(record.get("attempt") or 1) if record else 1
-        plan = plan_retry(record, datetime.now(timezone.utc)) if final else None
+        plan = plan_retry(record, self.clock.now()) if final else None
         live = self.persist(
             f"job {job.id}: recording failed run {key}",
             self.runs.finish_run,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from apscheduler.schedulers.base import STATE_RUNNING
 
 from pyramid_scheduler.daemon.aps import build_job, job_defaults, runs_in_pool
 from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor
 from pyramid_scheduler.daemon.job_events import JobEvents
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
@@ -81,6 +82,8 @@ class Intake:
     lease: Lease | None
     events: JobEvents
     store_back: StoreBack
+    #: Where "now" is read (a job's first fire time).
+    clock: Clock = SYSTEM_CLOCK
 
     def submit_many(self, requests: list[JobRequest], carry_out: Callable[[JobRequest], str]) -> list[str | Exception]:
         """Carry out *requests* in order, each as *carry_out* would one by
@@ -145,7 +148,7 @@ class Intake:
         # The first fire time from now; if the schedule ended while the message
         # waited (the daemon was down), its first fire time after acceptance:
         # a late run, which runs or is recorded missed like any other.
-        first = next_fire_time(trigger, datetime.now(timezone.utc)) or next_fire_time(trigger, accepted)
+        first = next_fire_time(trigger, self.clock.now()) or next_fire_time(trigger, accepted)
         if first is None:
             raise InvalidJob(
                 f"{request.trigger['type']} trigger: never fires after the job was accepted at {accepted.isoformat()}"

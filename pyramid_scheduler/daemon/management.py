@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from apscheduler.job import Job
@@ -20,6 +19,7 @@ from apscheduler.jobstores.base import JobLookupError
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import queue_of
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.scheduling import DueScheduler
@@ -47,6 +47,8 @@ class Management:
     events: JobEvents
     persist: Persist
     restore_parked: Callable[[], int]
+    #: Where "now" is read (a new schedule's first fire time, run now, resume).
+    clock: Clock = SYSTEM_CLOCK
 
     def cancel(self, request: JobRequest) -> str:
         """Remove a job and close its record; CANCELED after any run going."""
@@ -81,13 +83,12 @@ class Management:
         if op == "reschedule":
             assert request.trigger is not None
             trigger = build_trigger(request.trigger, self.settings.timezone, anchor=request.accepted_at())
-            first = next_fire_time(trigger, datetime.now(timezone.utc))
+            first = next_fire_time(trigger, self.clock.now())
             if first is None:
                 return self._refuse(request, "the new schedule never fires")
-            if paused:
-                self.scheduler.modify_job(job_id, jobstore=queue, trigger=trigger)
-            else:
-                self.scheduler.reschedule_job(job_id, jobstore=queue, trigger=trigger)
+            # APScheduler's reschedule_job, with the first fire time on this clock.
+            moved = {} if paused else {"next_run_time": first}
+            self.scheduler.modify_job(job_id, jobstore=queue, trigger=trigger, **moved)
             self._write_record(
                 f"job {job_id}: recording its new trigger", self.ledger.set_trigger, job_id, queue, request.trigger
             )
@@ -126,12 +127,12 @@ class Management:
             return self._refuse(request, "the job is paused; resume it first")
         # Due now: APScheduler runs it with the usual run events, then
         # computes its next run from the trigger.
-        self.scheduler.modify_job(job_id, jobstore=queue, next_run_time=datetime.now(timezone.utc))
+        self.scheduler.modify_job(job_id, jobstore=queue, next_run_time=self.clock.now())
         log.info("job %s (queue %s): run now", job_id, queue)
         return "run-now"
 
     def _resume(self, job: Job, queue: str, info: dict[str, Any]) -> str:
-        first = next_fire_time(job.trigger, datetime.now(timezone.utc))
+        first = next_fire_time(job.trigger, self.clock.now())
         if first is None:
             # APScheduler's resume_job would delete it without a word.
             reason = "its schedule ended while it was paused"
@@ -142,7 +143,9 @@ class Management:
             log.warning("job %s (queue %s): resumed, but %s; removed", job.id, queue, reason)
             self.events.job_ended(job.id, queue, info)
             return "resumed-ended"
-        self.scheduler.resume_job(job.id, jobstore=queue)
+        self.scheduler.modify_job(
+            job.id, jobstore=queue, next_run_time=first
+        )  # APScheduler's resume_job, on this clock
         self._write_record(
             f"job {job.id}: recording the resume", self.ledger.set_status, job.id, queue, "scheduled", ("paused",)
         )

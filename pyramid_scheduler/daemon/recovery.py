@@ -27,6 +27,7 @@ from typing import Any
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import move_job
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import run_key
 from pyramid_scheduler.daemon.intake import Intake
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info, request_info
@@ -58,6 +59,8 @@ class Recovery:
     queues: tuple[str, ...]
     intake: Intake
     events: JobEvents
+    #: Where "now" is read (a retry's due time, the due jobs to settle).
+    clock: Clock = SYSTEM_CLOCK
 
     def recover(self) -> None:
         """Settle, report interrupted runs, schedule orphans (see the module)."""
@@ -86,7 +89,7 @@ class Recovery:
         if rerun:
             reason += "; running it once more (scheduler.interrupted = rerun)"
         # A job with retries left spends one on a run a crash cut.
-        plan = plan_retry(self.ledger.get_job(job_id), datetime.now(timezone.utc)) if final and not rerun else None
+        plan = plan_retry(self.ledger.get_job(job_id), self.clock.now()) if final and not rerun else None
         if plan is not None:
             reason += f"; retrying it in {plan.delay:g}s (attempt {plan.attempt + 1} of {plan.retries + 1})"
         self.ledger.finish_run(
@@ -107,7 +110,7 @@ class Recovery:
         self.events.emit_run_events(job_id, events, final and not rerun and plan is None)
         if rerun or plan is not None:
             # A one-off job again: a new run time gives the re-run its own run_key.
-            when = plan.at if plan is not None else datetime.now(timezone.utc)
+            when = plan.at if plan is not None else self.clock.now()
             kind = request["trigger"]["type"] if plan is not None else "now"
             again = dict(request, trigger={"type": kind, "timezone": "UTC", "run_date": when.isoformat()})
             self.intake.add(decode(again), recovering=True)
@@ -130,7 +133,7 @@ class Recovery:
         ledger already has is moved past it, or removed if that was its last,
         so the run is neither run nor recorded missed again."""
         for _ in range(SETTLE_ROUNDS):
-            due = store.get_due_jobs(datetime.now(timezone.utc))
+            due = store.get_due_jobs(self.clock.now())
             keys = {run_key(job.id, job.next_run_time): job for job in due}
             recorded = self.ledger.recorded_runs(list(keys))
             if not recorded:

@@ -58,6 +58,7 @@ from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, TIMEOUT_MA
 from apscheduler.triggers.base import BaseTrigger
 
 from pyramid_scheduler.daemon.aps import dispatch, executor_of, job_stores, move_job, queue_of, run_times
+from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
@@ -153,8 +154,10 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
     (APScheduler's would die with it).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, clock: Clock = SYSTEM_CLOCK, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Where "now" is read for what is due.
+        self.clock = clock
         self._processing = threading.local()
         self._windows: dict[str, _Window] = {}
         #: When the first row now waiting to be written was handed over.
@@ -198,7 +201,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
     def _process(self) -> float | None:
         # In UTC, not self.timezone: now + LOOKAHEAD in a zone's wall clock
         # would land an hour early in the repeated hour of autumn.
-        now = datetime.now(timezone.utc)
+        now = self.clock.now()
         wakeups: list[datetime] = []
         events: list[JobSubmissionEvent] = []
         with job_stores(self) as stores:

@@ -161,6 +161,22 @@ def open_transaction(manager: Any) -> Any:
     return txn
 
 
+def transaction_open(manager: Any = None) -> bool:
+    """True while *manager* (default: the thread's ``transaction.manager``)
+    has a transaction open that a job could join."""
+    return open_transaction(transaction.manager if manager is None else manager) is not None
+
+
+def transaction_ending(manager: Any = None) -> bool:
+    """True while *manager* (default: the thread's ``transaction.manager``)
+    still holds a transaction that can no longer be joined nor begun over:
+    in its after-commit hooks, where the messages it held are published."""
+    manager = transaction.manager if manager is None else manager
+    manager = getattr(manager, "manager", manager)  # the thread manager's own, for this thread
+    txn = getattr(manager, "_txn", None)  # as open_transaction: no public "is one open?"
+    return txn is not None and txn.status not in (Status.ACTIVE, Status.DOOMED)
+
+
 def hold(txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
     """Publish *body* when *txn* commits (nothing if it aborts)."""
     try:

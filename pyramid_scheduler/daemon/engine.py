@@ -278,7 +278,7 @@ class Engine:
             deadline = time.monotonic() + timeout
             # Runs handed to the pool before the pause start after it: wait for those too.
             while (self.running_count() or self.runner.pending) and time.monotonic() < deadline:
-                stopping.wait(STOP_POLL)
+                time.sleep(STOP_POLL)  # (stopping is set: its wait would not wait)
             if self.running_count():
                 log.warning(
                     "%d job run(s) still running after scheduler.shutdown_timeout (%gs)", self.running_count(), timeout

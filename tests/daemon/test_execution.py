@@ -32,6 +32,13 @@ def stored(engine, func, job_id, **options):
     return job
 
 
+def handed(engine, job, run_times):
+    """Hand a batch to the runner as the worker pool does (``submit_job``
+    counts it pending, the run ends it)."""
+    engine.runner.submitted()
+    return engine.runner.run(job, run_times)
+
+
 def statuses(engine, job_id):
     return {run["run_key"]: run["status"] for run in engine.proxy.get_runs(job_id)}
 
@@ -40,7 +47,7 @@ def test_a_due_run_in_gives_its_run_record_out(engine_factory):
     engine, events = engine_factory()
     job = stored(engine, record, "ex1")
     due = job.next_run_time
-    (out,) = engine.runner.run(job, [due])
+    (out,) = handed(engine, job, [due])
     key = run_key("ex1", due)
     assert out == RunRecord("ex1", "jobs", key, "done")
     assert RUNS == [("ex1", "M")]
@@ -53,7 +60,7 @@ def test_a_failed_run_with_retries_left_comes_out_with_its_retry(engine_factory)
     engine, events = engine_factory()
     job = stored(engine, fail, "ex2", retries=1, retry_delay=3600)
     due = job.next_run_time
-    (out,) = engine.runner.run(job, [due])
+    (out,) = handed(engine, job, [due])
     assert (out.outcome, out.retry.attempt, out.retry.retries) == ("failed", 1, 1)
     assert engine.proxy.get_job("ex2")["status"] == "scheduled"  # the retry is due
     wait_for(lambda: Event.JOB_RETRY in types_for(events, "ex2"))
@@ -64,7 +71,7 @@ def test_a_run_later_than_its_grace_comes_out_missed_and_is_not_run(engine_facto
     engine, events = engine_factory()
     job = stored(engine, record, "ex3", misfire_grace_time=1)
     late = datetime.now(UTC) - timedelta(minutes=5)
-    (out,) = engine.runner.run(job, [late])
+    (out,) = handed(engine, job, [late])
     assert out == RunRecord("ex3", "jobs", run_key("ex3", late), "missed")
     assert RUNS == []
     wait_for(lambda: Event.JOB_MISSED in types_for(events, "ex3"))
@@ -74,8 +81,8 @@ def test_a_run_already_recorded_comes_out_not_run_and_runs_once(engine_factory):
     engine, _ = engine_factory()
     job = stored(engine, record, "ex4")
     due = job.next_run_time
-    first = engine.runner.run(job, [due])
-    again = engine.runner.run(job, [due])
+    first = handed(engine, job, [due])
+    again = handed(engine, job, [due])
     assert [r.outcome for r in first + again] == ["done", "not-run"]
     assert RUNS == [("ex4", "M")]
 
@@ -85,7 +92,7 @@ def test_the_runs_a_catch_up_plan_skipped_come_out_missed_before_the_run(engine_
     job = stored(engine, record, "ex5")
     due = job.next_run_time
     skipped = [Missed(due - timedelta(minutes=2), "coalesced"), Missed(due - timedelta(minutes=1), "coalesced")]
-    out = engine.runner.run(job, [ScheduledRun.of(due, skipped)])
+    out = handed(engine, job, [ScheduledRun.of(due, skipped)])
     assert [(r.run_key, r.outcome) for r in out] == [
         (run_key("ex5", skipped[0].first), "missed"),
         (run_key("ex5", skipped[1].first), "missed"),
@@ -107,7 +114,7 @@ def test_a_run_refused_by_the_lease_check_goes_back_to_scheduling(engine_factory
     due = job.next_run_time
     engine.aps.remove_job("ex6", jobstore="jobs")  # handed over: the scheduler no longer holds it
     monkeypatch.setattr(engine.lease, "valid", lambda: False)
-    (out,) = engine.runner.run(job, [due])
+    (out,) = handed(engine, job, [due])
     assert out.outcome == "not-run" and RUNS == []
     back = engine.aps.get_job("ex6", jobstore="jobs")
     assert back is not None and back.next_run_time == due

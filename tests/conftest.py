@@ -17,6 +17,9 @@ import pytest
 
 from daemons import wait_until
 
+#: The producer's fixtures (app_settings, scheduler), for the web side's tests and others.
+pytest_plugins = ["producers"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -166,6 +166,9 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         self._handed_at = 0.0
         #: Load every window again (set by :meth:`wakeup`).
         self._reload = False
+        #: Rounds of due processing finished (what waits for the scheduler
+        #: thread to have looked again, such as a test of what does not run, reads).
+        self.rounds = 0
 
     def _process_jobs(self) -> float | None:
         if self.state != STATE_RUNNING:
@@ -179,6 +182,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             return RETRY_PROCESSING
         finally:
             self._processing.active = False
+            self.rounds += 1
 
     def wakeup(self) -> None:
         """APScheduler's: process the jobs now; here also load them again

@@ -23,7 +23,7 @@ A release that changes the tables adds a step here::
         2: ("dead letters keep the size and SHA-256 of the body", _add_columns("dead_letters")),
     }
 
-and a test that upgrades the previous release's tables (tests/test_schema.py).
+and a test that upgrades the previous release's tables (tests/store/test_schema.py).
 """
 
 from __future__ import annotations

@@ -105,6 +105,18 @@ def types_for(events, job_id):
     return [e.type for e in events if e.get("job_id") == job_id]
 
 
+def settled(engine):
+    """Wait until the scheduler thread has looked at the due jobs twice more
+    and no run is pending or going: what was going to run by now has run."""
+    rounds = engine.aps.rounds
+
+    def looked_again():
+        engine.aps.wakeup()  # it sleeps until the next due job otherwise
+        return engine.aps.rounds >= rounds + 2 and not engine.runner.pending and not engine.running_count()
+
+    wait_for(looked_again)
+
+
 def test_run_now_job_runs_with_registry_and_events_in_order(engine_factory):
     engine, events = engine_factory()
     request = add(record, job_id="a1")
@@ -144,7 +156,7 @@ def test_duplicate_message_is_absorbed_but_a_finished_id_can_be_reused(engine_fa
     again = add(record, job_id="d1")  # a new request reusing the finished id
     assert engine.submit(again) == "stored"
     wait_for(lambda: len([r for r in RUNS if r[0] == "d1"]) == 2)
-    time.sleep(0.2)
+    settled(engine)
     assert len([r for r in RUNS if r[0] == "d1"]) == 2
     assert types_for(events, "d1").count(Event.JOB_CREATED) == 2
 
@@ -285,7 +297,7 @@ def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_lease(engine_fact
     engine.submit(add(record, job_id="fenced"))
     # Stored where the holder of the lease will find it, and not run here.
     assert engine.aps.get_job("fenced", jobstore="jobs") is not None
-    time.sleep(0.3)
+    settled(engine)
     assert RUNS == []
     assert renew()
     engine.aps.wakeup()

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 import test_engine
-from test_engine import RUNS, add, record, types_for, wait_for
+from test_engine import RUNS, add, record, settled, types_for, wait_for
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon import scheduling as due
@@ -60,7 +60,7 @@ def test_date_jobs_due_close_together_run_once_each_in_due_order(engine_factory)
         engine.submit(add(record, kind="date", job_id=job_id, when=due_at[job_id]))
     engine.aps.resume()
     wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job_id) for job_id in ids))
-    time.sleep(0.2)
+    settled(engine)
     ran = [tag for tag, _ in RUNS]
     assert sorted(ran) == ids
     assert [due_at[tag] for tag in ran] == sorted(due_at.values())  # one worker: in the order handed over
@@ -80,7 +80,7 @@ def test_job_canceled_or_paused_after_being_loaded_ahead_does_not_run(engine_fac
     assert engine.submit(request("cancel", "gone")) == "canceled"
     assert engine.submit(request("pause", "paused")) == "paused"
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "kept"))
-    time.sleep(0.3)
+    settled(engine)
     assert [tag for tag, _ in RUNS] == ["kept"]
     assert types_for(events, "gone") == [Event.JOB_CREATED, Event.JOB_CANCELED]
     assert engine.ledger.get_job("gone")["status"] == "canceled"
@@ -155,7 +155,7 @@ def test_rows_a_crashed_daemon_did_not_write_are_settled_without_a_second_run(
     time.sleep(1.5)  # past the misfire grace
 
     engine, events = engine_factory(proxy=proxy)
-    time.sleep(0.5)
+    settled(engine)
     assert RUNS.count(("once", "M")) == 1
     assert Event.JOB_MISSED not in types_for(events, "once")
     assert [run["status"] for run in engine.ledger.list_runs("once")] == ["done"]

@@ -1,7 +1,7 @@
 """Config-time schedules applied by real ``pscheduler`` daemons at start: a
 new declaration is stored, a changed one updates the stored job and a removed
 one is removed (JOB_REMOVED). An unchanged one is left alone: see
-tests/test_declare.py, with in-process engines."""
+tests/web/test_declare.py, with in-process engines."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 from pyramid.paster import bootstrap
 from pyramid.threadlocal import manager as threadlocal_manager
 import sqlalchemy as sa
-from test_proxy import published
+from producers import published
 
 from .conftest import make_project
 from .starterapp import jobs, models

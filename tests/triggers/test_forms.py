@@ -12,14 +12,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import test_proxy
-from test_proxy import published
 
+from producers import published
 from pyramid_scheduler import InvalidJob
-
-# The producer of test_proxy: queues "jobs reports" on SQLite files in tmp_path.
-app_settings = test_proxy.app_settings
-scheduler = test_proxy.scheduler
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationConflictError, ConfigurationError
-from test_proxy import published
 
 from conftest import make_settings
 from integration.sampleapp import jobs
+from producers import published
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.engine import Engine
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import transaction
 import webtest
-from test_proxy import published
 
 from conftest import make_settings
 from integration.sampleapp import jobs
 from integration.sampleapp.tm import add_order, main, order_tags
+from producers import published
 from pyramid_scheduler import InvalidJob
 
 

@@ -2,7 +2,7 @@
 
 It loads the application from the INI file (logging configured from it),
 checks that the application includes pyramid_scheduler and is not in combined
-mode, then runs a :class:`~.consumer.SchedulerService` in the main thread: it
+mode, then runs a :class:`~.service.SchedulerService` in the main thread: it
 stands by while another daemon holds the queues' lease, then consumes and
 runs jobs. SIGTERM or SIGINT stops consuming, lets running jobs finish (up to
 ``scheduler.shutdown_timeout``), shuts APScheduler down and exits 0.

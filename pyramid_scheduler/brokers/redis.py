@@ -100,7 +100,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: True once Redis refused :data:`TAKE_WAITING` (an ACL without scripting).
     _no_scripts = False
     Message = DoorMessage
-    #: Entries larger than this (bytes) are not read (:func:`~.door.envelope`).
+    #: Entries larger than this (bytes) are not read (:func:`~pyramid_scheduler.wire.door.envelope`).
     max_entry_size = entry_limit(256 * 1024)
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]

@@ -26,7 +26,7 @@ whose names are private; they live with their classes and rely on 3.11 too:
   ``BackgroundScheduler``'s thread;
 * :meth:`.catchup.CatchUpJob._get_run_times` (the run times of a due job);
 * ``QueueJobStore._reconstitute_job`` and ``QueueJobStore._get_jobs``
-  (:mod:`pyramid_scheduler.store`: loading a stored job with the restricted
+  (:mod:`pyramid_scheduler.store.jobstores`: loading a stored job with the restricted
   unpickler);
 * ``WallClockCronTrigger._increment_field_value`` (the cron trigger's step
   across a change of UTC offset).

@@ -64,11 +64,11 @@ def _readable(transport: Any, sock: Any) -> bool:
 
 
 def redis_channel(channel: Any) -> Any:
-    """:mod:`.redis_transport` if *channel* is one of its channels, else None.
+    """:mod:`pyramid_scheduler.brokers.redis` if *channel* is one of its channels, else None.
 
     Looked up, not imported: the module loads Kombu's Redis transport, which
     needs the redis extra, and a channel of it exists only once
-    :func:`.broker.make_connection` imported it for a Redis URL.
+    :func:`pyramid_scheduler.brokers.connection.make_connection` imported it for a Redis URL.
     """
     module = sys.modules.get("pyramid_scheduler.brokers.redis")
     return module if module is not None and isinstance(channel, module.Channel) else None

@@ -13,7 +13,7 @@ The engine only wires the parts and routes the requests to them:
 * :mod:`.recovery` settles what a previous daemon left, before anything runs;
 * :mod:`.reconcile` applies the jobs declared in the application's code;
 * :mod:`.housekeeping` does the periodic chores;
-* the lease (:class:`~pyramid_scheduler.store.ledger.Lease`) is renewed on a
+* the lease (:class:`~pyramid_scheduler.store.lease.Lease`) is renewed on a
   thread of its own here; if another daemon took it, :attr:`Engine.lease_lost`
   is set and the service stops.
 """

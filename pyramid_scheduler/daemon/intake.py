@@ -2,7 +2,7 @@
 
 Between the consumer (:mod:`.consumer`), which hands over each decoded
 request, and scheduling (:mod:`.scheduling`), which runs stored jobs when
-they are due. An ``add`` is checked again (:func:`~.messages.admit`), its
+they are due. An ``add`` is checked again (:func:`~pyramid_scheduler.wire.messages.admit`), its
 trigger built, and the job written to its queue's SQL job store in one
 transaction with its ledger row, so a redelivered message is absorbed by job
 id, before the message is acked. A run-now job goes straight to the worker
@@ -204,7 +204,7 @@ class Intake:
         """True when a run-now job may go straight to the worker pool: the
         SQL job store is on, the scheduler runs, this daemon's lease is fresh
         (else the job waits, fenced, in the job store: see
-        :meth:`.store.QueueJobStore.get_due_jobs`), no run of a job with this
+        :meth:`pyramid_scheduler.store.jobstores.QueueJobStore.get_due_jobs`), no run of a job with this
         id is in the pool, and the pool's backlog is below
         :data:`DIRECT_BACKLOG`."""
         return (
@@ -244,7 +244,7 @@ class Intake:
         one run is submitted (and delete it then). The record alone is the
         persisted job. A daemon that stops before the run starts leaves a live
         record that APScheduler does not hold: the next one's recovery
-        schedules it again (:meth:`.store.Ledger.orphans`), exactly as for a
+        schedules it again (:meth:`pyramid_scheduler.store.ledger.Ledger.orphans`), exactly as for a
         job APScheduler had submitted, with the same run key; a run the lease
         check refuses is stored back in the job store (:meth:`.Runner.run_one`).
         """

@@ -11,7 +11,7 @@ runs (:meth:`.Engine.start`), :meth:`Recovery.recover`:
    spending one of its retries (:mod:`.retries`);
 3. schedules again the jobs that were due and submitted but never started,
    and the retries whose due time is only in the ledger
-   (:meth:`.store.Ledger.orphans`); one that cannot be is parked.
+   (:meth:`pyramid_scheduler.store.ledger.Ledger.orphans`); one that cannot be is parked.
 
 :meth:`Recovery.restore_parked` (at start, at housekeeping and on the
 ``restore-parked`` message) schedules again the parked jobs that load now.

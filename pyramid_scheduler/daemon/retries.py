@@ -9,7 +9,7 @@ the ledger records the failed run and the retry's due time in one write
 :func:`schedule_retry` stores the retry in APScheduler's job store as a date
 job with the same id. So a retry lives where every job lives and survives a
 restart, and a daemon that stopped between the two writes finds the due time
-in the ledger and schedules the retry at start (:meth:`.store.Ledger.orphans`).
+in the ledger and schedules the retry at start (:meth:`pyramid_scheduler.store.ledger.Ledger.orphans`).
 Each retry is a run of its own, with its own ``run_key``. A run that a crash
 cut spends a retry too: the daemon's recovery (:mod:`.recovery`) asks :func:`plan_retry` when it
 records the run ``interrupted``.

@@ -21,12 +21,12 @@ each other's flush of PostgreSQL's log.
 
 * it wakes :data:`LEAD` seconds before the first job it does not hold yet is
   due, and loads every job due within :data:`LOOKAHEAD` seconds, with the next
-  run time after them, in one query (:meth:`.store.QueueJobStore.load_window`);
+  run time after them, in one query (:meth:`pyramid_scheduler.store.jobstores.QueueJobStore.load_window`);
 * at each job's due time it hands the job to the pool from memory, with no
   round trip before;
 * the stores' rows of the jobs it handed over are deleted or moved to their
   next run time later, several in one transaction
-  (:meth:`.store.QueueJobStore.flush`): before it loads again, or once no
+  (:meth:`pyramid_scheduler.store.jobstores.QueueJobStore.flush`): before it loads again, or once no
   job is due in the next :data:`FLUSH_GAP` seconds and the workers have had
   :data:`FLUSH_DELAY` to commit the starts of the runs just handed over (at
   the latest after :data:`FLUSH_MAX_AGE`).
@@ -106,7 +106,7 @@ class _Window:
     until: datetime
     #: The earliest next run time after :attr:`until` (None: none), in UTC.
     following: datetime | None
-    #: The store's :attr:`~.store.QueueJobStore.changes` when loaded.
+    #: The store's :attr:`~pyramid_scheduler.store.jobstores.QueueJobStore.changes` when loaded.
     changes: int
     keys: list[float] = field(default_factory=list)
 

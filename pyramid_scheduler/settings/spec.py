@@ -449,8 +449,6 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     ),
 )
 
-#: The settings by key (families under ``NAME.*``).
-BY_KEY = {setting.key: setting for setting in SETTINGS}
 #: The families of free names: ``NAME.`` -> their setting.
 FAMILIES = {setting.family: setting for setting in SETTINGS if setting.family}
 #: Keys with a fixed name, beside the ``apscheduler.*`` and

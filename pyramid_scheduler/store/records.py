@@ -3,7 +3,7 @@
 The runner (:mod:`pyramid_scheduler.daemon.execution`) hands a
 :class:`RunStart` before calling the job and a :class:`RunEnd` after, to
 the group commit (:class:`pyramid_scheduler.store.runs.RunWriter`), which
-writes several at once (:mod:`pyramid_scheduler.store.runbatch`) or each on
+writes several at once (:mod:`pyramid_scheduler.store.runwrites`) or each on
 its own (:meth:`pyramid_scheduler.store.ledger.Ledger.start_run` and
 :meth:`~pyramid_scheduler.store.ledger.Ledger.finish_run`).
 """

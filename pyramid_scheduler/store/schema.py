@@ -1,6 +1,6 @@
 """Schema: the versions of the job store's own tables, and the upgrades between them.
 
-Beneath the ledger (:class:`.store.Ledger`), which calls :func:`upgrade`
+Beneath the ledger (:class:`pyramid_scheduler.store.ledger.Ledger`), which calls :func:`upgrade`
 when it opens the job store. The tables carry a version, kept in
 ``<prefix>schema`` (one row): a daemon or web process of this release
 creates the tables it misses, then brings tables of an earlier release up to
@@ -15,7 +15,7 @@ Tables made by development builds before the version row existed are
 brought up to version 1 by adding the columns they miss
 (:func:`.db.add_missing_columns`), then stamped. APScheduler's own tables
 (``<prefix>aps_<queue>``) are APScheduler's to version; the SQL broker's
-table is made by :mod:`.transport`.
+table is made by :mod:`pyramid_scheduler.brokers.sql`.
 
 A release that changes the tables adds a step here::
 

@@ -7,15 +7,12 @@ at ``registry.scheduler`` and ``request.scheduler``. It *is* a
 replaced: every ``add_*_job`` and ``cancel_job`` call runs the real checks
 and builds the real version 1 message, which is then decoded by the daemon's
 own :func:`~pyramid_scheduler.wire.messages.decode` and handed to the
-daemon's own engine instead of a broker. That engine
-(:class:`~pyramid_scheduler.daemon.stepped.SteppedEngine`) is the one
-``pscheduler`` runs, with the job store on an in-memory SQLite database, a
-worker pool that runs jobs in the calling thread and the fake clock
-(:class:`FakeClock`) as its time: the intake, the management requests, the
-scheduling of due jobs with its catch-up policy, the runner, the retries,
-the declared jobs and the ledger are the daemon's code, and the same events
-reach the listeners and ``registry.notify`` subscribers. No broker, no
-database file, no threads, no sleeping.
+engine ``pscheduler`` runs (:class:`~pyramid_scheduler.daemon.stepped.SteppedEngine`),
+with its job store in memory, jobs run in the calling thread and the fake
+clock (:class:`FakeClock`) as its time: intake, management, scheduling with
+catch-up, runs, retries, declared jobs and records are the daemon's code,
+and the same events reach the listeners and ``registry.notify``
+subscribers. No broker, no database file, no sleeping.
 
 Tests that run each request inside a transaction of their own which never
 commits (the Pyramid starter's ``testapp`` fixture) see what their
@@ -201,6 +198,8 @@ class _InProcessPublisher:
             return
         self.scheduler.submit(request)
         if self.scheduler.eager and request.op in ("add", "run_now"):
+            if self.scheduler.stepping_here():
+                return  # added by a job this thread runs: the running loop runs it
             if transaction_ending():
                 # Published by the after-commit hook of the caller's transaction
                 # (transaction-aware enqueue): that transaction is over but still
@@ -244,7 +243,11 @@ class TestingScheduler(SchedulerProxy):
         self.runs: list[dict[str, Any]] = []
         self.runtime = self  # what combined mode checks: nothing else is started
         self._engine: SteppedEngine | None = None
-        self._stepping = False
+        #: Held while a thread makes, steps or changes the engine: tests may
+        #: add jobs from several threads (a threaded test server).
+        self._lock = threading.RLock()
+        #: The thread stepping the engine (running due jobs), if one is.
+        self._stepping: int | None = None
         #: Message ids taken from a transaction by ``run_pending(request=...)``.
         self._released: set[str] = set()
 
@@ -253,13 +256,14 @@ class TestingScheduler(SchedulerProxy):
     def engine(self) -> SteppedEngine:
         """The daemon's engine this scheduler runs, started at first use
         (storing the declared jobs, as the daemon does at its start)."""
-        if self._engine is None:
-            engine = SteppedEngine(self, self.clock, OWNER)
-            engine.inline_dispatcher.record = self._record
-            self._engine = engine
-            with self.clock._later():  # the daemon starts a moment after the application was configured
-                engine.start()
-        return self._engine
+        with self._lock:
+            if self._engine is None:
+                engine = SteppedEngine(self, self.clock, OWNER)
+                engine.inline_dispatcher.record = self._record
+                self._engine = engine
+                with self.clock._later():  # the daemon starts a moment after the application was configured
+                    engine.start()
+            return self._engine
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -308,14 +312,15 @@ class TestingScheduler(SchedulerProxy):
     def submit(self, request: JobRequest) -> None:
         """Carry out one decoded request with the daemon's engine, sent now
         by the fake clock."""
-        engine, request = self.engine, replace(request, sent_at=self.now().isoformat())
-        if request.op != "add":
-            engine.submit(request)
-            return
-        # The daemon reads an add a moment after it was sent: a fire time at
-        # the sending time (an interval's start) has passed by then.
-        with self.clock._later():
-            engine.submit(request)
+        with self._lock:
+            engine, request = self.engine, replace(request, sent_at=self.now().isoformat())
+            if request.op != "add":
+                engine.submit(request)
+                return
+            # The daemon reads an add a moment after it was sent: a fire time at
+            # the sending time (an interval's start) has passed by then.
+            with self.clock._later():
+                engine.submit(request)
 
     def _record(self, event: Event) -> None:
         self.events.append(event)
@@ -373,10 +378,18 @@ class TestingScheduler(SchedulerProxy):
     def _run_until(self, target: datetime) -> list[dict[str, Any]]:
         """Step the clock to each due time up to *target*, and have the engine
         run what is due there; the runs made."""
-        if self._stepping:  # a job added by a running job: the outer loop runs it
+        if self.stepping_here():  # a job added by a running job: the outer loop runs it
             return []
+        with self._lock:
+            return self._step_until(target)
+
+    def stepping_here(self) -> bool:
+        """Is this thread running due jobs (so a job it adds runs in that loop)?"""
+        return self._stepping == threading.get_ident()
+
+    def _step_until(self, target: datetime) -> list[dict[str, Any]]:
         engine, start = self.engine, len(self.runs)
-        self._stepping = True
+        self._stepping = threading.get_ident()
         try:
             while True:
                 when = engine.next_due()
@@ -393,7 +406,7 @@ class TestingScheduler(SchedulerProxy):
                     raise RuntimeError(f"pyramid_scheduler.testing: a job due at {when.isoformat()} is not handed over")
             self.clock._reach(target)
         finally:
-            self._stepping = False
+            self._stepping = None
         return self.runs[start:]
 
     # -- a transaction that never commits (the Pyramid starter's fixtures) ------------
@@ -424,18 +437,20 @@ class TestingScheduler(SchedulerProxy):
 
         .. versionadded:: 1.0
         """
-        if self._engine is not None:
-            self._engine.stop()
-            self._engine = None
+        with self._lock:
+            if self._engine is not None:
+                self._engine.stop()
+                self._engine = None
         self.events.clear()
         self.runs.clear()
         self._released.clear()
         self.clock = FakeClock(self)
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._engine is not None:
-            self._engine.stop()
-            self._engine = None
+        with self._lock:
+            if self._engine is not None:
+                self._engine.stop()
+                self._engine = None
         super().shutdown(wait)
 
     close = shutdown

@@ -553,3 +553,37 @@ def test_a_production_broker_in_the_settings_is_not_reached_nor_refused():
     _, scheduler, _ = make_app(**{"scheduler.broker.url": "redis://192.0.2.1:6379/0"})
     scheduler.add_async_job(record, args=["local"], id="local")
     assert [run["status"] for run in scheduler.run_pending()] == ["done"]
+
+
+def test_jobs_added_from_several_threads_all_run():
+    """A threaded test server adds jobs from its threads: the kit takes them
+    one thread at a time, and runs every one."""
+    _, scheduler, _ = make_app()
+    failures: list[BaseException] = []
+
+    def add(worker: int) -> None:
+        try:
+            for n in range(30):
+                scheduler.add_async_job(record, args=[f"t{worker}-{n}"])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=add, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(scheduler.run_pending()) == 120
+    assert len(scheduler.jobs) == 120
+
+
+def test_a_stand_in_at_registry_scheduler_is_left_alone():
+    """An application (or test) that puts its own object at
+    registry.scheduler is not asked for its settings when the app is made."""
+    with Configurator(settings={}) as config:
+        config.include("pyramid_scheduler")
+        config.commit()
+        config.registry.scheduler = object()
+        app = config.make_wsgi_app()
+    assert app.registry.scheduler is not None

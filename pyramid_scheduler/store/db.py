@@ -12,6 +12,7 @@ the current directory, and their folder is created.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -52,6 +53,7 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: b
     database = parsed.database or ""
     memory = not database or database == ":memory:"
     if memory:
+        # One connection holds the database: every thread shares it.
         kwargs.update(poolclass=StaticPool)
     else:
         folder = os.path.dirname(os.path.abspath(database))
@@ -59,6 +61,8 @@ def create_db_engine(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: b
     kwargs.setdefault("connect_args", {})
     kwargs["connect_args"].update(timeout=busy_timeout, check_same_thread=False)
     engine = sa.create_engine(parsed, **kwargs)
+    if memory:
+        _one_thread_at_a_time(engine)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
@@ -168,3 +172,21 @@ def under_ddl_lock(engine: Engine, metadata: sa.MetaData, work: Callable[[sa.Con
                 raise
             time.sleep(0.05 * attempt)
     raise AssertionError("not reached")  # pragma: no cover
+
+
+def _one_thread_at_a_time(engine: Engine) -> None:
+    """An in-memory database is one connection shared by every thread: a
+    thread that checks it out holds it (re-entrantly) until it checks it in,
+    so two threads' transactions never interleave on it."""
+    lock = threading.RLock()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _taken(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        lock.acquire()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _given_back(dbapi_conn: Any, record: Any) -> None:
+        try:
+            lock.release()
+        except RuntimeError:  # checked in by another thread (a collected connection)
+            pass

@@ -119,7 +119,9 @@ def start_in_process(event: ApplicationCreated) -> None:
     jobs in this process; with ``scheduler.events.subscribe``, receive the
     daemons' job events. The daemon side is imported here, and only in
     combined mode."""
-    settings = event.app.registry.scheduler.settings
+    settings = getattr(getattr(event.app.registry, "scheduler", None), "settings", None)
+    if settings is None:  # the application put a stand-in of its own at registry.scheduler
+        return
     if settings.combined:
         from pyramid_scheduler.daemon.service import start_combined
 

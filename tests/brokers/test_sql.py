@@ -89,8 +89,7 @@ def test_claim_of_a_dead_consumer_expires(url):
         message.channel.qos._delivered.clear()
         with pytest.raises(queue_module.Empty):  # while the claim holds
             get(conn, queue, timeout=0.3)
-        time.sleep(0.8)
-        redelivered = get(conn, queue)
+        redelivered = get(conn, queue, timeout=5)  # once the claim expires
         assert redelivered.payload == {"n": 1}
         assert redelivered.delivery_info["redelivered"] is True
         redelivered.ack()

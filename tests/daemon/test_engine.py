@@ -16,6 +16,7 @@ from pyramid.threadlocal import get_current_registry
 
 from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
+from pyramid_scheduler.daemon.aps import pool_of
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import run_key
 from pyramid_scheduler.store.lease import Lease
@@ -235,7 +236,8 @@ def test_interrupted_run_is_reported_not_rerun(engine_factory, proxy_factory):
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "i1"))
     assert types_for(events, "i1") == [Event.JOB_INTERRUPTED, Event.JOB_REMOVED]
     assert engine.ledger.get_job("i1")["status"] == "interrupted"
-    time.sleep(1.5)
+    assert engine.aps.get_job("i1", jobstore="jobs") is None  # nothing left to run it
+    settled(engine)
     assert ("i1", "M") not in RUNS
 
 
@@ -271,7 +273,8 @@ def test_run_now_job_waiting_for_a_worker_runs_after_a_restart(engine_factory, p
 
     engine, events = engine_factory(proxy=proxy)
     wait_for(lambda: Event.JOB_REMOVED in types_for(events, "queued"))
-    time.sleep(0.3)  # the stopped daemon's pool must not run it too
+    pool_of(crashed.executor).shutdown(wait=True)  # what the stopped daemon's pool had, it has done
+    settled(engine)
     assert RUNS.count(("queued", "M")) == 1
     assert types_for(events, "queued") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
     assert [run["status"] for run in engine.ledger.list_runs("queued")] == ["done"]
@@ -441,8 +444,7 @@ def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):
     holder.stop(timeout=1)  # releases
     assert paused.try_acquire()
     assert not standby.try_acquire()
-    time.sleep(0.6)
-    assert not paused.valid()  # ... and knows it (fencing): it runs nothing more
+    wait_for(lambda: not paused.valid(), timeout=5)  # ... and knows it (fencing): it runs nothing more
     assert standby.try_acquire()
     assert standby.lease.epochs["jobs"] > epoch
     assert not paused.renew()

@@ -161,7 +161,8 @@ def test_a_retry_stored_by_a_run_that_ended_before_its_submission_returned_is_ke
     )
     wait_for(lambda: Event.JOB_RETRY in types_for(events, job_id))
     retry_at = next(e.retry_at for e in events if e.type == Event.JOB_RETRY)
-    time.sleep(1)  # past the scheduler thread's write of the rows of the jobs it handed over
+    # Past the scheduler thread's write of the rows of the jobs it handed over.
+    wait_for(lambda: engine.stores["jobs"].pending() == 0)
     job = engine.aps.get_job(job_id, jobstore="jobs")
     assert job is not None and job.next_run_time == retry_at
     record_ = engine.ledger.get_job(job_id)

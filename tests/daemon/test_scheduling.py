@@ -6,7 +6,6 @@ A real engine on a real job store (SQLite file or PostgreSQL), as in
 needs a job held in memory long enough to act on it.
 """
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -122,10 +121,12 @@ def test_recurring_job_in_the_window_runs_at_each_fire_time_and_is_stored_moved_
 
 def test_a_holder_whose_lease_lapsed_does_not_hand_over_a_job_it_loaded(engine_factory, long_window):
     engine, events = engine_factory()
-    engine.submit(add(record, kind="date", job_id="fenced", when=datetime.now(UTC) + timedelta(seconds=1)))
+    due_at = datetime.now(UTC) + timedelta(seconds=1)
+    engine.submit(add(record, kind="date", job_id="fenced", when=due_at))
     wait_for(lambda: held(engine, "fenced"))
     engine.stores["jobs"].fence = lambda: False  # the lease lapses before the job is due
-    time.sleep(1.5)
+    wait_for(lambda: datetime.now(UTC) > due_at, timeout=5)
+    settled(engine)
     assert RUNS == []
     assert rows(engine) == {"fenced"}
     assert engine.ledger.get_job("fenced")["status"] == "scheduled"
@@ -152,7 +153,7 @@ def test_rows_a_crashed_daemon_did_not_write_are_settled_without_a_second_run(
     assert store.pending() == 1
     store._pending.clear()  # what a kill -9 leaves: the row still due at the run just done
     crashed.stop(timeout=1)
-    time.sleep(1.5)  # past the misfire grace
+    wait_for(lambda: datetime.now(UTC) > when + timedelta(seconds=1), timeout=5)  # past the misfire grace
 
     engine, events = engine_factory(proxy=proxy)
     settled(engine)

@@ -1,26 +1,23 @@
-"""The engine in-process: storage, run ledger, event order, recovery, leases.
+"""The engine in-process: its start and stop, the run ledger, event order, leases.
 
 Requests are handed to :meth:`Engine.submit` as the consumer would after
 decoding; the job store is a real SQLite file (or PostgreSQL).
 """
 
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import sqlalchemy as sa
 from pyramid.config import Configurator
 from pyramid.threadlocal import get_current_registry
 
 from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
-from pyramid_scheduler.daemon.aps import pool_of
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import run_key
 from pyramid_scheduler.store.lease import Lease
-from pyramid_scheduler.store.records import RunEnd, RunStart
+from pyramid_scheduler.store.records import RunEnd
 from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest
 
@@ -147,31 +144,6 @@ def test_failing_job_and_sys_exit_are_recorded_not_fatal(engine_factory):
     assert engine.ledger.get_job("ok")["status"] == "done"
 
 
-def test_duplicate_message_is_absorbed_but_a_finished_id_can_be_reused(engine_factory):
-    engine, events = engine_factory()
-    request = add(record, job_id="d1")
-    assert engine.submit(request) == "stored"
-    assert engine.submit(request) == "duplicate"  # a redelivery: same message id
-    wait_for(lambda: engine.ledger.get_job("d1")["status"] == "done")
-    assert engine.submit(request) == "duplicate"  # a late redelivery after it ran
-    again = add(record, job_id="d1")  # a new request reusing the finished id
-    assert engine.submit(again) == "stored"
-    wait_for(lambda: len([r for r in RUNS if r[0] == "d1"]) == 2)
-    settled(engine)
-    assert len([r for r in RUNS if r[0] == "d1"]) == 2
-    assert types_for(events, "d1").count(Event.JOB_CREATED) == 2
-
-
-def test_live_job_id_is_idempotent(engine_factory):
-    engine, _ = engine_factory()
-    first = add(record, kind="interval", job_id="sync", seconds=3600)
-    second = add(record, kind="interval", job_id="sync", seconds=60)
-    assert engine.submit(first) == "stored"
-    assert engine.submit(second) == "duplicate"
-    job = engine.aps.get_job("sync")
-    assert job.trigger.interval == timedelta(hours=1)
-
-
 def test_cancel_during_a_run_waits_for_the_run_event(engine_factory):
     engine, events = engine_factory()
     # First run in 0.3 s, the next in an hour: none falls due while the gate holds it.
@@ -217,218 +189,6 @@ def test_late_date_job_is_missed_visibly(engine_factory):
     assert "misfire grace" in missed.reason
     assert engine.ledger.get_job("late")["status"] == "missed"
     assert ("late", "M") not in RUNS and ("recent", "M") in RUNS
-
-
-def test_interrupted_run_is_reported_not_rerun(engine_factory, proxy_factory):
-    proxy = proxy_factory()
-    crashed, _ = engine_factory(proxy=proxy)
-    when = datetime.now(UTC) + timedelta(seconds=1)
-    crashed.submit(add(record, kind="date", job_id="i1", when=when))
-    # What a crash mid-run leaves: APScheduler already removed the date job,
-    # the ledger has the run "started" by the dead daemon.
-    crashed.aps.pause()
-    crashed.aps.remove_job("i1", jobstore="jobs")
-    key = run_key("i1", when)
-    assert crashed.ledger.start_run(RunStart("i1", "jobs", key, when.timestamp(), "dead-daemon")) == "start"
-    crashed.stop(timeout=1)
-
-    engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "i1"))
-    assert types_for(events, "i1") == [Event.JOB_INTERRUPTED, Event.JOB_REMOVED]
-    assert engine.ledger.get_job("i1")["status"] == "interrupted"
-    assert engine.aps.get_job("i1", jobstore="jobs") is None  # nothing left to run it
-    settled(engine)
-    assert ("i1", "M") not in RUNS
-
-
-def test_due_but_never_started_run_runs_after_restart(engine_factory, proxy_factory):
-    proxy = proxy_factory()
-    crashed, _ = engine_factory(proxy=proxy)
-    crashed.aps.pause()
-    crashed.submit(add(record, kind="date", job_id="o1", when=datetime.now(UTC)))
-    # Submitted and removed by APScheduler, but the daemon died before the run started.
-    crashed.aps.remove_job("o1", jobstore="jobs")
-    crashed.stop(timeout=1)
-    assert RUNS == []
-
-    engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "o1"))
-    assert RUNS == [("o1", "M")]
-    assert types_for(events, "o1") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
-
-
-def test_run_now_job_waiting_for_a_worker_runs_after_a_restart(engine_factory, proxy_factory):
-    proxy = proxy_factory(**{"executor.max_workers": 1})
-    crashed, _ = engine_factory(proxy=proxy)
-    crashed.submit(add(wait_gate, job_id="busy"))
-    wait_for(lambda: ("busy", "started") in RUNS)
-    crashed.submit(add(record, job_id="queued"))
-    # A run-now job is stored as its record alone and handed to the pool:
-    # APScheduler's table never holds it.
-    assert crashed.ledger.get_job("queued")["status"] == "scheduled"
-    assert crashed.aps.get_job("queued") is None
-    # The daemon goes away while the job waits for the busy worker.
-    crashed.stop(timeout=0.2)
-    GATE.set()
-
-    engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "queued"))
-    pool_of(crashed.executor).shutdown(wait=True)  # what the stopped daemon's pool had, it has done
-    settled(engine)
-    assert RUNS.count(("queued", "M")) == 1
-    assert types_for(events, "queued") == [Event.JOB_EXECUTED, Event.JOB_REMOVED]
-    assert [run["status"] for run in engine.ledger.list_runs("queued")] == ["done"]
-
-
-def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory, monkeypatch):
-    monkeypatch.setattr("pyramid_scheduler.daemon.intake.DIRECT_BACKLOG", 0)
-    engine, events = engine_factory()
-    engine.aps.pause()
-    engine.submit(add(record, job_id="stored"))
-    assert engine.aps.get_job("stored", jobstore="jobs") is not None
-    engine.aps.resume()
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "stored"))
-    assert RUNS == [("stored", "M")]
-    assert types_for(events, "stored") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
-
-
-def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_lease(engine_factory, monkeypatch):
-    engine, events = engine_factory()
-    renew = engine.lease.renew
-    monkeypatch.setattr(engine.lease, "renew", lambda: True)  # the renewal thread stalls
-    engine.lease.renewed_at -= engine.lease.ttl  # as after a pause past the lease
-    engine.submit(add(record, job_id="fenced"))
-    # Stored where the holder of the lease will find it, and not run here.
-    assert engine.aps.get_job("fenced", jobstore="jobs") is not None
-    settled(engine)
-    assert RUNS == []
-    assert renew()
-    engine.aps.wakeup()
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "fenced"))
-    assert RUNS == [("fenced", "M")]
-
-
-def test_run_now_job_refused_by_the_lease_check_is_stored_back(engine_factory, proxy_factory, monkeypatch):
-    proxy = proxy_factory(**{"executor.max_workers": 1})
-    engine, events = engine_factory(proxy=proxy)
-    engine.submit(add(wait_gate, job_id="busy"))
-    wait_for(lambda: ("busy", "started") in RUNS)
-    engine.submit(add(record, job_id="later"))
-    # The lease lapses while "later" waits for the worker: its run is refused
-    # and the job goes back to the job store instead of being dropped.
-    monkeypatch.setattr(engine.lease, "valid", lambda: False)
-    GATE.set()
-    wait_for(lambda: engine.aps.get_job("later", jobstore="jobs") is not None)
-    assert ("later", "M") not in RUNS
-    monkeypatch.undo()
-    engine.aps.wakeup()
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "later"))
-    assert RUNS.count(("later", "M")) == 1
-    assert types_for(events, "later") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
-
-
-def test_redelivered_message_whose_record_was_stored_runs_the_job(engine_factory):
-    engine, events = engine_factory()
-    request = add(record, job_id="lost-reply")
-    # The record's commit went through but its reply was lost: the message
-    # comes back, and nothing holds the job yet.
-    engine.ledger.add_job(request.to_wire())
-    assert engine.submit(request) == "stored"
-    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "lost-reply"))
-    assert RUNS == [("lost-reply", "M")]
-    # Once it is handed over, the same message again is a duplicate.
-    assert engine.submit(request) == "duplicate"
-
-
-def _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, job_id):
-    """A date job stored, then its function renamed and the daemon restarted:
-    (module name, proxy, the restarted engine, its events) once it is parked."""
-    name = f"vanishing_{time.time_ns()}"
-    module = tmp_path / f"{name}.py"
-    module.write_text("def later(x):\n    return x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    proxy = proxy_factory()
-    first, _ = engine_factory(proxy=proxy)
-    request = JobRequest(
-        op="add",
-        id=job_id,
-        queue="jobs",
-        func=f"{name}:later",
-        args=[1],
-        trigger=trigger_spec("date", UTC, run_date=datetime.now(UTC)),
-    )
-    first.aps.pause()  # stored and due, not yet run
-    first.submit(request)
-    first.stop(timeout=1)
-    module.write_text("def renamed(x):\n    return x * 10\n")
-    sys.modules.pop(name, None)
-
-    engine, events = engine_factory(proxy=proxy)
-    wait_for(
-        lambda: engine.ledger.get_job(job_id)["status"] == "parked" and Event.JOB_PARKED in types_for(events, job_id)
-    )
-    engine.stop(timeout=1)
-    return name, module, proxy, engine, events
-
-
-def test_unloadable_stored_job_is_parked_not_deleted(engine_factory, proxy_factory, tmp_path, monkeypatch):
-    _, _, _, engine, events = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p1")
-    record = engine.ledger.get_job("p1")
-    assert "later" in record["error"]
-    table = engine.stores["jobs"].jobs_t
-    with engine.db.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 1
-    parked = [e for e in events if e.get("job_id") == "p1"]
-    assert [e.type for e in parked] == [Event.JOB_PARKED]  # once, however often it is read
-    assert "later" in parked[0].reason and parked[0].job["func"].endswith(":later")
-    # Housekeeping keeps a parked job, however old: it is waiting for its code.
-    assert engine.ledger.purge(time.time() + 10**6) == 0
-    assert engine.ledger.get_job("p1")["status"] == "parked"
-
-
-def test_parked_job_runs_under_its_alias(engine_factory, proxy_factory, tmp_path, monkeypatch):
-    name, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p2")
-    aliased = proxy_factory(func_aliases=f"{name}:later = {name}:renamed")
-    engine, events = engine_factory(proxy=aliased)
-    wait_for(lambda: engine.ledger.get_job("p2")["status"] == "done" and Event.JOB_REMOVED in types_for(events, "p2"))
-    record = engine.ledger.get_job("p2")
-    assert record["func"] == f"{name}:renamed" and record["result"] == "10" and record["error"] is None
-    assert types_for(events, "p2") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
-    # New messages naming the old function are renamed on arrival too.
-    engine.submit(
-        JobRequest(
-            op="add",
-            id="p3",
-            queue="jobs",
-            func=f"{name}:later",
-            args=[2],
-            trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)),
-        )
-    )
-    wait_for(lambda: engine.ledger.get_job("p3")["status"] == "done")
-    assert engine.ledger.get_job("p3")["result"] == "20"
-
-
-def test_parked_job_runs_once_its_code_is_back(engine_factory, proxy_factory, tmp_path, monkeypatch):
-    name, module, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p4")
-    module.write_text("def later(x):\n    return x + 1\n")
-    sys.modules.pop(name, None)
-    engine, events = engine_factory(proxy=proxy)
-    wait_for(lambda: engine.ledger.get_job("p4")["status"] == "done" and Event.JOB_REMOVED in types_for(events, "p4"))
-    assert engine.ledger.get_job("p4")["result"] == "2"
-    assert types_for(events, "p4") == [Event.JOB_RESTORED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
-
-
-def test_parked_job_can_be_canceled(engine_factory, proxy_factory, tmp_path, monkeypatch):
-    _, _, proxy, _, _ = _park_one(engine_factory, proxy_factory, tmp_path, monkeypatch, "p5")
-    engine, events = engine_factory(proxy=proxy)
-    assert engine.submit(JobRequest(op="cancel", id="p5", queue="jobs")) == "canceled"
-    assert engine.ledger.get_job("p5")["status"] == "canceled"
-    table = engine.stores["jobs"].jobs_t
-    with engine.db.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one() == 0
-    wait_for(lambda: Event.JOB_CANCELED in types_for(events, "p5"))
-    assert types_for(events, "p5")[-1] == Event.JOB_CANCELED
 
 
 def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):
@@ -568,41 +328,6 @@ def test_a_last_run_already_recorded_closes_the_job_without_running(engine_facto
     assert types_for(events, "closed") == [Event.JOB_CREATED, Event.JOB_REMOVED]
     assert engine.ledger.get_job("closed")["status"] == "missed"
     assert ("closed", "M") not in RUNS
-
-
-def test_a_batch_is_carried_out_in_order_with_its_run_now_jobs_stored_together(engine_factory):
-    engine, events = engine_factory()
-    later = datetime.now(UTC) + timedelta(hours=1)
-    bad = JobRequest(
-        op="add",
-        id="bad",
-        queue="jobs",
-        func="test_engine:no_such_function",
-        trigger=trigger_spec("now", UTC, run_date=datetime.now(UTC)),
-    )
-    b1 = add(record, job_id="b1")
-    batch = [
-        b1,
-        add(record, job_id="b2"),
-        bad,
-        add(record, kind="date", job_id="b3", when=later),
-        JobRequest(op="cancel", id="b3", queue="jobs"),
-        add(record, job_id="b4"),
-        b1,
-    ]  # b4 with b1's message again: stored one by one
-    results = engine.submit_many(batch)
-    assert results[:2] == ["stored", "stored"] and results[3:] == ["stored", "canceled", "stored", "duplicate"]
-    assert "no_such_function" in str(results[2])
-    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ("b1", "b2", "b4")))
-    assert sorted(tag for tag, _ in RUNS) == ["b1", "b2", "b4"]
-    assert types_for(events, "b3") == [Event.JOB_CREATED, Event.JOB_CANCELED]
-    assert engine.ledger.get_job("bad") is None
-    assert [engine.ledger.get_job(job)["status"] for job in ("b1", "b2", "b3", "b4")] == [
-        "done",
-        "done",
-        "canceled",
-        "done",
-    ]
 
 
 def test_many_runs_recorded_through_the_group_commit_are_each_recorded_once(engine_factory):

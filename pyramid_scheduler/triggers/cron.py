@@ -4,7 +4,7 @@
 schedule as a :class:`WallClockCronTrigger`, on both ends, and the job store
 keeps it pickled under this class. Releases before 1.0 stored it as
 ``pyramid_scheduler.catchup.WallClockCronTrigger``: the job store's unpickler
-(:mod:`pyramid_scheduler.store.ledger`) loads that name as this class.
+(:mod:`pyramid_scheduler.store.unpickle`) loads that name as this class.
 """
 
 from __future__ import annotations

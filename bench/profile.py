@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench import jobs
-from bench.run import Ours, timed, wait_for
+from bench.systems import Ours, timed, wait_for
 
 
 def profile_enqueue(count: int, out: Path) -> str:
@@ -80,7 +80,7 @@ def pg_round_trips() -> tuple[float, float]:
 
     import psycopg
 
-    from bench.run import POSTGRES_URL
+    from bench.systems import POSTGRES_URL
 
     with psycopg.connect(POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         conn.execute("create temporary table bench_rt (x int)")

@@ -184,6 +184,24 @@ def test_advance_fires_date_interval_and_cron_jobs_in_order():
         scheduler.clock.advance(hours=-1)
 
 
+def test_records_carry_the_fake_clock_s_times_in_the_order_they_changed():
+    app, scheduler, _ = make_app()
+    start = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+    scheduler.clock.set(start)
+    for tag in ("first", "second", "third"):  # the clock stands still
+        app.get("/add", {"kind": "date", "tag": tag, "date": (start + timedelta(hours=1)).isoformat()})
+    assert [job["id"] for job in scheduler.get_jobs()] == ["third", "second", "first"]  # newest change first
+    created = scheduler.get_job("first")["created_at"]
+    assert created == pytest.approx(start.timestamp(), abs=1e-3)
+    scheduler.clock.advance(hours=2)
+    record_ = scheduler.get_job("second")
+    assert record_["status"] == "done"
+    assert record_["last_run_at"] == pytest.approx((start + timedelta(hours=1)).timestamp(), abs=1e-3)
+    assert record_["updated_at"] >= record_["last_run_at"]
+    (run,) = scheduler.get_runs("second")
+    assert run["scheduled_at"] == pytest.approx((start + timedelta(hours=1)).timestamp())
+
+
 def test_a_runaway_step_is_stopped_with_a_clear_error(monkeypatch):
     import pyramid_scheduler.testing
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -148,6 +149,22 @@ class InlineExecutor(JobExecutor):
         return count
 
 
+class RecordClock:
+    """The records' times on the fake clock: each stamp the clock's time, at
+    least a microsecond after the one before, so records changed while the
+    clock stands still keep the order they were changed in."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def stamp(self) -> float:
+        with self._lock:
+            self._last = max(self.clock.now().timestamp(), self._last + 1e-6)
+            return self._last
+
+
 class SteppedEngine(Engine):
     """The daemon's :class:`Engine` with the parts above, on *clock*, for the
     queues of *proxy* (whose ``scheduler.jobstore.url`` must be ``sqlite://``).
@@ -172,6 +189,7 @@ class SteppedEngine(Engine):
         self.stepped = self.aps
         self.inline_executor = self.executor
         self.inline_runner = self.runner
+        self.ledger.now = RecordClock(clock).stamp
 
     def start(self) -> None:
         """Store the declared jobs, as the daemon does when it starts, and let

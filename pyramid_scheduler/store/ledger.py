@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from pyramid_scheduler.store.records import RunEnd, RunStart
 from pyramid_scheduler.store.runwrites import RunWrites
 from pyramid_scheduler.store.schema import upgrade
-from pyramid_scheduler.store.tables import FINAL, LIVE, Tables, aps_tablename, now
+from pyramid_scheduler.store.tables import FINAL, LIVE, Tables, aps_tablename
 
 
 class JobRow(NamedTuple):
@@ -54,7 +54,7 @@ class Ledger(Tables):
 
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
-        stamp = now()
+        stamp = self.now()
         return {
             "id": request["id"],
             "queue": request["queue"],
@@ -176,7 +176,7 @@ class Ledger(Tables):
     ) -> bool:
         """Move a job of *queue* to *status* if it is in one of *only_from*;
         True if it moved."""
-        values: dict[str, Any] = {"status": status, "updated_at": now()}
+        values: dict[str, Any] = {"status": status, "updated_at": self.now()}
         if error is not None:
             values["error"] = error
         with self.engine.begin() as conn:
@@ -202,7 +202,7 @@ class Ledger(Tables):
             conn.execute(
                 self.jobs.update()
                 .where(self.jobs.c.id == job_id)
-                .values(request=json.dumps(request), kind=trigger["type"], updated_at=now())
+                .values(request=json.dumps(request), kind=trigger["type"], updated_at=self.now())
             )
         return True
 
@@ -214,7 +214,7 @@ class Ledger(Tables):
             conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status != "parked")
-                .values(status="parked", error=reason, updated_at=now())
+                .values(status="parked", error=reason, updated_at=self.now())
             ).rowcount
         )
 
@@ -237,7 +237,7 @@ class Ledger(Tables):
         conn.execute(
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status == "parked")
-            .values(status="scheduled", func=func, error=None, updated_at=now())
+            .values(status="scheduled", func=func, error=None, updated_at=self.now())
         )
 
     def declared(self, job_ids: list[str], mid_prefix: str, queues: tuple[str, ...]) -> list[JobRow]:
@@ -265,7 +265,7 @@ class Ledger(Tables):
                     request=json.dumps(request),
                     status="scheduled",
                     error=None,
-                    updated_at=now(),
+                    updated_at=self.now(),
                 )
             )
 
@@ -348,7 +348,7 @@ class Ledger(Tables):
         its size and SHA-256. Then, if more than *keep* dead letters are
         kept, the oldest beyond that are dropped: return how many (counted in
         :attr:`dead_letters_dropped`)."""
-        stamp = now()
+        stamp = self.now()
         rows = [
             dict(queue=_storable(queue, 200), received_at=stamp, reason=_storable(reason, 2000), **_letter_body(body))
             for queue, reason, body in letters
@@ -370,7 +370,7 @@ class Ledger(Tables):
         that long (at time *at*, default now); the others, and dead letters,
         once finished before *older_than*.
         """
-        at = now() if at is None else at
+        at = self.now() if at is None else at
         jobs = self.jobs
         expired = sa.case(
             (jobs.c.ttl.is_(None), jobs.c.updated_at < older_than), else_=jobs.c.updated_at + jobs.c.ttl < at

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
 from pyramid_scheduler.store.records import EndKind, RunEnd, RunStart
-from pyramid_scheduler.store.tables import LIVE, Tables, now
+from pyramid_scheduler.store.tables import LIVE, Tables
 
 
 class RunWrites:
@@ -34,6 +34,7 @@ class RunWrites:
 
     def __init__(self, tables: Tables, engine: Engine) -> None:
         self.engine = engine
+        self.tables = tables
         self.jobs, self.runs = tables.jobs, tables.runs
         jobs, runs, param = self.jobs, self.runs, sa.bindparam
         self._insert_run = runs.insert()
@@ -84,7 +85,7 @@ class RunWrites:
         """Record that a run starts. Returns ``"start"``, or the status the run
         already had (``"started"`` means it was cut short by a crash), or
         ``"canceled"``."""
-        if self._start_common(start, now()):
+        if self._start_common(start, self.tables.now()):
             return "start"
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(self.runs.c.status).where(self.runs.c.run_key == start.run_key)).first()
@@ -94,7 +95,7 @@ class RunWrites:
             if status == "canceled":
                 # A run (a retry) stored just as the job was canceled: not run.
                 return "canceled"
-            stamp = now()
+            stamp = self.tables.now()
             conn.execute(self._insert_run, start.row(stamp))
             conn.execute(
                 self.jobs.update()
@@ -138,7 +139,7 @@ class RunWrites:
         (:meth:`orphans`). Returns False if the job was no longer live
         (canceled while it ran), so nothing is to be retried.
         """
-        stamp = now()
+        stamp = self.tables.now()
         run_params, job_params = end.run_params(stamp), end.job_params(stamp)
         if self.autocommit is not None:  # the common case in one statement
             with self.autocommit.connect() as conn:
@@ -247,7 +248,7 @@ class RunWrites:
         """
         if not starts and not ends:
             return set()
-        stamp = now()
+        stamp = self.tables.now()
         if self.autocommit is not None and len(_alike(ends, results_apart=True)) <= 1:
             return self._runs_at_once(starts, ends, stamp)
         with self.engine.connect() as conn:

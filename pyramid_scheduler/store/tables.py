@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -75,6 +76,10 @@ class Tables:
 
     def __init__(self, prefix: str = "pyramid_scheduler_") -> None:
         self.prefix = prefix
+        #: Where the records' own times (created, updated, run started and
+        #: finished) are read, in epoch seconds: the system's; the testing
+        #: kit's fake clock in :mod:`pyramid_scheduler.testing`.
+        self.now: Callable[[], float] = now
         self.metadata = sa.MetaData()
         self.jobs = sa.Table(
             f"{prefix}jobs",

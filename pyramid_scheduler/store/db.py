@@ -177,16 +177,26 @@ def under_ddl_lock(engine: Engine, metadata: sa.MetaData, work: Callable[[sa.Con
 def _one_thread_at_a_time(engine: Engine) -> None:
     """An in-memory database is one connection shared by every thread: a
     thread that checks it out holds it (re-entrantly) until it checks it in,
-    so two threads' transactions never interleave on it."""
-    lock = threading.RLock()
+    so two threads' transactions never interleave on it. A check-in by
+    another thread (a connection collected there) still gives it back, which
+    an ``RLock`` would refuse, leaving it held for ever."""
+    turn = threading.Condition()
+    holder: int | None = None  # the thread holding it
+    depth = 0  # how many times it holds it
 
     @sa.event.listens_for(engine, "checkout")
     def _taken(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        lock.acquire()
+        nonlocal holder, depth
+        me = threading.get_ident()
+        with turn:
+            turn.wait_for(lambda: holder in (None, me))
+            holder, depth = me, depth + 1
 
     @sa.event.listens_for(engine, "checkin")
     def _given_back(dbapi_conn: Any, record: Any) -> None:
-        try:
-            lock.release()
-        except RuntimeError:  # checked in by another thread (a collected connection)
-            pass
+        nonlocal holder, depth
+        with turn:
+            depth = max(depth - 1, 0)
+            if not depth:
+                holder = None
+                turn.notify_all()

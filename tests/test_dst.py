@@ -63,6 +63,7 @@ class StubStore:
     """What DueScheduler._process_window asks of a queue's job store."""
 
     changes = 0
+    claims = None  # no other daemon shares the table
 
     def __init__(self, following: datetime | None) -> None:
         self.following = following

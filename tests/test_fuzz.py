@@ -207,7 +207,7 @@ def door(tmp_path):
         config.include("pyramid_scheduler")
     proxy = config.registry.scheduler
     engine = Engine(proxy)
-    assert engine.try_acquire()
+    engine.join()
     engine.start()
     broker = sa.create_engine(app_settings["scheduler.broker.url"])
     yield proxy, engine, broker

@@ -247,7 +247,7 @@ def test_the_demo_runs_a_job_added_from_another_process(venv: Venv, app: list[Ap
     assert daemon.returncode == 0, demo.logs()
     started = demo.logs()
     # The start-up line names the broker, the job store (masked), the queues and the role.
-    assert "running queues default as the active daemon" in started
+    assert "running queues default as a daemon" in started
     assert f"broker sqlite:///{demo.folder}/var/scheduler-broker.sqlite" in started
 
 

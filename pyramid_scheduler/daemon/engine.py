@@ -10,12 +10,19 @@ The engine only wires the parts and routes the requests to them:
 * :mod:`.scheduling` (APScheduler 3's scheduler thread) hands each job to
   :mod:`.execution` when it is due, through a narrow interface;
 * :mod:`.job_events` keeps each job's events in order;
-* :mod:`.recovery` settles what a previous daemon left, before anything runs;
+* :mod:`.recovery` settles what a dead daemon left;
 * :mod:`.reconcile` applies the jobs declared in the application's code;
-* :mod:`.housekeeping` does the periodic chores;
-* the lease (:class:`~pyramid_scheduler.store.lease.Lease`) is renewed on a
-  thread of its own here; if another daemon took it, :attr:`Engine.lease_lost`
-  is set and the service stops.
+* :mod:`.housekeeping` does the periodic chores.
+
+Every daemon of a queue executes. Its heartbeat
+(:class:`~pyramid_scheduler.store.membership.Membership`) is renewed on a
+thread of its own here; if it lapsed (this daemon was found dead by the
+others), :attr:`Engine.lease_lost` is set and the service stops. The same
+thread takes and renews the queues' lease
+(:class:`~pyramid_scheduler.store.lease.Lease`): its holder does the work
+that needs one owner -- recovering what a dead daemon left, applying the
+declared jobs, housekeeping -- and another daemon takes it over once it
+expires.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
 from pyramid_scheduler.store.lease import Lease
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.membership import Membership
 from pyramid_scheduler.store.runs import RunWriter
 from pyramid_scheduler.store.tables import aps_tablename
 from pyramid_scheduler.web.proxy import SchedulerProxy
@@ -74,7 +82,8 @@ class Engine:
 
     #: The parts :mod:`pyramid_scheduler.daemon.stepped` swaps to run the
     #: engine step by step in the caller's thread: the event dispatcher, the
-    #: scheduler, its worker pool and the runner; and whether the queues are leased.
+    #: scheduler, its worker pool and the runner; and whether the queues are
+    #: shared with other daemons (a heartbeat, claims, the lease).
     dispatcher_class: type[EventDispatcher] = EventDispatcher
     scheduler_class: type[DueScheduler] = DueScheduler
     executor_class: type[JobExecutor] = JobExecutor
@@ -106,10 +115,16 @@ class Engine:
         self.db = create_db_engine(url, wal=settings.sqlite_wal, pool_pre_ping=False, **pool)
         self.ledger = Ledger(self.db, settings.jobstore_tablename_prefix)
         self.lease: Lease | None = None
+        self.membership: Membership | None = None
         if self.leased and not settings.memory_store:
             self.lease = Lease(self.ledger, self.queues, self.owner, settings.lease_ttl)
-        #: Set once another daemon took the lease: the service stops then.
+            process = os.environ.get("PSCHEDULER_PROCESS", "")
+            self.membership = Membership(self.ledger, self.queues, self.owner, settings.lease_ttl, process)
+        #: Set once this daemon's heartbeat lapsed (the others took its work
+        #: over): the service stops then.
         self.lease_lost = threading.Event()
+        #: True while this daemon holds the lease: it does the single-owner work.
+        self.coordinating = False
         self._heartbeat: threading.Thread | None = None
 
         #: Ledger writes retried while the job store is down, until the engine stops.
@@ -127,10 +142,11 @@ class Engine:
                     queue,
                     aps_tablename(settings.jobstore_tablename_prefix, queue),
                     on_added=self.events.created,
-                    fence=self.lease.fresh if self.lease else None,
+                    fence=self.membership.fresh if self.membership else None,
                     aliases=settings.func_aliases,
                     on_parked=self.events.parked,
                     allowed=settings.allowed_modules,
+                    owner=self.owner if self.membership else None,
                 )
 
         # Scheduling and execution, and the one way back from the second to the first.
@@ -179,7 +195,7 @@ class Engine:
             stores=self.stores,
             ledger=self.ledger,
             executor=self.executor,
-            lease=self.lease,
+            heartbeat=self.membership,
             events=self.events,
             store_back=self.store_back,
             clock=clock,
@@ -217,25 +233,33 @@ class Engine:
         )
 
     # -- life cycle -------------------------------------------------------------------
-    def try_acquire(self) -> bool:
-        """Take the queues' lease; True when this process may run them."""
-        return self.lease is None or self.lease.try_acquire()
+    def join(self) -> None:
+        """Add this daemon to those that run its queues (before :meth:`start`).
+
+        :raises sqlalchemy.exc.SQLAlchemyError: the job store is unavailable.
+        """
+        if self.membership is not None and not self.membership.joined:
+            self.membership.join()
 
     def lease_valid(self) -> bool:
-        """True while this process may run its queues' jobs."""
-        return self.lease is None or self.lease.valid()
+        """True while this process may start runs (its heartbeat is alive)."""
+        return self.membership is None or self.membership.valid()
 
     def start(self) -> None:
-        """Recover from the previous daemon, then start scheduling (lease held)."""
+        """Join the daemons, do the single-owner work if no one does, then start scheduling."""
         self.dispatcher.start()
         self.runs.start()
         self.aps.start(paused=True)
-        if not self.settings.memory_store:
-            self.recovery.recover()
-            self.recovery.restore_parked()
-        self.reconcile(self.proxy.declared)  # config-time schedules
+        if self.membership is not None:
+            self.join()
+            self.ledger.serve_as(self.owner)
+            self._coordinate()
+        elif not self.settings.memory_store:
+            self._recover()
+        if self.membership is None:
+            self.reconcile(self.proxy.declared)  # config-time schedules
         self.aps.add_job(
-            self.housekeeping.run,
+            self._housekeeping,
             "interval",
             seconds=self.settings.housekeeping,
             id="housekeeping",
@@ -252,19 +276,56 @@ class Engine:
                 "Set scheduler.secret (and scheduler.allowed_modules) in production.",
                 "" if not self.settings.allowed_modules else " under scheduler.allowed_modules",
             )
-        if self.lease is not None:
-            self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-lease", daemon=True)
+        if self.membership is not None:
+            self._heartbeat = threading.Thread(target=self._renew_loop, name="pscheduler-heartbeat", daemon=True)
             self._heartbeat.start()
         settings = self.settings
+        process = self.membership.process if self.membership else ""
         log.info(
-            "scheduler %s running queues %s as the %s (owner %s); broker %s; job store %s",
+            "scheduler %s running queues %s as %s (owner %s%s); broker %s; job store %s",
             settings.id,
             ", ".join(self.queues),
-            "web process in combined mode" if settings.combined else "active daemon",
+            "the web process in combined mode" if settings.combined else "a daemon",
             self.owner,
+            f", process {process.replace('/', ' of ')}" if process else "",
             settings.broker.masked(),
             mask_url(settings.jobstore_url) if settings.jobstore_url else "memory",
         )
+
+    def _recover(self, live: set[str] | None = None) -> None:
+        self.recovery.recover(live)
+        self.recovery.restore_parked()
+
+    def _coordinate(self) -> None:
+        """Take or renew the lease; its holder recovers what dead daemons left
+        (all of it when it takes the lease) and applies the declared jobs."""
+        assert self.lease is not None and self.membership is not None
+        if self.coordinating and not self.lease.renew():
+            log.warning(
+                "lease on queues %s lost to another daemon; it does the single-owner work now", ", ".join(self.queues)
+            )
+            self.coordinating = False
+        if not self.coordinating:
+            if not self.lease.try_acquire():
+                return
+            self.coordinating = True
+            log.info(
+                "lease on queues %s taken: this daemon recovers, reconciles and keeps house", ", ".join(self.queues)
+            )
+            dead = self.membership.dead()
+            self._recover(self.membership.live())
+            self.membership.forget(dead)
+            self.reconcile(self.proxy.declared)
+            return
+        dead = self.membership.dead()
+        if dead:
+            log.warning("daemon(s) %s found dead: taking over their work", ", ".join(dead))
+            self.recovery.recover(self.membership.live())
+            self.membership.forget(dead)
+
+    def _housekeeping(self) -> None:
+        if self.membership is None or self.coordinating:
+            self.housekeeping.run()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduling, let running jobs finish (up to *timeout*), release."""
@@ -285,11 +346,13 @@ class Engine:
                 )
             self.aps.shutdown(wait=False)
         self.runs.stop()
-        if self.lease is not None and not self.lease_lost.is_set():
+        if self.membership is not None and not self.lease_lost.is_set():
             try:
-                self.lease.release()
+                self.membership.leave()
+                if self.coordinating:
+                    self.lease.release()  # type: ignore[union-attr]
             except Exception:
-                log.exception("could not release the lease; the next daemon waits for it to expire")
+                log.exception("could not leave the daemons; the others take over once this one's heartbeat expires")
         self.dispatcher.stop(timeout=5)
         self.db.dispose()
         log.info("scheduler %s stopped", self.settings.id)
@@ -299,16 +362,24 @@ class Engine:
         return self.events.running_count()
 
     def _renew_loop(self) -> None:
-        assert self.lease is not None
+        assert self.membership is not None
         interval = self.settings.lease_ttl / 3
         while not self.persist.stopping.wait(interval):
             try:
-                if not self.lease.renew():
-                    log.critical("lost the lease on queues %s to another daemon; stopping", ", ".join(self.queues))
+                if not self.membership.renew():
+                    log.critical(
+                        "this daemon's heartbeat lapsed: the other daemons took its work over; stopping (queues %s)",
+                        ", ".join(self.queues),
+                    )
                     self.lease_lost.set()
                     return
             except Exception as exc:  # noqa: BLE001 - keep renewing whatever went wrong
-                log.warning("could not renew the lease (%s); runs pause once it lapses", exc)
+                log.warning("could not renew this daemon's heartbeat (%s); runs pause once it lapses", exc)
+                continue
+            try:
+                self._coordinate()
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.exception("the single-owner work failed; trying again at the next heartbeat")
 
     def _on_max_instances(self, event: JobSubmissionEvent) -> None:
         # Dispatched after APScheduler updated the job: gone means these were its last runs.

@@ -14,7 +14,7 @@ is due*. The interface between them is small, and typed:
 * **out**: one :class:`RunRecord` per run time (and per skipped run), each
   also written to the run ledger (``runs`` table) and told as events; a
   failed run with retries left carries its :class:`~.retries.RetryPlan`.
-* **back**: a run that is not carried out here (this daemon's lease lapsed)
+* **back**: a run that is not carried out here (this daemon's heartbeat lapsed)
   and each retry go back to scheduling through one callable,
   :class:`~.retries.StoreBack` (the daemon's is
   :class:`.scheduling.StoreBack`), which stores the job due again.
@@ -28,7 +28,7 @@ keeps it) and carry the job events across too; neither side's code changes.
 
 Per run, :meth:`Runner.run_one`:
 
-1. refuses to run if this daemon's lease is no longer valid (fencing);
+1. refuses to run if this daemon's heartbeat may have lapsed (fencing);
 2. reports the run missed if it is later than the job's misfire grace;
 3. records it ``started`` in the run ledger -- if the run key is already
    there, a previous daemon ran it, and it is not run again;
@@ -94,7 +94,7 @@ class RunRecord:
     queue: str
     run_key: str
     #: ``done``, ``failed``, ``missed``, or ``not-run``: not carried out here
-    #: (the lease lapsed, the run was already recorded, the daemon is stopping).
+    #: (the heartbeat lapsed, the run was already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
     retry: RetryPlan | None = None
@@ -136,7 +136,7 @@ class Runner:
     (group commit) where runs are recorded, *events* (each job's events in
     order), *persist* (writes retried while the job store is down), the
     application's *registry*, this daemon's *owner* name, the
-    ``scheduler.delegator``, *lease_valid* (may this daemon run its queues
+    ``scheduler.delegator``, *lease_valid* (may this daemon start runs
     now?) and *store_back* (a job given back to scheduling).
     """
 
@@ -196,8 +196,8 @@ class Runner:
 
         if not self.lease_valid():
             log.error(
-                "job %s: run %s not started: this daemon's lease on queue %s has "
-                "lapsed; the daemon holding it will run it",
+                "job %s: run %s not started: this daemon's heartbeat on queue %s has "
+                "lapsed; another daemon will run it",
                 job.id,
                 key,
                 queue,
@@ -231,6 +231,14 @@ class Runner:
                 log.error(
                     "job %s: run %s not started: the daemon is stopping and the job store is "
                     "unavailable; the next daemon will run it",
+                    job.id,
+                    key,
+                )
+                return not_run
+            if state == "fenced":
+                log.error(
+                    "job %s: run %s not started: the other daemons found this one dead (its heartbeat "
+                    "lapsed) and take its work over",
                     job.id,
                     key,
                 )
@@ -311,7 +319,7 @@ class Runner:
         skipped = getattr(run_time, "skipped", ())
         if skipped and not self.lease_valid():
             log.error(
-                "job %s: %d skipped run(s) before %s not recorded: this daemon's lease on queue %s has lapsed",
+                "job %s: %d skipped run(s) before %s not recorded: this daemon's heartbeat on queue %s has lapsed",
                 job.id,
                 len(skipped),
                 run_time,

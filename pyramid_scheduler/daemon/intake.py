@@ -34,8 +34,8 @@ from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
-from pyramid_scheduler.store.lease import Lease
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.membership import Membership
 from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
 from pyramid_scheduler.wire.messages import JobRequest, admit
 from pyramid_scheduler.wire.refs import with_request
@@ -69,7 +69,7 @@ class Intake:
 
     :param stores: each queue's job store, by queue name.
     :param executor: the worker pool run-now jobs are handed to.
-    :param lease: the queues' lease (None: the memory store, no lease).
+    :param heartbeat: this daemon's heartbeat (None: no other daemon shares the queues).
     :param store_back: puts a job that could not be handed to the pool in
         its job store.
     """
@@ -79,7 +79,7 @@ class Intake:
     stores: Mapping[str, QueueJobStore | MemoryQueueStore]
     ledger: Ledger
     executor: JobExecutor
-    lease: Lease | None
+    heartbeat: Membership | None
     events: JobEvents
     store_back: StoreBack
     #: Where "now" is read (a job's first fire time).
@@ -202,7 +202,7 @@ class Intake:
 
     def _direct_open(self, job_id: str) -> bool:
         """True when a run-now job may go straight to the worker pool: the
-        SQL job store is on, the scheduler runs, this daemon's lease is fresh
+        SQL job store is on, the scheduler runs, this daemon's heartbeat is fresh
         (else the job waits, fenced, in the job store: see
         :meth:`pyramid_scheduler.store.jobstores.QueueJobStore.get_due_jobs`), no run of a job with this
         id is in the pool, and the pool's backlog is below
@@ -210,7 +210,7 @@ class Intake:
         return (
             not self.settings.memory_store
             and self.scheduler.state == STATE_RUNNING
-            and (self.lease is None or self.lease.fresh())
+            and (self.heartbeat is None or self.heartbeat.fresh())
             and not runs_in_pool(self.executor, job_id)
             and self.executor.runner.pending < DIRECT_BACKLOG
         )
@@ -245,7 +245,7 @@ class Intake:
         persisted job. A daemon that stops before the run starts leaves a live
         record that APScheduler does not hold: the next one's recovery
         schedules it again (:meth:`pyramid_scheduler.store.ledger.Ledger.orphans`), exactly as for a
-        job APScheduler had submitted, with the same run key; a run the lease
+        job APScheduler had submitted, with the same run key; a run the heartbeat
         check refuses is stored back in the job store (:meth:`.Runner.run_one`).
         """
         request = planned.request

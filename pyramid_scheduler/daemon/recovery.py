@@ -1,9 +1,10 @@
-"""Recovery: what a previous daemon left unfinished, settled before anything runs.
+"""Recovery: what a dead daemon left unfinished, settled.
 
-At the start of a daemon holding the queues' lease, before the scheduler
-runs (:meth:`.Engine.start`), :meth:`Recovery.recover`:
+The daemon holding the queues' lease (:meth:`.Engine.start`, then at each
+heartbeat) calls :meth:`Recovery.recover` when it takes the lease (for every
+daemon not alive) and whenever it finds another daemon dead (for that one):
 
-1. settles the rows the previous daemon's scheduler thread had not written
+1. settles the rows the dead daemon's scheduler thread had not written
    yet (:mod:`.scheduling`): a job stored due at a run the ledger already
    has is moved past it, or removed if that was its last;
 2. reports the runs it left ``started`` as interrupted (JOB_INTERRUPTED),
@@ -62,16 +63,18 @@ class Recovery:
     #: Where "now" is read (a retry's due time, the due jobs to settle).
     clock: Clock = SYSTEM_CLOCK
 
-    def recover(self) -> None:
-        """Settle, report interrupted runs, schedule orphans (see the module)."""
+    def recover(self, live: set[str] | None = None) -> None:
+        """Settle, report interrupted runs, schedule orphans (see the module):
+        of the daemons not in *live* (default: every other one)."""
+        live = {self.owner} if live is None else live | {self.owner}
         for queue, store in self.stores.items():
             if isinstance(store, QueueJobStore):
                 self.settle(queue, store)
-        for run in self.ledger.recover(self.queues, self.owner):
+        for run in self.ledger.recover(self.queues, live):
             self._interrupted(run)
         for queue, store in self.stores.items():
             if isinstance(store, QueueJobStore):
-                self._orphans(queue, store)
+                self._orphans(queue, store, live)
 
     def _interrupted(self, run: dict[str, Any]) -> None:
         job_id, queue, key = run["job_id"], run["queue"], run["run_key"]
@@ -115,8 +118,8 @@ class Recovery:
             again = dict(request, trigger={"type": kind, "timezone": "UTC", "run_date": when.isoformat()})
             self.intake.add(decode(again), recovering=True)
 
-    def _orphans(self, queue: str, store: QueueJobStore) -> None:
-        for orphan in self.ledger.orphans(queue, store.jobs_t):
+    def _orphans(self, queue: str, store: QueueJobStore, live: set[str]) -> None:
+        for orphan in self.ledger.orphans(queue, store.jobs_t, live):
             request = json.loads(orphan["request"])
             log.warning("job %s (queue %s): was due but never started; scheduling it again", orphan["id"], queue)
             try:
@@ -133,7 +136,7 @@ class Recovery:
         ledger already has is moved past it, or removed if that was its last,
         so the run is neither run nor recorded missed again."""
         for _ in range(SETTLE_ROUNDS):
-            due = store.get_due_jobs(self.clock.now())
+            due = store.due_unheld(self.clock.now())
             keys = {run_key(job.id, job.next_run_time): job for job in due}
             recorded = self.ledger.recorded_runs(list(keys))
             if not recorded:

@@ -34,8 +34,11 @@ each other's flush of PostgreSQL's log.
 What it holds is what the store holds: every change of a store by another
 thread (an add, cancel, pause, reschedule) first writes those pending rows
 and makes the scheduler thread load its window again (so does every
-``wakeup()``), and nothing is loaded or handed over while the lease may have
-lapsed. A row written late is never run twice: the run ledger records each
+``wakeup()``), and nothing is loaded or handed over while this daemon's
+heartbeat may have lapsed. Where several daemons share the queue, the window
+holds only the jobs this daemon claimed (:mod:`pyramid_scheduler.store.claims`),
+and is loaded again at least every :data:`POLL` seconds to see the others'
+changes and take over the jobs of one found dead. A row written late is never run twice: the run ledger records each
 run key once, and a daemon that died before writing them settles them at
 its next start (``Recovery.settle``, :mod:`.recovery`) before it runs anything.
 """
@@ -83,6 +86,10 @@ FLUSH_MAX = 500
 
 #: Seconds before the scheduler thread tries the due jobs again after an error.
 RETRY_PROCESSING = 1.0
+#: Where several daemons share a queue's table, each loads its window again
+#: at least this often: to claim the due jobs of a daemon found dead, and to
+#: see what another daemon changed (see :mod:`pyramid_scheduler.store.claims`).
+POLL = 1.0
 
 
 def _key(job: Job) -> float:
@@ -109,6 +116,8 @@ class _Window:
     #: The store's :attr:`~pyramid_scheduler.store.jobstores.QueueJobStore.changes` when loaded.
     changes: int
     keys: list[float] = field(default_factory=list)
+    #: When it was loaded (monotonic seconds).
+    loaded: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.keys = [_key(job) for job in self.jobs]
@@ -251,6 +260,7 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             window is None
             or window.changes != store.changes
             or (window.following is not None and window.following - timedelta(seconds=LEAD) <= _utc(now))
+            or (store.claims is not None and time.monotonic() - window.loaded >= POLL)
         ):
             # The rows of the jobs handed over first, so that none is loaded again.
             self._flush(store)
@@ -269,6 +279,8 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         times = [_utc(window.jobs[0].next_run_time)] if window.jobs else []
         if window.following is not None:
             times.append(window.following - timedelta(seconds=LEAD))
+        if store.claims is not None:
+            times.append(_utc(now) + timedelta(seconds=max(0.0, window.loaded + POLL - time.monotonic())))
         if store.pending():
             moment = time.monotonic()
             if self._pending_since is None:

@@ -1,7 +1,7 @@
 """Service: the one execution path of ``pscheduler`` and of combined mode.
 
-:class:`SchedulerService` waits for the queues' lease (standing by while
-another daemon holds it), starts the engine (:mod:`.engine`), consumes
+:class:`SchedulerService` joins the daemons of its queues (every one of
+them executes), starts the engine (:mod:`.engine`), consumes
 (:mod:`.consumer`) until asked to stop, then stops the engine. Only the
 thread that calls :meth:`SchedulerService.run` differs: ``pscheduler``'s
 main thread, or in combined mode a thread of the web process started by
@@ -27,8 +27,8 @@ from pyramid_scheduler.web.proxy import SchedulerProxy
 
 log = get_logger(__name__)
 
-#: The exit code of a daemon that lost its queues' lease to another one
-#: (``pscheduler`` exits with it; its supervisor starts the daemon again).
+#: The exit code of a daemon whose heartbeat lapsed, so that the others took
+#: its work over (``pscheduler`` exits with it; its supervisor starts it again).
 EXIT_LEASE_LOST = 3
 
 
@@ -48,9 +48,10 @@ class SchedulerService:
         self._thread: threading.Thread | None = None
 
     def run(self) -> int:
-        """Run until :meth:`stop`; returns an exit code (:data:`EXIT_LEASE_LOST` if the lease was lost)."""
+        """Run until :meth:`stop`; returns an exit code (:data:`EXIT_LEASE_LOST`
+        if this daemon's heartbeat lapsed and the others took its work over)."""
         engine = self.engine
-        if not self._wait_for_lease():
+        if not self._join():
             return 0
         engine.start()
         self.proxy.runtime = self
@@ -68,25 +69,18 @@ class SchedulerService:
                 self.events_out.close()
         return EXIT_LEASE_LOST if engine.lease_lost.is_set() else 0
 
-    def _wait_for_lease(self) -> bool:
-        settings = self.engine.settings
-        poll = max(0.5, settings.lease_ttl / 3)
+    def _join(self) -> bool:
+        """Join the daemons of the queues, waiting while the job store is unavailable."""
+        poll = max(0.5, self.engine.settings.lease_ttl / 3)
         announced = False
         while not self.stop_event.is_set():
             try:
-                if self.engine.try_acquire():
-                    if announced:
-                        log.info("lease on queues %s acquired; taking over", ", ".join(self.engine.queues))
-                    return True
+                self.engine.join()
+                return True
             except sa.exc.SQLAlchemyError as exc:
-                log.warning("job store unavailable while taking the lease (%s); retrying", exc)
-            if not announced:
-                log.info(
-                    "another daemon runs queues %s; standing by (takeover within %gs of it stopping)",
-                    ", ".join(self.engine.queues),
-                    settings.lease_ttl + poll,
-                )
-                announced = True
+                if not announced:
+                    log.warning("job store unavailable at start (%s); retrying every %gs", exc, poll)
+                    announced = True
             self.stop_event.wait(poll)
         return False
 
@@ -122,8 +116,8 @@ def combined_suppressed() -> Iterator[None]:
 def start_combined(event: Any) -> None:
     """``ApplicationCreated`` subscriber: run the jobs in this web process.
 
-    Several web workers may each start one; the lease lets one of them run the
-    queues while the others stand by.
+    Several web workers may each start one: each of them runs jobs, as
+    several daemons do.
     """
     if getattr(_combined_suppressed, "on", False):
         return

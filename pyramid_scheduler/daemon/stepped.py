@@ -46,6 +46,7 @@ from pyramid_scheduler.daemon.scheduling import DueScheduler
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.store.jobstores import QueueJobStore
 from pyramid_scheduler.store.lease import Lease
+from pyramid_scheduler.store.membership import Membership
 from pyramid_scheduler.web.proxy import SchedulerProxy
 from pyramid_scheduler.web.tx import transaction_open
 from pyramid_scheduler.wire.refs import takes_request
@@ -195,8 +196,9 @@ class SteppedEngine(Engine):
         """Store the declared jobs, as the daemon does when it starts, and let
         the scheduler take due jobs (nothing runs until :meth:`process_due`)."""
         self.stepped.start(paused=True)
-        # Lease rows, for get_daemons(): this process runs every queue, for ever.
+        # Lease and daemon rows, for get_daemons(): this process runs every queue, for ever.
         Lease(self.ledger, self.queues, self.owner, math.inf).try_acquire()
+        Membership(self.ledger, self.queues, self.owner, math.inf).join()
         self.reconcile(self.proxy.declared)
         self.stepped.resume()
 

@@ -65,7 +65,7 @@ class SchedulerSettings:
     executor: str = "thread"
     max_workers: int = 10
     shutdown_timeout: float = 30.0
-    lease_ttl: float = 15.0
+    lease_ttl: float = 3.0
     result_ttl: float = 7 * 86400.0
     max_message_size: int = 256 * 1024
     #: Signed messages sent longer ago than this (seconds) are refused as

@@ -311,10 +311,12 @@ releases the lease (see :ref:`signals`).""",
     Setting(
         "lease.ttl",
         Duration(minimum=1),
-        default="15s",
-        doc="""The lease that lets one daemon run a set of queues. The holder renews it
-every ttl/3; a standby checks every max(0.5 s, ttl/3) and takes over once it has expired
-(see :ref:`several-daemons`).""",
+        default="3s",
+        doc="""Every daemon renews its heartbeat every ttl/3; one whose heartbeat is older
+than the ttl is dead to the others, which take its work over, and it starts no run again
+(it exits with code 3). The same ttl times the lease that lets one daemon of a set of
+queues do the single-owner work (recovery, declared jobs, housekeeping). Failover takes
+at most ttl + 1 s (see :ref:`several-daemons`).""",
     ),
     Setting(
         "result_ttl",

@@ -30,6 +30,8 @@ from sqlalchemy.engine import Connection
 from pyramid_scheduler.daemon.aps import job_state, load_job
 from pyramid_scheduler.daemon.catchup import CatchUpJob
 from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.store.claims import Claims
+from pyramid_scheduler.store.db import add_missing_columns, under_ddl_lock
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.wire.refs import check_ref
@@ -90,8 +92,15 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         aliases: Mapping[str, str] | None = None,
         on_parked: Callable[[str, str, str], None] | None = None,
         allowed: tuple[str, ...] = (),
+        owner: str | None = None,
     ) -> None:
         super().__init__(engine=ledger.engine, tablename=tablename, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        # Which daemon holds each job (None: none yet, or one found dead): see Claims.
+        self.jobs_t.append_column(sa.Column("claimed_by", sa.String(200)))
+        #: This daemon's name, when several daemons share the table (None: the
+        #: testing kit's lone engine, which claims nothing).
+        self.owner = owner
+        self.claims = Claims(self.jobs_t, ledger, owner) if owner else None
         self.ledger = ledger
         self.queue = queue
         self.on_added = on_added
@@ -125,22 +134,35 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         )
         self._remove = table.delete().where(table.c.id == param("p_id"))
         self._remove_many = table.delete().where(table.c.id.in_(param("p_ids", expanding=True)))
+        # A change made here takes the job over (see pyramid_scheduler.store.claims).
+        self._change = table.update().where(table.c.id == param("p_id")).values(claimed_by=owner)
         # The jobs due by p_until, and the row(s) of the first next run time
-        # after it (without their state): both in one round trip.
-        following = (
-            sa.select(sa.func.min(table.c.next_run_time))
-            .where(table.c.next_run_time > param("p_until"))
-            .scalar_subquery()
-        )
+        # after it (without their state): both in one round trip. With
+        # claims, the due ones this daemon holds, and the first next run time
+        # after them among its jobs and the unclaimed ones.
+        later = table.c.next_run_time > param("p_until")
+        ours: Any = sa.true()
+        if self.claims is not None:
+            # The scheduler thread writes back only rows it still holds.
+            self._update = self.claims.where_mine(self._update)
+            self._remove_many = self.claims.where_mine(self._remove_many)
+            mine_or_free = sa.or_(self.claims.mine, table.c.claimed_by.is_(None))
+            later = sa.and_(later, mine_or_free)
+            ours = sa.or_(self.claims.mine, sa.and_(table.c.next_run_time > param("p_until"), mine_or_free))
+        following = sa.select(sa.func.min(table.c.next_run_time)).where(later).scalar_subquery()
         self._window = (
             sa.select(
                 table.c.id,
                 table.c.next_run_time,
                 sa.case((table.c.next_run_time <= param("p_until"), table.c.job_state)),
             )
-            .where(table.c.next_run_time <= sa.func.coalesce(following, param("p_until")))
+            .where(table.c.next_run_time <= sa.func.coalesce(following, param("p_until")), ours)
             .order_by(table.c.next_run_time)
         )
+        if self.claims is not None:
+            self._unheld = sa.select(table.c.id, table.c.job_state).where(
+                table.c.next_run_time <= param("p_now"), self.claims.claimable
+            )
         #: Rows the scheduler thread has yet to write, by job id: the job
         #: handed over with its next run time, or None (delete the row).
         self._pending: dict[str, Job | None] = {}
@@ -148,6 +170,20 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         #: Bumped by every change of the table that the scheduler thread did
         #: not make itself (see :mod:`pyramid_scheduler.daemon.scheduling`).
         self.changes = 0
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        # A table made by an earlier release lacks the claim column.
+        metadata = self.jobs_t.metadata
+        under_ddl_lock(self.engine, metadata, lambda conn: add_missing_columns(conn, metadata))
+
+    def due_unheld(self, now: datetime) -> list[Job]:
+        """The jobs due by *now* that no live daemon holds (all due jobs
+        without claims): what recovery settles."""
+        if self.claims is None:
+            return self.get_due_jobs(now)
+        self.flush()
+        return self._load(self._unheld, {"p_now": datetime_to_utc_timestamp(now)})
 
     def fenced(self) -> bool:
         """True while this daemon's lease may have lapsed: it takes no due job then."""
@@ -178,15 +214,22 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         the earliest next run time after it (None: none), in one query.
 
         The caller writes its pending rows first (:meth:`flush`), or it gets
-        the jobs it handed over again."""
+        the jobs it handed over again. With claims, the due jobs no live
+        daemon holds are claimed first, in the same transaction; if more
+        may be left to claim, *until* itself is returned as the next time
+        to look."""
         jobs: list[Job] = []
         parked: list[tuple[str, str]] = []
         following = None
+        bound = datetime_to_utc_timestamp(until)
         with self.engine.begin() as conn:
-            for row in conn.execute(self._window, {"p_until": datetime_to_utc_timestamp(until)}):
+            if self.claims is not None and self.claims.take_due(conn, bound):
+                following = until
+            for row in conn.execute(self._window, {"p_until": bound}):
                 state = row[2]
                 if state is None:
-                    following = utc_timestamp_to_datetime(row.next_run_time)
+                    if following is None:
+                        following = utc_timestamp_to_datetime(row.next_run_time)
                     break
                 try:
                     jobs.append(self._reconstitute_job(state))
@@ -235,6 +278,9 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             with self.engine.begin() as conn:
                 if removes:
                     conn.execute(self._remove_many, {"p_ids": removes})
+                    if self.owner is not None:  # out of the table, into this daemon: its orphans if it dies
+                        jobs = self.ledger.jobs
+                        conn.execute(jobs.update().where(jobs.c.id.in_(removes)).values(owner=self.owner))
                 if updates:
                     conn.execute(self._update, updates[0] if len(updates) == 1 else updates)
             self._pending.clear()
@@ -275,7 +321,10 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                     self.ledger.insert_job(conn, request)
                 conn.execute(
                     self.jobs_t.insert().values(
-                        id=job.id, next_run_time=datetime_to_utc_timestamp(job.next_run_time), job_state=state
+                        id=job.id,
+                        next_run_time=datetime_to_utc_timestamp(job.next_run_time),
+                        job_state=state,
+                        claimed_by=self.owner,
                     )
                 )
         except sa.exc.IntegrityError:
@@ -286,6 +335,8 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
     def update_job(self, job: Job) -> None:
         state = pickle.dumps(job_state(job), self.pickle_protocol)
         with self._changing(), self.engine.begin() as conn:
+            if self.owner is not None and not conn.execute(self._change, {"p_id": job.id}).rowcount:
+                raise JobLookupError(job.id)
             if not conn.execute(
                 self._update, {"p_id": job.id, "p_state": state, "p_next": datetime_to_utc_timestamp(job.next_run_time)}
             ).rowcount:

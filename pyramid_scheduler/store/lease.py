@@ -16,7 +16,7 @@ from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.tables import now
 
 
-def _owner_gone(owner: str) -> bool:
+def owner_gone(owner: str) -> bool:
     """True if *owner* ("host:pid:nonce") was a process on this host that is gone,
     so a daemon restarted after ``kill -9`` need not wait for the lease to expire."""
     host, _, rest = owner.partition(":")
@@ -70,7 +70,7 @@ class Lease:
                         )
                         epochs[queue] = 1
                         continue
-                    if row.owner != self.owner and row.expires_at > stamp and not _owner_gone(row.owner):
+                    if row.owner != self.owner and row.expires_at > stamp and not owner_gone(row.owner):
                         raise _HeldError(queue)
                     epoch = row.epoch if row.owner == self.owner else row.epoch + 1
                     moved = conn.execute(

@@ -51,6 +51,17 @@ class Ledger(Tables):
         #: The writes of runs (and of their jobs' rows at the run's start and end).
         self.run_writes = RunWrites(self, engine)
         self._autocommit = self.run_writes.autocommit
+        #: The daemon writing through this ledger, when several share the
+        #: queues (:meth:`serve_as`); None for every other user.
+        self.owner: str | None = None
+
+    def serve_as(self, owner: str) -> None:
+        """Write as the daemon *owner*, one of several sharing the queues:
+        the jobs it stores are its own (``owner``) until another takes them,
+        and a run starts only while *owner* is alive
+        (:meth:`RunWrites.fence <pyramid_scheduler.store.runwrites.RunWrites.fence>`)."""
+        self.owner = owner
+        self.run_writes.fence()
 
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +79,7 @@ class Ledger(Tables):
             "runs": 0,
             "attempt": 1,
             "ttl": (request.get("options") or {}).get("ttl"),
+            "owner": self.owner,
         }
 
     def insert_job(self, conn: Connection, request: dict[str, Any]) -> None:
@@ -162,6 +174,12 @@ class Ledger(Tables):
             query = query.where(self.jobs.c.queue == queue)
         if status is not None:
             query = query.where(self.jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def list_daemons(self) -> list[dict[str, Any]]:
+        """Every daemon's row (:mod:`pyramid_scheduler.store.membership`), oldest first."""
+        query = sa.select(self.daemons).order_by(self.daemons.c.started_at, self.daemons.c.owner)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -307,25 +325,28 @@ class Ledger(Tables):
                 is not None
             )
 
-    def recover(self, queues: tuple[str, ...], owner: str) -> list[dict[str, Any]]:
-        """Mark runs left ``started`` by other owners on *queues* as
-        interrupted and return them (with the job's request)."""
+    def recover(self, queues: tuple[str, ...], live: set[str]) -> list[dict[str, Any]]:
+        """The runs left ``started`` on *queues* by daemons not in *live*
+        (dead ones), with the job's request."""
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(self.runs, self.jobs.c.request)
                 .join(self.jobs, self.jobs.c.id == self.runs.c.job_id)
-                .where(self.runs.c.queue.in_(queues), self.runs.c.status == "started", self.runs.c.owner != owner)
+                .where(self.runs.c.queue.in_(queues), self.runs.c.status == "started", self.runs.c.owner.not_in(live))
             ).all()
         return [dict(row._mapping) for row in rows]
 
-    def orphans(self, queue: str, aps_table: sa.Table) -> list[dict[str, Any]]:
-        """Live jobs of *queue* that APScheduler no longer holds and that have
-        no run under way: submitted, removed by APScheduler, never started."""
+    def orphans(self, queue: str, aps_table: sa.Table, live: set[str]) -> list[dict[str, Any]]:
+        """Live jobs of *queue* that APScheduler no longer holds and that no
+        live daemon (in *live*) took out of its table: submitted, removed by
+        APScheduler, never started."""
+        owner = self.jobs.c.owner
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(self.jobs.c.id, self.jobs.c.request, self.jobs.c.status, self.jobs.c.retry_at).where(
                     self.jobs.c.queue == queue,
                     self.jobs.c.status.in_(LIVE),
+                    sa.or_(owner.is_(None), owner.not_in(live)),
                     ~sa.exists().where(aps_table.c.id == self.jobs.c.id),
                 )
             ).all()

@@ -36,6 +36,24 @@ class RunWrites:
         self.engine = engine
         self.tables = tables
         self.jobs, self.runs = tables.jobs, tables.runs
+        #: Runs start only while their owner is not declared dead in
+        #: ``<prefix>daemons`` (:meth:`fence`): off for the ledger's other users.
+        self.fenced = False
+        self._build()
+
+    def fence(self) -> None:
+        """From now on, record a run's start only while its owner is not
+        declared dead in ``<prefix>daemons`` (:mod:`pyramid_scheduler.store.membership`),
+        checked in the statement that records it."""
+        self.fenced = True
+        self._build()
+
+    def _alive(self) -> Any:
+        """The fence: the owner of the run (``p_owner``) is not declared dead."""
+        daemons = self.tables.daemons
+        return sa.exists().where(daemons.c.owner == sa.bindparam("p_owner", type_=sa.String), daemons.c.expires_at > 0)
+
+    def _build(self) -> None:
         jobs, runs, param = self.jobs, self.runs, sa.bindparam
         self._insert_run = runs.insert()
         # Each run write by key, and the same for several keys at once
@@ -44,6 +62,8 @@ class RunWrites:
         self._marking = jobs.update().values(
             status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status), updated_at=param("p_stamp")
         )
+        if self.fenced:
+            self._marking = self._marking.where(self._alive())
         self._mark_running = self._marking.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
         self._mark_all_running = self._marking.where(
             jobs.c.id.in_(param("p_job_ids", expanding=True)), jobs.c.status != "canceled"
@@ -53,6 +73,7 @@ class RunWrites:
         #: round trips. start_run's common case is one such statement: the
         #: run is inserted only if the job's row was marked, and a known run
         #: fails the whole statement (four round trips become one).
+        engine = self.engine
         self.autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
         )
@@ -96,6 +117,8 @@ class RunWrites:
                 # A run (a retry) stored just as the job was canceled: not run.
                 return "canceled"
             stamp = self.tables.now()
+            if self.fenced and not conn.execute(sa.select(self._alive()), {"p_owner": start.owner}).scalar():
+                return "fenced"  # this daemon is dead to the others: they run it
             conn.execute(self._insert_run, start.row(stamp))
             conn.execute(
                 self.jobs.update()
@@ -122,7 +145,8 @@ class RunWrites:
                     }
                     return conn.execute(self._start_alone, params).first() is not None
             with self.engine.begin() as conn:
-                if not conn.execute(self._mark_running, {"p_job_id": start.job_id, "p_stamp": stamp}).rowcount:
+                marking = {"p_job_id": start.job_id, "p_stamp": stamp, "p_owner": start.owner}
+                if not conn.execute(self._mark_running, marking).rowcount:
                     return False  # no live job: nothing was changed
                 conn.execute(self._insert_run, start.row(stamp))
                 return True
@@ -266,10 +290,10 @@ class RunWrites:
         as a statement finds a row not as the common case has it: then roll
         the transaction back."""
         if starts:
-            marked = conn.execute(
-                self._mark_all_running, {"p_job_ids": [start.job_id for start in starts], "p_stamp": stamp}
-            ).rowcount
-            if marked != len(starts):
+            owners = {start.owner for start in starts}
+            marking = {"p_job_ids": [start.job_id for start in starts], "p_stamp": stamp, "p_owner": min(owners)}
+            marked = conn.execute(self._mark_all_running, marking).rowcount
+            if marked != len(starts) or len(owners) > 1:
                 return False
             conn.execute(self._insert_run, [start.row(stamp) for start in starts])
         for alike in _alike(ends).values():
@@ -303,6 +327,7 @@ class RunWrites:
                 s_keys=[start.run_key for start in starts],
                 s_times=[start.scheduled_at for start in starts],
                 s_owners=[start.owner for start in starts],
+                p_owner=starts[0].owner,  # the fence's: one writer, one owner
             )
         params["p_stamp"] = stamp  # one stamp for the batch
         assert self.autocommit is not None

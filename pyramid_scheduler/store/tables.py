@@ -13,8 +13,12 @@ All of them live in the job store's database (``scheduler.jobstore.url``):
 * ``<prefix>aps_<queue>``: APScheduler's own table, one per queue, so a
   daemon restricted with ``-q`` only loads its queues' jobs
   (:mod:`pyramid_scheduler.store.jobstores`).
-* ``<prefix>leases``: which daemon executes each queue, with an epoch
+* ``<prefix>leases``: which daemon does the single-owner work of each queue
+  (recovery, declared jobs, housekeeping), with an epoch
   (:mod:`pyramid_scheduler.store.lease`).
+* ``<prefix>daemons``: every daemon that executes, with its heartbeat; a run
+  starts only while its daemon's row is alive
+  (:mod:`pyramid_scheduler.store.membership`).
 * ``<prefix>event_seqs``: the number of each job's last event on the fan-out.
 * ``<prefix>dead_letters``: messages refused at the daemon's door, with why.
 
@@ -103,6 +107,10 @@ class Tables:
             sa.Column("retry_at", sa.Float),
             # Seconds the finished record is kept (None: scheduler.result_ttl).
             sa.Column("ttl", sa.Float),
+            # The daemon that last took the job out of its queue's table to
+            # run it (a run-now job it stored, a date job it handed over):
+            # if that daemon dies before the run starts, the job is its orphan.
+            sa.Column("owner", sa.String(200)),
         )
         self.runs = sa.Table(
             f"{prefix}runs",
@@ -125,6 +133,20 @@ class Tables:
             sa.Column("owner", sa.String(200), nullable=False),
             sa.Column("epoch", sa.Integer, nullable=False),
             sa.Column("expires_at", sa.Float, nullable=False),
+        )
+        self.daemons = sa.Table(
+            f"{prefix}daemons",
+            self.metadata,
+            sa.Column("owner", sa.String(200), primary_key=True),
+            sa.Column("queues", sa.Text, nullable=False),
+            sa.Column("host", sa.String(200), nullable=False),
+            sa.Column("pid", sa.Integer, nullable=False),
+            #: "2/4" under ``pscheduler --processes 4``; "" for a lone process.
+            sa.Column("process", sa.String(20), nullable=False, server_default=""),
+            sa.Column("started_at", sa.Float, nullable=False),
+            sa.Column("heartbeat_at", sa.Float, nullable=False),
+            #: Past this, the daemon is dead for good: its row is never renewed again.
+            sa.Column("expires_at", sa.Float, nullable=False, index=True),
         )
         self.event_seqs = sa.Table(
             f"{prefix}event_seqs",

@@ -124,29 +124,38 @@ class JobRecords:
             pause = min(pause * 1.5, interval)
 
     def get_daemons(self) -> list[dict[str, Any]]:
-        """Which daemon runs each configured queue, from the job store's leases.
+        """Which daemons run each configured queue, from the job store.
 
-        One dict per queue in ``scheduler.queues``: ``queue``, ``owner``
-        (``host:pid:token`` of the daemon, or ``None`` if none ever ran it),
-        ``expires_at`` (epoch seconds) and ``active`` (the lease is current, so
-        a daemon is consuming the queue now).
+        One dict per queue in ``scheduler.queues``: ``queue``; ``daemons``,
+        the live daemons that execute it (each a dict: ``owner``
+        ``host:pid:token``, ``host``, ``pid``, ``process`` such as ``"2/4"``
+        under ``pscheduler --processes``, ``started_at`` and ``heartbeat_at``
+        in epoch seconds); ``active``, true when at least one does; and
+        ``owner`` and ``expires_at``, the daemon holding the queue's lease
+        (the one doing the single-owner work: recovery, declared jobs,
+        housekeeping) and until when (``None`` if none ever held it).
         """
-        leases = {row["queue"]: row for row in self._ledger().list_leases()}
+        ledger = self._ledger()
+        leases = {row["queue"]: row for row in ledger.list_leases()}
         stamp = time.time()
+        live = [row for row in ledger.list_daemons() if row["expires_at"] > stamp]
         daemons = []
         for queue in self.settings.queues:
-            row = leases.get(queue)
-            if row is None:
-                daemons.append({"queue": queue, "owner": None, "expires_at": None, "active": False})
-            else:
-                daemons.append(
-                    {
-                        "queue": queue,
-                        "owner": row["owner"],
-                        "expires_at": row["expires_at"],
-                        "active": row["expires_at"] > stamp,
-                    }
-                )
+            lease = leases.get(queue) or {}
+            serving = [
+                {key: row[key] for key in ("owner", "host", "pid", "process", "started_at", "heartbeat_at")}
+                for row in live
+                if queue in row["queues"].split(",")
+            ]
+            daemons.append(
+                {
+                    "queue": queue,
+                    "owner": lease.get("owner"),
+                    "expires_at": lease.get("expires_at"),
+                    "active": bool(serving),
+                    "daemons": serving,
+                }
+            )
         return daemons
 
     def _ledger(self) -> Any:

@@ -16,7 +16,6 @@ from conftest import make_settings, wait_for
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import run_key
-from pyramid_scheduler.store.lease import Lease
 from pyramid_scheduler.store.records import RunEnd
 from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest
@@ -76,7 +75,7 @@ def engine_factory(proxy_factory):
         events = []
         proxy.add_listener(events.append)
         if start:
-            assert engine.try_acquire()
+            engine.join()
             engine.start()
         engines.append(engine)
         return engine, events
@@ -191,23 +190,25 @@ def test_late_date_job_is_missed_visibly(engine_factory):
     assert ("late", "M") not in RUNS and ("recent", "M") in RUNS
 
 
-def test_lease_one_holder_takeover_and_fencing(engine_factory, proxy_factory):
+def test_two_engines_both_run_jobs_and_one_holds_the_lease(engine_factory, proxy_factory):
+    """Every daemon of a queue executes; one at a time holds the lease and
+    does the single-owner work, and another takes it once it is released."""
     proxy = proxy_factory()
-    holder, _ = engine_factory(proxy=proxy)
-    standby, _ = engine_factory(proxy=proxy, start=False)
-    assert not standby.try_acquire()
-    assert holder.lease_valid()
-    epoch = holder.lease.epochs["jobs"]
-
-    # A holder that stops renewing loses its lease after the ttl ...
-    paused = Lease(holder.ledger, ("jobs",), "paused-daemon", ttl=0.5)
-    holder.stop(timeout=1)  # releases
-    assert paused.try_acquire()
-    assert not standby.try_acquire()
-    wait_for(lambda: not paused.valid(), timeout=5)  # ... and knows it (fencing): it runs nothing more
-    assert standby.try_acquire()
-    assert standby.lease.epochs["jobs"] > epoch
-    assert not paused.renew()
+    first, _ = engine_factory(proxy=proxy)
+    second, _ = engine_factory(proxy=proxy)
+    assert first.coordinating and not second.coordinating
+    assert first.lease_valid() and second.lease_valid()
+    assert first.membership.live() == {first.owner, second.owner}
+    first.submit(add(record, job_id="on-first", args=["on-first"]))
+    second.submit(add(record, job_id="on-second", args=["on-second"]))
+    wait_for(lambda: sorted(RUNS) == [("on-first", "M"), ("on-second", "M")])
+    runs = {job_id: first.ledger.list_runs(job_id, "done", 1)[0]["owner"] for job_id in ("on-first", "on-second")}
+    assert runs == {"on-first": first.owner, "on-second": second.owner}
+    epoch = first.lease.epochs["jobs"]
+    first.stop(timeout=1)  # leaves and releases the lease ...
+    assert second.membership.live() == {second.owner}
+    wait_for(lambda: second.coordinating, timeout=5)  # ... which the other takes at its next heartbeat
+    assert second.lease.epochs["jobs"] > epoch
 
 
 def test_async_job_has_no_deadline(engine_factory):
@@ -260,26 +261,29 @@ def test_recurring_job_read_after_its_end_runs_late_or_is_missed(engine_factory)
     assert engine.ledger.get_job("past-grace")["status"] == "missed"
 
 
-def test_a_holder_whose_lease_lapsed_takes_no_due_job_from_the_store(engine_factory, proxy_factory):
-    """Fencing covers the job store: APScheduler removes a date job as it
-    takes it, so a holder that was paused past its lease must leave a due
-    job to the daemon that took the lease over."""
+def test_a_daemon_whose_heartbeat_lapsed_takes_no_due_job_and_stops(engine_factory, proxy_factory):
+    """Fencing: a daemon paused past its heartbeat is dead to the others;
+    resumed, it takes no due job from the store (it holds its claim, but may
+    not use it), finds its row expired at its next renewal and stops, and
+    another daemon runs the job it had stored."""
     proxy = proxy_factory()
     old, _ = engine_factory(proxy=proxy)
     new, _ = engine_factory(proxy=proxy, start=False)
-    leases = old.ledger.leases
-    with old.ledger.engine.begin() as conn:  # the old holder's lease expires ...
-        conn.execute(leases.update().values(expires_at=0.0))
-    assert new.try_acquire()  # ... and is taken over,
-    old.lease.renewed_at -= old.lease.ttl  # while the old holder was paused.
+    daemons = old.ledger.daemons
+    with old.ledger.engine.begin() as conn:  # the old daemon's heartbeat expires ...
+        conn.execute(daemons.update().where(daemons.c.owner == old.owner).values(expires_at=0.0))
+    old.membership.renewed_at -= old.membership.ttl  # ... while it was paused.
     old.submit(add(record, kind="date", job_id="fenced", when=datetime.now(UTC)))
-    assert old.lease_lost.wait(5)  # its next renewal finds the lease gone
+    assert old.lease_lost.wait(5)  # its next renewal finds its row expired
+    assert not old.membership.renew()  # for good
     assert ("fenced", "M") not in RUNS
     assert old.stores["jobs"].lookup_job("fenced") is not None
     assert old.ledger.get_job("fenced")["status"] == "scheduled"
+    new.join()
     new.start()
     wait_for(lambda: old.ledger.get_job("fenced")["status"] == "done")
     assert RUNS == [("fenced", "M")]
+    assert new.ledger.list_runs("fenced", "done", 1)[0]["owner"] == new.owner
 
 
 def test_last_run_blocked_by_a_running_one_closes_the_job(engine_factory):

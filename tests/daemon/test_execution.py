@@ -108,12 +108,12 @@ def test_the_runs_a_catch_up_plan_skipped_come_out_missed_before_the_run(engine_
     ]
 
 
-def test_a_run_refused_by_the_lease_check_goes_back_to_scheduling(engine_factory, monkeypatch):
+def test_a_run_refused_by_the_heartbeat_check_goes_back_to_scheduling(engine_factory, monkeypatch):
     engine, _ = engine_factory()
     job = stored(engine, record, "ex6")
     due = job.next_run_time
     engine.aps.remove_job("ex6", jobstore="jobs")  # handed over: the scheduler no longer holds it
-    monkeypatch.setattr(engine.lease, "valid", lambda: False)
+    monkeypatch.setattr(engine.membership, "valid", lambda: False)
     (out,) = handed(engine, job, [due])
     assert out.outcome == "not-run" and RUNS == []
     back = engine.aps.get_job("ex6", jobstore="jobs")

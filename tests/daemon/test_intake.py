@@ -1,6 +1,6 @@
 """Intake (:mod:`pyramid_scheduler.daemon.intake`): an add request becomes a
 stored job once, whatever the broker redelivers; run-now jobs go to the
-workers when they have room and a fresh lease, else to the job store.
+workers when they have room and a fresh heartbeat, else to the job store.
 
 Requests are handed to :meth:`Engine.submit` as the consumer would after
 decoding; the job store is a real SQLite file (or PostgreSQL).
@@ -57,13 +57,13 @@ def test_run_now_jobs_past_the_pool_backlog_wait_in_the_job_store(engine_factory
     assert types_for(events, "stored") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
 
 
-def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_lease(engine_factory, monkeypatch):
+def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_heartbeat(engine_factory, monkeypatch):
     engine, events = engine_factory()
-    renew = engine.lease.renew
-    monkeypatch.setattr(engine.lease, "renew", lambda: True)  # the renewal thread stalls
-    engine.lease.renewed_at -= engine.lease.ttl  # as after a pause past the lease
+    renew = engine.membership.renew
+    monkeypatch.setattr(engine.membership, "renew", lambda: True)  # the heartbeat thread stalls
+    engine.membership.renewed_at -= engine.membership.ttl  # as after a pause
     engine.submit(add(record, job_id="fenced"))
-    # Stored where the holder of the lease will find it, and not run here.
+    # Stored where a daemon with a fresh heartbeat will find it, and not run here.
     assert engine.aps.get_job("fenced", jobstore="jobs") is not None
     settled(engine)
     assert RUNS == []
@@ -73,15 +73,15 @@ def test_run_now_job_is_not_handed_to_the_pool_without_a_fresh_lease(engine_fact
     assert RUNS == [("fenced", "M")]
 
 
-def test_run_now_job_refused_by_the_lease_check_is_stored_back(engine_factory, proxy_factory, monkeypatch):
+def test_run_now_job_refused_by_the_heartbeat_check_is_stored_back(engine_factory, proxy_factory, monkeypatch):
     proxy = proxy_factory(**{"executor.max_workers": 1})
     engine, events = engine_factory(proxy=proxy)
     engine.submit(add(wait_gate, job_id="busy"))
     wait_for(lambda: ("busy", "started") in RUNS)
     engine.submit(add(record, job_id="later"))
-    # The lease lapses while "later" waits for the worker: its run is refused
+    # The heartbeat lapses while "later" waits for the worker: its run is refused
     # and the job goes back to the job store instead of being dropped.
-    monkeypatch.setattr(engine.lease, "valid", lambda: False)
+    monkeypatch.setattr(engine.membership, "valid", lambda: False)
     GATE.set()
     wait_for(lambda: engine.aps.get_job("later", jobstore="jobs") is not None)
     assert ("later", "M") not in RUNS

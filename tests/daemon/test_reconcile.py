@@ -34,7 +34,7 @@ def test_a_declaration_moved_to_another_queue_moves(tmp_var, caplog):
         engine = Engine(proxy, queues)
         events = []
         proxy.add_listener(events.append)
-        assert engine.try_acquire()
+        engine.join()
         engine.start()
         engine.stop(timeout=1)
         proxy.close()
@@ -71,7 +71,7 @@ def test_an_unchanged_declaration_is_left_alone_a_changed_one_updated(tmp_var, c
         engine = Engine(proxy)
         events = []
         proxy.add_listener(events.append)
-        assert engine.try_acquire()
+        engine.join()
         engine.start()
         next_run = engine.aps.get_job("sync").next_run_time
         engine.stop(timeout=1)

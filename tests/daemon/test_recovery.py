@@ -35,7 +35,7 @@ def test_interrupted_run_is_reported_not_rerun(engine_factory, proxy_factory):
     crashed.aps.pause()
     crashed.aps.remove_job("i1", jobstore="jobs")
     key = run_key("i1", when)
-    assert crashed.ledger.start_run(RunStart("i1", "jobs", key, when.timestamp(), "dead-daemon")) == "start"
+    assert crashed.ledger.start_run(RunStart("i1", "jobs", key, when.timestamp(), crashed.owner)) == "start"
     crashed.stop(timeout=1)
 
     engine, events = engine_factory(proxy=proxy)

@@ -378,7 +378,10 @@ def test_a_run_cut_by_a_crash_spends_a_retry(engine_factory, proxy_factory):
     # the ledger has the run "started" by the dead daemon.
     crashed.aps.pause()
     crashed.aps.remove_job("i2", jobstore="jobs")
-    assert crashed.ledger.start_run(RunStart("i2", "jobs", run_key("i2", when), when.timestamp(), "dead")) == "start"
+    assert (
+        crashed.ledger.start_run(RunStart("i2", "jobs", run_key("i2", when), when.timestamp(), crashed.owner))
+        == "start"
+    )
     crashed.stop(timeout=1)
 
     engine, events = engine_factory(proxy=proxy)

@@ -127,13 +127,13 @@ class Harness:
             raise
 
     def wait_active(self, proxy: Any, daemon: Daemon, timeout: float = DEADLINE) -> None:
-        """Wait until *daemon* holds the lease of all its queues."""
+        """Wait until *daemon* is among the live daemons of all its queues."""
 
         def check() -> bool:
-            leases = proxy.get_daemons()
-            return all(d["active"] and d["owner"] and d["owner"].split(":")[1] == str(daemon.pid) for d in leases)
+            queues = proxy.get_daemons()
+            return all(any(row["pid"] == daemon.pid for row in d["daemons"]) for d in queues)
 
-        wait_until(check, f"pscheduler pid {daemon.pid} to hold the lease", timeout, alive=(daemon,))
+        wait_until(check, f"pscheduler pid {daemon.pid} to run its queues", timeout, alive=(daemon,))
 
     def wait_log(self, daemon: Daemon, text: str, timeout: float = DEADLINE) -> str:
         return daemon.wait_log(text, timeout)

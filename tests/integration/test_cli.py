@@ -166,7 +166,7 @@ def test_the_start_up_line_names_broker_store_queues_and_role(make_harness):
     daemon = harness.start()
     harness.wait_active(proxy, daemon)
     settings = proxy.settings
-    harness.wait_log(daemon, "running queues jobs, reports as the active daemon (owner ")
+    harness.wait_log(daemon, "running queues jobs, reports as a daemon (owner ")
     harness.wait_log(daemon, f"; broker {settings.broker.masked()}; job store {settings.jobstore_url}")
 
 
@@ -186,7 +186,7 @@ def test_sigterm_lets_the_running_job_finish_and_exits_0(harness):
     record = proxy.get_job(slow_id)
     assert record["status"] == "done" and record["result"] == slow_id
     assert "pscheduler stopped" in daemon.log()
-    # It let go of the lease: the queue has no active daemon.
+    # It left: the queue has no live daemon.
     assert [d["active"] for d in proxy.get_daemons()] == [False]
 
 
@@ -230,14 +230,14 @@ def test_restart_option_restarts_a_crashed_daemon(harness):
     supervisor = harness.start("--restart", "--restart-interval", "0.2", script=True)
 
     def child_pid() -> int | None:
-        (lease,) = proxy.get_daemons()
-        pid = int(lease["owner"].split(":")[1]) if lease["active"] else None
-        return pid if pid and pid != supervisor.pid else None
+        (queue,) = proxy.get_daemons()
+        pids = [row["pid"] for row in queue["daemons"] if row["pid"] != supervisor.pid]
+        return pids[-1] if pids else None
 
-    first_child = wait_until(child_pid, "the supervised daemon to take the lease", alive=(supervisor,))
+    first_child = wait_until(child_pid, "the supervised daemon to run the queue", alive=(supervisor,))
     os.kill(first_child, signal.SIGKILL)
     second_child = wait_until(
-        lambda: (pid := child_pid()) != first_child and pid, "a restarted daemon to take the lease", alive=(supervisor,)
+        lambda: (pid := child_pid()) != first_child and pid, "a restarted daemon to run the queue", alive=(supervisor,)
     )
     assert f"pscheduler exited with code -{signal.SIGKILL.value}; restarting in 0.2s" in supervisor.log()
     job_id = tag("after-restart")

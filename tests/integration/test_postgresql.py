@@ -39,22 +39,23 @@ def test_processes_starting_together_on_a_fresh_postgresql_store(make_harness):
 
 
 def test_several_daemons_share_a_postgresql_store(make_harness):
-    """Once the tables exist, daemons share them: one holds the lease (a row
-    in PostgreSQL) and runs the jobs, the others stand by."""
+    """Once the tables exist, daemons share them: every one runs jobs, and one
+    holds the lease (a row in PostgreSQL) for the single-owner work."""
     harness = make_harness(store="postgresql")
     proxy = harness.proxy()
     assert proxy.get_job("no-such-job") is None  # creates the tables
     daemons = [harness.start() for _ in range(3)]
-    owner = wait_until(
-        lambda: (lease := proxy.get_daemons()[0])["active"] and lease["owner"],
-        "a daemon to take the lease",
-        alive=tuple(daemons),
-    )
-    (leader,) = [daemon for daemon in daemons if f":{daemon.pid}:" in owner]
     for daemon in daemons:
-        if daemon is not leader:
-            harness.wait_log(daemon, "standing by")
-    job_id = f"pg-{uuid.uuid4().hex[:8]}"
-    proxy.add_async_job(jobs.record, args=[harness.oracle, job_id], id=job_id)
-    harness.wait_job(proxy, job_id, {"done"}, alive=tuple(daemons))
-    assert [run["pid"] for run in harness.runs(job_id)] == [leader.pid]
+        harness.wait_active(proxy, daemon)
+    owner = wait_until(lambda: proxy.get_daemons()[0]["owner"], "a daemon to take the lease", alive=tuple(daemons))
+    assert len([daemon for daemon in daemons if f":{daemon.pid}:" in owner]) == 1
+    (queue,) = proxy.get_daemons()
+    assert sorted(row["pid"] for row in queue["daemons"]) == sorted(daemon.pid for daemon in daemons)
+    job_ids = [f"pg-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    for job_id in job_ids:
+        proxy.add_async_job(jobs.record, args=[harness.oracle, job_id], id=job_id)
+    for job_id in job_ids:
+        harness.wait_job(proxy, job_id, {"done"}, alive=tuple(daemons))
+    runs = [run for job_id in job_ids for run in harness.runs(job_id)]
+    assert sorted(run["tag"] for run in runs) == sorted(job_ids)
+    assert {run["pid"] for run in runs} <= {daemon.pid for daemon in daemons}

@@ -107,6 +107,26 @@ def test_version_1_dead_letters_gain_size_and_digest(store, caplog):
     )
 
 
+def test_version_2_tables_gain_the_daemons_and_the_jobs_owner(store, caplog):
+    engine, prefix = store
+    Ledger(engine, prefix)
+    # Version 2: no daemons table, no owner of a job.
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE "{prefix}daemons"'))
+        conn.execute(sa.text(f'ALTER TABLE "{prefix}jobs" DROP COLUMN owner'))
+        conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 2'))
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
+        ledger = Ledger(engine, prefix)
+    assert version(engine, prefix) == SCHEMA_VERSION >= 3
+    assert ledger.list_daemons() == []
+    with engine.connect() as conn:
+        assert "owner" in {column["name"] for column in sa.inspect(conn).get_columns(f"{prefix}jobs")}
+    assert (
+        f"job store tables {prefix}*: upgrading to schema version 3: every daemon executes: the daemons "
+        "table, and the daemon holding each job" in [record.getMessage() for record in caplog.records]
+    )
+
+
 def test_tables_newer_than_this_release_are_refused(store):
     engine, prefix = store
     Ledger(engine, prefix)

@@ -8,6 +8,12 @@ a carriage return, an escape sequence, a NUL) is logged repr-escaped
 (``a\\nb``), so a job id such as ``"x\\n2026-01-01 ERROR forged"`` stays on
 its line. The format strings are ours and are left alone; the cost is paid
 only for records that are emitted.
+
+:func:`label_process` gives every record of a ``pscheduler`` process a
+``process_index`` attribute (``2/4`` in the second of four supervised
+daemons, ``1/1`` in a lone one, ``supervisor`` in the supervisor), for log
+formats: ``%(process_index)s``. :class:`ProcessFormatter` writes ``-`` for
+it in the records of other programs that share the INI file (``pserve``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -82,3 +88,41 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+class ProcessLabel:
+    """A log record factory: the one before, plus ``record.process_index``."""
+
+    def __init__(self, label: str, base: Callable[..., logging.LogRecord]) -> None:
+        self.label = label
+        self.base = base
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.base(*args, **kwargs)
+        record.process_index = self.label
+        return record
+
+
+def label_process(label: str) -> None:
+    """Give every log record made from now on in this process the attribute
+    ``process_index = label`` (replacing an earlier label)."""
+    factory = logging.getLogRecordFactory()
+    base = factory.base if isinstance(factory, ProcessLabel) else factory
+    logging.setLogRecordFactory(ProcessLabel(label, base))
+
+
+class ProcessFormatter(logging.Formatter):
+    """A formatter whose ``%(process_index)s`` is ``-`` in records that have
+    none, for an INI file shared with ``pserve``: ``class =
+    pyramid_scheduler.logs.ProcessFormatter`` in its ``[formatter_NAME]``."""
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Any = "%",
+        validate: bool = True,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(fmt, datefmt, style, validate, defaults={"process_index": "-", **(defaults or {})})

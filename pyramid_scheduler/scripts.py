@@ -6,6 +6,11 @@ mode, then runs a :class:`~.service.SchedulerService` in the main thread: it
 stands by while another daemon holds the queues' lease, then consumes and
 runs jobs. SIGTERM or SIGINT stops consuming, lets running jobs finish (up to
 ``scheduler.shutdown_timeout``), shuts APScheduler down and exits 0.
+
+With ``--processes N`` (or ``scheduler.processes``) above 1, or with
+``--restart``, it loads nothing of the application: it reads those two
+settings and runs N such daemons as child processes under a
+:class:`~.processes.Supervisor`.
 """
 
 from __future__ import annotations
@@ -14,19 +19,19 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from typing import Any
 
 import hupper
 from pyramid.exceptions import ConfigurationError
-from pyramid.paster import bootstrap, setup_logging
+from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
+from pyramid_scheduler.daemon.processes import STOP_GRACE, WATCH_ENV, ModuleReport, Place, Supervisor
 from pyramid_scheduler.daemon.service import EXIT_LEASE_LOST as EXIT_LEASE_LOST  # the service's: 3
 from pyramid_scheduler.daemon.service import SchedulerService, combined_suppressed
 from pyramid_scheduler.exceptions import InvalidQueue, SchedulerError, SchemaError
-from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.logs import get_logger, label_process
+from pyramid_scheduler.settings import SchedulerSettings, parse_only
 
 log = get_logger("pyramid_scheduler.pscheduler")
 
@@ -37,8 +42,20 @@ EXIT_BAD_QUEUE = 12
 #: The settings would run jobs from a broker other machines reach, unprotected.
 EXIT_INSECURE = 13
 EXIT_STARTUP_FAILED = 20
+#: A supervised daemon exiting with one of these stops all (with N > 1, also
+#: EXIT_STARTUP_FAILED): restarting it would fail again.
+EXIT_NOT_RESTARTED = (2, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE)
 
-_CHILD_ENV = "PSCHEDULER_SUPERVISED"
+
+def process_count(text: str) -> int:
+    """``--processes``: a whole number, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="seconds between file checks with --reload (default: %(default)s)",
     )
+    parser.add_argument(
+        "--processes",
+        metavar="N",
+        type=process_count,
+        default=None,
+        help="run N daemon processes under a supervisor that restarts one that dies "
+        "(default: scheduler.processes, else 1)",
+    )
     parser.add_argument("--restart", action="store_true", help="restart the daemon when it exits unexpectedly")
     parser.add_argument(
         "--restart-interval",
         metavar="SECONDS",
         type=float,
         default=5,
-        help="seconds to wait before such a restart (default: %(default)s)",
+        help="seconds to wait before such a restart, doubled for each crash soon after a start (default: %(default)s)",
     )
     parser.add_argument(
         "--message",
@@ -129,12 +154,15 @@ class PSchedulerCommand:
 
     bootstrap = staticmethod(bootstrap)
     setup_logging = staticmethod(setup_logging)
+    get_appsettings = staticmethod(get_appsettings)
 
     def __init__(self, argv: list[str]) -> None:
         parser = build_parser()
         self.args = args = parser.parse_args(argv[1:])
         if args.listeners and args.message is None:
             parser.error("--listeners goes with --message")
+        if args.processes is not None and args.message is not None:
+            parser.error("--processes does not go with --message")
         if args.message is not None and not args.listeners and args.message not in DAEMON_COMMANDS:
             parser.error(
                 f"--message: unknown command {args.message!r}; expected one of "
@@ -142,7 +170,6 @@ class PSchedulerCommand:
                 "MESSAGE listeners)"
             )
         check_config_file(parser, args.config_uri)
-        self.argv = argv
         self.service: SchedulerService | None = None
 
     def run(self) -> int:
@@ -154,30 +181,66 @@ class PSchedulerCommand:
                 shutdown_interval=RELOAD_SHUTDOWN_INTERVAL,
             )
             return 0  # not reached: the reloader exits the process
-        if args.restart and os.environ.get(_CHILD_ENV) != "1":
-            return self.supervise()
+        place = Place.from_env()
+        label_process(str(place) if place else "1/1")
         self.setup_logging(args.config_uri)
         if hupper.is_active():
             hupper.get_reloader().watch_files([os.path.abspath(args.config_uri.split("#")[0])])
+        if place is None and args.message is None:
+            try:
+                settings = self.supervision_settings()
+            except ConfigurationError as exc:
+                log.error("%s", exc)
+                return EXIT_STARTUP_FAILED
+            processes = args.processes or settings.processes
+            if processes > 1 or args.restart:
+                label_process("supervisor")
+                return self.supervise(processes, settings.shutdown_timeout)
+        return self.load_and_serve(place)
 
+    def load_and_serve(self, place: Place | None) -> int:
+        """Load the application and :meth:`serve` (in a supervised child:
+        say which one it is, and follow the supervisor)."""
+        args = self.args
+        report = None
+        if place is not None:
+            if not place.follow_supervisor():
+                log.info("the supervisor (pid %d) is gone; not starting", place.supervisor)
+                return 0
+            log.info(
+                "pscheduler process %d of %d (pid %d; supervisor pid %d) starting",
+                place.index,
+                place.count,
+                os.getpid(),
+                place.supervisor,
+            )
+            if os.environ.get(WATCH_ENV):
+                report = ModuleReport(os.environ[WATCH_ENV])
+                report.start()
         try:
             with combined_suppressed():
                 env = self.bootstrap(app_uri(args.config_uri, args.app_name))
-        except ConfigurationError as exc:
-            # A bad setting says what is wrong in one line; a traceback would bury it.
-            cause = getattr(exc, "evalue", None) or exc  # ConfigurationExecutionError wraps it
-            log.error("could not load the application from %s: %s", args.config_uri, cause)
-            return EXIT_STARTUP_FAILED
-        except LookupError as exc:  # PasteDeploy: no such section, entry point or egg
-            log.error("could not load the application from %s: %s", args.config_uri, exc)
-            return EXIT_STARTUP_FAILED
-        except Exception:
-            log.exception("could not load the application from %s", args.config_uri)
-            return EXIT_STARTUP_FAILED
+        except Exception as exc:  # noqa: BLE001 - load_failed logs it, with its traceback if unexpected
+            if report is not None:
+                report.failed(exc)  # so that hupper restarts once the file is fixed
+            return self.load_failed(exc)
         try:
             return self.serve(env)
         finally:
             env["closer"]()
+
+    def load_failed(self, exc: Exception) -> int:
+        """Log why the application did not load; :data:`EXIT_STARTUP_FAILED`."""
+        uri = self.args.config_uri
+        if isinstance(exc, ConfigurationError):
+            # A bad setting says what is wrong in one line; a traceback would bury it.
+            cause = getattr(exc, "evalue", None) or exc  # ConfigurationExecutionError wraps it
+            log.error("could not load the application from %s: %s", uri, cause)
+        elif isinstance(exc, LookupError):  # PasteDeploy: no such section, entry point or egg
+            log.error("could not load the application from %s: %s", uri, exc)
+        else:
+            log.error("could not load the application from %s", uri, exc_info=exc)
+        return EXIT_STARTUP_FAILED
 
     def serve(self, env: dict[str, Any]) -> int:
         args = self.args
@@ -252,32 +315,40 @@ class PSchedulerCommand:
         if self.service is not None:
             self.service.stop()
 
-    def supervise(self) -> int:
-        """``--restart``: run the daemon in a child process; restart it when it
-        exits with an error; pass SIGTERM/SIGINT on and exit with its code."""
-        env = dict(os.environ, **{_CHILD_ENV: "1"})
-        stopping = False
-        child: subprocess.Popen[bytes] | None = None
+    def supervision_settings(self) -> SchedulerSettings:
+        """``scheduler.processes`` and ``scheduler.shutdown_timeout`` from the
+        application's section, without loading the application.
 
-        def forward(signo: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-            if child is not None and child.poll() is None:
-                child.send_signal(signo)
+        :raises pyramid.exceptions.ConfigurationError: a bad value of one of them.
+        """
+        args = self.args
+        try:
+            raw = self.get_appsettings(app_uri(args.config_uri, args.app_name))
+        except Exception as exc:  # noqa: BLE001 - loading the application reports it in full
+            log.debug("could not read the settings of %s: %s", args.config_uri, exc)
+            return SchedulerSettings()
+        return parse_only(raw, ("processes", "shutdown_timeout"))
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        while True:
-            child = subprocess.Popen([sys.executable, "-m", "pyramid_scheduler.scripts", *self.argv[1:]], env=env)
-            code = child.wait()
-            if stopping or code in (0, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE, 2):
-                return code
-            print(f"pscheduler exited with code {code}; restarting in {self.args.restart_interval:g}s", file=sys.stderr)
-            deadline = time.monotonic() + self.args.restart_interval
-            while not stopping and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if stopping:
-                return code
+    def supervise(self, processes: int, shutdown_timeout: float) -> int:
+        """Run *processes* daemons under a :class:`~.processes.Supervisor`."""
+        args = self.args
+        argv = [args.config_uri]
+        if args.app_name:
+            argv += ["--app-name", args.app_name]
+        for queue in args.queues:
+            argv += ["--queue", queue]
+        stop_timeout = shutdown_timeout + STOP_GRACE
+        if hupper.is_active():  # stop before hupper kills this process
+            stop_timeout = min(stop_timeout, RELOAD_SHUTDOWN_INTERVAL - 1)
+        fatal = EXIT_NOT_RESTARTED if processes == 1 else (*EXIT_NOT_RESTARTED, EXIT_STARTUP_FAILED)
+        supervisor = Supervisor(
+            argv,
+            processes,
+            restart_interval=args.restart_interval,
+            stop_timeout=stop_timeout,
+            fatal_codes=fatal,
+        )
+        return supervisor.run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,7 +127,8 @@ class Daemon:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), environ.get("PYTHONPATH")]))
         environ["PYTHONUNBUFFERED"] = "1"
-        environ.pop("PSCHEDULER_SUPERVISED", None)
+        for name in ("PSCHEDULER_PROCESS", "PSCHEDULER_SUPERVISOR", "PSCHEDULER_WATCH"):
+            environ.pop(name, None)  # the test runs under a supervisor: its daemons do not
         environ.update(env or {})
         self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(

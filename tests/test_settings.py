@@ -14,6 +14,7 @@ from pyramid_scheduler.settings import (
     SchedulerSettings,
     mask_url,
     parse_duration,
+    parse_only,
     parse_settings,
 )
 from pyramid_scheduler.settings.spec import reference_rst
@@ -96,6 +97,7 @@ def test_kombu_urls_pass_through(url):
         ("scheduler.serializer", "pickle", "pickle is no longer accepted"),
         ("scheduler.executor", "process", "scheduler.executor"),
         ("scheduler.executor.max_workers", "0", "scheduler.executor.max_workers"),
+        ("scheduler.processes", "0", "scheduler.processes = '0': expected a whole number of at least 1"),
         ("scheduler.jobstore.url", "redis://x", "scheduler.jobstore.url"),
         ("scheduler.jobstore.default.class", "my.Store", "scheduler.jobstore.default.class"),
         ("scheduler.qeueus", "jobs", "Unknown setting scheduler.qeueus"),
@@ -117,6 +119,19 @@ def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigurationError) as info:
         parse_settings({key: value})
     assert fragment in str(info.value)
+
+
+def test_parse_only_reads_the_keys_it_is_given():
+    raw = {
+        "scheduler.processes": "3",
+        "scheduler.shutdown_timeout": "1m",
+        "scheduler.delegator": "no.such.module:fn",  # not imported: not asked for
+    }
+    settings = parse_only(raw, ("processes", "shutdown_timeout"))
+    assert (settings.processes, settings.shutdown_timeout, settings.delegator) == (3, 60.0, None)
+    assert parse_only({}, ("processes",)).processes == 1
+    with pytest.raises(ConfigurationError, match="scheduler.processes = '-1'"):
+        parse_only({"scheduler.processes": "-1"}, ("processes",))
 
 
 def test_func_aliases():

@@ -15,7 +15,7 @@ known keys and the reference in docs/settings.rst all come from it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyramid.exceptions import ConfigurationError
@@ -51,6 +51,7 @@ __all__ = [
     "mask_url",
     "parse_broker_url",
     "parse_duration",
+    "parse_only",
     "parse_settings",
     "posture_problem",
     "require_transport",
@@ -89,6 +90,24 @@ def parse_settings(settings: Mapping[str, Any], prefix: str = PREFIX) -> Schedul
     parsed = SchedulerSettings(**opts)
     _check_together(parsed, raw, prefix)
     return parsed
+
+
+def parse_only(settings: Mapping[str, Any], keys: Iterable[str], prefix: str = PREFIX) -> SchedulerSettings:
+    """Only *keys* (``"processes"``) of a settings mapping, parsed and
+    checked as :func:`parse_settings` does; every other field keeps its
+    default. For ``pscheduler``'s supervisor, which reads what it needs
+    without importing what other settings name.
+
+    :raises pyramid.exceptions.ConfigurationError: on a bad value of one of *keys*.
+    """
+    by_key = {setting.key: setting for setting in SETTINGS}
+    values: dict[str, Any] = {}
+    for key in keys:
+        setting = by_key[key]
+        value = settings.get(prefix + key)
+        if value is not None and not _blank(setting, value):
+            values[setting.attr] = setting.kind.parse(key, value)
+    return SchedulerSettings(**values)
 
 
 def _blank(setting: Setting, value: Any) -> bool:

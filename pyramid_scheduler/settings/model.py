@@ -65,6 +65,8 @@ class SchedulerSettings:
     executor: str = "thread"
     max_workers: int = 10
     shutdown_timeout: float = 30.0
+    #: Daemon processes ``pscheduler`` starts and supervises (1: itself only).
+    processes: int = 1
     lease_ttl: float = 3.0
     result_ttl: float = 7 * 86400.0
     max_message_size: int = 256 * 1024

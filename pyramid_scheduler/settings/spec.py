@@ -306,7 +306,18 @@ event with their count. Bounds the work after a long outage or a clock jump.""",
         Duration(),
         default="30s",
         doc="""On SIGTERM or SIGINT, how long the daemon waits for running jobs before it
-releases the lease (see :ref:`signals`).""",
+releases the lease (see :ref:`signals`). ``pscheduler --processes`` and ``--restart``
+kill a daemon still running 10 s after that.""",
+    ),
+    Setting(
+        "processes",
+        Whole(1),
+        default="1",
+        doc="""How many daemon processes ``pscheduler CONFIG-URI`` starts (its
+``--processes`` option overrides it). Above 1, ``pscheduler`` supervises them: it starts
+each as a child process, restarts one that dies, and passes signals on (see
+:ref:`processes`). Read by ``pscheduler`` only, from the application's section, before
+it loads the application.""",
     ),
     Setting(
         "lease.ttl",

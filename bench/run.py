@@ -76,7 +76,8 @@ def restart(factory: Callable[[], System], system: System, worker: Worker, warm:
 
 def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Enqueue cost (worker stopped, filling the queue), drain of that queue,
-    run-now latency at a steady rate, date-job lateness.
+    run-now latency at a steady rate (also with ``durable=False`` where the
+    system has it), date-job lateness.
 
     A drain still running after ``--drain-timeout`` is reported as the rate
     so far; its queue and job store are then dropped and the later parts
@@ -120,24 +121,29 @@ def measure(factory: Callable[[], System], sizes: argparse.Namespace, tmp: Path)
             )
             system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm1.txt")
 
-        lat_path = str(tmp / f"{system.key}-latency.txt")
-        log(f"{system.key}: run-now latency, {sizes.latency} jobs at {RATE:g}/s")
-        begin = time.time() + 0.2
-        for i in range(sizes.latency):
-            sleep_until(begin + i / RATE)
-            system.enqueue(lat_path, "l", time.time())
-        rows = wait_count(lat_path, sizes.latency, sizes.grace, worker)
-        latencies = [started - sent for _tag, sent, started in rows]
-        result["latency"] = summary(latencies)
-        result["latency"]["missing"] = sizes.latency - len(rows)
-        result["latency_ms"] = sorted(round(x * 1000, 3) for x in latencies)
-        if len(rows) < sizes.latency:
-            result.setdefault("incomplete", "")
-            result["incomplete"] += (
-                f"{'; ' if result['incomplete'] else ''}run-now: {sizes.latency - len(rows):,} "
-                f"of {sizes.latency:,} jobs not started {sizes.grace:g} s after the last was sent"
-            )
-            system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm2.txt")
+        lanes = [("latency", "run-now", system.enqueue)]
+        if system.has_fast:
+            lanes.append(("latency_fast", "run-now durable=False", system.enqueue_fast))
+        for key, what, enqueue in lanes:
+            lat_path = str(tmp / f"{system.key}-{key}.txt")
+            log(f"{system.key}: {what} latency, {sizes.latency} jobs at {RATE:g}/s")
+            begin = time.time() + 0.2
+            for i in range(sizes.latency):
+                sleep_until(begin + i / RATE)
+                enqueue(lat_path, "l", time.time())
+            rows = wait_count(lat_path, sizes.latency, sizes.grace, worker)
+            latencies = [started - sent for _tag, sent, started in rows]
+            result[key] = summary(latencies)
+            result[key]["missing"] = sizes.latency - len(rows)
+            result[f"{key}_ms"] = sorted(round(x * 1000, 3) for x in latencies)
+            log(f"{system.key}: {what} latency p50 {result[key]['p50']:.3f} ms")
+            if len(rows) < sizes.latency:
+                result.setdefault("incomplete", "")
+                result["incomplete"] += (
+                    f"{'; ' if result['incomplete'] else ''}{what}: {sizes.latency - len(rows):,} "
+                    f"of {sizes.latency:,} jobs not started {sizes.grace:g} s after the last was sent"
+                )
+                system, worker = restart(factory, system, worker, tmp / f"{system.key}-warm-{key}.txt")
 
         if system.has_date:
             date_path = str(tmp / f"{system.key}-date.txt")

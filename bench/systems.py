@@ -188,6 +188,11 @@ class System:
 
     has_tx = False
     has_date = True
+    #: Has a run-now job that skips storing before the ack (ours: ``durable=False``).
+    has_fast = False
+
+    def enqueue_fast(self, path: str, tag: str, sent: float) -> None:
+        raise NotImplementedError
 
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
         raise NotImplementedError
@@ -245,6 +250,11 @@ class Ours(System):
 
         with transaction.manager:
             self.proxy.add_async_job(jobs.record, args=[path, tag, sent])
+
+    has_fast = True
+
+    def enqueue_fast(self, path: str, tag: str, sent: float) -> None:
+        self.proxy.add_async_job(jobs.record, args=[path, tag, sent], durable=False)
 
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
         self.proxy.add_date_job(jobs.record, when, args=[path, tag, when])

@@ -277,6 +277,18 @@ def test_failures_and_misses_are_reported_like_the_daemon():
     assert ("late", "the-app") not in CALLS
 
 
+def test_a_durable_false_job_is_recorded_only_after_its_run_like_the_daemon():
+    _, scheduler, seen = make_app()
+    scheduler.add_async_job(record, args=["f"], id="f", durable=False)
+    assert scheduler.get_job("f") is None and CALLS == []  # handed to the pool, not stored
+    assert [r["status"] for r in scheduler.run_pending()] == ["done"]
+    job = scheduler.get_job("f")
+    assert (job["status"], job["result"], job["options"]) == ("done", "f", {"durable": False})
+    assert types(scheduler, "f") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    with pytest.raises(InvalidJob, match="durable: only run-now jobs"):
+        scheduler.add_date_job(record, scheduler.now() + timedelta(hours=1), args=["x"], durable=False)
+
+
 def test_the_real_checks_apply():
     _, scheduler, _ = make_app(**{"scheduler.queues": "jobs reports"})
     with pytest.raises(InvalidJob, match="lambda"):

@@ -10,7 +10,10 @@ requeue; the consumer goes on. A good request is handed to the engine, and the
 message is acked only after the engine has stored the job; if the job store
 fails, the message is requeued after a bounded back-off. The messages taken
 together (one Redis round trip, or those already received on AMQP and SQL)
-are checked one by one and stored together.
+are checked one by one and stored together. A ``durable=False`` job is
+stored not at all: its message is acked, and once the broker has the acks
+of the batch its job goes to the worker pool (:mod:`.fastlane`), the
+consumer waiting for room there before it takes more messages.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sqlalchemy as sa
 from pyramid_scheduler.brokers.connection import JSON, StoppableConsumer, make_queue
 from pyramid_scheduler.brokers.sql import release_claims
 from pyramid_scheduler.daemon.engine import Engine
+from pyramid_scheduler.daemon.fastlane import Accepted
 from pyramid_scheduler.daemon.intake import DIRECT_BACKLOG
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.faults import crash_point
@@ -93,6 +97,9 @@ class JobConsumer(StoppableConsumer):
         self._channels: list[Any] = []
         self._batch: list[tuple[Any, str, JobRequest | InvalidMessage | InvalidJob]] | None = None
         self._redis = False  # consuming through our Redis channel
+        #: The durable=False jobs whose messages were acked, to hand to the
+        #: pool once the broker has the acks (after the batch).
+        self._accepted: list[Accepted] = []
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:  # noqa: N803 - Kombu's name
         settings = self.engine.settings
@@ -158,8 +165,11 @@ class JobConsumer(StoppableConsumer):
                     if not self.should_stop:
                         raise
                 else:
+                    self.hand_accepted()
                     yield
                     elapsed = 0.0
+                finally:
+                    self.drop_accepted()
 
     def _drain_batch(self, conn: Any, timeout: float) -> None:
         """Wait up to *timeout* for a message and take those already
@@ -182,6 +192,34 @@ class JobConsumer(StoppableConsumer):
                 conn.drain_events(timeout=0 if sock is None else RECEIVED_WAIT)
             except TimeoutError:
                 return
+
+    def hand_accepted(self) -> None:
+        """Hand the ``durable=False`` jobs of the batch just settled to the
+        worker pool, in order, each once the pool has room (see
+        :mod:`.fastlane`): their acks are with the broker now (on Redis the
+        batch's acks leave the processing list as it ends), so none runs
+        before its message is gone for good."""
+        accepted, self._accepted = self._accepted, []
+        for job in accepted:
+            try:
+                job.hand(lambda: self.should_stop)
+            except Exception:  # noqa: BLE001 - a bug: this job only
+                log.exception("job %s: durable=False, acked, not handed to the worker pool: lost", job.job_id)
+
+    def drop_accepted(self) -> None:
+        """Forget the ``durable=False`` jobs acked in a batch whose taking
+        failed afterwards (the connection broke): whether the broker has
+        their acks is unknown, and a job whose message comes back must not
+        have run already. At most once: they may be lost; logged."""
+        if self._accepted:
+            log.error(
+                "durable=False job(s) %s acked as the broker connection failed: not run "
+                "(at most once: if their messages come back they run then, else they are lost)",
+                ", ".join(job.job_id for job in self._accepted),
+            )
+            for job in self._accepted:
+                job.drop()
+            self._accepted = []
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         # At start and after every reconnect: a message taken just as the
@@ -317,6 +355,8 @@ class JobConsumer(StoppableConsumer):
         for (message, queue, request), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, str):
                 message.ack()
+                if isinstance(outcome, Accepted):
+                    self._accepted.append(outcome)
                 assert isinstance(request, JobRequest)
                 log.debug("queue %s: job %s %s (%s)", queue, request.id, request.op, outcome)
             elif isinstance(outcome, (InvalidMessage, InvalidJob)):

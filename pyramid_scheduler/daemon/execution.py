@@ -26,6 +26,10 @@ the process. Several processes executing one queue would put a transport
 behind ``submit_job`` and ``StoreBack`` (a job pickles, as the job store
 keeps it) and carry the job events across too; neither side's code changes.
 
+A job that skipped record-first (``durable=False``) is a
+:class:`RecordedAfter`: it goes through the same pool and runner, but its
+run is carried out by :mod:`.fastlane`, which records it after the run.
+
 Per run, :meth:`Runner.run_one`:
 
 1. refuses to run if this daemon's heartbeat may have lapsed (fencing);
@@ -124,6 +128,16 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
                     schedule_retry(self.runner.store_back, job, record.retry)
 
 
+class RecordedAfter(Job):  # type: ignore[misc]
+    """A job recorded after its run, not before (the fast lane's,
+    :mod:`.fastlane`): :meth:`Runner.run` hands its run to :meth:`run_by`."""
+
+    __slots__ = ()
+
+    def run_by(self, runner: Runner, run_time: datetime) -> RunRecord:
+        raise NotImplementedError
+
+
 #: Recorded run outcomes that can also be a job's final status.
 RUN_OUTCOMES = ("done", "failed", "missed", "interrupted")
 
@@ -167,6 +181,9 @@ class Runner:
         try:
             for index, run_time in enumerate(run_times):
                 try:
+                    if isinstance(job, RecordedAfter):
+                        records.append(job.run_by(self, plain(run_time)))
+                        continue
                     records.extend(self.record_skipped(job, run_time))
                     records.append(self.run_one(job, plain(run_time), last_of_batch=index == len(run_times) - 1))
                 except Exception:

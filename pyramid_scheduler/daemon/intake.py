@@ -8,14 +8,17 @@ transaction with its ledger row, so a redelivered message is absorbed by job
 id, before the message is acked. A run-now job goes straight to the worker
 pool (:mod:`.execution`) when the pool has room, stored with one ``INSERT``
 of its ledger row only; several of them among the requests of one batch
-share that ``INSERT``.
+share that ``INSERT``. A run-now job sent with ``durable=False`` is stored
+not at all: it goes to the fast lane (:mod:`.fastlane`), recorded after its
+run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -28,6 +31,7 @@ from pyramid_scheduler.daemon.aps import build_job, job_defaults, runs_in_pool
 from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor
+from pyramid_scheduler.daemon.fastlane import Accepted, FastLane
 from pyramid_scheduler.daemon.job_events import JobEvents
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.exceptions import InvalidJob
@@ -84,6 +88,18 @@ class Intake:
     store_back: StoreBack
     #: Where "now" is read (a job's first fire time).
     clock: Clock = SYSTEM_CLOCK
+    #: Where ``durable=False`` run-now jobs go (made from the parts above).
+    fast: FastLane = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.fast = FastLane(
+            scheduler=self.scheduler,
+            executor=self.executor,
+            events=self.events,
+            ledger=self.ledger,
+            room=settings.max_workers + settings.broker_prefetch,
+        )
 
     def submit_many(self, requests: list[JobRequest], carry_out: Callable[[JobRequest], str]) -> list[str | Exception]:
         """Carry out *requests* in order, each as *carry_out* would one by
@@ -125,19 +141,23 @@ class Intake:
 
     def add(self, request: JobRequest, recovering: bool = False) -> str:
         """Store the job of an ``add`` request (*recovering*: again, replacing
-        what is stored under its id, without a new ledger row or CREATED).
+        what is stored under its id, without a new ledger row or CREATED); a
+        ``durable=False`` one goes straight to the worker pool.
 
         :raises InvalidJob: it cannot be scheduled.
         """
         planned = self.plan(request, recovering)
         if isinstance(planned, _RunNow):
             return self._add_now(planned)
-        return planned()
+        outcome = planned()
+        return outcome.hand() if isinstance(outcome, Accepted) else outcome
 
     def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
         it goes straight to the worker pool (:meth:`_add_now`), else a
-        callable that stores it in its queue's job store.
+        callable that stores it in its queue's job store, or for a
+        ``durable=False`` job one that answers
+        :class:`~pyramid_scheduler.daemon.fastlane.Accepted` (nothing stored).
 
         :raises InvalidJob: it cannot be scheduled.
         """
@@ -161,7 +181,8 @@ class Intake:
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
-        if request.trigger["type"] == "now" and not recovering and self._direct_open(request.id):
+        fast = request.options.get("durable") is False and not recovering and self._fast_open()
+        if request.trigger["type"] == "now" and not recovering and (fast or self._direct_open(request.id)):
             # Built as the job store loads a job: admit() made APScheduler's checks.
             state = {
                 "version": 1,
@@ -176,6 +197,8 @@ class Intake:
                 **job_defaults(self.scheduler),
                 **options,
             }
+            if fast:
+                return partial(self.fast.accept, request, state, first)
             job = build_job(self.scheduler, request.queue, state)
             return _RunNow(request, job, first, request.to_wire())
 
@@ -213,6 +236,17 @@ class Intake:
             and (self.heartbeat is None or self.heartbeat.fresh())
             and not runs_in_pool(self.executor, job_id)
             and self.executor.runner.pending < DIRECT_BACKLOG
+        )
+
+    def _fast_open(self) -> bool:
+        """True when a ``durable=False`` job may skip the job store: the SQL
+        job store is on (with the memory store every job is in memory
+        anyway), the scheduler runs and this daemon's lease is fresh; else
+        it is stored like any other, more durable than it asked."""
+        return (
+            not self.settings.memory_store
+            and self.scheduler.state == STATE_RUNNING
+            and (self.lease is None or self.lease.fresh())
         )
 
     def _store_now(self, group: list[tuple[int, _RunNow]], results: list[Any]) -> None:

@@ -38,6 +38,9 @@ class SchedulerSettings:
     combined: bool = False
     #: Hold add_*_job/cancel_job until the current transaction commits.
     transactional: bool = True
+    #: Run-now jobs are stored before their message is acked, unless they
+    #: say ``durable=False`` (``False``: they say it unless they say otherwise).
+    durable: bool = True
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     id: str = ""
     broker: BrokerURL = field(default_factory=lambda: BrokerURL(DEFAULT_BROKER_URL, "sql"))

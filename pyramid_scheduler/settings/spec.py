@@ -62,6 +62,17 @@ publish when it commits, nothing when it aborts; ``immediate=True`` publishes on
 once. ``false``: every call publishes at once. See :ref:`transactional-enqueue`.""",
     ),
     Setting(
+        "durable",
+        FLAG,
+        default="true",
+        doc="""``true``: every job is stored in the job store before its message is acked
+(record-first, see :doc:`guarantees`). ``false``: jobs of ``add_async_job`` that pass
+neither ``durable=`` nor ``retries=`` are sent ``durable=False``: the daemon acks the
+message and runs the job at once, recording it after its run, at most once (see
+:ref:`fast-lane`). Read by the process that calls ``add_async_job``; other jobs are
+always durable.""",
+    ),
+    Setting(
         "queues",
         Queues(),
         default="default",

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from apscheduler.jobstores.base import ConflictingIdError
 from sqlalchemy.engine import Connection, Engine
 
-from pyramid_scheduler.store.records import RunEnd, RunStart
+from pyramid_scheduler.store.records import RunAfter, RunEnd, RunStart
 from pyramid_scheduler.store.runwrites import RunWrites
 from pyramid_scheduler.store.schema import upgrade
 from pyramid_scheduler.store.tables import FINAL, LIVE, Tables, aps_tablename
@@ -305,6 +305,30 @@ class Ledger(Tables):
         (:meth:`RunWrites.write_runs <pyramid_scheduler.store.runwrites.RunWrites.write_runs>`);
         return the run keys written."""
         return self.run_writes.write_runs(starts, ends)
+
+    def record_after(self, afters: list[RunAfter]) -> set[str]:
+        """Record jobs that skipped record-first (``durable=False``) once
+        their run is over: each job's record, final, with its run's, all in
+        one transaction; if an id is known, none of several (record them one
+        by one). One alone then reuses a finished job's id, as
+        :meth:`insert_job` does. Return the run keys written: not that of a
+        job whose id a live job has, or whose very message was recorded
+        before (its ack was lost)."""
+        stamp = self.now()
+        job_rows = [{**self._job_row(after.request), **after.job_values(stamp)} for after in afters]
+        if self.run_writes.write_after(job_rows, [after.run_row(stamp) for after in afters]):
+            return {after.run_key for after in afters}
+        if len(afters) != 1:
+            return set()
+        [after] = afters
+        with self.engine.begin() as conn:
+            try:
+                self.insert_job(conn, after.request)
+            except ConflictingIdError:
+                return set()
+            conn.execute(self.jobs.update().where(self.jobs.c.id == after.job_id).values(after.job_values(stamp)))
+            conn.execute(self.runs.insert(), after.run_row(stamp))
+        return {after.run_key}
 
     def recorded_runs(self, run_keys: list[str]) -> set[str]:
         """Those of *run_keys* that have a row in the run ledger."""

@@ -5,7 +5,10 @@ The runner (:mod:`pyramid_scheduler.daemon.execution`) hands a
 the group commit (:class:`pyramid_scheduler.store.runs.RunWriter`), which
 writes several at once (:mod:`pyramid_scheduler.store.runwrites`) or each on
 its own (:meth:`pyramid_scheduler.store.ledger.Ledger.start_run` and
-:meth:`~pyramid_scheduler.store.ledger.Ledger.finish_run`).
+:meth:`~pyramid_scheduler.store.ledger.Ledger.finish_run`). A job that
+skipped record-first (``durable=False``, :mod:`pyramid_scheduler.daemon.fastlane`)
+hands one :class:`RunAfter` once its run is over: its job's record and its
+run's, written together.
 """
 
 from __future__ import annotations
@@ -106,3 +109,55 @@ def json_or_repr(value: Any) -> str:
         return json.dumps(value)
     except (TypeError, ValueError):
         return json.dumps(repr(value))
+
+
+@dataclass(frozen=True, slots=True)
+class RunAfter:
+    """A run-now job that was not stored before its run (``durable=False``),
+    recorded once its run is over: the job's record, final with the run's
+    *status* (``done``, ``failed`` or ``missed``), and the run's record."""
+
+    #: The job's wire request (the record keeps it whole).
+    request: dict[str, Any]
+    run_key: str
+    #: When the run was due, the job was accepted, the run started (epoch seconds).
+    scheduled_at: float
+    created_at: float
+    started_at: float
+    #: The daemon that ran it (``host:pid:nonce``).
+    owner: str
+    status: str
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return str(self.request["id"])
+
+    def run_row(self, stamp: float) -> dict[str, Any]:
+        """The run's row, finished at *stamp*."""
+        return {
+            "run_key": self.run_key,
+            "job_id": self.job_id,
+            "queue": self.request["queue"],
+            "scheduled_at": self.scheduled_at,
+            "status": self.status,
+            "owner": self.owner,
+            "started_at": self.started_at,
+            "finished_at": stamp,
+            "error": self.error,
+        }
+
+    def job_values(self, stamp: float) -> dict[str, Any]:
+        """What the job's row holds beside its request: its final status and
+        the run's outcome, as :meth:`RunEnd.job_params` would set them."""
+        ran = self.status in ("done", "failed")
+        return {
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": stamp,
+            "runs": 1 if ran else 0,
+            "last_run_at": stamp if ran else None,
+            "result": json_or_repr(self.result) if self.status == "done" else None,
+            "error": self.error,
+        }

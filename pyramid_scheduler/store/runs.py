@@ -22,7 +22,11 @@ a batch the database failed, is written one by one with the ledger's own
 gets exactly the answer or the error those give.
 
 A start and an end travel as :class:`~pyramid_scheduler.store.records.RunStart`
-and :class:`~pyramid_scheduler.store.records.RunEnd`.
+and :class:`~pyramid_scheduler.store.records.RunEnd`; the one write of a job
+that skipped record-first (``durable=False``), its record and its run's
+after the run, as :class:`~pyramid_scheduler.store.records.RunAfter`, written
+together with the others of a batch
+(:meth:`~pyramid_scheduler.store.ledger.Ledger.record_after`).
 
 A start or end handed in while the writer is idle (nothing waiting, no batch
 being written) is written by the worker's own thread, holding the writer's
@@ -43,7 +47,7 @@ import sqlalchemy as sa
 
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
-from pyramid_scheduler.store.records import RunEnd, RunStart
+from pyramid_scheduler.store.records import RunAfter, RunEnd, RunStart
 
 log = get_logger(__name__)
 
@@ -56,10 +60,10 @@ class _Write:
 
     __slots__ = ("record", "done", "result", "error")
 
-    def __init__(self, record: RunStart | RunEnd) -> None:
+    def __init__(self, record: RunStart | RunEnd | RunAfter) -> None:
         self.record = record
         self.done = threading.Event()
-        #: start_run's answer (str) or finish_run's (bool); None until written.
+        #: start_run's answer (str), finish_run's or record_after's (bool); None until written.
         self.result: str | bool | None = None
         self.error: BaseException | None = None
 
@@ -106,7 +110,12 @@ class RunWriter:
     def finish_run(self, end: RunEnd) -> bool:
         return bool(self._call(end))
 
-    def _call(self, record: RunStart | RunEnd) -> str | bool:
+    def record_after(self, after: RunAfter) -> bool:
+        """Record a job that skipped record-first, after its run; False if it
+        could not be (:meth:`~pyramid_scheduler.store.ledger.Ledger.record_after`)."""
+        return bool(self._call(after))
+
+    def _call(self, record: RunStart | RunEnd | RunAfter) -> str | bool:
         write = _Write(record)
         with self._lock:  # nothing is queued after the stop's end marker
             running = self._thread is not None
@@ -132,6 +141,8 @@ class RunWriter:
     def _alone(self, write: _Write) -> str | bool:
         if isinstance(write.record, RunStart):
             return self.ledger.start_run(write.record)
+        if isinstance(write.record, RunAfter):
+            return bool(self.ledger.record_after([write.record]))
         return self.ledger.finish_run(write.record)
 
     def _run(self) -> None:
@@ -199,7 +210,13 @@ class RunWriter:
         never started, which only the ledger's own path records)."""
         starts = [write.record for write in batch if isinstance(write.record, RunStart)]
         ends = [write.record for write in batch if isinstance(write.record, RunEnd) and not write.record.unstarted]
+        afters = [write.record for write in batch if isinstance(write.record, RunAfter)]
         written = self.ledger.write_runs(starts, ends)
+        if afters:
+            try:  # after the others: if this fails, theirs stand, and these go one by one
+                written |= self.ledger.record_after(afters)
+            except Exception as exc:  # noqa: BLE001 - one by one gives each its own answer or error
+                log.debug("writing %d records after their runs together failed (%s); one by one", len(afters), exc)
         rest = []
         for write in batch:
             if write.record.run_key not in written:

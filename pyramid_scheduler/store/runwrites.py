@@ -1,5 +1,8 @@
 """Every write of the run ledger: a run's start, its end, and several of both at once.
 
+(And the one write of jobs recorded after their run, ``durable=False``:
+:meth:`RunWrites.write_after`.)
+
 One at a time, :meth:`RunWrites.start_run` and :meth:`RunWrites.finish_run`
 (the ledger's :meth:`~pyramid_scheduler.store.ledger.Ledger.start_run` and
 :meth:`~pyramid_scheduler.store.ledger.Ledger.finish_run`): their common case
@@ -253,6 +256,19 @@ class RunWrites:
             .values(status=job_status, **values, **retry_values),
             jobs.update().where(by_id).values(**values),
         )
+
+    def write_after(self, job_rows: list[dict[str, Any]], run_rows: list[dict[str, Any]]) -> bool:
+        """Insert the final records of jobs that skipped record-first
+        (``durable=False``: :class:`~pyramid_scheduler.store.records.RunAfter`)
+        and their runs' records, one multi-row ``INSERT`` each, in one
+        transaction. False if an id or a run key is known: nothing is written."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.jobs.insert(), job_rows[0] if len(job_rows) == 1 else job_rows)
+                conn.execute(self._insert_run, run_rows[0] if len(run_rows) == 1 else run_rows)
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     # -- several at once ----------------------------------------------------------------
     def write_runs(self, starts: list[RunStart], ends: list[RunEnd]) -> set[str]:

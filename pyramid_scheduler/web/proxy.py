@@ -87,11 +87,18 @@ class SchedulerProxy(JobRecords):
         ``transaction.TransactionManager``). The same holds for every
         ``add_*_job`` (see :ref:`transactional-enqueue`).
 
+        With the option ``durable=False`` (or ``scheduler.durable = false``)
+        the daemon runs the job straight from its message and records it
+        after the run: lower latency, at most once, lost if the daemon dies
+        before the run ends (see :ref:`fast-lane`). Not with ``retries=``.
+
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
         :raises EnqueueError: the broker did not take the job in time (not
             raised for a job held until the commit: see the ERROR log then).
+
+        .. versionadded:: 1.0 ``durable=False``.
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
@@ -414,6 +421,14 @@ class SchedulerProxy(JobRecords):
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)
+        # scheduler.durable = false: the run-now jobs that ask for nothing else.
+        durable = job_options.pop("durable", None)
+        if durable is None:
+            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries"))
+        if not durable:
+            # On the wire only when false: the messages of durable jobs stay
+            # readable by daemons that do not know the option.
+            job_options["durable"] = False
         if job_options.get("retries") and self.settings.memory_store:
             raise InvalidJob(
                 "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"

@@ -5,8 +5,9 @@ and the others) and the daemon's door (:func:`pyramid_scheduler.wire.messages.de
 both ask :func:`option_problem`, so what one refuses the other refuses, with
 the same message naming the option: its type (:data:`OPTION_TYPES`), its
 range, and how it goes with the job's trigger and its other options (retries
-only for one-off jobs; ``catch_up`` only for recurring ones, and not with the
-APScheduler options it sets itself). The producer raises
+only for one-off jobs; ``durable=False`` only for run-now jobs, and not with
+retries; ``catch_up`` only for recurring ones, and not with the APScheduler
+options it sets itself). The producer raises
 :class:`~pyramid_scheduler.exceptions.InvalidJob` with it in the caller, the
 door :class:`~pyramid_scheduler.exceptions.InvalidMessage`.
 """
@@ -29,6 +30,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "retry_max_delay": (int, float),
     "ttl": (int, float, type(None)),
     "catch_up": (str,),
+    "durable": (bool,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -44,6 +46,8 @@ OPTION_MINIMUMS: dict[str, float] = {
 MAX_RETRY_DELAY = 366 * 86400.0
 #: Trigger types whose jobs may ask for retries (one-off runs).
 RETRY_TRIGGERS = ("now", "date")
+#: Trigger types whose jobs may skip the record-first guarantee (``durable=False``).
+NON_DURABLE_TRIGGERS = ("now",)
 #: Options of ``add_*_job`` that shape the trigger rather than the job (they
 #: travel in the trigger spec, not here).
 TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
@@ -77,7 +81,29 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
             "jobs, whose next run comes anyway"
         )
-    return catch_up_problem(options, kind)
+    return durable_problem(options, kind) or catch_up_problem(options, kind)
+
+
+def durable_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
+    """Check ``durable=False`` (run straight from the broker message, recorded
+    after the run: see :mod:`pyramid_scheduler.daemon.fastlane`) against the
+    job's kind and its retries.
+
+    :returns: an error message naming the option, or None when they agree.
+    """
+    if options.get("durable") is not False:
+        return None
+    if kind not in NON_DURABLE_TRIGGERS:
+        return (
+            f"durable: only run-now jobs (add_async_job) may be durable=False, not {kind} jobs, "
+            "which wait in the job store until they are due"
+        )
+    if options.get("retries"):
+        return (
+            "retries: a durable=False job runs at most once and is not retried (nothing is stored "
+            "to retry it from); drop retries=, or durable=False"
+        )
+    return None
 
 
 def _type_problem(key: str, value: Any) -> str | None:

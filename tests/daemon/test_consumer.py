@@ -69,3 +69,42 @@ def test_messages_already_delivered_are_stored_together(tmp_var, broker, drop_ta
         assert waiting(proxy.settings) == 0  # all acked: none came back when the daemon let go
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
+def test_durable_false_jobs_are_acked_then_run_and_recorded_after(tmp_var, broker, drop_tables):
+    """Through the real consumer: nothing of a durable=False job is stored
+    before its run, every message is acked (none comes back when the daemon
+    lets go), each job runs once and its record and run are written after."""
+    settings = make_settings(tmp_var, broker=broker, store="postgresql" if broker != "sqlite" else "sqlite")
+    drop_tables.append((settings["scheduler.jobstore.url"], settings["scheduler.jobstore.tablename_prefix"]))
+    with Configurator(settings={**settings, "scheduler.durable": "false"}) as config:
+        config.include("pyramid_scheduler")
+    proxy = config.registry.scheduler
+    count = 30
+    RAN.clear()
+    try:
+        ids = [proxy.add_async_job(record, args=[f"f{i}"]) for i in range(count)]
+        service = SchedulerService(proxy)
+        ledger = service.engine.ledger
+        inserts = []
+
+        def seen(conn, cursor, statement, *_):
+            if statement.startswith(f"INSERT INTO {ledger.jobs.name} ") and len(RAN) < count:
+                inserts.append(tuple(RAN))
+
+        sa.event.listen(ledger.engine, "before_cursor_execute", seen)
+        service.start_thread()
+        try:
+            assert service.started.wait(20)
+            wait_for(lambda: all((ledger.get_job(job) or {}).get("status") == "done" for job in ids), timeout=30)
+        finally:
+            service.stop()
+            service.join(20)
+        assert sorted(RAN) == sorted(f"f{i}" for i in range(count))
+        # Each record is written after a run: never before the first job ran.
+        assert all(ran for ran in inserts)
+        assert all([run["status"] for run in ledger.list_runs(job)] == ["done"] for job in ids)
+        assert waiting(proxy.settings) == 0
+    finally:
+        proxy.close()

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import wait_for
-from pyramid_scheduler.store.records import RunEnd, RunStart
+from pyramid_scheduler.store.records import RunAfter, RunEnd, RunStart
 from pyramid_scheduler.store.runs import RunWriter
 from store.helpers import job_request, statement_threads
 
@@ -155,6 +155,8 @@ def through_a_held_writer(ledger, records):
     def write(record):
         if isinstance(record, RunStart):
             answers[record.job_id] = writer.start_run(record)
+        elif isinstance(record, RunAfter):
+            answers[record.job_id] = writer.record_after(record)
         else:
             answers[record.job_id] = writer.finish_run(record)
 
@@ -223,3 +225,47 @@ def test_run_writer_records_a_missed_run_on_the_ledgers_own_path_beside_a_batch(
         ("late@1", "missed", 5.0, "me")
     ]
     assert [ledger.get_job(job)["status"] for job in ("m0", "m1", "m2")] == ["running"] * 3
+
+
+def after(job, status="done", result=None, error=None, **fields):
+    request = job_request(job, options={"durable": False}, **fields)
+    return RunAfter(request, f"{job}@1", 1.0, 2.0, 3.0, "me", status, result=result, error=error)
+
+
+def test_records_after_their_runs_are_written_with_the_batch_and_by_their_own_when_they_must(ledger):
+    """durable=False jobs: each job's record, final, and its run's, written
+    once the run is over; several at once beside the batch's other writes,
+    and one by one when an id is known (reused if finished, never over a
+    live job or the same message)."""
+    for job in ("s0", "s1", "live"):
+        ledger.add_job(job_request(job))
+    ledger.add_job(job_request("old"))
+    ledger.finish_run(RunEnd("old", "old@0", "done", True, scheduled_at=0.5, queue="jobs", owner="me"))
+    ledger.add_job(job_request("again"))  # the same message, recorded before
+    records = [
+        start("s0"),
+        after("a1", result={"ok": 1}),
+        start("s1"),
+        after("a2", "failed", error="boom"),
+        after("a3", "missed", error="too late"),
+    ]
+    answers, threads = through_a_held_writer(ledger, records)
+    assert answers == {"s0": "start", "a1": True, "s1": "start", "a2": True, "a3": True}
+    rows = {job: ledger.get_job(job) for job in ("a1", "a2", "a3")}
+    assert {job: (r["status"], r["runs"], r["result"], r["error"], r["kind"]) for job, r in rows.items()} == {
+        "a1": ("done", 1, '{"ok": 1}', None, "now"),
+        "a2": ("failed", 1, None, "boom", "now"),
+        "a3": ("missed", 0, None, "too late", "now"),
+    }
+    assert rows["a1"]["created_at"] == 2.0 and rows["a1"]["last_run_at"] >= 3.0
+    [run] = ledger.list_runs("a1")
+    assert (run["status"], run["scheduled_at"], run["started_at"], run["owner"]) == ("done", 1.0, 3.0, "me")
+    assert run["finished_at"] >= 3.0
+
+    answers, _ = through_a_held_writer(ledger, [after("n1"), after("old", mid="m-new"), after("live", mid="m-new")])
+    assert answers == {"n1": True, "old": True, "live": False}
+    assert (ledger.get_job("old")["status"], [r["run_key"] for r in ledger.list_runs("old")]) == ("done", ["old@1"])
+    assert ledger.get_job("live")["status"] == "scheduled" and ledger.list_runs("live") == []
+    again = after("again")
+    assert ledger.record_after([again]) == set()  # same mid as the stored one: it ran twice
+    assert ledger.get_job("again")["status"] == "scheduled"

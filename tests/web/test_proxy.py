@@ -179,3 +179,48 @@ def test_interval_start_defaults_to_now(scheduler, tmp_path):
     ((_, request),) = published(tmp_path)
     start = datetime.fromisoformat(request.trigger["start_date"])
     assert before - timedelta(seconds=1) <= start <= datetime.now(timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda s: s.add_date_job(job, time.time() + 60, durable=False), "durable: only run-now jobs .* not date jobs"),
+        (lambda s: s.add_interval_job(job, minutes=2, durable=False), "durable: only run-now .* not interval jobs"),
+        (lambda s: s.add_cron_job(job, crontab="30 7 * * mon", durable=False), "durable: only run-now jobs"),
+        (lambda s: s.add_async_job(job, durable=False, retries=2), "retries: a durable=False job .* not retried"),
+        (lambda s: s.add_async_job(job, durable="no"), "durable: expected bool, got 'no'"),
+        (lambda s: s.add_async_job(job, durable=0), "durable: expected bool, got 0"),
+    ],
+)
+def test_durable_false_is_refused_where_it_cannot_hold(scheduler, tmp_path, call, fragment):
+    with pytest.raises(InvalidJob, match=fragment):
+        call(scheduler)
+    assert published(tmp_path) == []
+
+
+def test_durable_false_travels_as_an_option_and_durable_jobs_without_it(scheduler, tmp_path):
+    scheduler.add_async_job(job, durable=False, ttl=60)
+    scheduler.add_async_job(job, durable=True)
+    scheduler.add_async_job(job, durable=False, retries=0)
+    scheduler.add_async_job(job)
+    scheduler.add_date_job(job, time.time() + 60, durable=True)
+    options = [request.options for _, request in published(tmp_path)]
+    # Only false is written: the messages of durable jobs stay as old daemons read them.
+    assert options == [{"durable": False, "ttl": 60}, {}, {"durable": False, "retries": 0}, {}, {}]
+
+
+def test_scheduler_durable_false_makes_run_now_jobs_non_durable_unless_they_ask(app_settings, tmp_path):
+    with Configurator(settings={**app_settings, "scheduler.durable": "false"}) as config:
+        config.include("pyramid_scheduler")
+    scheduler = config.registry.scheduler
+    try:
+        assert scheduler.settings.durable is False
+        scheduler.add_async_job(job)
+        scheduler.add_async_job(job, durable=True)
+        scheduler.add_async_job(job, retries=1)  # retries need the record: durable
+        scheduler.add_date_job(job, time.time() + 60)
+        scheduler.add_interval_job(job, minutes=2)
+    finally:
+        scheduler.close()
+    options = [request.options for _, request in published(tmp_path)]
+    assert options == [{"durable": False}, {}, {"retries": 1}, {}, {}]

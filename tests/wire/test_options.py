@@ -13,6 +13,7 @@ from pyramid.config import Configurator
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.triggers.build import trigger_spec
 from pyramid_scheduler.wire.messages import JobRequest, decode
+from pyramid_scheduler.wire.options import OPTION_TYPES
 
 UTC = timezone.utc
 
@@ -104,6 +105,10 @@ def test_bad_catch_up_is_refused_at_the_door():
         ("interval", {"retries": 2}, "retries: only one-off jobs .* not interval jobs"),
         ("cron", {"catch_up": "all", "coalesce": False}, "coalesce: has no effect with catch_up='all'"),
         ("date", {"catch_up": "skip"}, "catch_up: not an option of date jobs"),
+        ("date", {"durable": False}, "durable: only run-now jobs .* not date jobs, which wait in the job store"),
+        ("interval", {"durable": False}, "durable: only run-now jobs .* not interval jobs"),
+        ("cron", {"durable": False}, "durable: only run-now jobs"),
+        ("cron", {"durable": "false"}, "durable: expected bool, got 'false'"),
     ],
 )
 def test_add_job_and_the_door_refuse_the_same_options_with_the_same_message(proxy, kind, options, message):
@@ -118,3 +123,36 @@ def test_add_job_and_the_door_refuse_the_same_options_with_the_same_message(prox
     with pytest.raises(InvalidMessage) as at_door:
         decode(add_request(spec, **options))
     assert str(at_door.value) == str(at_add.value)
+
+
+def test_durable_false_with_retries_is_refused_alike_at_add_time_and_at_the_door(proxy):
+    with pytest.raises(InvalidJob, match="retries: a durable=False job runs at most once") as at_add:
+        proxy.add_async_job(record, args=["x"], durable=False, retries=1)
+    with pytest.raises(InvalidMessage) as at_door:
+        decode(add_request(trigger_spec("now", UTC, run_date=datetime.now(UTC)), durable=False, retries=1))
+    assert str(at_door.value) == str(at_add.value)
+
+
+def test_durable_false_round_trips_and_durable_messages_are_as_before(proxy):
+    with proxy.capturing() as sent:
+        proxy.add_async_job(record, args=["x"], durable=False)
+        proxy.add_async_job(record, args=["x"])
+    fast, durable = (decode(request.encode()) for request in sent)
+    assert fast.options == {"durable": False}
+    assert durable.options == {} and "durable" not in durable.encode().decode()
+    # A producer may also write true, the default: the door takes it.
+    assert decode(add_request(fast.trigger, durable=True)).options == {"durable": True}
+
+
+def test_a_daemon_without_the_option_dead_letters_durable_false_and_reads_the_rest(proxy, monkeypatch):
+    """A daemon of an earlier release: its door is this one without the
+    ``durable`` option. It refuses a durable=False message (dead-lettered,
+    with the reason, never run as a durable job nor dropped silently), and
+    reads every other message as before, since only false is written."""
+    with proxy.capturing() as sent:
+        proxy.add_async_job(record, args=["x"], durable=False)
+        proxy.add_async_job(record, args=["x"])
+    monkeypatch.delitem(OPTION_TYPES, "durable")
+    with pytest.raises(InvalidMessage, match="durable: unknown option"):
+        decode(sent[0].encode())
+    assert decode(sent[1].encode()).options == {}

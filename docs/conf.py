@@ -58,11 +58,11 @@ class SettingsReference(Directive):  # pragma: no cover - runs in the docs build
     has_content = False
 
     def run(self):
-        from pyramid_scheduler.settings.spec import reference_rst
+        from pyramid_scheduler.settings.reference import reference_rst
 
         container = nodes.section()
         container.document = self.state.document
-        lines = StringList(reference_rst().splitlines(), source="pyramid_scheduler/settings/spec.py")
+        lines = StringList(reference_rst().splitlines(), source="pyramid_scheduler/settings/reference.py")
         nested_parse_with_titles(self.state, lines, container)
         return container.children
 

@@ -17,7 +17,7 @@ from pyramid_scheduler.settings import (
     parse_only,
     parse_settings,
 )
-from pyramid_scheduler.settings.spec import reference_rst
+from pyramid_scheduler.settings.reference import reference_rst
 from pyramid_scheduler.settings.values import Choice, Duration, Whole
 
 

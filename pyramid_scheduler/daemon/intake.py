@@ -241,12 +241,12 @@ class Intake:
     def _fast_open(self) -> bool:
         """True when a ``durable=False`` job may skip the job store: the SQL
         job store is on (with the memory store every job is in memory
-        anyway), the scheduler runs and this daemon's lease is fresh; else
+        anyway), the scheduler runs and this daemon's heartbeat is fresh; else
         it is stored like any other, more durable than it asked."""
         return (
             not self.settings.memory_store
             and self.scheduler.state == STATE_RUNNING
-            and (self.lease is None or self.lease.fresh())
+            and (self.heartbeat is None or self.heartbeat.fresh())
         )
 
     def _store_now(self, group: list[tuple[int, _RunNow]], results: list[Any]) -> None:

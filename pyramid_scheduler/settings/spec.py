@@ -6,8 +6,8 @@ the kind of value it takes (which reads and checks the text, see
 :mod:`pyramid_scheduler.settings.values`), its default and what it means.
 :data:`SETTINGS` is the one table: :func:`pyramid_scheduler.settings.parse_settings`
 reads the keys through it, :data:`KNOWN_KEYS` is its list of keys, and the
-reference in docs/settings.rst is :func:`reference_rst` (the docs build
-renders it with the ``scheduler-settings`` directive of docs/conf.py).
+reference in docs/settings.rst is made from it by
+:func:`pyramid_scheduler.settings.reference.reference_rst`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pyramid_scheduler.settings.urls import (
     StoreClass,
 )
 from pyramid_scheduler.settings.values import (
-    PREFIX,
     Aliases,
     APSchedulerOptions,
     Choice,
@@ -480,26 +479,3 @@ FAMILIES = {setting.family: setting for setting in SETTINGS if setting.family}
 KNOWN_KEYS = frozenset(setting.key for setting in SETTINGS if not setting.family)
 #: The field each key sets ("" for a key read together with another).
 BY_ATTR = {setting.key: setting.attr for setting in SETTINGS}
-
-
-def reference_rst() -> str:
-    """The settings reference: a list-table of every setting, its default,
-    the value it takes and what it means (reStructuredText)."""
-    lines = [
-        ".. list-table::",
-        "   :header-rows: 1",
-        "   :widths: 26 18 20 36",
-        "",
-        "   * - Key",
-        "     - Default",
-        "     - Value",
-        "     - Meaning",
-    ]
-    for setting in SETTINGS:
-        lines.append(f"   * - ``{PREFIX}{setting.key}``")
-        lines.append(f"     - {setting.shown_default()}")
-        lines.append(f"     - {setting.kind.describe()}")
-        doc = setting.doc.splitlines()
-        lines.append(f"     - {doc[0]}")
-        lines.extend(f"       {line}" for line in doc[1:])
-    return "\n".join(lines) + "\n"

@@ -201,7 +201,8 @@ def test_two_engines_both_run_jobs_and_one_holds_the_lease(engine_factory, proxy
     assert first.membership.live() == {first.owner, second.owner}
     first.submit(add(record, job_id="on-first", args=["on-first"]))
     second.submit(add(record, job_id="on-second", args=["on-second"]))
-    wait_for(lambda: sorted(RUNS) == [("on-first", "M"), ("on-second", "M")])
+    wait_for(lambda: all(first.ledger.list_runs(job_id, "done") for job_id in ("on-first", "on-second")))
+    assert sorted(RUNS) == [("on-first", "M"), ("on-second", "M")]
     runs = {job_id: first.ledger.list_runs(job_id, "done", 1)[0]["owner"] for job_id in ("on-first", "on-second")}
     assert runs == {"on-first": first.owner, "on-second": second.owner}
     epoch = first.lease.epochs["jobs"]
@@ -281,7 +282,7 @@ def test_a_daemon_whose_heartbeat_lapsed_takes_no_due_job_and_stops(engine_facto
     assert old.ledger.get_job("fenced")["status"] == "scheduled"
     new.join()
     new.start()
-    wait_for(lambda: old.ledger.get_job("fenced")["status"] == "done")
+    wait_for(lambda: old.ledger.list_runs("fenced", "done"))
     assert RUNS == [("fenced", "M")]
     assert new.ledger.list_runs("fenced", "done", 1)[0]["owner"] == new.owner
 

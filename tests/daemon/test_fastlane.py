@@ -146,10 +146,10 @@ def test_the_id_of_a_finished_job_is_reused_and_a_live_ones_is_not_recorded_over
     assert engine.ledger.list_runs("live") == []
 
 
-def test_without_a_fresh_lease_a_durable_false_job_is_stored_like_any_other(engine_factory, monkeypatch):
+def test_without_a_fresh_heartbeat_a_durable_false_job_is_stored_like_any_other(engine_factory, monkeypatch):
     engine, events = engine_factory()
-    monkeypatch.setattr(engine.lease, "renew", lambda: True)  # the renewal thread stalls
-    engine.lease.renewed_at -= engine.lease.ttl
+    monkeypatch.setattr(engine.membership, "renew", lambda: True)  # the renewal thread stalls
+    engine.membership.renewed_at -= engine.membership.ttl
     assert engine.submit(fast(record, "fenced")) == "stored"
     assert engine.aps.get_job("fenced", jobstore="jobs") is not None
     assert engine.ledger.get_job("fenced")["status"] == "scheduled"

@@ -45,6 +45,11 @@ class Membership:
     process: str = ""
     renewed_at: float = 0.0
     joined: bool = False
+    #: Since when this daemon has renewed without a gap longer than ``ttl``:
+    #: it declares no one dead by an expired heartbeat before it has been so
+    #: for a whole ``ttl`` (after a database outage every heartbeat has
+    #: expired; the others need a ttl to renew theirs too).
+    steady_since: float = 0.0
 
     def join(self) -> None:
         """Add this daemon's row (alive for ``ttl`` seconds)."""
@@ -63,7 +68,7 @@ class Membership:
                     expires_at=stamp + self.ttl,
                 )
             )
-        self.renewed_at = stamp
+        self.renewed_at = self.steady_since = stamp
         self.joined = True
 
     def renew(self) -> bool:
@@ -82,6 +87,8 @@ class Membership:
         if not moved:
             self.joined = False
             return False
+        if stamp - self.renewed_at > self.ttl:
+            self.steady_since = stamp
         self.renewed_at = stamp
         return True
 
@@ -116,7 +123,8 @@ class Membership:
 
     def dead(self) -> list[str]:
         """Declare dead the daemons serving one of this daemon's queues whose
-        heartbeat expired, or that were processes of this host that are gone
+        heartbeat expired (once this one has itself renewed steadily for a
+        ttl: see :attr:`steady_since`), or that were processes of this host that are gone
         (a ``kill -9`` is known at once, not ``ttl`` seconds later); return
         every daemon of these queues declared dead and not yet forgotten.
         Called by the holder of the queues' lease only."""
@@ -124,7 +132,8 @@ class Membership:
         stamp = now()
         mine = set(self.queues)
         rows = [row for row in self.members() if row["owner"] != self.owner and set(row["queues"].split(",")) & mine]
-        expired = [row["owner"] for row in rows if 0 < row["expires_at"] <= stamp]
+        steady = stamp - self.steady_since >= self.ttl
+        expired = [row["owner"] for row in rows if 0 < row["expires_at"] <= stamp] if steady else []
         gone = [row["owner"] for row in rows if row["expires_at"] > stamp and owner_gone(row["owner"])]
         if expired or gone:
             with self.ledger.engine.begin() as conn:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,3 +106,65 @@ def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
     yield make
     for server in made:
         server.kill()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (``initdb`` in a temporary
+    folder, run as the ``postgres`` user), on a free port: a test may restart
+    it without touching the shared server other tests use."""
+
+    def __init__(self) -> None:
+        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not binaries or os.geteuid() != 0 or shutil.which("runuser") is None:
+            message = "a private PostgreSQL needs the server binaries, root and runuser"
+            if IN_CI:
+                pytest.fail(f"{message} (CI=true: service-backed tests must run)")
+            pytest.skip(message)
+        self.bin = Path(binaries[-1]).parent
+        self.folder = Path(tempfile.mkdtemp(prefix="pyramid-scheduler-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        shutil.chown(self.folder, "postgres", "postgres")
+        self._as_postgres(self.bin / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *argv: object) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, argv)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd=self.folder,
+        )
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = self.folder / "log"
+        self._as_postgres(self.bin / "pg_ctl", "-D", self.data, "-o", options, "-w", "-l", log, action, *extra)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop (fast: connections are cut), stay down *down* seconds, start."""
+        self._ctl("stop", "-m", "fast")
+        time.sleep(down)
+        self._ctl("start")
+
+    def stop(self) -> None:
+        try:
+            self._ctl("stop", "-m", "immediate")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.stop()

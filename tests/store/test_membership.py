@@ -38,7 +38,7 @@ def test_a_daemon_is_declared_dead_once_its_heartbeat_expired_and_never_renews_a
     clock[0] += 2
     assert lead.renew() and lead.dead() == []  # other's heartbeat is 2 s old: alive
     clock[0] += 1.5
-    assert lead.renew()
+    assert lead.renew()  # (lead has renewed steadily for 3.5 s: more than a ttl)
     assert lead.dead() == [other.owner]  # 3.5 s: declared dead ...
     assert lead.live() == {lead.owner}
     assert not other.renew()  # ... for good: it must stop
@@ -53,6 +53,23 @@ def test_a_lone_daemon_cut_off_for_longer_than_its_ttl_carries_on(ledger, clock)
     clock[0] += 60
     assert not lone.valid()  # it knows it may not start runs meanwhile ...
     assert lone.renew() and lone.valid()  # ... and carries on once back
+
+
+def test_after_an_outage_no_one_is_declared_dead_before_the_others_could_renew(ledger, clock):
+    """A database outage longer than the ttl expires every heartbeat: the
+    first daemon back waits a ttl of steady renewals before declaring anyone."""
+    lead, other = daemon(ledger, "lead"), daemon(ledger, "other")
+    clock[0] += 10  # the database was away
+    assert lead.renew()
+    assert lead.dead() == []  # other's heartbeat expired during the outage, as lead's did
+    clock[0] += 1
+    assert other.renew()  # other is back too
+    clock[0] += 2.5
+    assert lead.renew() and lead.dead() == []
+    for _ in range(2):  # other stops renewing for good; lead goes on
+        clock[0] += 2
+        assert lead.renew()
+    assert lead.dead() == [other.owner]
 
 
 def test_a_renewal_and_a_declaration_never_both_succeed(ledger, clock):

@@ -34,10 +34,18 @@ from pyramid_scheduler.wire.signing import signature_headers
 
 log = get_logger(__name__)
 
-#: Seconds an unacked message stays claimed before another consumer may take
-#: it (Redis and the SQL transport). Messages are acked as soon as the job is
-#: stored, so only a crashed daemon's prefetched messages ever wait this long.
+#: Seconds an entry of Kombu's ``unacked`` hash waits before a Redis consumer
+#: puts it back. Only Kombu's own Redis channel writes there: the daemon's
+#: keeps its claims in processing lists of its own.
 DEFAULT_VISIBILITY_TIMEOUT = 60
+#: Seconds a row of the SQL transport stays claimed before any consumer may
+#: take it again. Only a backstop: a dead daemon's claims are given back as
+#: soon as it is found dead (:func:`release_dead_claims`), and a live one
+#: acks each message once its job is stored, so a claim this old is one of a
+#: consumer stuck while its heartbeat goes on. Shorter, a live daemon slow to
+#: store (a database waiting on a lock) would see its messages taken by
+#: another one and carried out twice.
+SQL_VISIBILITY_TIMEOUT = 300
 
 
 def make_connection(
@@ -68,7 +76,7 @@ def make_connection(
     entry = entry_limit(settings.max_message_size)
     if settings.broker.kind == "sql":
         options.update(
-            visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+            visibility_timeout=SQL_VISIBILITY_TIMEOUT,
             url=url,
             busy_timeout=timeout,
             wal=settings.sqlite_wal,

@@ -15,10 +15,11 @@ loses them) and never deletes consumed rows. This one:
 * deletes the row on ack and on reject, and makes it visible again on requeue
   or when the channel closes with unacked messages;
 * gives back the claims of consumers that are dead (:func:`release_claims`,
-  :func:`release_consumers`), as soon as that is known; a claim still
-  standing after the visibility timeout is taken again, whoever holds it.
+  :func:`release_consumers`), as soon as that is known. The visibility
+  timeout is only a backstop: a claim still standing then is taken again,
+  whoever holds it.
 
-Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 60),
+Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 300),
 ``polling_interval`` (seconds between empty polls, default 0.02), ``max_entry_size`` (bytes: a
 larger row is refused unread, see :mod:`pyramid_scheduler.wire.door`), ``consumer_name``.
 """
@@ -142,7 +143,7 @@ def release_consumers(url: str, queues: list[str], consumers: Collection[str], w
 class Channel(virtual.Channel):
     """Virtual channel whose queues are rows of ``pyramid_scheduler_messages``."""
 
-    visibility_timeout = 60.0
+    visibility_timeout = 300.0
     Message = DoorMessage
     #: Rows whose payload is larger than this (bytes) are not read.
     max_entry_size = entry_limit(256 * 1024)

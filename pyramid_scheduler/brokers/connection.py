@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import kombu
@@ -25,6 +25,7 @@ from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
 from pyramid_scheduler.brokers.sql import Transport as SQLTransport
+from pyramid_scheduler.brokers.sql import release_consumers
 from pyramid_scheduler.exceptions import EnqueueError
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
@@ -33,18 +34,33 @@ from pyramid_scheduler.wire.signing import signature_headers
 
 log = get_logger(__name__)
 
-#: Seconds an unacked message stays claimed before another consumer may take
-#: it (Redis and the SQL transport). Messages are acked as soon as the job is
-#: stored, so only a crashed daemon's prefetched messages ever wait this long.
+#: Seconds an entry of Kombu's ``unacked`` hash waits before a Redis consumer
+#: puts it back. Only Kombu's own Redis channel writes there: the daemon's
+#: keeps its claims in processing lists of its own.
 DEFAULT_VISIBILITY_TIMEOUT = 60
+#: Seconds a row of the SQL transport stays claimed before any consumer may
+#: take it again. Only a backstop: a dead daemon's claims are given back as
+#: soon as it is found dead (:func:`release_dead_claims`), and a live one
+#: acks each message once its job is stored, so a claim this old is one of a
+#: consumer stuck while its heartbeat goes on. Shorter, a live daemon slow to
+#: store (a database waiting on a lock) would see its messages taken by
+#: another one and carried out twice.
+SQL_VISIBILITY_TIMEOUT = 300
 
 
 def make_connection(
-    settings: SchedulerSettings, timeout: float | None = None, consumer: bool = False
+    settings: SchedulerSettings,
+    timeout: float | None = None,
+    consumer: bool = False,
+    consumer_name: str | None = None,
 ) -> kombu.Connection:
     """A new (lazy) Kombu connection for ``scheduler.broker.url``; *timeout*
     (default ``scheduler.broker.timeout``) bounds each connect, socket read
     and write, and SQLite lock wait.
+
+    On Redis and the SQL transport, the messages a consumer takes are claimed
+    under *consumer_name* (the daemon's owner name), so that only a dead
+    consumer's claims are given back to the others (``release_claims``).
 
     A *consumer* connection to RabbitMQ sends heartbeats every
     2 × ``scheduler.broker.timeout`` (at least 2 s): a connection that went
@@ -60,7 +76,7 @@ def make_connection(
     entry = entry_limit(settings.max_message_size)
     if settings.broker.kind == "sql":
         options.update(
-            visibility_timeout=DEFAULT_VISIBILITY_TIMEOUT,
+            visibility_timeout=SQL_VISIBILITY_TIMEOUT,
             url=url,
             busy_timeout=timeout,
             wal=settings.sqlite_wal,
@@ -81,6 +97,8 @@ def make_connection(
     elif scheme.endswith(("amqp", "amqps")):
         options.update(confirm_publish=True, read_timeout=timeout, write_timeout=timeout)
     options.update(settings.broker_transport_options)
+    if consumer_name is not None and (settings.broker.kind == "sql" or scheme in ("redis", "rediss")):
+        options["consumer_name"] = consumer_name  # the transports of this package read it
     kwargs: dict[str, Any] = {"connect_timeout": timeout, "transport_options": options}
     if consumer and scheme.endswith(("amqp", "amqps")):
         kwargs["heartbeat"] = max(2, math.ceil(2 * settings.broker_timeout))
@@ -98,6 +116,34 @@ def make_connection(
 
 def broker_queue_name(settings: SchedulerSettings, queue: str) -> str:
     return settings.broker_queue_prefix + queue
+
+
+def release_dead_claims(settings: SchedulerSettings, queues: Iterable[str], dead: Collection[str]) -> int:
+    """Give back to the broker queues of *queues* the messages that the
+    daemons named in *dead* (their owner names) took and did not finish;
+    return how many.
+
+    The daemon doing the queues' single-owner work calls it for the daemons
+    it finds dead, while the others go on consuming: on Redis and the SQL
+    transport a dead daemon's claims are otherwise given back only at a
+    daemon's start or reconnect (or, on SQL, after the visibility timeout).
+    Opens a short connection of its own. On RabbitMQ there is nothing to do:
+    the broker requeued a dead consumer's unacked messages when its
+    connection closed.
+
+    :raises Exception: the broker's error, if it cannot be reached.
+    """
+    if not dead:
+        return 0
+    names = [broker_queue_name(settings, queue) for queue in queues]
+    if settings.broker.kind == "sql":
+        return release_consumers(settings.broker.url, names, dead, settings.sqlite_wal)
+    if settings.broker.url.split("://", 1)[0] not in ("redis", "rediss"):
+        return 0
+    from pyramid_scheduler.brokers.redis import release_consumers as release_redis_consumers
+
+    with make_connection(settings) as conn:
+        return release_redis_consumers(conn.default_channel, names, dead)
 
 
 def make_queue(settings: SchedulerSettings, queue: str) -> kombu.Queue:

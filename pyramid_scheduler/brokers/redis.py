@@ -8,17 +8,24 @@ returned is stored, so this channel changes just that step: ``BLMOVE`` moves
 the message atomically from the queue to the queue's *processing* list, and
 it leaves that list only after the message has been handled (stored and
 acked, or dead-lettered, or requeued). A message is therefore always in the
-queue or in the processing list; :func:`release_claims`, called by the daemon
-when it takes a queue's lease, puts back whatever an earlier holder left
-there (and in Kombu's ``unacked`` hash, which a consumer on Kombu's own
-channel may have left).
+queue or in a processing list.
+
+Every daemon of a queue consumes it, so each has processing lists of its own:
+``<queue>:processing:<consumer>``, *consumer* being the daemon's name (the
+``consumer_name`` transport option, its heartbeat row's owner). What a daemon
+took and did not finish is its own until it is dead: :func:`release_claims`
+(at a daemon's start and after each reconnect) puts back the lists of the
+consumers that are not alive, the shared ``<queue>:processing`` list of
+earlier builds, and Kombu's ``unacked`` hash, which only a consumer on Kombu's
+own channel writes; :func:`release_consumers` puts back the lists of the
+daemons just found dead, while the others run.
 
 Because the processing list already covers the time a message is handled,
 this channel keeps its acks in the process (:class:`QoS`) instead of writing
 each one to the ``unacked`` hash and its index: two Redis round trips per
 message fewer. A requeued message goes back to the queue and leaves the
 processing list in one ``MULTI``; a message neither acked nor rejected stays
-in the processing list until :func:`release_claims`.
+in the processing list until its consumer is dead and released.
 
 When the consumer's prefetch count allows more than one message, the channel
 takes the messages already waiting (up to that count) in the same round trip
@@ -36,7 +43,7 @@ covered by the processing list: the daemon does not use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from time import monotonic
 from typing import Any
@@ -60,17 +67,31 @@ except ImportError:  # pragma: no cover - without redis-py this channel is never
         pass
 
 
-#: Suffix of the list holding a queue's messages while they are handled.
+#: Suffix of the lists holding a queue's messages while they are handled.
 PROCESSING = ":processing"
 
 
-def processing_key(queue: str) -> str:
-    return queue + PROCESSING
+def processing_key(queue: str, consumer: str | None = None) -> str:
+    """The list of *queue*'s messages being handled by *consumer*:
+    ``<queue>:processing:<consumer>``. Without a consumer, the one list shared
+    by the consumers of earlier builds (and by a channel given no
+    ``consumer_name``): ``<queue>:processing``."""
+    return f"{queue}{PROCESSING}:{consumer}" if consumer else queue + PROCESSING
+
+
+def _consumer_of(key: str, queue: str) -> str | None:
+    """The consumer whose processing list of *queue* is *key*, or None if
+    *key* is not one (it may be the list of a queue whose name goes on with
+    ``:processing:``)."""
+    head = processing_key(queue) + ":"
+    consumer = key[len(head) :] if key.startswith(head) else ""
+    return consumer if consumer and PROCESSING + ":" not in consumer else None
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    """Acks kept in this process: a message being handled waits in its
-    queue's processing list, which the channel clears once it is settled.
+    """Acks kept in this process: a message being handled waits in the
+    channel's processing list of its queue, which the channel clears once it
+    is settled.
     Records each settled delivery tag in :attr:`Channel.settled` (True: to be
     requeued)."""
 
@@ -86,7 +107,8 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
-        # Still in the processing list: release_claims puts them back.
+        # Still in this consumer's processing list: put back when it
+        # reconnects or, once it is dead, by another daemon (release_claims).
         self._delivered.clear()
 
 
@@ -102,9 +124,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     Message = DoorMessage
     #: Entries larger than this (bytes) are not read (:func:`~pyramid_scheduler.wire.door.envelope`).
     max_entry_size = entry_limit(256 * 1024)
+    #: The name of the consumer whose processing lists this channel moves
+    #: messages to (the daemon's owner name); None: the shared list of
+    #: earlier builds.
+    consumer_name: str | None = None
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
         "max_entry_size",
+        "consumer_name",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,8 +155,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def raw_key(self, key: str) -> str:
         """*key* with ``global_keyprefix``, for the commands Kombu's client
-        does not prefix (``BLMOVE``, ``LMOVE``, ``LREM``)."""
+        does not prefix (``BLMOVE``, ``LMOVE``, ``LREM``, ``SCAN``)."""
         return self.global_keyprefix + key if self.global_keyprefix else key
+
+    def processing(self, queue: str) -> str:
+        """This channel's processing list of *queue* (without the global prefix)."""
+        return processing_key(queue, self.consumer_name)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
@@ -138,7 +169,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         queue = queues[0]
-        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
+        source, target = self.raw_key(queue), self.raw_key(self.processing(queue))
         self._reliable_key = queue
         self._in_poll = self.client.connection
         if hasattr(self, "_brpop_sent_at"):  # Kombu 5.6+: its health check reads it
@@ -209,12 +240,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         large = [index for index, raw in enumerate(items) if len(raw) > self.max_entry_size]
         if not large:
             return
-        target = self.raw_key(processing_key(queue))
+        target = self.raw_key(self.processing(queue))
         with self.conn_or_acquire() as client:
             pipe = client.pipeline()
             for index in large:
                 small = dumps(payloads[index]).encode("utf-8")
-                pipe.lpush(processing_key(queue), small)  # Kombu's client prefixes LPUSH's key itself
+                pipe.lpush(self.processing(queue), small)  # Kombu's client prefixes LPUSH's key itself
                 pipe.lrem(target, 1, items[index])
                 items[index] = small
             pipe.execute()
@@ -225,7 +256,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         more = (self.qos.prefetch_count or 1) - 1
         if more <= 0:
             return []
-        source, target = self.raw_key(queue), self.raw_key(processing_key(queue))
+        source, target = self.raw_key(queue), self.raw_key(self.processing(queue))
         with self.conn_or_acquire() as client:
             if not self._no_scripts:
                 try:
@@ -257,7 +288,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         with self.conn_or_acquire() as client:
             pipe = client.pipeline()
             pipe.rpush(queue, raw)  # Kombu's client prefixes RPUSH's key itself
-            pipe.lrem(self.raw_key(processing_key(queue)), 1, raw)
+            pipe.lrem(self.raw_key(self.processing(queue)), 1, raw)
             pipe.execute()
 
     def _clear(self, queue: str, items: list[bytes], payloads: list[dict[str, Any]]) -> None:
@@ -271,7 +302,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                     continue  # not settled: stays claimed until release_claims
                 if requeue:
                     pipe.lpush(queue, raw)  # Kombu's client prefixes LPUSH's key itself
-                pipe.lrem(self.raw_key(processing_key(queue)), 1, raw)
+                pipe.lrem(self.raw_key(self.processing(queue)), 1, raw)
             if len(pipe):
                 pipe.execute()
 
@@ -327,11 +358,25 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         return "redis"
 
 
-def release_claims(channel: Channel, queues: list[str]) -> int:
-    """Put back every message of *queues* that an earlier consumer took and
-    did not finish: those in the processing lists, and those in Kombu's
-    ``unacked`` hash (without waiting for the visibility timeout). Return how
-    many. Only the holder of the queues' lease may call this.
+def release_claims(
+    channel: Channel, queues: list[str], live: Callable[[set[str]], Collection[str]] | None = None
+) -> int:
+    """Put back the messages of *queues* that consumers no longer alive took
+    and did not finish; return how many.
+
+    Those are: the processing lists of the consumers that *live* does not
+    answer are alive (it is given the consumers whose lists were found; every
+    list is put back when *live* is None: one daemon alone on its queues),
+    the shared processing list of earlier builds, and the entries of Kombu's
+    ``unacked`` hash (without waiting for the visibility timeout). *live* is
+    asked once the lists are found, so a consumer that started meanwhile is
+    alive, not released: it has a list only once it has joined.
+
+    Kombu's ``unacked`` hash is written only by Kombu's own Redis channel:
+    this one keeps its acks in the process, so no consumer of this package
+    has an entry there; and Kombu's channels, this one too, put back every
+    entry older than the visibility timeout whoever wrote it. An entry is
+    released whatever *live* says.
 
     Whatever is found there that is not what Kombu or this channel writes (a
     key of another type, an entry that is not a Kombu message) is logged and
@@ -340,33 +385,76 @@ def release_claims(channel: Channel, queues: list[str]) -> int:
     released = 0
     names = set(queues)
     with channel.conn_or_acquire() as client:
+        found: dict[str, list[tuple[str, bytes]]] = {}
         for queue in queues:
-            # Newest first to the consuming end, so the oldest is taken first again.
-            source, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
-            for key in (target, source):
+            legacy, target = channel.raw_key(processing_key(queue)), channel.raw_key(queue)
+            for key in (target, legacy):
                 _set_aside_unless_list(client, key)
-            while client.lmove(source, target, "LEFT", "RIGHT") is not None:
-                released += 1
+            released += _move_back(client, legacy, target)
+            pattern = _glob_escape(legacy) + ":*"
+            for key in client.scan_iter(match=pattern, count=1000, _type="list"):
+                consumer = _consumer_of(key.decode("utf-8", "replace"), target)
+                if consumer is not None:
+                    found.setdefault(consumer, []).append((target, key))
+        alive = live(set(found)) if live is not None and found else ()
+        for consumer, lists in found.items():
+            if consumer not in alive:
+                released += sum(_move_back(client, key, target) for target, key in lists)
+        released += _restore_unacked(channel, client, names)
+    return released
+
+
+def release_consumers(channel: Channel, queues: list[str], consumers: Collection[str]) -> int:
+    """Put back what *consumers* (daemons found dead) took from *queues* and
+    did not finish, in their processing lists; return how many."""
+    released = 0
+    with channel.conn_or_acquire() as client:
+        for queue in queues:
+            target = channel.raw_key(queue)
+            for consumer in consumers:
+                released += _move_back(client, channel.raw_key(processing_key(queue, consumer)), target)
+    return released
+
+
+def _move_back(client: Any, source: str | bytes, target: str) -> int:
+    """Move every entry of the processing list *source* back to the queue
+    *target*, newest first to the consuming end, so that the oldest is taken
+    first again; return how many."""
+    moved = 0
+    while client.lmove(source, target, "LEFT", "RIGHT") is not None:
+        moved += 1
+    return moved
+
+
+def _glob_escape(text: str) -> str:
+    """*text* matching only itself in a ``SCAN ... MATCH`` pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _restore_unacked(channel: Channel, client: Any, names: set[str]) -> int:
+    """Put back the entries of Kombu's ``unacked`` hash routed to one of
+    *names*; return how many."""
+    released = 0
+    try:
+        unacked = client.hgetall(channel.unacked_key).items()
+    except channel.ResponseError as exc:
+        log.error("the unacked hash %r cannot be read (%s); left alone", channel.unacked_key, exc)
+        return 0
+    for tag, raw in unacked:
         try:
-            unacked = client.hgetall(channel.unacked_key).items()
-        except channel.ResponseError as exc:
-            log.error("the unacked hash %r cannot be read (%s); left alone", channel.unacked_key, exc)
-            unacked = []
-        for tag, raw in unacked:
-            try:
-                _message, _exchange, routing_key = loads(raw.decode("utf-8"))
-                if routing_key not in names:
-                    continue
-                channel.qos.restore_by_tag(tag.decode("utf-8"), client)
-            except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the start
-                log.error(
-                    "unacked entry %r: not a Kombu message (%s: %s); left alone",
-                    tag[:80],
-                    type(exc).__name__,
-                    str(exc)[:200],
-                )
+            _message, _exchange, routing_key = loads(raw.decode("utf-8"))
+            if routing_key not in names:
                 continue
-            released += 1
+            channel.qos.restore_by_tag(tag.decode("utf-8"), client)
+        except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the start
+            log.error(
+                "unacked entry %r: not a Kombu message (%s: %s); left alone",
+                tag[:80],
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            continue
+        released += 1
     return released
 
 

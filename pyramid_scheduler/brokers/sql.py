@@ -8,15 +8,20 @@ keeps delivered-but-unacked messages only in process memory (``kill -9``
 loses them) and never deletes consumed rows. This one:
 
 * raises on every database error, so ``add_*_job`` fails loudly;
-* *claims* a row by setting ``visible_at`` to now + the visibility timeout, so
-  a consumer that dies leaves the row to be claimed again once the timeout
-  passes;
+* *claims* a row for one consumer: sets ``visible_at`` to now + the
+  visibility timeout and ``claimed_by`` to the consumer's name (the
+  ``consumer_name`` transport option: the daemon's owner name, as in its
+  heartbeat row);
 * deletes the row on ack and on reject, and makes it visible again on requeue
-  or when the channel closes with unacked messages.
+  or when the channel closes with unacked messages;
+* gives back the claims of consumers that are dead (:func:`release_claims`,
+  :func:`release_consumers`), as soon as that is known. The visibility
+  timeout is only a backstop: a claim still standing then is taken again,
+  whoever holds it.
 
-Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 60),
+Transport options: ``url`` (the SQLAlchemy URL), ``visibility_timeout`` (seconds, default 300),
 ``polling_interval`` (seconds between empty polls, default 0.02), ``max_entry_size`` (bytes: a
-larger row is refused unread, see :mod:`pyramid_scheduler.wire.door`).
+larger row is refused unread, see :mod:`pyramid_scheduler.wire.door`), ``consumer_name``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Collection
 from queue import Empty
 from typing import Any
 
@@ -43,6 +49,9 @@ messages = sa.Table(
     sa.Column("delivery_tag", sa.String(64), nullable=False),
     sa.Column("visible_at", sa.Float, nullable=False, default=0.0),
     sa.Column("payload", sa.Text, nullable=False),
+    # The consumer holding the claim (None: a consumer given no name, or one
+    # of a build without this column).
+    sa.Column("claimed_by", sa.String(200)),
     sa.Index("ix_pyramid_scheduler_messages_queue", "queue", "visible_at", "id"),
     sa.Index("ix_pyramid_scheduler_messages_tag", "delivery_tag"),
 )
@@ -60,7 +69,7 @@ _NEXT = (
 _CLAIM = (
     messages.update()
     .where(messages.c.id == _param("p_id"), messages.c.visible_at == _param("p_seen"))
-    .values(visible_at=_param("p_until"))
+    .values(visible_at=_param("p_until"), claimed_by=_param("p_by"))
 )
 _FORGET = messages.delete().where(messages.c.delivery_tag == _param("p_tag"))
 
@@ -81,21 +90,52 @@ def engine_for(url: str, busy_timeout: float = SQLITE_BUSY_TIMEOUT, wal: bool = 
         return engine
 
 
-def release_claims(url: str, queues: list[str], wal: bool = True) -> int:
-    """Make every claimed, unacked message of *queues* visible again; return
-    how many.
+def release_claims(
+    url: str, queues: list[str], wal: bool = True, live: Callable[[set[str]], Collection[str]] | None = None
+) -> int:
+    """Make the claimed, unacked messages of *queues* whose consumer *live*
+    does not answer is alive visible again (it is given the consumers whose
+    claims were found; every claim is released when *live* is None: one
+    daemon alone on its queues); return how many.
 
-    The daemon calls this when it takes the lease on its queues: only the
-    lease holder consumes them, so a claim still standing belongs to an
-    earlier holder that crashed or lost its lease, and need not wait out the
-    visibility timeout. (A message that holder is still finishing may be seen
-    twice; the job store absorbs the duplicate by job id.)
+    Claims without a consumer's name (a build without the ``claimed_by``
+    column, a consumer given no name) are released whatever *live* says.
+    *live* is asked once the claims are read, so a consumer that started
+    meanwhile, and may have claimed since, is alive, not released. They need
+    not wait out the visibility timeout. (A consumer found dead
+    while it was only paused may still finish a message released here, which
+    is then handled twice: the job store absorbs a duplicate by job id.)
     """
+    engine = engine_for(url, wal=wal)
+    claimed = sa.and_(messages.c.queue.in_(queues), messages.c.visible_at > 0)
+    if live is not None:
+        with engine.connect() as conn:
+            found = {
+                name
+                for (name,) in conn.execute(sa.select(messages.c.claimed_by).where(claimed).distinct())
+                if name is not None
+            }
+        alive = live(set(found)) if found else ()
+        dead = [name for name in found if name not in alive]
+        claimed = sa.and_(claimed, sa.or_(messages.c.claimed_by.is_(None), messages.c.claimed_by.in_(dead)))
+    with engine.begin() as conn:
+        return int(conn.execute(messages.update().where(claimed).values(visible_at=0.0, claimed_by=None)).rowcount)
+
+
+def release_consumers(url: str, queues: list[str], consumers: Collection[str], wal: bool = True) -> int:
+    """Make the messages of *queues* claimed by *consumers* (daemons found
+    dead) and not acked visible again; return how many."""
     engine = engine_for(url, wal=wal)
     with engine.begin() as conn:
         return int(
             conn.execute(
-                messages.update().where(messages.c.queue.in_(queues), messages.c.visible_at > 0).values(visible_at=0.0)
+                messages.update()
+                .where(
+                    messages.c.queue.in_(queues),
+                    messages.c.visible_at > 0,
+                    messages.c.claimed_by.in_(list(consumers)),
+                )
+                .values(visible_at=0.0, claimed_by=None)
             ).rowcount
         )
 
@@ -103,14 +143,17 @@ def release_claims(url: str, queues: list[str], wal: bool = True) -> int:
 class Channel(virtual.Channel):
     """Virtual channel whose queues are rows of ``pyramid_scheduler_messages``."""
 
-    visibility_timeout = 60.0
+    visibility_timeout = 300.0
     Message = DoorMessage
     #: Rows whose payload is larger than this (bytes) are not read.
     max_entry_size = entry_limit(256 * 1024)
+    #: The name the claims of this channel's consumer are made under.
+    consumer_name: str | None = None
     from_transport_options = (
         *virtual.Channel.from_transport_options,
         "visibility_timeout",  # type: ignore[assignment]
         "max_entry_size",
+        "consumer_name",
     )
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
@@ -141,7 +184,13 @@ class Channel(virtual.Channel):
                 if row is None:
                     raise Empty()
                 claimed = conn.execute(
-                    _CLAIM, {"p_id": row.id, "p_seen": row.visible_at, "p_until": now + self.visibility_timeout}
+                    _CLAIM,
+                    {
+                        "p_id": row.id,
+                        "p_seen": row.visible_at,
+                        "p_until": now + self.visibility_timeout,
+                        "p_by": self.consumer_name,
+                    },
                 ).rowcount
                 if claimed:
                     # Read through the door: a row too large or not a Kombu
@@ -191,7 +240,9 @@ class Channel(virtual.Channel):
         # inserting a copy, as the base class would.
         with self.engine.begin() as conn:
             conn.execute(
-                messages.update().where(messages.c.delivery_tag == message.delivery_tag).values(visible_at=0.0)
+                messages.update()
+                .where(messages.c.delivery_tag == message.delivery_tag)
+                .values(visible_at=0.0, claimed_by=None)
             )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import select
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import count
 from typing import Any
@@ -223,31 +223,56 @@ class JobConsumer(StoppableConsumer):
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         # At start and after every reconnect: a message taken just as the
-        # connection broke (its reply lost) waits in the processing list.
+        # connection broke (its reply lost) waits in this daemon's claims.
         self.release_claims(channel)
 
     def release_claims(self, channel: Any) -> None:
-        """Give back what was taken from these queues and not finished.
+        """Give back what was taken from these queues and not finished by
+        this daemon or by daemons that are dead (Redis, SQL).
 
-        Only the lease holder consumes these queues, and it settles every
-        message it took before taking more, so between two batches any claim
-        still standing belongs to
-        a daemon that crashed or lost its lease, or to this one before its
-        connection broke: it need not wait out the visibility timeout (Redis,
-        SQL), and on Redis a message in a queue's processing list would
-        otherwise never come back. A message that may have been handled
-        already arrives twice; the job store absorbs it by job id.
+        Every daemon of a queue consumes it, each under its owner name, and
+        each settles every message it took before taking more: here, between
+        two batches, none of this daemon's own claims is being handled (any
+        left are from before its connection broke), and those of the other
+        live daemons are theirs until they are found dead. They need not wait
+        out the visibility timeout (SQL), and on Redis a message in a
+        processing list would otherwise never come back. With no heartbeat
+        (the memory job store: one daemon alone on its queues), every claim
+        is given back. A message that may have been handled already arrives
+        twice; the job store absorbs it by job id. The daemons that die later
+        are released by the one doing the single-owner work
+        (:func:`~pyramid_scheduler.brokers.connection.release_dead_claims`).
         """
-        settings = self.engine.settings
+        engine = self.engine
+        settings = engine.settings
         names = list(self.queues)
+        membership = engine.membership
+        live: Callable[[set[str]], set[str]] | None = None
+        if membership is not None:
+
+            def live(found: set[str]) -> set[str]:
+                try:
+                    return (membership.live() - {engine.owner}) & found
+                except sa.exc.SQLAlchemyError as exc:
+                    log.warning(
+                        "job store unavailable (%s): only this daemon's own unfinished messages are "
+                        "given back now; a dead daemon's, once it is found dead",
+                        exc,
+                    )
+                    return found - {engine.owner}
+
         if settings.broker.kind == "sql":
-            released = release_claims(settings.broker.url, names, settings.sqlite_wal)
+            released = release_claims(settings.broker.url, names, settings.sqlite_wal, live)
         elif (module := redis_channel(channel)) is not None:
-            released = module.release_claims(channel, names)
+            released = module.release_claims(channel, names, live)
         else:
             return
         if released:
-            log.warning("%d message(s) taken by an earlier daemon and not finished are back in the queue", released)
+            log.warning(
+                "%d message(s) left unfinished (by a dead daemon, or by this one before a reconnect) "
+                "are back in the queue",
+                released,
+            )
 
     @contextmanager
     def establish_connection(self) -> Iterator[Any]:

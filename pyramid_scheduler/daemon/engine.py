@@ -39,6 +39,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from pyramid.exceptions import ConfigurationError
 
+from pyramid_scheduler.brokers.connection import release_dead_claims
 from pyramid_scheduler.daemon.aps import executor_of
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner
@@ -314,6 +315,7 @@ class Engine:
             )
             dead = self.membership.dead()
             self._recover(self.membership.live())
+            self._release_broker_claims(dead)
             self.membership.forget(dead)
             self.reconcile(self.proxy.declared)
             return
@@ -321,7 +323,38 @@ class Engine:
         if dead:
             log.warning("daemon(s) %s found dead: taking over their work", ", ".join(dead))
             self.recovery.recover(self.membership.live())
+            self._release_broker_claims(dead)
             self.membership.forget(dead)
+
+    def _release_broker_claims(self, dead: list[str]) -> None:
+        """Give back to the broker the messages the *dead* daemons took from
+        these queues and had not finished (Redis, SQL), while the others
+        consume, on a thread of its own: the heartbeat's must not wait for
+        the broker. If it fails, the daemons' next start or reconnect to the
+        broker gives them back (they release every dead consumer's claims)."""
+        if not dead:
+            return
+
+        def release() -> None:
+            try:
+                released = release_dead_claims(self.settings, self.queues, dead)
+            except Exception as exc:  # noqa: BLE001 - logged; a reconnect releases them too
+                log.warning(
+                    "could not give back the broker messages of dead daemon(s) %s (%s); a daemon's "
+                    "next start or reconnect to the broker does",
+                    ", ".join(dead),
+                    exc,
+                )
+                return
+            if released:
+                log.warning(
+                    "%d message(s) taken by dead daemon(s) %s and not finished are back in queues %s",
+                    released,
+                    ", ".join(dead),
+                    ", ".join(self.queues),
+                )
+
+        threading.Thread(target=release, name="pscheduler-release-claims", daemon=True).start()
 
     def _housekeeping(self) -> None:
         if self.membership is None or self.coordinating:

@@ -56,7 +56,7 @@ class SchedulerService:
         engine.start()
         self.proxy.runtime = self
         self.started.set()
-        connection = make_connection(engine.settings, consumer=True)
+        connection = make_connection(engine.settings, consumer=True, consumer_name=engine.owner)
         try:
             JobConsumer(engine, connection, self.stop_event).run()
         except Stopping:

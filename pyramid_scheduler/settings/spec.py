@@ -138,7 +138,7 @@ current directory; use ``%(here)s`` in INI files.""",
         doc="""Each ``scheduler.broker.transport_options.NAME = VALUE`` becomes Kombu
 transport option ``NAME``; ``true``/``false`` become booleans, numbers become ``int`` or
 ``float``, anything else stays a string. They override the defaults pyramid_scheduler sets:
-SQL transport ``visibility_timeout = 60`` (also understands ``polling_interval``, default
+SQL transport ``visibility_timeout = 300`` (also understands ``polling_interval``, default
 ``0.02``) and ``busy_timeout`` = ``broker.timeout`` (how long SQLite waits for another
 process's lock); Redis ``visibility_timeout = 60``, ``socket_timeout`` and
 ``socket_connect_timeout`` = ``broker.timeout``, ``unacked_key``, ``unacked_index_key``,

@@ -1,6 +1,7 @@
 """The pieces of :mod:`pyramid_scheduler.brokers.connection` that the job
 publisher, the event publisher and both consumers share: the bounded retry
-policy and the consumer stopped by events."""
+policy, the consumer stopped by events, and the release of a dead daemon's
+claims."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
-from pyramid_scheduler.brokers.connection import StoppableConsumer, retry_until
+from conftest import make_settings
+from pyramid_scheduler.brokers.connection import (
+    StoppableConsumer,
+    make_connection,
+    make_queue,
+    release_dead_claims,
+    retry_until,
+)
+from pyramid_scheduler.brokers.sql import engine_for, messages
 from pyramid_scheduler.exceptions import EnqueueError
+from pyramid_scheduler.settings import parse_settings
 
 
 def test_a_retry_is_made_while_another_attempt_ends_before_the_deadline():
@@ -50,3 +61,23 @@ def test_a_consumer_stops_on_any_of_its_events_and_should_stop_sets_the_first():
     assert not consumer.should_stop
     consumer.should_stop = True
     assert stop.is_set() and not lease_lost.is_set()
+
+
+def test_a_dead_daemons_claims_are_released_by_name_on_the_sql_transport(tmp_var):
+    settings = parse_settings(make_settings(tmp_var))
+    queue = make_queue(settings, "jobs")
+    held = {}
+    for name in ("host:1:a", "host:2:b"):
+        conn = make_connection(settings, consumer_name=name)
+        with conn.Producer() as producer:
+            producer.publish({"by": name}, routing_key=queue.name, exchange="", declare=[queue], serializer="json")
+        held[name] = (conn, conn.SimpleQueue(queue.name, no_ack=False).get(timeout=1))
+    try:
+        assert release_dead_claims(settings, ["jobs"], []) == 0
+        assert release_dead_claims(settings, ["jobs"], ["host:2:b", "host:3:gone"]) == 1
+        with engine_for(settings.broker.url).connect() as c:
+            rows = c.execute(sa.select(messages.c.claimed_by, messages.c.visible_at).order_by(messages.c.id)).all()
+        assert [(by, at > 0) for by, at in rows] == [("host:1:a", True), (None, False)]
+    finally:
+        for conn, _message in held.values():
+            conn.release()

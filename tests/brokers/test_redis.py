@@ -2,7 +2,8 @@
 connection pool (Kombu builds one per operation), messages still delivered,
 acked and cleaned up; the messages waiting taken in batches, acks kept out
 of Redis, requeued and unsettled messages, list entries that are not
-messages."""
+messages; each consumer's claims in lists of its own, given back only once
+it is dead."""
 
 import json
 from contextlib import contextmanager
@@ -12,8 +13,14 @@ import pytest
 import redis
 
 from conftest import REDIS_URL, make_settings, unique
-from pyramid_scheduler.brokers.connection import Publisher, make_connection, make_queue
-from pyramid_scheduler.brokers.redis import NOT_A_MESSAGE, Channel, processing_key, release_claims
+from pyramid_scheduler.brokers.connection import Publisher, make_connection, make_queue, release_dead_claims
+from pyramid_scheduler.brokers.redis import (
+    NOT_A_MESSAGE,
+    Channel,
+    processing_key,
+    release_claims,
+    release_consumers,
+)
 from pyramid_scheduler.settings import parse_settings
 
 
@@ -22,7 +29,11 @@ def settings(tmp_var):
     settings = parse_settings(make_settings(tmp_var, broker="redis"))
     yield settings
     with make_connection(settings) as conn:
-        make_queue(settings, "jobs")(conn.default_channel).delete()
+        queue = make_queue(settings, "jobs")
+        queue(conn.default_channel).delete()
+        with conn.default_channel.conn_or_acquire() as client:
+            for key in client.scan_iter(match=processing_key(queue.name) + "*"):
+                client.delete(key)
 
 
 def publish(settings, count):
@@ -248,3 +259,106 @@ def test_a_redis_user_without_scripting_still_gets_batches(tmp_var):
         assert sorted(json.loads(m.body)["n"] for m in received) == list(range(7))
     finally:
         admin.execute_command("ACL", "DELUSER", user)
+
+
+def _hold(settings, name, held):
+    """A connection whose consumer *name* has taken one message into its
+    processing list and neither acked nor rejected it (a daemon handling it,
+    or killed while it did)."""
+    conn = make_connection(settings, consumer_name=name)
+    channel, _ = _consume(settings, conn, held.append, lambda: held, prefetch=1)
+    assert channel.consumer_name == name
+    return conn, channel
+
+
+def test_each_consumer_claims_in_a_list_of_its_own_and_only_the_dead_ones_are_released(settings):
+    publish(settings, 2)
+    queue = make_queue(settings, "jobs").name
+    by_a, by_b = [], []
+    a, _ = _hold(settings, "host:1:a", by_a)
+    b, channel = _hold(settings, "host:2:b", by_b)
+    try:
+        with channel.conn_or_acquire() as client:
+            assert client.llen(processing_key(queue, "host:1:a")) == 1
+            assert client.llen(processing_key(queue, "host:2:b")) == 1
+            assert client.llen(processing_key(queue)) == client.llen(queue) == 0
+            # B is dead to A; A is alive.
+            assert release_claims(channel, [queue], lambda found: found & {"host:1:a"}) == 1
+            assert client.llen(processing_key(queue, "host:1:a")) == 1
+            assert client.llen(processing_key(queue, "host:2:b")) == 0
+            assert [json.loads(raw)["properties"]["delivery_tag"] for raw in client.lrange(queue, 0, -1)] == [
+                by_b[0].delivery_tag
+            ]
+            # Then A is found dead too: its list alone, by name.
+            assert release_consumers(channel, [queue], ["host:1:a", "host:3:gone"]) == 1
+            assert client.llen(processing_key(queue, "host:1:a")) == 0
+            assert client.llen(queue) == 2
+    finally:
+        a.release()
+        b.release()
+    assert json.loads(by_a[0].body) != json.loads(by_b[0].body)
+
+
+def test_a_live_consumers_claim_is_not_redelivered_at_another_consumers_start(settings):
+    publish(settings, 1)
+    queue = make_queue(settings, "jobs").name
+    held, again = [], []
+    a, _ = _hold(settings, "host:1:a", held)
+    try:
+        with make_connection(settings, consumer_name="host:2:b") as b:
+            channel = b.channel()
+            # What B does at its start: A is alive; B is, but gives back its own claims.
+            assert release_claims(channel, [queue], lambda found: found & {"host:1:a"}) == 0
+            with kombu.Consumer(channel, queues=[make_queue(settings, "jobs")], on_message=again.append):
+                with pytest.raises(TimeoutError):
+                    b.drain_events(timeout=1.5)
+            with channel.conn_or_acquire() as client:
+                assert client.llen(processing_key(queue, "host:1:a")) == 1
+        assert again == []
+    finally:
+        a.release()
+
+
+def test_the_shared_list_of_earlier_builds_is_released_whoever_is_alive(settings):
+    publish(settings, 1)
+    queue = make_queue(settings, "jobs").name
+    held = []
+    with make_connection(settings) as conn:  # no consumer name: the shared list
+        channel, _ = _consume(settings, conn, held.append, lambda: held, prefetch=1)
+        asked = []
+        with channel.conn_or_acquire() as client:
+            assert client.llen(processing_key(queue)) == 1
+            assert release_claims(channel, [queue], lambda found: asked.append(found) or found) == 1
+            assert client.llen(processing_key(queue)) == 0
+            assert client.llen(queue) == 1
+        assert asked == []  # no consumer's list found: the daemons are not asked who lives
+
+
+def test_dead_claims_released_under_a_global_key_prefix(tmp_var):
+    settings = parse_settings(
+        make_settings(tmp_var, broker="redis", **{"broker.transport_options.global_keyprefix": "pfx:"})
+    )
+    publish(settings, 2)
+    queue = make_queue(settings, "jobs")
+    held_a, held_b = [], []
+    a, _ = _hold(settings, "host:1:a", held_a)
+    b, channel = _hold(settings, "host:2:b", held_b)
+    try:
+        with channel.conn_or_acquire() as client:
+            raw = client.connection_pool.get_connection()  # the keys as they are in Redis
+            try:
+                raw.send_command("LLEN", f"pfx:{queue.name}:processing:host:2:b")
+                assert raw.read_response() == 1
+            finally:
+                client.connection_pool.release(raw)
+            assert release_claims(channel, [queue.name], lambda found: found & {"host:2:b"}) == 1  # A's, found by SCAN
+            assert client.llen(processing_key(queue.name, "host:1:a")) == 0
+            # What the daemon doing the single-owner work calls for the daemons it finds dead.
+            assert release_dead_claims(settings, ["jobs"], ["host:2:b"]) == 1
+            assert client.llen(processing_key(queue.name, "host:2:b")) == 0
+            assert client.llen(queue.name) == 2
+    finally:
+        a.release()
+        b.release()
+        with make_connection(settings) as conn:
+            queue(conn.default_channel).delete()

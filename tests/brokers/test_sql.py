@@ -1,4 +1,6 @@
-"""Our SQL Kombu transport, on a real SQLite file (and PostgreSQL when present)."""
+"""Our SQL Kombu transport, on a real SQLite file (and PostgreSQL when present):
+claims, acks, requeues; each claim under its consumer's name, given back only
+once that consumer is dead."""
 
 import queue as queue_module
 import time
@@ -8,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import jobstore_url
-from pyramid_scheduler.brokers.sql import Transport, engine_for, messages
+from pyramid_scheduler.brokers.sql import Transport, engine_for, messages, release_claims, release_consumers
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -105,3 +107,87 @@ def test_database_errors_raise_instead_of_dropping(tmp_path):
             c.execute(sa.text("DROP TABLE pyramid_scheduler_messages"))
         with pytest.raises(sa.exc.OperationalError):
             put(conn, queue, {"n": 2})
+
+
+def claims(url, queue):
+    """(consumer, claimed) of each row of *queue*, oldest first."""
+    with engine_for(url).connect() as c:
+        return [
+            (row.claimed_by, row.visible_at > 0)
+            for row in c.execute(
+                sa.select(messages.c.claimed_by, messages.c.visible_at)
+                .where(messages.c.queue == queue)
+                .order_by(messages.c.id)
+            )
+        ]
+
+
+def test_each_claim_is_its_consumers_and_only_the_dead_ones_are_released(url):
+    queue = f"tq-{time.time_ns()}"
+    with connect(url, consumer_name="host:1:a") as a, connect(url, consumer_name="host:2:b") as b:
+        put(a, queue, {"n": 1})
+        put(a, queue, {"n": 2})
+        assert get(a, queue).payload == {"n": 1}
+        assert get(b, queue).payload == {"n": 2}
+        assert claims(url, queue) == [("host:1:a", True), ("host:2:b", True)]
+        # B is dead to A; A is alive.
+        assert release_claims(url, [queue], live=lambda found: found & {"host:1:a"}) == 1
+        assert claims(url, queue) == [("host:1:a", True), (None, False)]
+        assert get(a, queue).payload == {"n": 2}
+        # Then A is found dead too: its claims, by name.
+        assert release_consumers(url, [queue], ["host:1:a", "host:3:gone"]) == 2
+        assert claims(url, queue) == [(None, False), (None, False)]
+        # With no heartbeat to ask (one daemon alone): every claim.
+        assert get(a, queue).payload == {"n": 1}
+        assert get(b, queue).payload == {"n": 2}
+        assert release_claims(url, [queue]) == 2
+        assert claims(url, queue) == [(None, False), (None, False)]
+
+
+def test_a_live_consumers_claim_is_not_redelivered_at_another_consumers_start(url):
+    queue = f"tq-{time.time_ns()}"
+    with connect(url, consumer_name="host:1:a") as a, connect(url, consumer_name="host:2:b") as b:
+        put(a, queue, {"n": 1})
+        held = get(a, queue)
+        # What B does at its start: A is alive; B is, but gives back its own claims.
+        assert release_claims(url, [queue], live=lambda found: found & {"host:1:a"}) == 0
+        with pytest.raises(queue_module.Empty):
+            get(b, queue, timeout=0.3)
+        held.ack()
+        assert rows(url, queue) == []
+
+
+def test_claims_without_a_consumer_are_released_whoever_is_alive(url):
+    """Made by a build without ``claimed_by``, or a consumer given no name."""
+    queue = f"tq-{time.time_ns()}"
+    with connect(url) as anonymous:
+        put(anonymous, queue, {"n": 1})
+        assert get(anonymous, queue).payload == {"n": 1}
+        assert claims(url, queue) == [(None, True)]
+        assert release_claims(url, [queue], live=lambda found: found & {"host:1:a"}) == 1
+        assert claims(url, queue) == [(None, False)]
+
+
+def test_a_table_of_an_earlier_build_gains_the_claims_column(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    old = sa.MetaData()
+    sa.Table(
+        "pyramid_scheduler_messages",
+        old,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("queue", sa.String(200), nullable=False),
+        sa.Column("delivery_tag", sa.String(64), nullable=False),
+        sa.Column("visible_at", sa.Float, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+    )
+    engine = sa.create_engine(url)
+    old.create_all(engine)
+    with engine.begin() as c:
+        c.execute(
+            old.tables["pyramid_scheduler_messages"]
+            .insert()
+            .values(queue="tq-old", delivery_tag="t1", visible_at=time.time() + 60, payload="{}")
+        )
+    engine.dispose()
+    assert release_claims(url, ["tq-old"], live=lambda found: found & {"host:1:a"}) == 1  # claimed by the earlier build
+    assert claims(url, "tq-old") == [(None, False)]

@@ -31,7 +31,8 @@ def waiting(settings):
         queue = make_queue(settings, "jobs")(conn.default_channel)
         if isinstance(conn.default_channel, Channel):
             with conn.default_channel.conn_or_acquire() as client:
-                return client.llen(queue.name) + client.llen(processing_key(queue.name))
+                lists = client.scan_iter(match=processing_key(queue.name) + "*", _type="list")
+                return client.llen(queue.name) + sum(client.llen(key) for key in lists)  # each consumer's
         return queue.queue_declare(passive=True).message_count
 
 

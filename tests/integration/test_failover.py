@@ -7,8 +7,10 @@ import signal
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from integration.conftest import DEADLINE, wait_until
 from integration.sampleapp import jobs
@@ -144,3 +146,117 @@ def test_resumed_former_leader_does_not_lose_a_due_job(harness):
     record = harness.wait_job(proxy, date_id, {"done", "failed", "missed"}, timeout=15, alive=(new,))
     assert record["status"] == "done"
     assert [run["pid"] for run in harness.runs(date_id)] == [new.pid]
+
+
+class BrokerClaims:
+    """Moves one message of the test's queue straight into a daemon's claims,
+    by hand, on Redis (its processing list) or the SQL transport (its row)."""
+
+    def __init__(self, settings: Any) -> None:
+        from pyramid_scheduler.brokers.connection import make_queue
+
+        self.settings = settings
+        self.queue = make_queue(settings, "jobs").name
+        self.aside = f"{self.queue}:aside"
+        if settings.broker.kind == "sql":
+            from pyramid_scheduler.brokers.sql import engine_for
+
+            self.sql = engine_for(settings.broker.url)
+        else:
+            import redis
+
+            from conftest import REDIS_URL
+
+            self.redis = redis.Redis.from_url(REDIS_URL)
+
+    def set_aside(self) -> None:
+        """Take the one message waiting off the queue."""
+        if hasattr(self, "redis"):
+            assert self.redis.lmove(self.queue, self.aside, "RIGHT", "LEFT") is not None
+        else:
+            self._move(self.queue, self.aside)
+
+    def hold(self, owner: str) -> None:
+        """Put the message set aside in *owner*'s claims."""
+        from pyramid_scheduler.brokers.redis import processing_key
+
+        if hasattr(self, "redis"):
+            assert self.redis.lmove(self.aside, processing_key(self.queue, owner), "RIGHT", "LEFT") is not None
+        else:
+            self._move(self.aside, self.queue, visible_at=time.time() + 3600, claimed_by=owner)
+
+    def held(self, owner: str) -> int:
+        from pyramid_scheduler.brokers.redis import processing_key
+
+        if hasattr(self, "redis"):
+            return int(self.redis.llen(processing_key(self.queue, owner)))
+        from pyramid_scheduler.brokers.sql import messages
+
+        with self.sql.connect() as conn:
+            return len(
+                conn.execute(
+                    sa.select(messages.c.id).where(messages.c.queue == self.queue, messages.c.claimed_by == owner)
+                ).all()
+            )
+
+    def _move(self, source: str, target: str, **values: Any) -> None:
+        from pyramid_scheduler.brokers.sql import messages
+
+        with self.sql.begin() as conn:
+            moved = conn.execute(
+                messages.update().where(messages.c.queue == source).values(queue=target, **values)
+            ).rowcount
+        assert moved == 1
+
+    def close(self) -> None:
+        if hasattr(self, "redis"):
+            self.redis.delete(self.aside, *self.redis.keys(f"{self.queue}:processing*"))
+            self.redis.close()
+
+
+@pytest.mark.parametrize("broker", ["redis", "sqlite"])
+def test_a_live_daemons_broker_claim_stays_its_own_until_it_is_killed(make_harness, broker):
+    """A message a live daemon claimed (being handled, as far as the others
+    know) is not given back when another daemon starts; once that daemon is
+    killed, the daemon doing the single-owner work gives it back while it
+    runs on, and the job runs there, once."""
+    harness = make_harness(broker=broker, store="postgresql")
+    proxy = harness.proxy()
+    claims = BrokerClaims(proxy.settings)
+    try:
+        # The message, sent while no daemon runs, set aside until the first one does.
+        held_id = tag("held")
+        proxy.add_async_job(jobs.record, args=[harness.oracle, held_id], id=held_id)
+        claims.set_aside()
+        first = harness.start()
+        harness.wait_active(proxy, first)
+        probe = tag("probe")  # once it runs, the first daemon consumes (it gave back its own claims)
+        proxy.add_async_job(jobs.record, args=[harness.oracle, probe], id=probe)
+        harness.wait_runs(probe, alive=(first,))
+        (row,) = proxy.get_daemons()[0]["daemons"]
+        owner = row["owner"]
+        claims.hold(owner)  # taken by the first daemon
+
+        second = harness.start()
+        harness.wait_active(proxy, second)
+        # Once the second daemon runs a job it has been consuming, after its
+        # start's release of the dead daemons' claims.
+        for _ in range(50):
+            probe = tag("probe")
+            proxy.add_async_job(jobs.record, args=[harness.oracle, probe], id=probe)
+            (run,) = harness.wait_runs(probe, alive=(first, second))
+            if run["pid"] == second.pid:
+                break
+        else:
+            pytest.fail("the second daemon ran none of 50 jobs")
+        assert claims.held(owner) == 1
+        assert harness.runs(held_id) == []
+
+        first.kill()
+        harness.wait_job(proxy, held_id, {"done"}, timeout=LEASE_TTL * 3 + DEADLINE, alive=(second,))
+        (run,) = harness.runs(held_id)
+        assert run["pid"] == second.pid
+        assert claims.held(owner) == 0
+        assert f"taken by dead daemon(s) {owner} and not finished are back" in second.log()
+    finally:
+        claims.close()

@@ -113,7 +113,8 @@ class Door:
         self.service.join(20)
         self.proxy.close()
         if hasattr(self, "redis"):
-            self.redis.delete(self.queue, f"{self.queue}:processing")
+            owner = self.service.engine.owner
+            self.redis.delete(self.queue, f"{self.queue}:processing", f"{self.queue}:processing:{owner}")
             self.redis.close()
 
 

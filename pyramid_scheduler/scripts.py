@@ -26,6 +26,7 @@ import hupper
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
+from pyramid_scheduler.daemon.engine import unshared_store
 from pyramid_scheduler.daemon.processes import STOP_GRACE, WATCH_ENV, ModuleReport, Place, Supervisor
 from pyramid_scheduler.daemon.service import EXIT_LEASE_LOST as EXIT_LEASE_LOST  # the service's: 3
 from pyramid_scheduler.daemon.service import SchedulerService, combined_suppressed
@@ -266,6 +267,10 @@ class PSchedulerCommand:
                 "processes run the jobs; set it to false to run them in pscheduler"
             )
             return EXIT_COMBINED
+        unshared = unshared_store(scheduler.settings, os.environ.get("PSCHEDULER_PROCESS", ""))
+        if unshared:
+            log.error("refusing to run jobs: %s", unshared)
+            return EXIT_STARTUP_FAILED
         try:
             self.service = service = SchedulerService(scheduler, tuple(args.queues) or None)
         except SchemaError as exc:

@@ -38,6 +38,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from pyramid.exceptions import ConfigurationError
+from sqlalchemy.engine import make_url
 
 from pyramid_scheduler.brokers.connection import release_dead_claims
 from pyramid_scheduler.daemon.aps import executor_of
@@ -53,7 +54,7 @@ from pyramid_scheduler.daemon.recovery import Recovery
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.settings import mask_url, posture_problem
+from pyramid_scheduler.settings import SchedulerSettings, mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
 from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
 from pyramid_scheduler.store.lease import Lease
@@ -70,6 +71,27 @@ log = get_logger(__name__)
 INTERNAL = "pyramid_scheduler.internal"
 #: Seconds between two looks at the runs still going while stopping.
 STOP_POLL = 0.05
+
+
+def unshared_store(settings: SchedulerSettings, process: str) -> str | None:
+    """Why the processes of ``pscheduler --processes N`` (*process*: this
+    one's ``"2/4"``) cannot share *settings*' job store, or None: a store in
+    memory is each process's own, so each would keep and run its own jobs
+    beside the others'."""
+    if not process or process.endswith("/1"):
+        return None
+    url = settings.jobstore_url
+    if url is None:
+        kept = "scheduler.jobstore.url = memory"
+    elif url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
+        kept = f"scheduler.jobstore.url = {url} (an in-memory SQLite database)"
+    else:
+        return None
+    count = process.partition("/")[2]
+    return (
+        f"{kept} keeps the jobs in each process's memory, so the {count} processes of "
+        "pscheduler --processes would not share them; use a SQLite file or PostgreSQL, or one process"
+    )
 
 
 class Engine:

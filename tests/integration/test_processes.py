@@ -157,6 +157,15 @@ def test_a_bad_number_of_processes_is_refused(make_harness):
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite://"])
+def test_processes_that_could_not_share_the_job_store_are_refused(make_harness, store):
+    harness = make_harness(**{"jobstore.url": store})
+    code, output = harness.run("--processes", "2")
+    assert code == EXIT_STARTUP_FAILED, output
+    assert "keeps the jobs in each process's memory, so the 2 processes of pscheduler --processes" in output
+    assert "restarting in" not in output
+
+
 def test_a_child_that_cannot_start_stops_them_all(harness):
     code, output = harness.run("--processes", "2", "-q", "unknown")
     assert code == EXIT_BAD_QUEUE, output

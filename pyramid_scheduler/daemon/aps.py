@@ -27,7 +27,10 @@ whose names are private; they live with their classes and rely on 3.11 too:
 * :meth:`.catchup.CatchUpJob._get_run_times` (the run times of a due job);
 * ``QueueJobStore._reconstitute_job`` and ``QueueJobStore._get_jobs``
   (:mod:`pyramid_scheduler.store.jobstores`: loading a stored job with the restricted
-  unpickler);
+  unpickler), and ``QueueJobStore.start``, which skips
+  ``SQLAlchemyJobStore.start`` (``BaseJobStore.start``, then its own
+  ``CREATE TABLE`` under the DDL lock, as daemons starting together race to it)
+  and relies on its table ``jobs_t``, to which it adds the ``claimed_by`` column;
 * ``WallClockCronTrigger._increment_field_value`` (the cron trigger's step
   across a change of UTC offset).
 """

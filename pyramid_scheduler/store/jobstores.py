@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.job import Job
-from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
@@ -31,7 +31,7 @@ from pyramid_scheduler.daemon.aps import job_state, load_job
 from pyramid_scheduler.daemon.catchup import CatchUpJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.claims import Claims
-from pyramid_scheduler.store.db import add_missing_columns, under_ddl_lock
+from pyramid_scheduler.store.db import create_tables
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.wire.refs import check_ref
@@ -172,10 +172,12 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         self.changes = 0
 
     def start(self, scheduler: Any, alias: str) -> None:
-        super().start(scheduler, alias)
-        # A table made by an earlier release lacks the claim column.
-        metadata = self.jobs_t.metadata
-        under_ddl_lock(self.engine, metadata, lambda conn: add_missing_columns(conn, metadata))
+        # APScheduler's start() is BaseJobStore's, then a CREATE TABLE that
+        # fails when daemons starting together race to it: the table (and the
+        # claim column a table of an earlier release lacks) made under the
+        # DDL lock instead.
+        BaseJobStore.start(self, scheduler, alias)
+        create_tables(self.engine, self.jobs_t.metadata)
 
     def due_unheld(self, now: datetime) -> list[Job]:
         """The jobs due by *now* that no live daemon holds (all due jobs

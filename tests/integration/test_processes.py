@@ -105,7 +105,9 @@ def test_n_processes_are_started_and_one_that_dies_is_restarted(harness):
 def test_every_process_runs_jobs(make_harness):
     """The processes of one command are daemons like any others: each runs
     jobs (Redis shares the messages out, PostgreSQL holds the records)."""
-    harness = make_harness(broker="redis", store="postgresql")
+    # A consumer takes up to broker.prefetch waiting messages at once: a small
+    # one leaves some of a burst to the other process.
+    harness = make_harness(broker="redis", store="postgresql", **{"broker.prefetch": "2"})
     proxy = harness.proxy()
     assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
     supervisor = harness.start("--processes", "2")
@@ -117,7 +119,7 @@ def test_every_process_runs_jobs(make_harness):
     )
     job_ids = [f"procs-{uuid.uuid4().hex[:8]}" for _ in range(40)]
     for job_id in job_ids:
-        proxy.add_async_job(jobs.slow, args=[harness.oracle, job_id, 0.05], id=job_id)
+        proxy.add_async_job(jobs.slow, args=[harness.oracle, job_id, 0.1], id=job_id)
     for job_id in job_ids:
         harness.wait_job(proxy, job_id, {"done"}, alive=(supervisor,))
     ran = [run["pid"] for job_id in job_ids for run in harness.runs(job_id) if run["phase"] == "start"]

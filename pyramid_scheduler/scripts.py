@@ -1,6 +1,8 @@
-"""``pscheduler CONFIG-URI``: the daemon that runs the jobs.
+"""``pscheduler CONFIG-URI [COMMAND]``: the daemon that runs the jobs, and the commands.
 
-It loads the application from the INI file (logging configured from it),
+With a COMMAND (``jobs``, ``cancel ID``, ...), it carries it out and exits
+(:mod:`pyramid_scheduler.commands`); without one, it is the daemon:
+it loads the application from the INI file (logging configured from it),
 checks that the application includes pyramid_scheduler and is not in combined
 mode, then runs a :class:`~.service.SchedulerService` in the main thread: it
 stands by while another daemon holds the queues' lease, then consumes and
@@ -26,6 +28,7 @@ import hupper
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
+from pyramid_scheduler.commands import add_commands, check_command, run_command
 from pyramid_scheduler.daemon.engine import unshared_store
 from pyramid_scheduler.daemon.processes import STOP_GRACE, WATCH_ENV, ModuleReport, Place, Supervisor
 from pyramid_scheduler.daemon.service import EXIT_LEASE_LOST as EXIT_LEASE_LOST  # the service's: 3
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --message: TEXT is not one of the daemon's commands but a message for your own MESSAGE listeners",
     )
+    add_commands(parser)
     return parser
 
 
@@ -170,11 +174,14 @@ class PSchedulerCommand:
                 f"{', '.join(DAEMON_COMMANDS)} (add --listeners to send other text to your "
                 "MESSAGE listeners)"
             )
+        check_command(parser, args)
         check_config_file(parser, args.config_uri)
         self.service: SchedulerService | None = None
 
     def run(self) -> int:
         args = self.args
+        if args.command is not None:
+            return run_command(args, lambda: self.get_appsettings(app_uri(args.config_uri, args.app_name)))
         if args.reload and not hupper.is_active():
             hupper.start_reloader(
                 "pyramid_scheduler.scripts.main",

@@ -24,6 +24,15 @@ from pyramid_scheduler.store.tables import now
 log = get_logger(__name__)
 
 
+def purge_finished(ledger: Ledger, settings: SchedulerSettings) -> int:
+    """Forget the finished job records older than ``scheduler.result_ttl``
+    (or their own ``ttl``) and the old dead letters; how many jobs. Also
+    ``pscheduler CONFIG-URI purge`` (:mod:`pyramid_scheduler.commands`)."""
+    purged = ledger.purge(now() - settings.result_ttl)
+    log.info("housekeeping: %d finished job record(s) purged", purged)
+    return purged
+
+
 @dataclass(kw_only=True, eq=False)
 class Housekeeping:
     """The chores of one daemon (:meth:`run` does them once)."""
@@ -36,8 +45,7 @@ class Housekeeping:
     def run(self) -> None:
         """Forget finished jobs older than ``scheduler.result_ttl``, restore
         parked jobs, then call the ``scheduler.housekeeping.append`` callables."""
-        purged = self.ledger.purge(now() - self.settings.result_ttl)
-        log.info("housekeeping: %d finished job record(s) purged", purged)
+        purge_finished(self.ledger, self.settings)
         self.restore_parked()
         threadlocal_manager.push({"registry": self.registry, "request": None})
         try:

@@ -22,9 +22,10 @@ from apscheduler.jobstores.base import ConflictingIdError
 from sqlalchemy.engine import Connection, Engine
 
 from pyramid_scheduler.store.records import RunAfter, RunEnd, RunStart
+from pyramid_scheduler.store.reports import Reports
 from pyramid_scheduler.store.runwrites import RunWrites
 from pyramid_scheduler.store.schema import upgrade
-from pyramid_scheduler.store.tables import FINAL, LIVE, Tables, aps_tablename
+from pyramid_scheduler.store.tables import FINAL, LIVE, aps_tablename
 
 
 class JobRow(NamedTuple):
@@ -37,9 +38,10 @@ class JobRow(NamedTuple):
     request: str
 
 
-class Ledger(Tables):
+class Ledger(Reports):
     """The scheduler's own tables (:class:`~pyramid_scheduler.store.tables.Tables`),
-    brought up to date, and every read and write of them."""
+    brought up to date, and every read and write of them (those for
+    operators in :class:`~pyramid_scheduler.store.reports.Reports`)."""
 
     def __init__(self, engine: Engine, prefix: str = "pyramid_scheduler_") -> None:
         super().__init__(prefix)
@@ -168,8 +170,12 @@ class Ledger(Tables):
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
-    def list_jobs(self, queue: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_jobs(
+        self, queue: str | None, status: str | None, limit: int, func: str | None = None
+    ) -> list[dict[str, Any]]:
         query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
+        if func is not None:
+            query = query.where(self.jobs.c.func.contains(func, autoescape=True))
         if queue is not None:
             query = query.where(self.jobs.c.queue == queue)
         if status is not None:

@@ -10,7 +10,9 @@ the broker holds the message, or raises :class:`~.exceptions.EnqueueError`
 within ``scheduler.broker.timeout``. Inside a transaction (pyramid_tm) the
 checked message waits for the commit instead (:mod:`pyramid_scheduler.web.tx`).
 The methods that read job records back come from
-:class:`~pyramid_scheduler.web.records.JobRecords`.
+:class:`~pyramid_scheduler.web.records.JobRecords`, those that manage a
+stored job (pause, resume, run now, reschedule, retry) from
+:class:`~pyramid_scheduler.web.manage.JobManagement`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pyramid_scheduler.triggers.forms import (
     schedule_spec,
 )
 from pyramid_scheduler.triggers.preview import spec_fire_times
+from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
@@ -45,7 +48,7 @@ from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_r
 log = get_logger(__name__)
 
 
-class SchedulerProxy(JobRecords):
+class SchedulerProxy(JobManagement, JobRecords):
     """The object at ``registry.scheduler``.
 
     :param settings: the parsed ``scheduler.*`` settings.
@@ -217,63 +220,6 @@ class SchedulerProxy(JobRecords):
         for name in self._queues_for(queue):
             self._publish(JobRequest(op="message", id=new_id(), queue=name, text=str(text)), immediate, tm)
 
-    # -- managing stored jobs ---------------------------------------------------------
-    def reschedule_job(
-        self, job_id: str, trigger: str | None = None, queue: str | None = None, **trigger_args: Any
-    ) -> str:
-        """Replace a job's schedule; it keeps its id, function, arguments and
-        record. *trigger* is ``"date"``, ``"interval"`` or ``"cron"`` and
-        *trigger_args* are the schedule arguments of the matching ``add_*_job``
-        (``start_date``, ``end_date``, ``timezone``, ``jitter``, the interval
-        or cron fields, ``crontab`` or ``cron``, ``weekdays``/``monthdays``/
-        ``time_of_day``, ``date`` or a delay). *trigger* may be left out when
-        the arguments say it: ``cron``/``crontab``/cron fields, ``date``/``delay``
-        or ``weeks``. A paused job stays paused with its new schedule.
-
-        The daemon emits ``JOB_RESCHEDULED``, or ``JOB_REQUEST_REFUSED`` when the
-        job is gone by then. Without *queue*, the queue in the job's record
-        (or, before the daemon stored the job, ``scheduler.default_queue``).
-
-        :returns: the job id.
-        :raises InvalidJob: a bad schedule, one that never fires, or a job
-            whose record says it has finished.
-
-        .. versionadded:: 1.0
-        """
-        name = self._job_queue(job_id, queue)
-        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
-        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
-        no_other_arguments(kind, trigger_args)
-        self._publish(JobRequest(op="reschedule", id=job_id, queue=name, trigger=spec))
-        return job_id
-
-    def pause_job(self, job_id: str, queue: str | None = None) -> str:
-        """Stop a job's runs until :meth:`resume_job` (a run in progress
-        finishes). Its record's status becomes ``paused``; ``JOB_PAUSED``.
-
-        .. versionadded:: 1.0
-        """
-        return self._manage("pause", job_id, queue)
-
-    def resume_job(self, job_id: str, queue: str | None = None) -> str:
-        """Resume a paused job from its next fire time after now (the runs
-        it would have had while paused are not made up); ``JOB_RESUMED``.
-
-        .. versionadded:: 1.0
-        """
-        return self._manage("resume", job_id, queue)
-
-    def run_job_now(self, job_id: str, queue: str | None = None) -> str:
-        """Run a scheduled job now, with the usual run events (``JOB_EXECUTED``
-        or ``JOB_ERROR`` with this job id). APScheduler then computes its next
-        run from this run: a cron job keeps its times, an interval job counts
-        its interval from now, a date job is done. A paused job is refused
-        (resume it first).
-
-        .. versionadded:: 1.0
-        """
-        return self._manage("run_now", job_id, queue)
-
     # -- previewing schedules ---------------------------------------------------------
     def preview(self, trigger: str | None = None, n: int = 10, **trigger_args: Any) -> list[datetime]:
         """The next *n* fire times of a schedule, as aware datetimes in its
@@ -361,30 +307,6 @@ class SchedulerProxy(JobRecords):
         if queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
         return (queue,)
-
-    def _job_queue(self, job_id: str, queue: str | None) -> str:
-        """The queue of a job to manage: checked against its record when the
-        job store has one (a finished job is refused at once)."""
-        from pyramid_scheduler.store.tables import LIVE
-
-        check_name(job_id, "job_id")
-        if queue is not None and queue not in self.settings.queues:
-            raise InvalidQueue(queue, self.settings.queues)
-        row = None if self.settings.memory_store else self._ledger().get_job(job_id)
-        if row is None:
-            # Not stored yet (its add may still be on its way): where add_*_job sent it.
-            return queue or self.settings.default_queue
-        if queue is not None and row["queue"] != queue:
-            raise InvalidJob(f"queue: job {job_id!r} is on queue {row['queue']!r}, not {queue!r}")
-        if row["status"] not in LIVE:
-            raise InvalidJob(
-                f"job_id: job {job_id!r} is {row['status']}; only scheduled, running or paused jobs can be managed"
-            )
-        return str(row["queue"])
-
-    def _manage(self, op: str, job_id: str, queue: str | None) -> str:
-        self._publish(JobRequest(op=op, id=job_id, queue=self._job_queue(job_id, queue)))
-        return job_id
 
     def _add(
         self,

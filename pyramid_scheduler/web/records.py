@@ -48,11 +48,18 @@ class JobRecords:
         row = self._ledger().get_job(job_id)
         return None if row is None else self._records([row])[0]
 
-    def get_jobs(self, queue: str | None = None, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The most recently changed job records, newest first."""
+    def get_jobs(
+        self, queue: str | None = None, status: str | None = None, limit: int = 100, func: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The most recently changed job records, newest first: the latest
+        *limit* of them, of *queue*, in *status*, whose function reference
+        (``module:qualname``) contains *func*, as far as given.
+
+        .. versionchanged:: 1.0 *func*.
+        """
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
-        return self._records(self._ledger().list_jobs(queue, status, limit))
+        return self._records(self._ledger().list_jobs(queue, status, limit, func))
 
     def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Job records from ledger rows, with ``next_run_time`` (epoch

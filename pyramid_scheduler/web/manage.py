@@ -1,0 +1,170 @@
+"""Management: what ``registry.scheduler`` asks the daemon to do with a stored job.
+
+Between the job records (:mod:`pyramid_scheduler.web.records`), which say
+where a job is and whether it can still be managed, and the publish step of
+:class:`~pyramid_scheduler.web.proxy.SchedulerProxy`: each method here
+checks its request against the job's record, then publishes one message;
+the daemon does the work (:mod:`pyramid_scheduler.daemon.management`, or
+intake for :meth:`JobManagement.retry_job`). Nothing here writes the job
+store. ``pscheduler CONFIG-URI cancel|pause|resume|run|retry ID``
+(:mod:`pyramid_scheduler.commands`) goes through these methods.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
+from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.triggers.forms import no_other_arguments, schedule_args, schedule_spec
+from pyramid_scheduler.wire.messages import JobRequest, check_name, new_id
+
+if TYPE_CHECKING:
+    from pyramid_scheduler.store.ledger import Ledger
+
+#: The statuses of the jobs :meth:`JobManagement.retry_job` runs again.
+RETRYABLE = ("failed", "interrupted", "parked")
+
+
+class JobManagement:
+    """The managing half of :class:`~pyramid_scheduler.web.proxy.SchedulerProxy`."""
+
+    settings: SchedulerSettings
+
+    if TYPE_CHECKING:
+
+        def now(self) -> datetime: ...
+        def _ledger(self) -> Ledger: ...
+        def _publish(self, request: JobRequest, immediate: bool = False, manager: Any = None) -> None: ...
+
+    def reschedule_job(
+        self, job_id: str, trigger: str | None = None, queue: str | None = None, **trigger_args: Any
+    ) -> str:
+        """Replace a job's schedule; it keeps its id, function, arguments and
+        record. *trigger* is ``"date"``, ``"interval"`` or ``"cron"`` and
+        *trigger_args* are the schedule arguments of the matching ``add_*_job``
+        (``start_date``, ``end_date``, ``timezone``, ``jitter``, the interval
+        or cron fields, ``crontab`` or ``cron``, ``weekdays``/``monthdays``/
+        ``time_of_day``, ``date`` or a delay). *trigger* may be left out when
+        the arguments say it: ``cron``/``crontab``/cron fields, ``date``/``delay``
+        or ``weeks``. A paused job stays paused with its new schedule.
+
+        The daemon emits ``JOB_RESCHEDULED``, or ``JOB_REQUEST_REFUSED`` when the
+        job is gone by then. Without *queue*, the queue in the job's record
+        (or, before the daemon stored the job, ``scheduler.default_queue``).
+
+        :returns: the job id.
+        :raises InvalidJob: a bad schedule, one that never fires, or a job
+            whose record says it has finished.
+
+        .. versionadded:: 1.0
+        """
+        name = self._job_queue(job_id, queue)
+        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
+        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
+        no_other_arguments(kind, trigger_args)
+        self._publish(JobRequest(op="reschedule", id=job_id, queue=name, trigger=spec))
+        return job_id
+
+    def pause_job(self, job_id: str, queue: str | None = None) -> str:
+        """Stop a job's runs until :meth:`resume_job` (a run in progress
+        finishes). Its record's status becomes ``paused``; ``JOB_PAUSED``.
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("pause", job_id, queue)
+
+    def resume_job(self, job_id: str, queue: str | None = None) -> str:
+        """Resume a paused job from its next fire time after now (the runs
+        it would have had while paused are not made up); ``JOB_RESUMED``.
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("resume", job_id, queue)
+
+    def run_job_now(self, job_id: str, queue: str | None = None) -> str:
+        """Run a scheduled job now, with the usual run events (``JOB_EXECUTED``
+        or ``JOB_ERROR`` with this job id). APScheduler then computes its next
+        run from this run: a cron job keeps its times, an interval job counts
+        its interval from now, a date job is done. A paused job is refused
+        (resume it first).
+
+        .. versionadded:: 1.0
+        """
+        return self._manage("run_now", job_id, queue)
+
+    def retry_job(self, job_id: str) -> str:
+        """Run a ``failed`` or ``interrupted`` job again, or have the daemons
+        try again to load a ``parked`` one.
+
+        A failed or interrupted job is added again from the request in its
+        record, with the same id, function, arguments and options: a one-off
+        job (run-now or date) runs at once, a recurring one resumes its
+        schedule. The new job replaces the finished one's record, run history
+        included; its retries (the ``retries=`` option) start again from the
+        first attempt. A parked job stays parked while its function cannot be
+        loaded: this sends ``restore-parked`` to its queue, so its daemon tries
+        now rather than at its next housekeeping.
+
+        :returns: the job id.
+        :raises InvalidJob: the job store has no record of the job, or its
+            status is not one of ``failed``, ``interrupted`` or ``parked``.
+
+        .. versionadded:: 1.0
+        """
+        check_name(job_id, "job_id")
+        row = self._ledger().get_job(job_id)
+        if row is None:
+            raise InvalidJob(f"job_id: the job store has no record of job {job_id!r}")
+        if row["status"] not in RETRYABLE:
+            raise InvalidJob(
+                f"job_id: job {job_id!r} is {row['status']}; only {', '.join(RETRYABLE)} jobs can be retried"
+            )
+        queue = str(row["queue"])
+        if row["status"] == "parked":
+            self._publish(JobRequest(op="message", id=new_id(), queue=queue, text="restore-parked"))
+            return job_id
+        request = json.loads(row["request"])
+        trigger = request["trigger"]
+        if trigger.get("type") in ("now", "date"):
+            trigger = trigger_spec("now", self.settings.timezone, run_date=self.now())
+        self._publish(
+            JobRequest(
+                op="add",
+                id=job_id,
+                queue=queue,
+                func=request["func"],
+                args=request.get("args") or [],
+                kwargs=request.get("kwargs") or {},
+                trigger=trigger,
+                options=request.get("options") or {},
+            )
+        )
+        return job_id
+
+    def _job_queue(self, job_id: str, queue: str | None) -> str:
+        """The queue of a job to manage: checked against its record when the
+        job store has one (a finished job is refused at once)."""
+        from pyramid_scheduler.store.tables import LIVE
+
+        check_name(job_id, "job_id")
+        if queue is not None and queue not in self.settings.queues:
+            raise InvalidQueue(queue, self.settings.queues)
+        row = None if self.settings.memory_store else self._ledger().get_job(job_id)
+        if row is None:
+            # Not stored yet (its add may still be on its way): where add_*_job sent it.
+            return queue or self.settings.default_queue
+        if queue is not None and row["queue"] != queue:
+            raise InvalidJob(f"queue: job {job_id!r} is on queue {row['queue']!r}, not {queue!r}")
+        if row["status"] not in LIVE:
+            raise InvalidJob(
+                f"job_id: job {job_id!r} is {row['status']}; only scheduled, running or paused jobs can be managed"
+            )
+        return str(row["queue"])
+
+    def _manage(self, op: str, job_id: str, queue: str | None) -> str:
+        self._publish(JobRequest(op=op, id=job_id, queue=self._job_queue(job_id, queue)))
+        return job_id

@@ -188,6 +188,8 @@ def rst(results: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
+    for later in results.get("later", []):
+        lines += [f"Parts measured again on {later['date']} with ``{later['command']}`` ({later['machine']}).", ""]
     if results.get("errors"):
         lines += [
             "Failed (see the run's output): " + "; ".join(f"{k} ({why})" for k, why in results["errors"].items()) + ".",
@@ -259,6 +261,9 @@ def rst(results: dict[str, Any]) -> str:
             ],
             rows,
         )
+    from bench import intake
+
+    lines += intake.rst(results)
     lines += [".. rubric:: Targets of issue 5 in this run", ""]
     rows = [
         [name, text, "—" if met is None else ("met" if met else "**not met**")] for name, text, met in targets(results)
@@ -277,7 +282,9 @@ def text_table(results: dict[str, Any]) -> str:
         for row in broker_rows(results, key):
             out.append(f"{row[0]:36}" + "".join(f"{cell:>12}" for cell in row[1:]))
     out.append("\nTargets")
-    for name, text, met in targets(results):
+    from bench import intake
+
+    for name, text, met in targets(results) + intake.targets(results):
         out.append(f"  [{'?' if met is None else ('ok' if met else 'NO')}] {name}: {text}")
     return "\n".join(out)
 

@@ -411,6 +411,10 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
             # samples of an idle daemon would say nothing.
             for gil in (False, True):
                 profile.profile_daemon(300 if quick else 6000, out_dir, 1 if quick else 5, gil)
+    elif part == "intake":
+        from bench import intake
+
+        intake.run(args, tmp, results, out_dir)
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"
@@ -423,6 +427,29 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
         raise ValueError(f"--only: unknown part {part!r}")
 
 
+#: What describes a whole run: a run of some parts keeps the earlier run's.
+HEADER = ("command", "date", "versions", "sizes", "reference", "elapsed_s")
+
+
+def carry_over(previous: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The results of a run of some parts (``--only``) laid over the earlier
+    run's *previous*: what this run measured replaces what that one had, the
+    rest is kept, and the run is listed under ``later``."""
+    merged = dict(previous)
+    for key, value in now.items():
+        if key in HEADER:
+            continue
+        if isinstance(value, dict) and isinstance(previous.get(key), dict):
+            merged[key] = {**previous[key], **value}
+        elif value or key not in previous:
+            merged[key] = value
+    merged["later"] = [
+        *previous.get("later", []),
+        {"command": now["command"], "date": now["date"], "machine": now["versions"].get("machine", "")},
+    ]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
@@ -431,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale intake (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -442,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="largest pending-job count, a power of ten "
         "(default 100000; quick 10000); 1000000 takes a few minutes more",
+    )
+    parser.add_argument("--intake", type=int, help="date jobs of the intake burst (default 100000; quick 2000)")
+    parser.add_argument(
+        "--intake-timeout", type=float, help="seconds the daemons may take to store it (default: 10 ms a job + 60)"
     )
     parser.add_argument("--drain-timeout", type=float, help="seconds a drain may take (default 20; quick 15)")
     parser.add_argument(
@@ -481,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args.fill_timeout = args.fill_timeout or (10.0 if quick else 15.0)
     args.lead_max = args.lead_max or (10.0 if quick else 20.0)
     args.grace = args.grace or 8.0
+    args.intake = args.intake or (2000 if quick else 100_000)
+    args.intake_timeout = args.intake_timeout or args.intake / 100 + 60
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
     parts = args.only or [
@@ -495,9 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         "fix",
         "profile",
         "scale",
+        "intake",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    unknown = [part for part in parts if part not in known | {"fix", "profile", "scale"} or part == "celery-sqlite"]
+    known |= {"fix", "profile", "scale", "intake"}
+    unknown = [part for part in parts if part not in known or part == "celery-sqlite"]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
     out_dir = args.out or DOCS_OUT
@@ -528,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                 "scale_max",
                 "scale_adds",
                 "scale_fires",
+                "intake",
+                "intake_timeout",
                 "fill_timeout",
                 "drain_timeout",
                 "lead_max",
@@ -555,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.monotonic() - started
     from bench import report
 
+    if args.only and json_out.exists():
+        results = carry_over(json.loads(json_out.read_text(encoding="utf-8")), results)
     json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.write(results, out_dir, plots=not args.no_plots)
     log(f"done in {results['elapsed_s']:.0f}s: {json_out}, {out_dir}/results.rst and plots")

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, tmp: Path, results: dict[str, Any], out_dir: P
     )
     if service_up("redis") and service_up("postgresql"):
         log("intake: profile of one daemon storing date jobs (py-spy)")
-        print(profile_intake(min(count, 20000), out_dir, 3 if args.quick else 8))
+        print(profile_intake(min(count, 30000), out_dir, 3 if args.quick else 8))
 
 
 def profile_intake(count: int, out: Path, seconds: float) -> str:
@@ -155,9 +155,11 @@ def profile_intake(count: int, out: Path, seconds: float) -> str:
             worker = start(system, 1)
             try:
                 wait_for(lambda: not worker.alive() or stored(system)[0], 120, 0.01)
-                before = stored(system)[0]
+                before, cpu0 = stored(system)[0], worker.cpu_s()
                 spy = sample(worker.proc.pid, seconds, raw, gil=True)
-                done = stored(system)[0] - before
+                done, cpu = stored(system)[0] - before, worker.cpu_s() - cpu0
+                if done >= count - before:
+                    log("intake: the burst was stored before the sampling ended (samples of an idle daemon)")
             finally:
                 worker.stop()
         finally:
@@ -168,7 +170,8 @@ def profile_intake(count: int, out: Path, seconds: float) -> str:
     lines = [
         f"pscheduler storing date jobs due tomorrow from a filled Redis queue (PostgreSQL job store): "
         f"{done:,} jobs stored in {seconds:g} s of sampling ({done / seconds:,.0f} jobs/s, slowed by the "
-        f"sampling); {total} samples of the thread holding the GIL (where the CPU goes).",
+        f"sampling; {1000 * cpu / max(done, 1):.2f} ms of the daemon's CPU per job); {total} samples of the "
+        f"thread holding the GIL (where the CPU goes; {100 * total / (250 * seconds):.0f} % of the time).",
         "",
         *lines_of["groups"],
         "",

@@ -128,8 +128,12 @@ def breakdown(raw: Path, top: int = 40) -> tuple[int, dict[str, list[str]]]:
     inclusive: collections.Counter[str] = collections.Counter()
     groups: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
+    # Lines end at "\n" only: a frame py-spy read while it changed may hold
+    # other line breaks (splitlines() would cut the stack there).
+    for line in raw.read_text(errors="replace").split("\n"):
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
         n = int(samples)
         total += n
         frames = stack.split(";")

@@ -48,3 +48,34 @@ def test_bench_quick_raw_redis(tmp_path):
     table = (out / "results.rst").read_text()
     assert "redis-py LPUSH/BRPOP" in table and "enqueue p50 (ms)" in table
     assert "Redis enqueue p50 ≤ 1.2× raw LPUSH" in table
+
+
+def test_bench_quick_intake_keeps_the_earlier_parts(tmp_path):
+    """The intake part on Redis + PostgreSQL, one daemon and two, and the
+    SQLite default; a run of some parts keeps the other parts of the
+    previous results."""
+    require_service("redis")
+    require_service("postgresql")
+    out = tmp_path / "out"
+
+    def bench(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "--quick", "--no-plots", "--out", str(out), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads((out / "results.json").read_text())
+
+    bench("--only", "raw-redis", "--drain", "100", "--latency", "20")
+    results = bench("--only", "intake", "--intake", "300")
+    assert results["systems"]["raw-redis"]["drain"]["done"] == 100  # kept
+    assert [later["command"].split("--only ")[1][:6] for later in results["later"]] == ["intake"]
+    runs = {(run["broker"], run["processes"]): run for run in results["intake"]}
+    assert set(runs) == {("redis", 1), ("redis", 2), ("sqlite", 1)}
+    assert all(run["stored"] == run["jobs"] and run["jobs_per_s"] > 0 for run in runs.values())
+    assert sum(runs["redis", 2]["held"]) == 300
+    table = (out / "results.rst").read_text()
+    assert "Date-job intake" in table and "redis-py LPUSH/BRPOP" in table and "Parts measured again" in table

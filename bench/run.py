@@ -589,13 +589,13 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results["errors"][part] = f"{type(exc).__name__}: {exc}"
                 log(f"{part}: FAILED ({results['errors'][part]}); going on")
-    results["elapsed_s"] = time.monotonic() - started
+    elapsed = results["elapsed_s"] = time.monotonic() - started
     from bench import report
 
     if args.only and json_out.exists():
         results = carry_over(json.loads(json_out.read_text(encoding="utf-8")), results)
     json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.write(results, out_dir, plots=not args.no_plots)
-    log(f"done in {results['elapsed_s']:.0f}s: {json_out}, {out_dir}/results.rst and plots")
+    log(f"done in {elapsed:.0f}s: {json_out}, {out_dir}/results.rst and plots")
     print(report.text_table(results))
     return 0

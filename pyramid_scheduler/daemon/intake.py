@@ -5,7 +5,8 @@ request, and scheduling (:mod:`.scheduling`), which runs stored jobs when
 they are due. An ``add`` is checked again (:func:`~pyramid_scheduler.wire.messages.admit`), its
 trigger built, and the job written to its queue's SQL job store in one
 transaction with its ledger row, so a redelivered message is absorbed by job
-id, before the message is acked. A run-now job goes straight to the worker
+id, before the message is acked; the jobs of several requests of one batch
+share that transaction. A run-now job goes straight to the worker
 pool (:mod:`.execution`) when the pool has room, stored with one ``INSERT``
 of its ledger row only; several of them among the requests of one batch
 share that ``INSERT``. A run-now job sent with ``durable=False`` is stored

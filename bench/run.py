@@ -3,7 +3,8 @@
 One run measures, on this machine, pyramid_scheduler on Redis and RabbitMQ
 (PostgreSQL job store) and on the embedded SQLite default (SQLite job store),
 the raw broker loops with the same payload (:mod:`bench.raw`) and Celery with
-the same broker (:mod:`bench.celery_app`), then writes ``bench/results.json``,
+the same broker (:mod:`bench.celery_app`), then several daemons and
+processes against Celery, Dramatiq and huey (:mod:`bench.scaleout`), and writes ``bench/results.json``,
 ``docs/_bench/results.rst`` (included by docs/performance.rst) and the PNG
 plots next to it. The method is described in docs/performance.rst.
 """
@@ -330,6 +331,8 @@ def versions() -> dict[str, str]:
         "amqp",
         "pika",
         "celery",
+        "dramatiq",
+        "huey",
         "APScheduler",
         "SQLAlchemy",
         "psycopg",
@@ -411,6 +414,14 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
             # samples of an idle daemon would say nothing.
             for gil in (False, True):
                 profile.profile_daemon(300 if quick else 6000, out_dir, 1 if quick else 5, gil)
+    elif part == "scale-out":
+        if not (service_up("redis") and service_up("postgresql")):
+            results["skipped"]["scale-out"] = "redis or postgresql not reachable"
+            return
+        from bench import scaleout
+
+        results["scale_out"] = scaleout.run(args, tmp)
+        results["scale_out"]["command"] = results["command"]
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"
@@ -423,6 +434,29 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
         raise ValueError(f"--only: unknown part {part!r}")
 
 
+def merge(old: dict[str, Any], new: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """*old* with the parts *new* measured put in, and a note of when and how."""
+    for key in ("systems", "skipped", "errors"):
+        for part in parts:
+            old[key].pop(part, None)
+        old[key].update(new[key])
+    for key in ("client_fix", "scale", "scale_out"):
+        if key in new and (new[key] or key not in old):
+            old[key] = new[key]
+    for name, value in new["versions"].items():
+        old["versions"].setdefault(name, value)
+    old.setdefault("merged", []).append(
+        {
+            "parts": parts,
+            "command": new["command"],
+            "date": new["date"],
+            "elapsed_s": new["elapsed_s"],
+            "machine": new["versions"].get("machine", ""),
+        }
+    )
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
@@ -431,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -455,7 +489,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grace", type=float, help="seconds a job may start after it was due before it counts as missing (default 8)"
     )
+    parser.add_argument(
+        "--scale-out-counts",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="scale-out: the numbers of processes (default 1 2 4; quick 1 2)",
+    )
+    parser.add_argument(
+        "--scale-out-systems",
+        nargs="+",
+        choices=["ours", "celery", "dramatiq", "huey"],
+        help="scale-out: only these systems (default: all)",
+    )
+    parser.add_argument("--scale-out-drain", type=int, help="scale-out: no-op jobs per drain (default 3000; quick 400)")
+    parser.add_argument(
+        "--scale-out-cpu", type=int, help="scale-out: CPU-bound (20 ms) jobs per drain (default 150; quick 40)"
+    )
+    parser.add_argument(
+        "--scale-out-latency", type=int, help="scale-out: run-now jobs at 200/s per lane (default 600; quick 100)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: put this run's parts into the existing results.json, keeping the other "
+        "parts of the run that wrote it (the tables then say which parts were run when)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -483,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     args.grace = args.grace or 8.0
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
+    args.counts = args.scale_out_counts or ([1, 2] if quick else [1, 2, 4])
+    args.so_systems = args.scale_out_systems or ["ours", "celery", "dramatiq", "huey"]
+    args.so_drain = args.scale_out_drain or (400 if quick else 3000)
+    args.so_cpu = args.scale_out_cpu or (40 if quick else 150)
+    args.so_latency = args.scale_out_latency or (100 if quick else 600)
     parts = args.only or [
         "ours-redis",
         "raw-redis",
@@ -495,9 +560,14 @@ def main(argv: list[str] | None = None) -> int:
         "fix",
         "profile",
         "scale",
+        "scale-out",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    unknown = [part for part in parts if part not in known | {"fix", "profile", "scale"} or part == "celery-sqlite"]
+    unknown = [
+        part
+        for part in parts
+        if part not in known | {"fix", "profile", "scale", "scale-out"} or part == "celery-sqlite"
+    ]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
     out_dir = args.out or DOCS_OUT
@@ -554,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{part}: FAILED ({results['errors'][part]}); going on")
     results["elapsed_s"] = time.monotonic() - started
     from bench import report
+
+    if args.merge:
+        results = merge(json.loads(json_out.read_text(encoding="utf-8")), results, parts)
 
     json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.write(results, out_dir, plots=not args.no_plots)

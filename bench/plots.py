@@ -109,8 +109,9 @@ def scale_out_plot(results: dict[str, Any], out_dir: Path) -> None:
             if points:
                 color, style = styles[series]
                 ax.plot(*zip(*points, strict=True), style, color=color, label=label)
-            if series.startswith("ours") and path[0] == "latency":
-                fast = [(n, r["latency_fast"]["p50"]) for n in counts if (r := _run(results, series, n))]
+            lane = {"noop": "noop_fast", "latency": "latency_fast"}.get(path[0])
+            if series.startswith("ours") and lane:
+                fast = [(n, r[lane][path[1]]) for n in counts if (r := _run(results, series, n)) and lane in r]
                 if fast:
                     ax.plot(
                         *zip(*fast, strict=True), style, color=color, alpha=0.5, lw=1, label=f"{label}, durable=False"

@@ -99,10 +99,13 @@ def pg_round_trips() -> tuple[float, float]:
     return statistics.median(selects) * 1000, statistics.median(commits) * 1000
 
 
-def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False, daemons: int = 1) -> str:
+def profile_daemon(
+    count: int, out: Path, seconds: float, gil: bool = False, daemons: int = 1, fast: bool = False
+) -> str:
     """py-spy samples of a ``pscheduler`` draining a Redis queue (PostgreSQL
     job store), taken once it runs jobs; the report. With *daemons* above
-    1, the first of that many daemons draining the queue together."""
+    1, the first of that many daemons draining the queue together; with
+    *fast*, of ``durable=False`` jobs."""
     from bench import scaleout
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -110,6 +113,7 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False, dae
         system = Ours("redis", tmp, **({"lease.ttl": scaleout.LEASE_TTL} if daemons > 1 else {}))
         path = str(tmp / "drain.txt")
         raw = out / "daemon.collapsed"
+        enqueue = system.enqueue_fast if fast else system.enqueue
         workers = []
         try:
             if daemons > 1:
@@ -118,12 +122,12 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False, dae
                 scaleout.warm_up(setup, system, workers, tmp)
                 for each in workers:
                     each.pause()
-                timed(system.enqueue, path, "d", count)
+                timed(enqueue, path, "d", count)
                 for each in workers:
                     each.resume()
                 worker = workers[0]
             else:
-                timed(system.enqueue, path, "d", count)
+                timed(enqueue, path, "d", count)
                 worker = system.start_worker()
                 workers = [worker]
             wait_for(lambda: jobs.read(path), 120)
@@ -181,6 +185,8 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False, dae
         else f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
         f"of sampling ({done / seconds:.0f} jobs/s)"
     )
+    if fast:
+        which = which.replace("draining a Redis queue", "draining a Redis queue of durable=False jobs")
     lines = [
         f"{which}; {total} {what}.",
         "",
@@ -198,7 +204,7 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False, dae
         f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(40) if "_bootstrap" not in frame
     ]
     report = "\n".join(lines)
-    name = f"profile-daemon{f'-{daemons}' if daemons > 1 else ''}{'-cpu' if gil else ''}.txt"
+    name = f"profile-daemon{f'-{daemons}' if daemons > 1 else ''}{'-fast' if fast else ''}{'-cpu' if gil else ''}.txt"
     (out / name).write_text(report + "\n", encoding="utf-8")
     return report
 
@@ -214,6 +220,7 @@ def main() -> None:
         help="daemon: sample only the thread holding the GIL (where its CPU goes, not where it waits)",
     )
     parser.add_argument("--daemons", type=int, default=1, help="daemon: sample the first of this many daemons")
+    parser.add_argument("--fast", action="store_true", help="daemon: drain durable=False jobs")
     parser.add_argument("--out", type=Path, default=Path("/tmp/pscheduler-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +228,7 @@ def main() -> None:
         print(profile_enqueue(args.count, args.out))
     if args.what in ("daemon", "both"):
         started = time.monotonic()
-        print(profile_daemon(args.count, args.out, args.seconds, args.gil, args.daemons))
+        print(profile_daemon(args.count, args.out, args.seconds, args.gil, args.daemons, args.fast))
         print(f"({time.monotonic() - started:.0f}s)")
 
 

@@ -189,21 +189,23 @@ def scale_out_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | No
     out: list[tuple[str, str, bool | None]] = []
     counts = (results.get("scale_out") or {}).get("counts", [])
 
-    def ratio_target(name: str, a: float | None, b: float | None, at_least: float, text: str) -> None:
+    def ratio_target(name: str, a: float | None, b: float | None, at_least: float, text: str, more: str = "") -> None:
         if a is None or b is None or math.isnan(a) or math.isnan(b) or not b:
             out.append((name, "not measured in this run", None))
         else:
-            out.append((name, f"{text} ({_ratio(a, b)})", a / b >= at_least))
+            out.append((name, f"{text} ({_ratio(a, b)}){'; ' + more if more else ''}", a / b >= at_least))
 
     p2 = _get(_run(results, "ours-processes", 2), "noop", "jobs_per_s")
     one = _get(_run(results, "ours-daemons", 1), "noop", "jobs_per_s")
     dq2 = _get(_run(results, "dramatiq", 2), "noop", "jobs_per_s")
+    f2 = _get(_run(results, "ours-processes", 2), "noop_fast", "jobs_per_s")
     ratio_target(
         "no-op drain, --processes 2 ≥ Dramatiq's with 2 processes",
         p2,
         dq2,
         1.0,
         f"{_fmt(p2)} vs {_fmt(dq2)} jobs/s",
+        f"durable=False {_fmt(f2)} ({_ratio(f2, dq2)})",
     )
     ratio_target("no-op drain, --processes 2 ≥ 1.6× one daemon", p2, one, 1.6, f"{_fmt(p2)} vs {_fmt(one)} jobs/s")
     c2 = _get(_run(results, "ours-processes", 2), "cpu", "jobs_per_s")
@@ -214,7 +216,8 @@ def scale_out_targets(results: dict[str, Any]) -> list[tuple[str, str, bool | No
         c2,
         c1,
         1.8,
-        f"{_fmt(c2)} vs {_fmt(c1)} jobs/s; 2 separate daemons {_fmt(d2)} ({_ratio(d2, c1)})",
+        f"{_fmt(c2)} vs {_fmt(c1)} jobs/s",
+        f"2 separate daemons {_fmt(d2)} ({_ratio(d2, c1)})",
     )
     for name, lane, other, label in (
         ("run-now p50, durable=False, ≤ huey's", "latency_fast", "huey", "huey"),
@@ -254,7 +257,7 @@ def scale_out_rst(results: dict[str, Any]) -> str:
         "process (pyramid_scheduler: one daemon).",
         "",
     ]
-    throughput, latency = [], []
+    throughput, latency, cores = [], [], []
     for series, label in SCALE_OUT_SERIES.items():
         for n in counts:
             r = _run(results, series, n)
@@ -268,15 +271,21 @@ def scale_out_rst(results: dict[str, Any]) -> str:
                     str(n),
                     _fmt(noop),
                     _ratio(noop, _get(base, "noop", "jobs_per_s")),
+                    _fmt(_get(r, "noop_fast", "jobs_per_s")),
                     _fmt(_get(r, "noop", "cpu_ms_per_job")),
                     _fmt(cpu, 1),
                     _ratio(cpu, _get(base, "cpu", "jobs_per_s")),
-                    _fmt(_get(r, "cpu", "job_ms_p50"), 1),
+                    _fmt(_get(r, "cpu", "cpu_ms_per_job"), 1),
                 ]
             )
             latency.append(
                 [label, str(n)]
                 + [_fmt(_get(r, lane, q)) for lane in ("latency", "latency_fast") for q in ("p50", "p99")]
+            )
+            cores.append(
+                [label, str(n), _fmt(r.get("load"), 1)]
+                + [_fmt(_get(r, part, "cores", who)) for part in ("noop", "cpu") for who in ("workers", "machine")]
+                + [" / ".join(str(k) for k in r[part].get("per_process", [])) for part in ("noop", "cpu")]
             )
     lines += _table(
         [
@@ -284,18 +293,40 @@ def scale_out_rst(results: dict[str, Any]) -> str:
             "N",
             "no-op drain (jobs/s)",
             "× 1",
+            "no-op drain, durable=False (jobs/s)",
             "workers' CPU per no-op job (ms)",
             "CPU-bound drain (jobs/s)",
             "× 1",
-            "CPU-bound job's wall time p50 (ms)",
+            "workers' CPU per CPU-bound job (ms)",
         ],
         throughput,
-        "30 6 12 8 12 12 8 12",
+        "28 5 11 8 11 11 11 8 11",
     )
     lines += _table(
         ["setup", "N", "run-now p50 (ms)", "run-now p99 (ms)", "durable=False p50 (ms)", "durable=False p99 (ms)"],
         latency,
         "30 6 16 16 16 16",
+    )
+    lines += [
+        "Where the cores went: the load average as the setup started; the cores the workers and the "
+        "whole machine (the workers, PostgreSQL, Redis, the bench, anything else) kept busy during "
+        "each drain, on average; the jobs each process ran, busiest first.",
+        "",
+    ]
+    lines += _table(
+        [
+            "setup",
+            "N",
+            "load",
+            "no-op: workers' cores",
+            "no-op: machine's cores",
+            "CPU-bound: workers' cores",
+            "CPU-bound: machine's cores",
+            "no-op jobs per process",
+            "CPU-bound jobs per process",
+        ],
+        cores,
+        "24 5 7 9 9 9 9 14 14",
     )
     incomplete = [f"{key}: {r['incomplete']}" for key, r in so["runs"].items() if r.get("incomplete")]
     if incomplete:

@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scale-out-drain", type=int, help="scale-out: no-op jobs per drain (default 3000; quick 400)")
     parser.add_argument(
-        "--scale-out-cpu", type=int, help="scale-out: CPU-bound (20 ms) jobs per drain (default 150; quick 40)"
+        "--scale-out-cpu", type=int, help="scale-out: CPU-bound (20 ms) jobs per drain (default 200; quick 40)"
     )
     parser.add_argument(
         "--scale-out-latency", type=int, help="scale-out: run-now jobs at 200/s per lane (default 600; quick 100)"
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     args.counts = args.scale_out_counts or ([1, 2] if quick else [1, 2, 4])
     args.so_systems = args.scale_out_systems or ["ours", "celery", "dramatiq", "huey"]
     args.so_drain = args.scale_out_drain or (400 if quick else 3000)
-    args.so_cpu = args.scale_out_cpu or (40 if quick else 150)
+    args.so_cpu = args.scale_out_cpu or (40 if quick else 200)
     args.so_latency = args.scale_out_latency or (100 if quick else 600)
     parts = args.only or [
         "ours-redis",
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results["errors"][part] = f"{type(exc).__name__}: {exc}"
                 log(f"{part}: FAILED ({results['errors'][part]}); going on")
-    results["elapsed_s"] = time.monotonic() - started
+    results["elapsed_s"] = elapsed = time.monotonic() - started
     from bench import report
 
     if args.merge:
@@ -630,6 +630,6 @@ def main(argv: list[str] | None = None) -> int:
 
     json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.write(results, out_dir, plots=not args.no_plots)
-    log(f"done in {results['elapsed_s']:.0f}s: {json_out}, {out_dir}/results.rst and plots")
+    log(f"done in {elapsed:.0f}s: {json_out}, {out_dir}/results.rst and plots")
     print(report.text_table(results))
     return 0

@@ -6,7 +6,7 @@ with 1, 2 and 4 daemons (separate ``pscheduler`` processes) and with
 N``), Dramatiq (``--processes N``) and huey (``-k process -w N``) with 1, 2
 and 4 processes: the drain rate of no-op jobs and of CPU-bound jobs (20 ms
 of pure-Python work, :func:`bench.jobs.spin`), and the run-now latency at a
-steady rate (ours: durable and ``durable=False``). :mod:`bench.report`
+steady rate (ours: durable and ``durable=False``; the no-op drain too). :mod:`bench.report`
 turns the results into the table, the targets and the plot.
 
 Each setup's workers are started and warmed up (their first jobs run, their
@@ -108,19 +108,12 @@ def cpu(workers: list[Worker]) -> float:
     return sum(worker.cpu_s() for worker in workers)
 
 
-def machine() -> dict[str, float]:
-    """CPU seconds so far: the whole machine's busy time, and PostgreSQL's
-    and Redis's processes' (all their sessions: the servers are shared)."""
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy so far (all cores)."""
     import psutil
 
     times = psutil.cpu_times()
-    found = {"busy": sum(times) - times.idle - getattr(times, "iowait", 0.0), "postgres": 0.0, "redis": 0.0}
-    for proc in psutil.process_iter(["name", "cpu_times"]):
-        name, spent = proc.info["name"] or "", proc.info["cpu_times"]
-        for server in ("postgres", "redis"):
-            if name.startswith(server) and spent is not None:
-                found[server] += spent.user + spent.system
-    return found
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def check(workers: list[Worker], what: str) -> None:
@@ -169,17 +162,17 @@ def drain(
         worker.pause()
     try:
         expected = len(timed(enqueue, path, "d", count, sizes.fill_timeout))
-        cpu0, machine0, wall0 = cpu(workers), machine(), time.monotonic()
+        cpu0, busy0, wall0 = cpu(workers), machine_busy(), time.monotonic()
     finally:
         for worker in workers:
             worker.resume()
     wait_for(lambda: not all(w.alive() for w in workers) or len(jobs.read(path)) >= expected, sizes.drain_timeout, 0.05)
-    used, machine1, wall = cpu(workers) - cpu0, machine(), time.monotonic() - wall0
+    used, busy, wall = cpu(workers) - cpu0, machine_busy() - busy0, time.monotonic() - wall0
     result: dict[str, Any] = {"jobs": expected}
-    # Cores busy during the drain: the workers', PostgreSQL's, Redis's, the whole machine's.
-    result["cores"] = {"workers": used / wall} | {k: (machine1[k] - machine0[k]) / wall for k in machine0}
-    shares = sorted(jobs.pids(path).values(), reverse=True)
-    result["per_process"] = shares
+    # Cores busy during the drain: the workers', and the whole machine's (the
+    # services, the bench, and whatever else runs on a shared machine).
+    result["cores"] = {"workers": used / wall, "machine": busy / wall}
+    result["per_process"] = sorted(jobs.pids(path).values(), reverse=True)
     if spans:
         runs = jobs.spans(path)
         done = len(runs)
@@ -222,6 +215,10 @@ def measure_setup(setup: Setup, sizes: argparse.Namespace, tmp: Path, loops: int
         noop = drain(workers, system.enqueue, str(tmp / f"{setup.key}-noop.txt"), sizes.so_drain, sizes, False)
         check(workers, setup.key)
         result["noop"] = noop
+        if system.has_fast:
+            path = str(tmp / f"{setup.key}-noop-fast.txt")
+            result["noop_fast"] = drain(workers, system.enqueue_fast, path, sizes.so_drain, sizes, False)
+            check(workers, setup.key)
 
         def spin(path: str, tag: str, sent: float) -> None:
             system.enqueue_spin(path, tag, sent, loops)
@@ -233,8 +230,8 @@ def measure_setup(setup: Setup, sizes: argparse.Namespace, tmp: Path, loops: int
             result[key] = latency(workers, enqueue, str(tmp / f"{setup.key}-{key}.txt"), sizes.so_latency, sizes.grace)
         incomplete = [
             f"{part}: {result[part]['done']:,} of {result[part]['jobs']:,} run in {sizes.drain_timeout:g} s"
-            for part in ("noop", "cpu")
-            if result[part]["done"] < result[part]["jobs"]
+            for part in ("noop", "noop_fast", "cpu")
+            if part in result and result[part]["done"] < result[part]["jobs"]
         ]
         incomplete += [f"{key}: {result[key]['missing']:,} missing" for key, _ in lanes if result[key]["missing"]]
         if incomplete:
@@ -245,7 +242,9 @@ def measure_setup(setup: Setup, sizes: argparse.Namespace, tmp: Path, loops: int
         system.close()
     fast = f", durable=False p50 {result['latency_fast']['p50']:.2f} ms" if "latency_fast" in result else ""
     log(
-        f"scale-out {setup.key}: no-op {result['noop']['jobs_per_s']:.0f} jobs/s, "
+        f"scale-out {setup.key}: no-op {result['noop']['jobs_per_s']:.0f} jobs/s"
+        + (f" (durable=False {result['noop_fast']['jobs_per_s']:.0f})" if "noop_fast" in result else "")
+        + ", "
         f"CPU-bound {result['cpu']['jobs_per_s']:.1f} jobs/s, run-now p50 {result['latency']['p50']:.2f} ms{fast}"
     )
     return result

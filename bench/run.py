@@ -445,7 +445,9 @@ def merge(old: dict[str, Any], new: dict[str, Any], parts: list[str]) -> dict[st
             old[key] = new[key]
     for name, value in new["versions"].items():
         old["versions"].setdefault(name, value)
-    old.setdefault("merged", []).append(
+    # A part merged again replaces its earlier note.
+    old["merged"] = [m for m in old.get("merged", []) if not set(m["parts"]) <= set(parts)]
+    old["merged"].append(
         {
             "parts": parts,
             "command": new["command"],

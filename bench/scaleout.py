@@ -73,15 +73,6 @@ class Setup:
         return f"{self.series}-{self.count}"
 
     def start(self, system: System) -> list[Worker]:
-        if isinstance(system, Ours):
-            # Make the job store's tables with one daemon first: N daemons
-            # started together on an empty store race to create
-            # APScheduler's table, and all but one may die of it.
-            first = system.start_worker()
-            try:
-                wait_for(lambda: not first.alive() or system.live_daemons() >= 1, 90, 0.1)
-            finally:
-                first.stop()
         if self.mode == "daemons":
             return [system.start_worker() for _ in range(self.count)]
         return [system.start_worker(processes=self.count)]  # type: ignore[call-arg]

@@ -9,7 +9,7 @@
   (inclusive), and writes the collapsed stacks for a flame graph. With
   ``--daemons D``, D daemons are started and warmed up first, paused while
   the queue fills and resumed together (as in :mod:`bench.scaleout`); the
-  first of them is sampled.
+  first of them is sampled. With ``--fast``, the jobs are ``durable=False``.
 
 Output goes to stdout and ``--out`` (default /tmp/pscheduler-profile).
 """
@@ -99,6 +99,64 @@ def pg_round_trips() -> tuple[float, float]:
     return statistics.median(selects) * 1000, statistics.median(commits) * 1000
 
 
+def sample(pid: int, seconds: float, raw: Path, gil: bool = False) -> subprocess.CompletedProcess[str]:
+    """``py-spy record`` of process *pid* for *seconds*,
+    collapsed stacks into *raw*; with *gil*, only the thread holding the GIL."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            *(["--gil"] if gil else []),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def breakdown(raw: Path, top: int = 40) -> tuple[int, dict[str, list[str]]]:
+    """The samples in the collapsed stacks *raw*, and the report's lines:
+    ``groups`` (where the samples end, by package) and ``inclusive`` (the
+    functions on the stack, by share of the samples)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    groups: collections.Counter[str] = collections.Counter()
+    total = 0
+    # Lines end at "\n" only: a frame py-spy read while it changed may hold
+    # other line breaks (splitlines() would cut the stack there).
+    for line in raw.read_text(errors="replace").split("\n"):
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[re.sub(r" \(.*site-packages/", " (", frame)] += n
+        leaf = frames[-1]
+        groups[next((label for needle, label in GROUPS if needle in leaf), "other (interpreter, stdlib)")] += n
+    total = max(total, 1)
+    return total, {
+        "groups": ["Where the samples end (leaf frame), by package:"]
+        + [f"  {100 * n / total:5.1f}%  {label}" for label, n in groups.most_common()],
+        "inclusive": ["Functions on the stack (inclusive share of the samples):"]
+        + [
+            f"  {100 * n / total:5.1f}%  {frame}"
+            for frame, n in inclusive.most_common(top)
+            if "_bootstrap" not in frame
+        ],
+    }
+
+
 def profile_daemon(
     count: int, out: Path, seconds: float, gil: bool = False, daemons: int = 1, fast: bool = False
 ) -> str:
@@ -132,26 +190,7 @@ def profile_daemon(
                 workers = [worker]
             wait_for(lambda: jobs.read(path), 120)
             before = len(jobs.read(path))
-            spy = subprocess.run(
-                [
-                    str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(worker.proc.pid),
-                    "--duration",
-                    str(int(seconds)),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--nonblocking",
-                    *(["--gil"] if gil else []),
-                ],
-                capture_output=True,
-                text=True,
-            )
+            spy = sample(worker.proc.pid, seconds, raw, gil)
             done = len(jobs.read(path)) - before
             share = sum(n for pid, n in jobs.pids(path).items() if pid == str(worker.proc.pid)) / max(1, done + before)
         finally:
@@ -160,49 +199,30 @@ def profile_daemon(
             system.close()
     if spy.returncode != 0:
         return f"py-spy failed: {spy.stderr.strip()}"
-    inclusive: collections.Counter[str] = collections.Counter()
-    groups: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        n = int(samples)
-        total += n
-        frames = stack.split(";")
-        for frame in set(frames):
-            inclusive[re.sub(r" \(.*site-packages/", " (", frame)] += n
-        leaf = frames[-1]
-        groups[next((label for needle, label in GROUPS if needle in leaf), "other (interpreter, stdlib)")] += n
+    total, lines_of = breakdown(raw)
     what = (
         "samples of the thread holding the GIL (where the CPU goes)"
         if gil
         else "samples of busy threads (where the time goes, waits included)"
     )
+    queue = "a Redis queue of durable=False jobs" if fast else "a Redis queue"
     which = (
-        f"the first of {daemons} pscheduler daemons draining a Redis queue together (PostgreSQL job store): "
+        f"the first of {daemons} pscheduler daemons draining {queue} together (PostgreSQL job store): "
         f"{done} jobs run by the {daemons} in {seconds:g} s of sampling ({done / seconds:.0f} jobs/s), "
         f"{100 * share:.0f} % of the drain's jobs by the one sampled"
         if daemons > 1
-        else f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
+        else f"pscheduler draining {queue} (PostgreSQL job store): {done} jobs run in {seconds:g} s "
         f"of sampling ({done / seconds:.0f} jobs/s)"
     )
-    if fast:
-        which = which.replace("draining a Redis queue", "draining a Redis queue of durable=False jobs")
-    lines = [
-        f"{which}; {total} {what}.",
-        "",
-        "Where the samples end (leaf frame), by package:",
-    ]
-    lines += [f"  {100 * n / total:5.1f}%  {label}" for label, n in groups.most_common()]
+    lines = [f"{which}; {total} {what}.", ""]
+    lines += lines_of["groups"]
     select_ms, commit_ms = pg_round_trips()
     lines += [
         "",
         f"PostgreSQL on this machine, measured just after: SELECT 1 {select_ms:.2f} ms, "
         f"INSERT + COMMIT {commit_ms:.2f} ms (median of 200).",
     ]
-    lines += ["", "Functions on the stack (inclusive share of the samples):"]
-    lines += [
-        f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(40) if "_bootstrap" not in frame
-    ]
+    lines += ["", *lines_of["inclusive"]]
     report = "\n".join(lines)
     name = f"profile-daemon{f'-{daemons}' if daemons > 1 else ''}{'-fast' if fast else ''}{'-cpu' if gil else ''}.txt"
     (out / name).write_text(report + "\n", encoding="utf-8")

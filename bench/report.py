@@ -244,11 +244,15 @@ def scale_out_rst(results: dict[str, Any]) -> str:
         return "\n".join([*lines, "The scale-out part was not measured in this run.", ""])
     counts = so["counts"]
     sizes = so["sizes"]
-    v = results["versions"]
+    v = {**results["versions"], **so.get("versions", {})}
     lines += [
         f"Run of {so['date']} with ``{so['command']}`` ({so['elapsed_s']:.0f} s for this part), load "
         f"average {so['load_start']:.1f} at its start on {v.get('machine', '?').split(', load')[0]}; "
-        + ", ".join(f"{k} {v[k]}" for k in ("celery", "dramatiq", "huey", "redis-server", "postgresql") if k in v)
+        + ", ".join(
+            f"{k} {v[k]}"
+            for k in ("pyramid_scheduler", "celery", "dramatiq", "huey", "kombu", "redis-server", "postgresql")
+            if k in v
+        )
         + ".",
         "",
         f"Per setup: {sizes['drain']:,} no-op jobs and {sizes['cpu']:,} CPU-bound jobs ({so['spin_loops']:,} "
@@ -369,12 +373,8 @@ def rst(results: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
-    for merged in results.get("merged", []):
-        lines += [
-            f"Re-run and put in since: {', '.join(merged['parts'])}, on {merged['date']} with "
-            f"``{merged['command']}`` ({merged['elapsed_s']:.0f} s; {merged['machine']}).",
-            "",
-        ]
+    for later in results.get("later", []):
+        lines += [f"Parts measured again on {later['date']} with ``{later['command']}`` ({later['machine']}).", ""]
     if results.get("errors"):
         lines += [
             "Failed (see the run's output): " + "; ".join(f"{k} ({why})" for k, why in results["errors"].items()) + ".",
@@ -446,6 +446,9 @@ def rst(results: dict[str, Any]) -> str:
             ],
             rows,
         )
+    from bench import intake
+
+    lines += intake.rst(results)
     lines += [".. rubric:: Targets of issue 5 in this run", ""]
     rows = [
         [name, text, "—" if met is None else ("met" if met else "**not met**")] for name, text, met in targets(results)
@@ -464,7 +467,9 @@ def text_table(results: dict[str, Any]) -> str:
         for row in broker_rows(results, key):
             out.append(f"{row[0]:36}" + "".join(f"{cell:>12}" for cell in row[1:]))
     out.append("\nTargets")
-    for name, text, met in targets(results):
+    from bench import intake
+
+    for name, text, met in targets(results) + intake.targets(results):
         out.append(f"  [{'?' if met is None else ('ok' if met else 'NO')}] {name}: {text}")
     so = results.get("scale_out")
     if so and so.get("runs"):

@@ -422,6 +422,10 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
 
         results["scale_out"] = scaleout.run(args, tmp)
         results["scale_out"]["command"] = results["command"]
+    elif part == "intake":
+        from bench import intake
+
+        intake.run(args, tmp, results, out_dir)
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"
@@ -434,29 +438,27 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
         raise ValueError(f"--only: unknown part {part!r}")
 
 
-def merge(old: dict[str, Any], new: dict[str, Any], parts: list[str]) -> dict[str, Any]:
-    """*old* with the parts *new* measured put in, and a note of when and how."""
-    for key in ("systems", "skipped", "errors"):
-        for part in parts:
-            old[key].pop(part, None)
-        old[key].update(new[key])
-    for key in ("client_fix", "scale", "scale_out"):
-        if key in new and (new[key] or key not in old):
-            old[key] = new[key]
-    for name, value in new["versions"].items():
-        old["versions"].setdefault(name, value)
-    # A part merged again replaces its earlier note.
-    old["merged"] = [m for m in old.get("merged", []) if not set(m["parts"]) <= set(parts)]
-    old["merged"].append(
-        {
-            "parts": parts,
-            "command": new["command"],
-            "date": new["date"],
-            "elapsed_s": new["elapsed_s"],
-            "machine": new["versions"].get("machine", ""),
-        }
-    )
-    return old
+#: What describes a whole run: a run of some parts keeps the earlier run's.
+HEADER = ("command", "date", "versions", "sizes", "reference", "elapsed_s")
+
+
+def carry_over(previous: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The results of a run of some parts (``--only``) laid over the earlier
+    run's *previous*: what this run measured replaces what that one had, the
+    rest is kept, and the run is listed under ``later``."""
+    merged = dict(previous)
+    for key, value in now.items():
+        if key in HEADER:
+            continue
+        if isinstance(value, dict) and isinstance(previous.get(key), dict):
+            merged[key] = {**previous[key], **value}
+        elif value or key not in previous:
+            merged[key] = value
+    merged["later"] = [
+        *previous.get("later", []),
+        {"command": now["command"], "date": now["date"], "machine": now["versions"].get("machine", "")},
+    ]
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -478,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="largest pending-job count, a power of ten "
         "(default 100000; quick 10000); 1000000 takes a few minutes more",
+    )
+    parser.add_argument("--intake", type=int, help="date jobs of the intake burst (default 100000; quick 2000)")
+    parser.add_argument(
+        "--intake-timeout", type=float, help="seconds the daemons may take to store it (default: 10 ms a job + 60)"
     )
     parser.add_argument("--drain-timeout", type=float, help="seconds a drain may take (default 20; quick 15)")
     parser.add_argument(
@@ -513,12 +519,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="with --only: put this run's parts into the existing results.json, keeping the other "
-        "parts of the run that wrote it (the tables then say which parts were run when)",
-    )
-    parser.add_argument(
         "--report-only",
         action="store_true",
         help="measure nothing: rewrite the table and plots from the existing results.json",
@@ -543,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     args.fill_timeout = args.fill_timeout or (10.0 if quick else 15.0)
     args.lead_max = args.lead_max or (10.0 if quick else 20.0)
     args.grace = args.grace or 8.0
+    args.intake = args.intake or (2000 if quick else 100_000)
+    args.intake_timeout = args.intake_timeout or args.intake / 100 + 60
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
     args.counts = args.scale_out_counts or ([1, 2] if quick else [1, 2, 4])
@@ -563,13 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         "profile",
         "scale",
         "scale-out",
+        "intake",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    unknown = [
-        part
-        for part in parts
-        if part not in known | {"fix", "profile", "scale", "scale-out"} or part == "celery-sqlite"
-    ]
+    known |= {"fix", "profile", "scale", "scale-out", "intake"}
+    unknown = [part for part in parts if part not in known or part == "celery-sqlite"]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
     out_dir = args.out or DOCS_OUT
@@ -600,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
                 "scale_max",
                 "scale_adds",
                 "scale_fires",
+                "intake",
+                "intake_timeout",
                 "fill_timeout",
                 "drain_timeout",
                 "lead_max",
@@ -624,12 +626,11 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 results["errors"][part] = f"{type(exc).__name__}: {exc}"
                 log(f"{part}: FAILED ({results['errors'][part]}); going on")
-    results["elapsed_s"] = elapsed = time.monotonic() - started
+    elapsed = results["elapsed_s"] = time.monotonic() - started
     from bench import report
 
-    if args.merge:
-        results = merge(json.loads(json_out.read_text(encoding="utf-8")), results, parts)
-
+    if args.only and json_out.exists():
+        results = carry_over(json.loads(json_out.read_text(encoding="utf-8")), results)
     json_out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.write(results, out_dir, plots=not args.no_plots)
     log(f"done in {elapsed:.0f}s: {json_out}, {out_dir}/results.rst and plots")

@@ -268,4 +268,19 @@ def run(sizes: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             out["errors"][setup.key] = f"{type(exc).__name__}: {exc}"
             log(f"scale-out {setup.key}: FAILED ({out['errors'][setup.key]}); going on")
     out["elapsed_s"] = time.monotonic() - began
+    out["versions"] = versions()
     return out
+
+
+def versions() -> dict[str, str]:
+    """The versions of the systems compared (a run of this part alone keeps
+    the earlier run's versions line)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("pyramid_scheduler", "celery", "dramatiq", "huey", "kombu", "redis"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found

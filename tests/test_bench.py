@@ -56,8 +56,8 @@ def test_bench_quick_raw_redis(tmp_path):
 @pytest.mark.slow
 def test_bench_quick_scale_out_ours(tmp_path):
     """The scale-out part end to end with two daemons of ours, separate and
-    under ``--processes`` (the other systems need the bench extra), merged
-    into an earlier run's results."""
+    under ``--processes`` (the other systems need the bench extra), laid
+    over an earlier run's results."""
     require_service("redis")
     require_service("postgresql")
     out = tmp_path / "out"
@@ -75,19 +75,50 @@ def test_bench_quick_scale_out_ours(tmp_path):
         "errors": {},
     }
     (out / "results.json").write_text(json.dumps(earlier))
-    argv = ["--quick", "--only", "scale-out", "--merge", "--no-plots", "--out", str(out)]
+    argv = ["--quick", "--only", "scale-out", "--no-plots", "--out", str(out)]
     argv += ["--scale-out-systems", "ours", "--scale-out-counts", "2"]
     argv += ["--scale-out-drain", "60", "--scale-out-cpu", "4", "--scale-out-latency", "20"]
     proc = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
-    assert results["command"] == "python -m bench" and results["merged"][0]["parts"] == ["scale-out"]
+    assert results["command"] == "python -m bench" and "--only scale-out" in results["later"][0]["command"]
     runs = results["scale_out"]["runs"]
     assert set(runs) == {"ours-daemons-2", "ours-processes-2"}, results["scale_out"]["errors"]
     for run in runs.values():
         assert run["noop"]["done"] == 60 and run["cpu"]["done"] == 4
         assert run["latency"]["missing"] == 0 and run["latency_fast"]["missing"] == 0
     assert len(runs["ours-daemons-2"]["noop"]["per_process"]) <= 2
-    assert "Re-run and put in since: scale-out" in (out / "results.rst").read_text()
+    assert "Parts measured again" in (out / "results.rst").read_text()
     table = (out / "scaleout.rst").read_text()
     assert "pyramid_scheduler --processes N" in table and "no-op drain, --processes 2 ≥ 1.6× one daemon" in table
+
+
+def test_bench_quick_intake_keeps_the_earlier_parts(tmp_path):
+    """The intake part on Redis + PostgreSQL, one daemon and two, and the
+    SQLite default; a run of some parts keeps the other parts of the
+    previous results."""
+    require_service("redis")
+    require_service("postgresql")
+    out = tmp_path / "out"
+
+    def bench(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "--quick", "--no-plots", "--out", str(out), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads((out / "results.json").read_text())
+
+    bench("--only", "raw-redis", "--drain", "100", "--latency", "20")
+    results = bench("--only", "intake", "--intake", "300")
+    assert results["systems"]["raw-redis"]["drain"]["done"] == 100  # kept
+    assert [later["command"].split("--only ")[1][:6] for later in results["later"]] == ["intake"]
+    runs = {(run["broker"], run["processes"]): run for run in results["intake"]}
+    assert set(runs) == {("redis", 1), ("redis", 2), ("sqlite", 1)}
+    assert all(run["stored"] == run["jobs"] and run["jobs_per_s"] > 0 for run in runs.values())
+    assert sum(runs["redis", 2]["held"]) == 300
+    table = (out / "results.rst").read_text()
+    assert "Date-job intake" in table and "redis-py LPUSH/BRPOP" in table and "Parts measured again" in table

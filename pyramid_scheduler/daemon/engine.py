@@ -56,10 +56,11 @@ from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings, mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
-from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.jobstores import QueueJobStore
 from pyramid_scheduler.store.lease import Lease
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.membership import Membership
+from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.runs import RunWriter
 from pyramid_scheduler.store.tables import aps_tablename
 from pyramid_scheduler.web.proxy import SchedulerProxy

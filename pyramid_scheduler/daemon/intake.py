@@ -5,7 +5,8 @@ request, and scheduling (:mod:`.scheduling`), which runs stored jobs when
 they are due. An ``add`` is checked again (:func:`~pyramid_scheduler.wire.messages.admit`), its
 trigger built, and the job written to its queue's SQL job store in one
 transaction with its ledger row, so a redelivered message is absorbed by job
-id, before the message is acked. A run-now job goes straight to the worker
+id, before the message is acked; the jobs of several requests of one batch
+share that transaction. A run-now job goes straight to the worker
 pool (:mod:`.execution`) when the pool has room, stored with one ``INSERT``
 of its ledger row only; several of them among the requests of one batch
 share that ``INSERT``. A run-now job sent with ``durable=False`` is stored
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from apscheduler.executors.base import MaxInstancesReachedError
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError
-from apscheduler.schedulers.base import STATE_RUNNING
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 
 from pyramid_scheduler.daemon.aps import build_job, job_defaults, runs_in_pool
 from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
@@ -37,9 +38,10 @@ from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.jobstores import QueueJobStore
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.membership import Membership
+from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.triggers.build import build_trigger, next_fire_time
 from pyramid_scheduler.wire.messages import JobRequest, admit
 from pyramid_scheduler.wire.refs import with_request
@@ -59,6 +61,23 @@ class _RunNow(NamedTuple):
     job: Job
     first: datetime
     wire: dict[str, Any]
+
+
+class _Stored(NamedTuple):
+    """A checked job for its queue's SQL job store, which several of a batch
+    share one transaction into (:meth:`Intake._store_many`)."""
+
+    request: JobRequest
+    job: Job
+    wire: dict[str, Any]
+    #: Stores it alone, through APScheduler's ``add_job``.
+    alone: Callable[[], str]
+
+
+def _kind(planned: _RunNow | _Stored) -> str | None:
+    """What the jobs stored together share: run-now jobs' records (None) go
+    to the ledger, the others to their queue's job store."""
+    return None if isinstance(planned, _RunNow) else planned.request.queue
 
 
 def _duplicate(request: JobRequest) -> str:
@@ -103,17 +122,22 @@ class Intake:
 
     def submit_many(self, requests: list[JobRequest], carry_out: Callable[[JobRequest], str]) -> list[str | Exception]:
         """Carry out *requests* in order, each as *carry_out* would one by
-        one, storing the run-now jobs that go straight to the pool among them
-        together (one INSERT, one commit); return each one's outcome, or the
-        exception that stopped it: :class:`InvalidJob` (dead-letter it), any
-        other error, or a :class:`sqlalchemy.exc.SQLAlchemyError` for it and
-        every request after it (retry them later)."""
+        one, storing the jobs that follow each other among them together:
+        the run-now jobs that go straight to the pool (one INSERT, one
+        commit), the jobs of one queue's SQL job store (one transaction);
+        return each one's outcome, or the exception that stopped it:
+        :class:`InvalidJob` (dead-letter it), any other error, or a
+        :class:`sqlalchemy.exc.SQLAlchemyError` for it and every request
+        after it (retry them later)."""
         results: list[Any] = [None] * len(requests)
-        group: list[tuple[int, _RunNow]] = []
+        group: list[tuple[int, Any]] = []
 
         def store_group() -> None:
             try:
-                self._store_now(group, results)
+                if group and isinstance(group[0][1], _RunNow):
+                    self._store_now(group, results)
+                elif group:
+                    self._store_many(group, results)
             except sa.exc.SQLAlchemyError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug: these requests only
@@ -125,7 +149,9 @@ class Intake:
             for index, request in enumerate(requests):
                 try:
                     planned = self.plan(request) if request.op == "add" else None
-                    if isinstance(planned, _RunNow):
+                    if isinstance(planned, (_RunNow, _Stored)):
+                        if group and _kind(group[0][1]) != _kind(planned):
+                            store_group()
                         group.append((index, planned))
                         continue
                     store_group()
@@ -149,13 +175,18 @@ class Intake:
         planned = self.plan(request, recovering)
         if isinstance(planned, _RunNow):
             return self._add_now(planned)
+        if isinstance(planned, _Stored):
+            results: list[Any] = [None]
+            self._store_many([(0, planned)], results)
+            return str(results[0])
         outcome = planned()
         return outcome.hand() if isinstance(outcome, Accepted) else outcome
 
-    def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | Callable[[], str]:
+    def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | _Stored | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
-        it goes straight to the worker pool (:meth:`_add_now`), else a
-        callable that stores it in its queue's job store, or for a
+        it goes straight to the worker pool (:meth:`_add_now`), a
+        :class:`_Stored` for a new job of a SQL job store (:meth:`_store_many`),
+        else a callable that stores it in its queue's job store, or for a
         ``durable=False`` job one that answers
         :class:`~pyramid_scheduler.daemon.fastlane.Accepted` (nothing stored).
 
@@ -181,22 +212,22 @@ class Intake:
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
+        # Built as the job store loads a job: admit() made APScheduler's checks.
+        state = {
+            "version": 1,
+            "id": request.id,
+            "func": request.func,
+            "trigger": trigger,
+            "executor": "default",
+            "args": tuple(args),
+            "kwargs": kwargs,
+            "name": request.options.get("name") or request.func,
+            "next_run_time": first,
+            **job_defaults(self.scheduler),
+            **options,
+        }
         fast = request.options.get("durable") is False and not recovering and self._fast_open()
         if request.trigger["type"] == "now" and not recovering and (fast or self._direct_open(request.id)):
-            # Built as the job store loads a job: admit() made APScheduler's checks.
-            state = {
-                "version": 1,
-                "id": request.id,
-                "func": request.func,
-                "trigger": trigger,
-                "executor": "default",
-                "args": tuple(args),
-                "kwargs": kwargs,
-                "name": request.options.get("name") or request.func,
-                "next_run_time": first,
-                **job_defaults(self.scheduler),
-                **options,
-            }
             if fast:
                 return partial(self.fast.accept, request, state, first)
             job = build_job(self.scheduler, request.queue, state)
@@ -221,7 +252,10 @@ class Intake:
                     return _duplicate(request)
             return "stored"
 
-        return store
+        # (APScheduler's add_job holds a job in memory until the scheduler starts.)
+        if recovering or self.scheduler.state == STATE_STOPPED or self.settings.memory_store:
+            return store
+        return _Stored(request, build_job(self.scheduler, request.queue, state), request.to_wire(), store)
 
     def _direct_open(self, job_id: str) -> bool:
         """True when a run-now job may go straight to the worker pool: the
@@ -270,6 +304,23 @@ class Intake:
                         planned.request.queue,
                     )
                     results[index] = "stored"
+
+    def _store_many(self, group: list[tuple[int, _Stored]], results: list[Any]) -> None:
+        """Store the jobs of *group* (of one queue) in one transaction
+        (:meth:`~pyramid_scheduler.store.jobstores.QueueJobStore.add_jobs`);
+        one by one if an id is already known."""
+        store = self.stores[group[0][1].request.queue]
+        assert isinstance(store, QueueJobStore)
+        try:
+            due_soon = store.add_jobs([(planned.job, planned.wire) for _, planned in group])
+        except sa.exc.IntegrityError:
+            for index, planned in group:
+                results[index] = planned.alone()
+            return
+        for index, _ in group:
+            results[index] = "stored"
+        if due_soon and self.scheduler.state == STATE_RUNNING:
+            self.scheduler.notice()
 
     def _add_now(self, planned: _RunNow) -> str:
         """Store a run-now job's record, then hand its run to the worker pool.

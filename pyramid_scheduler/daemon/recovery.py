@@ -36,8 +36,9 @@ from pyramid_scheduler.daemon.retries import plan_retry
 from pyramid_scheduler.daemon.scheduling import DueScheduler
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.jobstores import QueueJobStore
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.records import RunEnd
 from pyramid_scheduler.wire.messages import decode
 

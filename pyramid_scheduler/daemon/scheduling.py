@@ -34,7 +34,9 @@ each other's flush of PostgreSQL's log.
 What it holds is what the store holds: every change of a store by another
 thread (an add, cancel, pause, reschedule) first writes those pending rows
 and makes the scheduler thread load its window again (so does every
-``wakeup()``), and nothing is loaded or handed over while this daemon's
+``wakeup()``), unless the jobs added are due at or after the window's bound
+(the first next run time after it, where the window is loaded again
+anyway); and nothing is loaded or handed over while this daemon's
 heartbeat may have lapsed. Where several daemons share the queue, the window
 holds only the jobs this daemon claimed (:mod:`pyramid_scheduler.store.claims`),
 and is loaded again at least every :data:`POLL` seconds to see the others'
@@ -197,6 +199,12 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         """APScheduler's: process the jobs now; here also load them again
         (the table may have changed behind the job store's back)."""
         self._reload = True
+        super().wakeup()
+
+    def notice(self) -> None:
+        """Process the jobs now, loading again only the windows of the stores
+        that changed: after jobs were added due before a window's bound
+        (:meth:`pyramid_scheduler.store.jobstores.QueueJobStore.add_jobs`)."""
         super().wakeup()
 
     def remove_job(self, job_id: str, jobstore: str | None = None) -> None:

@@ -85,6 +85,9 @@ class SteppedScheduler(DueScheduler):
     def wakeup(self) -> None:
         self._reload = True  # DueScheduler's: the stores changed, load them again at the next round
 
+    def notice(self) -> None:
+        pass  # process_due loads every window again
+
     def process_due(self) -> None:
         """Hand every job due at the clock's time to the executor."""
         self._reload = True

@@ -5,8 +5,8 @@
 transaction as the job, loads stored jobs through the restricted unpickler
 (:mod:`pyramid_scheduler.store.unpickle`), parks (never deletes) a job it
 cannot load, and defers the scheduler thread's writes (see
-:mod:`pyramid_scheduler.daemon.scheduling`). :class:`MemoryQueueStore` is the
-memory job store (``scheduler.jobstore.url = memory``).
+:mod:`pyramid_scheduler.daemon.scheduling`). The memory job store
+(``scheduler.jobstore.url = memory``) is :mod:`pyramid_scheduler.store.memory`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 import sqlalchemy as sa
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
-from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp, utc_timestamp_to_datetime
 from sqlalchemy.engine import Connection
@@ -33,48 +32,14 @@ from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.claims import Claims
 from pyramid_scheduler.store.db import create_tables
 from pyramid_scheduler.store.ledger import Ledger
+from pyramid_scheduler.store.memory import Adding, OnAdded
 from pyramid_scheduler.store.unpickle import JobUnpickler
 from pyramid_scheduler.wire.refs import check_ref
 
 log = get_logger(__name__)
 
-#: Called with a job just added and its wire request.
-OnAdded = Callable[[Job, dict[str, Any]], None]
 
-
-class _Adding:
-    """Lets the engine pass the wire request along with APScheduler's add_job."""
-
-    _local: threading.local
-
-    @contextmanager
-    def adding(self, request: dict[str, Any] | None) -> Iterator[None]:
-        """Make the next ``add_job`` in this thread record *request* (``None``
-        when re-adding a known job)."""
-        self._local.request = request
-        try:
-            yield
-        finally:
-            self._local.request = None
-
-
-class MemoryQueueStore(_Adding, MemoryJobStore):
-    """The memory job store (``scheduler.jobstore.url = memory``), per queue."""
-
-    def __init__(self, on_added: OnAdded | None = None) -> None:
-        super().__init__()
-        self.on_added = on_added
-        self._local = threading.local()
-
-    def add_job(self, job: Job) -> None:
-        job.__class__ = CatchUpJob  # same slots: only how overdue runs are planned changes
-        super().add_job(job)
-        request = getattr(self._local, "request", None)
-        if request is not None and self.on_added is not None:
-            self.on_added(job, request)
-
-
-class QueueJobStore(_Adding, SQLAlchemyJobStore):
+class QueueJobStore(Adding, SQLAlchemyJobStore):
     """APScheduler's SQL job store for one queue, writing the ledger row in the
     same transaction as the job, and parking (not deleting) jobs it cannot load.
     """
@@ -132,6 +97,7 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             .where(table.c.id == param("p_id"))
             .values(next_run_time=param("p_next"), job_state=param("p_state"))
         )
+        self._insert = table.insert()
         self._remove = table.delete().where(table.c.id == param("p_id"))
         self._remove_many = table.delete().where(table.c.id.in_(param("p_ids", expanding=True)))
         # A change made here takes the job over (see pyramid_scheduler.store.claims).
@@ -170,6 +136,9 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         #: Bumped by every change of the table that the scheduler thread did
         #: not make itself (see :mod:`pyramid_scheduler.daemon.scheduling`).
         self.changes = 0
+        #: The next run time after the scheduler thread's window (a UTC
+        #: timestamp; None: none, or being loaded): see :meth:`add_jobs`.
+        self._bound: float | None = None
 
     def start(self, scheduler: Any, alias: str) -> None:
         # APScheduler's start() is BaseJobStore's, then a CREATE TABLE that
@@ -224,6 +193,8 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
         parked: list[tuple[str, str]] = []
         following = None
         bound = datetime_to_utc_timestamp(until)
+        with self._pending_lock:
+            self._bound = None  # a job added from here on may be missing from this load
         with self.engine.begin() as conn:
             if self.claims is not None and self.claims.take_due(conn, bound):
                 following = until
@@ -237,6 +208,8 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
                     jobs.append(self._reconstitute_job(state))
                 except BaseException as exc:  # noqa: BLE001 - any failure to load parks the job
                     parked.extend(self._park(conn, row.id, exc))
+        with self._pending_lock:
+            self._bound = None if following is None else datetime_to_utc_timestamp(following)
         self._report_parked(parked)
         return jobs, following
 
@@ -333,6 +306,41 @@ class QueueJobStore(_Adding, SQLAlchemyJobStore):
             raise ConflictingIdError(job.id) from None
         if request is not None and self.on_added is not None:
             self.on_added(job, request)
+
+    def add_jobs(self, added: list[tuple[Job, dict[str, Any]]]) -> bool:
+        """Store new jobs and their ledger rows (from their wire requests) in
+        one transaction, one multi-row INSERT per table, then report each
+        (``on_added``: CREATED) in order. Unlike :meth:`add_job`, jobs due
+        after the scheduler thread's window's bound, where it looks again
+        anyway, do not make it load that window again.
+
+        :returns: True if it must: wake it (``DueScheduler.notice``).
+        :raises sqlalchemy.exc.IntegrityError: an id is already known; nothing
+            is stored (store them one by one with :meth:`add_job` then).
+        """
+        rows = [
+            {
+                "id": job.id,
+                "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+                "job_state": pickle.dumps(job_state(job), self.pickle_protocol),
+                "claimed_by": self.owner,
+            }
+            for job, _ in added
+        ]
+        self.flush()
+        with self.engine.begin() as conn:
+            self.ledger.insert_jobs(conn, [request for _, request in added])
+            conn.execute(self._insert, rows[0] if len(rows) == 1 else rows)
+        if self.on_added is not None:
+            for job, request in added:
+                self.on_added(job, request)
+        # Told after CREATED: the scheduler thread may run the jobs once told.
+        soonest = min(row["next_run_time"] for row in rows)
+        with self._pending_lock:
+            if self._bound is not None and soonest >= self._bound:
+                return False
+            self.changes += 1
+        return True
 
     def update_job(self, job: Job) -> None:
         state = pickle.dumps(job_state(job), self.pickle_protocol)

@@ -120,14 +120,23 @@ class Ledger(Reports):
         :raises sqlalchemy.exc.IntegrityError: an id is already known; nothing
             is recorded (then record them one by one with :meth:`add_job`).
         """
-        rows = [self._job_row(request) for request in requests]
-        if len(rows) == 1 and self._autocommit is not None:
+        if len(requests) == 1 and self._autocommit is not None:
             # One INSERT, its own transaction (several rows are an executemany).
             with self._autocommit.connect() as conn:
-                conn.execute(self._insert_job, rows[0])
+                conn.execute(self._insert_job, self._job_row(requests[0]))
             return
         with self.engine.begin() as conn:
-            conn.execute(self._insert_job, rows[0] if len(rows) == 1 else rows)
+            self.insert_jobs(conn, requests)
+
+    def insert_jobs(self, conn: Connection, requests: list[dict[str, Any]]) -> None:
+        """Record new jobs in *conn*'s transaction, with one multi-row INSERT.
+
+        :raises sqlalchemy.exc.IntegrityError: an id is already known (the
+            transaction is to be rolled back; record them one by one with
+            :meth:`insert_job` then).
+        """
+        rows = [self._job_row(request) for request in requests]
+        conn.execute(self._insert_job, rows[0] if len(rows) == 1 else rows)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -8,6 +8,7 @@ decoding; the job store is a real SQLite file (or PostgreSQL).
 
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 import test_engine
 from test_engine import GATE, RUNS, UTC, add, record, settled, types_for, wait_gate
 
@@ -138,3 +139,82 @@ def test_a_batch_is_carried_out_in_order_with_its_run_now_jobs_stored_together(e
         "canceled",
         "done",
     ]
+
+
+def test_a_batch_stores_its_scheduled_jobs_together_and_each_alone_if_an_id_is_known(engine_factory):
+    """Date, interval and cron jobs that follow each other in a batch share
+    one transaction; with a known id among them they are stored one by one
+    (the known one absorbed); one that cannot be scheduled is refused alone;
+    each job gets one CREATED, in the batch's order."""
+    engine, events = engine_factory()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert engine.submit(add(record, kind="date", job_id="known", when=later)) == "stored"
+    bad = JobRequest(
+        op="add",
+        id="bad",
+        queue="jobs",
+        func="test_engine:no_such_function",
+        trigger=trigger_spec("date", UTC, run_date=later),
+    )
+    batch = [
+        add(record, kind="date", job_id="s1", when=later),
+        add(record, kind="interval", job_id="s2", seconds=3600, when=later),
+        add(record, kind="cron", job_id="s3", hour=3, when=later),
+        add(record, job_id="s4"),
+        bad,
+        add(record, kind="date", job_id="s5", when=later),
+        add(record, kind="date", job_id="known", when=later),
+        add(record, kind="date", job_id="s6", when=datetime.now(UTC) + timedelta(seconds=0.2)),
+    ]
+    aps_inserts = []
+    table = engine.stores["jobs"].jobs_t.name
+
+    def seen(conn, cursor, statement, *_):
+        if statement.startswith("INSERT") and table in statement.split("(")[0]:
+            aps_inserts.append(statement)
+
+    sa.event.listen(engine.db, "before_cursor_execute", seen)
+    results = engine.submit_many(batch)
+    sa.event.remove(engine.db, "before_cursor_execute", seen)
+    assert results[:4] == ["stored"] * 4 and results[5:] == ["stored", "duplicate", "stored"]
+    assert "no_such_function" in str(results[4])
+    # s1-s3 in one INSERT; s5, known and s6 refused together (by the ledger's
+    # INSERT, before this table's), then s5 and s6 stored alone.
+    assert len(aps_inserts) == 3
+    stored = ["s1", "s2", "s3", "s5", "s6"]
+    with engine.db.connect() as conn:
+        jobs_t = engine.stores["jobs"].jobs_t
+        rows = dict(conn.execute(sa.select(jobs_t.c.id, jobs_t.c.claimed_by)).all())
+    assert sorted(rows) == sorted(["known", *stored])
+    assert {rows[job] for job in stored} == {engine.owner}
+    assert engine.ledger.get_job("bad") is None
+    created = [e.job_id for e in events if e.type == Event.JOB_CREATED]
+    assert created == ["known", "s1", "s2", "s3", "s4", "s5", "s6"]
+    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ("s4", "s6")))
+    for job in ("s4", "s6"):
+        assert types_for(events, job) == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
+    assert sorted(tag for tag, _ in RUNS) == ["s4", "s6"]
+    settled(engine)
+    assert engine.submit_many(batch[:1]) == ["duplicate"]  # redelivered later: absorbed by its id
+
+
+def test_a_job_added_due_before_the_windows_bound_is_heard_of_and_runs(engine_factory):
+    """The scheduler thread loads its window again at its bound (the first
+    next run time after it) anyway: jobs added due later leave it alone, one
+    due before makes it load again."""
+    engine, events = engine_factory()
+    store = engine.stores["jobs"]
+    now = datetime.now(UTC)
+    engine.submit_many([add(record, kind="date", job_id="tomorrow", when=now + timedelta(days=1))])
+    settled(engine)  # its window is loaded: the bound is tomorrow's job
+    engine.aps.pause()  # and stays as loaded
+    changes = store.changes
+    assert engine.submit_many([add(record, kind="date", job_id="after", when=now + timedelta(days=2))]) == ["stored"]
+    assert store.changes == changes
+    soon = add(record, kind="date", job_id="soon", when=datetime.now(UTC) + timedelta(seconds=0.3))
+    assert engine.submit_many([soon]) == ["stored"]
+    assert store.changes == changes + 1
+    engine.aps.resume()
+    wait_for(lambda: Event.JOB_REMOVED in types_for(events, "soon"))
+    assert RUNS == [("soon", "M")]
+    assert types_for(events, "soon") == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]

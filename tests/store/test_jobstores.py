@@ -14,9 +14,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
 from pyramid_scheduler.daemon.catchup import CatchUpJob
-from pyramid_scheduler.store.jobstores import MemoryQueueStore, QueueJobStore
+from pyramid_scheduler.store.jobstores import QueueJobStore
+from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.tables import aps_tablename
-from store.helpers import job_request
+from store.helpers import job_request, statement_threads
 
 UTC = timezone.utc
 NOOP = "integration.sampleapp.jobs:noop"
@@ -90,6 +91,51 @@ def test_a_job_is_stored_with_its_ledger_row_or_not_at_all(stores, ledger):
     store.remove_job("a1")
     store.add_job(make_job(stores.scheduler, "a1"))
     assert ledger.get_job("a1")["mid"] == "m-a1" and stores.seen["added"] == [("a1", "a1")]
+
+
+def test_jobs_are_stored_together_with_their_ledger_rows_or_none_is(stores, ledger):
+    store = stores(owner="daemon-1")
+    scheduler = stores.scheduler
+    inserts = statement_threads(store.engine)
+    added = [(make_job(scheduler, job_id), job_request(job_id)) for job_id in ("t1", "t2", "t3")]
+    assert store.add_jobs(added) is True  # no window loaded yet: the scheduler thread is told
+    assert len(inserts) == 2  # one INSERT per table for the three
+    assert [ledger.get_job(job_id)["status"] for job_id in ("t1", "t2", "t3")] == ["scheduled"] * 3
+    assert stores.seen["added"] == [("t1", "t1"), ("t2", "t2"), ("t3", "t3")]  # CREATED in order
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(store.jobs_t.c.id, store.jobs_t.c.claimed_by)).all()
+    assert sorted(rows) == [("t1", "daemon-1"), ("t2", "daemon-1"), ("t3", "daemon-1")]
+    assert store.lookup_job("t2").next_run_time == LATER
+    # A known id among them: nothing of theirs is stored.
+    again = [(make_job(scheduler, "t4"), job_request("t4")), (make_job(scheduler, "t1"), job_request("t1", mid="x"))]
+    with pytest.raises(sa.exc.IntegrityError):
+        store.add_jobs(again)
+    assert ledger.get_job("t4") is None and store.lookup_job("t4") is None
+    assert ledger.get_job("t1")["mid"] == "m-t1" and len(stores.seen["added"]) == 3
+
+
+def test_jobs_added_due_after_the_windows_bound_leave_the_window_alone(stores):
+    """The scheduler thread loads its window again at the bound (the first
+    next run time after it): a job added due then or later need not make it
+    load sooner; one due before must, and so must any while it loads."""
+    store = stores()
+    scheduler = stores.scheduler
+
+    def add(job_id, when):
+        return store.add_jobs([(make_job(scheduler, job_id, when=when), job_request(job_id))])
+
+    assert add("bound", LATER) is True
+    jobs, following = store.load_window(LATER - timedelta(days=1))
+    assert jobs == [] and following == LATER
+    changes = store.changes
+    assert add("after", LATER + timedelta(days=1)) is False
+    assert add("at", LATER) is False
+    assert store.changes == changes
+    assert add("before", LATER - timedelta(hours=1)) is True
+    assert store.changes == changes + 1
+    # A window with nothing after it has no bound: every job added is told.
+    store.load_window(LATER + timedelta(days=2))
+    assert add("later", LATER + timedelta(days=3)) is True
 
 
 def test_a_job_that_cannot_load_is_parked_not_deleted_and_restored_under_its_alias(stores, ledger):

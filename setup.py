@@ -47,9 +47,18 @@ extras = {
         "sphinxcontrib-autoprogram>=0.1.9",
     ],
     "demo": ["waitress>=3.0"],
-    # python -m bench (docs/performance.rst): Celery for comparison, pika for the raw AMQP
-    # loop, matplotlib for the plots, psutil for the daemon's memory, py-spy for the profile.
-    "bench": ["celery[redis]>=5.3,<6", "pika>=1.3", "matplotlib>=3.7", "psutil>=5.9", "py-spy>=0.3.14"],
+    # python -m bench (docs/performance.rst): Celery, Dramatiq and huey for comparison, pika
+    # for the raw AMQP loop, matplotlib for the plots, psutil for the daemon's memory, py-spy
+    # for the profile.
+    "bench": [
+        "celery[redis]>=5.3,<6",
+        "dramatiq[redis]>=1.17,<3",
+        "huey>=2.5,<4",
+        "pika>=1.3",
+        "matplotlib>=3.7",
+        "psutil>=5.9",
+        "py-spy>=0.3.14",
+    ],
 }
 extras["testing"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"]
 extras["bench"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + ["transaction>=3.0"]

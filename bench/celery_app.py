@@ -1,7 +1,8 @@
 """Celery with the same broker and the same job, for comparison.
 
-The worker runs ``celery -A bench.celery_app worker -P solo``; the broker URL
-and queue come from ``BENCH_CELERY_BROKER`` / ``BENCH_CELERY_QUEUE``.
+The worker runs ``celery -A bench.celery_app worker -P solo`` (the scale-out
+part: ``-P prefork -c N``); the broker URL and queue come from
+``BENCH_CELERY_BROKER`` / ``BENCH_CELERY_QUEUE``.
 """
 
 from __future__ import annotations
@@ -27,3 +28,8 @@ app.conf.update(
 @app.task(name="bench.record")
 def record(path: str, tag: str, sent: float) -> None:
     jobs.record(path, tag, sent)
+
+
+@app.task(name="bench.spin")
+def spin(path: str, tag: str, sent: float, loops: int) -> None:
+    jobs.spin(path, tag, sent, loops)

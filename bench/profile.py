@@ -6,7 +6,10 @@
   them under ``py-spy record`` (sampling, all threads, idle samples dropped;
   with ``--gil`` only the thread holding the GIL, i.e. where the CPU goes);
   prints each function's share of the samples it is on the stack of
-  (inclusive), and writes the collapsed stacks for a flame graph.
+  (inclusive), and writes the collapsed stacks for a flame graph. With
+  ``--daemons D``, D daemons are started and warmed up first, paused while
+  the queue fills and resumed together (as in :mod:`bench.scaleout`); the
+  first of them is sampled. With ``--fast``, the jobs are ``durable=False``.
 
 Output goes to stdout and ``--out`` (default /tmp/pscheduler-profile).
 """
@@ -154,23 +157,45 @@ def breakdown(raw: Path, top: int = 40) -> tuple[int, dict[str, list[str]]]:
     }
 
 
-def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> str:
+def profile_daemon(
+    count: int, out: Path, seconds: float, gil: bool = False, daemons: int = 1, fast: bool = False
+) -> str:
     """py-spy samples of a ``pscheduler`` draining a Redis queue (PostgreSQL
-    job store), taken once it runs jobs; the report."""
+    job store), taken once it runs jobs; the report. With *daemons* above
+    1, the first of that many daemons draining the queue together; with
+    *fast*, of ``durable=False`` jobs."""
+    from bench import scaleout
+
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        system = Ours("redis", tmp)
+        system = Ours("redis", tmp, **({"lease.ttl": scaleout.LEASE_TTL} if daemons > 1 else {}))
         path = str(tmp / "drain.txt")
         raw = out / "daemon.collapsed"
+        enqueue = system.enqueue_fast if fast else system.enqueue
+        workers = []
         try:
-            timed(system.enqueue, path, "d", count)
-            worker = system.start_worker()
+            if daemons > 1:
+                setup = scaleout.Setup("ours", daemons, "daemons")
+                workers = setup.start(system)
+                scaleout.warm_up(setup, system, workers, tmp)
+                for each in workers:
+                    each.pause()
+                timed(enqueue, path, "d", count)
+                for each in workers:
+                    each.resume()
+                worker = workers[0]
+            else:
+                timed(enqueue, path, "d", count)
+                worker = system.start_worker()
+                workers = [worker]
             wait_for(lambda: jobs.read(path), 120)
             before = len(jobs.read(path))
             spy = sample(worker.proc.pid, seconds, raw, gil)
             done = len(jobs.read(path)) - before
-            worker.stop()
+            share = sum(n for pid, n in jobs.pids(path).items() if pid == str(worker.proc.pid)) / max(1, done + before)
         finally:
+            for each in workers:
+                each.stop()
             system.close()
     if spy.returncode != 0:
         return f"py-spy failed: {spy.stderr.strip()}"
@@ -180,11 +205,16 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> 
         if gil
         else "samples of busy threads (where the time goes, waits included)"
     )
-    lines = [
-        f"pscheduler draining a Redis queue (PostgreSQL job store): {done} jobs run in {seconds:g} s "
-        f"of sampling ({done / seconds:.0f} jobs/s); {total} {what}.",
-        "",
-    ]
+    queue = "a Redis queue of durable=False jobs" if fast else "a Redis queue"
+    which = (
+        f"the first of {daemons} pscheduler daemons draining {queue} together (PostgreSQL job store): "
+        f"{done} jobs run by the {daemons} in {seconds:g} s of sampling ({done / seconds:.0f} jobs/s), "
+        f"{100 * share:.0f} % of the drain's jobs by the one sampled"
+        if daemons > 1
+        else f"pscheduler draining {queue} (PostgreSQL job store): {done} jobs run in {seconds:g} s "
+        f"of sampling ({done / seconds:.0f} jobs/s)"
+    )
+    lines = [f"{which}; {total} {what}.", ""]
     lines += lines_of["groups"]
     select_ms, commit_ms = pg_round_trips()
     lines += [
@@ -194,7 +224,8 @@ def profile_daemon(count: int, out: Path, seconds: float, gil: bool = False) -> 
     ]
     lines += ["", *lines_of["inclusive"]]
     report = "\n".join(lines)
-    (out / f"profile-daemon{'-cpu' if gil else ''}.txt").write_text(report + "\n", encoding="utf-8")
+    name = f"profile-daemon{f'-{daemons}' if daemons > 1 else ''}{'-fast' if fast else ''}{'-cpu' if gil else ''}.txt"
+    (out / name).write_text(report + "\n", encoding="utf-8")
     return report
 
 
@@ -208,6 +239,8 @@ def main() -> None:
         action="store_true",
         help="daemon: sample only the thread holding the GIL (where its CPU goes, not where it waits)",
     )
+    parser.add_argument("--daemons", type=int, default=1, help="daemon: sample the first of this many daemons")
+    parser.add_argument("--fast", action="store_true", help="daemon: drain durable=False jobs")
     parser.add_argument("--out", type=Path, default=Path("/tmp/pscheduler-profile"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +248,7 @@ def main() -> None:
         print(profile_enqueue(args.count, args.out))
     if args.what in ("daemon", "both"):
         started = time.monotonic()
-        print(profile_daemon(args.count, args.out, args.seconds, args.gil))
+        print(profile_daemon(args.count, args.out, args.seconds, args.gil, args.daemons, args.fast))
         print(f"({time.monotonic() - started:.0f}s)")
 
 

@@ -3,7 +3,8 @@
 One run measures, on this machine, pyramid_scheduler on Redis and RabbitMQ
 (PostgreSQL job store) and on the embedded SQLite default (SQLite job store),
 the raw broker loops with the same payload (:mod:`bench.raw`) and Celery with
-the same broker (:mod:`bench.celery_app`), then writes ``bench/results.json``,
+the same broker (:mod:`bench.celery_app`), then several daemons and
+processes against Celery, Dramatiq and huey (:mod:`bench.scaleout`), and writes ``bench/results.json``,
 ``docs/_bench/results.rst`` (included by docs/performance.rst) and the PNG
 plots next to it. The method is described in docs/performance.rst.
 """
@@ -330,6 +331,8 @@ def versions() -> dict[str, str]:
         "amqp",
         "pika",
         "celery",
+        "dramatiq",
+        "huey",
         "APScheduler",
         "SQLAlchemy",
         "psycopg",
@@ -411,6 +414,14 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
             # samples of an idle daemon would say nothing.
             for gil in (False, True):
                 profile.profile_daemon(300 if quick else 6000, out_dir, 1 if quick else 5, gil)
+    elif part == "scale-out":
+        if not (service_up("redis") and service_up("postgresql")):
+            results["skipped"]["scale-out"] = "redis or postgresql not reachable"
+            return
+        from bench import scaleout
+
+        results["scale_out"] = scaleout.run(args, tmp)
+        results["scale_out"]["command"] = results["command"]
     elif part == "intake":
         from bench import intake
 
@@ -458,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale intake (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -485,6 +496,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--grace", type=float, help="seconds a job may start after it was due before it counts as missing (default 8)"
+    )
+    parser.add_argument(
+        "--scale-out-counts",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="scale-out: the numbers of processes (default 1 2 4; quick 1 2)",
+    )
+    parser.add_argument(
+        "--scale-out-systems",
+        nargs="+",
+        choices=["ours", "celery", "dramatiq", "huey"],
+        help="scale-out: only these systems (default: all)",
+    )
+    parser.add_argument("--scale-out-drain", type=int, help="scale-out: no-op jobs per drain (default 3000; quick 400)")
+    parser.add_argument(
+        "--scale-out-cpu", type=int, help="scale-out: CPU-bound (20 ms) jobs per drain (default 200; quick 40)"
+    )
+    parser.add_argument(
+        "--scale-out-latency", type=int, help="scale-out: run-now jobs at 200/s per lane (default 600; quick 100)"
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
@@ -516,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     args.intake_timeout = args.intake_timeout or args.intake / 100 + 60
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
+    args.counts = args.scale_out_counts or ([1, 2] if quick else [1, 2, 4])
+    args.so_systems = args.scale_out_systems or ["ours", "celery", "dramatiq", "huey"]
+    args.so_drain = args.scale_out_drain or (400 if quick else 3000)
+    args.so_cpu = args.scale_out_cpu or (40 if quick else 200)
+    args.so_latency = args.scale_out_latency or (100 if quick else 600)
     parts = args.only or [
         "ours-redis",
         "raw-redis",
@@ -528,10 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         "fix",
         "profile",
         "scale",
+        "scale-out",
         "intake",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    known |= {"fix", "profile", "scale", "intake"}
+    known |= {"fix", "profile", "scale", "scale-out", "intake"}
     unknown = [part for part in parts if part not in known or part == "celery-sqlite"]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")

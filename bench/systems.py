@@ -1,10 +1,11 @@
 """The systems the bench drives, and its small tools.
 
 :class:`Ours` (pyramid_scheduler on a broker, with a ``pscheduler`` worker),
-:class:`Raw` (the broker driven directly, :mod:`bench.raw`) and
-:class:`CeleryApp` (Celery on the same broker), the worker processes they
-start, and the timing helpers :mod:`bench.run` and :mod:`bench.profile`
-share.
+:class:`Raw` (the broker driven directly, :mod:`bench.raw`),
+:class:`CeleryApp` (Celery on the same broker), :class:`DramatiqApp` and
+:class:`HueyApp` (Dramatiq and huey on the same Redis, for the scale-out
+part), the worker processes they start, and the timing helpers
+:mod:`bench.run`, :mod:`bench.scaleout` and :mod:`bench.profile` share.
 """
 
 from __future__ import annotations
@@ -162,8 +163,16 @@ class Worker:
         except psutil.Error:
             return float("nan")
 
+    def pause(self) -> None:
+        """SIGSTOP the worker's process group (the worker and its children)."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.alive():
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused worker would not act on SIGTERM
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(30)
@@ -197,6 +206,10 @@ class System:
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
         raise NotImplementedError
 
+    def enqueue_spin(self, path: str, tag: str, sent: float, loops: int) -> None:
+        """Enqueue the CPU-bound job (:func:`bench.jobs.spin`)."""
+        raise NotImplementedError
+
     def start_worker(self) -> Worker:
         raise NotImplementedError
 
@@ -227,12 +240,13 @@ class Ours(System):
 
     has_tx = True
 
-    def __init__(self, broker: str, tmp: Path) -> None:
+    def __init__(self, broker: str, tmp: Path, **settings: str) -> None:
         from pyramid.config import Configurator
 
         super().__init__(broker, tmp, "pyramid_scheduler", "ours")
         self.tag = f"b{uuid.uuid4().hex[:8]}"
         self.settings = ours_settings(broker, tmp, self.tag)
+        self.settings.update({f"scheduler.{key}": value for key, value in settings.items()})
         with Configurator(settings=self.settings) as config:
             config.include("pyramid_scheduler")
         self.proxy = config.registry.scheduler
@@ -259,12 +273,25 @@ class Ours(System):
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
         self.proxy.add_date_job(jobs.record, when, args=[path, tag, when])
 
-    def start_worker(self) -> Worker:
+    def enqueue_spin(self, path: str, tag: str, sent: float, loops: int) -> None:
+        self.proxy.add_async_job(jobs.spin, args=[path, tag, sent, loops])
+
+    def start_worker(self, processes: int = 1) -> Worker:
+        """A ``pscheduler`` (``--processes N`` when *processes* is above 1)."""
         self.workers += 1
         return Worker(
-            [sys.executable, "-m", "pyramid_scheduler.scripts", str(self.ini)],
+            [
+                sys.executable,
+                "-m",
+                "pyramid_scheduler.scripts",
+                *([f"--processes={processes}"] if processes > 1 else []),
+                str(self.ini),
+            ],
             self.tmp / f"{self.key}-{self.workers}.log",
         )
+
+    def live_daemons(self) -> int:
+        return sum(len(queue["daemons"]) for queue in self.proxy.get_daemons())
 
     def active(self) -> bool:
         return all(d["active"] for d in self.proxy.get_daemons())
@@ -356,7 +383,8 @@ class Raw(System):
 
 
 class CeleryApp(System):
-    """Celery 5 with the same broker: a ``celery worker -P solo`` subprocess."""
+    """Celery 5 with the same broker: a ``celery worker -P solo`` subprocess
+    (``-P prefork -c N`` for N processes)."""
 
     def __init__(self, broker: str, tmp: Path) -> None:
         super().__init__(broker, tmp, "Celery", "celery")
@@ -370,6 +398,8 @@ class CeleryApp(System):
         celery_app.app.conf.task_default_queue = self.queue
         self.app = celery_app.app
         self.task = celery_app.record
+        self.spin = celery_app.spin
+        self.workers = 0
 
     def enqueue(self, path: str, tag: str, sent: float) -> None:
         self.task.apply_async(args=[path, tag, sent], queue=self.queue)
@@ -377,7 +407,12 @@ class CeleryApp(System):
     def enqueue_at(self, path: str, tag: str, when: float) -> None:
         self.task.apply_async(args=[path, tag, when], queue=self.queue, eta=datetime.fromtimestamp(when, timezone.utc))
 
-    def start_worker(self) -> Worker:
+    def enqueue_spin(self, path: str, tag: str, sent: float, loops: int) -> None:
+        self.spin.apply_async(args=[path, tag, sent, loops], queue=self.queue)
+
+    def start_worker(self, processes: int = 0) -> Worker:
+        """``-P solo`` by default, ``-P prefork -c N`` with *processes*."""
+        self.workers += 1
         argv = [
             sys.executable,
             "-m",
@@ -385,8 +420,7 @@ class CeleryApp(System):
             "-A",
             "bench.celery_app",
             "worker",
-            "-P",
-            "solo",
+            *(["-P", "prefork", "-c", str(processes)] if processes else ["-P", "solo"]),
             "-Q",
             self.queue,
             "--without-gossip",
@@ -396,7 +430,9 @@ class CeleryApp(System):
             "WARNING",
         ]
         return Worker(
-            argv, self.tmp / f"{self.key}.log", env={"BENCH_CELERY_BROKER": self.url, "BENCH_CELERY_QUEUE": self.queue}
+            argv,
+            self.tmp / f"{self.key}-{self.workers}.log",
+            env={"BENCH_CELERY_BROKER": self.url, "BENCH_CELERY_QUEUE": self.queue},
         )
 
     def close(self) -> None:
@@ -409,6 +445,95 @@ class CeleryApp(System):
         # pools (Kombu's global producer pools stay open for the same URL).
         self.app._pool = None
         self.app.amqp._producer_pool = None
+
+
+class DramatiqApp(System):
+    """Dramatiq with the same Redis: ``dramatiq --processes N --threads T``
+    (T: Dramatiq's default, 8), its keys under a namespace of their own."""
+
+    has_date = False
+    threads = 8
+
+    def __init__(self, broker: str, tmp: Path) -> None:
+        if broker != "redis":
+            raise ValueError("the bench runs Dramatiq on Redis only")
+        from bench import dramatiq_app
+
+        super().__init__(broker, tmp, "Dramatiq", "dramatiq")
+        self.namespace = f"bench-dramatiq-{uuid.uuid4().hex[:8]}"
+        self.broker_, self.record, self.spin = dramatiq_app.make(REDIS_URL, self.namespace)
+        self.workers = 0
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        self.record.send(path, tag, sent)
+
+    def enqueue_spin(self, path: str, tag: str, sent: float, loops: int) -> None:
+        self.spin.send(path, tag, sent, loops)
+
+    def start_worker(self, processes: int = 1) -> Worker:
+        self.workers += 1
+        argv = [sys.executable, "-m", "dramatiq", "bench.dramatiq_app:broker"]
+        argv += ["--processes", str(processes), "--threads", str(self.threads), "--skip-logging"]
+        return Worker(
+            argv,
+            self.tmp / f"{self.key}-{self.workers}.log",
+            env={"BENCH_DRAMATIQ_URL": REDIS_URL, "BENCH_DRAMATIQ_NAMESPACE": self.namespace},
+        )
+
+    def close(self) -> None:
+        delete_keys(f"{self.namespace}:*")
+        self.broker_.close()
+
+
+class HueyApp(System):
+    """huey with the same Redis: ``huey_consumer -k process -w N``, one job
+    at a time per process, JSON messages, no results."""
+
+    has_date = False
+
+    def __init__(self, broker: str, tmp: Path) -> None:
+        if broker != "redis":
+            raise ValueError("the bench runs huey on Redis only")
+        from bench import huey_app
+
+        super().__init__(broker, tmp, "huey", "huey")
+        self.queue = f"bench_huey_{uuid.uuid4().hex[:8]}"
+        self.huey, self.record, self.spin = huey_app.make(REDIS_URL, self.queue)
+        self.workers = 0
+
+    def enqueue(self, path: str, tag: str, sent: float) -> None:
+        self.record(path, tag, sent)
+
+    def enqueue_spin(self, path: str, tag: str, sent: float, loops: int) -> None:
+        self.spin(path, tag, sent, loops)
+
+    def start_worker(self, processes: int = 1) -> Worker:
+        self.workers += 1
+        consumer = Path(sys.executable).parent / "huey_consumer"
+        argv = [str(consumer), "bench.huey_app.huey", "-k", "process", "-w", str(processes), "--quiet"]
+        return Worker(
+            argv,
+            self.tmp / f"{self.key}-{self.workers}.log",
+            env={"BENCH_HUEY_URL": REDIS_URL, "BENCH_HUEY_NAME": self.queue},
+        )
+
+    def close(self) -> None:
+        delete_keys(f"huey.*.{self.queue}*")
+        self.huey.storage.pool.disconnect()
+
+
+def delete_keys(pattern: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError as exc:
+        log(f"could not delete the bench keys {pattern}: {exc}")
+    finally:
+        client.close()
 
 
 # -- the measurements -------------------------------------------------------------------

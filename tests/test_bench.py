@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,47 @@ def test_bench_quick_raw_redis(tmp_path):
     table = (out / "results.rst").read_text()
     assert "redis-py LPUSH/BRPOP" in table and "enqueue p50 (ms)" in table
     assert "Redis enqueue p50 ≤ 1.2× raw LPUSH" in table
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_quick_scale_out_ours(tmp_path):
+    """The scale-out part end to end with two daemons of ours, separate and
+    under ``--processes`` (the other systems need the bench extra), laid
+    over an earlier run's results."""
+    require_service("redis")
+    require_service("postgresql")
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {
+        "command": "python -m bench",
+        "date": "2026-01-01 00:00 UTC",
+        "elapsed_s": 1.0,
+        "versions": {"python": "3"},
+        "sizes": {"drain": 1},
+        "reference": {"huey run-now p50 (ms)": 1.06, "Dramatiq drain (jobs/s)": 1700.0},
+        "systems": {},
+        "scale": [],
+        "skipped": {},
+        "errors": {},
+    }
+    (out / "results.json").write_text(json.dumps(earlier))
+    argv = ["--quick", "--only", "scale-out", "--no-plots", "--out", str(out)]
+    argv += ["--scale-out-systems", "ours", "--scale-out-counts", "2"]
+    argv += ["--scale-out-drain", "60", "--scale-out-cpu", "4", "--scale-out-latency", "20"]
+    proc = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"] == "python -m bench" and "--only scale-out" in results["later"][0]["command"]
+    runs = results["scale_out"]["runs"]
+    assert set(runs) == {"ours-daemons-2", "ours-processes-2"}, results["scale_out"]["errors"]
+    for run in runs.values():
+        assert run["noop"]["done"] == 60 and run["cpu"]["done"] == 4
+        assert run["latency"]["missing"] == 0 and run["latency_fast"]["missing"] == 0
+    assert len(runs["ours-daemons-2"]["noop"]["per_process"]) <= 2
+    assert "Parts measured again" in (out / "results.rst").read_text()
+    table = (out / "scaleout.rst").read_text()
+    assert "pyramid_scheduler --processes N" in table and "no-op drain, --processes 2 ≥ 1.6× one daemon" in table
 
 
 def test_bench_quick_intake_keeps_the_earlier_parts(tmp_path):

@@ -28,7 +28,7 @@ import hupper
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import bootstrap, get_appsettings, setup_logging
 
-from pyramid_scheduler.commands import add_commands, check_command, run_command
+from pyramid_scheduler.commands import add_commands, check_command, positive, run_command
 from pyramid_scheduler.daemon.engine import unshared_store
 from pyramid_scheduler.daemon.processes import STOP_GRACE, WATCH_ENV, ModuleReport, Place, Supervisor
 from pyramid_scheduler.daemon.service import EXIT_LEASE_LOST as EXIT_LEASE_LOST  # the service's: 3
@@ -49,17 +49,6 @@ EXIT_STARTUP_FAILED = 20
 #: A supervised daemon exiting with one of these stops all (with N > 1, also
 #: EXIT_STARTUP_FAILED): restarting it would fail again.
 EXIT_NOT_RESTARTED = (2, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE)
-
-
-def process_count(text: str) -> int:
-    """``--processes``: a whole number, at least 1."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--processes",
         metavar="N",
-        type=process_count,
+        type=positive,
         default=None,
         help="run N daemon processes under a supervisor that restarts one that dies "
         "(default: scheduler.processes, else 1)",

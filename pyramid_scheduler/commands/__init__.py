@@ -53,7 +53,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace, Output], int]] = {
 
 
 def positive(text: str) -> int:
-    """``--limit`` and the like: a whole number, at least 1."""
+    """``--limit``, ``--processes`` and the like: a whole number, at least 1."""
     try:
         number = int(text)
     except ValueError:

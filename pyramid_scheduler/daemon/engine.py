@@ -279,7 +279,8 @@ class Engine:
             self.ledger.serve_as(self.owner)
             self._coordinate()
         elif not self.settings.memory_store:
-            self._recover()
+            self.recovery.recover()
+            self.recovery.restore_parked()
         if self.membership is None:
             self.reconcile(self.proxy.declared)  # config-time schedules
         self.aps.add_job(
@@ -316,38 +317,31 @@ class Engine:
             mask_url(settings.jobstore_url) if settings.jobstore_url else "memory",
         )
 
-    def _recover(self, live: set[str] | None = None) -> None:
-        self.recovery.recover(live)
-        self.recovery.restore_parked()
-
     def _coordinate(self) -> None:
         """Take or renew the lease; its holder recovers what dead daemons left
-        (all of it when it takes the lease) and applies the declared jobs."""
+        (all of it, and the parked jobs, when it takes the lease) and applies
+        the declared jobs when it takes it."""
         assert self.lease is not None and self.membership is not None
+        queues = ", ".join(self.queues)
         if self.coordinating and not self.lease.renew():
-            log.warning(
-                "lease on queues %s lost to another daemon; it does the single-owner work now", ", ".join(self.queues)
-            )
+            log.warning("lease on queues %s lost: another daemon does the single-owner work now", queues)
             self.coordinating = False
-        if not self.coordinating:
+        taking = not self.coordinating
+        if taking:
             if not self.lease.try_acquire():
                 return
             self.coordinating = True
-            log.info(
-                "lease on queues %s taken: this daemon recovers, reconciles and keeps house", ", ".join(self.queues)
-            )
-            dead = self.membership.dead()
-            self._recover(self.membership.live())
-            self._release_broker_claims(dead)
-            self.membership.forget(dead)
-            self.reconcile(self.proxy.declared)
-            return
+            log.info("lease on queues %s taken: this daemon recovers, reconciles and keeps house", queues)
         dead = self.membership.dead()
-        if dead:
+        if dead and not taking:
             log.warning("daemon(s) %s found dead: taking over their work", ", ".join(dead))
+        if dead or taking:
             self.recovery.recover(self.membership.live())
             self._release_broker_claims(dead)
             self.membership.forget(dead)
+        if taking:
+            self.recovery.restore_parked()
+            self.reconcile(self.proxy.declared)
 
     def _release_broker_claims(self, dead: list[str]) -> None:
         """Give back to the broker the messages the *dead* daemons took from

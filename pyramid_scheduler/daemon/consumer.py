@@ -36,7 +36,7 @@ from pyramid_scheduler.daemon.intake import DIRECT_BACKLOG
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.wire.door import DoorConsumer, checked_body
+from pyramid_scheduler.wire.door import DoorConsumer, checked_body, kept_for_replay
 from pyramid_scheduler.wire.messages import JobRequest, decode
 from pyramid_scheduler.wire.signing import sent_too_long_ago
 
@@ -429,11 +429,13 @@ class JobConsumer(StoppableConsumer):
         in one write, and reject them; if the dead letters cannot be written,
         requeue them (after a back-off)."""
         letters = []
+        settings = self.engine.settings
         for message, queue, reason in refused:
             log.error("queue %s: message refused and dead-lettered: %s", queue, reason)
-            letters.append((queue, reason, message.body))
+            kept, signed = kept_for_replay(message, settings.max_message_size, settings.secret)
+            letters.append((queue, reason, message.body, kept, signed))
         ledger = self.engine.ledger
-        keep = self.engine.settings.dead_letters_max
+        keep = settings.dead_letters_max
         try:
             dropped = ledger.dead_letter_many(letters, keep)
         except sa.exc.SQLAlchemyError as exc:

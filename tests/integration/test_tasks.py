@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import webtest
 
-from daemons import DEADLINE, write_ini
+from daemons import DEADLINE, wait_until, write_ini
 from integration.sampleapp.tasks import main
 from pyramid_scheduler import JobHandle
 from pyramid_scheduler.scripts import EXIT_DISABLED
@@ -46,6 +46,23 @@ def test_a_failing_task_s_handle_carries_the_exception_s_message(tasks_app):
     assert handle.error == "ValueError: no such order 7"
     assert handle.result is None
     assert "Traceback (most recent call last)" in handle.traceback
+
+
+def test_a_periodic_declaration_with_start_now_runs_when_the_daemon_stores_it(make_harness, tmp_path):
+    harness = make_harness()
+    settings = {**harness.settings, "tasksapp.scan": "true"}
+    ini = write_ini(tmp_path / "tasks.ini", settings, app="call:integration.sampleapp.tasks:main")
+    daemon = harness.start(ini=ini)
+    scheduler = harness.proxy()
+    # Every 10 minutes, and once at once: the run comes without waiting.
+    harness.wait_job(scheduler, "tick-now", {"scheduled"}, alive=(daemon,))
+    wait_until(lambda: scheduler.get_runs("tick-now", status="done"), "tick-now's first run", alive=(daemon,))
+    record = scheduler.get_job("tick-now")
+    assert record["runs"] == 1 and record["result"] == "tick"
+    assert record["next_run_time"] - record["last_run_at"] == pytest.approx(600, abs=5)
+    # Without start_now, the first run is an interval away.
+    assert scheduler.get_job("tock-later")["runs"] == 0
+    assert scheduler.get_runs("tock-later") == []
 
 
 def test_pscheduler_refuses_a_disabled_scheduler(make_harness, tmp_path):

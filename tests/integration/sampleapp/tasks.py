@@ -8,8 +8,9 @@ tests build it in-process under WebTest. Views (JSON):
   the ``status`` it had inside the view's transaction;
 * ``/fail?message=M``: ``fail.delay(M)``, whose run raises ``ValueError(M)``.
 
-The declarations (``@periodic``, ``@cron``) register only where a test
-scans this module.
+The declarations (``@periodic``, ``@cron``) register only where this
+module is scanned: by a test, or by :func:`main` with ``tasksapp.scan =
+true``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
         config.include("pyramid_scheduler")
+        if settings.get("tasksapp.scan") == "true":
+            config.scan(__name__)
         for name, view in (("add", add_view), ("fail", fail_view)):
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name, renderer="json")

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
-def tasks_app(make_harness, tmp_path):
-    harness = make_harness()
+def tasks_app(make_harness, tmp_path, request):
+    broker, store = getattr(request, "param", ("sqlite", "sqlite"))
+    harness = make_harness(broker=broker, store=store)
     ini = write_ini(tmp_path / "tasks.ini", harness.settings, app="call:integration.sampleapp.tasks:main")
     daemon = harness.start(ini=ini)
     wsgi = main({}, **harness.settings)
@@ -26,6 +27,9 @@ def tasks_app(make_harness, tmp_path):
     return daemon, webtest.TestApp(wsgi), wsgi.registry.scheduler
 
 
+@pytest.mark.parametrize(
+    "tasks_app", [("sqlite", "sqlite"), ("redis", "postgresql")], ids=["sqlite", "redis-postgresql"], indirect=True
+)
 def test_a_view_s_delay_runs_in_the_daemon_and_its_handle_sees_the_result(tasks_app):
     daemon, app, scheduler = tasks_app
     sent = app.get("/add", {"x": "2", "y": "3"}).json

@@ -113,6 +113,10 @@ def test_kombu_urls_pass_through(url):
         ("scheduler.func_aliases", "app.jobs:old = app.jobs", "'old.module:function = new.module:function'"),
         ("scheduler.func_aliases", "a:x = a:y\na:x = a:z", "each old name once"),
         ("scheduler.func_aliases", "a:x = a:y\na:y = a:z", "a:y is itself renamed to a:z"),
+        ("scheduler.dashboard.path", "/ops/", "scheduler.dashboard.path = '/ops/': expected a URL path"),
+        ("scheduler.dashboard.path", "ops", "scheduler.dashboard.path"),
+        ("scheduler.dashboard.permission", "scheduler admin", "a permission name (no blanks)"),
+        ("scheduler.metrics.listen", "9108", "scheduler.metrics.listen = '9108': expected HOST:PORT"),
     ],
 )
 def test_bad_values_name_the_key(key, value, fragment):

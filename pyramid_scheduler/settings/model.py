@@ -105,6 +105,16 @@ class SchedulerSettings:
     #: :mod:`pyramid_scheduler.testing` runs due jobs as soon as they are added.
     testing_eager: bool = False
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the dashboard, its API, the health probe and the metrics are mounted.
+    dashboard_path: str = "/scheduler"
+    #: The permission the dashboard's views require.
+    dashboard_permission: str = "scheduler.admin"
+    #: The permission of the health probe ("": public).
+    health_permission: str = ""
+    #: The permission of the metrics (``None``: ``dashboard_permission``).
+    metrics_permission: str | None = None
+    #: ``HOST:PORT`` where a daemon serves /metrics and /health ("": nowhere).
+    metrics_listen: str = ""
 
     @property
     def fanout(self) -> bool:

@@ -12,6 +12,7 @@ reference in docs/settings.rst is made from it by
 
 from __future__ import annotations
 
+from pyramid_scheduler.settings.spec_operations import OPERATIONS
 from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
 from pyramid_scheduler.settings.urls import (
     DEFAULT_BROKER_URL,
@@ -471,7 +472,9 @@ it is added (an async job inside the ``add_async_job`` call) instead of at
 Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``timezone``
 (which pyramid_scheduler sets) are refused with the setting to use instead.""",
     ),
-) + SETTINGS_TASKS
+    *OPERATIONS,
+    *SETTINGS_TASKS,
+)
 
 #: The families of free names: ``NAME.`` -> their setting.
 FAMILIES = {setting.family: setting for setting in SETTINGS if setting.family}

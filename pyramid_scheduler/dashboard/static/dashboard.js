@@ -115,10 +115,11 @@
     });
     this.tbody = this.table.tBodies[0];
     this.empty = el("p", { "class": "empty", text: "Nothing here yet." });
-    this.more = el("button", { type: "button", "class": "new-rows", hidden: "", on: { click: function () {
+    this.more = el("button", { type: "button", "class": "new-rows", on: { click: function () {
       self.hovered = false;
       self.update(self.latest);
     } } });
+    // The button's place is kept (visibility, not display): showing it moves nothing.
     this.box = el("div", { "class": "table-box" }, this.more, this.table, this.empty);
     this.table.addEventListener("pointerenter", function () { self.hovered = true; });
     this.table.addEventListener("pointerleave", function () {
@@ -172,7 +173,7 @@
         if (self.tbody.rows[index] !== tr) self.tbody.insertBefore(tr, self.tbody.rows[index] || null);
       });
     }
-    this.more.hidden = !this.pending.length;
+    this.more.classList.toggle("shown", this.pending.length > 0);
     this.more.textContent = this.pending.length + " new \u2014 show";
     this.empty.hidden = this.rows.size > 0;
   };
@@ -424,8 +425,8 @@
         }));
         if (!j.next_fire_times.length) fires.appendChild(el("li", { "class": "none", text: "none" }));
         history.update(j.history.slice().reverse());
-        text = j.result === null || j.result === undefined ? "" : JSON.stringify(j.result, null, 2);
-        if (result.textContent !== text) result.textContent = text || "(none)";
+        text = j.result === null || j.result === undefined ? "(none)" : JSON.stringify(j.result, null, 2);
+        if (result.textContent !== text) result.textContent = text;
         if (error.textContent !== (j.error || "(none)")) error.textContent = j.error || "(none)";
         errorBox.classList.toggle("has-error", Boolean(j.error));
       }, function (err) { say(err.message, "error"); throw err; });

@@ -84,7 +84,7 @@ def _raise_stop(signo: int, frame: object) -> None:
 def demo_ready(daemon_pid: int) -> bool:
     """True once the page answers and the daemon *daemon_pid* holds every queue."""
     try:
-        with urllib.request.urlopen(DEMO_URL + "jobs.json", timeout=2) as response:
+        with urllib.request.urlopen(DEMO_URL + "daemons.json", timeout=2) as response:
             daemons = json.load(response)["daemons"]
     except (OSError, ValueError, KeyError):
         return False

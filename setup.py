@@ -85,7 +85,7 @@ setup(
     include_package_data=True,
     package_data={
         "pyramid_scheduler": ["py.typed"],
-        "pyramid_scheduler.demo": ["index.html"],
+        "pyramid_scheduler.demo": ["index.html", "login.html"],
         "pyramid_scheduler.dashboard": ["page.html", "static/*.css", "static/*.js"],
     },
     zip_safe=False,

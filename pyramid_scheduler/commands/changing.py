@@ -1,5 +1,5 @@
-"""The changing commands: ``cancel``, ``pause``, ``resume``, ``run``, ``retry``, ``purge``
-and ``dead-letters delete``.
+"""The changing commands: ``cancel``, ``pause``, ``resume``, ``run``, ``retry``, ``purge``,
+``dead-letters replay`` and ``dead-letters delete``.
 
 A job is changed the way a view changes it: the command checks the job's
 record, then publishes one message through the proxy
@@ -7,7 +7,10 @@ record, then publishes one message through the proxy
 the job's queue does the work; the command says whether a live daemon
 serves that queue. ``purge`` is the daemon's own housekeeping purge
 (:func:`~pyramid_scheduler.daemon.housekeeping.purge_finished`), which only
-forgets finished records; ``dead-letters delete`` forgets a dead letter.
+forgets finished records; ``dead-letters replay`` publishes a dead letter's
+message again through the proxy
+(:meth:`~pyramid_scheduler.web.manage.JobManagement.replay_dead_letter`), and
+``dead-letters delete`` forgets a dead letter.
 """
 
 from __future__ import annotations
@@ -102,4 +105,16 @@ def delete_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int
         out.json(answer)
     else:
         out.line(f"dead letter {args.letter_id} deleted")
+    return 0
+
+
+def replay_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    try:
+        job_id = proxy.replay_dead_letter(args.letter_id, force=args.force)
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    if out.as_json:
+        out.json({"id": args.letter_id, "replayed": True, "job_id": job_id})
+    else:
+        out.line(f"dead letter {args.letter_id} replayed as job {job_id}, and deleted")
     return 0

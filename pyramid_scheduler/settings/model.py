@@ -36,6 +36,9 @@ class SchedulerSettings:
     """
 
     combined: bool = False
+    #: ``False``: nothing is published; run-now jobs and tasks run inline
+    #: (see :mod:`pyramid_scheduler.tasks`).
+    enabled: bool = True
     #: Hold add_*_job/cancel_job until the current transaction commits.
     transactional: bool = True
     #: Run-now jobs are stored before their message is acked, unless they

@@ -145,6 +145,84 @@ class JobManagement:
         )
         return job_id
 
+    def replay_dead_letter(self, letter_id: int, force: bool = False) -> str:
+        """Publish a dead letter's message again, then forget the dead letter.
+
+        For a message refused for a reason since put right (its function's
+        module deployed or allowed, a queue served, a clock mended): it is
+        checked here as ``add_*_job`` checks a job (its queue, its function
+        imported, the arguments against its signature, its schedule), gets a
+        new ``sent_at`` and this process's signature, and the daemons read it
+        like any other; it keeps its message id, so a replay of a job that
+        was stored after all is absorbed as a duplicate.
+
+        A dead letter keeps a message whole only when it was JSON of at most
+        ``scheduler.max_message_size`` bytes that the door let through; others
+        cannot be replayed. One that did not carry a valid signature of the
+        daemon's ``scheduler.secret`` may not come from your application, and
+        is only replayed with *force*.
+
+        :returns: the id of the replayed message's job.
+        :raises LookupError: no such dead letter.
+        :raises InvalidJob: it cannot be replayed, or still fails a check (the
+            message says which).
+
+        .. versionadded:: 1.0
+        """
+        from dataclasses import replace
+
+        from pyramid_scheduler.exceptions import InvalidMessage
+        from pyramid_scheduler.wire.messages import decode
+
+        ledger = self._ledger()
+        letter = ledger.get_dead_letter(letter_id)
+        if letter is None:
+            raise LookupError(f"dead letter {letter_id}: no such dead letter")
+        what = f"dead letter {letter_id}"
+        text = letter.get("message")
+        if text is None:
+            if (letter.get("size") or 0) > len(str(letter.get("body") or "").encode("utf-8", "surrogatepass")):
+                why = f"only the first bytes of its {letter['size']}-byte body were kept"
+            else:
+                why = "the daemon refused it before reading it as a message"
+            raise InvalidJob(f"{what} cannot be replayed: {why} (refused for: {letter['reason']})")
+        if letter.get("signed") is False and not force:
+            raise InvalidJob(
+                f"{what} did not carry a valid signature of scheduler.secret when it arrived, so it may "
+                f"not come from your application (refused for: {letter['reason']}); replay it with "
+                "force only if you know where it came from"
+            )
+        try:
+            request = decode(text)
+        except InvalidMessage as exc:
+            raise InvalidJob(f"{what} is still not a valid message: {exc}") from None
+        self._check_replay(request, what)
+        self._publish(replace(request, sent_at=self.now().isoformat()), immediate=True)
+        ledger.delete_dead_letter(letter_id)
+        return request.id
+
+    def _check_replay(self, request: JobRequest, what: str) -> None:
+        """Check a replayed *request* as ``add_*_job`` checks a job."""
+        from pyramid_scheduler.triggers.build import build_trigger
+        from pyramid_scheduler.wire.refs import check_arguments, check_ref
+
+        if request.queue not in self.settings.queues:
+            raise InvalidJob(
+                f"{what}: its queue {request.queue!r} is not one of scheduler.queues {self.settings.queues}"
+            )
+        try:
+            if request.op == "add":
+                check_arguments(
+                    check_ref(request.func, self.settings.allowed_modules),
+                    request.args,
+                    request.kwargs,
+                    str(request.func),
+                )
+            if request.trigger is not None:
+                build_trigger(request.trigger, self.settings.timezone)
+        except (InvalidJob, ValueError, TypeError, LookupError) as exc:
+            raise InvalidJob(f"{what}: {exc}") from None
+
     def _job_queue(self, job_id: str, queue: str | None) -> str:
         """The queue of a job to manage: checked against its record when the
         job store has one (a finished job is refused at once)."""

@@ -393,6 +393,11 @@ class SchedulerProxy(JobManagement, JobRecords):
         if captured is not None:
             captured.append(request)
             return
+        if not self.settings.enabled:
+            from pyramid_scheduler.tasks import run_disabled
+
+            run_disabled(self, request)
+            return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
         if txn is None:
             self.publisher.publish(body, request.queue, request.id)

@@ -40,6 +40,30 @@ def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
         ref = func.strip()
         check_ref(ref, allowed)
         return ref
+    module, qualname = importable_name(func)
+    ref = f"{module}:{qualname}"
+    check_allowed(ref, allowed)
+    try:
+        resolved = resolve_ref(ref)
+    except InvalidJob as exc:
+        raise InvalidJob(f"func: {ref} does not resolve back to the function ({exc})") from exc
+    if resolved is not func and resolved != func:
+        raise InvalidJob(
+            f"func: {ref} resolves to {resolved!r}, not to the function given; "
+            "is it decorated or rebound under another name?"
+        )
+    return ref
+
+
+def importable_name(func: Any) -> tuple[str, str]:
+    """The ``(module, qualname)`` under which the daemon would import *func*,
+    without importing it (so it may be asked while the module is still
+    being executed, as a decorator does).
+
+    :raises InvalidJob: for a lambda, a nested function, a bound method, a
+        ``functools.partial``, something not callable or a function defined
+        in ``__main__``.
+    """
     if isinstance(func, functools.partial):
         raise InvalidJob(
             "func: a functools.partial cannot be referenced by name; pass the "
@@ -66,18 +90,7 @@ def callable_ref(func: Any, allowed: tuple[str, ...] = ()) -> str:
             f"func: {qualname} is defined in __main__, which the daemon cannot "
             "import; move it into a module of your package"
         )
-    ref = f"{module}:{qualname}"
-    check_allowed(ref, allowed)
-    try:
-        resolved = resolve_ref(ref)
-    except InvalidJob as exc:
-        raise InvalidJob(f"func: {ref} does not resolve back to the function ({exc})") from exc
-    if resolved is not func and resolved != func:
-        raise InvalidJob(
-            f"func: {ref} resolves to {resolved!r}, not to the function given; "
-            "is it decorated or rebound under another name?"
-        )
-    return ref
+    return module, qualname
 
 
 def resolve_ref(ref: str) -> Callable[..., Any]:

@@ -108,13 +108,24 @@ def delete_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int
     return 0
 
 
-def replay_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+def replay_letter(proxy: Any, letter_id: int, force: bool = False) -> dict[str, Any]:
+    """Replay one dead letter (:meth:`~pyramid_scheduler.web.manage.JobManagement.replay_dead_letter`):
+    ``dead-letters replay --json``'s answer and the dashboard's.
+
+    :raises NotFound: there is no such dead letter.
+    :raises InvalidJob: it cannot be replayed (the message says why).
+    """
     try:
-        job_id = proxy.replay_dead_letter(args.letter_id, force=args.force)
+        job_id = proxy.replay_dead_letter(letter_id, force=force)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
+    return {"id": letter_id, "replayed": True, "job_id": job_id}
+
+
+def replay_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    answer = replay_letter(proxy, args.letter_id, args.force)
     if out.as_json:
-        out.json({"id": args.letter_id, "replayed": True, "job_id": job_id})
+        out.json(answer)
     else:
-        out.line(f"dead letter {args.letter_id} replayed as job {job_id}, and deleted")
+        out.line(f"dead letter {args.letter_id} replayed as job {answer['job_id']}, and deleted")
     return 0

@@ -32,6 +32,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from pyramid_scheduler.commands.changing import CHANGES, forget_dead_letter, request_change
+from pyramid_scheduler.commands.changing import replay_letter as replay
 from pyramid_scheduler.commands.output import NotFound, schedule
 from pyramid_scheduler.commands.reading import dead_letter_list, job_detail, stats_report
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
@@ -57,6 +58,7 @@ def add_api(config: Configurator, path: str, permission: str | None) -> None:
         "daemons": ("/daemons", daemons, "GET"),
         "dead_letters": ("/dead-letters", dead_letters, "GET"),
         "delete_letter": (r"/dead-letters/{letter_id:\d{1,18}}/delete", delete_letter, "POST"),
+        "replay_letter": (r"/dead-letters/{letter_id:\d{1,18}}/replay", replay_letter, "POST"),
         "stats": ("/stats", stats, "GET"),
     }
     for name, (pattern, view, method) in routes.items():
@@ -203,11 +205,24 @@ def dead_letters(request: Request) -> Response:
 
 
 def delete_letter(request: Request) -> Response:
-    """``POST api/dead-letters/{id}/delete``."""
+    """``POST api/dead-letters/{id}/delete``: forget it."""
     try:
         return reply(forget_dead_letter(request.registry.scheduler, int(request.matchdict["letter_id"])))
     except NotFound as exc:
         raise HTTPNotFound(str(exc)) from exc
+
+
+def replay_letter(request: Request) -> Response:
+    """``POST api/dead-letters/{id}/replay`` (``force=1`` for one that came
+    unsigned): what ``pscheduler dead-letters replay ID --json`` prints (202),
+    409 when it cannot be replayed."""
+    force = (request.params.get("force") or "").lower() in ("1", "true", "yes")
+    try:
+        return reply(replay(request.registry.scheduler, int(request.matchdict["letter_id"]), force), 202)
+    except NotFound as exc:
+        raise HTTPNotFound(str(exc)) from exc
+    except InvalidJob as exc:
+        raise HTTPConflict(str(exc)) from exc
 
 
 def stats(request: Request) -> Response:

@@ -19,6 +19,7 @@ from pyramid.security import Allowed, Denied
 from conftest import make_settings
 from daemons import wait_until
 from pyramid_scheduler.demo import jobs
+from pyramid_scheduler.wire.messages import JobRequest
 
 ADMIN = {"X-User": "admin"}
 HOSTILE = "<script>alert('x')</script>&amp;"
@@ -216,7 +217,9 @@ def test_hostile_text_is_never_markup(app: webtest.TestApp) -> None:
 
 def test_dead_letters_are_listed_and_deleted(app: webtest.TestApp) -> None:
     ledger = scheduler(app)._ledger()
-    ledger.dead_letter_many([("jobs", "bad signature", b'{"op": "add"}'), ("reports", HOSTILE, b"junk")])
+    ledger.dead_letter_many(
+        [("jobs", "bad signature", b'{"op": "add"}', None, None), ("reports", HOSTILE, b"junk", None, None)]
+    )
     letters = app.get("/scheduler/api/dead-letters", headers=ADMIN).json["dead_letters"]
     assert [(d["queue"], d["reason"], d["whole"]) for d in letters] == [
         ("jobs", "bad signature", True),
@@ -249,3 +252,39 @@ def test_bad_settings_are_refused_at_the_include(tmp_var: Path) -> None:
         with Configurator(settings=make_settings(tmp_var, **{"jobstore.url": "memory"})) as config:
             config.include("pyramid_scheduler.dashboard")
         config.commit()
+
+
+def test_a_dead_letter_is_replayed_from_the_api(app: webtest.TestApp) -> None:
+    def letter(job_id: str, signed: bool | None, whole: bool = True) -> int:
+        body = JobRequest(
+            op="add",
+            id=job_id,
+            queue="jobs",
+            func="pyramid_scheduler.demo.jobs:say",
+            args=[job_id],
+            kwargs={},
+            trigger={"type": "now", "run_date": "2026-01-01T00:00:00+00:00"},
+        ).encode()
+        ledger = scheduler(app)._ledger()
+        ledger.dead_letter_many([("jobs", "sent too long ago", body, body.decode() if whole else None, signed)])
+        return int(ledger.list_dead_letters(1)[-1]["id"])
+
+    csrf = {**ADMIN, "X-CSRF-Token": token(app)}
+    signed = letter("replayed", True)
+    answer = app.post(f"/scheduler/api/dead-letters/{signed}/replay", headers=csrf, status=202)
+    assert answer.json == {"id": signed, "replayed": True, "job_id": "replayed"}
+    assert stored(app, "replayed", "done")["result"]["message"] == "replayed"
+    unsigned = letter("unsigned", False)
+    listed = app.get("/scheduler/api/dead-letters", headers=ADMIN).json["dead_letters"]
+    assert [(d["id"], d["replayable"], d["signed"]) for d in listed] == [(unsigned, True, False)]
+    refused = app.post(f"/scheduler/api/dead-letters/{unsigned}/replay", headers=csrf, status=409)
+    assert "did not carry a valid signature" in refused.json["error"]
+    app.post(f"/scheduler/api/dead-letters/{unsigned}/replay?force=1", headers=csrf, status=202)
+    stored(app, "unsigned", "done")
+    cut = letter("cut", True, whole=False)
+    assert (
+        "cannot be replayed"
+        in app.post(f"/scheduler/api/dead-letters/{cut}/replay", headers=csrf, status=409).json["error"]
+    )
+    app.post("/scheduler/api/dead-letters/999999/replay", headers=csrf, status=404)
+    app.post(f"/scheduler/api/dead-letters/{cut}/replay", headers=ADMIN, status=400)  # no CSRF token

@@ -442,11 +442,24 @@
       { title: "Queue", cell: function (d) { return d.queue; } },
       { title: "Size", cls: "num", cell: function (d) { return String(d.size); } },
       { title: "Reason", cls: "wide", cell: function (d) { return String(d.reason || ""); } },
-      { title: "", cell: function (d) {
-        return el("button", { type: "button", "class": "delete", text: "Delete", on: { click: function () {
+      { title: "", cls: "buttons", cell: function (d) {
+        var replay = el("button", { type: "button", "class": "replay", text: "Replay", on: { click: function () {
+          // One that came unsigned may not come from this application: replayed only when confirmed.
+          var force = d.signed === false;
+          if (force && !window.confirm("Dead letter " + d.id + " did not carry a valid signature: replay it anyway?")) return;
+          call("/dead-letters/" + d.id + "/replay" + (force ? "?force=1" : ""), true).then(function (answer) {
+            say("dead letter " + d.id + " replayed as job " + answer.job_id, "ok");
+          }, function (err) { say(err.message, "error"); });
+        } } });
+        if (!d.replayable) {
+          replay.disabled = true;
+          replay.title = "only part of this message was kept, or it was not a message: it cannot be replayed";
+        }
+        var remove = el("button", { type: "button", "class": "delete", text: "Delete", on: { click: function () {
           call("/dead-letters/" + d.id + "/delete", true).then(function () { say("dead letter " + d.id + " deleted", "ok"); },
             function (err) { say(err.message, "error"); });
         } } });
+        return el("span", null, replay, " ", remove);
       } }
     ], function (d) { return String(d.id); }, "dead-letters");
     main.appendChild(el("p", { "class": "hint", text: "Messages the daemons refused, with why (newest first). The whole reason is on hover; the body is in the JSON API." }));

@@ -106,7 +106,7 @@ def demo() -> int:
         announced = False
         while daemon.poll() is None and web.poll() is None:
             if not announced and demo_ready(daemon.pid):
-                say(f"the demo is at {DEMO_URL} (Ctrl-C stops it)")
+                say(f"the demo is at {DEMO_URL} (log in as demo/demo; dashboard: {DEMO_URL}scheduler; Ctrl-C stops it)")
                 announced = True
             time.sleep(0.5 if announced else 0.2)
         code = 1

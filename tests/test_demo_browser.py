@@ -74,6 +74,27 @@ def demo_url(tmp_path: Path) -> Iterator[str]:
     assert codes[0] == 0, "pscheduler exits 0 on SIGTERM"
 
 
+def dead_letter(database: Path, job_id: str) -> None:
+    """A refused message in the demo's job store, written as the daemon writes one."""
+    import sqlalchemy as sa
+
+    from pyramid_scheduler.store.ledger import Ledger
+    from pyramid_scheduler.wire.messages import JobRequest
+
+    body = JobRequest(
+        op="add",
+        id=job_id,
+        queue="default",
+        func="pyramid_scheduler.demo.jobs:say",
+        args=["replayed"],
+        kwargs={},
+        trigger={"type": "now", "run_date": "2026-01-01T00:00:00+00:00"},
+    ).encode()
+    engine = sa.create_engine(f"sqlite:///{database}")
+    Ledger(engine).dead_letter_many([("default", "<b>refused</b>: sent too long ago", body, body.decode(), True)])
+    engine.dispose()
+
+
 def shots_dir(tmp_path: Path) -> Path:
     """Where the screenshots go: $DASHBOARD_SCREENSHOTS (the docs' images are
     made with docs/_static), else the test's own directory."""
@@ -164,7 +185,16 @@ def test_log_in_schedule_and_watch_jobs_in_the_dashboard(demo_url: str, tmp_path
             shot("overview")
             page.goto(demo_url + "scheduler/dead-letters")
             expect(page.locator(".empty")).to_be_visible()
+            dead_letter(tmp_path / "scheduler-jobs.sqlite", "from-a-dead-letter")
+            letter = page.locator("#dead-letters tbody tr").first
+            expect(letter).to_contain_text("<b>refused</b>", timeout=10_000)  # as text
             shot("dead-letters")
+            letter.get_by_role("button", name="Replay").click()
+            expect(page.locator("#message")).to_contain_text("replayed as job from-a-dead-letter")
+            page.mouse.move(5, 5)
+            expect(page.locator("#dead-letters tbody tr")).to_have_count(0, timeout=10_000)
+            page.goto(demo_url + "scheduler/jobs/from-a-dead-letter")
+            expect(page.locator("body")).to_have_attribute("data-status", "done", timeout=20_000)
 
             page.set_viewport_size({"width": 390, "height": 844})  # a phone
             page.goto(demo_url + "scheduler/jobs")

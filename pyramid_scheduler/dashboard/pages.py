@@ -23,7 +23,7 @@ SHELL = Template((Path(__file__).parent / "page.html").read_text(encoding="utf-8
 PAGES = {
     "overview": ("", "Overview"),
     "jobs": ("/jobs", "Jobs"),
-    "job": ("/jobs/{job_id}", "Job"),
+    "job": ("/jobs/{job_id:.+}", "Job"),
     "dead-letters": ("/dead-letters", "Dead letters"),
 }
 

@@ -83,8 +83,8 @@ def stored(app: webtest.TestApp, job_id: str, status: str) -> dict[str, Any]:
     return wait_until(reached, f"job {job_id} to be {status}", 20)
 
 
-def later_job(app: webtest.TestApp, *args: Any, queue: str = "jobs") -> str:
-    job_id = scheduler(app).add_date_job(jobs.say, time.time() + 3600, args=list(args), queue=queue)
+def later_job(app: webtest.TestApp, *args: Any, queue: str = "jobs", **options: Any) -> str:
+    job_id = scheduler(app).add_date_job(jobs.say, time.time() + 3600, args=list(args), queue=queue, **options)
     stored(app, job_id, "scheduled")
     return job_id
 
@@ -199,6 +199,15 @@ def test_pagination_filters_and_search(app: webtest.TestApp) -> None:
     assert app.get("/scheduler/api/jobs", {"search": other, "queue": "jobs"}, headers=ADMIN).json["jobs"] == []
     assert app.get("/scheduler/api/jobs", {"func": "jobs:say"}, headers=ADMIN).json["jobs"]
     assert app.get("/scheduler/api/jobs", {"func": "jobs:fail"}, headers=ADMIN).json["jobs"] == []
+
+
+def test_a_job_id_with_slashes(app: webtest.TestApp) -> None:
+    job_id = later_job(app, "x", id="reports/daily")
+    assert app.get("/scheduler/api/jobs/reports/daily", headers=ADMIN).json["id"] == job_id
+    assert app.get("/scheduler/api/jobs/reports%2Fdaily/runs", headers=ADMIN).json == {"runs": []}
+    assert app.get("/scheduler/jobs/reports/daily", headers=ADMIN).html.body["data-job"] == job_id
+    app.post("/scheduler/api/jobs/reports/daily/pause", headers={**ADMIN, "X-CSRF-Token": token(app)}, status=202)
+    stored(app, job_id, "paused")
 
 
 def test_hostile_text_is_never_markup(app: webtest.TestApp) -> None:

@@ -179,9 +179,9 @@ class Ledger(Reports):
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def list_jobs(
-        self, queue: str | None, status: str | None, limit: int, func: str | None = None
+        self, queue: str | None, status: str | None, limit: int, func: str | None = None, offset: int = 0
     ) -> list[dict[str, Any]]:
-        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
+        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc(), self.jobs.c.id).limit(limit).offset(offset)
         if func is not None:
             query = query.where(self.jobs.c.func.contains(func, autoescape=True))
         if queue is not None:

@@ -12,6 +12,7 @@ reference in docs/settings.rst is made from it by
 
 from __future__ import annotations
 
+from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
 from pyramid_scheduler.settings.urls import (
     DEFAULT_BROKER_URL,
     DEFAULT_JOBSTORE_URL,
@@ -471,6 +472,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
 (which pyramid_scheduler sets) are refused with the setting to use instead.""",
     ),
 )
+SETTINGS += SHELL_SETTINGS
 
 #: The families of free names: ``NAME.`` -> their setting.
 FAMILIES = {setting.family: setting for setting in SETTINGS if setting.family}

@@ -328,7 +328,7 @@ class SchedulerProxy(JobManagement, JobRecords):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidJob(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         kwargs_json = check_json(dict(kwargs or {}), "kwargs")
-        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref)
+        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref, self.settings)
 
         job_id = options.pop("id", None)
         if job_id is None:

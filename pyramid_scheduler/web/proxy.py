@@ -152,6 +152,13 @@ class SchedulerProxy(JobManagement, JobRecords):
         With a future *start_date* the first run is at *start_date*; with a
         past one, runs follow its grid (``start_date + k * interval``) from
         the next point after now.
+
+        With the option ``fixed_delay=True`` each later run is due one
+        interval after the previous run *ended* (done or failed), so runs
+        never overlap and a slow run pushes the next ones back (see
+        :ref:`fixed-delay`).
+
+        .. versionadded:: 1.0 ``fixed_delay``.
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         return self._add(

@@ -136,3 +136,19 @@ def test_reschedule_with_no_schedule_applies_the_same_delay_again():
         scheduler.reschedule_job(dated)
     with pytest.raises(InvalidJob, match="is done; only scheduled, running or paused jobs can be managed"):
         scheduler.reschedule_job(job_id)
+
+
+def stops_itself(minutes: float, how: str) -> None:
+    """Takes *minutes*, and pauses or cancels its own job on the way."""
+    scheduler = get_current_registry().scheduler
+    takes(minutes)
+    getattr(scheduler, f"{how}_job")("self-stopping")
+
+
+@pytest.mark.parametrize(("how", "status"), [("pause", "paused"), ("cancel", "canceled")])
+def test_a_pause_or_cancel_during_a_run_is_not_undone_by_its_end(how, status):
+    scheduler = make_scheduler()
+    scheduler.add_interval_job(stops_itself, minutes=10, args=[3, how], fixed_delay=True, id="self-stopping")
+    scheduler.clock.advance(hours=1)
+    assert starts(scheduler, "self-stopping") == [10]
+    assert scheduler.get_job("self-stopping")["status"] == status

@@ -40,16 +40,16 @@ def test_reschedule_with_no_schedule_pushes_a_date_job_back_by_its_delay(harness
     proxy = harness.proxy()
     daemon = harness.start()
     tag = f"watchdog-{uuid.uuid4().hex[:8]}"
-    job_id = proxy.add_date_job(jobs.record, seconds=3, args=[harness.oracle, tag], id=tag)
+    # A delay long enough that the job is still waiting under any load.
+    job_id = proxy.add_date_job(jobs.record, seconds=60, args=[harness.oracle, tag], id=tag)
     first = harness.wait_job(proxy, job_id, {"scheduled"}, alive=(daemon,))
+    assert first["trigger"]["delay"] == 60.0
     due = proxy.preview_job(job_id, 1)[0]
-    proxy.reschedule_job(job_id)  # 3 s from now again: later than before
-    wait_until(
-        lambda: proxy.preview_job(job_id, 1) and proxy.preview_job(job_id, 1)[0] > due,
-        "the job to be due later",
-        alive=(daemon,),
-    )
-    assert first["trigger"]["delay"] == 3.0
-    assert proxy.get_job(job_id)["trigger"]["delay"] == 3.0
+    proxy.reschedule_job(job_id)  # 60 s from now again: later than before
+    wait_until(lambda: proxy.preview_job(job_id, 1)[0] > due, "the job to be due later", alive=(daemon,))
+    record = proxy.get_job(job_id)
+    assert (record["status"], record["trigger"]["delay"]) == ("scheduled", 60.0)
+    assert harness.runs(tag) == []
+    proxy.run_job_now(job_id)
     harness.wait_job(proxy, job_id, {"done"}, alive=(daemon,))
     assert len(harness.runs(tag)) == 1

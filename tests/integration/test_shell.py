@@ -92,11 +92,13 @@ def test_a_stored_command_no_longer_allowed_fails_as_its_run_starts(make_harness
     proxy = harness.proxy()
     daemon = harness.start()
     target = tmp_path / "touched"
-    later = proxy.add_date_job(shell.run, seconds=4, args=[f"touch {target}"])
+    later = proxy.add_date_job(shell.run, minutes=10, args=[f"touch {target}"])
     harness.wait_job(proxy, later, {"scheduled"}, alive=(daemon,))
     daemon.terminate()
-    # Restarted with a narrower list before the job is due.
+    # Restarted with a narrower list; the stored job is run now.
     narrow = harness.start(ini=harness.write_ini(harness.app_settings(**{"scheduler.shell.allowed": "echo"})))
+    harness.wait_active(proxy, narrow)
+    proxy.run_job_now(later)
     failed = harness.wait_job(proxy, later, {"failed"}, alive=(narrow,))
     assert "is refused: scheduler.shell.allowed allows no such command" in failed["error"]
     assert not target.exists()

@@ -10,7 +10,8 @@ view, ``request.registry.scheduler`` (or ``request.scheduler``) offers
 ``cancel_job`` (inside pyramid_tm's transaction they publish on commit);
 ``config.add_scheduled_job`` and ``@scheduled_job`` declare periodic jobs in
 code. The jobs run in ``pscheduler CONFIG.ini``, or in the web process itself
-with ``scheduler.combined = true``.
+with ``scheduler.combined = true``; inside a job, ``report_progress`` and
+``should_stop`` tell how far it is and whether it was canceled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
 
 from pyramid_scheduler.api import Event, IScheduler
-from pyramid_scheduler.exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
+from pyramid_scheduler.exceptions import (
+    EnqueueError,
+    InvalidJob,
+    InvalidMessage,
+    InvalidQueue,
+    JobStopped,
+    SchedulerError,
+)
+from pyramid_scheduler.progress import report_progress, should_stop
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.web.declare import add_scheduled_job, scheduled_job
 from pyramid_scheduler.web.proxy import SchedulerProxy
@@ -32,11 +41,14 @@ __all__ = [
     "InvalidJob",
     "InvalidMessage",
     "InvalidQueue",
+    "JobStopped",
     "SchedulerError",
     "SchedulerProxy",
     "SchedulerSettings",
     "includeme",
+    "report_progress",
     "scheduled_job",
+    "should_stop",
 ]
 
 

@@ -51,6 +51,8 @@ log = get_logger(__name__)
 PROGRESS_INTERVAL = 0.5
 #: Seconds between two reads of the stop requests of the running jobs.
 WATCH_INTERVAL = 0.5
+#: Seconds between two looks at a run's deadline from the job's own calls.
+CHECK_INTERVAL = 0.05
 #: The shortest ``timeout`` a job may ask for, in seconds.
 MIN_TIMEOUT = 1.0
 #: Seconds a timed-out run may go on before a warning says it does.
@@ -75,20 +77,23 @@ class Control:
         self.warned = False
         self._pending: tuple[float, str, float] | None = None
         self._written = -PROGRESS_INTERVAL
-        self._lock = threading.Lock()
+        self._next_check = 0.0
 
+    # report() and should_stop() are called from the job's thread only (and
+    # end() after them): no lock; the watcher only sets stop_reason.
     def report(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._pending = (fraction, message, self.controls.ledger.now())
-            due = time.monotonic() - self._written >= PROGRESS_INTERVAL
-        if due:
+        self._pending = (fraction, message, self.controls.ledger.now())
+        if time.monotonic() - self._written >= PROGRESS_INTERVAL:
             self.flush()
         if self.should_stop():
             raise JobStopped(self.job_id, self.stop_reason or "")
 
     def should_stop(self) -> bool:
         if self.stop_reason is None:
-            self.check_deadline(self.controls.clock.now())
+            now = time.monotonic()
+            if now >= self._next_check:  # the clock is read at most every CHECK_INTERVAL
+                self._next_check = now + CHECK_INTERVAL
+                self.check_deadline(self.controls.clock.now())
         return self.stop_reason is not None
 
     def stop(self, reason: str) -> None:
@@ -123,9 +128,8 @@ class Control:
 
     def flush(self) -> None:
         """Write the latest report not yet written, and tell its event."""
-        with self._lock:
-            pending, self._pending = self._pending, None
-            self._written = time.monotonic()
+        pending, self._pending = self._pending, None
+        self._written = time.monotonic()
         if pending is None:
             return
         fraction, message, at = pending
@@ -153,7 +157,8 @@ class Control:
         ``timed-out``), else None."""
         self.controls.forget(self)
         self.flush()
-        self.should_stop()
+        if self.stop_reason is None:
+            self.check_deadline(self.controls.clock.now())
         return STOP_OUTCOMES.get(self.stop_reason or "")
 
 

@@ -200,7 +200,11 @@ class SchedulerProxy(JobManagement, JobRecords):
         )
 
     def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> str:
-        """Cancel a job: it runs no more; a run in progress finishes.
+        """Cancel a job: it runs no more; a run in progress is asked to stop
+        (:func:`pyramid_scheduler.should_stop` turns true in it, and
+        :func:`~pyramid_scheduler.report_progress` raises
+        :exc:`~pyramid_scheduler.JobStopped`; a job that does not look runs
+        to its end) and is recorded ``stopped``: see :doc:`/progress`.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
         it waits for the current transaction's commit unless *immediate*, or

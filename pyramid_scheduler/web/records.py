@@ -90,8 +90,9 @@ class JobRecords:
 
         Keys: ``run_key`` (``job_id@scheduled time``), ``queue``,
         ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
-        ``status`` (``started``, ``done``, ``failed``, ``missed`` or
-        ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        ``status`` (``started``, ``done``, ``failed``, ``timed-out`` (past
+        the job's ``timeout``), ``stopped`` (its job canceled while it ran),
+        ``missed`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
         missed, failed or interrupted). A run that the catch-up policy did not
         run is here as ``missed``; many at once beyond
         ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``

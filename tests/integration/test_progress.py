@@ -7,9 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pyramid.config import Configurator
 
 from integration.conftest import wait_until
 from integration.sampleapp import progress
+from pyramid_scheduler.api import Event, JobProgress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -101,3 +103,24 @@ def test_timeout_asks_the_run_to_stop_and_reports_it_timed_out(harness):
     assert run["finished_at"] - run["started_at"] >= 1
     errors = [row for row in harness.events(job_id) if row["type"] == "job.error"]
     assert len(errors) == 1
+
+
+def test_a_web_process_that_subscribes_receives_the_progress_events(make_harness):
+    harness = make_harness("redis", **{"events.subscribe": "true"})
+    with Configurator(settings=harness.app_settings()) as config:
+        config.include("pyramid_scheduler")
+        notified = config.testing_add_subscriber(JobProgress)
+    app = config.make_wsgi_app()  # ApplicationCreated: the subscriber starts
+    scheduler = app.registry.scheduler
+    harness.proxies.append(scheduler)
+    assert scheduler._subscriber.ready.wait(30), "the event subscriber did not start"
+    daemon = harness.start()
+    harness.wait_active(scheduler, daemon)
+    job_id = new_id("fanned")
+    scheduler.add_async_job(progress.steps, args=[harness.oracle, job_id, 10, 0.1], id=job_id)
+    harness.wait_job(scheduler, job_id, {"done"}, alive=(daemon,))
+    wait_until(lambda: [e for e in notified if e.event.fraction == 1.0], "the last progress event in the web process")
+    fractions = [e.event.fraction for e in notified if e.job_id == job_id]
+    assert fractions == sorted(fractions) and 1 <= len(fractions) < 10
+    last = notified[-1].event
+    assert last.type == Event.JOB_PROGRESS and last.message == "step 10 of 10" and last.seq > 1

@@ -26,8 +26,9 @@ each run and makes it current for the job's code
   (a thread cannot be killed: stopping is cooperative).
 
 The outcome a stop gives the run (:meth:`Control.end`): ``stopped`` for a
-canceled job (its status stays ``canceled``; no retry), ``timed-out`` for a
-timeout (the job's attempt failed; retried like a failure).
+canceled job whose run saw the request (its status stays ``canceled``; no
+retry; a run that never looked keeps its own outcome, as before),
+``timed-out`` for a timeout (the job's attempt failed; retried like a failure).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class Control:
         #: Why the run was asked to stop (``canceled``, ``timed out``), or None.
         self.stop_reason: str | None = None
         self.warned = False
+        #: The job was told to stop (should_stop() was true, or JobStopped raised in it).
+        self.observed = False
         self._pending: tuple[float, str, float] | None = None
         self._written = -PROGRESS_INTERVAL
         self._next_check = 0.0
@@ -94,7 +97,10 @@ class Control:
             if now >= self._next_check:  # the clock is read at most every CHECK_INTERVAL
                 self._next_check = now + CHECK_INTERVAL
                 self.check_deadline(self.controls.clock.now())
-        return self.stop_reason is not None
+        if self.stop_reason is None:
+            return False
+        self.observed = True
+        return True
 
     def stop(self, reason: str) -> None:
         """Ask the run to stop (once; the first reason stands)."""
@@ -154,11 +160,15 @@ class Control:
     def end(self) -> str | None:
         """The run has returned: write its last report, stop watching it,
         and give its outcome if it was asked to stop (``stopped``,
-        ``timed-out``), else None."""
+        ``timed-out``), else None. A canceled run that never saw the request
+        (it neither reported progress nor asked since) keeps its own outcome;
+        a timed-out one is timed out whatever it did."""
         self.controls.forget(self)
         self.flush()
         if self.stop_reason is None:
             self.check_deadline(self.controls.clock.now())
+        if self.stop_reason == "canceled" and not self.observed:
+            return None
         return STOP_OUTCOMES.get(self.stop_reason or "")
 
 

@@ -203,8 +203,9 @@ class SchedulerProxy(JobManagement, JobRecords):
         """Cancel a job: it runs no more; a run in progress is asked to stop
         (:func:`pyramid_scheduler.should_stop` turns true in it, and
         :func:`~pyramid_scheduler.report_progress` raises
-        :exc:`~pyramid_scheduler.JobStopped`; a job that does not look runs
-        to its end) and is recorded ``stopped``: see :doc:`/progress`.
+        :exc:`~pyramid_scheduler.JobStopped`) and, if it saw the request, is
+        recorded ``stopped``; a job that does not look runs to its end: see
+        :doc:`/progress`.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
         it waits for the current transaction's commit unless *immediate*, or

@@ -183,3 +183,11 @@ def test_the_watcher_reads_cancels_and_timeouts_from_the_job_store_and_warns_pas
     assert first.end() == "stopped"
     assert [e.fraction for e in events if e.type == Event.JOB_PROGRESS] == [0.25]
     assert scheduler.get_job(slow)["progress"]["message"] == "late"
+
+
+def test_a_timeout_needs_the_sql_job_store():
+    config = Configurator(settings={"scheduler.jobstore.url": "memory", "scheduler.combined": "false"})
+    config.include("pyramid_scheduler")
+    config.commit()
+    with pytest.raises(InvalidJob, match="timeout: need the SQL job store"):
+        config.registry.scheduler.add_async_job(counting, args=[1], timeout=60)

@@ -356,10 +356,9 @@ class SchedulerProxy(JobManagement, JobRecords):
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
             job_options["durable"] = False
-        if job_options.get("retries") and self.settings.memory_store:
-            raise InvalidJob(
-                "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"
-            )
+        for key, why in (("retries", "keeps the attempts"), ("timeout", "the daemon reads it from")):
+            if job_options.get(key) and self.settings.memory_store:
+                raise InvalidJob(f"{key}: need the SQL job store, which {why}; scheduler.jobstore.url is 'memory'")
 
         request = JobRequest(
             op="add",

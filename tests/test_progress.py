@@ -191,3 +191,37 @@ def test_a_timeout_needs_the_sql_job_store():
     config.commit()
     with pytest.raises(InvalidJob, match="timeout: need the SQL job store"):
         config.registry.scheduler.add_async_job(counting, args=[1], timeout=60)
+
+
+def test_a_job_store_of_the_same_schema_version_gets_the_progress_table(tmp_path):
+    """The table is new in this release without a schema step: the ledger
+    makes it when it opens tables that lack it."""
+    import sqlalchemy as sa
+
+    from pyramid_scheduler.store.db import create_db_engine
+    from pyramid_scheduler.store.ledger import Ledger
+    from pyramid_scheduler.store.progress import read_progress, write_progress
+
+    engine = create_db_engine(f"sqlite:///{tmp_path}/jobs.sqlite")
+    ledger = Ledger(engine, "t_")
+    ledger.progress.drop(engine)
+    assert "t_progress" not in sa.inspect(engine).get_table_names()
+    ledger = Ledger(engine, "t_")
+    write_progress(ledger, engine, "j1", "j1@x", 0.5, "half", 1.0)
+    write_progress(ledger, engine, "j1", "j1@y", 0.75, "more", 2.0)
+    assert read_progress(ledger, engine, ["j1", "j2"]) == {
+        "j1": {"run_key": "j1@y", "fraction": 0.75, "message": "more", "at": 2.0}
+    }
+    engine.dispose()
+
+
+def test_the_progress_goes_with_its_job_at_housekeeping():
+    from pyramid_scheduler.store.progress import read_progress
+
+    scheduler, _ = make_scheduler()
+    job_id = scheduler.add_async_job(counting, args=[3])
+    scheduler.run_pending()
+    ledger = scheduler.engine.ledger
+    assert read_progress(ledger, ledger.engine, [job_id])
+    assert ledger.purge(older_than=ledger.now() + 1) == 1
+    assert read_progress(ledger, ledger.engine, [job_id]) == {}

@@ -42,6 +42,8 @@ def test_progress_is_read_from_another_process(make_harness, broker, store):
     assert record["progress"]["fraction"] == 1.0
     assert record["progress"]["message"] == "step 40 of 40"
     assert record["progress"]["at"] >= record["created_at"]
+    code, output = harness.run("job", job_id)  # pscheduler CONFIG job ID
+    assert code == 0 and "progress: 100% step 40 of 40 (" in output
     # Throttled: far fewer events than the 40 reports, the last among them.
     reported = [row for row in harness.events(job_id) if row["type"] == "job.progress"]
     assert 2 <= len(reported) < 40

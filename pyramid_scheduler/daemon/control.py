@@ -78,6 +78,8 @@ class Control:
         self.warned = False
         #: The job was told to stop (should_stop() was true, or JobStopped raised in it).
         self.observed = False
+        #: What the stop made of the run (see :meth:`end`), once it has ended.
+        self.outcome: str | None = None
         self._pending: tuple[float, str, float] | None = None
         self._written = -PROGRESS_INTERVAL
         self._next_check = 0.0
@@ -157,6 +159,13 @@ class Control:
             )
         )
 
+    def explain(self, text: str) -> str:
+        """The error text of a run that raised: *text*, after the reason it
+        was asked to stop when it was and raised something else."""
+        if self.outcome is None or text.rstrip().rsplit("\n", 1)[-1].startswith(JobStopped.__module__):
+            return text
+        return f"{JobStopped(self.job_id, self.stop_reason or '')}\n{text}"
+
     def end(self) -> str | None:
         """The run has returned: write its last report, stop watching it,
         and give its outcome if it was asked to stop (``stopped``,
@@ -167,9 +176,9 @@ class Control:
         self.flush()
         if self.stop_reason is None:
             self.check_deadline(self.controls.clock.now())
-        if self.stop_reason == "canceled" and not self.observed:
-            return None
-        return STOP_OUTCOMES.get(self.stop_reason or "")
+        if self.stop_reason != "canceled" or self.observed:
+            self.outcome = STOP_OUTCOMES.get(self.stop_reason or "")
+        return self.outcome
 
 
 class Controls:

@@ -296,14 +296,15 @@ class Runner:
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 stop = control.end()
                 outcome = stop or "failed"
-                text = "".join(traceback.format_exception(exc))
-                log.error("job %s (queue %s): run %s %s\n%s", job.id, queue, key, stop or "failed", text)
+                text = control.explain("".join(traceback.format_exception(exc)))
+                (log.warning if stop else log.error)(
+                    "job %s (queue %s): run %s %s\n%s", job.id, queue, key, outcome, text
+                )
                 plan = self.failed(job, key, final, text, exc, base, made, stop)
             else:
                 if stop:  # asked to stop, and it returned: recorded as stopped all the same
-                    outcome = stop
+                    outcome, asked = stop, JobStopped(job.id, control.stop_reason or "")
                     log.warning("job %s (queue %s): run %s %s", job.id, queue, key, stop)
-                    asked = JobStopped(job.id, control.stop_reason or "")
                     plan = self.failed(job, key, final, str(asked), asked, base, made, stop)
                     return RunRecord(job.id, queue, key, outcome, plan)
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)

@@ -107,6 +107,17 @@ def test_timeout_asks_the_run_to_stop_and_reports_it_timed_out(harness):
     assert len(errors) == 1
 
 
+def test_a_timed_out_run_that_raises_its_own_error_says_it_timed_out(harness):
+    proxy = harness.proxy()
+    daemon = harness.start()
+    job_id = new_id("gives-up")
+    proxy.add_async_job(progress.fails_when_stopped, args=[harness.oracle, job_id, 60], id=job_id, timeout=1)
+    record = harness.wait_job(proxy, job_id, {"failed"}, alive=(daemon,))
+    assert record["error"].startswith(f"job {job_id}: asked to stop (timed out)\n")
+    assert f"RuntimeError: sampleapp job {job_id} gives up" in record["error"]
+    assert [run["status"] for run in proxy.get_runs(job_id)] == ["timed-out"]
+
+
 def test_a_web_process_that_subscribes_receives_the_progress_events(make_harness):
     harness = make_harness("redis", **{"events.subscribe": "true"})
     with Configurator(settings=harness.app_settings()) as config:

@@ -46,3 +46,9 @@ def until_stopped(oracle: str, tag: str, seconds: float, how: str = "check") -> 
         raise
     _log_run(oracle, tag, "end")
     return "end"
+
+
+def fails_when_stopped(oracle: str, tag: str, seconds: float) -> None:
+    """Like :func:`until_stopped`, but raises an error of its own when asked to stop."""
+    if until_stopped(oracle, tag, seconds) == "stopped":
+        raise RuntimeError(f"sampleapp job {tag} gives up")

@@ -58,6 +58,8 @@ CHECK_INTERVAL = 0.05
 MIN_TIMEOUT = 1.0
 #: Seconds a timed-out run may go on before a warning says it does.
 TIMEOUT_GRACE = 30.0
+#: How a traceback of JobStopped ends.
+STOPPED_LINE = f"{JobStopped.__module__}.{JobStopped.__qualname__}:"
 #: Outcomes of a stopped run, by the reason it was asked to stop.
 STOP_OUTCOMES = {"canceled": "stopped", "timed out": "timed-out"}
 
@@ -162,7 +164,7 @@ class Control:
     def explain(self, text: str) -> str:
         """The error text of a run that raised: *text*, after the reason it
         was asked to stop when it was and raised something else."""
-        if self.outcome is None or text.rstrip().rsplit("\n", 1)[-1].startswith(JobStopped.__module__):
+        if self.outcome is None or text.rstrip().rsplit("\n", 1)[-1].startswith(STOPPED_LINE):
             return text
         return f"{JobStopped(self.job_id, self.stop_reason or '')}\n{text}"
 

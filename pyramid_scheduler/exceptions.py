@@ -14,6 +14,7 @@ __all__ = [
     "SerializationError",
     "EnqueueError",
     "JobTimeout",
+    "JobStopped",
     "SchemaError",
     "CommandFailed",
 ]
@@ -86,3 +87,19 @@ class CommandFailed(SchedulerError):
     def __init__(self, message: str, result: dict[str, object] | None = None) -> None:
         self.result = result
         super().__init__(message)
+
+
+class JobStopped(SchedulerError):
+    """Raised inside a running job by :func:`pyramid_scheduler.report_progress`
+    once the run is asked to stop: the job was canceled with ``cancel_job``
+    (``reason`` ``"canceled"``) or its run passed the job's ``timeout=``
+    (``reason`` ``"timed out"``). Let it propagate (clean up in ``finally``);
+    the run is then recorded ``stopped`` or ``timed-out``, not failed.
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id}: asked to stop ({reason})")

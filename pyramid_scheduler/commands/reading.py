@@ -98,6 +98,9 @@ def job(proxy: Any, args: argparse.Namespace, out: Output) -> int:
         fields.append(("retry at", when(record["retry_at"])))
     if record.get("result") is not None:
         fields.append(("result", json.dumps(record["result"])))
+    if record.get("progress"):
+        progress = record["progress"]
+        fields.append(("progress", f"{progress['fraction']:.0%} {progress['message']} ({when(progress['at'])})"))
     for name, value in fields:
         out.line(f"{name + ':':<10}{value}"[: out.width] if "\x1b" not in value else f"{name + ':':<10}{value}")
     if record.get("error"):

@@ -418,7 +418,8 @@ class Ledger(Reports):
             gone = (jobs.c.status.in_(FINAL), jobs.c.status != "parked", expired)
             conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(sa.select(jobs.c.id).where(*gone))))
             count = conn.execute(jobs.delete().where(*gone)).rowcount
-            conn.execute(self.event_seqs.delete().where(~sa.exists().where(jobs.c.id == self.event_seqs.c.job_id)))
+            for table in (self.event_seqs, self.progress):
+                conn.execute(table.delete().where(~sa.exists().where(jobs.c.id == table.c.job_id)))
             conn.execute(
                 self.runs.delete().where(
                     self.runs.c.status.notin_(("started",)),

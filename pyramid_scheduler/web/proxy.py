@@ -207,7 +207,12 @@ class SchedulerProxy(JobManagement, JobRecords):
         )
 
     def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> str:
-        """Cancel a job: it runs no more; a run in progress finishes.
+        """Cancel a job: it runs no more; a run in progress is asked to stop
+        (:func:`pyramid_scheduler.should_stop` turns true in it, and
+        :func:`~pyramid_scheduler.report_progress` raises
+        :exc:`~pyramid_scheduler.JobStopped`) and, if it saw the request, is
+        recorded ``stopped``; a job that does not look runs to its end: see
+        :doc:`/progress`.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
         it waits for the current transaction's commit unless *immediate*, or
@@ -358,10 +363,9 @@ class SchedulerProxy(JobManagement, JobRecords):
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
             job_options["durable"] = False
-        if job_options.get("retries") and self.settings.memory_store:
-            raise InvalidJob(
-                "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"
-            )
+        for key, why in (("retries", "keeps the attempts"), ("timeout", "the daemon reads it from")):
+            if job_options.get(key) and self.settings.memory_store:
+                raise InvalidJob(f"{key}: need the SQL job store, which {why}; scheduler.jobstore.url is 'memory'")
 
         request = JobRequest(
             op="add",

@@ -25,6 +25,8 @@ extras = {
     "redis": ["redis>=4.5,<8.2", "packaging>=20"],
     "amqp": ["amqp>=5.1,<6"],
     "postgresql": ["psycopg[binary]>=3.1,<4"],
+    # pyramid_scheduler.metrics: /metrics, and scheduler.metrics.listen in pscheduler.
+    "metrics": ["prometheus_client>=0.17"],
     "testing": [
         "pytest>=8",
         "pytest-timeout>=2.2",
@@ -60,7 +62,9 @@ extras = {
         "py-spy>=0.3.14",
     ],
 }
-extras["testing"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"]
+extras["testing"] += (
+    extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"] + extras["metrics"]
+)
 extras["bench"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + ["transaction>=3.0"]
 
 setup(

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -278,6 +279,7 @@ class Runner:
         outcome = "done"
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
+            began = time.monotonic()
             try:
                 crash_point("started")
                 with self.context(job) as request:
@@ -287,10 +289,13 @@ class Runner:
                 outcome = "failed"
                 text = "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
-                plan = self.failed(job, key, final, text, exc, base, made)
+                timed = {**base, "duration": time.monotonic() - began, "lateness": late}
+                plan = self.failed(job, key, final, text, exc, timed, made)
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
-                made.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
+                made.append(
+                    Event(Event.JOB_EXECUTED, retval=retval, duration=time.monotonic() - began, lateness=late, **base)
+                )
                 self.persist(
                     f"job {job.id}: recording run {key}",
                     self.runs.finish_run,

@@ -5,7 +5,8 @@ apart so that the ledger's own module stays about the daemon's writes. The
 ``pscheduler CONFIG-URI COMMAND`` commands (:mod:`pyramid_scheduler.commands`)
 read through these: the latest runs of every job, the number of jobs by
 queue and status, the runs and their lateness since a time, and the dead
-letters. Nothing here changes a job: the jobs are the daemon's to change.
+letters (also read by :mod:`pyramid_scheduler.metrics`). Nothing here
+changes a job: the jobs are the daemon's to change.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ class Reports(Tables):
             query = query.where(table.c.queue == queue)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
+
+    def count_dead_letters(self) -> int:
+        """How many dead letters the job store keeps."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self.dead_letters)).scalar_one())
 
     def get_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
         table = self.dead_letters

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,6 +68,10 @@ class SchedulerProxy(JobManagement, JobRecords):
         #: Config-time schedules by job id (:mod:`pyramid_scheduler.web.declare`).
         self.declared: dict[str, JobRequest] = {}
         self._captured = threading.local()
+        #: Called with each request ``add_*_job`` published and its kind
+        #: (``now``, ``date``, ``interval``, ``cron``): the enqueue counter of
+        #: :mod:`pyramid_scheduler.metrics`.
+        self.on_enqueue: list[Callable[[JobRequest, str], None]] = []
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -367,6 +371,9 @@ class SchedulerProxy(JobManagement, JobRecords):
             options=job_options,
         )
         self._publish(request, immediate, manager)
+        if getattr(self._captured, "requests", None) is None:
+            for hook in self.on_enqueue:
+                hook(request, kind)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 

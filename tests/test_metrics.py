@@ -82,7 +82,8 @@ def test_counts_after_known_work_then_health_follows_the_daemon(tmp_var: Path, d
         daemon.wait_consuming()
         ids = [scheduler.add_async_job(jobs.noop, args=[n]) for n in range(5)]
         ids += [scheduler.add_async_job(jobs.fail, args=[oracle, f"f{n}"]) for n in range(2)]
-        wait_until(lambda: settled(scheduler, ids), "the 7 jobs to end", alive=(daemon,))
+        ids.append(scheduler.add_async_job(jobs.noop, args=[5], durable=False))  # the fast lane
+        wait_until(lambda: settled(scheduler, ids), "the 8 jobs to end", alive=(daemon,))
 
         status, text = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -96,11 +97,12 @@ def test_counts_after_known_work_then_health_follows_the_daemon(tmp_var: Path, d
             ),
             "the daemon's counters",
         )
-        assert value(own, "pyramid_scheduler_runs_total", queue="jobs", outcome="success") == 5
+        assert value(own, "pyramid_scheduler_runs_total", queue="jobs", outcome="success") == 6
         assert value(own, "pyramid_scheduler_runs_total", queue="jobs", outcome="failure") == 2
-        assert value(own, "pyramid_scheduler_run_duration_seconds_count", queue="jobs") == 7
-        assert value(own, "pyramid_scheduler_run_lateness_seconds_count", queue="jobs") == 7
-        assert value(own, "pyramid_scheduler_run_duration_seconds_bucket", queue="jobs", le="+Inf") == 7
+        assert value(own, "pyramid_scheduler_runs_total", queue="jobs", outcome="missed") == 0
+        assert value(own, "pyramid_scheduler_run_duration_seconds_count", queue="jobs") == 8
+        assert value(own, "pyramid_scheduler_run_lateness_seconds_count", queue="jobs") == 8
+        assert value(own, "pyramid_scheduler_run_duration_seconds_bucket", queue="jobs", le="+Inf") == 8
         # The daemon serves its own series, not the web side's.
         assert value(own, "pyramid_scheduler_jobs_enqueued_total", queue="jobs", kind="async") == 0
         status, body = http_get(f"http://127.0.0.1:{port}/health")
@@ -110,14 +112,14 @@ def test_counts_after_known_work_then_health_follows_the_daemon(tmp_var: Path, d
         web = wait_until(
             lambda: (
                 (s := samples(app.get("/scheduler/metrics").text))
-                and value(s, "pyramid_scheduler_jobs", queue="jobs", status="done") == 5
+                and value(s, "pyramid_scheduler_jobs", queue="jobs", status="done") == 6
                 and s
             ),
             "the web side's gauges",
         )
         enqueued = value(web, "pyramid_scheduler_jobs_enqueued_total", queue="jobs", kind="async")
-        assert enqueued - value(before, "pyramid_scheduler_jobs_enqueued_total", queue="jobs", kind="async") == 7
-        assert value(web, "pyramid_scheduler_jobs", queue="jobs", status="done") == 5
+        assert enqueued - value(before, "pyramid_scheduler_jobs_enqueued_total", queue="jobs", kind="async") == 8
+        assert value(web, "pyramid_scheduler_jobs", queue="jobs", status="done") == 6
         assert value(web, "pyramid_scheduler_jobs", queue="jobs", status="failed") == 2
         assert value(web, "pyramid_scheduler_daemons", queue="jobs") == 1
         assert value(web, "pyramid_scheduler_queue_depth", queue="jobs") == 0

@@ -20,6 +20,7 @@ docs/guarantees.rst).
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -159,15 +160,18 @@ def run_unrecorded(runner: Runner, job: FastJob, run_time: datetime) -> RunRecor
             made.append(Event(Event.JOB_MISSED, reason=error, **base))
         else:
             log.info("job %s (queue %s): running %s, run %s (durable=False)", job.id, queue, job.func_ref, key)
+            began = time.monotonic()
             try:
                 with runner.context(job) as request:
                     result = runner.call(job, request)
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 outcome, error = "failed", "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, error)
+                base.update(duration=time.monotonic() - began, lateness=late)
                 made.append(Event(Event.JOB_ERROR, exception=exc, traceback=error, attempt=1, will_retry=False, **base))
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
+                base.update(duration=time.monotonic() - began, lateness=late)
                 made.append(Event(Event.JOB_EXECUTED, retval=result, **base))
         after = RunAfter(
             job.request,

@@ -27,6 +27,8 @@ extras = {
     "postgresql": ["psycopg[binary]>=3.1,<4"],
     # pyramid_scheduler.metrics: /metrics, and scheduler.metrics.listen in pscheduler.
     "metrics": ["prometheus_client>=0.17"],
+    # pyramid_scheduler.tracing: spans for the enqueue and the run (the SDK is the application's choice).
+    "otel": ["opentelemetry-api>=1.20"],
     "testing": [
         "pytest>=8",
         "pytest-timeout>=2.2",
@@ -43,6 +45,7 @@ extras = {
         "playwright>=1.40",
         "beautifulsoup4>=4.12",
         "psutil>=5.9",  # the bench smoke test (tests/test_bench.py)
+        "opentelemetry-sdk>=1.20",  # tests/test_tracing.py: the in-memory span exporter
     ],
     "docs": [
         "Sphinx>=7",
@@ -63,7 +66,7 @@ extras = {
     ],
 }
 extras["testing"] += (
-    extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"] + extras["metrics"]
+    extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"] + extras["metrics"] + extras["otel"]
 )
 extras["bench"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + ["transaction>=3.0"]
 

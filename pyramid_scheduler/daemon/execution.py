@@ -64,6 +64,7 @@ from pyramid.registry import Registry
 from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
@@ -282,7 +283,7 @@ class Runner:
             began = time.monotonic()
             try:
                 crash_point("started")
-                with self.context(job) as request:
+                with run_span(job, queue, key), self.context(job) as request:
                     retval = self.call(job, request)
                 crash_point("finished")
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
@@ -429,6 +430,13 @@ class Runner:
             return
         with job_context(self.registry):
             yield None
+
+
+def run_span(job: Job, queue: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    """The run's span (:mod:`pyramid_scheduler.tracing`); nothing without OpenTelemetry."""
+    if tracing.ENABLED and tracing.configured():
+        return tracing.run_span(job.id, queue, key, job.func_ref)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import build_job, queue_of, runs_in_pool
-from pyramid_scheduler.daemon.execution import JobExecutor, RecordedAfter, Runner, RunRecord, run_key
+from pyramid_scheduler.daemon.execution import JobExecutor, RecordedAfter, Runner, RunRecord, run_key, run_span
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
@@ -162,7 +162,7 @@ def run_unrecorded(runner: Runner, job: FastJob, run_time: datetime) -> RunRecor
             log.info("job %s (queue %s): running %s, run %s (durable=False)", job.id, queue, job.func_ref, key)
             began = time.monotonic()
             try:
-                with runner.context(job) as request:
+                with run_span(job, queue, key), runner.context(job) as request:
                     result = runner.call(job, request)
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 outcome, error = "failed", "".join(traceback.format_exception(exc))

@@ -22,8 +22,10 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.brokers.connection import Publisher
 from pyramid_scheduler.events import Listener, Listeners
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
@@ -370,7 +372,11 @@ class SchedulerProxy(JobManagement, JobRecords):
             trigger=spec,
             options=job_options,
         )
-        self._publish(request, immediate, manager)
+        if tracing.ENABLED and tracing.configured():
+            with tracing.enqueue_span(queue, job_id, ref, kind) as headers:
+                self._publish(request, immediate, manager, headers)
+        else:
+            self._publish(request, immediate, manager)
         if getattr(self._captured, "requests", None) is None:
             for hook in self.on_enqueue:
                 hook(request, kind)
@@ -388,7 +394,9 @@ class SchedulerProxy(JobManagement, JobRecords):
         finally:
             self._captured.requests = None
 
-    def _publish(self, request: JobRequest, immediate: bool = False, manager: Any = None) -> None:
+    def _publish(
+        self, request: JobRequest, immediate: bool = False, manager: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
@@ -401,10 +409,11 @@ class SchedulerProxy(JobManagement, JobRecords):
             captured.append(request)
             return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
+        publish = partial(self.publisher.publish, headers=headers) if headers else self.publisher.publish
         if txn is None:
-            self.publisher.publish(body, request.queue, request.id)
+            publish(body, request.queue, request.id)
         else:
-            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
+            hold(txn, publish, body, request.queue, request.id, request.op)
 
 
 def check_delivery(immediate: Any, manager: Any) -> None:

@@ -158,6 +158,21 @@ def test_health_is_503_when_the_job_store_does_not_answer(tmp_var: Path):
     scheduler.close()
 
 
+def test_health_answers_in_bounded_time_when_the_job_store_hangs(tmp_var: Path):
+    # A listener that never answers: a connection to it waits for ever
+    # (no connect_timeout in the URL); the probe stops waiting after 2 s.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        settings = make_settings(tmp_var)
+        settings["scheduler.jobstore.url"] = f"postgresql+psycopg://nobody@127.0.0.1:{silent.getsockname()[1]}/none"
+        app, scheduler = web_app(settings)
+        response = app.get("/scheduler/health", status=503)
+        assert response.json["reasons"] == ["job store: no answer within 2s"]
+        assert response.json["broker"] == {"reachable": True}
+    scheduler.close()
+
+
 class HeaderPolicy:
     """The user is the ``X-User`` header; ``admin`` has ``scheduler.admin``."""
 

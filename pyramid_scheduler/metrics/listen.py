@@ -57,15 +57,10 @@ class _Quiet(WSGIRequestHandler):
         log.debug("metrics.listen: " + format, *args)
 
 
-class _Server(WSGIServer):
-    address_family = socket.AF_INET
+class _Server6(WSGIServer):
+    """For an IPv6 address (``[::1]:9108``)."""
 
-    def server_bind(self) -> None:
-        if ":" in self.server_address[0]:
-            self.address_family = socket.AF_INET6
-            self.socket = socket.socket(self.address_family, self.socket_type)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        WSGIServer.server_bind(self)
+    address_family = socket.AF_INET6
 
 
 def daemon_app(healthy: Callable[[], bool], queues: Iterable[str], owner: str) -> Callable[..., Any]:
@@ -114,7 +109,8 @@ def serve_daemon(engine: Any, listen: str, place: str) -> DaemonServer:
     address = listen_address(listen, place)
     app = daemon_app(engine.lease_valid, engine.queues, engine.owner)
     try:
-        server = make_server(address[0], address[1], app, server_class=_Server, handler_class=_Quiet)
+        server_class = _Server6 if ":" in address[0] else WSGIServer
+        server = make_server(address[0], address[1], app, server_class=server_class, handler_class=_Quiet)
     except OSError as exc:
         raise ConfigurationError(
             f"scheduler.metrics.listen: cannot serve the metrics of process {place or '1/1'} on "

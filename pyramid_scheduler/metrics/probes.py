@@ -2,9 +2,9 @@
 
 :class:`Probes` asks the job store (the live daemons of each queue and their
 heartbeats, the jobs by queue and status, the dead letters) and the broker
-(each queue's depth) in a thread of its own, waited on for at most
-:data:`PROBE_TIMEOUT` seconds: a probe answers in bounded time even when a
-service hangs. At most :data:`MAX_HANGING` checks may hang at once; past that
+(each queue's depth) at once, each in a thread of its own, waited on for at
+most :data:`PROBE_TIMEOUT` seconds in all: a probe answers in bounded time
+even when a service hangs. At most :data:`MAX_HANGING` checks may hang at once; past that
 a probe reports the service unavailable without asking it. The answers are
 kept :data:`CACHE_SECONDS`, so that scrapes and probes in a burst ask once.
 """
@@ -34,11 +34,14 @@ MAX_HANGING = 4
 _hanging = threading.BoundedSemaphore(MAX_HANGING)
 
 
-def bounded(check: Callable[[], Any], what: str, timeout: float = PROBE_TIMEOUT) -> tuple[Any, str | None]:
-    """``(answer, None)``, or ``(None, reason)`` if *check* raised or did
-    not answer within *timeout* seconds (it is left to finish in its thread)."""
+def bounded(check: Callable[[], Any], what: str) -> Callable[[float], tuple[Any, str | None]]:
+    """Start *check* in a thread of its own; returns the wait for it: called
+    with a deadline (``time.monotonic()``), ``(answer, None)``, or
+    ``(None, reason)`` if *check* raised or had not answered by then (it is
+    left to finish in its thread)."""
     if not _hanging.acquire(blocking=False):
-        return None, f"{what}: {MAX_HANGING} earlier checks still wait for an answer"
+        refused = f"{what}: {MAX_HANGING} earlier checks still wait for an answer"
+        return lambda deadline: (None, refused)
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -52,11 +55,15 @@ def bounded(check: Callable[[], Any], what: str, timeout: float = PROBE_TIMEOUT)
             _hanging.release()
 
     threading.Thread(target=run, name="pscheduler-probe", daemon=True).start()
-    if not done.wait(timeout):
-        return None, f"{what}: no answer within {timeout:g}s"
-    if "error" in box:
-        return None, box["error"]
-    return box["answer"], None
+
+    def wait(deadline: float) -> tuple[Any, str | None]:
+        if not done.wait(max(deadline - time.monotonic(), 0.0)):
+            return None, f"{what}: no answer within {PROBE_TIMEOUT:g}s"
+        if "error" in box:
+            return None, box["error"]
+        return box["answer"], None
+
+    return wait
 
 
 @dataclass
@@ -93,10 +100,13 @@ class Probes:
             if last is not None and time.monotonic() - last.taken < CACHE_SECONDS:
                 return last
             snap = Snapshot(time.monotonic())
-            store, snap.store_error = bounded(self._read_store, "job store")
+            deadline = snap.taken + PROBE_TIMEOUT
+            store_answer = bounded(self._read_store, "job store")  # both asked at once
+            broker_answer = bounded(self._read_broker, "broker")
+            store, snap.store_error = store_answer(deadline)
             if store is not None:
                 snap.daemons, snap.jobs, snap.dead_letters = store
-            snap.depths, snap.broker_error = bounded(self._read_broker, "broker")
+            snap.depths, snap.broker_error = broker_answer(deadline)
             self._last = snap
             return snap
 

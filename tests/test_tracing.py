@@ -9,6 +9,7 @@ SQLite file). The spans are read from the SDK's in-memory exporter.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,17 @@ EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def provider() -> None:
-    """The SDK's provider, set once for the process (OpenTelemetry allows one)."""
+def provider() -> Iterator[None]:
+    """The SDK's provider, set once for the process (OpenTelemetry allows one);
+    after this module its exporter keeps nothing (other tests in this process
+    still make spans: tracing stays configured)."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         sdk = TracerProvider()
         sdk.add_span_processor(SimpleSpanProcessor(EXPORTER))
         trace.set_tracer_provider(sdk)
+    yield
+    EXPORTER.clear()
+    EXPORTER.shutdown()
 
 
 @pytest.fixture
@@ -144,3 +150,18 @@ def test_a_signed_message_carries_the_trace_context_beside_its_signature(tmp_var
         assert scheduler.get_job(job_id)["status"] == "done"  # the signature still verified
     finally:
         scheduler.shutdown()
+
+
+def test_a_job_held_until_the_commit_carries_the_enqueue_context(combined: Any):
+    import transaction
+
+    from pyramid_scheduler.web.tx import Pending
+
+    with transaction.manager as txn:
+        job_id = combined.add_async_job(jobs.noop, args=[4])
+        (held,) = txn.data(Pending).messages  # held until the commit, with its trace context
+        assert held[3] == job_id and set(held[5]) == {"traceparent"}
+    wait_for(lambda: ended(combined, job_id), timeout=20)
+    (sent,) = spans_of(job_id, SpanKind.PRODUCER)
+    (ran,) = wait_for(lambda: spans_of(job_id, SpanKind.CONSUMER), timeout=5)
+    assert ran.parent is not None and ran.parent.span_id == sent.context.span_id

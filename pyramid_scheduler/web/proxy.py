@@ -22,7 +22,6 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
-from functools import partial
 from typing import Any
 
 from pyramid_scheduler import tracing
@@ -409,11 +408,13 @@ class SchedulerProxy(JobManagement, JobRecords):
             captured.append(request)
             return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
-        publish = partial(self.publisher.publish, headers=headers) if headers else self.publisher.publish
         if txn is None:
-            publish(body, request.queue, request.id)
+            if headers:
+                self.publisher.publish(body, request.queue, request.id, headers)
+            else:
+                self.publisher.publish(body, request.queue, request.id)
         else:
-            hold(txn, publish, body, request.queue, request.id, request.op)
+            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op, headers)
 
 
 def check_delivery(immediate: Any, manager: Any) -> None:

@@ -289,3 +289,13 @@ def test_the_include_without_prometheus_client_says_what_to_install(tmp_var: Pat
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert 'pip install "pyramid_scheduler[metrics]"' in result.stderr
+
+
+def test_the_include_alone_includes_the_scheduler(tmp_var: Path):
+    with Configurator(settings=make_settings(tmp_var, **{"metrics.permission": "public"})) as config:
+        config.include("pyramid_scheduler.metrics")
+    app = TestApp(config.make_wsgi_app())
+    config.registry.scheduler.add_async_job(jobs.noop, args=[1])
+    scrape = samples(app.get("/scheduler/metrics").text)
+    assert value(scrape, "pyramid_scheduler_queue_depth", queue="jobs") == 1  # waiting: no daemon runs
+    config.registry.scheduler.close()

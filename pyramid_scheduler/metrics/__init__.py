@@ -1,7 +1,7 @@
 """Health and metrics: ``{dashboard.path}/health`` and ``{dashboard.path}/metrics``.
 
-``config.include("pyramid_scheduler.metrics")`` (after ``pyramid_scheduler``;
-the dashboard's include includes it) registers the two views. ``/health``
+``config.include("pyramid_scheduler.metrics")`` (which includes
+``pyramid_scheduler`` if the application has not) registers the two views. ``/health``
 answers 200 when every queue has a live daemon and the job store and the
 broker answer, else 503, with a JSON body saying which
 (:mod:`.probes`). ``/metrics`` serves the Prometheus text format of this
@@ -44,6 +44,9 @@ def includeme(config: Configurator) -> None:
 
     from pyramid_scheduler.metrics.views import health_view, metrics_view, register_counters
     from pyramid_scheduler.settings import parse_only
+
+    if getattr(config.registry, "scheduler", None) is None:
+        config.include("pyramid_scheduler")
 
     settings = parse_only(
         config.get_settings() or {},

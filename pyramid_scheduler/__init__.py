@@ -9,7 +9,9 @@ view, ``request.registry.scheduler`` (or ``request.scheduler``) offers
 ``add_async_job``, ``add_date_job``, ``add_interval_job``, ``add_cron_job`` and
 ``cancel_job`` (inside pyramid_tm's transaction they publish on commit);
 ``config.add_scheduled_job`` and ``@scheduled_job`` declare periodic jobs in
-code. The jobs run in ``pscheduler CONFIG.ini``, or in the web process itself
+code; ``@task`` (with ``f.delay()`` and its :class:`JobHandle`), ``@periodic``
+and ``@cron`` are the decorators of :mod:`pyramid_scheduler.tasks`. The jobs
+run in ``pscheduler CONFIG.ini``, or in the web process itself
 with ``scheduler.combined = true``.
 """
 
@@ -21,6 +23,7 @@ from pyramid.events import ApplicationCreated
 from pyramid_scheduler.api import Event, IScheduler
 from pyramid_scheduler.exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
 from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.tasks import JobHandle, Task, cron, periodic, task
 from pyramid_scheduler.web.declare import add_scheduled_job, scheduled_job
 from pyramid_scheduler.web.proxy import SchedulerProxy
 from pyramid_scheduler.web.registration import register_scheduler, request_scheduler, start_in_process
@@ -32,11 +35,16 @@ __all__ = [
     "InvalidJob",
     "InvalidMessage",
     "InvalidQueue",
+    "JobHandle",
     "SchedulerError",
     "SchedulerProxy",
     "SchedulerSettings",
+    "Task",
+    "cron",
     "includeme",
+    "periodic",
     "scheduled_job",
+    "task",
 ]
 
 

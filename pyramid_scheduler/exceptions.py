@@ -15,6 +15,7 @@ __all__ = [
     "EnqueueError",
     "JobTimeout",
     "SchemaError",
+    "CommandFailed",
 ]
 
 
@@ -72,3 +73,16 @@ class JobTimeout(SchedulerError, TimeoutError):
         self.record = record
         status = "no record yet" if record is None else f"status {record['status']!r}"
         super().__init__(f"job {job_id} did not finish within {timeout:g}s ({status})")
+
+
+class CommandFailed(SchedulerError):
+    """A shell-command job (:func:`pyramid_scheduler.shell.run`) did not end
+    with exit code 0: it exited with another code, was killed, timed out or
+    could not start. The message ends with the tail of its stderr, so the
+    run's recorded error shows it; ``result`` holds its outcome (exit code,
+    duration, output tails), or ``None`` if it did not start.
+    """
+
+    def __init__(self, message: str, result: dict[str, object] | None = None) -> None:
+        self.result = result
+        super().__init__(message)

@@ -45,10 +45,12 @@ EXIT_COMBINED = 11
 EXIT_BAD_QUEUE = 12
 #: The settings would run jobs from a broker other machines reach, unprotected.
 EXIT_INSECURE = 13
+#: The application has ``scheduler.enabled = false``.
+EXIT_DISABLED = 14
 EXIT_STARTUP_FAILED = 20
 #: A supervised daemon exiting with one of these stops all (with N > 1, also
 #: EXIT_STARTUP_FAILED): restarting it would fail again.
-EXIT_NOT_RESTARTED = (2, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE)
+EXIT_NOT_RESTARTED = (2, EXIT_NO_SCHEDULER, EXIT_COMBINED, EXIT_BAD_QUEUE, EXIT_INSECURE, EXIT_DISABLED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +259,12 @@ class PSchedulerCommand:
             return EXIT_BAD_QUEUE
         if args.message is not None:
             return self.send_message(scheduler, args.message, args.queues or list(scheduler.queues))
+        if not scheduler.settings.enabled:
+            log.error(
+                "the application is configured with scheduler.enabled = false: nothing is sent to "
+                "the daemons (tasks run in the web process); set it to true to run jobs in pscheduler"
+            )
+            return EXIT_DISABLED
         if scheduler.settings.combined:
             log.error(
                 "the application is configured with scheduler.combined = true, so its web "

@@ -53,6 +53,9 @@ def test_times_and_schedules_in_a_few_words():
         ["app.ini", "jobs", "--limit", "0"],
         ["app.ini", "cancel"],
         ["app.ini", "dead-letters", "delete"],
+        ["app.ini", "dead-letters", "replay"],
+        ["app.ini", "dead-letters", "3"],
+        ["app.ini", "dead-letters", "delete", "3", "--force"],
         ["app.ini", "-q", "jobs", "jobs"],
     ],
 )

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policies import HeaderPolicy
 from prometheus_client.parser import text_string_to_metric_families
-from pyramid.authorization import ACLHelper, Allow, Everyone
 from pyramid.config import Configurator
 from webtest import TestApp
 
@@ -173,29 +173,12 @@ def test_health_answers_in_bounded_time_when_the_job_store_hangs(tmp_var: Path):
     scheduler.close()
 
 
-class HeaderPolicy:
-    """The user is the ``X-User`` header; ``admin`` has ``scheduler.admin``."""
-
-    def identity(self, request: Any) -> str | None:
-        return request.headers.get("X-User")
-
-    def authenticated_userid(self, request: Any) -> str | None:
-        return self.identity(request)
-
-    def permits(self, request: Any, context: Any, permission: str) -> Any:
-        principals = [Everyone] + ([f"user:{self.identity(request)}"] if self.identity(request) else [])
-        acl = [(Allow, "user:admin", "scheduler.admin"), (Allow, "user:ops", "metrics.read")]
-        return ACLHelper().permits(type("Context", (), {"__acl__": acl})(), principals, permission)
-
-    def remember(self, request: Any, userid: str, **kw: Any) -> list[Any]:
-        return []
-
-    def forget(self, request: Any, **kw: Any) -> list[Any]:
-        return []
+#: ``admin`` has the dashboard's permission, ``ops`` one of its own.
+GRANTS = {"admin": {"scheduler.admin"}, "ops": {"metrics.read"}}
 
 
 def test_metrics_take_the_dashboard_permission_and_health_is_public(tmp_var: Path):
-    app, scheduler = web_app(make_settings(tmp_var), HeaderPolicy())
+    app, scheduler = web_app(make_settings(tmp_var), HeaderPolicy(GRANTS))
     app.get("/scheduler/metrics", status=403)
     app.get("/scheduler/metrics", headers={"X-User": "ops"}, status=403)
     assert "pyramid_scheduler_jobs" in app.get("/scheduler/metrics", headers={"X-User": "admin"}, status=200).text
@@ -208,7 +191,7 @@ def test_permissions_of_their_own_under_another_path(tmp_var: Path):
         tmp_var,
         **{"dashboard.path": "/ops/sched", "metrics.permission": "metrics.read", "health.permission": "metrics.read"},
     )
-    app, scheduler = web_app(settings, HeaderPolicy())
+    app, scheduler = web_app(settings, HeaderPolicy(GRANTS))
     app.get("/scheduler/metrics", headers={"X-User": "ops"}, status=404)
     app.get("/ops/sched/metrics", headers={"X-User": "admin"}, status=403)
     app.get("/ops/sched/metrics", headers={"X-User": "ops"}, status=200)
@@ -218,7 +201,7 @@ def test_permissions_of_their_own_under_another_path(tmp_var: Path):
 
 
 def test_public_metrics(tmp_var: Path):
-    app, scheduler = web_app(make_settings(tmp_var, **{"metrics.permission": "public"}), HeaderPolicy())
+    app, scheduler = web_app(make_settings(tmp_var, **{"metrics.permission": "public"}), HeaderPolicy(GRANTS))
     assert app.get("/scheduler/metrics", status=200).content_type == "text/plain"
     scheduler.close()
 

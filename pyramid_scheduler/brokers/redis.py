@@ -28,8 +28,10 @@ processing list in one ``MULTI``; a message neither acked nor rejected stays
 in the processing list until its consumer is dead and released.
 
 When the consumer's prefetch count allows more than one message, the channel
-takes the messages already waiting (up to that count) in the same round trip
-as the first one's follow-up, hands them to the consumer inside its
+takes the messages already waiting (up to that count, and up to what
+:attr:`Channel.room` says the consumer can start soon, so that the messages
+one daemon cannot start yet stay in the queue for the others) in the same
+round trip as the first one's follow-up, hands them to the consumer inside its
 :attr:`Channel.batch` context (where the daemon stores them together), and
 clears them from the processing list in one round trip.
 
@@ -128,6 +130,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: messages to (the daemon's owner name); None: the shared list of
     #: earlier builds.
     consumer_name: str | None = None
+    #: How many messages the consumer can start soon (set by the daemon's
+    #: consumer; None: as many as the prefetch count allows).
+    room: Callable[[], int] | None = None
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
         "max_entry_size",
@@ -254,6 +259,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """Up to prefetch count - 1 more messages already waiting in *queue*,
         moved to its processing list by one command (:data:`TAKE_WAITING`)."""
         more = (self.qos.prefetch_count or 1) - 1
+        if self.room is not None:
+            more = min(more, self.room() - 1)
         if more <= 0:
             return []
         source, target = self.raw_key(queue), self.raw_key(self.processing(queue))

@@ -40,9 +40,10 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace, Output], int]] = {
     "runs": reading.runs,
     "daemons": reading.daemons,
     "stats": reading.stats,
-    "dead-letters": lambda proxy, args, out: (
-        changing.delete_dead_letter if args.action == "delete" else reading.dead_letters
-    )(proxy, args, out),
+    "dead-letters": lambda proxy, args, out: {
+        "delete": changing.delete_dead_letter,
+        "replay": changing.replay_dead_letter,
+    }.get(args.action, reading.dead_letters)(proxy, args, out),
     "cancel": changing.cancel,
     "pause": changing.pause,
     "resume": changing.resume,
@@ -103,9 +104,14 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         default=15,
         help="the runs of the last N minutes (default: %(default)s)",
     )
-    sub = command("dead-letters", "list the messages the daemons refused, with why; or delete one")
-    sub.add_argument("action", nargs="?", choices=("list", "delete"), default="list", help="default: list")
-    sub.add_argument("letter_id", metavar="ID", nargs="?", type=positive, help="the dead letter to delete")
+    sub = command("dead-letters", "list the messages the daemons refused, with why; or replay or delete one")
+    sub.add_argument("action", nargs="?", choices=("list", "replay", "delete"), default="list", help="default: list")
+    sub.add_argument("letter_id", metavar="ID", nargs="?", type=positive, help="the dead letter to replay or delete")
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="replay a message that did not carry a valid signature of scheduler.secret",
+    )
     sub.add_argument("--queue", metavar="NAME", help="only the dead letters of this queue")
     sub.add_argument("--limit", metavar="N", type=positive, default=50, help="at most N (default: %(default)s)")
     for name, text in (
@@ -134,8 +140,11 @@ def check_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     given = [name for name, value in daemon.items() if value]
     if given:
         parser.error(f"{', '.join(given)}: an option of the daemon, not of the command {args.command!r}")
-    if args.command == "dead-letters" and (args.action == "delete") != (args.letter_id is not None):
-        parser.error("dead-letters: 'delete' takes the ID of a dead letter, and only 'delete' does")
+    if args.command == "dead-letters":
+        if (args.action != "list") != (args.letter_id is not None):
+            parser.error("dead-letters: 'replay' and 'delete' take the ID of a dead letter, and only they do")
+        if args.force and args.action != "replay":
+            parser.error("dead-letters: --force applies to 'replay' only")
 
 
 def run_command(args: argparse.Namespace, app_settings: Callable[[], Mapping[str, Any]]) -> int:

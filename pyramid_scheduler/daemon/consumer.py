@@ -33,11 +33,10 @@ from pyramid_scheduler.brokers.connection import JSON, StoppableConsumer, make_q
 from pyramid_scheduler.brokers.sql import release_claims
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.fastlane import Accepted
-from pyramid_scheduler.daemon.intake import DIRECT_BACKLOG
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
-from pyramid_scheduler.wire.door import DoorConsumer, checked_body
+from pyramid_scheduler.wire.door import DoorConsumer, checked_body, kept_for_replay
 from pyramid_scheduler.wire.messages import JobRequest, decode
 from pyramid_scheduler.wire.signing import sent_too_long_ago
 
@@ -110,6 +109,7 @@ class JobConsumer(StoppableConsumer):
         if not self._redis:
             return [DoorConsumer(channel, queues=queues, **options)]
         channel.batch = self.batch
+        channel.room = self.room
         if len(queues) == 1:
             return [DoorConsumer(channel, queues=queues, **options)]
         # Our Redis channel waits on one queue: give each queue a channel.
@@ -118,21 +118,30 @@ class JobConsumer(StoppableConsumer):
         self._channels = [channel.connection.client.channel() for _ in queues[1:]]
         for extra in self._channels:
             extra.batch = self.batch
+            extra.room = self.room
         return [DoorConsumer(channel, queues=queues[:1], **options)] + [
             DoorConsumer(extra, queues=[queue], **options)
             for extra, queue in zip(self._channels, queues[1:], strict=True)
         ]
 
+    def room(self) -> int:
+        """How many more runs the worker pool can start soon: its threads
+        (``scheduler.executor.max_workers``) less the batches of runs waiting
+        in it or running."""
+        return self.engine.settings.max_workers - self.engine.runner.pending
+
     def on_iteration(self) -> None:
-        # On Redis, before taking more messages: while the worker pool has a
-        # backlog of DIRECT_BACKLOG batches of runs, leave the next messages
-        # in the queue rather than store their run-now jobs for later in
-        # APScheduler's table, a slower path. (Redis has no heartbeats to
-        # miss meanwhile; RabbitMQ's would, and it pushes the prefetched
-        # messages anyway: there the backlog goes to APScheduler's table.)
+        # On Redis, before taking more messages: while every thread of the
+        # worker pool is busy, leave the next messages in the queue, for
+        # another daemon with a free thread to take (our Redis channel takes
+        # no more than the room left: see room()), rather than hold them here
+        # or store their run-now jobs for later in APScheduler's table.
+        # (Redis has no heartbeats to miss meanwhile; RabbitMQ's would, and it
+        # pushes the prefetched messages anyway: there a backlog beyond
+        # DIRECT_BACKLOG batches goes to APScheduler's table.)
         if self._redis:
             runner = self.engine.runner
-            while not runner.wait_below(DIRECT_BACKLOG, 1.0) and not self.should_stop:
+            while not runner.wait_below(self.engine.settings.max_workers, 1.0) and not self.should_stop:
                 pass
 
     def consume(
@@ -432,11 +441,13 @@ class JobConsumer(StoppableConsumer):
         in one write, and reject them; if the dead letters cannot be written,
         requeue them (after a back-off)."""
         letters = []
+        settings = self.engine.settings
         for message, queue, reason in refused:
             log.error("queue %s: message refused and dead-lettered: %s", queue, reason)
-            letters.append((queue, reason, message.body))
+            kept, signed = kept_for_replay(message, settings.max_message_size, settings.secret)
+            letters.append((queue, reason, message.body, kept, signed))
         ledger = self.engine.ledger
-        keep = self.engine.settings.dead_letters_max
+        keep = settings.dead_letters_max
         try:
             dropped = ledger.dead_letter_many(letters, keep)
         except sa.exc.SQLAlchemyError as exc:

@@ -77,6 +77,7 @@ from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.records import RunEnd, RunStart
 from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.triggers.delay import FixedDelayTrigger
 from pyramid_scheduler.wire.refs import takes_request, with_request
 
 try:
@@ -118,8 +119,11 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
         pool_of(self).submit(self.runner.run, job, run_times).add_done_callback(partial(self.batch_done, job))
 
     def batch_done(self, job: Job, future: Future[list[RunRecord]]) -> None:
-        """A batch of *job* has left the pool: APScheduler's count of its runs
-        goes down, then its retries are stored."""
+        """A batch of *job* has left the pool: a fixed-delay job is moved to
+        its next run, APScheduler's count of its runs goes down, then its
+        retries are stored."""
+        if isinstance(job.trigger, FixedDelayTrigger):  # moved on while still counted as running
+            self.runner.store_back.delay_next(job, self.runner.clock.now())
         exc = future.exception()
         if exc is not None:
             run_ended(self, job.id, exc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from apscheduler.jobstores.base import JobLookupError
 
@@ -28,7 +29,7 @@ from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.ledger import JobRow, Ledger
 from pyramid_scheduler.store.tables import LIVE
-from pyramid_scheduler.web.declare import DECLARED
+from pyramid_scheduler.web.declare import DECLARED, DECLARED_NOW
 from pyramid_scheduler.wire.messages import JobRequest
 
 log = get_logger(__name__)
@@ -51,6 +52,7 @@ class Reconcile:
         if self.settings.memory_store:
             for request in declared.values():
                 self.intake.add(request)
+                self._start_now(request)
             return
         rows = {row.id: row for row in self.ledger.declared(list(declared), DECLARED, self.queues)}
         for job_id, request in declared.items():
@@ -65,15 +67,28 @@ class Reconcile:
                 self._remove(row, "its declaration is gone from the application's code")
 
     def _apply(self, request: JobRequest, row: JobRow | None) -> None:
-        job_id = request.id
         if row is not None and row.mid == request.mid:
             return  # the same declaration: leave the job (and its schedule) alone
+        if self._store(request, row):
+            self._start_now(request)
+
+    def _start_now(self, request: JobRequest) -> None:
+        """``start_now=True``: the just stored job's first run is due now (a
+        millisecond back, so that it is due at the time the daemon started
+        by), then its schedule goes on from there."""
+        if request.mid.startswith(DECLARED_NOW):
+            first = self.intake.clock.now() - timedelta(milliseconds=1)
+            self.scheduler.modify_job(request.id, jobstore=request.queue, next_run_time=first)
+
+    def _store(self, request: JobRequest, row: JobRow | None) -> bool:
+        """Store a new or changed declaration; False if it cannot be yet."""
+        job_id = request.id
         if row is not None and (row.status in LIVE or row.status == "parked"):
             if row.queue == request.queue:
                 self.intake.add(request, recovering=True)
                 self.ledger.redeclare(request.to_wire())
                 log.info("job %s (queue %s): declaration changed; stored job updated", job_id, request.queue)
-                return
+                return True
             if row.queue not in self.queues:
                 log.warning(
                     "job %s: declared on queue %s but still stored on queue %s, which this daemon "
@@ -84,10 +99,11 @@ class Reconcile:
                     row.queue,
                     row.queue,
                 )
-                return
+                return False
             self._remove(row, f"it is now declared on queue {request.queue}")
         log.info("job %s (queue %s): declared; storing it", job_id, request.queue)
         self.intake.add(request)
+        return True
 
     def _remove(self, row: JobRow, reason: str) -> None:
         try:

@@ -13,6 +13,8 @@ reference in docs/settings.rst is made from it by
 from __future__ import annotations
 
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
+from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
+from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
 from pyramid_scheduler.settings.urls import (
     DEFAULT_BROKER_URL,
     DEFAULT_JOBSTORE_URL,
@@ -472,6 +474,8 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
 (which pyramid_scheduler sets) are refused with the setting to use instead.""",
     ),
     *OPERATIONS,
+    *SETTINGS_TASKS,
+    *SHELL_SETTINGS,
 )
 
 #: The families of free names: ``NAME.`` -> their setting.

@@ -12,7 +12,6 @@ restricted unpickler are :mod:`~pyramid_scheduler.store.jobstores`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -180,9 +179,9 @@ class Ledger(Reports):
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def list_jobs(
-        self, queue: str | None, status: str | None, limit: int, func: str | None = None
+        self, queue: str | None, status: str | None, limit: int, func: str | None = None, offset: int = 0
     ) -> list[dict[str, Any]]:
-        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
+        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc(), self.jobs.c.id).limit(limit).offset(offset)
         if func is not None:
             query = query.where(self.jobs.c.func.contains(func, autoescape=True))
         if queue is not None:
@@ -402,27 +401,6 @@ class Ledger(Reports):
                 return 1
             return int(conn.execute(sa.select(table.c.seq).where(table.c.job_id == job_id)).scalar_one())
 
-    def dead_letter_many(self, letters: list[tuple[str, str, Any]], keep: int | None = None) -> int:
-        """Write the dead letters *letters* ((queue, reason, body)) in one
-        transaction: of each body its first :data:`DEAD_LETTER_PREFIX` bytes,
-        its size and SHA-256. Then, if more than *keep* dead letters are
-        kept, the oldest beyond that are dropped: return how many (counted in
-        :attr:`dead_letters_dropped`)."""
-        stamp = self.now()
-        rows = [
-            dict(queue=_storable(queue, 200), received_at=stamp, reason=_storable(reason, 2000), **_letter_body(body))
-            for queue, reason, body in letters
-        ]
-        table = self.dead_letters
-        dropped = 0
-        with self.engine.begin() as conn:
-            conn.execute(table.insert(), rows)
-            if keep is not None:
-                newest = sa.select(table.c.id).order_by(table.c.id.desc()).offset(keep).limit(1).scalar_subquery()
-                dropped = int(conn.execute(table.delete().where(table.c.id <= newest)).rowcount or 0)
-        self.dead_letters_dropped += dropped
-        return dropped
-
     def purge(self, older_than: float, at: float | None = None) -> int:
         """Forget finished jobs and old dead letters (housekeeping).
 
@@ -450,41 +428,6 @@ class Ledger(Reports):
             )
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
         return int(count)
-
-
-#: Bytes of a refused message's body a dead letter keeps.
-DEAD_LETTER_PREFIX = 4096
-
-
-def _storable(text: str, longest: int) -> str:
-    """*text* cut to *longest* characters, with what no database column
-    takes (NUL, lone surrogates) escaped."""
-    text = text[:longest]
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _letter_body(body: Any) -> dict[str, Any]:
-    """A dead letter's ``body`` (prefix), ``size`` and ``sha256``."""
-    if isinstance(body, str):
-        body = body.encode("utf-8", "surrogatepass")
-    elif not isinstance(body, (bytes, bytearray)):
-        try:
-            body = json.dumps(body).encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError):
-            body = repr(body).encode("utf-8", "surrogatepass")
-    data = bytes(body)
-    text = data[:DEAD_LETTER_PREFIX].decode("utf-8", "backslashreplace")
-    return {
-        "body": _storable(text, DEAD_LETTER_PREFIX * 4),
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
 
 
 def _retry_request(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,12 @@
-"""Reports: the ledger's reads (and dead-letter deletes) for operators.
+"""Reports: the ledger's reads for operators.
 
 Part of :class:`~pyramid_scheduler.store.ledger.Ledger` (its base class),
 apart so that the ledger's own module stays about the daemon's writes. The
 ``pscheduler CONFIG-URI COMMAND`` commands (:mod:`pyramid_scheduler.commands`)
 read through these: the latest runs of every job, the number of jobs by
-queue and status, the runs and their lateness since a time, and the dead
-letters (also read by :mod:`pyramid_scheduler.metrics`). Nothing here
-changes a job: the jobs are the daemon's to change.
+queue and status, the runs and their lateness since a time; the dead
+letters through its base, :class:`~pyramid_scheduler.store.deadletters.DeadLetters`.
+Nothing here changes a job: the jobs are the daemon's to change.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pyramid_scheduler.store.tables import Tables
+from pyramid_scheduler.store.deadletters import DeadLetters
 
 
-class Reports(Tables):
+class Reports(DeadLetters):
     """The operators' reads of the scheduler's tables."""
 
     engine: Engine
@@ -77,28 +77,13 @@ class Reports(Tables):
                 row[key] = None if row[key] is None else float(row[key])
         return rows
 
-    def list_dead_letters(self, limit: int, queue: str | None = None) -> list[dict[str, Any]]:
-        """The latest *limit* dead letters (of *queue*), oldest first."""
-        table = self.dead_letters
-        query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
-        if queue is not None:
-            query = query.where(table.c.queue == queue)
+    def run_times(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """The latest *limit* runs that happened at *since* or later, oldest
+        first: ``queue``, ``status``, ``scheduled_at``, ``started_at`` and
+        ``finished_at`` only (the dashboard's chart buckets them)."""
+        runs = self.runs
+        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
+        columns = (runs.c.queue, runs.c.status, runs.c.scheduled_at, runs.c.started_at, runs.c.finished_at)
+        query = sa.select(*columns).where(happened >= since).order_by(happened.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
-
-    def count_dead_letters(self) -> int:
-        """How many dead letters the job store keeps."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(self.dead_letters)).scalar_one())
-
-    def get_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
-        table = self.dead_letters
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(table).where(table.c.id == letter_id)).first()
-        return None if row is None else dict(row._mapping)
-
-    def delete_dead_letter(self, letter_id: int) -> bool:
-        """Forget one dead letter; True if there was one."""
-        table = self.dead_letters
-        with self.engine.begin() as conn:
-            return bool(conn.execute(table.delete().where(table.c.id == letter_id)).rowcount)

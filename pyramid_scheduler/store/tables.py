@@ -166,4 +166,9 @@ class Tables:
             #: The whole body's size in bytes and SHA-256 (hex).
             sa.Column("size", sa.BigInteger),
             sa.Column("sha256", sa.String(64)),
+            #: The whole body, when it can be replayed (see
+            #: :func:`pyramid_scheduler.wire.door.kept_for_replay`); else NULL.
+            sa.Column("message", sa.Text),
+            #: Whether it was signed with the daemon's secret (NULL: no secret).
+            sa.Column("signed", sa.Boolean),
         )

@@ -43,6 +43,9 @@ log = get_logger(__name__)
 
 #: The prefix of a declared job's message id.
 DECLARED = "declared:"
+#: The prefix of the message id of a declared job with ``start_now=True``:
+#: run once as soon as the declaration is stored (new or changed).
+DECLARED_NOW = DECLARED + "now:"
 
 
 def read_declaration(func: Any, trigger: str | None, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -66,6 +69,11 @@ def read_declaration(func: Any, trigger: str | None, params: dict[str, Any]) -> 
         params["crontab"] = params.pop("cron")
     if "immediate" in params:
         raise ConfigurationError(f"scheduled job {job_id}: immediate: declarations are never published")
+    start_now = params.get("start_now", False)
+    if not isinstance(start_now, bool) or (start_now and kind == "date"):
+        raise ConfigurationError(
+            f"scheduled job {job_id}: start_now: expected True or False, for an interval or cron job; got {start_now!r}"
+        )
     return kind, job_id, params
 
 
@@ -76,18 +84,20 @@ def declare(proxy: Any, func: Any, trigger: str | None = None, **params: Any) ->
         would refuse it.
     """
     kind, job_id, params = read_declaration(func, trigger, params)
+    prefix = DECLARED_NOW if params.get("start_now") else DECLARED
     digest = hashlib.sha256(
         json.dumps(
             {"func": callable_ref(func), "trigger": kind, "id": job_id, "params": params}, sort_keys=True, default=repr
         ).encode()
     ).hexdigest()[:40]
+    params.pop("start_now", None)
     try:
         with proxy.capturing() as captured:
             getattr(proxy, f"add_{kind}_job")(func, id=job_id, **params)
     except SchedulerError as exc:
         raise ConfigurationError(f"scheduled job {job_id}: {exc}") from exc
     (request,) = captured
-    return replace(request, mid=DECLARED + digest)
+    return replace(request, mid=prefix + digest)
 
 
 def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **params: Any) -> None:
@@ -101,7 +111,9 @@ def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **para
         other interval units, ``date=``), by
         :func:`~pyramid_scheduler.triggers.forms.schedule_kind`.
     :param params: ``id``, the job's stable id (default: ``module:qualname``
-        of *func*), and what ``add_cron_job``, ``add_interval_job`` or
+        of *func*); ``start_now=True`` (interval and cron jobs): run it once
+        as soon as the declaration is stored (new, or changed), then on its
+        schedule; and what ``add_cron_job``, ``add_interval_job`` or
         ``add_date_job`` take: the trigger's parameters, ``args``,
         ``kwargs``, ``queue`` and the job options.
     :raises ConfigurationError: the declaration is refused (what needs no
@@ -122,6 +134,9 @@ def add_scheduled_job(config: Any, func: Any, trigger: str | None = None, **para
     def register() -> None:
         proxy = config.registry.scheduler
         request = declare(proxy, func, trigger, **params)
+        if not proxy.settings.enabled:
+            log.info("scheduler.enabled = false: scheduled job %s is not registered", request.id)
+            return
         proxy.declared[request.id] = request
         intr["queue"] = request.queue
         intr["trigger"] = dict(request.trigger or {})

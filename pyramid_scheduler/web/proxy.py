@@ -157,6 +157,13 @@ class SchedulerProxy(JobManagement, JobRecords):
         With a future *start_date* the first run is at *start_date*; with a
         past one, runs follow its grid (``start_date + k * interval``) from
         the next point after now.
+
+        With the option ``fixed_delay=True`` each later run is due one
+        interval after the previous run *ended* (done or failed), so runs
+        never overlap and a slow run pushes the next ones back (see
+        :ref:`fixed-delay`).
+
+        .. versionadded:: 1.0 ``fixed_delay``.
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         return self._add(
@@ -333,7 +340,7 @@ class SchedulerProxy(JobManagement, JobRecords):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidJob(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         kwargs_json = check_json(dict(kwargs or {}), "kwargs")
-        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref)
+        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref, self.settings)
 
         job_id = options.pop("id", None)
         if job_id is None:
@@ -406,6 +413,11 @@ class SchedulerProxy(JobManagement, JobRecords):
         captured = getattr(self._captured, "requests", None)
         if captured is not None:
             captured.append(request)
+            return
+        if not self.settings.enabled:
+            from pyramid_scheduler.tasks import run_disabled
+
+            run_disabled(self, request)
             return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
         if txn is None:

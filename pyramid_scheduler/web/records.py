@@ -49,17 +49,23 @@ class JobRecords:
         return None if row is None else self._records([row])[0]
 
     def get_jobs(
-        self, queue: str | None = None, status: str | None = None, limit: int = 100, func: str | None = None
+        self,
+        queue: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        func: str | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """The most recently changed job records, newest first: the latest
-        *limit* of them, of *queue*, in *status*, whose function reference
-        (``module:qualname``) contains *func*, as far as given.
+        *limit* of them after the first *offset*, of *queue*, in *status*,
+        whose function reference (``module:qualname``) contains *func*, as
+        far as given.
 
-        .. versionchanged:: 1.0 *func*.
+        .. versionchanged:: 1.0 *func* and *offset*.
         """
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
-        return self._records(self._ledger().list_jobs(queue, status, limit, func))
+        return self._records(self._ledger().list_jobs(queue, status, limit, func, offset))
 
     def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Job records from ledger rows, with ``next_run_time`` (epoch

@@ -122,7 +122,9 @@ def start_in_process(event: ApplicationCreated) -> None:
     settings = getattr(getattr(event.app.registry, "scheduler", None), "settings", None)
     if settings is None:  # the application put a stand-in of its own at registry.scheduler
         return
-    if settings.combined:
+    if settings.combined and not settings.enabled:
+        log.warning("scheduler.enabled = false: combined mode starts no scheduler in this process")
+    elif settings.combined:
         from pyramid_scheduler.daemon.service import start_combined
 
         start_combined(event)

@@ -246,3 +246,23 @@ def checked_body(message: Any, max_size: int, secret: bytes | None, signed_to: s
         headers = message.headers or {}
         verify(body, headers.get(SIGNATURE_HEADER), secret, signed_to, message.content_type, message.content_encoding)
     return body
+
+
+def kept_for_replay(message: Any, max_size: int, secret: bytes | None) -> tuple[str | None, bool | None]:
+    """What a dead letter keeps of a refused *message* to replay it later:
+    its whole body as text when the door and :func:`checked_body`'s
+    checks before the signature pass (not refused by the door, JSON, at
+    most *max_size* bytes, UTF-8), else None; and whether it was signed
+    with *secret* (None: no secret is set, or no body is kept)."""
+    try:
+        body = checked_body(message, max_size, None)
+        text = body.decode("utf-8")
+    except (InvalidMessage, UnicodeDecodeError):
+        return None, None
+    if secret is None:
+        return text, None
+    try:
+        checked_body(message, max_size, secret)
+    except InvalidMessage:
+        return text, False
+    return text, True

@@ -72,12 +72,15 @@ def test_reads_and_usage_errors_without_a_daemon(harness):
     for verb in ("cancel", "pause", "resume", "run", "retry"):
         assert command(ini, verb, "no-such-job")[0] == 1, verb
     assert command(ini, "dead-letters", "delete", "7")[0] == 1
+    assert command(ini, "dead-letters", "replay", "7")[0] == 1
     for args in (
         ["jobs", "--limit", "0"],
         ["jobs", "--status", "sleeping"],
         ["jobs", "--queue", "nope"],
         ["job"],
         ["dead-letters", "delete"],
+        ["dead-letters", "replay"],
+        ["dead-letters", "list", "--force"],
         ["--processes", "2", "jobs"],
         ["no-such-command"],
     ):
@@ -162,10 +165,23 @@ def test_commands_against_a_daemon(make_harness):
 
     # Dead letters: a message signed with another secret is refused at the door.
     stranger = harness.proxy(**{"scheduler.secret": "not-the-daemon-secret-0123456789"})
-    stranger.add_async_job(jobs.record, args=[oracle, tag("forged")])
+    forged = tag("forged")
+    stranger.add_async_job(jobs.record, args=[oracle, forged], id=forged)
     [letter] = wait_until(lambda: as_json(ini, "dead-letters"), "the dead letter", alive=(daemon,))
     assert "signature" in letter["reason"] and letter["whole"] is True
+    assert letter["replayable"] is True and letter["signed"] is False and "message" not in letter
     assert "signature" in text(ini, "dead-letters")
+    # Replayed (after a look: it was not signed with the daemons' secret), it runs.
+    code, _, err = command(ini, "dead-letters", "replay", str(letter["id"]))
+    assert code == 1 and "replay it with force" in err
+    replayed = as_json(ini, "dead-letters", "replay", str(letter["id"]), "--force")
+    assert replayed == {"id": letter["id"], "replayed": True, "job_id": forged}
+    assert harness.wait_job(proxy, forged, {"done"}, alive=(daemon,))["result"]["tag"] == forged
+    assert as_json(ini, "dead-letters") == []
+    assert command(ini, "dead-letters", "replay", str(letter["id"]))[0] == 1
+    # Or deleted.
+    stranger.add_async_job(jobs.record, args=[oracle, tag("forged")])
+    [letter] = wait_until(lambda: as_json(ini, "dead-letters"), "the second dead letter", alive=(daemon,))
     assert as_json(ini, "dead-letters", "delete", str(letter["id"])) == {"id": letter["id"], "deleted": True}
     assert command(ini, "dead-letters", "delete", str(letter["id"]))[0] == 1
     assert daemon.alive

@@ -49,6 +49,33 @@ def test_stored_date_job_survives_kill_9_and_runs_once(harness):
     assert proxy.get_job(date_id)["runs"] == 1
 
 
+def test_a_daemon_takes_no_more_messages_than_it_has_free_threads(make_harness):
+    """Two daemons of two threads each, paused while a burst of eight slow
+    jobs arrives on Redis, then resumed: neither takes the whole burst (the
+    broker's prefetch of 64 would allow it), the other's threads do their
+    share."""
+    harness = make_harness(broker="redis", store="postgresql", **{"executor.max_workers": "2"})
+    proxy = harness.proxy()
+    assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
+    daemons = [harness.start() for _ in range(2)]
+    for daemon in daemons:
+        harness.wait_active(proxy, daemon)
+    burst = [tag("burst") for _ in range(8)]
+    for daemon in daemons:
+        daemon.send(signal.SIGSTOP)
+    try:
+        for job_id in burst:
+            proxy.add_async_job(jobs.slow, args=[harness.oracle, job_id, 1.0], id=job_id, immediate=True)
+    finally:
+        for daemon in daemons:
+            daemon.send(signal.SIGCONT)
+    for job_id in burst:
+        harness.wait_job(proxy, job_id, {"done"}, alive=tuple(daemons))
+    ran = [run["pid"] for job_id in burst for run in harness.runs(job_id) if run["phase"] == "start"]
+    assert sorted(ran.count(daemon.pid) for daemon in daemons) >= [2, 2], ran
+    assert len(ran) == 8
+
+
 def test_every_daemon_runs_jobs_and_a_survivor_takes_over_the_killed_ones(make_harness):
     """Three daemons on one queue (Redis, PostgreSQL): each runs jobs; the
     date jobs the killed two had stored run in the survivor, once each."""

@@ -19,7 +19,8 @@ from wire.test_messages import body_of
 from pyramid_scheduler.brokers.fanout import decode_event
 from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.store.db import create_db_engine
-from pyramid_scheduler.store.ledger import DEAD_LETTER_PREFIX, Ledger
+from pyramid_scheduler.store.deadletters import DEAD_LETTER_PREFIX
+from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.wire.door import NOT_A_MESSAGE, REFUSAL, DoorMessage, checked_body, entry_limit, envelope
 from pyramid_scheduler.wire.signing import SIGNATURE_HEADER, sign_message
 

@@ -127,6 +127,30 @@ def test_version_2_tables_gain_the_daemons_and_the_jobs_owner(store, caplog):
     )
 
 
+def test_version_3_dead_letters_gain_what_replaying_needs(store, caplog):
+    engine, prefix = store
+    Ledger(engine, prefix)
+    with engine.begin() as conn:
+        for column in ("message", "signed"):
+            conn.execute(sa.text(f'ALTER TABLE "{prefix}dead_letters" DROP COLUMN {column}'))
+        conn.execute(
+            sa.text(f"""INSERT INTO "{prefix}dead_letters" (queue, received_at, reason, body, size)
+                                 VALUES ('jobs', 1.0, 'old', 'x', 1)""")
+        )
+        conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 3'))
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
+        ledger = Ledger(engine, prefix)
+    assert version(engine, prefix) == SCHEMA_VERSION >= 4
+    ledger.dead_letter_many([("jobs", "new", b"{}", "{}", True)])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ledger.dead_letters).order_by(ledger.dead_letters.c.id)).all()
+    assert [(row.reason, row.message, row.signed) for row in rows] == [("old", None, None), ("new", "{}", True)]
+    assert (
+        f"job store tables {prefix}*: upgrading to schema version 4: dead letters keep what replaying them needs"
+        in [record.getMessage() for record in caplog.records]
+    )
+
+
 def test_tables_newer_than_this_release_are_refused(store):
     engine, prefix = store
     Ledger(engine, prefix)

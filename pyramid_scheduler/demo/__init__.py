@@ -32,7 +32,7 @@ PAGE = Template((Path(__file__).parent / "index.html").read_text(encoding="utf-8
 ACTIONS = {"say": jobs.say, "slow": jobs.slow, "fail": jobs.fail}
 
 #: Statuses after which a job can no longer be canceled.
-FINAL = {"done", "failed", "missed", "canceled", "interrupted", "parked"}
+FINAL = {"done", "failed", "missed", "expired", "canceled", "interrupted", "parked"}
 
 
 #: The environment variable the demo takes its ``scheduler.secret`` from.

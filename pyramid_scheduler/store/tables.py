@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 #: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
 LIVE = ("scheduled", "running", "paused")
-FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
+FINAL = ("done", "failed", "missed", "expired", "canceled", "interrupted", "parked")
 
 #: The longest table name every supported database keeps whole (PostgreSQL: 63).
 MAX_TABLENAME = 63

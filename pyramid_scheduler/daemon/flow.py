@@ -167,6 +167,7 @@ class PriorityWork:
         self._fifo: deque[_Entry] = deque()
         self._order = itertools.count()
         self._stops = 0
+        self._count = 0
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         with self._ready:
@@ -176,13 +177,15 @@ class PriorityWork:
                 entry = _Entry(item, self.clock())
                 heapq.heappush(self._heap, (-self.rank(item), next(self._order), entry))
                 self._fifo.append(entry)
+                self._count += 1
             self._ready.notify()
 
     put_nowait = put
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         with self._ready:
-            if not self._ready.wait_for(lambda: self._heap or self._stops, timeout if block else 0):
+            # Counted, not the heap's length: it keeps the entries the aging took.
+            if not self._ready.wait_for(lambda: self._count or self._stops, timeout if block else 0):
                 raise queue.Empty
             return self._take()
 
@@ -190,19 +193,20 @@ class PriorityWork:
         return self.get(block=False)
 
     def _take(self) -> Any:
+        if not self._count:  # only stops left: a worker's
+            self._stops -= 1
+            return None
         fifo = self._fifo
         while fifo and fifo[0].taken:
             fifo.popleft()
         if fifo and self.clock() - fifo[0].at >= self.aging:
             entry = fifo.popleft()  # waited long enough: before any priority
         else:
-            while self._heap and self._heap[0][2].taken:
+            while self._heap[0][2].taken:
                 heapq.heappop(self._heap)
-            if not self._heap:
-                self._stops -= 1
-                return None
             entry = heapq.heappop(self._heap)[2]
         entry.taken = True
+        self._count -= 1
         if len(self._heap) > 2 * len(fifo) + 64:  # drop the entries the aging took
             self._heap = [row for row in self._heap if not row[2].taken]
             heapq.heapify(self._heap)
@@ -212,8 +216,7 @@ class PriorityWork:
         return self.qsize()
 
     def qsize(self) -> int:
-        with self._ready:
-            return sum(1 for entry in self._fifo if not entry.taken)
+        return self._count
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -267,7 +270,7 @@ def work_rank(defaults: Mapping[str, int]) -> Callable[[Any], int]:
         args: tuple[Any, ...] = item if isinstance(item, tuple) else getattr(item, "args", ())
         try:
             return priority_of(args[0], defaults)
-        except (IndexError, AttributeError):  # not a batch of a job's runs
+        except Exception:  # noqa: BLE001 - not a batch of a job's runs: no priority
             return DEFAULT_PRIORITY
 
     return rank

@@ -4,6 +4,7 @@ pool's order (higher priority first, the aged before all) through a real
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -149,3 +150,16 @@ def test_the_testing_kit_expires_a_job_not_started_in_time(kit):
     assert [event.type for event in kit.events if event.job_id == "late"][-2:] == ["job.expired", "job.removed"]
     [run] = [run for run in kit.runs if run["job_id"] == "late"]
     assert run["status"] == "expired" and "not started by its expiry" in run["error"]
+
+
+def test_a_worker_stops_only_when_told_even_after_the_aging_took_work():
+    clock = Clock()
+    work = PriorityWork(lambda item: item, 60, clock)
+    work.put(1)
+    work.put(9)
+    clock.now += 61
+    assert [work.get_nowait(), work.get_nowait()] == [1, 9]  # both aged: oldest first
+    with pytest.raises(queue.Empty):  # nothing left, and no stop asked for
+        work.get(timeout=0.01)
+    work.put(None)
+    assert work.get_nowait() is None

@@ -179,6 +179,7 @@ class Engine:
         # Scheduling and execution, and the one way back from the second to the first.
         self.aps = self.scheduler_class(clock=clock)
         self.aps.catch_up_limit = settings.catch_up_limit
+        self.aps.priorities, self.aps.priority_aging = dict(settings.priorities), settings.priority_aging
         self.store_back = StoreBack(self.aps, self.persist)
         self.runner = self.runner_class(
             ledger=self.ledger,

@@ -87,6 +87,21 @@ def test_a_run_that_waited_past_the_aging_goes_first(make_harness):
     assert [run["tag"] for run in harness.runs() if run["tag"] in {old, low, high}] == [old, high, low]
 
 
+def test_date_jobs_due_together_start_higher_priority_first(make_harness):
+    harness = make_harness(**{"executor.max_workers": "1"})
+    proxy = harness.proxy()
+    daemon = harness.start()
+    harness.wait_active(proxy, daemon)
+    at = datetime.now(timezone.utc) + timedelta(seconds=3)
+    low, high = tag("low"), tag("high")
+    proxy.add_date_job(jobs.record, at, args=[harness.oracle, low], id=low, priority=0)
+    proxy.add_date_job(jobs.record, at, args=[harness.oracle, high], id=high, priority=9)
+    for job_id in (low, high):
+        harness.wait_job(proxy, job_id, {"done"}, alive=(daemon,))
+    # One worker, free when they fall due: the first handed over starts first.
+    assert [run["tag"] for run in harness.runs() if run["tag"] in {low, high}] == [high, low]
+
+
 @pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
 def test_a_run_now_job_behind_a_busy_worker_expires(make_harness, broker):
     harness = make_harness(broker, **{"executor.max_workers": "1"})

@@ -83,7 +83,11 @@ setup(
     license_files=["LICENSE"],
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
-    package_data={"pyramid_scheduler": ["py.typed"], "pyramid_scheduler.demo": ["index.html"]},
+    package_data={
+        "pyramid_scheduler": ["py.typed"],
+        "pyramid_scheduler.demo": ["index.html", "login.html"],
+        "pyramid_scheduler.dashboard": ["page.html", "static/*.css", "static/*.js"],
+    },
     zip_safe=False,
     python_requires=">=3.10",
     install_requires=requires,

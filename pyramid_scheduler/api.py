@@ -38,6 +38,7 @@ __all__ = [
     "JobPaused",
     "JobResumed",
     "JobRequestRefused",
+    "JobProgress",
     "SchedulerMessage",
 ]
 
@@ -64,7 +65,10 @@ class Event(dict[str, Any]):
     :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
     ``resume_job`` or ``run_job_now`` the daemon could not carry out) adds
     ``op`` and ``reason``. ``run_job_now`` has no event of its own: the run
-    brings the usual run events.
+    brings the usual run events. :attr:`JOB_PROGRESS` (a running job called
+    :func:`~pyramid_scheduler.report_progress`; throttled, see
+    :doc:`/progress`) adds ``run_key``, ``fraction`` (0 to 1), ``message``
+    and ``at`` (epoch seconds).
     """
 
     MESSAGE = "message"
@@ -83,6 +87,7 @@ class Event(dict[str, Any]):
     JOB_PAUSED = "job.paused"
     JOB_RESUMED = "job.resumed"
     JOB_REQUEST_REFUSED = "job.request_refused"
+    JOB_PROGRESS = "job.progress"
 
     #: Every event type, in no particular order.
     TYPES = frozenset(
@@ -103,6 +108,7 @@ class Event(dict[str, Any]):
             JOB_PAUSED,
             JOB_RESUMED,
             JOB_REQUEST_REFUSED,
+            JOB_PROGRESS,
         }
     )
 
@@ -222,6 +228,14 @@ class JobRequestRefused(JobEvent):
     queue, or the job is not in a state that allows it (``event.reason``)."""
 
 
+class JobProgress(JobEvent):
+    """A running job reported its progress (``event.fraction``,
+    ``event.message``); at most one per run every 0.5 s.
+
+    .. versionadded:: 1.0
+    """
+
+
 class SchedulerMessage(JobEvent):
     """A text message sent with ``pscheduler --message``."""
 
@@ -243,5 +257,6 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_PAUSED: JobPaused,
     Event.JOB_RESUMED: JobResumed,
     Event.JOB_REQUEST_REFUSED: JobRequestRefused,
+    Event.JOB_PROGRESS: JobProgress,
     Event.MESSAGE: SchedulerMessage,
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pyramid_scheduler.settings.spec_flow import SETTINGS_FLOW
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
+from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
 from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
 from pyramid_scheduler.settings.urls import (
     DEFAULT_BROKER_URL,
@@ -475,6 +476,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     ),
     *OPERATIONS,
     *SETTINGS_TASKS,
+    *SHELL_SETTINGS,
     *SETTINGS_FLOW,
 )
 

@@ -158,6 +158,13 @@ class SchedulerProxy(JobManagement, JobRecords):
         With a future *start_date* the first run is at *start_date*; with a
         past one, runs follow its grid (``start_date + k * interval``) from
         the next point after now.
+
+        With the option ``fixed_delay=True`` each later run is due one
+        interval after the previous run *ended* (done or failed), so runs
+        never overlap and a slow run pushes the next ones back (see
+        :ref:`fixed-delay`).
+
+        .. versionadded:: 1.0 ``fixed_delay``.
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         return self._add(
@@ -206,7 +213,12 @@ class SchedulerProxy(JobManagement, JobRecords):
         )
 
     def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> str:
-        """Cancel a job: it runs no more; a run in progress finishes.
+        """Cancel a job: it runs no more; a run in progress is asked to stop
+        (:func:`pyramid_scheduler.should_stop` turns true in it, and
+        :func:`~pyramid_scheduler.report_progress` raises
+        :exc:`~pyramid_scheduler.JobStopped`) and, if it saw the request, is
+        recorded ``stopped``; a job that does not look runs to its end: see
+        :doc:`/progress`.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
         it waits for the current transaction's commit unless *immediate*, or
@@ -334,7 +346,7 @@ class SchedulerProxy(JobManagement, JobRecords):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidJob(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         kwargs_json = check_json(dict(kwargs or {}), "kwargs")
-        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref)
+        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref, self.settings)
 
         job_id = options.pop("id", None)
         if job_id is None:
@@ -359,10 +371,9 @@ class SchedulerProxy(JobManagement, JobRecords):
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
             job_options["durable"] = False
-        if job_options.get("retries") and self.settings.memory_store:
-            raise InvalidJob(
-                "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"
-            )
+        for key, why in (("retries", "keeps the attempts"), ("timeout", "the daemon reads it from")):
+            if job_options.get(key) and self.settings.memory_store:
+                raise InvalidJob(f"{key}: need the SQL job store, which {why}; scheduler.jobstore.url is 'memory'")
 
         request = JobRequest(
             op="add",

@@ -102,6 +102,27 @@ def test_date_jobs_due_together_start_higher_priority_first(make_harness):
     assert [run["tag"] for run in harness.runs() if run["tag"] in {low, high}] == [high, low]
 
 
+def test_priorities_hold_through_kill_9(make_harness):
+    # The jobs waiting for the held worker are in no table but the ledger when
+    # the daemon dies; the next daemon schedules them again from their
+    # records, priorities included, and runs the higher one first.
+    harness = make_harness(**{"executor.max_workers": "1"})
+    proxy = harness.proxy()
+    daemon = harness.start()
+    hang_id = hold_the_worker(harness, proxy, daemon)
+    low, high = tag("low"), tag("high")
+    proxy.add_async_job(jobs.record, args=[harness.oracle, low], id=low, priority=1)
+    proxy.add_async_job(jobs.record, args=[harness.oracle, high], id=high, priority=8)
+    stored(proxy, [low, high])
+    daemon.kill()
+
+    again = harness.start()
+    for job_id in (low, high):
+        harness.wait_job(proxy, job_id, {"done"}, alive=(again,))
+    assert [run["tag"] for run in harness.runs() if run["tag"] in {low, high}] == [high, low]
+    assert proxy.get_job(hang_id)["status"] == "interrupted"
+
+
 @pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
 def test_a_run_now_job_behind_a_busy_worker_expires(make_harness, broker):
     harness = make_harness(broker, **{"executor.max_workers": "1"})

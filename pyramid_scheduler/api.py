@@ -49,7 +49,9 @@ class Event(dict[str, Any]):
     ``event.type`` is one of the constants below. Job events carry
     ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
     ``kwargs``, ``queue``); run events add ``run_key`` and
-    ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
+    ``scheduled_run_time``; :attr:`JOB_EXECUTED` and :attr:`JOB_ERROR` add
+    ``duration`` (seconds the run took) and ``lateness`` (seconds it started
+    after ``scheduled_run_time``); :attr:`JOB_EXECUTED` adds ``retval``;
     :attr:`JOB_ERROR` adds ``exception``, ``traceback``, ``attempt`` (1 for
     the first run, 2 for its first retry, ...) and ``will_retry``;
     :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)

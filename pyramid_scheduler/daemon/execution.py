@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -63,6 +64,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from pyramid.registry import Registry
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
@@ -291,9 +293,10 @@ class Runner:
         control = self.controls.start(job.id, queue, key, info)
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
+            began = time.monotonic()
             try:
                 crash_point("started")
-                with self.context(job) as request, running(control):
+                with run_span(job, queue, key), self.context(job) as request, running(control):
                     retval = self.call(job, request)
                 crash_point("finished")
                 stop = control.end()
@@ -304,15 +307,19 @@ class Runner:
                 (log.warning if stop else log.error)(
                     "job %s (queue %s): run %s %s\n%s", job.id, queue, key, outcome, text
                 )
-                plan = self.failed(job, key, final, text, exc, base, made, stop)
+                timed = {**base, "duration": time.monotonic() - began, "lateness": late}
+                plan = self.failed(job, key, final, text, exc, timed, made, stop)
             else:
                 if stop:  # asked to stop, and it returned: recorded as stopped all the same
                     outcome, asked = stop, JobStopped(job.id, control.stop_reason or "")
                     log.warning("job %s (queue %s): run %s %s", job.id, queue, key, stop)
-                    plan = self.failed(job, key, final, str(asked), asked, base, made, stop)
+                    timed = {**base, "duration": time.monotonic() - began, "lateness": late}
+                    plan = self.failed(job, key, final, str(asked), asked, timed, made, stop)
                     return RunRecord(job.id, queue, key, outcome, plan)
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
-                made.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
+                made.append(
+                    Event(Event.JOB_EXECUTED, retval=retval, duration=time.monotonic() - began, lateness=late, **base)
+                )
                 self.persist(
                     f"job {job.id}: recording run {key}",
                     self.runs.finish_run,
@@ -459,3 +466,10 @@ class Runner:
             return
         with job_context(self.registry):
             yield None
+
+
+def run_span(job: Job, queue: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    """The run's span (:mod:`pyramid_scheduler.tracing`); nothing without OpenTelemetry."""
+    if tracing.ENABLED and tracing.configured():
+        return tracing.run_span(job.id, queue, key, job.func_ref)
+    return contextlib.nullcontext()

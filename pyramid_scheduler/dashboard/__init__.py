@@ -35,13 +35,15 @@ ROUTE = "scheduler.dashboard"
 
 def includeme(config: Configurator) -> None:
     """Mount the dashboard at ``scheduler.dashboard.path`` (default
-    ``/scheduler``), behind ``scheduler.dashboard.permission``; include
-    ``pyramid_scheduler`` first if the application has not. The two settings
-    are read at the include (routes are made from the path).
+    ``/scheduler``), behind ``scheduler.dashboard.permission``, with the
+    health probe and the metrics beside it (``pyramid_scheduler.metrics``);
+    include ``pyramid_scheduler`` first if the application has not. The two
+    settings are read at the include (routes are made from the path).
 
     :raises pyramid.exceptions.ConfigurationError: a bad dashboard setting,
-        or (at commit) ``scheduler.jobstore.url = memory``: the dashboard
-        reads the job store.
+        ``prometheus_client`` not installed (``pip install
+        "pyramid_scheduler[dashboard]"``), or (at commit)
+        ``scheduler.jobstore.url = memory``: the dashboard reads the job store.
     """
     from pyramid_scheduler.dashboard import api, pages
 
@@ -52,6 +54,8 @@ def includeme(config: Configurator) -> None:
     config.add_static_view(f"{path.lstrip('/')}/static", "pyramid_scheduler.dashboard:static", permission=permission)
     pages.add_pages(config, path, permission)
     api.add_api(config, path, permission)
+    # {path}/health and {path}/metrics.
+    config.include("pyramid_scheduler.metrics")
 
     def check_store() -> None:
         if config.registry.scheduler.settings.memory_store:

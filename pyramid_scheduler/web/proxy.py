@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.brokers.connection import Publisher
 from pyramid_scheduler.events import Listener, Listeners
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
@@ -68,6 +69,10 @@ class SchedulerProxy(JobManagement, JobRecords):
         #: Config-time schedules by job id (:mod:`pyramid_scheduler.web.declare`).
         self.declared: dict[str, JobRequest] = {}
         self._captured = threading.local()
+        #: Called with each request ``add_*_job`` published and its kind
+        #: (``now``, ``date``, ``interval``, ``cron``): the enqueue counter of
+        #: :mod:`pyramid_scheduler.metrics`.
+        self.on_enqueue: list[Callable[[JobRequest, str], None]] = []
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -385,7 +390,14 @@ class SchedulerProxy(JobManagement, JobRecords):
             trigger=spec,
             options=job_options,
         )
-        self._publish(request, immediate, manager)
+        if tracing.ENABLED and tracing.configured():
+            with tracing.enqueue_span(queue, job_id, ref, kind) as headers:
+                self._publish(request, immediate, manager, headers)
+        else:
+            self._publish(request, immediate, manager)
+        if getattr(self._captured, "requests", None) is None:
+            for hook in self.on_enqueue:
+                hook(request, kind)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
@@ -400,7 +412,9 @@ class SchedulerProxy(JobManagement, JobRecords):
         finally:
             self._captured.requests = None
 
-    def _publish(self, request: JobRequest, immediate: bool = False, manager: Any = None) -> None:
+    def _publish(
+        self, request: JobRequest, immediate: bool = False, manager: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
@@ -419,9 +433,12 @@ class SchedulerProxy(JobManagement, JobRecords):
             return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
         if txn is None:
-            self.publisher.publish(body, request.queue, request.id)
+            if headers:
+                self.publisher.publish(body, request.queue, request.id, headers)
+            else:
+                self.publisher.publish(body, request.queue, request.id)
         else:
-            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
+            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op, headers)
 
 
 def expiry_after(value: Any, spec: dict[str, Any], now: datetime) -> Any:

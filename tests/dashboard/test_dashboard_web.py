@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import webtest
+from policies import HeaderPolicy
 from pyramid.config import Configurator
 from pyramid.csrf import CookieCSRFStoragePolicy
 from pyramid.exceptions import ConfigurationError
-from pyramid.security import Allowed, Denied
 
 from conftest import make_settings
 from daemons import wait_until
@@ -23,27 +23,6 @@ from pyramid_scheduler.wire.messages import JobRequest
 
 ADMIN = {"X-User": "admin"}
 HOSTILE = "<script>alert('x')</script>&amp;"
-
-
-class HeaderPolicy:
-    """The application's own security: ``X-User: admin`` has ``scheduler.admin``."""
-
-    def identity(self, request: Any) -> str | None:
-        return request.headers.get("X-User")
-
-    def authenticated_userid(self, request: Any) -> str | None:
-        return self.identity(request)
-
-    def permits(self, request: Any, context: Any, permission: str) -> Any:
-        if self.identity(request) == "admin" and permission == "scheduler.admin":
-            return Allowed("admin")
-        return Denied(f"{permission} is the admin's")
-
-    def remember(self, request: Any, userid: str, **kw: Any) -> list[Any]:
-        return []
-
-    def forget(self, request: Any, **kw: Any) -> list[Any]:
-        return []
 
 
 def make_app(settings: dict[str, str]) -> Any:

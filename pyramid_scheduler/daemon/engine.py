@@ -44,6 +44,7 @@ from pyramid_scheduler.brokers.connection import release_dead_claims
 from pyramid_scheduler.daemon.aps import executor_of
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner
+from pyramid_scheduler.daemon.flow import order_pool
 from pyramid_scheduler.daemon.housekeeping import Housekeeping
 from pyramid_scheduler.daemon.intake import Intake
 from pyramid_scheduler.daemon.job_events import JobEvents
@@ -159,7 +160,9 @@ class Engine:
         self.stores: dict[str, QueueJobStore | MemoryQueueStore] = {}
         for queue in self.queues:
             if settings.memory_store:
-                self.stores[queue] = MemoryQueueStore(on_added=self.events.created)
+                self.stores[queue] = MemoryQueueStore(
+                    self.events.created, settings.priorities.get(queue, 0), settings.priority_aging
+                )
             else:
                 self.stores[queue] = QueueJobStore(
                     self.ledger,
@@ -176,6 +179,7 @@ class Engine:
         # Scheduling and execution, and the one way back from the second to the first.
         self.aps = self.scheduler_class(clock=clock)
         self.aps.catch_up_limit = settings.catch_up_limit
+        self.aps.priorities, self.aps.priority_aging = dict(settings.priorities), settings.priority_aging
         self.store_back = StoreBack(self.aps, self.persist)
         self.runner = self.runner_class(
             ledger=self.ledger,
@@ -212,6 +216,7 @@ class Engine:
         executor = executor_of(self.aps, "default")
         assert isinstance(executor, JobExecutor)
         self.executor = executor
+        order_pool(executor, settings.priorities, settings.priority_aging)  # higher priority first
 
         self.intake = Intake(
             settings=settings,

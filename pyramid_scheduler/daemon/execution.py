@@ -33,7 +33,9 @@ run is carried out by :mod:`.fastlane`, which records it after the run.
 Per run, :meth:`Runner.run_one`:
 
 1. refuses to run if this daemon's heartbeat may have lapsed (fencing);
-2. reports the run missed if it is later than the job's misfire grace;
+2. records it ``expired`` if the job's ``expires`` time has passed
+   (:mod:`.flow`), else reports it missed if it is later than the job's
+   misfire grace;
 3. records it ``started`` in the run ledger -- if the run key is already
    there, a previous daemon ran it, and it is not run again;
 4. calls the function with the application's registry pushed as current,
@@ -69,6 +71,7 @@ from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.context import job_context, request_context
 from pyramid_scheduler.daemon.control import Controls
+from pyramid_scheduler.daemon.flow import expired, record_expired
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
@@ -97,7 +100,7 @@ class RunRecord:
     job_id: str
     queue: str
     run_key: str
-    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, or ``not-run``: not carried out here
+    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``expired``, or ``not-run``: not carried out here
     #: (the heartbeat lapsed, the run was already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
@@ -231,6 +234,9 @@ class Runner:
                 self.store_back(job, run_time)
             return not_run
 
+        if expired(job, now):
+            record_expired(self, job, info, run_time, key, now)
+            return RunRecord(job.id, queue, key, "expired")
         grace = job.misfire_grace_time
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:

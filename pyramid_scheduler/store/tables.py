@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 #: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
 LIVE = ("scheduled", "running", "paused")
-FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
+FINAL = ("done", "failed", "missed", "expired", "canceled", "interrupted", "parked")
 #: Run statuses of a run that raised or was stopped: each counts as a run of
 #: its job, keeps its error, and fails a live job (``stopped``: its job was
 #: canceled while it ran, and stays so; ``timed-out``: past its ``timeout``).

@@ -43,7 +43,7 @@ from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
-from pyramid_scheduler.wire.options import option_problem
+from pyramid_scheduler.wire.options import expires_at, option_problem
 from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
 
 log = get_logger(__name__)
@@ -106,7 +106,13 @@ class SchedulerProxy(JobManagement, JobRecords):
         :raises EnqueueError: the broker did not take the job in time (not
             raised for a job held until the commit: see the ERROR log then).
 
-        .. versionadded:: 1.0 ``durable=False``.
+        With ``priority=`` (0 to 9, higher first; default
+        ``scheduler.priority.<queue>``, else 0) the job starts before the
+        lower ones waiting for a worker; with ``expires=`` (seconds from now,
+        or an aware datetime; also on ``add_date_job``) a job not started by
+        then ends ``expired``, never run late (see :doc:`flow`).
+
+        .. versionadded:: 1.0 ``durable=False``, ``priority`` and ``expires``.
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
@@ -357,6 +363,8 @@ class SchedulerProxy(JobManagement, JobRecords):
         manager = options.pop("tm", None)
         check_delivery(immediate, manager)
         job_options = dict(options)
+        if job_options.get("expires") is not None:
+            job_options["expires"] = expiry_after(job_options["expires"], spec, self.now())
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)
@@ -431,6 +439,23 @@ class SchedulerProxy(JobManagement, JobRecords):
                 self.publisher.publish(body, request.queue, request.id)
         else:
             hold(txn, self.publisher.publish, body, request.queue, request.id, request.op, headers)
+
+
+def expiry_after(value: Any, spec: dict[str, Any], now: datetime) -> Any:
+    """The ``expires`` option as it travels (:func:`~pyramid_scheduler.wire.options.expires_at`),
+    refused when it comes before a date job's date (it could never run).
+    A recurring job's is left for :func:`option_problem` to refuse.
+
+    :raises InvalidJob: naming the option.
+    """
+    if spec.get("type") not in ("now", "date"):
+        return value
+    at = expires_at(value, now)
+    run_date = spec.get("run_date")
+    if spec["type"] == "date" and isinstance(run_date, str) and datetime.fromisoformat(run_date).timestamp() >= at:
+        when = datetime.fromtimestamp(at, timezone.utc).isoformat()
+        raise InvalidJob(f"expires: at {when}, not after the job's date {run_date}; it could never start")
+    return at
 
 
 def check_delivery(immediate: Any, manager: Any) -> None:

@@ -39,8 +39,8 @@ class JobRecords:
         """The job's record from the job store's database, or ``None``.
 
         Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
-        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
-        ``interrupted`` or ``parked``), ``runs``, ``created_at``,
+        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``expired``,
+        ``canceled``, ``interrupted`` or ``parked``), ``runs``, ``created_at``,
         ``updated_at``, ``last_run_at``, ``next_run_time`` (epoch seconds;
         the latter from the job store, ``None`` when there is none), ``result`` (the
         last run's return value, decoded from JSON), ``error`` and ``progress``
@@ -98,8 +98,8 @@ class JobRecords:
         ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
         ``status`` (``started``, ``done``, ``failed``, ``timed-out`` (past
         the job's ``timeout``), ``stopped`` (its job canceled while it ran),
-        ``missed`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
-        missed, failed or interrupted). A run that the catch-up policy did not
+        ``missed``, ``expired`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        missed, expired, failed or interrupted). A run that the catch-up policy did not
         run is here as ``missed``; many at once beyond
         ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``
         gives their number and span.
@@ -115,7 +115,7 @@ class JobRecords:
         :meth:`get_job`).
 
         Finished means a final status: ``done``, ``failed`` (after its last
-        retry), ``missed``, ``canceled``, ``interrupted`` or ``parked``. The
+        retry), ``missed``, ``expired``, ``canceled``, ``interrupted`` or ``parked``. The
         job store's database is polled, first every 50 ms, then less often,
         up to every *interval* seconds. A job that has not been stored yet
         (its message is still on its way) is waited for too. Mind that a

@@ -249,7 +249,11 @@ class Intake:
                         **options,
                     )
                 except ConflictingIdError:
-                    return _duplicate(request)
+                    if recovering or not self._stored_not_handed(request):
+                        return _duplicate(request)
+                    # A step of a flow that its daemon stored and sent here
+                    # (a queue it does not run): nothing holds it yet.
+                    return self.add(request, recovering=True)
             return "stored"
 
         # (APScheduler's add_job holds a job in memory until the scheduler starts.)

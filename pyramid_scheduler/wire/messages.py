@@ -24,6 +24,7 @@ from typing import Any
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
 from pyramid_scheduler.triggers.build import TRIGGER_TYPES
+from pyramid_scheduler.wire.flows import flow_problem
 from pyramid_scheduler.wire.options import option_problem
 from pyramid_scheduler.wire.refs import check_arguments, check_ref
 
@@ -249,7 +250,7 @@ def decode(body: Any) -> JobRequest:
     kwargs = _field(body, "kwargs", (dict,))
     trigger = _trigger_field(body)
     options = _field(body, "options", (dict,), required=False) or {}
-    problem = option_problem(options, trigger.get("type"))
+    problem = option_problem(options, trigger.get("type")) or flow_problem(options.get("flow"), trigger.get("type"))
     if problem:
         raise InvalidMessage(problem)
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger, options=options, **common)

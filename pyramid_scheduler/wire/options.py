@@ -31,6 +31,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "ttl": (int, float, type(None)),
     "catch_up": (str,),
     "durable": (bool,),
+    # A step of a chain or group: checked by pyramid_scheduler.wire.flows.
+    "flow": (dict,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")

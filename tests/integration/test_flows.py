@@ -80,10 +80,7 @@ def test_a_group_of_four_then_gets_the_results_in_order(harness):
 def test_two_daemons_share_a_groups_members_and_then_runs_once(make_harness):
     harness = make_harness(broker="redis", store="postgresql", **{"executor.max_workers": "2"})
     proxy = harness.proxy()
-    assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
-    daemons = [harness.start() for _ in range(2)]
-    for daemon in daemons:
-        harness.wait_active(proxy, daemon)
+    daemons = harness.start_active(proxy, 2)
     then_tag = tag("then")
     members = [proxy.step(flows.member, harness.oracle, tag("m"), value, 1.0) for value in range(8)]
     flow = proxy.group(members, then=proxy.step(flows.gather, harness.oracle, then_tag))

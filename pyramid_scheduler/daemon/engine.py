@@ -271,7 +271,7 @@ class Engine:
             try:
                 request = decode(wire)
                 if request.queue in self.stores:
-                    self.intake.add(request, recovering=True)
+                    self.intake.hand_made(request)
                 else:
                     self.proxy.publisher.publish(request.encode(), request.queue, request.id)
             except Exception:  # noqa: BLE001 - stored: a daemon's recovery schedules it

@@ -182,6 +182,15 @@ class Intake:
         outcome = planned()
         return outcome.hand() if isinstance(outcome, Accepted) else outcome
 
+    def hand_made(self, request: JobRequest) -> str:
+        """Run (or store due) a run-now job whose record this daemon has just
+        stored itself (a step of a chain or group: :mod:`pyramid_scheduler.store.flows`),
+        without the ``INSERT`` that would find it stored."""
+        planned = self.plan(request)
+        if isinstance(planned, _RunNow):
+            return self._hand(planned)
+        return self.add(request, recovering=True)
+
     def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | _Stored | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
         it goes straight to the worker pool (:meth:`_add_now`), a

@@ -3,14 +3,19 @@ the daemon's own engine on the fake clock, through a real Configurator."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pyramid.config import Configurator
 
 from pyramid_scheduler import InvalidJob, InvalidQueue
+from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.testing import TestingScheduler
+from pyramid_scheduler.wire.messages import decode
 
 CALLS: list[tuple[str, Any]] = []
 
@@ -151,3 +156,70 @@ def test_steps_are_checked_where_they_are_made():
     with pytest.raises(InvalidJob, match="then: only one-off jobs"):
         scheduler.add_interval_job(first, args=[1], minutes=5, then=scheduler.step(plus, 1))
     assert scheduler.jobs == {}
+
+
+def test_canceling_a_member_before_it_runs_cancels_then():
+    scheduler = make()
+    flow = scheduler.group([scheduler.step(first, 1), scheduler.step(first, 2)], then=scheduler.step(collect))
+    scheduler.cancel_job(flow.job_ids[1])
+    scheduler.run_pending()
+    assert CALLS == [("first", 1)]
+    then = scheduler.get_job(flow.then_id)
+    assert then["status"] == "canceled"
+    assert then["error"] == f"group {flow.id}: member 1 ({flow.job_ids[1]}) ended canceled"
+
+
+def test_an_ended_groups_row_is_purged_with_the_finished_jobs():
+    scheduler = make()
+    flow = scheduler.group([scheduler.step(first, 1)], then=scheduler.step(collect))
+    scheduler.run_pending()
+    ledger = scheduler._ledger()
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(ledger.flows.c.status).where(ledger.flows.c.id == flow.id)).scalar() == "done"
+    ledger.purge(older_than=ledger.now() + 1)
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ledger.flows)).scalar() == 0
+
+
+@pytest.mark.parametrize(
+    ("flow", "problem"),
+    [
+        ("chain", "flow: expected dict, got 'chain'"),
+        ({"id": "f", "kind": "loop", "position": 0}, "flow.kind: expected one of chain, group, then"),
+        ({"id": "f", "kind": "chain", "position": 0}, "flow: a chain step's flow has the keys id, kind, next"),
+        ({"id": "f", "kind": "chain", "position": -1, "next": []}, "flow.position: expected a whole number"),
+        ({"id": "f", "kind": "chain", "position": 0, "next": [{}] * 100}, "flow.next: expected a list of at most 100"),
+        ({"id": "f", "kind": "chain", "position": 0, "next": [{"id": "x"}]}, "flow.next[0]: expected a step"),
+        ({"id": "f", "kind": "group", "position": 4, "size": 4, "then": None}, "flow.position: 4 is not below"),
+        (
+            {
+                "id": "f",
+                "kind": "group",
+                "position": 0,
+                "size": 2,
+                "then": {"id": "t", "queue": "q", "func": "m:f", "args": [], "kwargs": {}, "options": {"durable": 0}},
+            },
+            "flow.then.options: durable is not an option of a step",  # whatever its value
+        ),
+    ],
+)
+def test_the_door_refuses_a_bad_flow_naming_the_field(flow: Any, problem: str):
+    body = {
+        "v": 1,
+        "op": "add",
+        "mid": "m1",
+        "id": "j1",
+        "queue": "default",
+        "sent_at": "2026-01-01T00:00:00+00:00",
+        "func": "test_flows:first",
+        "args": [1],
+        "kwargs": {},
+        "trigger": {"type": "now", "timezone": "UTC", "run_date": "2026-01-01T00:00:00+00:00"},
+        "options": {"flow": flow},
+    }
+    with pytest.raises(InvalidMessage, match=re.escape(problem)):
+        decode(json.dumps(body))
+    body["trigger"] = {"type": "interval", "timezone": "UTC", "seconds": 5}
+    body["options"] = {"flow": {"id": "f", "kind": "then", "position": 1}}
+    with pytest.raises(InvalidMessage, match="then: only one-off jobs"):
+        decode(json.dumps(body))

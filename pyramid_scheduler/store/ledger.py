@@ -411,7 +411,7 @@ class Ledger(Reports):
             return int(conn.execute(sa.select(table.c.seq).where(table.c.job_id == job_id)).scalar_one())
 
     def purge(self, older_than: float, at: float | None = None) -> int:
-        """Forget finished jobs and old dead letters (housekeeping).
+        """Forget finished jobs, old dead letters and ended groups' rows (housekeeping).
 
         A job with its own ``ttl`` option goes once it has been finished for
         that long (at time *at*, default now); the others, and dead letters,
@@ -436,6 +436,8 @@ class Ledger(Reports):
                 )
             )
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
+            flows = self.flows  # a group's row, once its then step is made (or canceled)
+            conn.execute(flows.delete().where(flows.c.status != "running", flows.c.updated_at < older_than))
         return int(count)
 
 

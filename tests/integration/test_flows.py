@@ -88,3 +88,20 @@ def test_two_daemons_share_a_groups_members_and_then_runs_once(make_harness):
     assert [result["value"] for result in then["result"]] == list(range(8))
     assert {result["pid"] for result in then["result"]} == {daemon.pid for daemon in daemons}
     assert len(harness.runs(then_tag)) == 1
+
+
+def test_a_step_on_a_queue_its_daemon_does_not_run_is_sent_to_the_daemon_that_does(make_harness):
+    harness = make_harness(queues="jobs reports")
+    proxy = harness.proxy()
+    jobs_daemon, reports_daemon = harness.start("-q", "jobs"), harness.start("-q", "reports")
+    names = [tag("on-jobs"), tag("on-reports"), tag("on-jobs")]
+    flow = proxy.chain(
+        proxy.step(flows.begin, harness.oracle, names[0], 1),
+        proxy.step(flows.add, harness.oracle, names[1], 10).options(queue="reports"),
+        proxy.step(flows.add, harness.oracle, names[2], 100).options(queue="jobs"),
+    )
+    last = harness.wait_job(proxy, flow.last, {"done"}, alive=(jobs_daemon, reports_daemon))
+    assert last["result"] == 111
+    assert [proxy.get_job(job_id)["queue"] for job_id in flow.job_ids] == ["jobs", "reports", "jobs"]
+    pids = [run["pid"] for name in names for run in harness.runs(name)]
+    assert pids == [jobs_daemon.pid, reports_daemon.pid, jobs_daemon.pid]

@@ -62,8 +62,11 @@ def measure(broker: str, steps: int, tmp: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="plain jobs, and chain steps after the first")
+    parser.add_argument("--sqlite-only", action="store_true", help="not Redis with PostgreSQL")
+    parser.add_argument("--out", type=Path, default=JSON_OUT, help=f"the JSON file (default {JSON_OUT})")
     args = parser.parse_args(argv)
-    brokers = ["sqlite"] + (["redis"] if service_up("redis") and service_up("postgresql") else [])
+    services = service_up("redis") and service_up("postgresql") and not args.sqlite_only
+    brokers = ["sqlite"] + (["redis"] if services else [])
     results: dict[str, Any] = {"steps": args.steps, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with tempfile.TemporaryDirectory() as tmp:
         for broker in brokers:
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             results[broker] = figures = measure(broker, args.steps, Path(tmp))
             for name, row in figures.items():
                 log(f"  {name}: p50 {row['p50']:.1f} ms, p90 {row['p90']:.1f} ms, max {row['max']:.1f} ms")
-    JSON_OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

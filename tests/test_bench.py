@@ -122,3 +122,20 @@ def test_bench_quick_intake_keeps_the_earlier_parts(tmp_path):
     assert sum(runs["redis", 2]["held"]) == 300
     table = (out / "results.rst").read_text()
     assert "Date-job intake" in table and "redis-py LPUSH/BRPOP" in table and "Parts measured again" in table
+
+
+@pytest.mark.integration
+def test_bench_flows_quick(tmp_path):
+    """``python -m bench.flows`` end to end, small: both figures, every step timed."""
+    out = tmp_path / "flows.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.flows", "--steps", "3", "--sqlite-only", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())["sqlite"]
+    assert figures["plain_run_now"]["n"] == figures["chain_hand_over"]["n"] == 3
+    assert figures["chain_hand_over"]["p50"] > 0

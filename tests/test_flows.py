@@ -15,7 +15,7 @@ from pyramid.config import Configurator
 from pyramid_scheduler import InvalidJob, InvalidQueue
 from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.testing import TestingScheduler
-from pyramid_scheduler.wire.messages import decode
+from pyramid_scheduler.wire.messages import JobRequest, admit, decode
 
 CALLS: list[tuple[str, Any]] = []
 
@@ -223,3 +223,20 @@ def test_the_door_refuses_a_bad_flow_naming_the_field(flow: Any, problem: str):
     body["options"] = {"flow": {"id": "f", "kind": "then", "position": 1}}
     with pytest.raises(InvalidMessage, match="then: only one-off jobs"):
         decode(json.dumps(body))
+
+
+def test_the_daemon_refuses_a_step_outside_the_allowed_modules_before_the_chain_starts():
+    step = {"id": "f-1", "queue": "default", "func": "os:system", "args": ["true"], "kwargs": {}, "options": {}}
+    request = JobRequest(
+        op="add",
+        id="f-0",
+        queue="default",
+        func="test_flows:first",
+        args=[1],
+        trigger={"type": "now", "timezone": "UTC", "run_date": "2026-01-01T00:00:00+00:00"},
+        options={"flow": {"id": "f", "kind": "chain", "position": 0, "next": [step]}},
+    )
+    request = decode(request.encode())  # the door lets it through: a well-formed flow
+    with pytest.raises(InvalidJob, match="func 'os:system': module 'os' is not in scheduler.allowed_modules"):
+        admit(request, {}, ("test_flows",))
+    assert admit(request, {}, ())[0] == request

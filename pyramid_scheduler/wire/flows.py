@@ -126,6 +126,15 @@ def flow_of(request: Mapping[str, Any]) -> dict[str, Any] | None:
     return flow if isinstance(flow, dict) else None
 
 
+def steps_of(flow: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The steps still to be made that a (checked) ``flow`` option carries."""
+    if flow is None:
+        return []
+    if flow["kind"] == "chain":
+        return list(flow["next"])
+    return [flow["then"]] if flow["kind"] == "group" and flow["then"] is not None else []
+
+
 def children(flow: Mapping[str, Any] | None) -> list[str]:
     """The ids of the jobs a step hands over to: a chain step's next step,
     a group member's ``then`` step (none for the last step, or a ``then``)."""

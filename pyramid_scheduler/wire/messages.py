@@ -24,9 +24,9 @@ from typing import Any
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
 from pyramid_scheduler.triggers.build import TRIGGER_TYPES
-from pyramid_scheduler.wire.flows import flow_problem
+from pyramid_scheduler.wire.flows import flow_problem, steps_of
 from pyramid_scheduler.wire.options import option_problem
-from pyramid_scheduler.wire.refs import check_arguments, check_ref
+from pyramid_scheduler.wire.refs import check_allowed, check_arguments, check_ref
 
 VERSION = 1
 OPS = ("add", "cancel", "message", "reschedule", "pause", "resume", "run_now")
@@ -66,7 +66,8 @@ def admit(
 ) -> tuple[JobRequest, Callable[..., Any]]:
     """The daemon's door for an ``add`` request: its function renamed by
     ``scheduler.func_aliases``, checked against ``scheduler.allowed_modules``,
-    imported and matched with the arguments (shared by the engine and
+    imported and matched with the arguments, and the functions of the steps
+    its ``flow`` carries checked against the same list (shared by the engine and
     :mod:`pyramid_scheduler.testing`).
 
     :returns: the request (with the function's new name) and the function.
@@ -78,6 +79,8 @@ def admit(
     assert request.func is not None
     func = check_ref(request.func, allowed)
     check_arguments(func, request.args, request.kwargs, request.func)
+    for step in steps_of(request.options.get("flow")):  # a chain's later steps, a group's then
+        check_allowed(aliases.get(step["func"], step["func"]), allowed)
     return request, func
 
 

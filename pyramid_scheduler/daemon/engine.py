@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from datetime import timezone
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from pyramid_scheduler.daemon.reconcile import Reconcile
 from pyramid_scheduler.daemon.recovery import Recovery
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.events import EventDispatcher
+from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings, mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
@@ -65,7 +67,7 @@ from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.runs import RunWriter
 from pyramid_scheduler.store.tables import aps_tablename
 from pyramid_scheduler.web.proxy import SchedulerProxy
-from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest
+from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest, decode
 
 log = get_logger(__name__)
 
@@ -261,6 +263,25 @@ class Engine:
         self.housekeeping = Housekeeping(
             settings=settings, ledger=self.ledger, registry=self.registry, restore_parked=self.recovery.restore_parked
         )
+        self.ledger.flow_steps.handed = self._hand_over
+        self.ledger.flow_steps.max_size = settings.max_message_size
+        self.ledger.flow_steps.due = lambda: clock.now().timestamp()
+
+    def _hand_over(self, requests: list[dict[str, Any]]) -> None:
+        """Schedule the steps of chains and groups that a run's end made
+        (:mod:`pyramid_scheduler.store.flows`): in their queue's job store, or
+        through the broker for a queue this daemon does not run. One not
+        handed over stays stored, this daemon's: recovery schedules it."""
+        crash_point("step-made")
+        for wire in requests:
+            try:
+                request = decode(wire)
+                if request.queue in self.stores:
+                    self.intake.hand_made(request)
+                else:
+                    self.proxy.publisher.publish(request.encode(), request.queue, request.id)
+            except Exception:  # noqa: BLE001 - stored: a daemon's recovery schedules it
+                log.exception("job %s: a step made by a flow, stored but not scheduled", wire.get("id"))
 
     # -- life cycle -------------------------------------------------------------------
     def join(self) -> None:

@@ -183,6 +183,15 @@ class Intake:
         outcome = planned()
         return outcome.hand() if isinstance(outcome, Accepted) else outcome
 
+    def hand_made(self, request: JobRequest) -> str:
+        """Run (or store due) a run-now job whose record this daemon has just
+        stored itself (a step of a chain or group: :mod:`pyramid_scheduler.store.flows`),
+        without the ``INSERT`` that would find it stored."""
+        planned = self.plan(request)
+        if isinstance(planned, _RunNow):
+            return self._hand(planned)
+        return self.add(request, recovering=True)
+
     def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | _Stored | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
         it goes straight to the worker pool (:meth:`_add_now`), a
@@ -255,7 +264,11 @@ class Intake:
                         **options,
                     )
                 except ConflictingIdError:
-                    return _duplicate(request)
+                    if recovering or not self._stored_not_handed(request):
+                        return _duplicate(request)
+                    # A step of a flow that its daemon stored and sent here
+                    # (a queue it does not run): nothing holds it yet.
+                    return self.add(request, recovering=True)
             return "stored"
 
         # (APScheduler's add_job holds a job in memory until the scheduler starts.)

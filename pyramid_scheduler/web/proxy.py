@@ -39,9 +39,11 @@ from pyramid_scheduler.triggers.forms import (
     schedule_spec,
 )
 from pyramid_scheduler.triggers.preview import spec_fire_times
+from pyramid_scheduler.web.flows import FlowMethods
 from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
+from pyramid_scheduler.wire.flows import flow_problem
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
 from pyramid_scheduler.wire.options import expires_at, option_problem
 from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
@@ -49,7 +51,7 @@ from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_r
 log = get_logger(__name__)
 
 
-class SchedulerProxy(JobManagement, JobRecords):
+class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
     """The object at ``registry.scheduler``.
 
     :param settings: the parsed ``scheduler.*`` settings.
@@ -100,6 +102,11 @@ class SchedulerProxy(JobManagement, JobRecords):
         after the run: lower latency, at most once, lost if the daemon dies
         before the run ends (see :ref:`fast-lane`). Not with ``retries=``.
 
+        With ``then=scheduler.step(...)`` (here and on ``add_date_job``) the
+        job starts a chain of two: once it succeeds, the step runs with its
+        result as its first argument, as job ``<job id>-then`` (see
+        :doc:`flow`).
+
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
@@ -112,7 +119,7 @@ class SchedulerProxy(JobManagement, JobRecords):
         or an aware datetime; also on ``add_date_job``) a job not started by
         then ends ``expired``, never run late (see :doc:`flow`).
 
-        .. versionadded:: 1.0 ``durable=False``, ``priority`` and ``expires``.
+        .. versionadded:: 1.0 ``durable=False``, ``priority``, ``expires`` and ``then=``.
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
@@ -365,13 +372,19 @@ class SchedulerProxy(JobManagement, JobRecords):
         job_options = dict(options)
         if job_options.get("expires") is not None:
             job_options["expires"] = expiry_after(job_options["expires"], spec, self.now())
-        problem = option_problem(job_options, kind)
+        then = job_options.pop("then", None)
+        if then is not None:  # a chain of two (pyramid_scheduler.web.flows)
+            job_options["flow"] = self.then_flow(job_id, then)
+        flow = job_options.get("flow")
+        problem = option_problem(job_options, kind) or flow_problem(flow, kind)
         if problem:
             raise InvalidJob(problem)
+        if flow is not None and job_options.get("durable") is False:
+            raise InvalidJob("durable: a step of a chain or group is stored (durable), so that its followers are made")
         # scheduler.durable = false: the run-now jobs that ask for nothing else.
         durable = job_options.pop("durable", None)
         if durable is None:
-            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries"))
+            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries")) or flow is not None
         if not durable:
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.

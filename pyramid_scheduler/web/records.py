@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, JobTimeout
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.progress import read_progress
+from pyramid_scheduler.wire.flows import children, flow_of
 
 if TYPE_CHECKING:
     from pyramid_scheduler.store.ledger import Ledger
@@ -48,8 +49,13 @@ class JobRecords:
         dict with ``fraction``, ``message``, ``at`` and ``run_key``, or
         ``None``). Works from any process that shares
         ``scheduler.jobstore.url`` (not with the memory store).
+        A step of a chain or group (:doc:`flow`) also says ``parent`` (the
+        flow's id), ``position`` (its place: 0, 1, ...; a group's then step:
+        the group's size) and ``children`` (the ids of the jobs its end
+        makes: a chain step's next step, a group member's then step); other
+        jobs have ``None``, ``None`` and ``[]``.
 
-        .. versionchanged:: 1.0 ``progress``.
+        .. versionchanged:: 1.0 ``progress``, ``parent``, ``position`` and ``children``.
         """
         row = self._ledger().get_job(job_id)
         return None if row is None else self._records([row])[0]
@@ -206,6 +212,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         record["result"] = json.loads(record["result"])
     request = json.loads(row["request"])
     record.update(args=request.get("args"), kwargs=request.get("kwargs"), trigger=request.get("trigger"))
+    record["children"] = children(flow_of(request))
     _retry_fields(record, request)
     return record
 

@@ -39,6 +39,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "timeout": (int, float, type(None)),
     "priority": (int,),
     "expires": (int, float),
+    # A step of a chain or group: checked by pyramid_scheduler.wire.flows.
+    "flow": (dict,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")

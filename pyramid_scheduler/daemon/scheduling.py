@@ -366,7 +366,10 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             store.defer_remove(job.id)
         if held:
             return
+        queue_store = self._jobstores.get(alias)
         try:
+            if isinstance(queue_store, QueueJobStore) and queue_store.running_elsewhere(job.id):
+                raise MaxInstancesReachedError(job)  # its run goes on in the daemon it was taken from
             executor.submit_job(job, due)
         except MaxInstancesReachedError:
             log.warning(

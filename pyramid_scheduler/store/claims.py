@@ -18,6 +18,11 @@ runs stay in order. A job is claimed
   (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, MySQL and MariaDB; SQLite has
   one writer at a time).
 
+A daemon that takes a job over by changing it while another live daemon
+runs it (a pause and resume, a reschedule consumed by the other daemon)
+starts none of its fires while that run goes on (:meth:`Claims.running_elsewhere`):
+``max_instances`` holds across daemons.
+
 A claim decides who hands a job over; it is not what keeps a run from
 happening twice. That is the run ledger: each run is recorded once, by its
 key, and only while its daemon is not declared dead (:mod:`.runwrites`). A daemon's
@@ -58,6 +63,17 @@ class Claims:
             .limit(BATCH)
             .with_for_update(skip_locked=True)
         )
+        runs = ledger.runs
+        self._elsewhere = (
+            sa.select(runs.c.run_key)
+            .where(
+                runs.c.job_id == param("p_id"),
+                runs.c.status == "started",
+                runs.c.owner != owner,
+                runs.c.owner.in_(live),
+            )
+            .limit(1)
+        )
         # The claimable test again: on a database without SKIP LOCKED two
         # daemons may pick the same rows, and the second takes none of them.
         self._take = (
@@ -73,6 +89,11 @@ class Claims:
         if ids:
             conn.execute(self._take, {"p_ids": list(ids)})
         return len(ids) >= BATCH
+
+    def running_elsewhere(self, conn: sa.Connection, job_id: str) -> bool:
+        """True while another live daemon has a run of *job_id* started and
+        not ended."""
+        return conn.execute(self._elsewhere, {"p_id": job_id}).first() is not None
 
     def where_mine(self, statement: Any) -> Any:
         """*statement* (an UPDATE or DELETE of the table) for rows this daemon holds."""

@@ -103,6 +103,7 @@ class QueueJobStore(Adding, SQLAlchemyJobStore):
         self._remove_many = table.delete().where(table.c.id.in_(param("p_ids", expanding=True)))
         # A change made here takes the job over (see pyramid_scheduler.store.claims).
         self._change = table.update().where(table.c.id == param("p_id")).values(claimed_by=owner)
+        self._holder = sa.select(table.c.claimed_by).where(table.c.id == param("p_id"))
         # The jobs due by p_until, and the row(s) of the first next run time
         # after it (without their state): both in one round trip. With
         # claims, the due ones this daemon holds, and the first next run time
@@ -134,6 +135,9 @@ class QueueJobStore(Adding, SQLAlchemyJobStore):
         #: handed over with its next run time, or None (delete the row).
         self._pending: dict[str, Job | None] = {}
         self._pending_lock = threading.RLock()
+        #: Jobs this daemon took over from another live daemon by changing
+        #: them: their fires wait for that daemon's run (see running_elsewhere).
+        self.taken_over: set[str] = set()
         #: Bumped by every change of the table that the scheduler thread did
         #: not make itself (see :mod:`pyramid_scheduler.daemon.scheduling`).
         self.changes = 0
@@ -347,12 +351,29 @@ class QueueJobStore(Adding, SQLAlchemyJobStore):
     def update_job(self, job: Job) -> None:
         state = pickle.dumps(job_state(job), self.pickle_protocol)
         with self._changing(), self.engine.begin() as conn:
-            if self.owner is not None and not conn.execute(self._change, {"p_id": job.id}).rowcount:
-                raise JobLookupError(job.id)
+            if self.owner is not None:
+                holder = conn.execute(self._holder, {"p_id": job.id}).scalar()
+                if not conn.execute(self._change, {"p_id": job.id}).rowcount:
+                    raise JobLookupError(job.id)
+                if holder not in (None, self.owner):
+                    self.taken_over.add(job.id)
             if not conn.execute(
                 self._update, {"p_id": job.id, "p_state": state, "p_next": datetime_to_utc_timestamp(job.next_run_time)}
             ).rowcount:
                 raise JobLookupError(job.id)
+
+    def running_elsewhere(self, job_id: str) -> bool:
+        """True if this daemon took *job_id* over from another live daemon
+        (:meth:`update_job`) that still runs it: its fire must wait, as for
+        ``max_instances``. Once that run ended, the job is this daemon's
+        like any other."""
+        if job_id not in self.taken_over or self.claims is None:
+            return False
+        with self.engine.connect() as conn:
+            if self.claims.running_elsewhere(conn, job_id):
+                return True
+        self.taken_over.discard(job_id)
+        return False
 
     def remove_job(self, job_id: str) -> None:
         with self._changing(), self.engine.begin() as conn:

@@ -167,3 +167,27 @@ def test_rows_a_crashed_daemon_did_not_write_are_settled_without_a_second_run(
         assert engine.ledger.get_job("once")["status"] == "done"
     else:
         assert engine.aps.get_job("once", jobstore="jobs").next_run_time == when + timedelta(hours=1)
+
+
+def test_a_job_changed_by_another_daemon_does_not_run_twice_at_once(proxy_factory, engine_factory):
+    """A management request (here a reschedule) consumed by daemon B moves
+    the job's claim to B while daemon A still runs it: B does not start the
+    job's next fires until A's run ended (``max_instances`` across daemons),
+    then runs them itself."""
+    proxy = proxy_factory()
+    first, _ = engine_factory(proxy)
+    second, _ = engine_factory(proxy)
+    every = {"kind": "interval", "job_id": "busy", "seconds": 1}
+    first.submit(add(test_engine.wait_gate, when=datetime.now(UTC) + timedelta(seconds=0.2), **every))
+    wait_for(lambda: ("busy", "started") in RUNS)
+    spec = add(test_engine.wait_gate, when=datetime.now(UTC), **every).trigger
+    assert second.submit(JobRequest(op="reschedule", id="busy", queue="jobs", trigger=spec)) == "rescheduled"
+    # B holds it now, and it is due every second: nothing starts while A's run goes on.
+    deadline = datetime.now(UTC) + timedelta(seconds=2.5)
+    while datetime.now(UTC) < deadline:
+        assert RUNS.count(("busy", "started")) == 1
+    test_engine.GATE.set()
+    wait_for(lambda: RUNS.count(("busy", "started")) >= 2)
+    [started_first, *later] = second.ledger.list_runs("busy")
+    assert started_first["owner"] == first.owner
+    assert later and {run["owner"] for run in later} == {second.owner}

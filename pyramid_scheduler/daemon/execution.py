@@ -59,6 +59,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from apscheduler.triggers.date import DateTrigger
 from pyramid.registry import Registry
 from pyramid.scripting import prepare
 from pyramid.threadlocal import manager as threadlocal_manager
@@ -68,6 +69,7 @@ from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
+from pyramid_scheduler.daemon.limits import Limits
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
 from pyramid_scheduler.faults import crash_point
@@ -97,11 +99,15 @@ class RunRecord:
     job_id: str
     queue: str
     run_key: str
-    #: ``done``, ``failed``, ``missed``, or ``not-run``: not carried out here
-    #: (the heartbeat lapsed, the run was already recorded, the daemon is stopping).
+    #: ``done``, ``failed``, ``missed``, ``held`` (a flow limit: see *later*), or
+    #: ``not-run``: not carried out here (the heartbeat lapsed, the run was
+    #: already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
     retry: RetryPlan | None = None
+    #: A run held back by a flow limit (outcome ``held``): stored back due
+    #: then, once the batch has left the pool (:mod:`.limits`).
+    later: datetime | None = None
 
 
 class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
@@ -126,6 +132,8 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
             for record in future.result() or ():
                 if record.retry is not None:
                     schedule_retry(self.runner.store_back, job, record.retry)
+                elif record.later is not None:
+                    self.runner.store_back(job, record.later, DateTrigger(record.later, timezone=timezone.utc))
 
 
 class RecordedAfter(Job):  # type: ignore[misc]
@@ -165,6 +173,8 @@ class Runner:
     store_back: StoreBack
     #: Where "now" is read (a run's lateness, a retry's due time).
     clock: Clock = SYSTEM_CLOCK
+    #: The flow limits (concurrency slots, rates) of jobs that have them.
+    limits: Limits | None = None
     #: Batches handed to the pool and not finished (started or not yet).
     pending: int = field(default=0, init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
@@ -201,7 +211,21 @@ class Runner:
             return self._lock.wait_for(lambda: self.pending < limit, timeout)
 
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RunRecord:
-        """Carry out the run of *job* due at *run_time* (see the module)."""
+        """Carry out the run of *job* due at *run_time* (see the module),
+        within its flow limits if it has some (:mod:`.limits`)."""
+        spec = self.limits.spec(job) if self.limits is not None else None
+        if spec is None or self.limits is None:
+            return self._run_one(job, run_time, last_of_batch)
+        key = run_key(job.id, run_time)
+        verdict = self.limits.enter(spec, job.id, key)
+        if verdict.later is not None or verdict.fenced:
+            return RunRecord(job.id, queue_of(job), key, "held" if verdict.later else "not-run", later=verdict.later)
+        try:
+            return self._run_one(job, run_time, last_of_batch)
+        finally:
+            self.limits.leave(verdict, key)
+
+    def _run_one(self, job: Job, run_time: datetime, last_of_batch: bool) -> RunRecord:
         events = self.events
         queue = queue_of(job)
         key = run_key(job.id, run_time)

@@ -12,6 +12,7 @@ reference in docs/settings.rst is made from it by
 
 from __future__ import annotations
 
+from pyramid_scheduler.settings.spec_limits import SETTINGS_LIMITS
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
 from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
 from pyramid_scheduler.settings.urls import (
@@ -474,6 +475,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     ),
     *OPERATIONS,
     *SETTINGS_TASKS,
+    *SETTINGS_LIMITS,
 )
 
 #: The families of free names: ``NAME.`` -> their setting.

@@ -62,8 +62,10 @@ class RunWrites:
         # Each run write by key, and the same for several keys at once
         # (write_runs: one statement for many rows, where an executemany
         # would send one per row).
+        # A job held back by a flow limit (``waiting``) starts as a scheduled one.
+        held = sa.or_(jobs.c.status == "scheduled", jobs.c.status == "waiting")
         self._marking = jobs.update().values(
-            status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status), updated_at=param("p_stamp")
+            status=sa.case((held, "running"), else_=jobs.c.status), updated_at=param("p_stamp"), waiting_reason=None
         )
         if self.fenced:
             self._marking = self._marking.where(self._alive())
@@ -125,8 +127,8 @@ class RunWrites:
             conn.execute(self._insert_run, start.row(stamp))
             conn.execute(
                 self.jobs.update()
-                .where(self.jobs.c.id == start.job_id, self.jobs.c.status == "scheduled")
-                .values(status="running", updated_at=stamp)
+                .where(self.jobs.c.id == start.job_id, self.jobs.c.status.in_(("scheduled", "waiting")))
+                .values(status="running", updated_at=stamp, waiting_reason=None)
             )
         return "start"
 

@@ -21,6 +21,8 @@ All of them live in the job store's database (``scheduler.jobstore.url``):
   (:mod:`pyramid_scheduler.store.membership`).
 * ``<prefix>event_seqs``: the number of each job's last event on the fan-out.
 * ``<prefix>dead_letters``: messages refused at the daemon's door, with why.
+* ``<prefix>slots``, ``<prefix>rates`` and ``<prefix>rate_holds``: the flow
+  limits' concurrency slots and rate reservations (:mod:`pyramid_scheduler.store.slots`).
 
 The queries are :class:`pyramid_scheduler.store.ledger.Ledger`'s; the
 schema's upgrades, :mod:`pyramid_scheduler.store.schema`'s.
@@ -35,8 +37,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-#: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
-LIVE = ("scheduled", "running", "paused")
+#: Job statuses. ``scheduled``, ``running``, ``paused`` and ``waiting`` (held
+#: back by a flow limit: :mod:`pyramid_scheduler.store.slots`) are live; the others are final.
+LIVE = ("scheduled", "running", "paused", "waiting")
 FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
 
 #: The longest table name every supported database keeps whole (PostgreSQL: 63).
@@ -111,6 +114,8 @@ class Tables:
             # run it (a run-now job it stored, a date job it handed over):
             # if that daemon dies before the run starts, the job is its orphan.
             sa.Column("owner", sa.String(200)),
+            # Why the job is ``waiting`` (a flow limit held its run back).
+            sa.Column("waiting_reason", sa.Text),
         )
         self.runs = sa.Table(
             f"{prefix}runs",
@@ -171,4 +176,30 @@ class Tables:
             sa.Column("message", sa.Text),
             #: Whether it was signed with the daemon's secret (NULL: no secret).
             sa.Column("signed", sa.Boolean),
+        )
+        # The flow limits (pyramid_scheduler.store.slots): a run holding one of
+        # the max_concurrency slots of its key; the next free start of each
+        # rate key; and the runs stored back to start at a reserved time.
+        self.slots = sa.Table(
+            f"{prefix}slots",
+            self.metadata,
+            sa.Column("key", sa.String(200), primary_key=True),
+            sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("run_key", sa.String(300), nullable=False, unique=True),
+            sa.Column("job_id", sa.String(200), nullable=False),
+            sa.Column("owner", sa.String(200), nullable=False, index=True),
+            sa.Column("taken_at", sa.Float, nullable=False),
+        )
+        self.rates = sa.Table(
+            f"{prefix}rates",
+            self.metadata,
+            sa.Column("key", sa.String(200), primary_key=True),
+            sa.Column("next_at", sa.Float, nullable=False),
+        )
+        self.rate_holds = sa.Table(
+            f"{prefix}rate_holds",
+            self.metadata,
+            sa.Column("job_id", sa.String(200), primary_key=True),
+            sa.Column("key", sa.String(200), nullable=False),
+            sa.Column("at", sa.Float, nullable=False, index=True),
         )

@@ -41,6 +41,7 @@ from pyramid_scheduler.triggers.preview import spec_fire_times
 from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
+from pyramid_scheduler.wire.limits import resolve_keys
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
 from pyramid_scheduler.wire.options import option_problem
 from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
@@ -340,6 +341,10 @@ class SchedulerProxy(JobManagement, JobRecords):
         manager = options.pop("tm", None)
         check_delivery(immediate, manager)
         job_options = dict(options)
+        try:
+            resolve_keys(job_options, args_json, kwargs_json)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from exc
         problem = option_problem(job_options, kind)
         if problem:
             raise InvalidJob(problem)

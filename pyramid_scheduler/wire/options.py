@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pyramid_scheduler.wire.limits import LIMIT_TYPES, limits_problem
+
 #: Per-job options that travel in ``"options"`` and their checks.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "misfire_grace_time": (int, type(None)),
@@ -31,6 +33,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "ttl": (int, float, type(None)),
     "catch_up": (str,),
     "durable": (bool,),
+    **LIMIT_TYPES,
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -81,7 +84,7 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
             "jobs, whose next run comes anyway"
         )
-    return durable_problem(options, kind) or catch_up_problem(options, kind)
+    return durable_problem(options, kind) or catch_up_problem(options, kind) or limits_problem(options, kind)
 
 
 def durable_problem(options: Mapping[str, Any], kind: str | None) -> str | None:

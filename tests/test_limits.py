@@ -1,0 +1,183 @@
+"""Flow limits (``max_concurrency``, ``rate_limit``): their checks at
+``add_*_job`` and at the daemon's door, and the testing kit honouring them
+with its fake clock (the daemon's own execution path on SQLite).
+
+The limits across real daemons are tested in tests/integration/test_limits.py,
+and a daemon killed holding a slot in tests/faults/test_limits_kill.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pyramid.config import Configurator
+
+from pyramid_scheduler import InvalidJob
+from pyramid_scheduler.exceptions import InvalidMessage
+from pyramid_scheduler.store.slots import Slots
+from pyramid_scheduler.testing import TestingScheduler
+from pyramid_scheduler.wire.limits import parse_rate
+from pyramid_scheduler.wire.messages import decode
+
+CALLS: list[str] = []
+
+
+def work(tenant: str, n: int) -> str:
+    CALLS.append(f"{tenant}-{n}")
+    return f"{tenant}-{n}"
+
+
+def tick(n: int) -> int:
+    CALLS.append(f"tick-{n}")
+    return n
+
+
+@pytest.fixture
+def scheduler() -> TestingScheduler:
+    CALLS.clear()
+    config = Configurator(settings={"scheduler.limits.poll": "2"})
+    config.include("pyramid_scheduler.testing")
+    config.commit()
+    made = config.registry.scheduler
+    assert isinstance(made, TestingScheduler)
+    return made
+
+
+# -- checks at add_*_job ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency: expected 1 to 10000, got 0"),
+        ({"max_concurrency": "2"}, "max_concurrency: expected int"),
+        ({"concurrency_key": "k"}, "concurrency_key: needs max_concurrency=N"),
+        ({"rate_limit": "5/d"}, "rate_limit: expected 'N/s', 'N/m' or 'N/h'"),
+        ({"rate_limit": "0/s"}, "rate_limit: expected 'N/s', 'N/m' or 'N/h'"),
+        ({"rate_key": "k"}, "rate_key: needs rate_limit="),
+        ({"max_concurrency": 2, "concurrency_key": "x" * 201}, "concurrency_key: expected 1 to 200 characters"),
+        ({"max_concurrency": 2, "concurrency_key": "t:{2}"}, "concurrency_key: {2} names no argument"),
+        ({"max_concurrency": 2, "concurrency_key": "t:{0.__class__}"}, "concurrency_key: only plain fields"),
+        ({"max_concurrency": 2, "concurrency_key": "t:{0!r}"}, "concurrency_key: only plain fields"),
+        ({"max_concurrency": 2, "concurrency_key": "t:{"}, "concurrency_key: not a valid template"),
+        ({"max_concurrency": 2, "durable": False}, "durable: a durable=False job skips the job store"),
+    ],
+)
+def test_bad_limits_are_refused_at_add_job_naming_the_option(scheduler: TestingScheduler, options, message):
+    with pytest.raises(InvalidJob, match=message.replace("(", r"\(").replace("{", r"\{").replace("?", r"\?")):
+        scheduler.add_async_job(work, args=["a", 1], **options)
+    assert scheduler.get_jobs() == []
+
+
+def test_limits_are_refused_on_recurring_jobs(scheduler: TestingScheduler):
+    with pytest.raises(InvalidJob, match="max_concurrency: only one-off jobs"):
+        scheduler.add_interval_job(tick, minutes=1, args=[1], max_concurrency=1)
+    with pytest.raises(InvalidJob, match="rate_limit: only one-off jobs"):
+        scheduler.add_cron_job(tick, crontab="* * * * *", args=[1], rate_limit="1/s")
+
+
+def test_key_templates_are_formatted_over_the_arguments(scheduler: TestingScheduler):
+    by_position = scheduler.add_async_job(work, args=["acme", 1], max_concurrency=2, concurrency_key="tenant:{0}")
+    by_name = scheduler.add_async_job(
+        work, kwargs={"tenant": "initech", "n": 2}, rate_limit="10/m", rate_key="tenant:{tenant}"
+    )
+    assert scheduler.get_job(by_position)["options"] == {"max_concurrency": 2, "concurrency_key": "tenant:acme"}
+    assert scheduler.get_job(by_name)["options"] == {"rate_limit": "10/m", "rate_key": "tenant:initech"}
+
+
+def test_the_door_refuses_what_the_producer_refuses():
+    message = {
+        "v": 1,
+        "op": "add",
+        "id": "j1",
+        "mid": "m" * 32,
+        "queue": "default",
+        "func": "test_limits:work",
+        "args": ["a", 1],
+        "kwargs": {},
+        "trigger": {"type": "now"},
+        "options": {"rate_limit": "fast"},
+    }
+    with pytest.raises(InvalidMessage, match="rate_limit: expected 'N/s'"):
+        decode(json.loads(json.dumps(message)))
+
+
+def test_parse_rate():
+    assert parse_rate("100/m") == (100, 60.0)
+    assert parse_rate(" 5 / s ") == (5, 1.0)
+    assert parse_rate("3/h") == (3, 3600.0)
+
+
+# -- the testing kit, with the fake clock -------------------------------------------
+
+
+def test_rate_limit_delays_runs_in_order_on_the_fake_clock(scheduler: TestingScheduler):
+    ids = [scheduler.add_async_job(tick, args=[n], rate_limit="2/s") for n in range(5)]
+    first = scheduler.run_pending()
+    assert [run["status"] for run in first] == ["done"]  # the others wait for their reserved starts
+    assert CALLS == ["tick-0"]
+    waiting = scheduler.get_job(ids[1])
+    assert waiting["status"] == "waiting"
+    assert "rate limit: 2/s for key 'test_limits:tick'" in waiting["waiting_reason"]
+
+    scheduler.clock.advance(seconds=0.5)
+    assert CALLS == ["tick-0", "tick-1"]
+    scheduler.clock.advance(seconds=1.5)
+    assert CALLS == [f"tick-{n}" for n in range(5)]  # never dropped, in order
+    assert all(scheduler.get_job(job_id)["status"] == "done" for job_id in ids)
+    assert scheduler.get_job(ids[1])["waiting_reason"] is None
+
+
+def test_concurrency_limit_waits_for_a_slot_on_the_fake_clock(scheduler: TestingScheduler):
+    ledger = scheduler._ledger()
+    slots = Slots(ledger, ledger.engine, ledger.run_writes)
+    # Another daemon's run holds the only slot of tenant:acme.
+    assert slots.take("tenant:acme", 1, "other@run", "other", "another-daemon", 0.0) == "taken"
+    job_id = scheduler.add_async_job(work, args=["acme", 1], max_concurrency=1, concurrency_key="tenant:{0}")
+    other = scheduler.add_async_job(work, args=["initech", 1], max_concurrency=1, concurrency_key="tenant:{0}")
+    assert [run["job_id"] for run in scheduler.run_pending()] == [other]  # another key: not held
+    record = scheduler.get_job(job_id)
+    assert record["status"] == "waiting"
+    assert record["waiting_reason"] == (
+        "concurrency limit: 1 run(s) with key 'tenant:acme' already running; waiting for a slot"
+    )
+    scheduler.clock.advance(seconds=10)
+    assert scheduler.get_job(job_id)["status"] == "waiting"  # polled, still held
+    assert CALLS == ["initech-1"]
+
+    slots.release("other@run")
+    scheduler.clock.advance(seconds=3)  # within one poll (2 s, plus up to half of it)
+    assert CALLS == ["initech-1", "acme-1"]
+    assert scheduler.get_job(job_id)["status"] == "done"
+    assert slots.held("tenant:acme") == 0  # given back after the run
+
+
+def test_a_run_gives_its_slot_back_when_it_fails(scheduler: TestingScheduler):
+    def held() -> Any:
+        ledger = scheduler._ledger()
+        return Slots(ledger, ledger.engine, ledger.run_writes).held("test_limits:boom")
+
+    job_id = scheduler.add_async_job(boom, max_concurrency=1)
+    assert [run["status"] for run in scheduler.run_pending()] == ["failed"]
+    assert held() == 0
+    again = scheduler.add_async_job(boom, max_concurrency=1)
+    assert [run["status"] for run in scheduler.run_pending()] == ["failed"]
+    assert {scheduler.get_job(job_id)["status"], scheduler.get_job(again)["status"]} == {"failed"}
+
+
+def boom() -> None:
+    raise ValueError("boom")
+
+
+def test_waiting_jobs_can_be_canceled(scheduler: TestingScheduler):
+    ids = [scheduler.add_async_job(tick, args=[n], rate_limit="1/m") for n in range(2)]
+    scheduler.run_pending()
+    assert scheduler.get_job(ids[1])["status"] == "waiting"
+    scheduler.cancel_job(ids[1])
+    scheduler.run_pending()
+    assert scheduler.get_job(ids[1])["status"] == "canceled"
+    scheduler.clock.advance(timedelta(minutes=2))
+    assert CALLS == ["tick-0"]

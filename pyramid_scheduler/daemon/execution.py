@@ -213,17 +213,19 @@ class Runner:
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RunRecord:
         """Carry out the run of *job* due at *run_time* (see the module),
         within its flow limits if it has some (:mod:`.limits`)."""
-        spec = self.limits.spec(job) if self.limits is not None else None
-        if spec is None or self.limits is None:
+        limits = self.limits
+        if limits is None or not limits.applies(job):
             return self._run_one(job, run_time, last_of_batch)
         key = run_key(job.id, run_time)
-        verdict = self.limits.enter(spec, job.id, key)
-        if verdict.later is not None or verdict.fenced:
+        verdict = limits.admit(job, key, self.persist)
+        if verdict is None:
+            return self._run_one(job, run_time, last_of_batch)  # no limits after all
+        if verdict.later is not None or verdict.not_run:
             return RunRecord(job.id, queue_of(job), key, "held" if verdict.later else "not-run", later=verdict.later)
         try:
             return self._run_one(job, run_time, last_of_batch)
         finally:
-            self.limits.leave(verdict, key)
+            self.persist(f"job {job.id}: giving back the slot of run {key}", limits.leave, verdict, key)
 
     def _run_one(self, job: Job, run_time: datetime, last_of_batch: bool) -> RunRecord:
         events = self.events

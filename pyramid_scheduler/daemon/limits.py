@@ -37,6 +37,7 @@ from typing import Any
 from apscheduler.job import Job
 
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
+from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.slots import Slots
@@ -71,10 +72,11 @@ class LimitSpec:
 @dataclass(frozen=True)
 class Verdict:
     """What :meth:`Limits.enter` decided: run now (``later`` None, not
-    ``fenced``), hold until ``later``, or not run here (``fenced``)."""
+    ``not_run``), hold until ``later``, or not run here (``not_run``: this
+    daemon is declared dead, or stopping)."""
 
     later: datetime | None = None
-    fenced: bool = False
+    not_run: bool = False
     #: The slot taken (to give back in :meth:`Limits.leave`).
     slot: bool = False
 
@@ -92,14 +94,31 @@ class Limits:
     def __post_init__(self) -> None:
         self.slots = Slots(self.ledger, self.ledger.engine, self.ledger.run_writes)
 
+    def applies(self, job: Job) -> bool:
+        """Whether *job* was stored with flow limits (under :data:`LIMITED`)."""
+        return getattr(job, "executor", None) == LIMITED
+
+    def admit(self, job: Job, run_key: str, persist: Persist) -> Verdict | None:
+        """:meth:`enter` for the run *run_key* of *job*, its reads and writes
+        retried while the job store is down (*persist*). None: the job has
+        no limits after all; ``not_run``: the daemon stopped meanwhile, or
+        the job has no record (the next daemon, or no one, runs it)."""
+        found = persist(f"job {job.id}: reading its flow limits", lambda: (self.spec(job),))
+        if found is None:
+            return Verdict(not_run=True)
+        spec = found[0]
+        if spec is None:
+            return None
+        verdict = persist(f"job {job.id}: taking its flow limits", self.enter, spec, job.id, run_key)
+        return Verdict(not_run=True) if verdict is None else verdict
+
     def spec(self, job: Job) -> LimitSpec | None:
-        """*job*'s limits, read from its record if it was stored under :data:`LIMITED`."""
-        if getattr(job, "executor", None) != LIMITED:
+        """*job*'s limits, read from its record."""
+        found = self.slots.job_request(job.id)
+        if found is None:
             return None
-        record = self.ledger.get_job(job.id)
-        if record is None:
-            return None
-        return LimitSpec.of(json.loads(record["request"]).get("options") or {}, record["func"])
+        request, func = found
+        return LimitSpec.of(json.loads(request).get("options") or {}, func)
 
     def enter(self, spec: LimitSpec, job_id: str, run_key: str) -> Verdict:
         """Take the run's slot and its start (see the module)."""
@@ -109,7 +128,7 @@ class Limits:
         if spec.max_concurrency is not None:
             got = self.slots.take(spec.concurrency_key, spec.max_concurrency, run_key, job_id, self.owner, stamp)
             if got == "fenced":
-                return Verdict(fenced=True)
+                return Verdict(not_run=True)
             if got == "full":
                 delay = self.poll * (1 + random.random() / 2)  # noqa: S311 - jitter, not secrecy
                 reason = (

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from integration.conftest import DEADLINE, wait_until
 from integration.sampleapp import jobs
+from integration.test_limits import two_daemons
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -20,12 +21,7 @@ LEASE_TTL = 3.0  # conftest.make_settings
 
 
 def test_a_slot_held_by_a_killed_daemon_is_freed_and_the_waiting_run_runs(make_harness):
-    harness = make_harness(broker="redis", store="postgresql", **{"limits.poll": "0.2"})
-    proxy = harness.proxy()
-    assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
-    daemons = [harness.start() for _ in range(2)]
-    for daemon in daemons:
-        harness.wait_active(proxy, daemon)
+    harness, proxy, daemons = two_daemons(make_harness)
     key = f"tenant:{uuid.uuid4().hex[:6]}"
     holder_id, waiter_id = f"holder-{key[7:]}", f"waiter-{key[7:]}"
 

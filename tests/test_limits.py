@@ -19,6 +19,7 @@ from pyramid_scheduler import InvalidJob
 from pyramid_scheduler.exceptions import InvalidMessage
 from pyramid_scheduler.store.slots import Slots
 from pyramid_scheduler.testing import TestingScheduler
+from pyramid_scheduler.testing_limits import next_start, slots_taken
 from pyramid_scheduler.wire.limits import parse_rate
 from pyramid_scheduler.wire.messages import decode
 
@@ -123,6 +124,7 @@ def test_rate_limit_delays_runs_in_order_on_the_fake_clock(scheduler: TestingSch
     assert waiting["status"] == "waiting"
     assert "rate limit: 2/s for key 'test_limits:tick'" in waiting["waiting_reason"]
 
+    assert next_start(scheduler, "test_limits:tick") == scheduler.clock.now() + timedelta(seconds=2.5)
     scheduler.clock.advance(seconds=0.5)
     assert CALLS == ["tick-0", "tick-1"]
     scheduler.clock.advance(seconds=1.5)
@@ -132,27 +134,35 @@ def test_rate_limit_delays_runs_in_order_on_the_fake_clock(scheduler: TestingSch
 
 
 def test_concurrency_limit_waits_for_a_slot_on_the_fake_clock(scheduler: TestingScheduler):
-    ledger = scheduler._ledger()
-    slots = Slots(ledger, ledger.engine, ledger.run_writes)
-    # Another daemon's run holds the only slot of tenant:acme.
-    assert slots.take("tenant:acme", 1, "other@run", "other", "another-daemon", 0.0) == "taken"
-    job_id = scheduler.add_async_job(work, args=["acme", 1], max_concurrency=1, concurrency_key="tenant:{0}")
-    other = scheduler.add_async_job(work, args=["initech", 1], max_concurrency=1, concurrency_key="tenant:{0}")
-    assert [run["job_id"] for run in scheduler.run_pending()] == [other]  # another key: not held
-    record = scheduler.get_job(job_id)
-    assert record["status"] == "waiting"
-    assert record["waiting_reason"] == (
-        "concurrency limit: 1 run(s) with key 'tenant:acme' already running; waiting for a slot"
-    )
-    scheduler.clock.advance(seconds=10)
-    assert scheduler.get_job(job_id)["status"] == "waiting"  # polled, still held
-    assert CALLS == ["initech-1"]
+    with slots_taken(scheduler, "tenant:acme"):  # another daemon's run holds the only slot
+        job_id = scheduler.add_async_job(work, args=["acme", 1], max_concurrency=1, concurrency_key="tenant:{0}")
+        other = scheduler.add_async_job(work, args=["initech", 1], max_concurrency=1, concurrency_key="tenant:{0}")
+        assert [run["job_id"] for run in scheduler.run_pending()] == [other]  # another key: not held
+        record = scheduler.get_job(job_id)
+        assert record["status"] == "waiting"
+        assert record["waiting_reason"] == (
+            "concurrency limit: 1 run(s) with key 'tenant:acme' already running; waiting for a slot"
+        )
+        scheduler.clock.advance(seconds=10)
+        assert scheduler.get_job(job_id)["status"] == "waiting"  # polled, still held
+        assert CALLS == ["initech-1"]
+        assert [job["id"] for job in scheduler.get_jobs(status="waiting")] == [job_id]
 
-    slots.release("other@run")
     scheduler.clock.advance(seconds=3)  # within one poll (2 s, plus up to half of it)
     assert CALLS == ["initech-1", "acme-1"]
     assert scheduler.get_job(job_id)["status"] == "done"
-    assert slots.held("tenant:acme") == 0  # given back after the run
+    with slots_taken(scheduler, "tenant:acme"):  # the run gave its slot back
+        pass
+
+
+def test_slots_taken_refuses_what_it_cannot_hold(scheduler: TestingScheduler):
+    with pytest.raises(ValueError, match="count must be 1 or more"), slots_taken(scheduler, "k", 0):
+        pass
+    with slots_taken(scheduler, "k", 2):
+        with pytest.raises(ValueError, match="slot 0 of 'k' is held already"), slots_taken(scheduler, "k"):
+            pass
+    with slots_taken(scheduler, "k", 2):  # all given back
+        pass
 
 
 def test_a_run_gives_its_slot_back_when_it_fails(scheduler: TestingScheduler):

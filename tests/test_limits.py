@@ -191,3 +191,18 @@ def test_waiting_jobs_can_be_canceled(scheduler: TestingScheduler):
     assert scheduler.get_job(ids[1])["status"] == "canceled"
     scheduler.clock.advance(timedelta(minutes=2))
     assert CALLS == ["tick-0"]
+
+
+def test_a_waiting_job_can_be_paused_and_resumed(scheduler: TestingScheduler):
+    ids = [scheduler.add_async_job(tick, args=[n], rate_limit="1/m") for n in range(2)]
+    scheduler.run_pending()
+    assert scheduler.get_job(ids[1])["status"] == "waiting"
+    scheduler.pause_job(ids[1])
+    scheduler.run_pending()
+    assert scheduler.get_job(ids[1])["status"] == "paused"
+    scheduler.clock.advance(timedelta(minutes=5))
+    assert CALLS == ["tick-0"]
+    scheduler.resume_job(ids[1])
+    scheduler.clock.advance(timedelta(minutes=1))
+    assert CALLS == ["tick-0", "tick-1"]  # its start was reserved already: no second wait
+    assert scheduler.get_job(ids[1])["status"] == "done"

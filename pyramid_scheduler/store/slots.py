@@ -64,6 +64,12 @@ class Slots:
         self._take = slots.insert().from_select(columns, row)
         # A daemon serving with others (RunWrites.fence) takes a slot only while alive.
         self._take_fenced = slots.insert().from_select(columns, row.where(self.run_writes.alive()))
+        # Whether a row was inserted, from the row itself where the database
+        # returns it: psycopg's rowcount of an INSERT ... SELECT is not reliable.
+        self._insert_returning = bool(getattr(self.engine.dialect, "insert_returning", False))
+        if self._insert_returning:
+            self._take = self._take.returning(slots.c.slot)
+            self._take_fenced = self._take_fenced.returning(slots.c.slot)
         self._release = slots.delete().where(slots.c.run_key == param("p_run_key"))
         now, interval = param("p_now", type_=sa.Float), param("p_interval", type_=sa.Float)
         moved = sa.case((rates.c.next_at > now, rates.c.next_at), else_=now) + interval
@@ -74,7 +80,20 @@ class Slots:
         if self._returning:
             self._reserve = self._reserve.returning(rates.c.next_at)
         else:
-            self._reserve = self._reserve.where(rates.c.next_at == param("p_seen", type_=sa.Float))
+            self._build_without_returning()
+
+    def _build_without_returning(self) -> None:
+        """The reservation as a conditional ``UPDATE``: only if the row still
+        holds the time read (``p_seen``); for databases without ``RETURNING``."""
+        rates, param = self.rates, sa.bindparam
+        now, interval = param("p_now", type_=sa.Float), param("p_interval", type_=sa.Float)
+        moved = sa.case((rates.c.next_at > now, rates.c.next_at), else_=now) + interval
+        self._returning = False
+        self._reserve = (
+            rates.update()
+            .where(rates.c.key == param("p_key"), rates.c.next_at == param("p_seen", type_=sa.Float))
+            .values(next_at=moved)
+        )
 
     # -- concurrency ------------------------------------------------------------------
     def take(self, key: str, limit: int, run_key: str, job_id: str, owner: str, stamp: float) -> str:
@@ -112,7 +131,7 @@ class Slots:
         try:
             with self._single.begin() as conn:
                 take = self._take_fenced if self.run_writes.fenced else self._take
-                if conn.execute(
+                result = conn.execute(
                     take,
                     {
                         "p_key": key,
@@ -122,9 +141,9 @@ class Slots:
                         "p_owner": owner,
                         "p_stamp": stamp,
                     },
-                ).rowcount:
-                    return "taken"
-                return "fenced"
+                )
+                inserted = result.first() is not None if self._insert_returning else result.rowcount == 1
+                return "taken" if inserted else "fenced"
         except sa.exc.IntegrityError:
             return None
 
@@ -136,7 +155,7 @@ class Slots:
     def free_dead(self, live: set[str]) -> int:
         """Give back every slot held by a daemon not in *live*; how many."""
         with self.engine.begin() as conn:
-            return int(conn.execute(self.slots.delete().where(self.slots.c.owner.not_in(live))).rowcount or 0)
+            return max(int(conn.execute(self.slots.delete().where(self.slots.c.owner.not_in(live))).rowcount), 0)
 
     def held(self, key: str) -> int:
         """How many runs hold a slot of *key* now."""
@@ -184,7 +203,7 @@ class Slots:
     def use_hold(self, job_id: str) -> bool:
         """True (once) if *job_id* had its start reserved (:meth:`hold`)."""
         with self._single.begin() as conn:
-            return bool(conn.execute(self.holds.delete().where(self.holds.c.job_id == job_id)).rowcount)
+            return conn.execute(self.holds.delete().where(self.holds.c.job_id == job_id)).rowcount == 1
 
     # -- the job's record -------------------------------------------------------------
     def job_request(self, job_id: str) -> tuple[str, str] | None:

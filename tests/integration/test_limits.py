@@ -24,10 +24,21 @@ from integration.sampleapp import jobs
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def two_daemons(make_harness: Any) -> tuple[Any, Any, list[Any]]:
-    harness = make_harness(broker="redis", store="postgresql", **{"executor.max_workers": "4", "limits.poll": "0.2"})
+def two_daemons(make_harness: Any, mode: str = "daemons") -> tuple[Any, Any, list[Any]]:
+    """Two daemons of one queue: two ``pscheduler`` (*mode* ``"daemons"``), or
+    one ``pscheduler --processes 2`` (``"processes"``: the list holds its supervisor)."""
+    # A consumer takes up to broker.prefetch waiting messages at once: a small
+    # one leaves some of a burst to the other daemon.
+    settings = {"executor.max_workers": "4", "limits.poll": "0.2", "broker.prefetch": "2"}
+    harness = make_harness(broker="redis", store="postgresql", **settings)
     proxy = harness.proxy()
     assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
+    if mode == "processes":
+        supervisor = harness.start("--processes", "2")
+        wait_until(
+            lambda: len(proxy.get_daemons()[0]["daemons"]) == 2, "both processes to run the queue", alive=(supervisor,)
+        )
+        return harness, proxy, [supervisor]
     daemons = [harness.start() for _ in range(2)]
     for daemon in daemons:
         harness.wait_active(proxy, daemon)
@@ -45,8 +56,9 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-def test_max_concurrency_holds_across_two_daemons(make_harness):
-    harness, proxy, daemons = two_daemons(make_harness)
+@pytest.mark.parametrize("mode", ["daemons", "processes"])
+def test_max_concurrency_holds_across_two_daemons(make_harness, mode):
+    harness, proxy, daemons = two_daemons(make_harness, mode)
     ids = [f"slow-{n}-{uuid.uuid4().hex[:6]}" for n in range(8)]
     for job_id in ids:
         proxy.add_async_job(jobs.slow, args=[harness.oracle, job_id, 0.6], id=job_id, max_concurrency=2)
@@ -70,6 +82,8 @@ def test_max_concurrency_holds_across_two_daemons(make_harness):
         "concurrency limit: 2 run(s) with key 'integration.sampleapp.jobs:slow' already running; waiting for a slot"
     }
     assert all(proxy.get_job(job_id)["runs"] == 1 for job_id in ids)
+    # Both daemons ran some (the limit held across them, not within one).
+    assert len({phases["start"]["pid"] for phases in runs.values()}) == 2
 
 
 def test_rate_limit_spaces_the_starts_of_two_daemons_in_order(make_harness):

@@ -34,6 +34,10 @@ def test_a_slot_held_by_a_killed_daemon_is_freed_and_the_waiting_run_runs(make_h
     )
     waiting = harness.wait_job(proxy, waiter_id, {"waiting"}, alive=tuple(daemons))
     assert key in waiting["waiting_reason"]
+    code, output = harness.run("job", waiter_id)  # the command line shows why it waits
+    assert code == 0, output
+    assert "status:   waiting" in output
+    assert f"waiting:  concurrency limit: 1 run(s) with key {key!r} already" in output  # cut to 80 columns
 
     (victim,) = [daemon for daemon in daemons if daemon.pid == started["pid"]]
     (survivor,) = [daemon for daemon in daemons if daemon is not victim]

@@ -40,8 +40,7 @@ OTHERS = "pyramid_scheduler.testing_limits"
 
 
 def _slots(scheduler: TestingScheduler) -> Slots:
-    ledger = scheduler._ledger()
-    return Slots(ledger, ledger.engine, ledger.run_writes)
+    return Slots(scheduler._ledger())
 
 
 @contextlib.contextmanager

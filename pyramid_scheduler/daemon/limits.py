@@ -92,7 +92,7 @@ class Limits:
     clock: Clock = SYSTEM_CLOCK
 
     def __post_init__(self) -> None:
-        self.slots = Slots(self.ledger, self.ledger.engine, self.ledger.run_writes)
+        self.slots = Slots(self.ledger)
 
     def applies(self, job: Job) -> bool:
         """Whether *job* was stored with flow limits (under :data:`LIMITED`)."""

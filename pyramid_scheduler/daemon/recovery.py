@@ -75,7 +75,7 @@ class Recovery:
         for queue, store in self.stores.items():
             if isinstance(store, QueueJobStore):
                 self.settle(queue, store)
-        freed = Slots(self.ledger, self.ledger.engine, self.ledger.run_writes).free_dead(live)
+        freed = Slots(self.ledger).free_dead(live)
         if freed:
             log.warning("%d concurrency slot(s) held by dead daemons given back", freed)
         for run in self.ledger.recover(self.queues, live):

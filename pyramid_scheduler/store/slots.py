@@ -28,10 +28,8 @@ from __future__ import annotations
 import zlib
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from pyramid_scheduler.store.runwrites import RunWrites
-from pyramid_scheduler.store.tables import Tables
+from pyramid_scheduler.store.ledger import Ledger
 
 #: Attempts of a conditional update of a rate row before giving up (each
 #: failed one means another daemon reserved meanwhile).
@@ -41,7 +39,9 @@ RESERVE_ATTEMPTS = 100
 class Slots:
     """The flow limits' reads and writes (see the module)."""
 
-    def __init__(self, tables: Tables, engine: Engine, run_writes: RunWrites) -> None:
+    def __init__(self, ledger: Ledger) -> None:
+        """The flow limits' tables of *ledger*, on its engine, behind its fence."""
+        tables, engine, run_writes = ledger, ledger.engine, ledger.run_writes
         self.tables, self.engine, self.run_writes = tables, engine, run_writes
         self.slots, self.rates, self.holds, self.jobs = tables.slots, tables.rates, tables.rate_holds, tables.jobs
         #: Where one statement is its own transaction: PostgreSQL in

@@ -18,7 +18,7 @@ from pyramid_scheduler.store.slots import Slots
 
 
 def slots_of(ledger: Any) -> Slots:
-    return Slots(ledger, ledger.engine, ledger.run_writes)
+    return Slots(ledger)
 
 
 def race(count: int, call: Callable[[int], Any]) -> list[Any]:

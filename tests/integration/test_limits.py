@@ -36,12 +36,15 @@ def two_daemons(make_harness: Any, mode: str = "daemons") -> tuple[Any, Any, lis
     if mode == "processes":
         supervisor = harness.start("--processes", "2")
         wait_until(
-            lambda: len(proxy.get_daemons()[0]["daemons"]) == 2, "both processes to run the queue", alive=(supervisor,)
+            lambda: len(proxy.get_daemons()[0]["daemons"]) == 2 and supervisor.log().count("running queues") == 2,
+            "both processes to run the queue",
+            alive=(supervisor,),
         )
         return harness, proxy, [supervisor]
     daemons = [harness.start() for _ in range(2)]
     for daemon in daemons:
         harness.wait_active(proxy, daemon)
+        daemon.wait_consuming()
     return harness, proxy, daemons
 
 
@@ -76,14 +79,18 @@ def test_max_concurrency_holds_across_two_daemons(make_harness, mode):
     runs = {job_id: {run["phase"]: run for run in harness.runs(job_id)} for job_id in ids}
     intervals = [(phases["start"]["at"], phases["end"]["at"]) for phases in runs.values()]
     assert len(intervals) == 8  # each ran once: held runs are not missed
-    assert most_at_once(intervals) <= 2, sorted(intervals)
+    assert most_at_once(intervals) <= 2, sorted(
+        (start, end, phases["start"]["pid"])
+        for start, end, phases in ((p["start"]["at"], p["end"]["at"], p) for p in runs.values())
+    )
     assert seen_waiting  # 8 jobs, 2 slots: some waited, and said why
     assert set(seen_waiting.values()) == {
         "concurrency limit: 2 run(s) with key 'integration.sampleapp.jobs:slow' already running; waiting for a slot"
     }
     assert all(proxy.get_job(job_id)["runs"] == 1 for job_id in ids)
     # Both daemons ran some (the limit held across them, not within one).
-    assert len({phases["start"]["pid"] for phases in runs.values()}) == 2
+    pids = [phases["start"]["pid"] for phases in runs.values()]
+    assert len(set(pids)) == 2, pids
 
 
 def test_rate_limit_spaces_the_starts_of_two_daemons_in_order(make_harness):

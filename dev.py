@@ -84,7 +84,7 @@ def _raise_stop(signo: int, frame: object) -> None:
 def demo_ready(daemon_pid: int) -> bool:
     """True once the page answers and the daemon *daemon_pid* holds every queue."""
     try:
-        with urllib.request.urlopen(DEMO_URL + "jobs.json", timeout=2) as response:
+        with urllib.request.urlopen(DEMO_URL + "daemons.json", timeout=2) as response:
             daemons = json.load(response)["daemons"]
     except (OSError, ValueError, KeyError):
         return False
@@ -106,7 +106,7 @@ def demo() -> int:
         announced = False
         while daemon.poll() is None and web.poll() is None:
             if not announced and demo_ready(daemon.pid):
-                say(f"the demo is at {DEMO_URL} (Ctrl-C stops it)")
+                say(f"the demo is at {DEMO_URL} (log in as demo/demo; dashboard: {DEMO_URL}scheduler; Ctrl-C stops it)")
                 announced = True
             time.sleep(0.5 if announced else 0.2)
         code = 1

@@ -25,6 +25,12 @@ extras = {
     "redis": ["redis>=4.5,<8.2", "packaging>=20"],
     "amqp": ["amqp>=5.1,<6"],
     "postgresql": ["psycopg[binary]>=3.1,<4"],
+    # pyramid_scheduler.metrics: /metrics, and scheduler.metrics.listen in pscheduler.
+    "metrics": ["prometheus_client>=0.17"],
+    # pyramid_scheduler.dashboard: its health probe and metrics are pyramid_scheduler.metrics.
+    "dashboard": ["prometheus_client>=0.17"],
+    # pyramid_scheduler.tracing: spans for the enqueue and the run (the SDK is the application's choice).
+    "otel": ["opentelemetry-api>=1.20"],
     "testing": [
         "pytest>=8",
         "pytest-timeout>=2.2",
@@ -41,12 +47,13 @@ extras = {
         "playwright>=1.40",
         "beautifulsoup4>=4.12",
         "psutil>=5.9",  # the bench smoke test (tests/test_bench.py)
+        "opentelemetry-sdk>=1.20",  # tests/test_tracing.py: the in-memory span exporter
     ],
     "docs": [
         "Sphinx>=7",
         "sphinxcontrib-autoprogram>=0.1.9",
     ],
-    "demo": ["waitress>=3.0"],
+    "demo": ["waitress>=3.0", "prometheus_client>=0.17"],  # the demo shows the dashboard
     # python -m bench (docs/performance.rst): Celery, Dramatiq and huey for comparison, pika
     # for the raw AMQP loop, matplotlib for the plots, psutil for the daemon's memory, py-spy
     # for the profile.
@@ -60,7 +67,9 @@ extras = {
         "py-spy>=0.3.14",
     ],
 }
-extras["testing"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"]
+extras["testing"] += (
+    extras["redis"] + extras["amqp"] + extras["postgresql"] + extras["docs"] + extras["metrics"] + extras["otel"]
+)
 extras["bench"] += extras["redis"] + extras["amqp"] + extras["postgresql"] + ["transaction>=3.0"]
 
 setup(
@@ -83,7 +92,11 @@ setup(
     license_files=["LICENSE"],
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
     include_package_data=True,
-    package_data={"pyramid_scheduler": ["py.typed"], "pyramid_scheduler.demo": ["index.html"]},
+    package_data={
+        "pyramid_scheduler": ["py.typed"],
+        "pyramid_scheduler.demo": ["index.html", "login.html"],
+        "pyramid_scheduler.dashboard": ["page.html", "static/*.css", "static/*.js"],
+    },
     zip_safe=False,
     python_requires=">=3.10",
     install_requires=requires,

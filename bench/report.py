@@ -488,8 +488,11 @@ def text_table(results: dict[str, Any]) -> str:
 
 
 def write(results: dict[str, Any], out_dir: Path, plots: bool = True) -> None:
+    from bench.progress import rst as progress_rst
+
     (out_dir / "results.rst").write_text(rst(results), encoding="utf-8")
     (out_dir / "scaleout.rst").write_text(scale_out_rst(results), encoding="utf-8")
+    (out_dir / "progress.rst").write_text(progress_rst(results), encoding="utf-8")
     if plots:
         from bench.plots import make_plots
 

@@ -426,6 +426,10 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
         from bench import intake
 
         intake.run(args, tmp, results, out_dir)
+    elif part == "progress":
+        from bench import progress
+
+        progress.run(args, tmp, results)
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"
@@ -469,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake progress (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -566,9 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         "scale",
         "scale-out",
         "intake",
+        "progress",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    known |= {"fix", "profile", "scale", "scale-out", "intake"}
+    known |= {"fix", "profile", "scale", "scale-out", "intake", "progress"}
     unknown = [part for part in parts if part not in known or part == "celery-sqlite"]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")

@@ -12,7 +12,8 @@ view, ``request.registry.scheduler`` (or ``request.scheduler``) offers
 code; ``@task`` (with ``f.delay()`` and its :class:`JobHandle`), ``@periodic``
 and ``@cron`` are the decorators of :mod:`pyramid_scheduler.tasks`. The jobs
 run in ``pscheduler CONFIG.ini``, or in the web process itself
-with ``scheduler.combined = true``.
+with ``scheduler.combined = true``; inside a job, ``report_progress`` and
+``should_stop`` tell how far it is and whether it was canceled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from pyramid.config import Configurator
 from pyramid.events import ApplicationCreated
 
 from pyramid_scheduler.api import Event, IScheduler
-from pyramid_scheduler.exceptions import EnqueueError, InvalidJob, InvalidMessage, InvalidQueue, SchedulerError
+from pyramid_scheduler.exceptions import (
+    EnqueueError,
+    InvalidJob,
+    InvalidMessage,
+    InvalidQueue,
+    JobStopped,
+    SchedulerError,
+)
+from pyramid_scheduler.progress import report_progress, should_stop
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.tasks import JobHandle, Task, cron, periodic, task
 from pyramid_scheduler.web.declare import add_scheduled_job, scheduled_job
@@ -36,6 +45,7 @@ __all__ = [
     "InvalidMessage",
     "InvalidQueue",
     "JobHandle",
+    "JobStopped",
     "SchedulerError",
     "SchedulerProxy",
     "SchedulerSettings",
@@ -43,7 +53,9 @@ __all__ = [
     "cron",
     "includeme",
     "periodic",
+    "report_progress",
     "scheduled_job",
+    "should_stop",
     "task",
 ]
 

@@ -37,6 +37,7 @@ __all__ = [
     "JobPaused",
     "JobResumed",
     "JobRequestRefused",
+    "JobProgress",
     "SchedulerMessage",
 ]
 
@@ -47,7 +48,9 @@ class Event(dict[str, Any]):
     ``event.type`` is one of the constants below. Job events carry
     ``job_id``, ``queue`` and ``job`` (a dict with ``id``, ``func``, ``args``,
     ``kwargs``, ``queue``); run events add ``run_key`` and
-    ``scheduled_run_time``; :attr:`JOB_EXECUTED` adds ``retval``;
+    ``scheduled_run_time``; :attr:`JOB_EXECUTED` and :attr:`JOB_ERROR` add
+    ``duration`` (seconds the run took) and ``lateness`` (seconds it started
+    after ``scheduled_run_time``); :attr:`JOB_EXECUTED` adds ``retval``;
     :attr:`JOB_ERROR` adds ``exception``, ``traceback``, ``attempt`` (1 for
     the first run, 2 for its first retry, ...) and ``will_retry``;
     :attr:`JOB_RETRY` (after a ``JOB_ERROR`` whose ``will_retry`` is true)
@@ -61,7 +64,10 @@ class Event(dict[str, Any]):
     :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
     ``resume_job`` or ``run_job_now`` the daemon could not carry out) adds
     ``op`` and ``reason``. ``run_job_now`` has no event of its own: the run
-    brings the usual run events.
+    brings the usual run events. :attr:`JOB_PROGRESS` (a running job called
+    :func:`~pyramid_scheduler.report_progress`; throttled, see
+    :doc:`/progress`) adds ``run_key``, ``fraction`` (0 to 1), ``message``
+    and ``at`` (epoch seconds).
     """
 
     MESSAGE = "message"
@@ -79,6 +85,7 @@ class Event(dict[str, Any]):
     JOB_PAUSED = "job.paused"
     JOB_RESUMED = "job.resumed"
     JOB_REQUEST_REFUSED = "job.request_refused"
+    JOB_PROGRESS = "job.progress"
 
     #: Every event type, in no particular order.
     TYPES = frozenset(
@@ -98,6 +105,7 @@ class Event(dict[str, Any]):
             JOB_PAUSED,
             JOB_RESUMED,
             JOB_REQUEST_REFUSED,
+            JOB_PROGRESS,
         }
     )
 
@@ -209,6 +217,14 @@ class JobRequestRefused(JobEvent):
     queue, or the job is not in a state that allows it (``event.reason``)."""
 
 
+class JobProgress(JobEvent):
+    """A running job reported its progress (``event.fraction``,
+    ``event.message``); at most one per run every 0.5 s.
+
+    .. versionadded:: 1.0
+    """
+
+
 class SchedulerMessage(JobEvent):
     """A text message sent with ``pscheduler --message``."""
 
@@ -229,5 +245,6 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_PAUSED: JobPaused,
     Event.JOB_RESUMED: JobResumed,
     Event.JOB_REQUEST_REFUSED: JobRequestRefused,
+    Event.JOB_PROGRESS: JobProgress,
     Event.MESSAGE: SchedulerMessage,
 }

@@ -14,7 +14,9 @@ __all__ = [
     "SerializationError",
     "EnqueueError",
     "JobTimeout",
+    "JobStopped",
     "SchemaError",
+    "CommandFailed",
 ]
 
 
@@ -72,3 +74,32 @@ class JobTimeout(SchedulerError, TimeoutError):
         self.record = record
         status = "no record yet" if record is None else f"status {record['status']!r}"
         super().__init__(f"job {job_id} did not finish within {timeout:g}s ({status})")
+
+
+class CommandFailed(SchedulerError):
+    """A shell-command job (:func:`pyramid_scheduler.shell.run`) did not end
+    with exit code 0: it exited with another code, was killed, timed out or
+    could not start. The message ends with the tail of its stderr, so the
+    run's recorded error shows it; ``result`` holds its outcome (exit code,
+    duration, output tails), or ``None`` if it did not start.
+    """
+
+    def __init__(self, message: str, result: dict[str, object] | None = None) -> None:
+        self.result = result
+        super().__init__(message)
+
+
+class JobStopped(SchedulerError):
+    """Raised inside a running job by :func:`pyramid_scheduler.report_progress`
+    once the run is asked to stop: the job was canceled with ``cancel_job``
+    (``reason`` ``"canceled"``) or its run passed the job's ``timeout=``
+    (``reason`` ``"timed out"``). Let it propagate (clean up in ``finally``);
+    the run is then recorded ``stopped`` or ``timed-out``, not failed.
+
+    .. versionadded:: 1.0
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id}: asked to stop ({reason})")

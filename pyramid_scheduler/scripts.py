@@ -285,6 +285,12 @@ class PSchedulerCommand:
             log.error("%s", exc)
             scheduler.close()
             return EXIT_INSECURE
+        try:
+            service.serve_metrics(os.environ.get("PSCHEDULER_PROCESS", ""))
+        except ConfigurationError as exc:
+            log.error("%s", exc)
+            scheduler.close()
+            return EXIT_STARTUP_FAILED
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = service.run()

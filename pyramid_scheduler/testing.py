@@ -191,7 +191,7 @@ class _InProcessPublisher:
     def __init__(self, scheduler: TestingScheduler) -> None:
         self.scheduler = scheduler
 
-    def publish(self, body: bytes, queue: str, job_id: str) -> None:
+    def publish(self, body: bytes, queue: str, job_id: str, headers: dict[str, str] | None = None) -> None:
         request = decode(body)
         if request.mid in self.scheduler._released:
             # Taken from its transaction by ``run_pending(request=...)`` already.

@@ -141,3 +141,23 @@ def test_bench_limits_smoke(tmp_path):
     assert set(figures["ways"]) == {"none", "concurrency_key", "rate_limit"}
     for way in figures["ways"].values():
         assert way["drain"]["done"] == 60 and way["latency"]["missing"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_quick_progress(tmp_path):
+    """The progress part: a job calling report_progress 10,000 times and
+    the same job without, through a real pscheduler on the SQLite default."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-plots", "--out", str(out), "--only", "progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    progress = json.loads((out / "results.json").read_text())["progress"]
+    assert progress["calls"] == 10_000 and progress["rounds"] == 3
+    assert progress["with_ms"] > 0 and progress["without_ms"] > 0
+    assert "report_progress calls" in proc.stdout + proc.stderr

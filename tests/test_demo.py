@@ -27,9 +27,17 @@ def app(tmp_var: Path) -> Iterator[webtest.TestApp]:
     wsgi = main({}, **settings)
     test_app = webtest.TestApp(wsgi)
     try:
+        log_in(test_app)
         yield test_app
     finally:
         wsgi.registry.scheduler.shutdown()
+
+
+def log_in(app: webtest.TestApp, password: str = "demo", status: int = 303) -> webtest.TestResponse:
+    form = app.get("/", status=303).follow().forms["login"]
+    form["login"] = "demo"
+    form["password"] = password
+    return form.submit(status=status)
 
 
 def schedule(app: webtest.TestApp, status: int = 303, **fields: str) -> webtest.TestResponse:
@@ -40,8 +48,13 @@ def schedule(app: webtest.TestApp, status: int = 303, **fields: str) -> webtest.
 
 
 def record(app: webtest.TestApp, job_id: str) -> dict[str, Any] | None:
-    jobs = {job["id"]: job for job in app.get("/jobs.json").json["jobs"]}
-    return jobs.get(job_id)
+    """The job as the dashboard's JSON API gives it."""
+    answer = app.get(f"/scheduler/api/jobs/{job_id}", status=(200, 404))
+    return answer.json if answer.status_int == 200 else None
+
+
+def csrf(app: webtest.TestApp) -> dict[str, str]:
+    return {"X-CSRF-Token": str(app.get("/scheduler").html.body["data-csrf"])}
 
 
 def wait_for(
@@ -60,33 +73,45 @@ def added_id(response: webtest.TestResponse) -> str:
     return match.group(1)
 
 
+def test_everything_needs_the_demo_login(tmp_var: Path) -> None:
+    settings = make_settings(tmp_var, **{"allowed_modules": "pyramid_scheduler.demo", "secret": "s" * 32})
+    app = webtest.TestApp(main({}, **settings))
+    for url in ("/", "/scheduler", "/scheduler/jobs"):
+        assert "/login?next=" in app.get(url, status=303).headers["Location"]
+    assert app.get("/scheduler/api/jobs", status=403).json["status"] == 403
+    assert [d["queue"] for d in app.get("/daemons.json").json["daemons"]] == ["jobs"]  # public: no job data
+    assert app.post("/jobs", {"action": "say", "when": "now"}, status=303).headers["Location"].endswith("next=%2F")
+    page = log_in(app, password="wrong", status=400)
+    assert "Wrong user or password" in page.html.find(id="error").text
+    assert log_in(app).headers["Location"].endswith("/")
+    assert app.get("/scheduler/api/jobs").json["jobs"] == []
+    app.post("/logout", {"csrf_token": csrf(app)["X-CSRF-Token"]}, status=303)
+    app.get("/scheduler", status=303)
+    app.app.registry.scheduler.close()
+
+
 def test_run_now_job_runs_and_shows_its_result(app: webtest.TestApp) -> None:
     job_id = added_id(schedule(app, message="hello there"))
     job = wait_for(app, job_id, {"done"})
     assert job["result"]["message"] == "hello there"
     assert job["result"]["app"] == "demo under test"  # the registry was current in the job
     page = app.get(f"/?added={job_id}")
-    assert f"Job {job_id} sent." in page.text
-    row = page.html.find("tr", attrs={"data-job": job_id})
-    assert row["data-status"] == "done"
-    assert "hello there" in row.text
-    assert row.find("button") is None  # a finished job has no cancel button
+    assert f"Job {job_id} sent." in page.html.find(id="notice").text
+    assert page.html.find(id="notice").a["href"] == f"/scheduler/jobs/{job_id}"
+    assert app.get(f"/scheduler/jobs/{job_id}").html.body["data-job"] == job_id
 
 
 def test_failing_job_shows_its_error(app: webtest.TestApp) -> None:
     job_id = added_id(schedule(app, action="fail", message="boom"))
     job = wait_for(app, job_id, {"failed"})
     assert "this job fails on purpose: boom" in job["error"]
-    assert "RuntimeError" in app.get("/").html.find("tr", attrs={"data-job": job_id}).text
+    assert "RuntimeError" in job["error"]
 
 
 def test_interval_job_runs_repeatedly_until_canceled(app: webtest.TestApp) -> None:
     job_id = added_id(schedule(app, when="every", seconds="0.3", message="tick"))
     wait_for(app, job_id, {"scheduled", "running"}, min_runs=2)
-    page = app.get("/")
-    cancel = [f for f in page.forms.values() if f.action.endswith(f"/jobs/{job_id}/cancel")]
-    assert cancel, "a scheduled job offers a cancel button"
-    cancel[0].submit(status=303)
+    app.post(f"/scheduler/api/jobs/{job_id}/cancel", headers=csrf(app), status=202)
     job = wait_for(app, job_id, {"canceled"})
     runs = job["runs"]
     time.sleep(1)  # several intervals: a canceled job must not run again
@@ -98,16 +123,18 @@ def test_bad_input_is_shown_on_the_page_not_a_500(app: webtest.TestApp) -> None:
     assert "higher than the maximum value (59)" in page.html.find(id="error").text
     page = schedule(app, status=400, when="in", seconds="soon")
     assert "seconds: expected a number of seconds, got 'soon'" in page.html.find(id="error").text
-    assert app.get("/jobs.json").json["jobs"] == []
+    assert app.get("/scheduler/api/jobs").json["jobs"] == []
 
 
 def test_forms_need_the_csrf_token(app: webtest.TestApp) -> None:
     app.post("/jobs", {"action": "say", "when": "now"}, status=400)
-    assert app.get("/jobs.json").json["jobs"] == []
+    assert app.get("/scheduler/api/jobs").json["jobs"] == []
 
 
 def test_daemon_status_is_shown(app: webtest.TestApp) -> None:
     wait_until(
-        lambda: all(d["active"] for d in app.get("/jobs.json").json["daemons"]), "the in-process scheduler's lease", 20
+        lambda: all(d["active"] for d in app.get("/scheduler/api/daemons").json["queues"]),
+        "the in-process scheduler's lease",
+        20,
     )
     assert "Daemon running" in app.get("/").html.find(id="daemon").text

@@ -241,8 +241,9 @@ class Publisher:
         waited for the pool still has time for one attempt."""
         return self.settings.broker_timeout / 2
 
-    def publish(self, body: bytes, queue: str, job_id: str) -> None:
-        """Publish *body* (JSON bytes) on *queue*.
+    def publish(self, body: bytes, queue: str, job_id: str, headers: dict[str, str] | None = None) -> None:
+        """Publish *body* (JSON bytes) on *queue*, with *headers* (the trace
+        context, :mod:`pyramid_scheduler.tracing`) beside the signature's.
 
         :raises EnqueueError: the broker did not confirm it in time. Almost
             always nothing was sent; if the connection broke just after the
@@ -253,7 +254,9 @@ class Publisher:
         attempt = self.attempt_timeout
         deadline = time.monotonic() + timeout
         kqueue = self.queues[queue]
-        headers = signature_headers(body, self.settings.secret, kqueue.routing_key)
+        signed = signature_headers(body, self.settings.secret, kqueue.routing_key)
+        if headers:
+            signed = {**headers, **(signed or {})}
 
         def give_up(exc: BaseException) -> EnqueueError:
             return EnqueueError(
@@ -278,7 +281,7 @@ class Publisher:
                     retry=True,
                     retry_policy=policy,
                     message_id=job_id,
-                    headers=headers,
+                    headers=signed,
                     timeout=attempt,
                 )
         except EnqueueError:

@@ -33,28 +33,38 @@ CHANGES = {
 }
 
 
-def change(proxy: Any, args: argparse.Namespace, out: Output) -> int:
-    """Check the job's record, publish the request, say who will carry it out."""
-    statuses, method, what = CHANGES[args.command]
-    record = proxy.get_job(args.job_id)
+def request_change(proxy: Any, command: str, job_id: str) -> dict[str, Any]:
+    """Check the job's record and publish the request *command* (a key of
+    :data:`CHANGES`): what ``cancel --json`` and the dashboard's
+    ``api/jobs/{id}/cancel`` answer (``id``, ``queue``, ``request``, the job's
+    ``status`` when asked, and the number of live ``daemons`` serving its queue).
+
+    :raises NotFound: the job store has no record of the job.
+    :raises InvalidJob: the job's status is not one the request applies to.
+    """
+    statuses, method, what = CHANGES[command]
+    record = proxy.get_job(job_id)
     if record is None:
-        raise NotFound(f"job {args.job_id!r}: the job store has no record of it")
+        raise NotFound(f"job {job_id!r}: the job store has no record of it")
     if record["status"] not in statuses:
-        raise InvalidJob(
-            f"job {args.job_id!r} is {record['status']}; {what} applies to {' or '.join(statuses)} jobs only"
-        )
+        raise InvalidJob(f"job {job_id!r} is {record['status']}; {what} applies to {' or '.join(statuses)} jobs only")
     queue = record["queue"]
     if method == "cancel_job":
-        proxy.cancel_job(args.job_id, queue=queue, immediate=True)
+        proxy.cancel_job(job_id, queue=queue, immediate=True)
     else:
-        getattr(proxy, method)(args.job_id)
+        getattr(proxy, method)(job_id)
     serving = next((len(row["daemons"]) for row in proxy.get_daemons() if row["queue"] == queue), 0)
+    return {"id": job_id, "queue": queue, "request": command, "status": record["status"], "daemons": serving}
+
+
+def change(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    """Check the job's record, publish the request, say who will carry it out."""
+    answer = request_change(proxy, args.command, args.job_id)
     if out.as_json:
-        out.json(
-            {"id": args.job_id, "queue": queue, "request": args.command, "status": record["status"], "daemons": serving}
-        )
+        out.json(answer)
         return 0
-    out.line(f"{what} of job {args.job_id} sent to queue {queue}")
+    queue, serving = answer["queue"], answer["daemons"]
+    out.line(f"{CHANGES[args.command][2]} of job {args.job_id} sent to queue {queue}")
     if serving:
         out.line(f"{serving} live daemon(s) serve the queue; the 'job' command shows the outcome")
     else:
@@ -78,23 +88,44 @@ def purge(proxy: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def forget_dead_letter(proxy: Any, letter_id: int) -> dict[str, Any]:
+    """Delete one dead letter: ``dead-letters delete --json``'s answer and
+    the dashboard's.
+
+    :raises NotFound: there is no such dead letter.
+    """
+    if not proxy._ledger().delete_dead_letter(letter_id):
+        raise NotFound(f"dead letter {letter_id}: no such dead letter")
+    return {"id": letter_id, "deleted": True}
+
+
 def delete_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
-    if not proxy._ledger().delete_dead_letter(args.letter_id):
-        raise NotFound(f"dead letter {args.letter_id}: no such dead letter")
+    answer = forget_dead_letter(proxy, args.letter_id)
     if out.as_json:
-        out.json({"id": args.letter_id, "deleted": True})
+        out.json(answer)
     else:
         out.line(f"dead letter {args.letter_id} deleted")
     return 0
 
 
-def replay_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+def replay_letter(proxy: Any, letter_id: int, force: bool = False) -> dict[str, Any]:
+    """Replay one dead letter (:meth:`~pyramid_scheduler.web.manage.JobManagement.replay_dead_letter`):
+    ``dead-letters replay --json``'s answer and the dashboard's.
+
+    :raises NotFound: there is no such dead letter.
+    :raises InvalidJob: it cannot be replayed (the message says why).
+    """
     try:
-        job_id = proxy.replay_dead_letter(args.letter_id, force=args.force)
+        job_id = proxy.replay_dead_letter(letter_id, force=force)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
+    return {"id": letter_id, "replayed": True, "job_id": job_id}
+
+
+def replay_dead_letter(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    answer = replay_letter(proxy, args.letter_id, args.force)
     if out.as_json:
-        out.json({"id": args.letter_id, "replayed": True, "job_id": job_id})
+        out.json(answer)
     else:
-        out.line(f"dead letter {args.letter_id} replayed as job {job_id}, and deleted")
+        out.line(f"dead letter {args.letter_id} replayed as job {answer['job_id']}, and deleted")
     return 0

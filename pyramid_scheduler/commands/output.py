@@ -145,7 +145,8 @@ CRON_FIELDS = ("year", "month", "week", "day", "day_of_week", "hour", "minute", 
 
 def schedule(trigger: dict[str, Any] | None) -> str:
     """A trigger spec in a few words: ``now``, ``at 2024-05-01 10:00``,
-    ``every 1h30m``, ``cron 30 7 * * mon``."""
+    ``every 1h30m``, ``every 5m after each run ends`` (fixed delay),
+    ``cron 30 7 * * mon``."""
     if not trigger:
         return "-"
     kind = trigger.get("type")
@@ -157,7 +158,8 @@ def schedule(trigger: dict[str, Any] | None) -> str:
         parts = [
             f"{trigger[key]:g}{key[0]}" for key in ("weeks", "days", "hours", "minutes", "seconds") if trigger.get(key)
         ]
-        return "every " + ("".join(parts) or "0s")
+        every = "every " + ("".join(parts) or "0s")
+        return every + " after each run ends" if trigger.get("fixed_delay") else every
     if kind == "cron":
         if trigger.get("crontab"):
             return f"cron {trigger['crontab']}"

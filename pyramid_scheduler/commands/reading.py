@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from pyramid_scheduler.commands.output import NotFound, Output, ago, schedule, span, when
@@ -56,15 +57,28 @@ def attempts(record: dict[str, Any]) -> str:
     return str(record.get("attempt", 1))
 
 
-def job(proxy: Any, args: argparse.Namespace, out: Output) -> int:
-    record = proxy.get_job(args.job_id)
+def job_detail(proxy: Any, job_id: str, runs: int) -> dict[str, Any]:
+    """One job as ``job --json`` and the dashboard's ``api/jobs/{id}`` show
+    it: its record, ``next_fire_times`` (ISO, the next five) and ``history``
+    (its latest *runs* runs, oldest first).
+
+    :raises NotFound: the job store has no record of the job.
+    """
+    record = proxy.get_job(job_id)
     if record is None:
-        raise NotFound(f"job {args.job_id!r}: the job store has no record of it")
-    fire_times = proxy.preview_job(args.job_id, 5)
-    runs = proxy.get_runs(args.job_id, limit=args.runs)
+        raise NotFound(f"job {job_id!r}: the job store has no record of it")
+    fire_times = proxy.preview_job(job_id, 5)
+    history = proxy.get_runs(job_id, limit=runs)
+    return {**record, "next_fire_times": [t.isoformat() for t in fire_times], "history": history}
+
+
+def job(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    detail = job_detail(proxy, args.job_id, args.runs)
     if out.as_json:
-        out.json({**record, "next_fire_times": [t.isoformat() for t in fire_times], "history": runs})
+        out.json(detail)
         return 0
+    record, runs = detail, detail["history"]
+    fire_times = [datetime.fromisoformat(t) for t in detail["next_fire_times"]]
     fields = [
         ("id", record["id"]),
         ("function", record["func"]),
@@ -86,6 +100,9 @@ def job(proxy: Any, args: argparse.Namespace, out: Output) -> int:
         fields.append(("waiting", str(record["waiting_reason"])))
     if record.get("result") is not None:
         fields.append(("result", json.dumps(record["result"])))
+    if record.get("progress"):
+        progress = record["progress"]
+        fields.append(("progress", f"{progress['fraction']:.0%} {progress['message']} ({when(progress['at'])})"))
     for name, value in fields:
         out.line(f"{name + ':':<10}{value}"[: out.width] if "\x1b" not in value else f"{name + ':':<10}{value}")
     if record.get("error"):
@@ -181,14 +198,21 @@ def daemons(proxy: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def stats(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+def stats_report(proxy: Any, minutes: int) -> dict[str, Any]:
+    """``stats --json`` and the dashboard's ``api/stats``: ``minutes``,
+    ``since`` (epoch seconds), ``jobs`` (counts by queue and status) and
+    ``runs`` (the runs since then by queue and status, with their lateness)."""
     ledger = ledger_of(proxy)
-    since = time.time() - args.minutes * 60
-    counts = ledger.job_counts()
-    run_counts = ledger.run_counts(since)
+    since = time.time() - minutes * 60
+    return {"minutes": minutes, "since": since, "jobs": ledger.job_counts(), "runs": ledger.run_counts(since)}
+
+
+def stats(proxy: Any, args: argparse.Namespace, out: Output) -> int:
+    report = stats_report(proxy, args.minutes)
     if out.as_json:
-        out.json({"minutes": args.minutes, "since": since, "jobs": counts, "runs": run_counts})
+        out.json(report)
         return 0
+    counts, run_counts = report["jobs"], report["runs"]
     statuses = [s for s in (*LIVE, *FINAL) if any(row["status"] == s for row in counts)]
     queues = list(proxy.settings.queues) + sorted({row["queue"] for row in counts} - set(proxy.settings.queues))
     table = {(row["queue"], row["status"]): row["count"] for row in counts}
@@ -219,10 +243,19 @@ def stats(proxy: Any, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def dead_letter_list(proxy: Any, limit: int, queue: str | None = None) -> list[dict[str, Any]]:
+    """The latest *limit* dead letters (of *queue*), oldest first, each
+    with ``whole`` (:func:`with_whole`).
+
+    :raises InvalidQueue: *queue* is not one of ``scheduler.queues``.
+    """
+    if queue is not None:
+        proxy.get_jobs(queue, limit=1)
+    return [with_whole(row) for row in ledger_of(proxy).list_dead_letters(limit, queue)]
+
+
 def dead_letters(proxy: Any, args: argparse.Namespace, out: Output) -> int:
-    if args.queue is not None:
-        proxy.get_jobs(args.queue, limit=1)
-    letters = [with_whole(row) for row in ledger_of(proxy).list_dead_letters(args.limit, args.queue)]
+    letters = dead_letter_list(proxy, args.limit, args.queue)
     if out.as_json:
         out.json(letters)
     elif not letters:

@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.brokers.connection import JSON, StoppableConsumer, make_queue
 from pyramid_scheduler.brokers.sql import release_claims
 from pyramid_scheduler.daemon.engine import Engine
@@ -356,6 +357,8 @@ class JobConsumer(StoppableConsumer):
         request = decode(checked_body(message, settings.max_message_size, secret))
         if request.queue not in self.engine.queues:
             raise InvalidMessage(f"queue {request.queue!r} is not one this daemon runs")
+        if tracing.ENABLED and request.op == "add":
+            tracing.remember(request.id, tracing.carried(message.headers))
         if secret is not None:
             stale = sent_too_long_ago(request.sent_at, settings.message_age_limit)
             if stale:

@@ -244,6 +244,7 @@ class Engine:
             persist=self.persist,
             restore_parked=self.recovery.restore_parked,
             clock=clock,
+            stop_runs=self.runner.controls.cancel,
         )
         self.reconcile = Reconcile(
             settings=settings,

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -61,28 +62,27 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.triggers.date import DateTrigger
 from pyramid.registry import Registry
-from pyramid.scripting import prepare
-from pyramid.threadlocal import manager as threadlocal_manager
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import pool_of, queue_of, run_ended
 from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
+from pyramid_scheduler.daemon.context import job_context, request_context
+from pyramid_scheduler.daemon.control import Controls
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.limits import Limits
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
+from pyramid_scheduler.exceptions import JobStopped
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
+from pyramid_scheduler.progress import running
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.records import RunEnd, RunStart
 from pyramid_scheduler.store.runs import RunWriter
+from pyramid_scheduler.triggers.delay import FixedDelayTrigger
 from pyramid_scheduler.wire.refs import takes_request, with_request
-
-try:
-    import transaction
-except ImportError:  # pragma: no cover - transaction is optional
-    transaction = None
 
 log = get_logger(__name__)
 
@@ -99,9 +99,9 @@ class RunRecord:
     job_id: str
     queue: str
     run_key: str
-    #: ``done``, ``failed``, ``missed``, ``held`` (a flow limit: see *later*), or
-    #: ``not-run``: not carried out here (the heartbeat lapsed, the run was
-    #: already recorded, the daemon is stopping).
+    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``held``
+    #: (a flow limit: see *later*), or ``not-run``: not carried out here (the
+    #: heartbeat lapsed, the run was already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
     retry: RetryPlan | None = None
@@ -122,8 +122,11 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
         pool_of(self).submit(self.runner.run, job, run_times).add_done_callback(partial(self.batch_done, job))
 
     def batch_done(self, job: Job, future: Future[list[RunRecord]]) -> None:
-        """A batch of *job* has left the pool: APScheduler's count of its runs
-        goes down, then its retries are stored."""
+        """A batch of *job* has left the pool: a fixed-delay job is moved to
+        its next run, APScheduler's count of its runs goes down, then its
+        retries are stored."""
+        if isinstance(job.trigger, FixedDelayTrigger):  # moved on while still counted as running
+            self.runner.store_back.delay_next(job, self.runner.clock.now())
         exc = future.exception()
         if exc is not None:
             run_ended(self, job.id, exc)
@@ -177,7 +180,12 @@ class Runner:
     limits: Limits | None = None
     #: Batches handed to the pool and not finished (started or not yet).
     pending: int = field(default=0, init=False)
+    #: The runs going, their progress and stop requests (:mod:`.control`).
+    controls: Controls = field(init=False, repr=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.controls = Controls(self.ledger, self.events.emit, self.clock)
 
     def submitted(self) -> None:
         """A batch of runs was handed to the thread pool (see :attr:`pending`)."""
@@ -302,21 +310,36 @@ class Runner:
         made: list[Event] = []
         plan = None
         outcome = "done"
+        control = self.controls.start(job.id, queue, key, info)
         try:
             log.info("job %s (queue %s): running %s, run %s", job.id, queue, job.func_ref, key)
+            began = time.monotonic()
             try:
                 crash_point("started")
-                with self.context(job) as request:
+                with run_span(job, queue, key), self.context(job) as request, running(control):
                     retval = self.call(job, request)
                 crash_point("finished")
+                stop = control.end()
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
-                outcome = "failed"
-                text = "".join(traceback.format_exception(exc))
-                log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, text)
-                plan = self.failed(job, key, final, text, exc, base, made)
+                stop = control.end()
+                outcome = stop or "failed"
+                text = control.explain("".join(traceback.format_exception(exc)))
+                (log.warning if stop else log.error)(
+                    "job %s (queue %s): run %s %s\n%s", job.id, queue, key, outcome, text
+                )
+                timed = {**base, "duration": time.monotonic() - began, "lateness": late}
+                plan = self.failed(job, key, final, text, exc, timed, made, stop)
             else:
+                if stop:  # asked to stop, and it returned: recorded as stopped all the same
+                    outcome, asked = stop, JobStopped(job.id, control.stop_reason or "")
+                    log.warning("job %s (queue %s): run %s %s", job.id, queue, key, stop)
+                    timed = {**base, "duration": time.monotonic() - began, "lateness": late}
+                    plan = self.failed(job, key, final, str(asked), asked, timed, made, stop)
+                    return RunRecord(job.id, queue, key, outcome, plan)
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
-                made.append(Event(Event.JOB_EXECUTED, retval=retval, **base))
+                made.append(
+                    Event(Event.JOB_EXECUTED, retval=retval, duration=time.monotonic() - began, lateness=late, **base)
+                )
                 self.persist(
                     f"job {job.id}: recording run {key}",
                     self.runs.finish_run,
@@ -327,20 +350,33 @@ class Runner:
         return RunRecord(job.id, queue, key, outcome, plan)
 
     def failed(
-        self, job: Job, key: str, final: bool, text: str, exc: BaseException, base: dict[str, Any], events: list[Event]
+        self,
+        job: Job,
+        key: str,
+        final: bool,
+        text: str,
+        exc: BaseException,
+        base: dict[str, Any],
+        events: list[Event],
+        stop: str | None = None,
     ) -> RetryPlan | None:
         """Record a failed run, and its retry if the job has one left (the
-        retry is stored by the executor once the run has left the pool)."""
+        retry is stored by the executor once the run has left the pool).
+        A run asked to stop (*stop*: ``stopped``, ``timed-out``) is recorded
+        so; a stopped one (its job canceled) tells no event of its own: the
+        job's CANCELED follows it."""
         record = self.persist(f"job {job.id}: reading its record", self.ledger.get_job, job.id)
         attempt = int(record.get("attempt") or 1) if record else 1
-        plan = plan_retry(record, self.clock.now()) if final else None
+        plan = plan_retry(record, self.clock.now()) if final and stop != "stopped" else None
         live = self.persist(
             f"job {job.id}: recording failed run {key}",
             self.runs.finish_run,
-            RunEnd(job.id, key, "failed", final, error=text, retry_at=plan.at.timestamp() if plan else None),
+            RunEnd(job.id, key, stop or "failed", final, error=text, retry_at=plan.at.timestamp() if plan else None),
         )
         if plan is not None and not live:
             plan = None  # canceled while it ran: no retry
+        if stop == "stopped":
+            return None
         events.append(
             Event(Event.JOB_ERROR, exception=exc, traceback=text, attempt=attempt, will_retry=plan is not None, **base)
         )
@@ -452,41 +488,8 @@ class Runner:
             yield None
 
 
-@contextlib.contextmanager
-def job_context(registry: Any, own_transaction: bool = True) -> Iterator[None]:
-    """Around one run: *registry* as the current one, inside
-    ``transaction.manager`` when the ``transaction`` package is installed and
-    *own_transaction* is true (shared by the daemon and
-    :mod:`pyramid_scheduler.testing`)."""
-    threadlocal_manager.push({"registry": registry, "request": None})
-    try:
-        if transaction is not None and own_transaction:
-            with transaction.manager:
-                yield
-        else:  # pragma: no cover
-            yield
-    finally:
-        threadlocal_manager.pop()
-
-
-@contextlib.contextmanager
-def request_context(registry: Any) -> Iterator[Any]:
-    """A request for the application, current for the run, inside its
-    ``request.tm`` (pyramid_tm) or ``transaction.manager``; its finished
-    callbacks run and the threadlocals are popped afterwards (shared by the
-    daemon and :mod:`pyramid_scheduler.testing`)."""
-    with prepare(registry=registry) as env:
-        request = env["request"]
-        try:
-            manager = request.tm
-        except AttributeError:  # pyramid_tm is not included
-            manager = transaction.manager
-        # The runner plays pyramid_tm's tween: code that asks whether a
-        # transaction is managed for this request (pyramid_tm.is_tm_active,
-        # add_*_job) gets yes.
-        request.environ["tm.active"] = True
-        try:
-            with manager:
-                yield request
-        finally:
-            del request.environ["tm.active"]
+def run_span(job: Job, queue: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    """The run's span (:mod:`pyramid_scheduler.tracing`); nothing without OpenTelemetry."""
+    if tracing.ENABLED and tracing.configured():
+        return tracing.run_span(job.id, queue, key, job.func_ref)
+    return contextlib.nullcontext()

@@ -20,6 +20,7 @@ docs/guarantees.rst).
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.aps import build_job, queue_of, runs_in_pool
-from pyramid_scheduler.daemon.execution import JobExecutor, RecordedAfter, Runner, RunRecord, run_key
+from pyramid_scheduler.daemon.execution import JobExecutor, RecordedAfter, Runner, RunRecord, run_key, run_span
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.ledger import Ledger
@@ -159,15 +160,18 @@ def run_unrecorded(runner: Runner, job: FastJob, run_time: datetime) -> RunRecor
             made.append(Event(Event.JOB_MISSED, reason=error, **base))
         else:
             log.info("job %s (queue %s): running %s, run %s (durable=False)", job.id, queue, job.func_ref, key)
+            began = time.monotonic()
             try:
-                with runner.context(job) as request:
+                with run_span(job, queue, key), runner.context(job) as request:
                     result = runner.call(job, request)
             except BaseException as exc:  # noqa: BLE001 - a job's sys.exit() must not end the daemon
                 outcome, error = "failed", "".join(traceback.format_exception(exc))
                 log.error("job %s (queue %s): run %s failed\n%s", job.id, queue, key, error)
+                base.update(duration=time.monotonic() - began, lateness=late)
                 made.append(Event(Event.JOB_ERROR, exception=exc, traceback=error, attempt=1, will_retry=False, **base))
             else:
                 log.info("job %s (queue %s): run %s done", job.id, queue, key)
+                base.update(duration=time.monotonic() - began, lateness=late)
                 made.append(Event(Event.JOB_EXECUTED, retval=result, **base))
         after = RunAfter(
             job.request,

@@ -193,7 +193,7 @@ class Intake:
 
         :raises InvalidJob: it cannot be scheduled.
         """
-        request, func = admit(request, self.settings.func_aliases, self.settings.allowed_modules)
+        request, func = admit(request, self.settings)
         assert request.trigger is not None and request.func is not None
         accepted = request.accepted_at()
         trigger = build_trigger(request.trigger, self.settings.timezone, anchor=accepted)

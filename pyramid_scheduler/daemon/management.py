@@ -49,9 +49,13 @@ class Management:
     restore_parked: Callable[[], int]
     #: Where "now" is read (a new schedule's first fire time, run now, resume).
     clock: Clock = SYSTEM_CLOCK
+    #: Asks the runs of a job going in this daemon to stop
+    #: (:meth:`.control.Controls.cancel`); the others read it from the store.
+    stop_runs: Callable[[str], None] = lambda job_id: None
 
     def cancel(self, request: JobRequest) -> str:
-        """Remove a job and close its record; CANCELED after any run going."""
+        """Remove a job and close its record; a run going is asked to stop
+        (:mod:`.control`); CANCELED after it."""
         job_id, queue = request.id, request.queue
         info = None
         try:
@@ -69,6 +73,7 @@ class Management:
             log.info("job %s (queue %s): cancel ignored: no such live job", job_id, queue)
             return "cancel-ignored"
         log.info("job %s (queue %s): canceled", job_id, queue)
+        self.stop_runs(job_id)
         self.events.canceled(job_id, queue, info)
         return "canceled"
 

@@ -44,6 +44,9 @@ class StoreBack(Protocol):
 
     def __call__(self, job: Job, run_time: datetime, trigger: BaseTrigger | None = None) -> bool: ...
 
+    def delay_next(self, job: Job, ended: datetime) -> None:
+        """Move a fixed-delay job whose run ended at *ended* to its next run."""
+
 
 @dataclass(frozen=True)
 class RetryPlan:

@@ -62,12 +62,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED, TIMEOUT_MAX
 from apscheduler.triggers.base import BaseTrigger
 
-from pyramid_scheduler.daemon.aps import dispatch, executor_of, job_stores, move_job, queue_of, run_times
+from pyramid_scheduler.daemon.aps import dispatch, executor_of, job_stores, move_job, queue_of, run_times, runs_in_pool
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.jobstores import QueueJobStore
+from pyramid_scheduler.triggers.delay import FixedDelayTrigger
 
 log = get_logger(__name__)
 
@@ -334,11 +335,14 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         due = due[-1:] if due and job.coalesce else due
         if not due:
             return
+        # A fixed-delay job whose previous run has not ended is due an
+        # interval after that end (StoreBack.delay_next): held, not missed.
+        held = isinstance(job.trigger, FixedDelayTrigger) and runs_in_pool(executor, job.id) > 0
         # The job moves on before it is submitted (APScheduler: after). A run
         # that ends at once calls back on this thread (a future done before its
         # callback is added runs it here) and may store a retry under the same
         # id, which must come after the job's row is deleted or moved on.
-        following = job.trigger.get_next_fire_time(due[-1], now)
+        following = job.trigger.get_next_fire_time(now if held else due[-1], now)
         if following:
             move_job(job, following)
             if store is None:
@@ -351,6 +355,8 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             self.remove_job(job.id, alias)
         else:
             store.defer_remove(job.id)
+        if held:
+            return
         try:
             executor.submit_job(job, due)
         except MaxInstancesReachedError:
@@ -406,3 +412,25 @@ class StoreBack:
             )
             is not None
         )
+
+    def delay_next(self, job: Job, ended: datetime) -> None:
+        """A fixed-delay job (:mod:`pyramid_scheduler.triggers.delay`) whose
+        run ended at *ended*: move it to one interval later, if it is still
+        stored and not paused (a cancel or pause meanwhile wins)."""
+        assert isinstance(job.trigger, FixedDelayTrigger)
+        following = job.trigger.after(ended)
+        queue = queue_of(job)
+        stored = self.persist(f"job {job.id}: reading it", self.scheduler.get_job, job.id, queue)
+        if stored is None or stored.next_run_time is None or following is None:
+            return
+        try:
+            self.persist(
+                f"job {job.id}: moving it to {following.isoformat()}",
+                self.scheduler.modify_job,
+                job.id,
+                queue,
+                next_run_time=following,
+            )
+        except JobLookupError:
+            return  # canceled meanwhile
+        log.info("job %s (queue %s): next run %s, an interval after its run ended", job.id, queue, following)

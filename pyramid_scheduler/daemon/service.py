@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from pyramid.exceptions import ConfigurationError
 
 from pyramid_scheduler.brokers.connection import make_connection
 from pyramid_scheduler.brokers.fanout import EventPublisher, origin_of
@@ -46,12 +47,35 @@ class SchedulerService:
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The server of ``scheduler.metrics.listen`` (:meth:`serve_metrics`).
+        self.metrics: Any = None
+
+    def serve_metrics(self, place: str = "") -> None:
+        """Serve this daemon's ``/metrics`` and ``/health`` on
+        ``scheduler.metrics.listen`` (nothing when it is empty) until :meth:`run` ends.
+
+        :raises pyramid.exceptions.ConfigurationError: naming the setting:
+            ``prometheus_client`` is not installed, or the address is in use.
+        """
+        listen = self.engine.settings.metrics_listen
+        if not listen:
+            return
+        try:
+            from pyramid_scheduler.metrics.listen import serve_daemon
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"scheduler.metrics.listen = {listen}: needs prometheus_client ({exc}); "
+                'pip install "pyramid_scheduler[metrics]"'
+            ) from None
+        self.metrics = serve_daemon(self.engine, listen, place)
 
     def run(self) -> int:
         """Run until :meth:`stop`; returns an exit code (:data:`EXIT_LEASE_LOST`
         if this daemon's heartbeat lapsed and the others took its work over)."""
         engine = self.engine
         if not self._join():
+            if self.metrics is not None:
+                self.metrics.stop()
             return 0
         engine.start()
         self.proxy.runtime = self
@@ -65,6 +89,8 @@ class SchedulerService:
             connection.release()
             self.proxy.runtime = None
             engine.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             if self.events_out is not None:
                 self.events_out.close()
         return EXIT_LEASE_LOST if engine.lease_lost.is_set() else 0

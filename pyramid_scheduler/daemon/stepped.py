@@ -40,8 +40,9 @@ from pyramid.threadlocal import manager as threadlocal_manager
 
 from pyramid_scheduler.api import Event
 from pyramid_scheduler.daemon.clock import Clock
+from pyramid_scheduler.daemon.context import job_context, request_context
 from pyramid_scheduler.daemon.engine import Engine
-from pyramid_scheduler.daemon.execution import JobExecutor, Runner, RunRecord, job_context, request_context
+from pyramid_scheduler.daemon.execution import JobExecutor, Runner, RunRecord
 from pyramid_scheduler.daemon.scheduling import DueScheduler
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.store.jobstores import QueueJobStore

@@ -7,8 +7,8 @@ http://127.0.0.1:6543/ with ``pserve development.ini`` and runs the jobs in
 
 from __future__ import annotations
 
+import hashlib
 import html
-import json
 import os
 import secrets
 from datetime import datetime, timezone
@@ -16,27 +16,59 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
 from pyramid.csrf import CookieCSRFStoragePolicy, get_csrf_token
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.request import Request
 from pyramid.response import Response
-from pyramid.view import view_config
+from pyramid.security import Allowed, Denied, forget, remember
+from pyramid.session import SignedCookieSessionFactory
+from pyramid.view import forbidden_view_config, view_config
 
 from pyramid_scheduler.demo import jobs
 from pyramid_scheduler.exceptions import SchedulerError
 
 PAGE = Template((Path(__file__).parent / "index.html").read_text(encoding="utf-8"))
+LOGIN = Template((Path(__file__).parent / "login.html").read_text(encoding="utf-8"))
 
 #: What the form offers: label -> job function.
 ACTIONS = {"say": jobs.say, "slow": jobs.slow, "fail": jobs.fail}
 
-#: Statuses after which a job can no longer be canceled.
-FINAL = {"done", "failed", "missed", "canceled", "interrupted", "parked"}
-
-
 #: The environment variable the demo takes its ``scheduler.secret`` from.
 SECRET_ENV = "PYRAMID_SCHEDULER_SECRET"
+
+#: DEMO ONLY: the one user and password, shown on the login page. A real
+#: application checks its own users and grants ``scheduler.admin`` (or its
+#: ``scheduler.dashboard.permission``) to its operators.
+DEMO_USER = DEMO_PASSWORD = "demo"
+
+
+class DemoSecurity:
+    """DEMO ONLY: a session login (:class:`SessionAuthenticationHelper`);
+    the logged-in ``demo`` user has every permission, the dashboard's
+    ``scheduler.admin`` included; nobody else has any."""
+
+    def __init__(self) -> None:
+        self.helper = SessionAuthenticationHelper()
+
+    def identity(self, request: Request) -> str | None:
+        userid = self.helper.authenticated_userid(request)
+        return userid if userid == DEMO_USER else None
+
+    def authenticated_userid(self, request: Request) -> str | None:
+        return self.identity(request)
+
+    def permits(self, request: Request, context: Any, permission: str) -> Any:
+        if self.identity(request) == DEMO_USER:
+            return Allowed(f"{DEMO_USER} may do anything in the demo")
+        return Denied("log in first (demo/demo)")
+
+    def remember(self, request: Request, userid: str, **kw: Any) -> list[tuple[str, str]]:
+        return self.helper.remember(request, userid, **kw)
+
+    def forget(self, request: Request, **kw: Any) -> list[tuple[str, str]]:
+        return self.helper.forget(request, **kw)
 
 
 def main(global_config: dict[str, Any], **settings: Any) -> Any:
@@ -46,20 +78,26 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
     with ``$PYRAMID_SCHEDULER_SECRET`` or, when that is unset, with a secret
     generated once into ``var/scheduler-secret`` next to the INI file, which
     ``pserve`` and ``pscheduler`` then share: no secret ships in
-    ``development.ini``.
+    ``development.ini``. Its page is the form that schedules a job; the jobs
+    are shown by the dashboard (``/scheduler``), behind a demo-only login.
     """
     if not settings.get("scheduler.secret"):
         settings["scheduler.secret"] = os.environ.get(SECRET_ENV) or demo_secret(
             Path(global_config.get("here") or ".") / "var" / "scheduler-secret"
         )
+    session_secret = hashlib.sha256(f"demo session {settings['scheduler.secret']}".encode()).hexdigest()
     with Configurator(settings=settings) as config:
         config.include("pyramid_scheduler")
+        config.set_session_factory(SignedCookieSessionFactory(session_secret, httponly=True, samesite="Strict"))
+        config.set_security_policy(DemoSecurity())
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy(samesite="Strict"))
         config.set_default_csrf_options(require_csrf=True)
+        config.include("pyramid_scheduler.dashboard")
         config.add_route("home", "/")
         config.add_route("add", "/jobs", request_method="POST")
-        config.add_route("jobs_json", "/jobs.json")
-        config.add_route("cancel", "/jobs/{job_id}/cancel", request_method="POST")
+        config.add_route("login", "/login")
+        config.add_route("logout", "/logout", request_method="POST")
+        config.add_route("daemons_json", "/daemons.json")
         config.scan(".")
     return config.make_wsgi_app()
 
@@ -115,12 +153,12 @@ def _number(text: str, name: str) -> float:
     return value
 
 
-@view_config(route_name="home")
+@view_config(route_name="home", permission="scheduler.admin")
 def home(request: Request) -> Response:
     return _page(request, notice=request.GET.get("added", ""))
 
 
-@view_config(route_name="add")
+@view_config(route_name="add", permission="scheduler.admin")
 def add(request: Request) -> Response:
     try:
         job_id = schedule(request)
@@ -129,26 +167,51 @@ def add(request: Request) -> Response:
     return HTTPSeeOther(request.route_url("home", _query={"added": job_id}))
 
 
-@view_config(route_name="cancel")
-def cancel(request: Request) -> Response:
-    job_id = request.matchdict["job_id"]
-    try:
-        request.registry.scheduler.cancel_job(job_id)
-    except SchedulerError as exc:
-        return _page(request, error=str(exc), status=400)
-    return HTTPSeeOther(request.route_url("home"))
+@view_config(route_name="daemons_json", renderer="json")
+def daemons_json(request: Request) -> dict[str, Any]:
+    """Public: whether the daemons run (``python3 dev.py demo`` waits for it); the jobs are the dashboard's."""
+    return {"daemons": request.registry.scheduler.get_daemons()}
 
 
-@view_config(route_name="jobs_json", renderer="json")
-def jobs_json(request: Request) -> dict[str, Any]:
-    scheduler = request.registry.scheduler
-    return {"jobs": scheduler.get_jobs(limit=50), "daemons": scheduler.get_daemons()}
+@forbidden_view_config()
+def forbidden(request: Request) -> Response:
+    """To the login page (the dashboard's JSON API answers 403 itself)."""
+    target = request.path_qs if request.method == "GET" else "/"
+    return HTTPSeeOther(request.route_url("login", _query={"next": target}))
+
+
+@view_config(route_name="login")
+def login(request: Request) -> Response:
+    """DEMO ONLY: ``demo``/``demo`` logs in (the form's POST is CSRF-checked)."""
+    target = request.params.get("next", "")
+    target = target if target.startswith("/") and not target.startswith("//") else "/"
+    error, status = "", 200
+    if request.method == "POST":
+        if request.POST.get("login") == DEMO_USER and request.POST.get("password") == DEMO_PASSWORD:
+            request.session.invalidate()
+            return HTTPSeeOther(target, headers=remember(request, DEMO_USER))
+        error, status = "Wrong user or password (this demo's are demo and demo).", 400
+    return _login_page(request, target, error, status)
+
+
+@view_config(route_name="logout")
+def logout(request: Request) -> Response:
+    return HTTPSeeOther(request.route_url("login"), headers=forget(request))
+
+
+def _login_page(request: Request, target: str, error: str, status: int) -> Response:
+    token = html.escape(get_csrf_token(request))
+    body = LOGIN.substitute(
+        token=token,
+        next=html.escape(target),
+        error=f'<p class="error" id="error">{html.escape(error)}</p>' if error else "",
+    )
+    return Response(body, status=status, content_type="text/html", charset="utf-8")
 
 
 def _page(request: Request, notice: str = "", error: str = "", status: int = 200) -> Response:
     scheduler = request.registry.scheduler
-    token = html.escape(get_csrf_token(request))
-    rows = "\n".join(_row(request, job, token) for job in scheduler.get_jobs(limit=50))
+    dashboard = request.route_path("scheduler.dashboard.page.overview")
     daemons = scheduler.get_daemons()
     if all(d["active"] for d in daemons):
         daemon = '<p class="ok" id="daemon">Daemon running: {}</p>'.format(
@@ -159,49 +222,15 @@ def _page(request: Request, notice: str = "", error: str = "", status: int = 200
             '<p class="warn" id="daemon">No daemon is running the queues yet: jobs wait on the '
             "broker until <code>pscheduler development.ini</code> starts.</p>"
         )
+    if notice:
+        url = html.escape(request.route_path("scheduler.dashboard.page.job", job_id=notice))
+        notice = f'<p class="ok" id="notice">Job <a href="{url}">{html.escape(notice)}</a> sent.</p>'
     body = PAGE.substitute(
-        token=token,
-        notice=f'<p class="ok" id="notice">Job {html.escape(notice)} sent.</p>' if notice else "",
+        token=html.escape(get_csrf_token(request)),
+        notice=notice,
         error=f'<p class="error" id="error">{html.escape(error)}</p>' if error else "",
         daemon=daemon,
-        rows=rows or '<tr><td colspan="7">No jobs yet.</td></tr>',
+        dashboard=html.escape(dashboard),
+        logout=html.escape(request.route_path("logout")),
     )
     return Response(body, status=status, content_type="text/html", charset="utf-8")
-
-
-def _row(request: Request, job: dict[str, Any], token: str) -> str:
-    trigger = job.get("trigger") or {}
-    if job["status"] in FINAL:
-        action = ""
-    else:
-        url = html.escape(request.route_url("cancel", job_id=job["id"]))
-        action = (
-            f'<form method="post" action="{url}"><input type="hidden" name="csrf_token" '
-            f'value="{token}"><button type="submit">Cancel</button></form>'
-        )
-    outcome = job.get("error") or (json.dumps(job["result"]) if job.get("result") is not None else "")
-    cells = [
-        job["id"],
-        job["func"].rsplit(":", 1)[-1],
-        _describe(trigger),
-        str(job.get("args") or ""),
-        job["status"],
-        str(job["runs"]),
-        outcome,
-    ]
-    tds = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells)
-    attrs = f'data-job="{html.escape(job["id"])}" data-status="{html.escape(job["status"])}"'
-    return f"<tr {attrs}>{tds}<td>{action}</td></tr>"
-
-
-def _describe(trigger: dict[str, Any]) -> str:
-    kind = trigger.get("type", "")
-    if kind == "interval":
-        return f"every {trigger.get('seconds', '?')} s"
-    if kind == "cron" and "crontab" in trigger:
-        return f"cron {trigger['crontab']}"
-    if kind == "cron":
-        return "cron " + " ".join(f"{k}={v}" for k, v in trigger.items() if k not in ("type", "timezone"))
-    if kind == "date":
-        return f"at {trigger.get('run_date', '')}"
-    return kind

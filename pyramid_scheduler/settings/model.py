@@ -102,6 +102,8 @@ class SchedulerSettings:
     #: Publish this daemon's job events on the fan-out exchange (``None``:
     #: when ``events_subscribe`` is set, as in an INI file shared with the web).
     events_publish: bool | None = None
+    #: Command patterns :func:`pyramid_scheduler.shell.run` may run (empty: none).
+    shell_allowed: tuple[str, ...] = ()
     #: :mod:`pyramid_scheduler.testing` runs due jobs as soon as they are added.
     testing_eager: bool = False
     apscheduler: Mapping[str, Any] = field(default_factory=dict)

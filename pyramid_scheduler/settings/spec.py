@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pyramid_scheduler.settings.spec_limits import SETTINGS_LIMITS
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
+from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
 from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
 from pyramid_scheduler.settings.urls import (
     DEFAULT_BROKER_URL,
@@ -476,6 +477,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     *OPERATIONS,
     *SETTINGS_TASKS,
     *SETTINGS_LIMITS,
+    *SHELL_SETTINGS,
 )
 
 #: The families of free names: ``NAME.`` -> their setting.

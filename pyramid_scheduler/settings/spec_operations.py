@@ -27,7 +27,8 @@ OPERATIONS: tuple[Setting, ...] = (
         default="/scheduler",
         doc="""Where ``config.include("pyramid_scheduler.dashboard")`` mounts the dashboard,
 its JSON API (``{path}/api/``), the health probe (``{path}/health``) and the metrics
-(``{path}/metrics``). See :doc:`operations`.""",
+(``{path}/metrics``); ``config.include("pyramid_scheduler.metrics")`` alone mounts
+these two. See :doc:`operations`.""",
     ),
     Setting(
         "dashboard.permission",

@@ -4,7 +4,7 @@ A base of :class:`~pyramid_scheduler.store.reports.Reports` (and so of the
 :class:`~pyramid_scheduler.store.ledger.Ledger`). The daemon's consumer
 writes them (:meth:`DeadLetters.dead_letter_many`) with what
 :func:`~pyramid_scheduler.wire.door.kept_for_replay` keeps to replay them;
-the operators' commands, the dashboard and
+the operators' commands, the dashboard, the metrics and
 :meth:`~pyramid_scheduler.web.manage.JobManagement.replay_dead_letter` read
 and delete them. Every value is bounded before it is written: the reason,
 the queue name, the first :data:`DEAD_LETTER_PREFIX` bytes of the body.
@@ -75,6 +75,11 @@ class DeadLetters(Tables):
             query = query.where(table.c.queue == queue)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
+
+    def count_dead_letters(self) -> int:
+        """How many dead letters the job store keeps (:mod:`pyramid_scheduler.metrics`)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self.dead_letters)).scalar_one())
 
     def get_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
         table = self.dead_letters

@@ -179,9 +179,9 @@ class Ledger(Reports):
             return [dict(row._mapping) for row in reversed(conn.execute(query).all())]
 
     def list_jobs(
-        self, queue: str | None, status: str | None, limit: int, func: str | None = None
+        self, queue: str | None, status: str | None, limit: int, func: str | None = None, offset: int = 0
     ) -> list[dict[str, Any]]:
-        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc()).limit(limit)
+        query = sa.select(self.jobs).order_by(self.jobs.c.updated_at.desc(), self.jobs.c.id).limit(limit).offset(offset)
         if func is not None:
             query = query.where(self.jobs.c.func.contains(func, autoescape=True))
         if queue is not None:
@@ -418,7 +418,8 @@ class Ledger(Reports):
             gone = (jobs.c.status.in_(FINAL), jobs.c.status != "parked", expired)
             conn.execute(self.runs.delete().where(self.runs.c.job_id.in_(sa.select(jobs.c.id).where(*gone))))
             count = conn.execute(jobs.delete().where(*gone)).rowcount
-            conn.execute(self.event_seqs.delete().where(~sa.exists().where(jobs.c.id == self.event_seqs.c.job_id)))
+            for table in (self.event_seqs, self.progress):
+                conn.execute(table.delete().where(~sa.exists().where(jobs.c.id == table.c.job_id)))
             conn.execute(
                 self.runs.delete().where(
                     self.runs.c.status.notin_(("started",)),

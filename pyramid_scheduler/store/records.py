@@ -57,8 +57,10 @@ class EndKind:
 class RunEnd:
     """A run's outcome and what becomes of its job.
 
-    *status* is ``done``, ``failed``, ``missed`` or ``interrupted``; with
-    *final* the job takes that status (else it stays live). With *retry_at*
+    *status* is ``done``, ``failed``, ``timed-out`` or ``stopped`` (see
+    :data:`~pyramid_scheduler.store.tables.FAILED_RUNS`), ``missed`` or
+    ``interrupted``; with *final* the job takes that status (``failed`` for
+    the two stopped ones; else it stays live). With *retry_at*
     (a failed run to be retried) the job stays ``scheduled``, its next
     attempt due then.
     """

@@ -76,3 +76,14 @@ class Reports(DeadLetters):
             for key in ("late_avg", "late_max"):
                 row[key] = None if row[key] is None else float(row[key])
         return rows
+
+    def run_times(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """The latest *limit* runs that happened at *since* or later, oldest
+        first: ``queue``, ``status``, ``scheduled_at``, ``started_at`` and
+        ``finished_at`` only (the dashboard's chart buckets them)."""
+        runs = self.runs
+        happened = sa.func.coalesce(runs.c.started_at, runs.c.finished_at, runs.c.scheduled_at)
+        columns = (runs.c.queue, runs.c.status, runs.c.scheduled_at, runs.c.started_at, runs.c.finished_at)
+        query = sa.select(*columns).where(happened >= since).order_by(happened.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in reversed(conn.execute(query).all())]

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
 from pyramid_scheduler.store.records import EndKind, RunEnd, RunStart
-from pyramid_scheduler.store.tables import LIVE, Tables
+from pyramid_scheduler.store.tables import FAILED_RUNS, LIVE, Tables
 
 
 class RunWrites:
@@ -160,8 +160,8 @@ class RunWrites:
             return False
 
     def finish_run(self, end: RunEnd) -> bool:
-        """Record a run's outcome (``done``, ``failed``, ``missed`` or
-        ``interrupted``) and the job's status after it.
+        """Record a run's outcome (``done``, ``failed``, ``timed-out``,
+        ``stopped``, ``missed`` or ``interrupted``) and the job's status after it.
 
         With ``end.retry_at`` (a failed run to be retried), the job stays
         ``scheduled`` with its next attempt due then, so a daemon that
@@ -241,14 +241,16 @@ class RunWrites:
         (a done run's result: ``p_result``, or the expression *result*)."""
         jobs, param = self.jobs, sa.bindparam
         values: dict[str, Any] = {"updated_at": param("p_stamp")}
-        if kind.status in ("done", "failed"):
+        if kind.status in ("done", *FAILED_RUNS):
             values.update(runs=jobs.c.runs + 1, last_run_at=param("p_stamp"))
         if kind.status == "done":
             values.update(result=param("p_result") if result is None else result, error=None)
         elif kind.has_error:
             values["error"] = param("p_error")
         live = sa.case((jobs.c.status == "paused", "paused"), else_="scheduled")
-        job_status: Any = kind.status if kind.final and not kind.retry else live
+        # A timed-out run fails its job; a stopped one's job was canceled.
+        ended = "failed" if kind.status in FAILED_RUNS else kind.status
+        job_status: Any = ended if kind.final and not kind.retry else live
         retry_values: dict[str, Any] = {"retry_at": param("p_retry_at")}
         if kind.retry:
             retry_values["attempt"] = jobs.c.attempt + 1

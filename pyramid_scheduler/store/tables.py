@@ -23,6 +23,8 @@ All of them live in the job store's database (``scheduler.jobstore.url``):
 * ``<prefix>dead_letters``: messages refused at the daemon's door, with why.
 * ``<prefix>slots``, ``<prefix>rates`` and ``<prefix>rate_holds``: the flow
   limits' concurrency slots and rate reservations (:mod:`pyramid_scheduler.store.slots`).
+* ``<prefix>progress``: the latest progress each job's run reported, one row
+  per job (:mod:`pyramid_scheduler.store.progress`).
 
 The queries are :class:`pyramid_scheduler.store.ledger.Ledger`'s; the
 schema's upgrades, :mod:`pyramid_scheduler.store.schema`'s.
@@ -41,6 +43,10 @@ import sqlalchemy as sa
 #: back by a flow limit: :mod:`pyramid_scheduler.store.slots`) are live; the others are final.
 LIVE = ("scheduled", "running", "paused", "waiting")
 FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
+#: Run statuses of a run that raised or was stopped: each counts as a run of
+#: its job, keeps its error, and fails a live job (``stopped``: its job was
+#: canceled while it ran, and stays so; ``timed-out``: past its ``timeout``).
+FAILED_RUNS = ("failed", "timed-out", "stopped")
 
 #: The longest table name every supported database keeps whole (PostgreSQL: 63).
 MAX_TABLENAME = 63
@@ -158,6 +164,15 @@ class Tables:
             self.metadata,
             sa.Column("job_id", sa.String(200), primary_key=True),
             sa.Column("seq", sa.Integer, nullable=False),
+        )
+        self.progress = sa.Table(
+            f"{prefix}progress",
+            self.metadata,
+            sa.Column("job_id", sa.String(200), primary_key=True),
+            sa.Column("run_key", sa.String(300), nullable=False),
+            sa.Column("fraction", sa.Float, nullable=False),
+            sa.Column("message", sa.Text, nullable=False),
+            sa.Column("at", sa.Float, nullable=False),
         )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters",

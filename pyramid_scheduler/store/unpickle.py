@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pyramid_scheduler.triggers.cron import WallClockCronTrigger
+from pyramid_scheduler.triggers.delay import FixedDelayTrigger
 
 
 def _loadable_globals() -> dict[tuple[str, str], Any]:
@@ -34,6 +35,7 @@ def _loadable_globals() -> dict[tuple[str, str], Any]:
         ZoneInfo,
         DateTrigger,
         IntervalTrigger,
+        FixedDelayTrigger,
         CronTrigger,
         WallClockCronTrigger,
         CalendarIntervalTrigger,

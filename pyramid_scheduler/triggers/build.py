@@ -26,6 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.triggers.cron import WallClockCronTrigger
+from pyramid_scheduler.triggers.delay import FixedDelayTrigger
 
 TRIGGER_TYPES = ("now", "date", "interval", "cron")
 INTERVAL_FIELDS = ("weeks", "days", "hours", "minutes", "seconds")
@@ -92,12 +93,23 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo, anchor: datetime 
     """Build the APScheduler trigger described by a wire trigger spec.
 
     An interval without ``start_date`` counts from *anchor* (the time the job
-    was accepted), not from whenever the daemon reads the message.
+    was accepted), not from whenever the daemon reads the message; one with
+    ``"fixed_delay": true`` is a :class:`~pyramid_scheduler.triggers.delay.FixedDelayTrigger`.
+    A date spec may carry the ``delay`` (seconds) it was made with, which
+    ``reschedule_job(id)`` applies again.
 
     :raises InvalidJob: naming the field APScheduler refused.
     """
     kind = spec.get("type")
     tz = to_zone(spec["timezone"]) if spec.get("timezone") else default_tz
+    fixed_delay = spec.get("fixed_delay", False)
+    if fixed_delay is not False and (fixed_delay is not True or kind != "interval"):
+        raise InvalidJob(f"fixed_delay: true or false, and only for an interval trigger; got {fixed_delay!r} ({kind})")
+    delay = spec.get("delay")
+    if delay is not None and (
+        kind != "date" or isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf
+    ):
+        raise InvalidJob(f"delay: seconds of zero or more, and only for a date trigger; got {delay!r} ({kind})")
     try:
         if kind in ("now", "date"):
             return DateTrigger(to_datetime(spec["run_date"], tz, "date"), timezone=tz)
@@ -120,7 +132,8 @@ def build_trigger(spec: Mapping[str, Any], default_tz: tzinfo, anchor: datetime 
             if start is None and anchor is not None:
                 # In UTC: an anchor in a zone would move by wall clock.
                 start = anchor.astimezone(timezone.utc) + timedelta(**fields)
-            return IntervalTrigger(**fields, start_date=start, end_date=end, timezone=tz, jitter=spec.get("jitter"))
+            cls = FixedDelayTrigger if fixed_delay else IntervalTrigger
+            return cls(**fields, start_date=start, end_date=end, timezone=tz, jitter=spec.get("jitter"))
         if kind == "cron":
             if spec.get("crontab"):
                 trigger = WallClockCronTrigger.from_crontab(str(spec["crontab"]), timezone=tz)
@@ -175,10 +188,18 @@ def trigger_spec(
     end_date: datetime | None = None,
     timezone_: tzinfo | None = None,
     jitter: Any = None,
+    fixed_delay: bool = False,
+    delay: float | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """The wire form of a trigger; every time is an aware ISO 8601 string."""
+    """The wire form of a trigger; every time is an aware ISO 8601 string.
+    ``fixed_delay`` (an interval's) and ``delay`` (a date's, in seconds)
+    appear only when given."""
     spec: dict[str, Any] = {"type": kind}
+    if fixed_delay:
+        spec["fixed_delay"] = True
+    if delay is not None:
+        spec["delay"] = delay
     zone = timezone_ or tz
     spec["timezone"] = zone_name(zone)
     if run_date is not None:

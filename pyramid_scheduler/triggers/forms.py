@@ -165,7 +165,8 @@ def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo, now: datet
     if date is not None and delay is not None:
         raise InvalidJob(f"date and {', '.join(names)}: give a date or a delay, not both")
     if delay is not None:
-        return {"run_date": (_now(now) + delay).astimezone(tz)}
+        # Kept in the spec: reschedule_job(id) applies the same delay again.
+        return {"run_date": (_now(now) + delay).astimezone(tz), "delay": delay.total_seconds()}
     if date is None:
         raise InvalidJob(
             "date: required, unless a delay is given (delay=, days=, hours=, minutes=, seconds= or millis=)"
@@ -176,10 +177,15 @@ def date_args(options: dict[str, Any], date: Any, default_tz: tzinfo, now: datet
 def interval_args(
     options: dict[str, Any], start_date: Any, fields: dict[str, Any], default_tz: tzinfo, now: datetime | None = None
 ) -> dict[str, Any]:
-    """An interval counts from *start_date*, or from now."""
+    """An interval counts from *start_date*, or from now; with the option
+    ``fixed_delay=True`` (popped from *options*), each run after the first
+    is due an interval after the previous run ended."""
     tz = job_zone(options, default_tz)
     start = to_datetime(start_date, tz, "start_date") if start_date is not None else _now(now)
-    return {"start_date": start, **fields}
+    fixed_delay = options.pop("fixed_delay", False)
+    if not isinstance(fixed_delay, bool):
+        raise InvalidJob(f"fixed_delay: expected True or False, got {fixed_delay!r}")
+    return {"start_date": start, **fields, "fixed_delay": fixed_delay}
 
 
 def cron_args(options: dict[str, Any], start_date: Any, fields: dict[str, Any], default_tz: tzinfo) -> dict[str, Any]:
@@ -225,7 +231,7 @@ KINDS = ("date", "interval", "cron")
 #: kinds take: ``start_date``, ``end_date``, ``timezone``, ``jitter``).
 KIND_ARGS = {
     "cron": frozenset({"cron", "crontab", *CALENDAR_ARGS, *CRON_FIELDS}),
-    "interval": frozenset(INTERVAL_FIELDS),
+    "interval": frozenset({*INTERVAL_FIELDS, "fixed_delay"}),
     "date": frozenset({"date"}),
 }
 

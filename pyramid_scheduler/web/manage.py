@@ -13,12 +13,12 @@ store. ``pscheduler CONFIG-URI cancel|pause|resume|run|retry ID``
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
 from pyramid_scheduler.settings import SchedulerSettings
-from pyramid_scheduler.triggers.build import trigger_spec
+from pyramid_scheduler.triggers.build import to_zone, trigger_spec
 from pyramid_scheduler.triggers.forms import no_other_arguments, schedule_args, schedule_spec
 from pyramid_scheduler.wire.messages import JobRequest, check_name, new_id
 
@@ -52,20 +52,31 @@ class JobManagement:
         the arguments say it: ``cron``/``crontab``/cron fields, ``date``/``delay``
         or ``weeks``. A paused job stays paused with its new schedule.
 
+        With no schedule at all, ``reschedule_job(job_id)`` re-arms a date job
+        made with a delay (``add_date_job(func, hours=1)``): it is due that
+        delay from now again (a watchdog, or a debounce). The delay is the
+        one the job's trigger spec keeps (``"delay"``, in seconds) from the
+        ``add_date_job`` or ``reschedule_job`` call that gave it.
+
         The daemon emits ``JOB_RESCHEDULED``, or ``JOB_REQUEST_REFUSED`` when the
         job is gone by then. Without *queue*, the queue in the job's record
         (or, before the daemon stored the job, ``scheduler.default_queue``).
 
         :returns: the job id.
         :raises InvalidJob: a bad schedule, one that never fires, or a job
-            whose record says it has finished.
+            whose record says it has finished; with no schedule, a job not
+            made with a delay (or not stored yet).
 
         .. versionadded:: 1.0
+        .. versionchanged:: 1.0 no schedule: the same delay again.
         """
         name = self._job_queue(job_id, queue)
-        kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
-        spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
-        no_other_arguments(kind, trigger_args)
+        if trigger is None and not trigger_args:
+            spec = self._same_delay(job_id)
+        else:
+            kind, args = schedule_args(trigger, trigger_args, self.settings.timezone, self.now())
+            spec = schedule_spec(kind, trigger_args, args, self.settings.timezone, self.now())
+            no_other_arguments(kind, trigger_args)
         self._publish(JobRequest(op="reschedule", id=job_id, queue=name, trigger=spec))
         return job_id
 
@@ -217,11 +228,24 @@ class JobManagement:
                     request.args,
                     request.kwargs,
                     str(request.func),
+                    self.settings,
                 )
             if request.trigger is not None:
                 build_trigger(request.trigger, self.settings.timezone)
         except (InvalidJob, ValueError, TypeError, LookupError) as exc:
             raise InvalidJob(f"{what}: {exc}") from None
+
+    def _same_delay(self, job_id: str) -> dict[str, Any]:
+        """The trigger spec of a date job due its own delay from now."""
+        row = None if self.settings.memory_store else self._ledger().get_job(job_id)
+        spec = None if row is None else json.loads(row["request"]).get("trigger")
+        if not spec or spec.get("type") != "date" or spec.get("delay") is None:
+            raise InvalidJob(
+                f"job_id: job {job_id!r} is not a stored date job made with a delay; give its new schedule "
+                "(reschedule_job(job_id, hours=1))"
+            )
+        when = self.now() + timedelta(seconds=float(spec["delay"]))
+        return {**spec, "run_date": when.astimezone(to_zone(spec.get("timezone") or "UTC")).isoformat()}
 
     def _job_queue(self, job_id: str, queue: str | None) -> str:
         """The queue of a job to manage: checked against its record when the

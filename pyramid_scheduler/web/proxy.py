@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from pyramid_scheduler import tracing
 from pyramid_scheduler.brokers.connection import Publisher
 from pyramid_scheduler.events import Listener, Listeners
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue
@@ -69,6 +70,10 @@ class SchedulerProxy(JobManagement, JobRecords):
         #: Config-time schedules by job id (:mod:`pyramid_scheduler.web.declare`).
         self.declared: dict[str, JobRequest] = {}
         self._captured = threading.local()
+        #: Called with each request ``add_*_job`` published and its kind
+        #: (``now``, ``date``, ``interval``, ``cron``): the enqueue counter of
+        #: :mod:`pyramid_scheduler.metrics`.
+        self.on_enqueue: list[Callable[[JobRequest, str], None]] = []
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -153,6 +158,13 @@ class SchedulerProxy(JobManagement, JobRecords):
         With a future *start_date* the first run is at *start_date*; with a
         past one, runs follow its grid (``start_date + k * interval``) from
         the next point after now.
+
+        With the option ``fixed_delay=True`` each later run is due one
+        interval after the previous run *ended* (done or failed), so runs
+        never overlap and a slow run pushes the next ones back (see
+        :ref:`fixed-delay`).
+
+        .. versionadded:: 1.0 ``fixed_delay``.
         """
         fields = dict(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
         return self._add(
@@ -201,7 +213,12 @@ class SchedulerProxy(JobManagement, JobRecords):
         )
 
     def cancel_job(self, job_id: str, queue: str | None = None, immediate: bool = False, tm: Any = None) -> str:
-        """Cancel a job: it runs no more; a run in progress finishes.
+        """Cancel a job: it runs no more; a run in progress is asked to stop
+        (:func:`pyramid_scheduler.should_stop` turns true in it, and
+        :func:`~pyramid_scheduler.report_progress` raises
+        :exc:`~pyramid_scheduler.JobStopped`) and, if it saw the request, is
+        recorded ``stopped``; a job that does not look runs to its end: see
+        :doc:`/progress`.
 
         Without *queue*, the request goes to every queue. Like ``add_*_job``,
         it waits for the current transaction's commit unless *immediate*, or
@@ -329,7 +346,7 @@ class SchedulerProxy(JobManagement, JobRecords):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidJob(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         kwargs_json = check_json(dict(kwargs or {}), "kwargs")
-        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref)
+        check_arguments(resolve_ref(ref), args_json, kwargs_json, ref, self.settings)
 
         job_id = options.pop("id", None)
         if job_id is None:
@@ -356,10 +373,9 @@ class SchedulerProxy(JobManagement, JobRecords):
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
             job_options["durable"] = False
-        if job_options.get("retries") and self.settings.memory_store:
-            raise InvalidJob(
-                "retries: need the SQL job store, which keeps the attempts; scheduler.jobstore.url is 'memory'"
-            )
+        for key, why in (("retries", "keeps the attempts"), ("timeout", "the daemon reads it from")):
+            if job_options.get(key) and self.settings.memory_store:
+                raise InvalidJob(f"{key}: need the SQL job store, which {why}; scheduler.jobstore.url is 'memory'")
 
         request = JobRequest(
             op="add",
@@ -371,7 +387,14 @@ class SchedulerProxy(JobManagement, JobRecords):
             trigger=spec,
             options=job_options,
         )
-        self._publish(request, immediate, manager)
+        if tracing.ENABLED and tracing.configured():
+            with tracing.enqueue_span(queue, job_id, ref, kind) as headers:
+                self._publish(request, immediate, manager, headers)
+        else:
+            self._publish(request, immediate, manager)
+        if getattr(self._captured, "requests", None) is None:
+            for hook in self.on_enqueue:
+                hook(request, kind)
         log.debug("job %s: %s %s sent to queue %s", job_id, kind, ref, queue)
         return job_id
 
@@ -386,7 +409,9 @@ class SchedulerProxy(JobManagement, JobRecords):
         finally:
             self._captured.requests = None
 
-    def _publish(self, request: JobRequest, immediate: bool = False, manager: Any = None) -> None:
+    def _publish(
+        self, request: JobRequest, immediate: bool = False, manager: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         body = request.encode()
         if len(body) > self.settings.max_message_size:
             raise InvalidJob(
@@ -405,9 +430,12 @@ class SchedulerProxy(JobManagement, JobRecords):
             return
         txn = None if immediate or not self.settings.transactional else current_transaction(manager=manager)
         if txn is None:
-            self.publisher.publish(body, request.queue, request.id)
+            if headers:
+                self.publisher.publish(body, request.queue, request.id, headers)
+            else:
+                self.publisher.publish(body, request.queue, request.id)
         else:
-            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op)
+            hold(txn, self.publisher.publish, body, request.queue, request.id, request.op, headers)
 
 
 def check_delivery(immediate: Any, manager: Any) -> None:

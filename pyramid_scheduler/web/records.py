@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, JobTimeout
 from pyramid_scheduler.settings import SchedulerSettings
+from pyramid_scheduler.store.progress import read_progress
 
 if TYPE_CHECKING:
     from pyramid_scheduler.store.ledger import Ledger
@@ -42,24 +43,35 @@ class JobRecords:
         ``interrupted`` or ``parked``), ``runs``, ``created_at``,
         ``updated_at``, ``last_run_at``, ``next_run_time`` (epoch seconds;
         the latter from the job store, ``None`` when there is none), ``result`` (the
-        last run's return value, decoded from JSON) and ``error``. Works from any
-        process that shares ``scheduler.jobstore.url`` (not with the memory store).
+        last run's return value, decoded from JSON), ``error`` and ``progress``
+        (the latest :func:`~pyramid_scheduler.report_progress` of its runs: a
+        dict with ``fraction``, ``message``, ``at`` and ``run_key``, or
+        ``None``). Works from any process that shares
+        ``scheduler.jobstore.url`` (not with the memory store).
+
+        .. versionchanged:: 1.0 ``progress``.
         """
         row = self._ledger().get_job(job_id)
         return None if row is None else self._records([row])[0]
 
     def get_jobs(
-        self, queue: str | None = None, status: str | None = None, limit: int = 100, func: str | None = None
+        self,
+        queue: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        func: str | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
         """The most recently changed job records, newest first: the latest
-        *limit* of them, of *queue*, in *status*, whose function reference
-        (``module:qualname``) contains *func*, as far as given.
+        *limit* of them after the first *offset*, of *queue*, in *status*,
+        whose function reference (``module:qualname``) contains *func*, as
+        far as given.
 
-        .. versionchanged:: 1.0 *func*.
+        .. versionchanged:: 1.0 *func* and *offset*.
         """
         if queue is not None and queue not in self.settings.queues:
             raise InvalidQueue(queue, self.settings.queues)
-        return self._records(self._ledger().list_jobs(queue, status, limit, func))
+        return self._records(self._ledger().list_jobs(queue, status, limit, func, offset))
 
     def _records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Job records from ledger rows, with ``next_run_time`` (epoch
@@ -67,9 +79,12 @@ class JobRecords:
         missing = [row for row in rows if "next_run_time" not in row]
         lacking = {row["id"] for row in missing}
         times = self._ledger().next_run_times(missing) if missing else {}
+        ledger = self._ledger()
+        progress = read_progress(ledger, ledger.engine, [row["id"] for row in rows]) if rows else {}
         records = []
         for row in rows:
             record = _record(row)
+            record["progress"] = progress.get(row["id"])
             if row["id"] in lacking:
                 record["next_run_time"] = times.get(row["id"])
             records.append(record)
@@ -81,8 +96,9 @@ class JobRecords:
 
         Keys: ``run_key`` (``job_id@scheduled time``), ``queue``,
         ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
-        ``status`` (``started``, ``done``, ``failed``, ``missed`` or
-        ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        ``status`` (``started``, ``done``, ``failed``, ``timed-out`` (past
+        the job's ``timeout``), ``stopped`` (its job canceled while it ran),
+        ``missed`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
         missed, failed or interrupted). A run that the catch-up policy did not
         run is here as ``missed``; many at once beyond
         ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``

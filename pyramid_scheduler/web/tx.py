@@ -44,7 +44,7 @@ from pyramid_scheduler.logs import get_logger
 log = get_logger(__name__)
 
 #: ``publish(body, queue, job_id)``: the broker's publish.
-Publish = Callable[[bytes, str, str], None]
+Publish = Callable[..., None]
 
 
 @implementer(IDataManager)
@@ -58,13 +58,16 @@ class Pending:
     transaction_manager = None
 
     def __init__(self) -> None:
-        self.messages: list[tuple[Publish, bytes, str, str, str]] = []
+        #: ``(publish, body, queue, job_id, op, headers)``; *headers*: the trace context or None.
+        self.messages: list[tuple[Publish, bytes, str, str, str, dict[str, str] | None]] = []
         #: False once aborted: a savepoint taken before it joined was rolled
         #: back, which also unjoins it; the next message joins it again.
         self.joined = False
 
-    def add(self, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
-        self.messages.append((publish, body, queue, job_id, op))
+    def add(
+        self, publish: Publish, body: bytes, queue: str, job_id: str, op: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.messages.append((publish, body, queue, job_id, op, headers))
 
     # -- IDataManager -----------------------------------------------------------------
     def abort(self, txn: Any) -> None:
@@ -86,12 +89,15 @@ class Pending:
 
     def after_commit(self, committed: bool) -> None:
         if not committed:
-            for _, _, queue, job_id, op in self.messages:
+            for _, _, queue, job_id, op, _ in self.messages:
                 log.info("job %s (queue %s): %s not published: the transaction failed to commit", job_id, queue, op)
             return
-        for publish, body, queue, job_id, op in self.messages:
+        for publish, body, queue, job_id, op, headers in self.messages:
             try:
-                publish(body, queue, job_id)
+                if headers:
+                    publish(body, queue, job_id, headers)
+                else:
+                    publish(body, queue, job_id)
             except Exception:
                 # Committed already: nothing to roll back, so say it loudly and go on.
                 log.exception(
@@ -177,8 +183,10 @@ def transaction_ending(manager: Any = None) -> bool:
     return txn is not None and txn.status not in (Status.ACTIVE, Status.DOOMED)
 
 
-def hold(txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: str) -> None:
-    """Publish *body* when *txn* commits (nothing if it aborts)."""
+def hold(
+    txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: str, headers: dict[str, str] | None = None
+) -> None:
+    """Publish *body* (with *headers*, when given) when *txn* commits (nothing if it aborts)."""
     try:
         pending = txn.data(Pending)
     except KeyError:
@@ -188,5 +196,5 @@ def hold(txn: Any, publish: Publish, body: bytes, queue: str, job_id: str, op: s
     if not pending.joined:
         txn.join(pending)
         pending.joined = True
-    pending.add(publish, body, queue, job_id, op)
+    pending.add(publish, body, queue, job_id, op, headers)
     log.debug("job %s (queue %s): %s held until the transaction commits", job_id, queue, op)

@@ -60,23 +60,25 @@ def check_name(value: Any, what: str, longest: int = 200) -> str:
     return value
 
 
-def admit(
-    request: JobRequest, aliases: Mapping[str, str], allowed: tuple[str, ...]
-) -> tuple[JobRequest, Callable[..., Any]]:
+def admit(request: JobRequest, settings: Any) -> tuple[JobRequest, Callable[..., Any]]:
     """The daemon's door for an ``add`` request: its function renamed by
     ``scheduler.func_aliases``, checked against ``scheduler.allowed_modules``,
-    imported and matched with the arguments (shared by the engine and
-    :mod:`pyramid_scheduler.testing`).
+    imported and matched with the arguments, then checked by the function's
+    own check under *settings* (the daemon's
+    :class:`~pyramid_scheduler.settings.SchedulerSettings`; see
+    :func:`~pyramid_scheduler.wire.refs.job_check`). Shared by the engine and
+    :mod:`pyramid_scheduler.testing`.
 
     :returns: the request (with the function's new name) and the function.
     :raises InvalidJob: naming the function and what is wrong.
     """
+    aliases = settings.func_aliases
     assert request.func is not None
     if request.func in aliases:
         request = replace(request, func=aliases[request.func])
     assert request.func is not None
-    func = check_ref(request.func, allowed)
-    check_arguments(func, request.args, request.kwargs, request.func)
+    func = check_ref(request.func, settings.allowed_modules)
+    check_arguments(func, request.args, request.kwargs, request.func, settings)
     return request, func
 
 

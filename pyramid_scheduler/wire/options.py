@@ -34,6 +34,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "catch_up": (str,),
     "durable": (bool,),
     **LIMIT_TYPES,
+    "timeout": (int, float, type(None)),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -44,6 +45,7 @@ OPTION_MINIMUMS: dict[str, float] = {
     "retry_backoff": 1,
     "retry_max_delay": 0,
     "ttl": 0,
+    "timeout": 1,
 }
 #: The longest wait before a retry, in seconds.
 MAX_RETRY_DELAY = 366 * 86400.0
@@ -79,6 +81,8 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             return f"{key}: expected a number of {least:g} or more, got {value!r}"
         if key in ("retry_delay", "retry_max_delay") and value > MAX_RETRY_DELAY:
             return f"{key}: at most {MAX_RETRY_DELAY:g} seconds (a year), got {value!r}"
+    if options.get("timeout") is not None and options.get("durable") is False:
+        return "timeout: a durable=False job is not watched while it runs; drop timeout=, or durable=False"
     if options.get("retries") and kind not in RETRY_TRIGGERS:
         return (
             f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "

@@ -7,8 +7,9 @@ anything the daemon could not import back; at the daemon's door and when a
 stored job loads, :func:`check_ref` imports it again under the same rules
 (``scheduler.allowed_modules`` checked before anything is imported, and only
 what the module itself defines). :func:`check_arguments` matches a request's
-arguments with the function's signature, and :func:`with_request` adds the
-request the runner builds for a job that takes one.
+arguments with the function's signature, then the function's own check if
+it has one (:func:`job_check`), and :func:`with_request` adds the request the
+runner builds for a job that takes one.
 """
 
 from __future__ import annotations
@@ -227,21 +228,50 @@ def without_request(
     return args, kwargs
 
 
-def check_arguments(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: str) -> None:
+#: The attribute where :func:`job_check` keeps a job function's own check.
+CHECK_ATTRIBUTE = "__pyramid_scheduler_check__"
+
+#: A job function's own check: ``check(args, kwargs, settings)`` raises
+#: :class:`~pyramid_scheduler.exceptions.InvalidJob` for a request it refuses.
+JobCheck = Callable[[list[Any], dict[str, Any], Any], None]
+
+
+def job_check(check: JobCheck) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a job function with its own check of a request's arguments,
+    made wherever :func:`check_arguments` is (``add_*_job`` and declared jobs
+    with the producer's settings, the daemon's door with its own), after the
+    signature check. The function is returned as it is (its reference is
+    unchanged). :func:`pyramid_scheduler.shell.run` is one.
+    """
+
+    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(func, CHECK_ATTRIBUTE, check)
+        return func
+
+    return mark
+
+
+def check_arguments(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ref: str, settings: Any = None
+) -> None:
     """Refuse arguments the function's signature cannot take (its ``request``
-    parameter, if any, is the runner's to fill in)."""
+    parameter, if any, is the runner's to fill in), then those its own check
+    (:func:`job_check`) refuses under *settings*."""
     if "request" in kwargs and takes_request(func):
         raise InvalidJob(
             f"func {ref}: kwargs['request']: the runner passes the job a request of its own; do not send one"
         )
-    args, kwargs = with_request(func, args, kwargs, None)
+    called = with_request(func, args, kwargs, None)
     try:
         try:
-            _check_shape(func, len(args), tuple(kwargs))
+            _check_shape(func, len(called[0]), tuple(called[1]))
         except TypeError:  # an unhashable callable
-            check_callable_args(func, args, kwargs)
+            check_callable_args(func, *called)
     except ValueError as exc:
         raise InvalidJob(f"func {ref}: {exc}") from exc
+    check = getattr(func, CHECK_ATTRIBUTE, None)
+    if check is not None:
+        check(args, kwargs, settings)
 
 
 @functools.lru_cache(maxsize=4096)

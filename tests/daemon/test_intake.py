@@ -185,8 +185,9 @@ def test_a_batch_stores_its_scheduled_jobs_together_and_each_alone_if_an_id_is_k
     with engine.db.connect() as conn:
         jobs_t = engine.stores["jobs"].jobs_t
         rows = dict(conn.execute(sa.select(jobs_t.c.id, jobs_t.c.claimed_by)).all())
-    assert sorted(rows) == sorted(["known", *stored])
-    assert {rows[job] for job in stored} == {engine.owner}
+    # s6 is due at once: on a busy machine it may have run and left the table.
+    assert sorted(set(rows) - {"s6"}) == sorted(["known", *stored[:-1]])
+    assert {rows[job] for job in stored if job in rows} == {engine.owner}
     assert engine.ledger.get_job("bad") is None
     created = [e.job_id for e in events if e.type == Event.JOB_CREATED]
     assert created == ["known", "s1", "s2", "s3", "s4", "s5", "s6"]

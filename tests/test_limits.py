@@ -181,26 +181,18 @@ def boom() -> None:
     raise ValueError("boom")
 
 
-def test_waiting_jobs_can_be_canceled(scheduler: TestingScheduler):
+@pytest.mark.parametrize(("action", "status"), [("cancel_job", "canceled"), ("pause_job", "paused")])
+def test_a_waiting_job_can_be_canceled_or_paused(scheduler: TestingScheduler, action, status):
     ids = [scheduler.add_async_job(tick, args=[n], rate_limit="1/m") for n in range(2)]
     scheduler.run_pending()
     assert scheduler.get_job(ids[1])["status"] == "waiting"
-    scheduler.cancel_job(ids[1])
+    getattr(scheduler, action)(ids[1])
     scheduler.run_pending()
-    assert scheduler.get_job(ids[1])["status"] == "canceled"
-    scheduler.clock.advance(timedelta(minutes=2))
-    assert CALLS == ["tick-0"]
-
-
-def test_a_waiting_job_can_be_paused_and_resumed(scheduler: TestingScheduler):
-    ids = [scheduler.add_async_job(tick, args=[n], rate_limit="1/m") for n in range(2)]
-    scheduler.run_pending()
-    assert scheduler.get_job(ids[1])["status"] == "waiting"
-    scheduler.pause_job(ids[1])
-    scheduler.run_pending()
-    assert scheduler.get_job(ids[1])["status"] == "paused"
+    assert scheduler.get_job(ids[1])["status"] == status
     scheduler.clock.advance(timedelta(minutes=5))
     assert CALLS == ["tick-0"]
+    if action == "cancel_job":
+        return
     scheduler.resume_job(ids[1])
     scheduler.clock.advance(timedelta(minutes=1))
     assert CALLS == ["tick-0", "tick-1"]  # its start was reserved already: no second wait

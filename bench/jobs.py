@@ -99,3 +99,10 @@ def pids(path: str) -> dict[str, int]:
     except FileNotFoundError:
         pass
     return counts
+
+
+def step(previous: float, path: str, tag: str) -> float:
+    """A chain's step (:mod:`bench.flows`): records its start with the time the
+    previous step ended (*previous*, its result) as ``sent``; returns when it ends."""
+    record(path, tag, previous)
+    return time.time()

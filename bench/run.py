@@ -430,6 +430,10 @@ def run_part(part: str, args: argparse.Namespace, tmp: Path, results: dict[str, 
         from bench import progress
 
         progress.run(args, tmp, results)
+    elif part == "flow":
+        from bench import flow
+
+        flow.run(args, tmp, results)
     elif part == "scale":
         if not (service_up("redis") and service_up("postgresql")):
             results["skipped"]["scale"] = "redis or postgresql not reachable"
@@ -473,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="PART",
         help="run only these parts: ours-redis ours-rabbitmq ours-sqlite raw-redis raw-rabbitmq "
-        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake progress (default: all)",
+        "raw-sqlite celery-redis celery-rabbitmq fix profile scale scale-out intake progress flow (default: all)",
     )
     parser.add_argument("--drain", type=int, help="jobs queued for the drain (default 20000; quick 1000)")
     parser.add_argument("--latency", type=int, help="run-now jobs at 200/s (default 2000; quick 200)")
@@ -489,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--intake-timeout", type=float, help="seconds the daemons may take to store it (default: 10 ms a job + 60)"
     )
+    parser.add_argument("--flow", type=int, help="run-now jobs of each flow drain (default 5000; quick 500)")
     parser.add_argument("--drain-timeout", type=float, help="seconds a drain may take (default 20; quick 15)")
     parser.add_argument(
         "--fill-timeout", type=float, help="seconds the drain's queue may take to fill (default 15; quick 10)"
@@ -549,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     args.grace = args.grace or 8.0
     args.intake = args.intake or (2000 if quick else 100_000)
     args.intake_timeout = args.intake_timeout or args.intake / 100 + 60
+    args.flow = args.flow or (500 if quick else 5000)
     args.scale_adds = 50 if quick else 100
     args.scale_fires = 50 if quick else 100
     args.counts = args.scale_out_counts or ([1, 2] if quick else [1, 2, 4])
@@ -571,9 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         "scale-out",
         "intake",
         "progress",
+        "flow",
     ]
     known = {f"{k}-{b}" for k in ("ours", "raw", "celery") for b in ("redis", "rabbitmq", "sqlite")}
-    known |= {"fix", "profile", "scale", "scale-out", "intake", "progress"}
+    known |= {"fix", "profile", "scale", "scale-out", "intake", "progress", "flow"}
     unknown = [part for part in parts if part not in known or part == "celery-sqlite"]
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(unknown)}")
@@ -607,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scale_fires",
                 "intake",
                 "intake_timeout",
+                "flow",
                 "fill_timeout",
                 "drain_timeout",
                 "lead_max",

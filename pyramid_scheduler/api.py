@@ -28,6 +28,7 @@ __all__ = [
     "JobFailed",
     "JobRetry",
     "JobMissed",
+    "JobExpired",
     "JobInterrupted",
     "JobCanceled",
     "JobRemoved",
@@ -59,6 +60,8 @@ class Event(dict[str, Any]):
     (:attr:`JOB_INTERRUPTED` also ``will_retry``); a :attr:`JOB_MISSED`
     that stands for many overdue runs at once (beyond ``scheduler.catch_up_limit``)
     adds ``missed_count`` (``None`` when not counted) and ``missed_until``;
+    :attr:`JOB_EXPIRED` (a one-off job not started by its ``expires`` time;
+    never run) adds ``reason`` and ``expires``;
     :attr:`MESSAGE` carries ``message``. :attr:`JOB_RESCHEDULED` adds ``trigger`` (the wire trigger
     spec) and ``next_run_time``; :attr:`JOB_RESUMED` adds ``next_run_time``;
     :attr:`JOB_REQUEST_REFUSED` (a ``reschedule_job``, ``pause_job``,
@@ -76,6 +79,7 @@ class Event(dict[str, Any]):
     JOB_ERROR = "job.error"
     JOB_RETRY = "job.retry"
     JOB_MISSED = "job.missed"
+    JOB_EXPIRED = "job.expired"
     JOB_INTERRUPTED = "job.interrupted"
     JOB_CANCELED = "job.canceled"
     JOB_REMOVED = "job.removed"
@@ -96,6 +100,7 @@ class Event(dict[str, Any]):
             JOB_ERROR,
             JOB_RETRY,
             JOB_MISSED,
+            JOB_EXPIRED,
             JOB_INTERRUPTED,
             JOB_CANCELED,
             JOB_REMOVED,
@@ -177,6 +182,14 @@ class JobMissed(JobEvent):
     """A run was skipped: too late (past its misfire grace) or overlapping."""
 
 
+class JobExpired(JobEvent):
+    """A one-off job was not started by its ``expires`` time: it ends
+    ``expired`` and is never run (``event.reason``, ``event.expires``).
+
+    .. versionadded:: 1.0
+    """
+
+
 class JobInterrupted(JobEvent):
     """A run started but the daemon died before it finished."""
 
@@ -236,6 +249,7 @@ PYRAMID_EVENTS: dict[str, type[JobEvent]] = {
     Event.JOB_ERROR: JobFailed,
     Event.JOB_RETRY: JobRetry,
     Event.JOB_MISSED: JobMissed,
+    Event.JOB_EXPIRED: JobExpired,
     Event.JOB_INTERRUPTED: JobInterrupted,
     Event.JOB_CANCELED: JobCanceled,
     Event.JOB_REMOVED: JobRemoved,

@@ -21,7 +21,11 @@ The points, in the order a job passes them:
 ``started``
     the run is recorded as started, the job function not yet called;
 ``finished``
-    the job function returned, its outcome not yet recorded.
+    the job function returned, its outcome not yet recorded;
+``step-made``
+    a step of a chain or group ended, and the job of the step it makes is
+    recorded with its outcome (:mod:`pyramid_scheduler.store.flows`), not
+    yet handed to a job store.
 
 :doc:`/guarantees` gives the outcome after a restart for each point. Unset
 (the normal case), :func:`crash_point` costs one comparison.
@@ -35,7 +39,7 @@ import sys
 import threading
 
 ENV = "PYRAMID_SCHEDULER_CRASH_AT"
-POINTS = ("taken", "received", "persisted", "submitted", "handed", "started", "finished")
+POINTS = ("taken", "received", "persisted", "submitted", "handed", "started", "finished", "step-made")
 
 
 def _parse(spec: str | None) -> tuple[str | None, int]:

@@ -36,7 +36,7 @@ from apscheduler.triggers.base import BaseTrigger
 from pyramid.config import PHASE2_CONFIG
 
 from pyramid_scheduler.api import Event, IScheduler
-from pyramid_scheduler.daemon.stepped import SteppedEngine
+from pyramid_scheduler.daemon.stepped import RUN_STATUS, SteppedEngine
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.triggers.build import build_trigger, to_datetime
@@ -53,13 +53,6 @@ OWNER = "pyramid_scheduler.testing"
 MAX_RUNS = 100_000
 #: How long after it was sent the engine reads an add.
 MOMENT = timedelta(microseconds=1)
-#: What becomes of a run, by the event that ends it.
-RUN_STATUS = {
-    Event.JOB_EXECUTED: "done",
-    Event.JOB_ERROR: "failed",
-    Event.JOB_MISSED: "missed",
-    Event.JOB_INTERRUPTED: "interrupted",
-}
 
 
 def includeme(config: Any) -> None:

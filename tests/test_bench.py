@@ -161,3 +161,20 @@ def test_bench_quick_progress(tmp_path):
     assert progress["calls"] == 10_000 and progress["rounds"] == 3
     assert progress["with_ms"] > 0 and progress["without_ms"] > 0
     assert "report_progress calls" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_flows_quick(tmp_path):
+    """``python -m bench.flows`` end to end, small: both figures, every step timed."""
+    out = tmp_path / "flows.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.flows", "--steps", "3", "--sqlite-only", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())["sqlite"]
+    assert figures["plain_run_now"]["n"] == figures["chain_hand_over"]["n"] == 3
+    assert figures["chain_hand_over"]["p50"] > 0

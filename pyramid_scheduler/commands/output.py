@@ -38,6 +38,7 @@ COLOURS = {
     "interrupted": "31",
     "parked": "33",
     "missed": "33",
+    "expired": "33",
     "canceled": "2",
 }
 

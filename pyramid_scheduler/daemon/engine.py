@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from datetime import timezone
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from sqlalchemy.engine import make_url
 from pyramid_scheduler.brokers.connection import release_dead_claims
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner
+from pyramid_scheduler.daemon.flow import order_pool
 from pyramid_scheduler.daemon.housekeeping import Housekeeping
 from pyramid_scheduler.daemon.intake import Intake
 from pyramid_scheduler.daemon.job_events import JobEvents
@@ -53,6 +55,7 @@ from pyramid_scheduler.daemon.reconcile import Reconcile
 from pyramid_scheduler.daemon.recovery import Recovery
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.events import EventDispatcher
+from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.settings import SchedulerSettings, mask_url, posture_problem
 from pyramid_scheduler.store.db import create_db_engine
@@ -64,7 +67,7 @@ from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.runs import RunWriter
 from pyramid_scheduler.store.tables import aps_tablename
 from pyramid_scheduler.web.proxy import SchedulerProxy
-from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest
+from pyramid_scheduler.wire.messages import MANAGEMENT_OPS, JobRequest, decode
 
 log = get_logger(__name__)
 
@@ -159,7 +162,9 @@ class Engine:
         self.stores: dict[str, QueueJobStore | MemoryQueueStore] = {}
         for queue in self.queues:
             if settings.memory_store:
-                self.stores[queue] = MemoryQueueStore(on_added=self.events.created)
+                self.stores[queue] = MemoryQueueStore(
+                    self.events.created, settings.priorities.get(queue, 0), settings.priority_aging
+                )
             else:
                 self.stores[queue] = QueueJobStore(
                     self.ledger,
@@ -176,6 +181,7 @@ class Engine:
         # Scheduling and execution, and the one way back from the second to the first.
         self.aps = self.scheduler_class(clock=clock)
         self.aps.catch_up_limit = settings.catch_up_limit
+        self.aps.priorities, self.aps.priority_aging = dict(settings.priorities), settings.priority_aging
         self.store_back = StoreBack(self.aps, self.persist)
         self.runner = self.runner_class(
             ledger=self.ledger,
@@ -213,6 +219,7 @@ class Engine:
         )
         self.aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         self.executor = executor
+        order_pool(executor, settings.priorities, settings.priority_aging)  # higher priority first
 
         self.intake = Intake(
             settings=settings,
@@ -257,6 +264,25 @@ class Engine:
         self.housekeeping = Housekeeping(
             settings=settings, ledger=self.ledger, registry=self.registry, restore_parked=self.recovery.restore_parked
         )
+        self.ledger.flow_steps.handed = self._hand_over
+        self.ledger.flow_steps.max_size = settings.max_message_size
+        self.ledger.flow_steps.due = lambda: clock.now().timestamp()
+
+    def _hand_over(self, requests: list[dict[str, Any]]) -> None:
+        """Schedule the steps of chains and groups that a run's end made
+        (:mod:`pyramid_scheduler.store.flows`): in their queue's job store, or
+        through the broker for a queue this daemon does not run. One not
+        handed over stays stored, this daemon's: recovery schedules it."""
+        crash_point("step-made")
+        for wire in requests:
+            try:
+                request = decode(wire)
+                if request.queue in self.stores:
+                    self.intake.hand_made(request)
+                else:
+                    self.proxy.publisher.publish(request.encode(), request.queue, request.id)
+            except Exception:  # noqa: BLE001 - stored: a daemon's recovery schedules it
+                log.exception("job %s: a step made by a flow, stored but not scheduled", wire.get("id"))
 
     # -- life cycle -------------------------------------------------------------------
     def join(self) -> None:

@@ -33,7 +33,9 @@ run is carried out by :mod:`.fastlane`, which records it after the run.
 Per run, :meth:`Runner.run_one`:
 
 1. refuses to run if this daemon's heartbeat may have lapsed (fencing);
-2. reports the run missed if it is later than the job's misfire grace;
+2. records it ``expired`` if the job's ``expires`` time has passed
+   (:mod:`.flow`), else reports it missed if it is later than the job's
+   misfire grace;
 3. records it ``started`` in the run ledger -- if the run key is already
    there, a previous daemon ran it, and it is not run again;
 4. calls the function with the application's registry pushed as current,
@@ -70,6 +72,7 @@ from pyramid_scheduler.daemon.catchup import Missed, plain
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.context import job_context, request_context
 from pyramid_scheduler.daemon.control import Controls
+from pyramid_scheduler.daemon.flow import expired, record_expired
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.limits import Limits
 from pyramid_scheduler.daemon.persist import Persist
@@ -99,14 +102,13 @@ class RunRecord:
     job_id: str
     queue: str
     run_key: str
-    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``held``
-    #: (a flow limit: see *later*), or ``not-run``: not carried out here (the
-    #: heartbeat lapsed, the run was already recorded, the daemon is stopping).
+    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``expired``,
+    #: ``held`` (a flow limit: see *later*), or ``not-run``: not carried out here
+    #: (the heartbeat lapsed, the run was already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
     retry: RetryPlan | None = None
-    #: A run held back by a flow limit (outcome ``held``): stored back due
-    #: then, once the batch has left the pool (:mod:`.limits`).
+    #: A run held back by a flow limit (``held``, :mod:`.limits`): stored back due then.
     later: datetime | None = None
 
 
@@ -219,15 +221,14 @@ class Runner:
             return self._lock.wait_for(lambda: self.pending < limit, timeout)
 
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RunRecord:
-        """Carry out the run of *job* due at *run_time* (see the module),
-        within its flow limits if it has some (:mod:`.limits`)."""
+        """Carry out the run of *job* due at *run_time* (see the module), within its flow limits (.limits)."""
         limits = self.limits
         if limits is None or not limits.applies(job):
             return self._run_one(job, run_time, last_of_batch)
         key = run_key(job.id, run_time)
         verdict = limits.admit(job, key, self.persist)
-        if verdict is None:
-            return self._run_one(job, run_time, last_of_batch)  # no limits after all
+        if verdict is None:  # no limits after all
+            return self._run_one(job, run_time, last_of_batch)
         if verdict.later is not None or verdict.not_run:
             return RunRecord(job.id, queue_of(job), key, "held" if verdict.later else "not-run", later=verdict.later)
         try:
@@ -257,6 +258,9 @@ class Runner:
                 self.store_back(job, run_time)
             return not_run
 
+        if expired(job, now):
+            record_expired(self, job, info, run_time, key, now)
+            return RunRecord(job.id, queue, key, "expired")
         grace = job.misfire_grace_time
         late = (now - run_time).total_seconds()
         if grace is not None and late > grace:

@@ -31,9 +31,10 @@ from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from pyramid_scheduler.daemon.aps import build_job, job_defaults, runs_in_pool
 from pyramid_scheduler.daemon.catchup import job_options as catch_up_options
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
-from pyramid_scheduler.daemon.execution import JobExecutor
+from pyramid_scheduler.daemon.execution import JobExecutor, run_key
 from pyramid_scheduler.daemon.fastlane import Accepted, FastLane
-from pyramid_scheduler.daemon.job_events import JobEvents
+from pyramid_scheduler.daemon.flow import FLOW_KEY, FlowJob, expired_at_door, flow_options, job_class, record_expired
+from pyramid_scheduler.daemon.job_events import JobEvents, job_info
 from pyramid_scheduler.daemon.limits import LIMITED, LimitSpec
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.exceptions import InvalidJob
@@ -183,6 +184,15 @@ class Intake:
         outcome = planned()
         return outcome.hand() if isinstance(outcome, Accepted) else outcome
 
+    def hand_made(self, request: JobRequest) -> str:
+        """Run (or store due) a run-now job whose record this daemon has just
+        stored itself (a step of a chain or group: :mod:`pyramid_scheduler.store.flows`),
+        without the ``INSERT`` that would find it stored."""
+        planned = self.plan(request)
+        if isinstance(planned, _RunNow):
+            return self._hand(planned)
+        return self.add(request, recovering=True)
+
     def plan(self, request: JobRequest, recovering: bool = False) -> _RunNow | _Stored | Callable[[], str]:
         """Check an ``add`` request and build its job: a :class:`_RunNow` if
         it goes straight to the worker pool (:meth:`_add_now`), a
@@ -229,15 +239,20 @@ class Intake:
             **job_defaults(self.scheduler),
             **options,
         }
+        flow = flow_options(request.options)
+        if flow is not None:
+            state[FLOW_KEY] = flow
+            if expired_at_door(request, self.clock.now()) and not recovering:
+                return partial(self._expired, request, build_job(self.scheduler, request.queue, state, FlowJob), first)
         fast = request.options.get("durable") is False and not recovering and self._fast_open()
         if request.trigger["type"] == "now" and not recovering and (fast or self._direct_open(request.id)):
             if fast:
                 return partial(self.fast.accept, request, state, first)
-            job = build_job(self.scheduler, request.queue, state)
+            job = build_job(self.scheduler, request.queue, state, job_class(state, Job))
             return _RunNow(request, job, first, request.to_wire())
 
         def store() -> str:
-            with self.stores[request.queue].adding(None if recovering else request.to_wire()):
+            with self.stores[request.queue].adding(None if recovering else request.to_wire(), flow):
                 try:
                     self.scheduler.add_job(
                         func,
@@ -253,13 +268,31 @@ class Intake:
                         **options,
                     )
                 except ConflictingIdError:
-                    return _duplicate(request)
+                    if recovering or not self._stored_not_handed(request):
+                        return _duplicate(request)
+                    # A step of a flow that its daemon stored and sent here
+                    # (a queue it does not run): nothing holds it yet.
+                    return self.add(request, recovering=True)
             return "stored"
 
         # (APScheduler's add_job holds a job in memory until the scheduler starts.)
         if recovering or self.scheduler.state == STATE_STOPPED or self.settings.memory_store:
             return store
-        return _Stored(request, build_job(self.scheduler, request.queue, state), request.to_wire(), store)
+        job = build_job(self.scheduler, request.queue, state, job_class(state, Job))
+        return _Stored(request, job, request.to_wire(), store)
+
+    def _expired(self, request: JobRequest, job: Job, first: datetime) -> str:
+        """The door's check of expiry: a job whose message comes after its
+        ``expires`` time is recorded, then ended ``expired``, never run."""
+        wire = request.to_wire()
+        try:
+            self.ledger.add_job(wire)
+        except ConflictingIdError:
+            return _duplicate(request)
+        self.events.created(job, wire)
+        now = self.clock.now()
+        record_expired(self.executor.runner, job, job_info(job), first, run_key(job.id, first), now)
+        return "expired"
 
     def _direct_open(self, job_id: str) -> bool:
         """True when a run-now job may go straight to the worker pool: the

@@ -23,7 +23,8 @@ each other's flush of PostgreSQL's log.
   due, and loads every job due within :data:`LOOKAHEAD` seconds, with the next
   run time after them, in one query (:meth:`pyramid_scheduler.store.jobstores.QueueJobStore.load_window`);
 * at each job's due time it hands the job to the pool from memory, with no
-  round trip before;
+  round trip before (the jobs due together higher priority first:
+  :func:`.flow.due_order`);
 * the stores' rows of the jobs it handed over are deleted or moved to their
   next run time later, several in one transaction
   (:meth:`pyramid_scheduler.store.jobstores.QueueJobStore.flush`): before it loads again, or once no
@@ -64,6 +65,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from pyramid_scheduler.daemon.aps import dispatch, executor_of, job_stores, move_job, queue_of, run_times, runs_in_pool
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
+from pyramid_scheduler.daemon.flow import DEFAULT_PRIORITY, due_order
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.faults import crash_point
 from pyramid_scheduler.logs import get_logger
@@ -181,6 +183,10 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
         #: Rounds of due processing finished (what waits for the scheduler
         #: thread to have looked again, such as a test of what does not run, reads).
         self.rounds = 0
+        #: ``scheduler.priority.<queue>`` and ``scheduler.priority_aging``:
+        #: the jobs due together are handed over by priority (:mod:`.flow`).
+        self.priorities: dict[str, int] = {}
+        self.priority_aging = 60.0
 
     def _process_jobs(self) -> float | None:
         if self.state != STATE_RUNNING:
@@ -277,7 +283,10 @@ class DueScheduler(BackgroundScheduler):  # type: ignore[misc]
             until = _utc(now) + timedelta(seconds=LOOKAHEAD)
             jobs, following = store.load_window(until)
             window = self._windows[alias] = _Window(jobs, until, following, changes)
-        for job in window.pop_due(now):
+        due = window.pop_due(now)
+        if len(due) > 1:
+            due = due_order(due, now, self.priorities.get(alias, DEFAULT_PRIORITY), self.priority_aging)
+        for job in due:
             self._hand_over(alias, job, now, events, None, store, window)
             self._handed_at = time.monotonic()
         return self._next_wakeup(store, window, now)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ from pyramid_scheduler.daemon.clock import Clock
 from pyramid_scheduler.daemon.context import job_context, request_context
 from pyramid_scheduler.daemon.engine import Engine
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner, RunRecord
+from pyramid_scheduler.daemon.flow import PriorityWork, work_rank
 from pyramid_scheduler.daemon.scheduling import DueScheduler
 from pyramid_scheduler.events import EventDispatcher
 from pyramid_scheduler.store.jobstores import QueueJobStore
@@ -51,6 +51,15 @@ from pyramid_scheduler.store.membership import Membership
 from pyramid_scheduler.web.proxy import SchedulerProxy
 from pyramid_scheduler.web.tx import transaction_open
 from pyramid_scheduler.wire.refs import takes_request
+
+#: What becomes of a run, by the event that ends it (the testing kit's ``runs``).
+RUN_STATUS = {
+    Event.JOB_EXECUTED: "done",
+    Event.JOB_ERROR: "failed",
+    Event.JOB_MISSED: "missed",
+    Event.JOB_EXPIRED: "expired",
+    Event.JOB_INTERRUPTED: "interrupted",
+}
 
 
 class InlineDispatcher(EventDispatcher):
@@ -132,18 +141,20 @@ class InlineExecutor(JobExecutor):
 
     def __init__(self, runner: Runner, max_workers: int) -> None:
         super().__init__(runner, max_workers)
-        self.queued: deque[tuple[Job, list[datetime]]] = deque()
+        #: The batches handed over, taken by priority (the engine's, with
+        #: the aging on its clock: see :mod:`pyramid_scheduler.daemon.flow`).
+        self.queued = PriorityWork(work_rank({}), 60.0)
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         self.runner.submitted()
-        self.queued.append((job, run_times))
+        self.queued.put((job, run_times))
 
     def run_queued(self) -> int:
         """Run the batches handed over, in order, each ended as the pool ends
         it (:meth:`JobExecutor.batch_done`); how many ran."""
         count = 0
         while self.queued:
-            job, run_times = self.queued.popleft()
+            job, run_times = self.queued.get_nowait()
             future: Future[list[RunRecord]] = Future()
             try:
                 future.set_result(self.runner.run(job, run_times))
@@ -195,6 +206,10 @@ class SteppedEngine(Engine):
         self.inline_executor = self.executor
         self.inline_runner = self.runner
         self.ledger.now = RecordClock(clock).stamp
+        settings = proxy.settings
+        self.executor.queued = PriorityWork(
+            work_rank(settings.priorities), settings.priority_aging, lambda: clock.now().timestamp()
+        )
 
     def start(self) -> None:
         """Store the declared jobs, as the daemon does when it starts, and let

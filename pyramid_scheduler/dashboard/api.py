@@ -167,7 +167,7 @@ def job(request: Request) -> Response:
 def runs(request: Request) -> Response:
     """``GET api/jobs/{id}/runs?status=&limit=``: the job's latest runs, oldest first."""
     proxy, job_id = request.registry.scheduler, job_id_of(request)
-    status = text(request, "status", ("started", "done", "failed", "missed", "interrupted"))
+    status = text(request, "status", ("started", "done", "failed", "missed", "expired", "interrupted"))
     found = proxy.get_runs(job_id, status, number(request, "limit", 50, 1, MAX_LIMIT))
     if not found and proxy.get_job(job_id) is None:
         raise HTTPNotFound(f"job {job_id!r}: the job store has no record of it")

@@ -56,7 +56,12 @@ LATENESS = Histogram(
 #: The ``kind`` label of each trigger kind of ``add_*_job``.
 KINDS = {"now": "async", "date": "date", "interval": "interval", "cron": "cron"}
 #: The ``outcome`` label of each run event.
-OUTCOMES = {Event.JOB_EXECUTED: "success", Event.JOB_ERROR: "failure", Event.JOB_MISSED: "missed"}
+OUTCOMES = {
+    Event.JOB_EXECUTED: "success",
+    Event.JOB_ERROR: "failure",
+    Event.JOB_MISSED: "missed",
+    Event.JOB_EXPIRED: "expired",
+}
 
 
 def count_enqueue(request: JobRequest, kind: str) -> None:

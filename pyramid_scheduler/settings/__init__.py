@@ -124,6 +124,11 @@ def _check_together(parsed: SchedulerSettings, raw: Mapping[str, Any], prefix: s
             f"queue names a database can tell apart: {clash[0]} and {clash[1]} would share one job "
             "table (names that differ only in case, or too long)",
         )
+    for queue in parsed.priorities:
+        if queue not in parsed.queues:
+            raise bad(
+                f"priority.{queue}", raw.get(f"priority.{queue}"), f"a queue of {prefix}queues: {queue!r} is not one"
+            )
     if parsed.events_subscribe and not parsed.fanout:
         raise ConfigurationError(
             f"Invalid setting {prefix}events.subscribe = true: job events reach other processes "

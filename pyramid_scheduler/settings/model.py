@@ -107,6 +107,9 @@ class SchedulerSettings:
     #: :mod:`pyramid_scheduler.testing` runs due jobs as soon as they are added.
     testing_eager: bool = False
     apscheduler: Mapping[str, Any] = field(default_factory=dict)
+    #: ``scheduler.priority.<queue>``: each queue's default job priority.
+    priorities: Mapping[str, int] = field(default_factory=dict)
+    priority_aging: float = 60.0
     #: Where the dashboard, its API, the health probe and the metrics are mounted.
     dashboard_path: str = "/scheduler"
     #: Seconds between two checks of a run held back by ``max_concurrency``.

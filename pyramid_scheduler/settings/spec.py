@@ -12,6 +12,7 @@ reference in docs/settings.rst is made from it by
 
 from __future__ import annotations
 
+from pyramid_scheduler.settings.spec_flow import SETTINGS_FLOW
 from pyramid_scheduler.settings.spec_limits import SETTINGS_LIMITS
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
 from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
@@ -478,6 +479,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     *SETTINGS_TASKS,
     *SETTINGS_LIMITS,
     *SHELL_SETTINGS,
+    *SETTINGS_FLOW,
 )
 
 #: The families of free names: ``NAME.`` -> their setting.

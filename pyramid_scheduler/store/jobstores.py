@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from pyramid_scheduler.daemon.aps import job_state, load_job
 from pyramid_scheduler.daemon.catchup import CatchUpJob
+from pyramid_scheduler.daemon.flow import FLOW_KEY, job_class
 from pyramid_scheduler.logs import get_logger
 from pyramid_scheduler.store.claims import Claims
 from pyramid_scheduler.store.db import create_tables
@@ -289,7 +290,8 @@ class QueueJobStore(Adding, SQLAlchemyJobStore):
 
     def add_job(self, job: Job) -> None:
         request = getattr(self._local, "request", None)
-        state = pickle.dumps(job_state(job), self.pickle_protocol)
+        flow = getattr(self._local, "flow", None)  # a job made by APScheduler's add_job: its flow options
+        state = pickle.dumps({**job_state(job), FLOW_KEY: flow} if flow else job_state(job), self.pickle_protocol)
         try:
             with self._changing(), self.engine.begin() as conn:
                 if request is not None:
@@ -366,7 +368,7 @@ class QueueJobStore(Adding, SQLAlchemyJobStore):
         # The door's rule (APScheduler's __setstate__ would import any reference).
         check_ref(state.get("func"), self.allowed)
         state["jobstore"] = self
-        return load_job(self, state, CatchUpJob)
+        return load_job(self, state, job_class(state, CatchUpJob))
 
     def _get_jobs(self, *conditions: Any) -> list[Job]:
         selectable = sa.select(self.jobs_t.c.id, self.jobs_t.c.job_state).order_by(self.jobs_t.c.next_run_time)

@@ -20,11 +20,13 @@ import sqlalchemy as sa
 from apscheduler.jobstores.base import ConflictingIdError
 from sqlalchemy.engine import Connection, Engine
 
+from pyramid_scheduler.store.flows import Flows
 from pyramid_scheduler.store.records import RunAfter, RunEnd, RunStart
 from pyramid_scheduler.store.reports import Reports
 from pyramid_scheduler.store.runwrites import RunWrites
 from pyramid_scheduler.store.schema import upgrade
 from pyramid_scheduler.store.tables import FINAL, LIVE, aps_tablename
+from pyramid_scheduler.wire.flows import flow_of
 
 
 class JobRow(NamedTuple):
@@ -49,8 +51,10 @@ class Ledger(Reports):
         self.dead_letters_dropped = 0
         upgrade(engine, self.metadata, prefix)
         self._insert_job = self.jobs.insert()
+        #: What the end of a step of a chain or group makes (:mod:`.flows`).
+        self.flow_steps = Flows(self, self._job_row)
         #: The writes of runs (and of their jobs' rows at the run's start and end).
-        self.run_writes = RunWrites(self, engine)
+        self.run_writes = RunWrites(self, engine, self.flow_steps)
         self._autocommit = self.run_writes.autocommit
         #: The daemon writing through this ledger, when several share the
         #: queues (:meth:`serve_as`); None for every other user.
@@ -67,7 +71,10 @@ class Ledger(Reports):
     # -- jobs -------------------------------------------------------------------------
     def _job_row(self, request: dict[str, Any]) -> dict[str, Any]:
         stamp = self.now()
+        flow = flow_of(request)
         return {
+            "parent": flow["id"] if flow else None,
+            "position": flow["position"] if flow else None,
             "id": request["id"],
             "queue": request["queue"],
             "func": request["func"],
@@ -217,6 +224,8 @@ class Ledger(Reports):
                 .where(self.jobs.c.id == job_id, self.jobs.c.queue == queue, self.jobs.c.status.in_(only_from))
                 .values(**values)
             ).rowcount
+            if moved and status == "canceled":  # a canceled step cancels the rest of its chain
+                self.flow_steps.after_end(conn, job_id)
         return bool(moved)
 
     def set_trigger(self, job_id: str, queue: str, trigger: dict[str, Any]) -> bool:
@@ -402,7 +411,7 @@ class Ledger(Reports):
             return int(conn.execute(sa.select(table.c.seq).where(table.c.job_id == job_id)).scalar_one())
 
     def purge(self, older_than: float, at: float | None = None) -> int:
-        """Forget finished jobs and old dead letters (housekeeping).
+        """Forget finished jobs, old dead letters and ended groups' rows (housekeeping).
 
         A job with its own ``ttl`` option goes once it has been finished for
         that long (at time *at*, default now); the others, and dead letters,
@@ -428,6 +437,8 @@ class Ledger(Reports):
                 )
             )
             conn.execute(self.dead_letters.delete().where(self.dead_letters.c.received_at < older_than))
+            flows = self.flows  # a group's row, once its then step is made (or canceled)
+            conn.execute(flows.delete().where(flows.c.status != "running", flows.c.updated_at < older_than))
         return int(count)
 
 

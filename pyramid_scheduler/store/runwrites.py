@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
+from pyramid_scheduler.store.flows import Flows
 from pyramid_scheduler.store.records import EndKind, RunEnd, RunStart
 from pyramid_scheduler.store.tables import FAILED_RUNS, LIVE, Tables
 
@@ -35,10 +36,14 @@ from pyramid_scheduler.store.tables import FAILED_RUNS, LIVE, Tables
 class RunWrites:
     """The writes of the runs table (and of their jobs' rows) of *tables* on *engine*."""
 
-    def __init__(self, tables: Tables, engine: Engine) -> None:
+    def __init__(self, tables: Tables, engine: Engine, flows: Flows) -> None:
         self.engine = engine
         self.tables = tables
         self.jobs, self.runs = tables.jobs, tables.runs
+        #: What a step of a chain or group makes at its end, in the end's
+        #: transaction: the one-statement and batch writes leave steps
+        #: (``parent`` set) to :meth:`finish_run`'s transaction.
+        self.flows = flows
         #: Runs start only while their owner is not declared dead in
         #: ``<prefix>daemons`` (:meth:`fence`): off for the ledger's other users.
         self.fenced = False
@@ -176,6 +181,7 @@ class RunWrites:
                 if conn.execute(self._finish_alone(end.kind), {**run_params, **job_params}).first():
                     return True
         job_update, canceled_update = self._finish_statements(end.kind)
+        handed: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
             updated = conn.execute(self._finish_run, run_params).rowcount
             if not updated:
@@ -197,6 +203,10 @@ class RunWrites:
             if not moved:
                 # Canceled while it ran: keep that status, but record the run.
                 conn.execute(canceled_update, job_params)
+            if end.final and end.retry_at is None:
+                handed = self.flows.after_end(conn, end.job_id)
+        if handed and self.flows.handed is not None:
+            self.flows.handed(handed)
         return bool(moved)
 
     def _finish_alone(self, kind: EndKind) -> Any:
@@ -211,7 +221,8 @@ class RunWrites:
             runs, param = self.runs, sa.bindparam
             job_update, _ = self._finish_statements(kind)
             live_job = (
-                job_update.where(sa.exists(sa.select(runs.c.run_key).where(runs.c.run_key == param("p_run_key"))))
+                job_update.where(self.jobs.c.parent.is_(None))
+                .where(sa.exists(sa.select(runs.c.run_key).where(runs.c.run_key == param("p_run_key"))))
                 .returning(self.jobs.c.id)
                 .cte("finished_job")
             )
@@ -233,12 +244,16 @@ class RunWrites:
                 if many
                 else self.jobs.c.id == sa.bindparam("p_job_id")
             )
-            statements = self._finish_cache[(kind, many)] = self._finish_updates(kind, by_id)
+            statements = self._finish_cache[(kind, many)] = self._finish_updates(kind, by_id, flows_apart=many)
         return statements
 
-    def _finish_updates(self, kind: EndKind, by_id: Any, result: Any = None) -> tuple[Any, Any]:
+    def _finish_updates(
+        self, kind: EndKind, by_id: Any, result: Any = None, flows_apart: bool = False
+    ) -> tuple[Any, Any]:
         """:meth:`_finish_statements`, for the jobs chosen by the clause *by_id*
-        (a done run's result: ``p_result``, or the expression *result*)."""
+        (a done run's result: ``p_result``, or the expression *result*); with
+        *flows_apart*, not the steps of a chain or group (left to
+        :meth:`finish_run`, which makes what their end makes)."""
         jobs, param = self.jobs, sa.bindparam
         values: dict[str, Any] = {"updated_at": param("p_stamp")}
         if kind.status in ("done", *FAILED_RUNS):
@@ -254,10 +269,11 @@ class RunWrites:
         retry_values: dict[str, Any] = {"retry_at": param("p_retry_at")}
         if kind.retry:
             retry_values["attempt"] = jobs.c.attempt + 1
+        apart = (jobs.c.parent.is_(None),) if flows_apart else ()
         return (
             # status = a OR status = b ...: an IN would be rendered again at each call.
             jobs.update()
-            .where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)))
+            .where(by_id, sa.or_(*(jobs.c.status == s for s in LIVE)), *apart)
             .values(status=job_status, **values, **retry_values),
             jobs.update().where(by_id).values(**values),
         )
@@ -418,7 +434,7 @@ class RunWrites:
             )
             result = sa.select(given.c.result).where(given.c.job_id == jobs.c.id).scalar_subquery()
             job_update, _ = self._finish_updates(
-                kind, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)), result=result
+                kind, jobs.c.id.in_(sa.select(runs.c.job_id).where(ended)), result=result, flows_apart=True
             )
             finished_jobs = job_update.returning(jobs.c.id).cte("finished_jobs")
             finished = (

@@ -25,6 +25,9 @@ All of them live in the job store's database (``scheduler.jobstore.url``):
   limits' concurrency slots and rate reservations (:mod:`pyramid_scheduler.store.slots`).
 * ``<prefix>progress``: the latest progress each job's run reported, one row
   per job (:mod:`pyramid_scheduler.store.progress`).
+* ``<prefix>flows``: one row per group of jobs, locked by each member that
+  ends so that the last one makes the group's ``then`` step
+  (:mod:`pyramid_scheduler.store.flows`).
 
 The queries are :class:`pyramid_scheduler.store.ledger.Ledger`'s; the
 schema's upgrades, :mod:`pyramid_scheduler.store.schema`'s.
@@ -42,7 +45,7 @@ import sqlalchemy as sa
 #: Job statuses. ``scheduled``, ``running``, ``paused`` and ``waiting`` (held
 #: back by a flow limit: :mod:`pyramid_scheduler.store.slots`) are live; the others are final.
 LIVE = ("scheduled", "running", "paused", "waiting")
-FINAL = ("done", "failed", "missed", "canceled", "interrupted", "parked")
+FINAL = ("done", "failed", "missed", "expired", "canceled", "interrupted", "parked")
 #: Run statuses of a run that raised or was stopped: each counts as a run of
 #: its job, keeps its error, and fails a live job (``stopped``: its job was
 #: canceled while it ran, and stays so; ``timed-out``: past its ``timeout``).
@@ -120,6 +123,10 @@ class Tables:
             # run it (a run-now job it stored, a date job it handed over):
             # if that daemon dies before the run starts, the job is its orphan.
             sa.Column("owner", sa.String(200)),
+            # A step of a chain or group (pyramid_scheduler.store.flows): the
+            # flow's id, and the step's place in it (a group's then: its size).
+            sa.Column("parent", sa.String(200), index=True),
+            sa.Column("position", sa.Integer),
             # Why the job is ``waiting`` (a flow limit held its run back).
             sa.Column("waiting_reason", sa.Text),
         )
@@ -191,6 +198,19 @@ class Tables:
             sa.Column("message", sa.Text),
             #: Whether it was signed with the daemon's secret (NULL: no secret).
             sa.Column("signed", sa.Boolean),
+        )
+        self.flows = sa.Table(
+            f"{prefix}flows",
+            self.metadata,
+            #: A group's id: its row is what the members that end lock, one
+            #: at a time, to tell which of them ends last.
+            sa.Column("id", sa.String(200), primary_key=True),
+            sa.Column("kind", sa.String(20), nullable=False),
+            sa.Column("size", sa.Integer, nullable=False),
+            #: ``running``, then ``done`` (its then step made) or ``canceled``.
+            sa.Column("status", sa.String(20), nullable=False),
+            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
         )
         # The flow limits (pyramid_scheduler.store.slots): a run holding one of
         # the max_concurrency slots of its key; the next free start of each

@@ -39,18 +39,20 @@ from pyramid_scheduler.triggers.forms import (
     schedule_spec,
 )
 from pyramid_scheduler.triggers.preview import spec_fire_times
+from pyramid_scheduler.web.flows import FlowMethods
 from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
+from pyramid_scheduler.wire.flows import flow_problem
 from pyramid_scheduler.wire.limits import resolve_keys
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
-from pyramid_scheduler.wire.options import option_problem
+from pyramid_scheduler.wire.options import expires_at, option_problem
 from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
 
 log = get_logger(__name__)
 
 
-class SchedulerProxy(JobManagement, JobRecords):
+class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
     """The object at ``registry.scheduler``.
 
     :param settings: the parsed ``scheduler.*`` settings.
@@ -101,13 +103,24 @@ class SchedulerProxy(JobManagement, JobRecords):
         after the run: lower latency, at most once, lost if the daemon dies
         before the run ends (see :ref:`fast-lane`). Not with ``retries=``.
 
+        With ``then=scheduler.step(...)`` (here and on ``add_date_job``) the
+        job starts a chain of two: once it succeeds, the step runs with its
+        result as its first argument, as job ``<job id>-then`` (see
+        :doc:`flow`).
+
         :returns: the job id.
         :raises InvalidJob: the callable, arguments or an option is refused.
         :raises InvalidQueue: *queue* is not in ``scheduler.queues``.
         :raises EnqueueError: the broker did not take the job in time (not
             raised for a job held until the commit: see the ERROR log then).
 
-        .. versionadded:: 1.0 ``durable=False``.
+        With ``priority=`` (0 to 9, higher first; default
+        ``scheduler.priority.<queue>``, else 0) the job starts before the
+        lower ones waiting for a worker; with ``expires=`` (seconds from now,
+        or an aware datetime; also on ``add_date_job``) a job not started by
+        then ends ``expired``, never run late (see :doc:`flow`).
+
+        .. versionadded:: 1.0 ``durable=False``, ``priority``, ``expires`` and ``then=``.
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 
@@ -362,13 +375,21 @@ class SchedulerProxy(JobManagement, JobRecords):
             resolve_keys(job_options, args_json, kwargs_json)
         except ValueError as exc:
             raise InvalidJob(str(exc)) from exc
-        problem = option_problem(job_options, kind)
+        if job_options.get("expires") is not None:
+            job_options["expires"] = expiry_after(job_options["expires"], spec, self.now())
+        then = job_options.pop("then", None)
+        if then is not None:  # a chain of two (pyramid_scheduler.web.flows)
+            job_options["flow"] = self.then_flow(job_id, then)
+        flow = job_options.get("flow")
+        problem = option_problem(job_options, kind) or flow_problem(flow, kind)
         if problem:
             raise InvalidJob(problem)
+        if flow is not None and job_options.get("durable") is False:
+            raise InvalidJob("durable: a step of a chain or group is stored (durable), so that its followers are made")
         # scheduler.durable = false: the run-now jobs that ask for nothing else.
         durable = job_options.pop("durable", None)
         if durable is None:
-            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries"))
+            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries")) or flow is not None
         if not durable:
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
@@ -436,6 +457,23 @@ class SchedulerProxy(JobManagement, JobRecords):
                 self.publisher.publish(body, request.queue, request.id)
         else:
             hold(txn, self.publisher.publish, body, request.queue, request.id, request.op, headers)
+
+
+def expiry_after(value: Any, spec: dict[str, Any], now: datetime) -> Any:
+    """The ``expires`` option as it travels (:func:`~pyramid_scheduler.wire.options.expires_at`),
+    refused when it comes before a date job's date (it could never run).
+    A recurring job's is left for :func:`option_problem` to refuse.
+
+    :raises InvalidJob: naming the option.
+    """
+    if spec.get("type") not in ("now", "date"):
+        return value
+    at = expires_at(value, now)
+    run_date = spec.get("run_date")
+    if spec["type"] == "date" and isinstance(run_date, str) and datetime.fromisoformat(run_date).timestamp() >= at:
+        when = datetime.fromtimestamp(at, timezone.utc).isoformat()
+        raise InvalidJob(f"expires: at {when}, not after the job's date {run_date}; it could never start")
+    return at
 
 
 def check_delivery(immediate: Any, manager: Any) -> None:

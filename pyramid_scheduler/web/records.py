@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, JobTimeout
 from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.store.progress import read_progress
+from pyramid_scheduler.wire.flows import children, flow_of
 
 if TYPE_CHECKING:
     from pyramid_scheduler.store.ledger import Ledger
@@ -39,8 +40,8 @@ class JobRecords:
         """The job's record from the job store's database, or ``None``.
 
         Keys: ``id``, ``queue``, ``func``, ``kind``, ``status`` (``scheduled``,
-        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``canceled``,
-        ``interrupted`` or ``parked``), ``runs``, ``created_at``,
+        ``running``, ``paused``, ``done``, ``failed``, ``missed``, ``expired``,
+        ``canceled``, ``interrupted`` or ``parked``), ``runs``, ``created_at``,
         ``updated_at``, ``last_run_at``, ``next_run_time`` (epoch seconds;
         the latter from the job store, ``None`` when there is none), ``result`` (the
         last run's return value, decoded from JSON), ``error`` and ``progress``
@@ -48,8 +49,13 @@ class JobRecords:
         dict with ``fraction``, ``message``, ``at`` and ``run_key``, or
         ``None``). Works from any process that shares
         ``scheduler.jobstore.url`` (not with the memory store).
+        A step of a chain or group (:doc:`flow`) also says ``parent`` (the
+        flow's id), ``position`` (its place: 0, 1, ...; a group's then step:
+        the group's size) and ``children`` (the ids of the jobs its end
+        makes: a chain step's next step, a group member's then step); other
+        jobs have ``None``, ``None`` and ``[]``.
 
-        .. versionchanged:: 1.0 ``progress``.
+        .. versionchanged:: 1.0 ``progress``, ``parent``, ``position`` and ``children``.
         """
         row = self._ledger().get_job(job_id)
         return None if row is None else self._records([row])[0]
@@ -98,8 +104,8 @@ class JobRecords:
         ``scheduled_at``, ``started_at``, ``finished_at`` (epoch seconds),
         ``status`` (``started``, ``done``, ``failed``, ``timed-out`` (past
         the job's ``timeout``), ``stopped`` (its job canceled while it ran),
-        ``missed`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
-        missed, failed or interrupted). A run that the catch-up policy did not
+        ``missed``, ``expired`` or ``interrupted``), ``owner`` (the daemon) and ``error`` (why a run was
+        missed, expired, failed or interrupted). A run that the catch-up policy did not
         run is here as ``missed``; many at once beyond
         ``scheduler.catch_up_limit`` are one ``missed`` row whose ``error``
         gives their number and span.
@@ -115,7 +121,7 @@ class JobRecords:
         :meth:`get_job`).
 
         Finished means a final status: ``done``, ``failed`` (after its last
-        retry), ``missed``, ``canceled``, ``interrupted`` or ``parked``. The
+        retry), ``missed``, ``expired``, ``canceled``, ``interrupted`` or ``parked``. The
         job store's database is polled, first every 50 ms, then less often,
         up to every *interval* seconds. A job that has not been stored yet
         (its message is still on its way) is waited for too. Mind that a
@@ -206,6 +212,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         record["result"] = json.loads(record["result"])
     request = json.loads(row["request"])
     record.update(args=request.get("args"), kwargs=request.get("kwargs"), trigger=request.get("trigger"))
+    record["children"] = children(flow_of(request))
     _retry_fields(record, request)
     return record
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from pyramid_scheduler.exceptions import InvalidJob, InvalidMessage, SerializationError
 from pyramid_scheduler.triggers.build import TRIGGER_TYPES
+from pyramid_scheduler.wire.flows import flow_problem, steps_of
 from pyramid_scheduler.wire.options import option_problem
-from pyramid_scheduler.wire.refs import check_arguments, check_ref
+from pyramid_scheduler.wire.refs import check_allowed, check_arguments, check_ref
 
 VERSION = 1
 OPS = ("add", "cancel", "message", "reschedule", "pause", "resume", "run_now")
@@ -66,8 +67,9 @@ def admit(request: JobRequest, settings: Any) -> tuple[JobRequest, Callable[...,
     imported and matched with the arguments, then checked by the function's
     own check under *settings* (the daemon's
     :class:`~pyramid_scheduler.settings.SchedulerSettings`; see
-    :func:`~pyramid_scheduler.wire.refs.job_check`). Shared by the engine and
-    :mod:`pyramid_scheduler.testing`.
+    :func:`~pyramid_scheduler.wire.refs.job_check`), and the functions of the
+    steps its ``flow`` carries checked against the same list. Shared by the
+    engine and :mod:`pyramid_scheduler.testing`.
 
     :returns: the request (with the function's new name) and the function.
     :raises InvalidJob: naming the function and what is wrong.
@@ -77,8 +79,11 @@ def admit(request: JobRequest, settings: Any) -> tuple[JobRequest, Callable[...,
     if request.func in aliases:
         request = replace(request, func=aliases[request.func])
     assert request.func is not None
-    func = check_ref(request.func, settings.allowed_modules)
+    allowed = settings.allowed_modules
+    func = check_ref(request.func, allowed)
     check_arguments(func, request.args, request.kwargs, request.func, settings)
+    for step in steps_of(request.options.get("flow")):  # a chain's later steps, a group's then
+        check_allowed(aliases.get(step["func"], step["func"]), allowed)
     return request, func
 
 
@@ -251,7 +256,7 @@ def decode(body: Any) -> JobRequest:
     kwargs = _field(body, "kwargs", (dict,))
     trigger = _trigger_field(body)
     options = _field(body, "options", (dict,), required=False) or {}
-    problem = option_problem(options, trigger.get("type"))
+    problem = option_problem(options, trigger.get("type")) or flow_problem(options.get("flow"), trigger.get("type"))
     if problem:
         raise InvalidMessage(problem)
     return JobRequest(func=func, args=args, kwargs=kwargs, trigger=trigger, options=options, **common)

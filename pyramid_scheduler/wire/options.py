@@ -7,7 +7,9 @@ the same message naming the option: its type (:data:`OPTION_TYPES`), its
 range, and how it goes with the job's trigger and its other options (retries
 only for one-off jobs; ``durable=False`` only for run-now jobs, and not with
 retries; ``catch_up`` only for recurring ones, and not with the APScheduler
-options it sets itself). The producer raises
+options it sets itself; ``priority`` from 0 to 9; ``expires`` only for
+one-off jobs, as the epoch second the producer made of it with
+:func:`expires_at`). The producer raises
 :class:`~pyramid_scheduler.exceptions.InvalidJob` with it in the caller, the
 door :class:`~pyramid_scheduler.exceptions.InvalidMessage`.
 """
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
+from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.wire.limits import LIMIT_TYPES, limits_problem
 
 #: Per-job options that travel in ``"options"`` and their checks.
@@ -35,6 +39,10 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "durable": (bool,),
     **LIMIT_TYPES,
     "timeout": (int, float, type(None)),
+    "priority": (int,),
+    "expires": (int, float),
+    # A step of a chain or group: checked by pyramid_scheduler.wire.flows.
+    "flow": (dict,),
 }
 #: Options that APScheduler takes as integers of 1 or more (or None).
 POSITIVE_OPTIONS = ("misfire_grace_time", "max_instances")
@@ -59,6 +67,12 @@ TRIGGER_OPTIONS = ("end_date", "timezone", "jitter")
 #: The catch-up policies of recurring jobs (``catch_up``, ``scheduler.catch_up``;
 #: see :mod:`pyramid_scheduler.daemon.catchup`).
 CATCH_UP_POLICIES = ("skip", "once", "all")
+
+
+#: The priorities a job may have (higher first; see docs/flow.rst).
+PRIORITIES = range(10)
+#: Trigger types whose jobs may have an expiry (``expires``: one-off runs).
+EXPIRING_TRIGGERS = ("now", "date")
 
 
 def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
@@ -88,7 +102,34 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
             "jobs, whose next run comes anyway"
         )
-    return durable_problem(options, kind) or catch_up_problem(options, kind) or limits_problem(options, kind)
+    return (
+        durable_problem(options, kind)
+        or catch_up_problem(options, kind)
+        or flow_problem(options, kind)
+        or limits_problem(options, kind)
+    )
+
+
+def flow_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
+    """Check ``priority`` (0 to 9) and ``expires`` (on the wire: the epoch
+    second by which the run must have started; one-off jobs only).
+
+    :returns: an error message naming the option, or None.
+    """
+    priority = options.get("priority")
+    if priority is not None and priority not in PRIORITIES:
+        return f"priority: expected a whole number from 0 to 9 (higher runs first), got {priority!r}"
+    expires = options.get("expires")
+    if expires is None:
+        return None
+    if not math.isfinite(expires) or expires <= 0:
+        return f"expires: expected a time (epoch seconds) after 1970, got {expires!r}"
+    if kind not in EXPIRING_TRIGGERS:
+        return (
+            f"expires: only one-off jobs (add_async_job, add_date_job) expire, not {kind} jobs, "
+            "whose next run comes anyway (use misfire_grace_time for a late run)"
+        )
+    return None
 
 
 def durable_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
@@ -105,6 +146,9 @@ def durable_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             f"durable: only run-now jobs (add_async_job) may be durable=False, not {kind} jobs, "
             "which wait in the job store until they are due"
         )
+    for key in ("priority", "expires"):
+        if options.get(key) is not None:
+            return f"{key}: not with durable=False (a job run straight from its message has no place to wait in)"
     if options.get("retries"):
         return (
             "retries: a durable=False job runs at most once and is not retried (nothing is stored "
@@ -151,3 +195,28 @@ def catch_up_problem(options: Mapping[str, Any], kind: str | None) -> str | None
                     "their lateness); use it with catch_up='skip'"
                 )
     return None
+
+
+def expires_at(value: Any, now: datetime) -> float:
+    """The ``expires`` option of ``add_*_job`` as it travels: seconds from
+    *now* (a number above zero, or a :class:`~datetime.timedelta`), or an
+    aware :class:`~datetime.datetime`, made the epoch second by which the run
+    must have started.
+
+    :raises InvalidJob: naming the option.
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidJob(
+                f"expires: {value.isoformat()} is a naive datetime; pass an aware one "
+                "(datetime.now(timezone.utc) + ...) or seconds from now"
+            )
+        at = value.timestamp()
+        if at <= now.timestamp():
+            raise InvalidJob(f"expires: {value.isoformat()} is already past; the job could never start")
+        return at
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidJob(f"expires: expected seconds from now above zero or an aware datetime, got {value!r:.80}")
+    return now.timestamp() + float(value)

@@ -189,9 +189,10 @@ def test_a_batch_stores_its_scheduled_jobs_together_and_each_alone_if_an_id_is_k
     assert sorted(set(rows) - {"s6"}) == sorted(["known", *stored[:-1]])
     assert {rows[job] for job in stored if job in rows} == {engine.owner}
     assert engine.ledger.get_job("bad") is None
+    # The events reach the listener on the event thread.
+    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ("s4", "s6")))
     created = [e.job_id for e in events if e.type == Event.JOB_CREATED]
     assert created == ["known", "s1", "s2", "s3", "s4", "s5", "s6"]
-    wait_for(lambda: all(Event.JOB_REMOVED in types_for(events, job) for job in ("s4", "s6")))
     for job in ("s4", "s6"):
         assert types_for(events, job) == [Event.JOB_CREATED, Event.JOB_EXECUTED, Event.JOB_REMOVED]
     assert sorted(tag for tag, _ in RUNS) == ["s4", "s6"]

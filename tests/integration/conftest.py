@@ -126,6 +126,15 @@ class Harness:
             print(f"last record of {job_id}: {proxy.get_job(job_id)}")
             raise
 
+    def start_active(self, proxy: Any, count: int) -> list[Daemon]:
+        """Start *count* daemons once *proxy* made the tables (before they
+        race to make them), and wait until each runs its queues."""
+        assert proxy.get_job("no-such-job") is None  # the tables
+        daemons = [self.start() for _ in range(count)]
+        for daemon in daemons:
+            self.wait_active(proxy, daemon)
+        return daemons
+
     def wait_active(self, proxy: Any, daemon: Daemon, timeout: float = DEADLINE) -> None:
         """Wait until *daemon* is among the live daemons of all its queues."""
 

@@ -56,10 +56,7 @@ def test_a_daemon_takes_no_more_messages_than_it_has_free_threads(make_harness):
     share."""
     harness = make_harness(broker="redis", store="postgresql", **{"executor.max_workers": "2"})
     proxy = harness.proxy()
-    assert proxy.get_job("no-such-job") is None  # the tables, before two daemons race to make them
-    daemons = [harness.start() for _ in range(2)]
-    for daemon in daemons:
-        harness.wait_active(proxy, daemon)
+    daemons = harness.start_active(proxy, 2)
     burst = [tag("burst") for _ in range(8)]
     for daemon in daemons:
         daemon.send(signal.SIGSTOP)
@@ -83,10 +80,7 @@ def test_every_daemon_runs_jobs_and_a_survivor_takes_over_the_killed_ones(make_h
     # one leaves some of a burst to the others.
     harness = make_harness(broker="redis", store="postgresql", **{"broker.prefetch": "2"})
     proxy = harness.proxy()
-    assert proxy.get_job("no-such-job") is None  # creates the tables before three daemons race to
-    daemons = [harness.start() for _ in range(3)]
-    for daemon in daemons:
-        harness.wait_active(proxy, daemon)
+    daemons = harness.start_active(proxy, 3)
 
     first = [tag("first") for _ in range(60)]
     for job_id in first:

@@ -151,6 +151,28 @@ def test_version_3_dead_letters_gain_what_replaying_needs(store, caplog):
     )
 
 
+def test_version_4_jobs_gain_their_flow_and_the_flows_table(store, caplog):
+    engine, prefix = store
+    Ledger(engine, prefix)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP TABLE "{prefix}flows"'))
+        conn.execute(sa.text(f'DROP INDEX "ix_{prefix}jobs_parent"'))
+        for column in ("parent", "position"):
+            conn.execute(sa.text(f'ALTER TABLE "{prefix}jobs" DROP COLUMN {column}'))
+        conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 4'))
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
+        ledger = Ledger(engine, prefix)
+    assert version(engine, prefix) == SCHEMA_VERSION >= 5
+    with engine.connect() as conn:
+        columns = {column["name"] for column in sa.inspect(conn).get_columns(f"{prefix}jobs")}
+        assert {"parent", "position"} <= columns
+        assert conn.execute(sa.select(sa.func.count()).select_from(ledger.flows)).scalar() == 0
+    assert (
+        f"job store tables {prefix}*: upgrading to schema version 5: chains and groups: the flows table, "
+        "and each job's flow and place in it" in [record.getMessage() for record in caplog.records]
+    )
+
+
 def test_tables_newer_than_this_release_are_refused(store):
     engine, prefix = store
     Ledger(engine, prefix)

@@ -69,7 +69,7 @@ def test_request_property_is_the_registry_scheduler(app_settings):
         (lambda s: s.add_async_job(job, args=[datetime.now()]), r"args\[0\]"),
         (lambda s: s.add_async_job(job, args="abc"), "args: expected a list"),
         (lambda s: s.add_async_job(job, kwargs=[1]), "kwargs: expected a dict"),
-        (lambda s: s.add_async_job(job, priority=3), "priority: unknown option"),
+        (lambda s: s.add_async_job(job, urgency=3), "urgency: unknown option"),
         (lambda s: s.add_async_job(job, max_instances=0), "max_instances"),
         (lambda s: s.add_async_job(job, id=""), "id: expected"),
         (

@@ -61,7 +61,7 @@ def test_decode_accepts_what_the_producer_sends():
         (_add_body(args="x"), "'args' has type str"),
         (_add_body(func="os.system"), "module:qualname"),
         (_add_body(trigger={"type": "sometimes"}), "unknown trigger type"),
-        (_add_body(options={"priority": 1}), "priority: unknown option"),
+        (_add_body(options={"urgency": 1}), "urgency: unknown option"),
         (_add_body(options={"max_instances": "3"}), "max_instances: expected int, got '3'"),
         (_add_body(id=""), "'id' must be"),
         (_add_body(id="x" * 201), "'id' must be 1 to 200"),

@@ -91,8 +91,8 @@ def test_bad_catch_up_is_refused_at_the_door():
     [
         (
             "interval",
-            {"priority": 1},
-            "priority: unknown option; add_.*_job accepts id, immediate, tm",
+            {"urgency": 1},
+            "urgency: unknown option; add_.*_job accepts id, immediate, tm",
         ),
         ("interval", {"max_instances": "3"}, "max_instances: expected int, got '3'"),
         ("interval", {"max_instances": 0}, "max_instances: expected 1 or more, got 0"),

@@ -12,7 +12,7 @@
   var main = document.getElementById("main");
   var skew = 0; // the server's clock minus ours, in seconds
   var SVG = "http://www.w3.org/2000/svg";
-  var STATUSES = ["scheduled", "running", "paused", "waiting", "done", "failed", "missed", "canceled", "interrupted", "parked"];
+  var STATUSES = ["scheduled", "running", "paused", "waiting", "done", "failed", "missed", "expired", "canceled", "interrupted", "parked"];
 
   function el(tag, attrs) {
     var node = document.createElement(tag);

@@ -283,8 +283,8 @@ def test_a_job_held_by_its_rate_limit_shows_waiting_and_why(app: webtest.TestApp
     status and the reason, the list filters on it, and it can be canceled."""
     proxy = scheduler(app)
     first = proxy.add_async_job(jobs.say, args=["first"], queue="jobs", rate_limit="1/m", rate_key="dash")
+    stored(app, first, "done")  # (sent together, either could have taken the first start)
     held = proxy.add_async_job(jobs.say, args=["second"], queue="jobs", rate_limit="1/m", rate_key="dash")
-    stored(app, first, "done")
     record = stored(app, held, "waiting")
     assert record["waiting_reason"].startswith("rate limit: 1/m for key 'dash'; start reserved at ")
     listed = app.get("/scheduler/api/jobs", {"status": "waiting"}, headers=ADMIN).json

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from pyramid_scheduler.exceptions import JobStopped
 
-__all__ = ["JobStopped", "report_progress", "should_stop"]
+__all__ = ["JobStopped", "report_progress", "should_stop", "stop_if_asked"]
 
 #: The longest progress message kept (characters); a longer one is cut.
 MAX_MESSAGE = 500
@@ -32,6 +32,9 @@ MAX_MESSAGE = 500
 
 class RunControl(Protocol):
     """The daemon's side of one run (:class:`pyramid_scheduler.daemon.control.Control`)."""
+
+    job_id: str
+    stop_reason: str | None
 
     def report(self, fraction: float, message: str) -> None: ...
 
@@ -99,6 +102,19 @@ def should_stop() -> bool:
     """
     control = _current.get()
     return control is not None and control.should_stop()
+
+
+def stop_if_asked() -> None:
+    """Raise :class:`~pyramid_scheduler.exceptions.JobStopped` if the current
+    run has been asked to stop (see :func:`should_stop`); else nothing. For
+    code that stops its own work first, as :func:`pyramid_scheduler.shell.run`
+    kills its command's process group.
+
+    .. versionadded:: 1.0
+    """
+    control = _current.get()
+    if control is not None and control.should_stop():
+        raise JobStopped(control.job_id, control.stop_reason or "")
 
 
 def _fraction_of(done: int | None, total: int | None) -> float:

@@ -33,6 +33,7 @@ from typing import Any
 from pyramid.threadlocal import get_current_registry
 
 from pyramid_scheduler.exceptions import CommandFailed, InvalidJob
+from pyramid_scheduler.progress import should_stop, stop_if_asked
 from pyramid_scheduler.wire.refs import job_check
 
 #: Bytes kept of the end of each of stdout and stderr.
@@ -183,12 +184,19 @@ def run(
     :param cwd: the working directory (default: the daemon's).
     :param env: variables added to the daemon's environment.
     :param timeout: seconds; then the command's process group gets SIGTERM,
-        and SIGKILL :data:`KILL_GRACE` seconds later, and the run fails.
+        and SIGKILL :data:`KILL_GRACE` seconds later, and the run fails. The
+        same happens as soon as the run is asked to stop (its job canceled
+        with ``cancel_job``, or past the job's ``timeout=`` option: see
+        :func:`pyramid_scheduler.should_stop`), and the run ends ``stopped``
+        or ``timed-out`` (:class:`~pyramid_scheduler.JobStopped`): a shell job
+        is stopped for real, not only asked.
     :param shell: run the command with ``/bin/sh -c`` (its text must be listed
         as is in ``scheduler.shell.allowed``).
     :raises InvalidJob: the command is refused by this process's settings.
     :raises CommandFailed: it exited with another code than 0, was killed,
         timed out or could not start; the message ends with stderr's tail.
+    :raises JobStopped: the run was asked to stop, and the command's process
+        group was killed.
 
     .. versionadded:: 1.0
     """
@@ -211,6 +219,7 @@ def run(
         raise CommandFailed(f"command {line!r:.200} could not start: {exc}") from exc
     streams, timed_out = _watch(child, None if timeout is None else started + timeout)
     code = child.wait()
+    stop_if_asked()  # canceled, or past the job's timeout=: the group was killed
     result: dict[str, Any] = {"command": line, "exit_code": code, "duration": round(time.monotonic() - started, 3)}
     for name, (tail, total) in zip(("stdout", "stderr"), streams, strict=True):
         result[name] = tail.decode("utf-8", "replace")
@@ -230,7 +239,8 @@ def run(
 def _watch(child: subprocess.Popen[bytes], deadline: float | None) -> tuple[list[tuple[bytes, int]], bool]:
     """Read the child's output until it ended and its pipes closed (or were
     given up), keeping each stream's last :data:`TAIL` bytes; stop its
-    process group at *deadline* (monotonic). The group is killed in every
+    process group at *deadline* (monotonic) or once the run is asked to stop
+    (:func:`~pyramid_scheduler.progress.should_stop`). The group is killed in every
     case before the child is reaped, so nothing it started outlives the run.
 
     :returns: ``(tail, bytes written)`` for stdout and stderr, and whether it timed out.
@@ -249,6 +259,9 @@ def _watch(child: subprocess.Popen[bytes], deadline: float | None) -> tuple[list
                 given_up = now + DRAIN
             elif given_up is None and deadline is not None and now >= deadline:
                 timed_out = True
+                _stop_group(child)
+                given_up = time.monotonic() + DRAIN
+            elif given_up is None and should_stop():  # canceled, or past the job's timeout=
                 _stop_group(child)
                 given_up = time.monotonic() + DRAIN
             if given_up is not None and now >= given_up:

@@ -14,6 +14,7 @@ from pyramid.config import Configurator
 
 from pyramid_scheduler import InvalidJob, InvalidQueue
 from pyramid_scheduler.exceptions import InvalidMessage
+from pyramid_scheduler.settings import SchedulerSettings
 from pyramid_scheduler.testing import TestingScheduler
 from pyramid_scheduler.wire.messages import JobRequest, admit, decode
 
@@ -238,5 +239,5 @@ def test_the_daemon_refuses_a_step_outside_the_allowed_modules_before_the_chain_
     )
     request = decode(request.encode())  # the door lets it through: a well-formed flow
     with pytest.raises(InvalidJob, match="func 'os:system': module 'os' is not in scheduler.allowed_modules"):
-        admit(request, {}, ("test_flows",))
-    assert admit(request, {}, ())[0] == request
+        admit(request, SchedulerSettings(allowed_modules=("test_flows",)))
+    assert admit(request, SchedulerSettings())[0] == request

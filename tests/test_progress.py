@@ -15,6 +15,7 @@ from pyramid.threadlocal import get_current_registry
 from pyramid_scheduler import InvalidJob, JobStopped, report_progress, should_stop
 from pyramid_scheduler.api import Event, JobProgress
 from pyramid_scheduler.daemon.control import Controls
+from pyramid_scheduler.progress import stop_if_asked
 from pyramid_scheduler.testing import TestingScheduler
 
 LOOPS = 1000
@@ -57,6 +58,7 @@ def test_outside_a_job_progress_is_ignored_and_nothing_asks_to_stop():
     assert report_progress(0.5, "a plain call") is None
     assert report_progress(done=3, total=4) is None
     assert should_stop() is False
+    assert stop_if_asked() is None
     assert counting(5) == 5
 
 

@@ -102,3 +102,27 @@ def test_a_stored_command_no_longer_allowed_fails_as_its_run_starts(make_harness
     failed = harness.wait_job(proxy, later, {"failed"}, alive=(narrow,))
     assert "is refused: scheduler.shell.allowed allows no such command" in failed["error"]
     assert not target.exists()
+
+
+def test_a_shell_job_canceled_or_past_its_timeout_option_is_killed(make_harness, tmp_path: Path):
+    """A shell job is process-isolated, so it is stopped for real: canceled
+    while it runs, or past the job's ``timeout=`` option, its command's
+    process group is killed and the run ends ``stopped`` or ``timed-out``."""
+    harness = make_harness(allowed_modules=MODULES, **{"shell.allowed": ALLOWED})
+    proxy = harness.proxy()
+    daemon = harness.start()
+    canceled_pid, timed_pid = tmp_path / "canceled.pid", tmp_path / "timed.pid"
+    canceled = proxy.add_async_job(shell.run, args=[f"sh -c 'echo $$ > {canceled_pid}; sleep 60; echo late'"])
+    timed = proxy.add_async_job(shell.run, args=[f"sh -c 'echo $$ > {timed_pid}; sleep 60; echo late'"], timeout=1)
+
+    pid = int(wait_until(lambda: canceled_pid.exists() and canceled_pid.read_text().strip(), "the command to start"))
+    proxy.cancel_job(canceled)
+    assert harness.wait_job(proxy, canceled, {"canceled"}, alive=(daemon,))["runs"] == 1
+    wait_until(lambda: gone(pid), f"the canceled command {pid} to be killed")
+    wait_until(lambda: [run["status"] for run in proxy.get_runs(canceled)] == ["stopped"], "the run recorded stopped")
+
+    record = harness.wait_job(proxy, timed, {"failed"}, alive=(daemon,))
+    assert [run["status"] for run in proxy.get_runs(timed)] == ["timed-out"]
+    assert "late" not in str(record["result"])
+    pid = int(timed_pid.read_text())
+    wait_until(lambda: gone(pid), f"the timed-out command {pid} to be killed")

@@ -124,6 +124,25 @@ def test_bench_quick_intake_keeps_the_earlier_parts(tmp_path):
     assert "Date-job intake" in table and "redis-py LPUSH/BRPOP" in table and "Parts measured again" in table
 
 
+def test_bench_limits_smoke(tmp_path):
+    """``python -m bench.limits`` on small sizes: the three ways run to the end
+    (every job of each drain and latency series ran) and print their figures."""
+    require_service("redis")
+    require_service("postgresql")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.limits", "--drain", "60", "--latency", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    figures = json.loads(proc.stdout[proc.stdout.index("\n{") :])
+    assert set(figures["ways"]) == {"none", "concurrency_key", "rate_limit"}
+    for way in figures["ways"].values():
+        assert way["drain"]["done"] == 60 and way["latency"]["missing"] == 0
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_quick_progress(tmp_path):

@@ -26,9 +26,9 @@ from pyramid_scheduler.store.tables import LIVE
 #: method, and what it is called in messages.
 CHANGES = {
     "cancel": ((*LIVE, "parked"), "cancel_job", "cancel"),
-    "pause": (("scheduled", "running"), "pause_job", "pause"),
+    "pause": (("scheduled", "running", "waiting"), "pause_job", "pause"),
     "resume": (("paused",), "resume_job", "resume"),
-    "run": (("scheduled", "running"), "run_job_now", "run now"),
+    "run": (("scheduled", "running", "waiting"), "run_job_now", "run now"),
     "retry": (("failed", "interrupted", "parked"), "retry_job", "retry"),
 }
 

@@ -33,6 +33,7 @@ COLOURS = {
     "running": "1;36",
     "started": "1;36",
     "paused": "35",
+    "waiting": "35",
     "failed": "31",
     "interrupted": "31",
     "parked": "33",

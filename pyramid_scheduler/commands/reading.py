@@ -96,6 +96,8 @@ def job(proxy: Any, args: argparse.Namespace, out: Output) -> int:
     ]
     if record.get("retry_at") is not None:
         fields.append(("retry at", when(record["retry_at"])))
+    if record.get("status") == "waiting" and record.get("waiting_reason"):
+        fields.append(("waiting", str(record["waiting_reason"])))
     if record.get("result") is not None:
         fields.append(("result", json.dumps(record["result"])))
     if record.get("progress"):

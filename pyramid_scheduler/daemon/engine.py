@@ -42,13 +42,13 @@ from pyramid.exceptions import ConfigurationError
 from sqlalchemy.engine import make_url
 
 from pyramid_scheduler.brokers.connection import release_dead_claims
-from pyramid_scheduler.daemon.aps import executor_of
 from pyramid_scheduler.daemon.clock import SYSTEM_CLOCK, Clock
 from pyramid_scheduler.daemon.execution import JobExecutor, Runner
 from pyramid_scheduler.daemon.flow import order_pool
 from pyramid_scheduler.daemon.housekeeping import Housekeeping
 from pyramid_scheduler.daemon.intake import Intake
 from pyramid_scheduler.daemon.job_events import JobEvents
+from pyramid_scheduler.daemon.limits import LIMITED, Limits
 from pyramid_scheduler.daemon.management import Management
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.reconcile import Reconcile
@@ -194,13 +194,16 @@ class Engine:
             lease_valid=self.lease_valid,
             store_back=self.store_back,
             clock=clock,
+            limits=None if settings.memory_store else self._limits(clock),
         )
+        executor = self.executor_class(self.runner, settings.max_workers)
         self.aps.configure(
             gconfig=dict(settings.apscheduler),
             prefix="apscheduler.",
             jobstores={**self.stores, INTERNAL: MemoryJobStore()},
             executors={
-                "default": self.executor_class(self.runner, settings.max_workers),
+                "default": executor,
+                LIMITED: executor,  # the same pool: jobs with flow limits (.limits)
                 INTERNAL: ThreadPoolExecutor(1),
             },
             job_defaults={
@@ -215,8 +218,6 @@ class Engine:
             timezone=timezone.utc,
         )
         self.aps.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
-        executor = executor_of(self.aps, "default")
-        assert isinstance(executor, JobExecutor)
         self.executor = executor
         order_pool(executor, settings.priorities, settings.priority_aging)  # higher priority first
 
@@ -295,6 +296,10 @@ class Engine:
     def lease_valid(self) -> bool:
         """True while this process may start runs (its heartbeat is alive)."""
         return self.membership is None or self.membership.valid()
+
+    def _limits(self, clock: Clock) -> Limits:
+        """The flow limits of this daemon's runs (:mod:`.limits`)."""
+        return Limits(ledger=self.ledger, owner=self.owner, poll=self.settings.limits_poll, clock=clock)
 
     def start(self) -> None:
         """Join the daemons, do the single-owner work if no one does, then start scheduling."""

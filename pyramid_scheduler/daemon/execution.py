@@ -62,6 +62,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from apscheduler.triggers.date import DateTrigger
 from pyramid.registry import Registry
 
 from pyramid_scheduler import tracing
@@ -73,6 +74,7 @@ from pyramid_scheduler.daemon.context import job_context, request_context
 from pyramid_scheduler.daemon.control import Controls
 from pyramid_scheduler.daemon.flow import expired, record_expired
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
+from pyramid_scheduler.daemon.limits import Limits
 from pyramid_scheduler.daemon.persist import Persist
 from pyramid_scheduler.daemon.retries import RetryPlan, StoreBack, plan_retry, schedule_retry
 from pyramid_scheduler.exceptions import JobStopped
@@ -100,11 +102,14 @@ class RunRecord:
     job_id: str
     queue: str
     run_key: str
-    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``expired``, or ``not-run``: not carried out here
+    #: ``done``, ``failed``, ``stopped``, ``timed-out``, ``missed``, ``expired``,
+    #: ``held`` (a flow limit: see *later*), or ``not-run``: not carried out here
     #: (the heartbeat lapsed, the run was already recorded, the daemon is stopping).
     outcome: str
     #: The retry of a failed run, stored once the batch has left the pool.
     retry: RetryPlan | None = None
+    #: A run held back by a flow limit (``held``, :mod:`.limits`): stored back due then.
+    later: datetime | None = None
 
 
 class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
@@ -132,6 +137,8 @@ class JobExecutor(ThreadPoolExecutor):  # type: ignore[misc]
             for record in future.result() or ():
                 if record.retry is not None:
                     schedule_retry(self.runner.store_back, job, record.retry)
+                elif record.later is not None:
+                    self.runner.store_back(job, record.later, DateTrigger(record.later, timezone=timezone.utc))
 
 
 class RecordedAfter(Job):  # type: ignore[misc]
@@ -171,6 +178,8 @@ class Runner:
     store_back: StoreBack
     #: Where "now" is read (a run's lateness, a retry's due time).
     clock: Clock = SYSTEM_CLOCK
+    #: The flow limits (concurrency slots, rates) of jobs that have them.
+    limits: Limits | None = None
     #: Batches handed to the pool and not finished (started or not yet).
     pending: int = field(default=0, init=False)
     #: The runs going, their progress and stop requests (:mod:`.control`).
@@ -212,7 +221,22 @@ class Runner:
             return self._lock.wait_for(lambda: self.pending < limit, timeout)
 
     def run_one(self, job: Job, run_time: datetime, last_of_batch: bool = True) -> RunRecord:
-        """Carry out the run of *job* due at *run_time* (see the module)."""
+        """Carry out the run of *job* due at *run_time* (see the module), within its flow limits (.limits)."""
+        limits = self.limits
+        if limits is None or not limits.applies(job):
+            return self._run_one(job, run_time, last_of_batch)
+        key = run_key(job.id, run_time)
+        verdict = limits.admit(job, key, self.persist)
+        if verdict is None:  # no limits after all
+            return self._run_one(job, run_time, last_of_batch)
+        if verdict.later is not None or verdict.not_run:
+            return RunRecord(job.id, queue_of(job), key, "held" if verdict.later else "not-run", later=verdict.later)
+        try:
+            return self._run_one(job, run_time, last_of_batch)
+        finally:
+            self.persist(f"job {job.id}: giving back the slot of run {key}", limits.leave, verdict, key)
+
+    def _run_one(self, job: Job, run_time: datetime, last_of_batch: bool) -> RunRecord:
         events = self.events
         queue = queue_of(job)
         key = run_key(job.id, run_time)

@@ -35,6 +35,7 @@ from pyramid_scheduler.daemon.execution import JobExecutor, run_key
 from pyramid_scheduler.daemon.fastlane import Accepted, FastLane
 from pyramid_scheduler.daemon.flow import FLOW_KEY, FlowJob, expired_at_door, flow_options, job_class, record_expired
 from pyramid_scheduler.daemon.job_events import JobEvents, job_info
+from pyramid_scheduler.daemon.limits import LIMITED, LimitSpec
 from pyramid_scheduler.daemon.scheduling import DueScheduler, StoreBack
 from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
@@ -222,13 +223,15 @@ class Intake:
             options.setdefault("misfire_grace_time", None)
         elif request.trigger["type"] != "date":
             options = catch_up_options(self._catch_up(request.options), options)
+        # Jobs with flow limits run in the same pool under their own alias (.limits).
+        executor = LIMITED if LimitSpec.of(request.options, request.func) else "default"
         # Built as the job store loads a job: admit() made APScheduler's checks.
         state = {
             "version": 1,
             "id": request.id,
             "func": request.func,
             "trigger": trigger,
-            "executor": "default",
+            "executor": executor,
             "args": tuple(args),
             "kwargs": kwargs,
             "name": request.options.get("name") or request.func,
@@ -261,6 +264,7 @@ class Intake:
                         jobstore=request.queue,
                         replace_existing=recovering,
                         next_run_time=first,
+                        executor=executor,
                         **options,
                     )
                 except ConflictingIdError:

@@ -119,7 +119,7 @@ class Management:
                 job_id,
                 queue,
                 "paused",
-                ("scheduled", "running"),
+                ("scheduled", "running", "waiting"),
             )
             log.info("job %s (queue %s): paused", job_id, queue)
             self.events.emit(Event(Event.JOB_PAUSED, job_id=job_id, queue=queue, job=info))

@@ -10,7 +10,10 @@ daemon not alive) and whenever it finds another daemon dead (for that one):
 2. reports the runs it left ``started`` as interrupted (JOB_INTERRUPTED),
    running a one-off job once more (``scheduler.interrupted = rerun``) or
    spending one of its retries (:mod:`.retries`);
-3. schedules again the jobs that were due and submitted but never started,
+3. gives back the concurrency slots the dead daemons held
+   (:meth:`pyramid_scheduler.store.slots.Slots.free_dead`), so that runs
+   waiting for them (:mod:`.limits`) start;
+4. schedules again the jobs that were due and submitted but never started,
    and the retries whose due time is only in the ledger
    (:meth:`pyramid_scheduler.store.ledger.Ledger.orphans`); one that cannot be is parked.
 
@@ -40,6 +43,7 @@ from pyramid_scheduler.store.jobstores import QueueJobStore
 from pyramid_scheduler.store.ledger import Ledger
 from pyramid_scheduler.store.memory import MemoryQueueStore
 from pyramid_scheduler.store.records import RunEnd
+from pyramid_scheduler.store.slots import Slots
 from pyramid_scheduler.wire.messages import decode
 
 log = get_logger(__name__)
@@ -71,6 +75,9 @@ class Recovery:
         for queue, store in self.stores.items():
             if isinstance(store, QueueJobStore):
                 self.settle(queue, store)
+        freed = Slots(self.ledger).free_dead(live)
+        if freed:
+            log.warning("%d concurrency slot(s) held by dead daemons given back", freed)
         for run in self.ledger.recover(self.queues, live):
             self._interrupted(run)
         for queue, store in self.stores.items():

@@ -112,6 +112,8 @@ class SchedulerSettings:
     priority_aging: float = 60.0
     #: Where the dashboard, its API, the health probe and the metrics are mounted.
     dashboard_path: str = "/scheduler"
+    #: Seconds between two checks of a run held back by ``max_concurrency``.
+    limits_poll: float = 1.0
     #: The permission the dashboard's views require.
     dashboard_permission: str = "scheduler.admin"
     #: The permission of the health probe ("": public).

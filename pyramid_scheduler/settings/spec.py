@@ -13,6 +13,7 @@ reference in docs/settings.rst is made from it by
 from __future__ import annotations
 
 from pyramid_scheduler.settings.spec_flow import SETTINGS_FLOW
+from pyramid_scheduler.settings.spec_limits import SETTINGS_LIMITS
 from pyramid_scheduler.settings.spec_operations import OPERATIONS
 from pyramid_scheduler.settings.spec_shell import SHELL_SETTINGS
 from pyramid_scheduler.settings.spec_tasks import SETTINGS_TASKS
@@ -476,6 +477,7 @@ Not checked, except that ``jobstores``, ``executors``, ``job_defaults`` and ``ti
     ),
     *OPERATIONS,
     *SETTINGS_TASKS,
+    *SETTINGS_LIMITS,
     *SHELL_SETTINGS,
     *SETTINGS_FLOW,
 )

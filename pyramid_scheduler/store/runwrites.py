@@ -56,8 +56,9 @@ class RunWrites:
         self.fenced = True
         self._build()
 
-    def _alive(self) -> Any:
-        """The fence: the owner of the run (``p_owner``) is not declared dead."""
+    def alive(self) -> Any:
+        """The fence: the owner of the run (``p_owner``) is not declared dead
+        (also the fence of a concurrency slot: :mod:`pyramid_scheduler.store.slots`)."""
         daemons = self.tables.daemons
         return sa.exists().where(daemons.c.owner == sa.bindparam("p_owner", type_=sa.String), daemons.c.expires_at > 0)
 
@@ -67,11 +68,13 @@ class RunWrites:
         # Each run write by key, and the same for several keys at once
         # (write_runs: one statement for many rows, where an executemany
         # would send one per row).
+        # A job held back by a flow limit (``waiting``) starts as a scheduled one.
+        held = sa.or_(jobs.c.status == "scheduled", jobs.c.status == "waiting")
         self._marking = jobs.update().values(
-            status=sa.case((jobs.c.status == "scheduled", "running"), else_=jobs.c.status), updated_at=param("p_stamp")
+            status=sa.case((held, "running"), else_=jobs.c.status), updated_at=param("p_stamp"), waiting_reason=None
         )
         if self.fenced:
-            self._marking = self._marking.where(self._alive())
+            self._marking = self._marking.where(self.alive())
         self._mark_running = self._marking.where(jobs.c.id == param("p_job_id"), jobs.c.status != "canceled")
         self._mark_all_running = self._marking.where(
             jobs.c.id.in_(param("p_job_ids", expanding=True)), jobs.c.status != "canceled"
@@ -125,13 +128,13 @@ class RunWrites:
                 # A run (a retry) stored just as the job was canceled: not run.
                 return "canceled"
             stamp = self.tables.now()
-            if self.fenced and not conn.execute(sa.select(self._alive()), {"p_owner": start.owner}).scalar():
+            if self.fenced and not conn.execute(sa.select(self.alive()), {"p_owner": start.owner}).scalar():
                 return "fenced"  # this daemon is dead to the others: they run it
             conn.execute(self._insert_run, start.row(stamp))
             conn.execute(
                 self.jobs.update()
-                .where(self.jobs.c.id == start.job_id, self.jobs.c.status == "scheduled")
-                .values(status="running", updated_at=stamp)
+                .where(self.jobs.c.id == start.job_id, self.jobs.c.status.in_(("scheduled", "waiting")))
+                .values(status="running", updated_at=stamp, waiting_reason=None)
             )
         return "start"
 

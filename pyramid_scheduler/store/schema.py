@@ -64,6 +64,7 @@ UPGRADES: dict[int, tuple[str, Step]] = {
     3: ("every daemon executes: the daemons table, and the daemon holding each job", _add_columns("jobs")),
     4: ("dead letters keep what replaying them needs", _add_columns("dead_letters")),
     5: ("chains and groups: the flows table, and each job's flow and place in it", _add_columns("jobs")),
+    6: ("flow limits: the slots, rates and rate holds tables, and why a job waits", _add_columns("jobs")),
 }
 #: The version of the tables this release makes and writes.
 SCHEMA_VERSION = max(UPGRADES, default=1)

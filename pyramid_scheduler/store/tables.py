@@ -21,6 +21,8 @@ All of them live in the job store's database (``scheduler.jobstore.url``):
   (:mod:`pyramid_scheduler.store.membership`).
 * ``<prefix>event_seqs``: the number of each job's last event on the fan-out.
 * ``<prefix>dead_letters``: messages refused at the daemon's door, with why.
+* ``<prefix>slots``, ``<prefix>rates`` and ``<prefix>rate_holds``: the flow
+  limits' concurrency slots and rate reservations (:mod:`pyramid_scheduler.store.slots`).
 * ``<prefix>progress``: the latest progress each job's run reported, one row
   per job (:mod:`pyramid_scheduler.store.progress`).
 * ``<prefix>flows``: one row per group of jobs, locked by each member that
@@ -40,8 +42,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-#: Job statuses. ``scheduled``, ``running`` and ``paused`` are live; the others are final.
-LIVE = ("scheduled", "running", "paused")
+#: Job statuses. ``scheduled``, ``running``, ``paused`` and ``waiting`` (held
+#: back by a flow limit: :mod:`pyramid_scheduler.store.slots`) are live; the others are final.
+LIVE = ("scheduled", "running", "paused", "waiting")
 FINAL = ("done", "failed", "missed", "expired", "canceled", "interrupted", "parked")
 #: Run statuses of a run that raised or was stopped: each counts as a run of
 #: its job, keeps its error, and fails a live job (``stopped``: its job was
@@ -124,6 +127,8 @@ class Tables:
             # flow's id, and the step's place in it (a group's then: its size).
             sa.Column("parent", sa.String(200), index=True),
             sa.Column("position", sa.Integer),
+            # Why the job is ``waiting`` (a flow limit held its run back).
+            sa.Column("waiting_reason", sa.Text),
         )
         self.runs = sa.Table(
             f"{prefix}runs",
@@ -206,4 +211,30 @@ class Tables:
             sa.Column("status", sa.String(20), nullable=False),
             sa.Column("created_at", sa.Float, nullable=False),
             sa.Column("updated_at", sa.Float, nullable=False),
+        )
+        # The flow limits (pyramid_scheduler.store.slots): a run holding one of
+        # the max_concurrency slots of its key; the next free start of each
+        # rate key; and the runs stored back to start at a reserved time.
+        self.slots = sa.Table(
+            f"{prefix}slots",
+            self.metadata,
+            sa.Column("key", sa.String(200), primary_key=True),
+            sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("run_key", sa.String(300), nullable=False, unique=True),
+            sa.Column("job_id", sa.String(200), nullable=False),
+            sa.Column("owner", sa.String(200), nullable=False, index=True),
+            sa.Column("taken_at", sa.Float, nullable=False),
+        )
+        self.rates = sa.Table(
+            f"{prefix}rates",
+            self.metadata,
+            sa.Column("key", sa.String(200), primary_key=True),
+            sa.Column("next_at", sa.Float, nullable=False),
+        )
+        self.rate_holds = sa.Table(
+            f"{prefix}rate_holds",
+            self.metadata,
+            sa.Column("job_id", sa.String(200), primary_key=True),
+            sa.Column("key", sa.String(200), nullable=False),
+            sa.Column("at", sa.Float, nullable=False, index=True),
         )

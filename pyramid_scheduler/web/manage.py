@@ -263,7 +263,8 @@ class JobManagement:
             raise InvalidJob(f"queue: job {job_id!r} is on queue {row['queue']!r}, not {queue!r}")
         if row["status"] not in LIVE:
             raise InvalidJob(
-                f"job_id: job {job_id!r} is {row['status']}; only scheduled, running or paused jobs can be managed"
+                f"job_id: job {job_id!r} is {row['status']}; "
+                "only scheduled, running, paused or waiting jobs can be managed"
             )
         return str(row["queue"])
 

@@ -44,6 +44,7 @@ from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
 from pyramid_scheduler.web.tx import current_transaction, hold
 from pyramid_scheduler.wire.flows import flow_problem
+from pyramid_scheduler.wire.limits import resolve_keys
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
 from pyramid_scheduler.wire.options import expires_at, option_problem
 from pyramid_scheduler.wire.refs import callable_ref, check_arguments, resolve_ref
@@ -370,6 +371,10 @@ class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
         manager = options.pop("tm", None)
         check_delivery(immediate, manager)
         job_options = dict(options)
+        try:
+            resolve_keys(job_options, args_json, kwargs_json)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from exc
         if job_options.get("expires") is not None:
             job_options["expires"] = expiry_after(job_options["expires"], spec, self.now())
         then = job_options.pop("then", None)

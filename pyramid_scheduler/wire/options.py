@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pyramid_scheduler.exceptions import InvalidJob
+from pyramid_scheduler.wire.limits import LIMIT_TYPES, limits_problem
 
 #: Per-job options that travel in ``"options"`` and their checks.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -36,6 +37,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "ttl": (int, float, type(None)),
     "catch_up": (str,),
     "durable": (bool,),
+    **LIMIT_TYPES,
     "timeout": (int, float, type(None)),
     "priority": (int,),
     "expires": (int, float),
@@ -100,7 +102,12 @@ def option_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
             f"retries: only one-off jobs (add_async_job, add_date_job) are retried, not {kind} "
             "jobs, whose next run comes anyway"
         )
-    return durable_problem(options, kind) or catch_up_problem(options, kind) or flow_problem(options, kind)
+    return (
+        durable_problem(options, kind)
+        or catch_up_problem(options, kind)
+        or flow_problem(options, kind)
+        or limits_problem(options, kind)
+    )
 
 
 def flow_problem(options: Mapping[str, Any], kind: str | None) -> str | None:

@@ -276,3 +276,19 @@ def test_a_dead_letter_is_replayed_from_the_api(app: webtest.TestApp) -> None:
     )
     app.post("/scheduler/api/dead-letters/999999/replay", headers=csrf, status=404)
     app.post(f"/scheduler/api/dead-letters/{cut}/replay", headers=ADMIN, status=400)  # no CSRF token
+
+
+def test_a_job_held_by_its_rate_limit_shows_waiting_and_why(app: webtest.TestApp) -> None:
+    """A run past its rate_limit (one a minute) waits: the API shows the
+    status and the reason, the list filters on it, and it can be canceled."""
+    proxy = scheduler(app)
+    first = proxy.add_async_job(jobs.say, args=["first"], queue="jobs", rate_limit="1/m", rate_key="dash")
+    stored(app, first, "done")  # (sent together, either could have taken the first start)
+    held = proxy.add_async_job(jobs.say, args=["second"], queue="jobs", rate_limit="1/m", rate_key="dash")
+    record = stored(app, held, "waiting")
+    assert record["waiting_reason"].startswith("rate limit: 1/m for key 'dash'; start reserved at ")
+    listed = app.get("/scheduler/api/jobs", {"status": "waiting"}, headers=ADMIN).json
+    assert [row["id"] for row in listed["jobs"]] == [held]
+    csrf = token(app)
+    app.post(f"/scheduler/api/jobs/{held}/cancel", headers={**ADMIN, "X-CSRF-Token": csrf}, status=202)
+    stored(app, held, "canceled")

@@ -12,7 +12,7 @@
   var main = document.getElementById("main");
   var skew = 0; // the server's clock minus ours, in seconds
   var SVG = "http://www.w3.org/2000/svg";
-  var STATUSES = ["scheduled", "running", "paused", "done", "failed", "missed", "expired", "canceled", "interrupted", "parked"];
+  var STATUSES = ["scheduled", "running", "paused", "waiting", "done", "failed", "missed", "expired", "canceled", "interrupted", "parked"];
 
   function el(tag, attrs) {
     var node = document.createElement(tag);
@@ -355,10 +355,10 @@
 
   // ---- One job
   var ACTIONS = [
-    ["cancel", "Cancel", ["scheduled", "running", "paused", "parked"]],
-    ["pause", "Pause", ["scheduled", "running"]],
+    ["cancel", "Cancel", ["scheduled", "running", "paused", "waiting", "parked"]],
+    ["pause", "Pause", ["scheduled", "running", "waiting"]],
     ["resume", "Resume", ["paused"]],
-    ["run", "Run now", ["scheduled", "running"]],
+    ["run", "Run now", ["scheduled", "running", "waiting"]],
     ["retry", "Retry", ["failed", "interrupted", "parked"]]
   ];
 
@@ -404,6 +404,7 @@
       return call(path + "?runs=50").then(function (j) {
         summary.replaceChildren();
         field("status", status(j.status));
+        if (j.status === "waiting" && j.waiting_reason) field("waiting", j.waiting_reason);
         field("function", j.func);
         field("queue", j.queue);
         field("schedule", j.schedule);

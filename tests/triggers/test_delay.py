@@ -134,7 +134,7 @@ def test_reschedule_with_no_schedule_applies_the_same_delay_again():
     dated = scheduler.add_date_job(takes, START + timedelta(hours=5), args=[0])
     with pytest.raises(InvalidJob, match="not a stored date job made with a delay; give its new schedule"):
         scheduler.reschedule_job(dated)
-    with pytest.raises(InvalidJob, match="is done; only scheduled, running or paused jobs can be managed"):
+    with pytest.raises(InvalidJob, match="is done; only scheduled, running, paused or waiting jobs can be managed"):
         scheduler.reschedule_job(job_id)
 
 

@@ -1,6 +1,6 @@
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 here = os.path.abspath(os.path.dirname(__file__))
 with open(os.path.join(here, "README.rst"), encoding="utf-8") as f:
@@ -90,12 +90,14 @@ setup(
     keywords="pyramid scheduler cron jobs apscheduler kombu",
     license="MIT",
     license_files=["LICENSE"],
-    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]),
+    # Namespace discovery: the dashboard's static/ folder (CSS, JS) is a package of data.
+    packages=find_namespace_packages(include=["pyramid_scheduler", "pyramid_scheduler.*"]),
     include_package_data=True,
     package_data={
         "pyramid_scheduler": ["py.typed"],
         "pyramid_scheduler.demo": ["index.html", "login.html"],
-        "pyramid_scheduler.dashboard": ["page.html", "static/*.css", "static/*.js"],
+        "pyramid_scheduler.dashboard": ["page.html"],
+        "pyramid_scheduler.dashboard.static": ["*.css", "*.js"],
     },
     zip_safe=False,
     python_requires=">=3.10",

@@ -117,7 +117,7 @@ def test_a_shell_job_canceled_or_past_its_timeout_option_is_killed(make_harness,
 
     pid = int(wait_until(lambda: canceled_pid.exists() and canceled_pid.read_text().strip(), "the command to start"))
     proxy.cancel_job(canceled)
-    assert harness.wait_job(proxy, canceled, {"canceled"}, alive=(daemon,))["runs"] == 1
+    harness.wait_job(proxy, canceled, {"canceled"}, alive=(daemon,))
     wait_until(lambda: gone(pid), f"the canceled command {pid} to be killed")
     wait_until(lambda: [run["status"] for run in proxy.get_runs(canceled)] == ["stopped"], "the run recorded stopped")
 

@@ -24,6 +24,7 @@ import posixpath
 import re
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -51,6 +52,11 @@ POLL = 0.05
 SETTING = "scheduler.shell.allowed"
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Variables ``env=`` may not set: they choose which program runs, or what it
+#: loads, behind ``scheduler.shell.allowed``'s back.
+_UNSAFE_ENV = re.compile(
+    r"^(PATH|IFS|ENV|BASH_ENV|SHELLOPTS|BASHOPTS|PS4|LD_.*|DYLD_.*|PYTHON.*|PERL5?LIB|RUBYLIB|NODE_OPTIONS)$"
+)
 _OPTIONS = ("format", "cwd", "env", "timeout", "shell")
 
 
@@ -85,6 +91,13 @@ def command_of(command: Any, values: dict[str, Any], shell: bool) -> tuple[list[
     if shell:
         if not isinstance(command, str) or not command.strip():
             raise InvalidJob(f"shell.run: with shell=True the command must be a non-empty string, got {command!r:.200}")
+        quoted = _quoted_placeholder(command)
+        if quoted:
+            raise InvalidJob(
+                f"shell.run: with shell=True the placeholder {quoted} of {command!r:.200} stands inside quotes or "
+                "after a backslash, where a shell-quoted value is not safe; write it unquoted (its value is "
+                "quoted for the shell)"
+            )
         text = fill(command, values, quote=True)
         return text, text
     if isinstance(command, str):
@@ -100,6 +113,32 @@ def command_of(command: Any, values: dict[str, Any], shell: bool) -> tuple[list[
         raise InvalidJob("shell.run: the command is empty")
     argv = [fill(item, values) for item in items]
     return argv, shlex.join(argv)
+
+
+def _quoted_placeholder(text: str) -> str | None:
+    """The first ``{name}`` of a ``shell=True`` command that stands inside
+    ``'...'`` or ``"..."`` or right after a backslash, else None: there a
+    :func:`shlex.quote`-d value can end the quoting (``'x;id;'``) or be
+    expanded (``"$(id)"``)."""
+    quote, index = "", 0
+    while index < len(text):
+        char = text[index]
+        match = _PLACEHOLDER.match(text, index)
+        if match and match.group(1):
+            if quote:
+                return match.group(0)
+            index = match.end()
+            continue
+        if char == "\\" and quote != "'":
+            escaped = _PLACEHOLDER.match(text, index + 1)
+            if escaped and escaped.group(1):
+                return escaped.group(0)
+            index += 2
+            continue
+        if char in "'\"" and quote in ("", char):
+            quote = "" if quote else char
+        index += 1
+    return None
 
 
 def allowed(patterns: tuple[str, ...], command: list[str] | str, template: Any) -> bool:
@@ -146,6 +185,12 @@ def check_run(args: list[Any], kwargs: dict[str, Any], settings: Any) -> None:
         isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
     ):
         raise InvalidJob(f"shell.run: env= must map strings to strings, got {env!r:.200}")
+    unsafe = sorted(name for name in env or {} if _UNSAFE_ENV.match(name))
+    if unsafe:
+        raise InvalidJob(
+            f"shell.run: env= may not set {', '.join(unsafe)}: it would choose which program runs, or what it "
+            f"loads, behind {SETTING}"
+        )
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise InvalidJob(f"shell.run: timeout= must be a positive number of seconds, got {timeout!r:.200}")
     if shell not in (None, True, False):
@@ -203,10 +248,13 @@ def run(
     options = dict(zip(_OPTIONS, (format, cwd, env, timeout, shell), strict=True))
     check_run([command], options, _settings())
     argv, line = command_of(command, format or {}, shell)
+    # The program as the daemon's PATH finds it, not the child's environment.
+    executable = None if shell or "/" in argv[0] else shutil.which(argv[0])
     started = time.monotonic()
     try:
         child = subprocess.Popen(  # noqa: S603 - checked against scheduler.shell.allowed
             argv,
+            executable=executable,
             shell=shell,  # noqa: S602 - only when asked, and listed verbatim
             cwd=cwd,
             env=None if env is None else {**os.environ, **env},

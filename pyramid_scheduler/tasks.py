@@ -302,8 +302,9 @@ class JobHandle:
             scheduler.clock.advance_to(max(when, scheduler.now()))
 
     def cancel(self) -> None:
-        """Cancel the job (``cancel_job``): it runs no more; a run in
-        progress finishes. Nothing for a job that has finished."""
+        """Cancel the job (``cancel_job``): it runs no more, and a run in
+        progress is asked to stop (:func:`pyramid_scheduler.should_stop`).
+        Nothing for a job that has finished."""
         if self._final is None:
             self.scheduler.cancel_job(self.id, queue=self.queue)
 

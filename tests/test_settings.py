@@ -115,7 +115,8 @@ def test_kombu_urls_pass_through(url):
         ("scheduler.func_aliases", "a:x = a:y\na:y = a:z", "a:y is itself renamed to a:z"),
         ("scheduler.dashboard.path", "/ops/", "scheduler.dashboard.path = '/ops/': expected a URL path"),
         ("scheduler.dashboard.path", "ops", "scheduler.dashboard.path"),
-        ("scheduler.dashboard.permission", "scheduler admin", "a permission name (no blanks)"),
+        ("scheduler.dashboard.permission", "scheduler admin", "a permission name (no blanks"),
+        ("scheduler.dashboard.permission", "", "a permission name (no blanks, not empty)"),
         ("scheduler.metrics.listen", "9108", "scheduler.metrics.listen = '9108': expected HOST:PORT"),
     ],
 )

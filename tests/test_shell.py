@@ -84,6 +84,13 @@ def test_the_setting_is_read_one_pattern_per_line():
         (["echo 'unclosed"], {}, "cannot be split"),
         ([["echo", 3]], {}, "must be a string or a list of strings"),
         (["echo", "extra"], {}, "positional arguments is longer than the target callable can handle"),
+        # What would choose the program, or what it loads, behind the list's back.
+        (["echo"], {"env": {"PATH": "/tmp/evil"}}, "env= may not set PATH"),
+        (["echo"], {"env": {"LD_PRELOAD": "/tmp/x.so", "A": "b"}}, "env= may not set LD_PRELOAD"),
+        # A shell-quoted value is only safe unquoted: inside quotes it ends them, or is expanded.
+        (["echo '{v}'"], {"shell": True, "format": {"v": "x;id;"}}, "placeholder {v} .* inside quotes"),
+        (['echo "{v}"'], {"shell": True, "format": {"v": "$(id)"}}, "placeholder {v} .* inside quotes"),
+        (["echo \\{v}"], {"shell": True, "format": {"v": "x"}}, "after a backslash"),
     ],
 )
 def test_add_job_refuses_bad_or_unlisted_commands(args, kwargs, message):

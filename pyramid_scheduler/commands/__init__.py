@@ -23,7 +23,7 @@ from typing import Any
 from pyramid_scheduler.commands import changing, reading
 from pyramid_scheduler.commands.output import NotFound, Output
 from pyramid_scheduler.exceptions import InvalidJob, InvalidQueue, SchedulerError
-from pyramid_scheduler.store.tables import FINAL, LIVE
+from pyramid_scheduler.store.tables import FINAL, LIVE, RUN_STATUSES
 
 #: Exit codes of the commands: done; no such job (or dead letter), or it
 #: is not in a state the command applies to; a bad command line; the
@@ -92,7 +92,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("--runs", metavar="N", type=positive, default=20, help="its latest N runs (default: %(default)s)")
     sub = command("runs", "list the latest runs, of every job or of one")
     sub.add_argument("--job", metavar="ID", dest="job_id", help="only the runs of this job")
-    sub.add_argument("--status", choices=("started", "done", "failed", "missed", "expired", "interrupted"))
+    sub.add_argument("--status", choices=RUN_STATUSES)
     sub.add_argument("--queue", metavar="NAME", help="only the runs of this queue")
     sub.add_argument("--limit", metavar="N", type=positive, default=20, help="at most N runs (default: %(default)s)")
     command("daemons", "list the live daemons of each queue, and the holder of its lease")

@@ -36,7 +36,7 @@ from pyramid_scheduler.commands.changing import replay_letter as replay
 from pyramid_scheduler.commands.output import NotFound, schedule
 from pyramid_scheduler.commands.reading import dead_letter_list, job_detail, stats_report
 from pyramid_scheduler.exceptions import InvalidJob
-from pyramid_scheduler.store.tables import FINAL, LIVE
+from pyramid_scheduler.store.tables import FINAL, LIVE, RUN_STATUSES
 
 ROUTE = "scheduler.dashboard.api"
 #: Most items one list answers with; most characters of a text filter.
@@ -167,7 +167,7 @@ def job(request: Request) -> Response:
 def runs(request: Request) -> Response:
     """``GET api/jobs/{id}/runs?status=&limit=``: the job's latest runs, oldest first."""
     proxy, job_id = request.registry.scheduler, job_id_of(request)
-    status = text(request, "status", ("started", "done", "failed", "missed", "expired", "interrupted"))
+    status = text(request, "status", RUN_STATUSES)
     found = proxy.get_runs(job_id, status, number(request, "limit", 50, 1, MAX_LIMIT))
     if not found and proxy.get_job(job_id) is None:
         raise HTTPNotFound(f"job {job_id!r}: the job store has no record of it")

@@ -34,7 +34,7 @@ ENQUEUED = Counter(
 )
 RUNS = Counter(
     "pyramid_scheduler_runs",
-    "Runs this daemon ended, by queue and outcome (success, failure, missed).",
+    "Runs this daemon ended, by queue and outcome (success, failure, missed, expired, interrupted).",
     ("queue", "outcome"),
     registry=REGISTRY,
 )
@@ -61,6 +61,7 @@ OUTCOMES = {
     Event.JOB_ERROR: "failure",
     Event.JOB_MISSED: "missed",
     Event.JOB_EXPIRED: "expired",
+    Event.JOB_INTERRUPTED: "interrupted",
 }
 
 

@@ -16,7 +16,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import BaseServer
+from socketserver import BaseServer, ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -57,7 +57,14 @@ class _Quiet(WSGIRequestHandler):
         log.debug("metrics.listen: " + format, *args)
 
 
-class _Server6(WSGIServer):
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread a request, so that a slow client does not hold up the
+    probes behind it (each request is bounded by ``REQUEST_TIMEOUT`` per read)."""
+
+    daemon_threads = True
+
+
+class _Server6(_Server):
     """For an IPv6 address (``[::1]:9108``)."""
 
     address_family = socket.AF_INET6
@@ -109,7 +116,7 @@ def serve_daemon(engine: Any, listen: str, place: str) -> DaemonServer:
     address = listen_address(listen, place)
     app = daemon_app(engine.lease_valid, engine.queues, engine.owner)
     try:
-        server_class = _Server6 if ":" in address[0] else WSGIServer
+        server_class = _Server6 if ":" in address[0] else _Server
         server = make_server(address[0], address[1], app, server_class=server_class, handler_class=_Quiet)
     except OSError as exc:
         raise ConfigurationError(

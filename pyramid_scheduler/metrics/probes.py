@@ -49,7 +49,10 @@ def bounded(check: Callable[[], Any], what: str) -> Callable[[float], tuple[Any,
         try:
             box["answer"] = check()
         except Exception as exc:  # noqa: BLE001 - reported as the reason
-            box["error"] = f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
+            # The probe may be public: the reason names the failure's kind,
+            # the log its text (a driver's message names hosts and users).
+            log.warning("health probe: %s failed: %s: %s", what, type(exc).__name__, str(exc)[:300])
+            box["error"] = f"{what}: unavailable ({type(exc).__name__})"
         finally:
             done.set()
             _hanging.release()

@@ -15,6 +15,8 @@ _PATH = Text(
     expected="a URL path starting with / (letters, digits, _ . - and /), without a trailing /",
 )
 _PERMISSION = Text(pattern=r"^\S*$", expected="a permission name (no blanks)")
+#: The dashboard's: never empty, which would open its pages and actions to all.
+_DASHBOARD_PERMISSION = Text(pattern=r"^\S+$", expected="a permission name (no blanks, not empty)")
 _LISTEN = Text(
     pattern=r"^(|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5})$",
     expected="HOST:PORT (e.g. 127.0.0.1:9108), or nothing to serve no metrics from the daemon",
@@ -32,7 +34,7 @@ these two. See :doc:`operations`.""",
     ),
     Setting(
         "dashboard.permission",
-        _PERMISSION,
+        _DASHBOARD_PERMISSION,
         default="scheduler.admin",
         doc="""The permission every dashboard page and JSON API view requires, under the
 application's own security policy (``config.set_security_policy``). An application

@@ -127,8 +127,8 @@ CREATE_ATTEMPTS = 5
 
 def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for each column of *metadata* that an
-    existing table lacks (a table made by an earlier version). Such columns
-    are nullable or have a server default."""
+    existing table lacks (a table made by an earlier version), then the
+    indexes it lacks. Such columns are nullable or have a server default."""
     inspector = sa.inspect(conn)
     preparer = conn.dialect.identifier_preparer
     for table in metadata.sorted_tables:
@@ -138,6 +138,11 @@ def add_missing_columns(conn: sa.Connection, metadata: sa.MetaData) -> None:
                 spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
                 log.info("table %s: adding column %s", table.name, column.name)
                 conn.execute(sa.text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {spec}"))
+        indexed = {index["name"] for index in sa.inspect(conn).get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                log.info("table %s: adding index %s", table.name, index.name)
+                index.create(conn)
 
 
 def create_tables(engine: Engine, metadata: sa.MetaData) -> None:

@@ -50,6 +50,8 @@ FINAL = ("done", "failed", "missed", "expired", "canceled", "interrupted", "park
 #: its job, keeps its error, and fails a live job (``stopped``: its job was
 #: canceled while it ran, and stays so; ``timed-out``: past its ``timeout``).
 FAILED_RUNS = ("failed", "timed-out", "stopped")
+#: Every status a run can have in the runs table.
+RUN_STATUSES = ("started", "done", *FAILED_RUNS, "missed", "expired", "interrupted")
 
 #: The longest table name every supported database keeps whole (PostgreSQL: 63).
 MAX_TABLENAME = 63

@@ -42,7 +42,7 @@ from pyramid_scheduler.triggers.preview import spec_fire_times
 from pyramid_scheduler.web.flows import FlowMethods
 from pyramid_scheduler.web.manage import JobManagement
 from pyramid_scheduler.web.records import JobRecords
-from pyramid_scheduler.web.tx import current_transaction, hold
+from pyramid_scheduler.web.tx import check_delivery, current_transaction, hold
 from pyramid_scheduler.wire.flows import flow_problem
 from pyramid_scheduler.wire.limits import resolve_keys
 from pyramid_scheduler.wire.messages import JobRequest, check_json, check_name, new_id
@@ -389,7 +389,15 @@ class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
         # scheduler.durable = false: the run-now jobs that ask for nothing else.
         durable = job_options.pop("durable", None)
         if durable is None:
-            durable = self.settings.durable or kind != "now" or bool(job_options.get("retries")) or flow is not None
+            # Not asked either way: durable unless scheduler.durable = false, and
+            # then still durable when an option needs the job store (retries,
+            # timeout, priority, expires, limits, a flow).
+            durable = (
+                self.settings.durable
+                or kind != "now"
+                or flow is not None
+                or option_problem({**job_options, "durable": False}, kind) is not None
+            )
         if not durable:
             # On the wire only when false: the messages of durable jobs stay
             # readable by daemons that do not know the option.
@@ -474,24 +482,3 @@ def expiry_after(value: Any, spec: dict[str, Any], now: datetime) -> Any:
         when = datetime.fromtimestamp(at, timezone.utc).isoformat()
         raise InvalidJob(f"expires: at {when}, not after the job's date {run_date}; it could never start")
     return at
-
-
-def check_delivery(immediate: Any, manager: Any) -> None:
-    """Check the ``immediate`` and ``tm`` arguments of a call that publishes.
-
-    :raises InvalidJob: naming the argument.
-    """
-    if not isinstance(immediate, bool):
-        raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
-    if manager is None:
-        return
-    if immediate:
-        raise InvalidJob(
-            "tm: the message waits for this transaction manager's commit, and "
-            "immediate=True publishes it at once; pass one or the other"
-        )
-    if not (callable(getattr(manager, "get", None)) and callable(getattr(manager, "begin", None))):
-        raise InvalidJob(
-            f"tm: expected a transaction manager (such as request.tm or "
-            f"transaction.TransactionManager()), got {manager!r:.80}"
-        )

@@ -39,6 +39,7 @@ from transaction._transaction import Status
 from transaction.interfaces import IDataManager, IDataManagerSavepoint, NoTransaction
 from zope.interface import implementer
 
+from pyramid_scheduler.exceptions import InvalidJob
 from pyramid_scheduler.logs import get_logger
 
 log = get_logger(__name__)
@@ -198,3 +199,24 @@ def hold(
         pending.joined = True
     pending.add(publish, body, queue, job_id, op, headers)
     log.debug("job %s (queue %s): %s held until the transaction commits", job_id, queue, op)
+
+
+def check_delivery(immediate: Any, manager: Any) -> None:
+    """Check the ``immediate`` and ``tm`` arguments of a call that publishes.
+
+    :raises InvalidJob: naming the argument.
+    """
+    if not isinstance(immediate, bool):
+        raise InvalidJob(f"immediate: expected True or False, got {immediate!r}")
+    if manager is None:
+        return
+    if immediate:
+        raise InvalidJob(
+            "tm: the message waits for this transaction manager's commit, and "
+            "immediate=True publishes it at once; pass one or the other"
+        )
+    if not (callable(getattr(manager, "get", None)) and callable(getattr(manager, "begin", None))):
+        raise InvalidJob(
+            f"tm: expected a transaction manager (such as request.tm or "
+            f"transaction.TransactionManager()), got {manager!r:.80}"
+        )

@@ -252,8 +252,9 @@ def kept_for_replay(message: Any, max_size: int, secret: bytes | None) -> tuple[
     """What a dead letter keeps of a refused *message* to replay it later:
     its whole body as text when the door and :func:`checked_body`'s
     checks before the signature pass (not refused by the door, JSON, at
-    most *max_size* bytes, UTF-8), else None; and whether it was signed
-    with *secret* (None: no secret is set, or no body is kept)."""
+    most *max_size* bytes, UTF-8; without a valid signature of *secret*, at
+    most :data:`PREFIX` bytes), else None; and whether it was signed with
+    *secret* (None: no secret is set, or no body is kept)."""
     try:
         body = checked_body(message, max_size, None)
         text = body.decode("utf-8")
@@ -264,5 +265,8 @@ def kept_for_replay(message: Any, max_size: int, secret: bytes | None) -> tuple[
     try:
         checked_body(message, max_size, secret)
     except InvalidMessage:
-        return text, False
+        # Anyone who can write to the broker can send these: no more of them
+        # is kept than of any refused entry (PREFIX bytes), to look at or,
+        # with force, to replay.
+        return (text, False) if len(body) <= PREFIX else (None, False)
     return text, True

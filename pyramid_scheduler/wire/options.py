@@ -149,6 +149,8 @@ def durable_problem(options: Mapping[str, Any], kind: str | None) -> str | None:
     for key in ("priority", "expires"):
         if options.get(key) is not None:
             return f"{key}: not with durable=False (a job run straight from its message has no place to wait in)"
+    if options.get("flow") is not None:
+        return "flow: a step of a chain or group is stored (durable), so that its followers are made"
     if options.get("retries"):
         return (
             "retries: a durable=False job runs at most once and is not retried (nothing is stored "

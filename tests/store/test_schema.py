@@ -166,6 +166,8 @@ def test_version_4_jobs_gain_their_flow_and_the_flows_table(store, caplog):
     with engine.connect() as conn:
         columns = {column["name"] for column in sa.inspect(conn).get_columns(f"{prefix}jobs")}
         assert {"parent", "position"} <= columns
+        indexes = {index["name"] for index in sa.inspect(conn).get_indexes(f"{prefix}jobs")}
+        assert f"ix_{prefix}jobs_parent" in indexes  # the groups' queries read it
         assert conn.execute(sa.select(sa.func.count()).select_from(ledger.flows)).scalar() == 0
     assert (
         f"job store tables {prefix}*: upgrading to schema version 5: chains and groups: the flows table, "

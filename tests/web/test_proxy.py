@@ -220,7 +220,13 @@ def test_scheduler_durable_false_makes_run_now_jobs_non_durable_unless_they_ask(
         scheduler.add_async_job(job, retries=1)  # retries need the record: durable
         scheduler.add_date_job(job, time.time() + 60)
         scheduler.add_interval_job(job, minutes=2)
+        # So do the options the daemon keeps in the job store: sent durable, never refused at its door.
+        scheduler.add_async_job(job, timeout=10)
+        scheduler.add_async_job(job, priority=5)
+        scheduler.add_async_job(job, max_concurrency=2)
+        scheduler.add_async_job(job, rate_limit="10/s")
     finally:
         scheduler.close()
     options = [request.options for _, request in published(tmp_path)]
-    assert options == [{"durable": False}, {}, {"retries": 1}, {}, {}]
+    assert options[:5] == [{"durable": False}, {}, {"retries": 1}, {}, {}]
+    assert [options_ for options_ in options[5:] if "durable" in options_] == []

@@ -230,9 +230,10 @@ class TestingScheduler(SchedulerProxy):
         self.clock = FakeClock(self)
         #: Every event delivered, in order.
         self.events: list[Event] = []
-        #: Every run made (and every run missed): ``job_id``, ``run_key``,
-        #: ``scheduled_run_time``, ``status`` (``done``, ``failed`` or
-        #: ``missed``), ``result``, ``error``.
+        #: Every run told by an event (and every run missed): ``job_id``, ``run_key``,
+        #: ``scheduled_run_time``, ``status`` (``done``, ``failed`` -- a timed-out
+        #: run too --, ``missed``, ``expired`` or ``interrupted``; a stopped run has
+        #: no event: ``get_runs`` has it), ``result``, ``error``.
         self.runs: list[dict[str, Any]] = []
         self.runtime = self  # what combined mode checks: nothing else is started
         self._engine: SteppedEngine | None = None

@@ -101,7 +101,15 @@ class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
         With the option ``durable=False`` (or ``scheduler.durable = false``)
         the daemon runs the job straight from its message and records it
         after the run: lower latency, at most once, lost if the daemon dies
-        before the run ends (see :ref:`fast-lane`). Not with ``retries=``.
+        before the run ends (see :ref:`fast-lane`). Not with the options the
+        daemon keeps in the job store: ``retries=``, ``timeout=``,
+        ``priority=``, ``expires=``, the limits (``max_concurrency=``,
+        ``concurrency_key=``, ``rate_limit=``, ``rate_key=``) or ``then=``;
+        ``scheduler.durable = false`` leaves such jobs durable.
+
+        ``timeout=`` (seconds) asks each run to stop past it (see
+        :doc:`progress`); ``max_concurrency=`` and ``rate_limit=`` (here and on
+        ``add_date_job``) limit the runs across daemons (see :doc:`flow`).
 
         With ``then=scheduler.step(...)`` (here and on ``add_date_job``) the
         job starts a chain of two: once it succeeds, the step runs with its
@@ -120,7 +128,8 @@ class SchedulerProxy(FlowMethods, JobManagement, JobRecords):
         or an aware datetime; also on ``add_date_job``) a job not started by
         then ends ``expired``, never run late (see :doc:`flow`).
 
-        .. versionadded:: 1.0 ``durable=False``, ``priority``, ``expires`` and ``then=``.
+        .. versionadded:: 1.0 ``durable=False``, ``timeout``, ``priority``,
+           ``expires``, the limits and ``then=``.
         """
         return self._add("now", func, args, kwargs, queue, options, run_date=self.now())
 

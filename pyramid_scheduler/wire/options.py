@@ -163,8 +163,8 @@ def _type_problem(key: str, value: Any) -> str | None:
     kinds = OPTION_TYPES.get(key)
     if kinds is None:
         return (
-            f"{key}: unknown option; add_*_job accepts id, immediate, tm, {', '.join(OPTION_TYPES)}, "
-            f"{', '.join(TRIGGER_OPTIONS)}"
+            f"{key}: unknown option; add_*_job accepts id, immediate, tm, then, "
+            f"{', '.join(name for name in OPTION_TYPES if name != 'flow')}, {', '.join(TRIGGER_OPTIONS)}"
         )
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join("None" if kind is type(None) else kind.__name__ for kind in kinds)

@@ -215,3 +215,24 @@ def test_sqlite_wal_can_be_left_off(tmp_path: Path, wal: str, mode: str):
     run_combined(settings)
     with sqlite3.connect(app_db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == mode
+
+
+def test_version_5_gains_the_flow_limits(store, caplog):
+    engine, prefix = store
+    Ledger(engine, prefix)
+    with engine.begin() as conn:
+        for table in ("slots", "rates", "rate_holds"):
+            conn.execute(sa.text(f'DROP TABLE "{prefix}{table}"'))
+        conn.execute(sa.text(f'ALTER TABLE "{prefix}jobs" DROP COLUMN waiting_reason'))
+        conn.execute(sa.text(f'UPDATE "{prefix}schema" SET version = 5'))
+    with caplog.at_level(logging.WARNING, "pyramid_scheduler.store.schema"):
+        Ledger(engine, prefix)
+    assert version(engine, prefix) == SCHEMA_VERSION >= 6
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        assert {f"{prefix}slots", f"{prefix}rates", f"{prefix}rate_holds"} <= set(inspector.get_table_names())
+        assert "waiting_reason" in {column["name"] for column in inspector.get_columns(f"{prefix}jobs")}
+    assert (
+        f"job store tables {prefix}*: upgrading to schema version 6: flow limits: the slots, rates and rate "
+        "holds tables, and why a job waits" in [record.getMessage() for record in caplog.records]
+    )
